@@ -1,0 +1,22 @@
+"""ban — Bilinear Attention Networks (Kim, Jun, Zhang, NeurIPS 2018), exact to the authors' model.
+
+>>> import ban
+>>> model = ban.load_official_checkpoint("model_epoch12.pth")  # doctest: +SKIP
+"""
+
+from ban.models import BANConfig, BanForGrounding, BanForVQA, UnitaryAttentionVQA, build_model, preset
+from ban.official import load_official_checkpoint, save_official_checkpoint, to_official_state_dict
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BANConfig",
+    "BanForGrounding",
+    "BanForVQA",
+    "UnitaryAttentionVQA",
+    "build_model",
+    "load_official_checkpoint",
+    "preset",
+    "save_official_checkpoint",
+    "to_official_state_dict",
+]

@@ -1,0 +1,83 @@
+"""The configuration that fully describes a BAN model; a run dir's config.json rebuilds it exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ban.errors import ConfigError
+
+TASKS = ("vqa", "grounding")
+ATTENTIONS = ("bilinear", "unitary")
+
+
+@dataclass
+class BANConfig:
+    """Sizes and options of a BAN model (defaults: the paper's best VQA model, PAPER.md §2/§4).
+
+    ``num_tokens`` is the dictionary size without padding; the padding index is ``num_tokens``.
+    ``two_word_tables`` is the reference's option ``c`` (a second 300-d table, concatenated).
+    ``attention="unitary"`` builds the paper's unitary-attention baseline instead of BAN (VQA only).
+    ``mask_question_padding`` keeps padded tokens out of attention and the classifier's sum; the reference
+    does not mask them, so official checkpoints need it off.
+    """
+
+    task: str = "vqa"
+    num_tokens: int = 19901
+    num_answers: int = 3129
+    feature_dim: int = 2048
+    word_dim: int = 300
+    two_word_tables: bool = True
+    hidden_dim: int = 1280
+    num_glimpses: int = 8
+    rank_factor: int = 3
+    attention: str = "bilinear"
+    use_counting: bool = True
+    num_count_objects: int = 10
+    dropout: float = 0.2
+    attention_dropout: float = 0.5
+    classifier_dropout: float = 0.5
+    mask_question_padding: bool = False
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.attention not in ATTENTIONS:
+            raise ConfigError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        if self.task == "grounding" and self.attention != "bilinear":
+            raise ConfigError("grounding is defined for bilinear attention only")
+        for name in ("num_tokens", "feature_dim", "word_dim", "hidden_dim", "num_glimpses", "rank_factor",
+                     "num_count_objects"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.task == "vqa" and self.num_answers < 1:
+            raise ConfigError(f"num_answers must be a positive integer, got {self.num_answers!r}")
+        for name in ("dropout", "attention_dropout", "classifier_dropout"):
+            if not 0.0 <= float(getattr(self, name)) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+
+    @property
+    def pad_index(self) -> int:
+        """Index of the padding token (the last row of each word table)."""
+        return self.num_tokens
+
+    @property
+    def word_features(self) -> int:
+        """Width of the word-embedding output (300, or 600 with two tables)."""
+        return self.word_dim * (2 if self.two_word_tables else 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> BANConfig:
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> BANConfig:
+        """A copy with ``changes`` applied (unknown keys → ConfigError)."""
+        return BANConfig.from_dict({**self.to_dict(), **changes})

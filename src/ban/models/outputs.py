@@ -1,0 +1,25 @@
+"""Model outputs as dataclasses with named fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass
+class VQAOutput:
+    """``logits`` [B, num_answers] (no sigmoid); ``attention`` [B, G, N, L], softmax over each glimpse's N·L
+    grid (the unitary baseline gives [B, G, N, 1]); ``attention_logits`` the same before the softmax."""
+
+    logits: Tensor
+    attention: Tensor
+    attention_logits: Tensor
+
+
+@dataclass
+class GroundingOutput:
+    """``logits`` [B, G, N, E]: a score per glimpse, box and entity; −99 at padded boxes and empty entity
+    slots (as the reference)."""
+
+    logits: Tensor

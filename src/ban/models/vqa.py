@@ -1,0 +1,79 @@
+"""BAN for visual question answering (PAPER.md §2): bilinear attention, residual learning of attention over
+G glimpses, optional counting, and the answer classifier."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ban.models.config import BANConfig
+from ban.models.outputs import VQAOutput
+from ban.models.text import QuestionEncoder, WordEmbedding
+from ban.nn import BilinearAttentionMap, BilinearAttentionPooling, Classifier, CountingModule, FCStack
+from ban.nn.bilinear import box_mask_from_features
+
+
+class BanForVQA(nn.Module):
+    """Bilinear Attention Network for VQA.
+
+    Inputs: features [B, N, Dv] (padded boxes are all-zero rows unless ``box_mask`` is given),
+    boxes [B, N, ≥4] normalised x1, y1, x2, y2 (…), questions [B, L] int64 padded at the end with
+    ``config.pad_index``, box_mask [B, N] bool (True = real box).
+    """
+
+    def __init__(self, config: BANConfig) -> None:
+        super().__init__()
+        if config.task != "vqa" or config.attention != "bilinear":
+            raise ValueError("BanForVQA needs task='vqa' and attention='bilinear'")
+        self.config = config
+        hidden, glimpses = config.hidden_dim, config.num_glimpses
+        self.word_embedding = WordEmbedding(config.num_tokens, config.word_dim, config.two_word_tables)
+        self.question_encoder = QuestionEncoder(config.word_features, hidden)
+        self.attention = BilinearAttentionMap(
+            config.feature_dim, hidden, hidden, glimpses, config.rank_factor, config.dropout,
+            config.attention_dropout,
+        )
+        self.pooling = nn.ModuleList(
+            BilinearAttentionPooling(config.feature_dim, hidden, hidden, config.dropout) for _ in range(glimpses)
+        )
+        self.residual_proj = nn.ModuleList(
+            FCStack([hidden, hidden], None, config.dropout) for _ in range(glimpses)
+        )
+        if config.use_counting:
+            self.counter = CountingModule(config.num_count_objects)
+            self.count_proj = nn.ModuleList(
+                FCStack([config.num_count_objects + 1, hidden], "relu", 0.0) for _ in range(glimpses)
+            )
+        self.classifier = Classifier(hidden, 2 * hidden, config.num_answers, config.classifier_dropout)
+
+    def forward(
+        self, features: Tensor, boxes: Tensor, questions: Tensor, box_mask: Tensor | None = None
+    ) -> VQAOutput:
+        """→ VQAOutput(logits [B, A], attention [B, G, N, L], attention_logits [B, G, N, L])."""
+        if box_mask is None:
+            box_mask = box_mask_from_features(features)
+        token_mask = questions != self.config.pad_index if self.config.mask_question_padding else None
+        states = self.question_encoder(self.word_embedding(questions))  # [B, L, H]
+        attention, logits = self.attention(features, states, box_mask, token_mask)
+        for glimpse in range(self.config.num_glimpses):
+            joint = self.pooling[glimpse](features, states, attention[:, glimpse])  # [B, H]
+            states = states + self.residual_proj[glimpse](joint).unsqueeze(1)
+            if self.config.use_counting:
+                box_scores = logits[:, glimpse].max(dim=2).values  # [B, N]
+                count = self.counter(boxes[..., :4], box_scores)  # [B, n + 1]
+                states = states + self.count_proj[glimpse](count).unsqueeze(1)
+        if token_mask is not None:
+            states = states * token_mask.unsqueeze(-1).to(states.dtype)
+        return VQAOutput(self.classifier(states.sum(dim=1)), attention, logits)
+
+    def load_word_embeddings(self, table: Tensor, second_table: Tensor | None = None) -> None:
+        """Initialise the word tables, e.g. from GloVe: table [num_tokens, word_dim] (see WordEmbedding)."""
+        self.word_embedding.load_vectors(table, second_table)
+
+
+def masked_last_state(states: Tensor, token_mask: Tensor | None) -> Tensor:
+    """The state after the last real token: states [B, L, H], token_mask [B, L] or None → [B, H]."""
+    if token_mask is None:
+        return states[:, -1]
+    last = (token_mask.long().sum(dim=1) - 1).clamp(min=0)
+    return states[torch.arange(states.shape[0], device=states.device), last]

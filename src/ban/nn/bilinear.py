@@ -1,0 +1,121 @@
+"""Low-rank bilinear pooling, bilinear attention maps and bilinear attention pooling (PAPER.md §1).
+
+Notation of the docstrings: B batch, N boxes, L tokens, G glimpses, K rank of the attention's bilinear form
+(``rank_factor · hidden``), H hidden size, Dv box-feature width, Dq token-state width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ban.nn.fc import FCStack, WeightNormLinear, weight_normalized
+
+
+class LowRankBilinearPooling(nn.Module):
+    """``f = Pᵀ(σ(Uᵀx) ∘ σ(Vᵀy))`` — low-rank bilinear pooling of two vectors (Kim et al. 2017).
+
+    U and V are weight-normalised projections to the rank ``rank``; P pools the rank down to ``out_features``.
+    """
+
+    def __init__(self, x_features: int, y_features: int, rank: int, out_features: int, dropout: float = 0.0):
+        super().__init__()
+        self.x_proj = FCStack([x_features, rank], "relu", dropout)
+        self.y_proj = FCStack([y_features, rank], "relu", dropout)
+        self.pool = WeightNormLinear(rank, out_features)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """x [..., Dx], y [..., Dy] (broadcastable) → [..., out_features]."""
+        return self.pool(self.x_proj(x) * self.y_proj(y))
+
+
+def box_mask_from_features(features: Tensor) -> Tensor:
+    """Boxes whose feature row is all zeros are padding. features [B, N, Dv] → mask [B, N] (True = real)."""
+    return features.abs().sum(dim=-1) != 0
+
+
+class BilinearAttentionMap(nn.Module):
+    """G bilinear attention maps sharing U and V (PAPER.md §1, the reference's ``BiAttention``).
+
+    ``logits[b,g,i,j] = Σ_k p[g,k] · σ(Uᵀv_i)_k · σ(Vᵀq_j)_k + bias[g]``, with the per-glimpse vectors
+    ``p = g_p · p_v / ‖p_v‖_F`` (one gain over all glimpses). Padded boxes get ``mask_value``; the softmax runs
+    over each glimpse's whole N·L grid.
+
+    Parameters: ``v_proj``, ``q_proj`` (FC → K, ReLU, input dropout), ``glimpse_weight_v`` [G, K],
+    ``glimpse_weight_g`` [], ``glimpse_bias`` [G]. Dropout ``attention_dropout`` applies to σ(Uᵀv) only.
+    """
+
+    def __init__(
+        self,
+        v_features: int,
+        q_features: int,
+        hidden: int,
+        num_glimpses: int,
+        rank_factor: int = 3,
+        dropout: float = 0.2,
+        attention_dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        rank = rank_factor * hidden
+        self.num_glimpses = num_glimpses
+        self.v_proj = FCStack([v_features, rank], "relu", dropout)
+        self.q_proj = FCStack([q_features, rank], "relu", dropout)
+        self.attention_dropout = nn.Dropout(attention_dropout)
+        self.glimpse_weight_v = nn.Parameter(torch.randn(num_glimpses, rank))
+        self.glimpse_weight_g = nn.Parameter(self.glimpse_weight_v.detach().norm().clone())
+        self.glimpse_bias = nn.Parameter(torch.randn(num_glimpses))
+
+    @property
+    def glimpse_weight(self) -> Tensor:
+        """The weight-normalised per-glimpse vectors p [G, K]."""
+        return weight_normalized(self.glimpse_weight_v, self.glimpse_weight_g)
+
+    def logits(
+        self, v: Tensor, q: Tensor, box_mask: Tensor, token_mask: Tensor | None = None,
+        mask_value: float = float("-inf"),
+    ) -> Tensor:
+        """Masked attention logits.
+
+        v [B, N, Dv], q [B, L, Dq], box_mask [B, N] bool (True = real box),
+        token_mask [B, L] bool or None (True = real token) → logits [B, G, N, L].
+        """
+        v_rank = self.attention_dropout(self.v_proj(v))  # [B, N, K]
+        q_rank = self.q_proj(q)  # [B, L, K]
+        # Scale the token side (usually the shorter one) by each glimpse's vector, then one batched product.
+        q_glimpses = q_rank.unsqueeze(1) * self.glimpse_weight[None, :, None, :]  # [B, G, L, K]
+        logits = torch.matmul(v_rank.unsqueeze(1), q_glimpses.transpose(2, 3))  # [B, G, N, L]
+        logits = logits + self.glimpse_bias[None, :, None, None]
+        invalid = ~box_mask[:, None, :, None]
+        if token_mask is not None:
+            invalid = invalid | ~token_mask[:, None, None, :]
+        return logits.masked_fill(invalid, mask_value)
+
+    def forward(
+        self, v: Tensor, q: Tensor, box_mask: Tensor, token_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """v [B, N, Dv], q [B, L, Dq], box_mask [B, N] → (attention [B, G, N, L], logits [B, G, N, L])."""
+        logits = self.logits(v, q, box_mask, token_mask)
+        batch, glimpses, boxes, tokens = logits.shape
+        attention = F.softmax(logits.reshape(batch, glimpses, boxes * tokens), dim=-1)
+        return attention.reshape(batch, glimpses, boxes, tokens), logits
+
+
+class BilinearAttentionPooling(nn.Module):
+    """The joint feature under one attention map (the reference's ``BCNet`` with k = 1):
+
+    ``f[b,k] = Σ_i Σ_j A[b,i,j] · σ(Uᵀv_i)_k · σ(Vᵀq_j)_k``, computed as ``Σ_j ((Aᵀ σ(Uᵀv)) ∘ σ(Vᵀq))_jk``
+    — a small bilinear form per k, never a [B, N, L, K] tensor.
+    """
+
+    def __init__(self, v_features: int, q_features: int, hidden: int, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.v_proj = FCStack([v_features, hidden], "relu", dropout)
+        self.q_proj = FCStack([q_features, hidden], "relu", dropout)
+
+    def forward(self, v: Tensor, q: Tensor, attention: Tensor) -> Tensor:
+        """v [B, N, Dv], q [B, L, Dq], attention [B, N, L] → joint feature [B, H]."""
+        v_hidden = self.v_proj(v)  # [B, N, H]
+        q_hidden = self.q_proj(q)  # [B, L, H]
+        attended = torch.matmul(attention.transpose(1, 2), v_hidden)  # [B, L, H]
+        return (attended * q_hidden).sum(dim=1)

@@ -1,0 +1,111 @@
+"""The counting module of Zhang, Hare & Prügel-Bennett (ICLR 2018), as BAN uses it (PAPER.md §2).
+
+n = ``num_objects`` (10): the n highest-scoring boxes are kept; the output is an (n + 1)-way soft one-hot of
+the count, times a confidence.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class PiecewiseLinear(nn.Module):
+    """A monotone piecewise-linear map of [0, 1] onto [0, 1] with ``num_segments`` equal segments.
+
+    ``weight`` [num_segments + 1] starts as ones with entry 0 set to 0; ``ŵ = |w| / Σ|w|`` are the segment
+    slopes (entry 0 an offset), so f(0) = ŵ₀ = 0 and f(1) = 1. Written densely,
+    ``f(x) = ŵ₀ + Σ_{k=1..n} ŵ_k · clamp(n·x − (k − 1), 0, 1)``, which equals the look-up formulation on
+    [0, 1] but has no gather from a 17-entry table on the backward pass (see PERF-NOTES).
+    """
+
+    def __init__(self, num_segments: int = 16) -> None:
+        super().__init__()
+        self.num_segments = num_segments
+        weight = torch.ones(num_segments + 1)
+        weight[0] = 0
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [...] with values in [0, 1] → f(x) [...]."""
+        slopes = self.weight.abs()
+        slopes = slopes / slopes.sum()
+        steps = torch.arange(self.num_segments, device=x.device, dtype=x.dtype)
+        ramps = (self.num_segments * x.unsqueeze(-1) - steps).clamp(0, 1)  # [..., n]
+        return slopes[0] + torch.matmul(ramps, slopes[1:].to(ramps.dtype))
+
+
+def pairwise_iou(boxes: Tensor) -> Tensor:
+    """boxes [B, n, 4] (x1, y1, x2, y2) → IoU [B, n, n] (with 1e-12 in the denominator)."""
+    top_left = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2])
+    bottom_right = torch.minimum(boxes[:, :, None, 2:], boxes[:, None, :, 2:])
+    sides = (bottom_right - top_left).clamp(min=0)
+    intersection = sides[..., 0] * sides[..., 1]
+    extent = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0)
+    area = extent[..., 0] * extent[..., 1]
+    return intersection / (area[:, :, None] + area[:, None, :] - intersection + 1e-12)
+
+
+def soft_one_hot(count: Tensor, num_classes: int) -> Tensor:
+    """count [B] in [0, num_classes − 1] → linear interpolation of one-hot(⌊c⌋) and one-hot(⌊c⌋ + 1) [B, C]."""
+    count = count.clamp(min=0, max=num_classes - 1)
+    low = count.detach().floor()
+    fraction = count - low
+    low_index = low.long()
+    high_index = (low_index + 1).clamp(max=num_classes - 1)
+    low_hot = F.one_hot(low_index, num_classes).to(count.dtype)
+    high_hot = F.one_hot(high_index, num_classes).to(count.dtype)
+    return (1 - fraction)[:, None] * low_hot + fraction[:, None] * high_hot
+
+
+class CountingModule(nn.Module):
+    """Counts from attention scores over boxes, de-duplicating overlapping proposals.
+
+    16 piecewise-linear functions f₀…f₁₅ are kept (as in the reference checkpoints); f₀…f₇ are used.
+    """
+
+    def __init__(self, num_objects: int = 10, num_functions: int = 16, num_segments: int = 16) -> None:
+        super().__init__()
+        self.num_objects = num_objects
+        self.functions = nn.ModuleList(PiecewiseLinear(num_segments) for _ in range(num_functions))
+
+    def forward(self, boxes: Tensor, scores: Tensor) -> Tensor:
+        """boxes [B, N, 4] normalised x1, y1, x2, y2; scores [B, N] pre-sigmoid (−inf for padded boxes)
+        → [B, num_objects + 1], the confidence-weighted soft one-hot count."""
+        f = self.functions
+        boxes, scores = self._keep_top_scoring(boxes, scores)
+        attention = torch.sigmoid(scores)  # [B, n]
+        relevancy = attention[:, :, None] * attention[:, None, :]  # [B, n, n]
+        distance = 1 - pairwise_iou(boxes)  # [B, n, n]
+
+        score = f[0](relevancy) * f[1](distance)
+        dedup_score = f[3](relevancy) * f[4](distance)
+        similarity = self._similarity(dedup_score, attention)  # [B, n, n]
+        row_sims = similarity.sum(dim=2)  # [B, n]
+        score = score / (row_sims[:, :, None] * row_sims[:, None, :])
+        correction = f[0](attention * attention) / row_sims
+        count = (score.sum(dim=(1, 2)) + correction.sum(dim=1) + 1e-20).sqrt()
+        one_hot = soft_one_hot(count, self.num_objects + 1)
+
+        attention_confidence = (f[5](attention) - 0.5).abs().mean(dim=1)
+        distance_confidence = (f[6](distance) - 0.5).abs().mean(dim=(1, 2))
+        confidence = f[7](attention_confidence + distance_confidence)
+        return one_hot * confidence[:, None]
+
+    def _keep_top_scoring(self, boxes: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+        """Keep the n best boxes; fewer than n are padded with empty boxes of score −inf (as padded boxes are)."""
+        missing = self.num_objects - scores.shape[1]
+        if missing > 0:
+            boxes = F.pad(boxes, (0, 0, 0, missing))
+            scores = F.pad(scores, (0, missing), value=float("-inf"))
+        scores, index = scores.topk(self.num_objects, dim=1)
+        boxes = boxes.gather(1, index[:, :, None].expand(-1, -1, boxes.shape[2]))
+        return boxes, scores
+
+    def _similarity(self, dedup_score: Tensor, attention: Tensor) -> Tensor:
+        """``sim[j, k] = Π_i f₂(1 − |E[i, j] − E[i, k]|) · f₂(1 − |a_j − a_k|)`` → [B, n, n]."""
+        f2 = self.functions[2]
+        score_diff = (dedup_score[:, :, :, None] - dedup_score[:, :, None, :]).abs()  # [B, i, j, k]
+        attention_diff = (attention[:, :, None] - attention[:, None, :]).abs()  # [B, j, k]
+        return f2(1 - score_diff).prod(dim=1) * f2(1 - attention_diff)

@@ -1,0 +1,98 @@
+"""Weight-normalised fully connected layers, as BAN uses them everywhere.
+
+Weight normalisation here is over the whole matrix with ONE scalar gain per layer (Salimans & Kingma 2016
+with ``dim=None``): ``W = g · V / ‖V‖_F``. Dropout, when used, comes before the linear map.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def weight_normalized(direction: Tensor, gain: Tensor) -> Tensor:
+    """``gain · direction / ‖direction‖_F`` — one scalar gain for the whole tensor."""
+    return direction * (gain / direction.norm())
+
+
+class WeightNormLinear(nn.Module):
+    """``y = x Wᵀ + b`` with ``W = weight_g · weight_v / ‖weight_v‖_F``.
+
+    Parameters: ``weight_v`` [out, in], ``weight_g`` [] (a 0-dim gain), ``bias`` [out].
+    Initialised like ``nn.Linear`` with the gain equal to the initial norm (so ``W`` starts as ``weight_v``).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight_v = nn.Parameter(torch.empty(out_features, in_features))
+        self.weight_g = nn.Parameter(torch.empty(()))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.weight_v, a=math.sqrt(5))
+        with torch.no_grad():
+            self.weight_g.copy_(self.weight_v.norm())
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @property
+    def weight(self) -> Tensor:
+        """The effective weight ``W`` [out, in]."""
+        return weight_normalized(self.weight_v, self.weight_g)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [..., in] → [..., out]."""
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class FCStack(nn.Module):
+    """A stack of weight-normalised linear layers: per layer ``[Dropout(p)] → WeightNormLinear → [ReLU]``.
+
+    ``dims = [d0, d1, ..., dk]`` gives k layers. ``activation`` is ``"relu"`` or ``None``.
+    """
+
+    def __init__(self, dims: list[int], activation: str | None = "relu", dropout: float = 0.0) -> None:
+        super().__init__()
+        if len(dims) < 2:
+            raise ValueError(f"FCStack needs at least an input and an output size, got dims={dims}")
+        if activation not in ("relu", None):
+            raise ValueError(f"activation must be 'relu' or None, got {activation!r}")
+        self.activation = activation
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.layers = nn.ModuleList(WeightNormLinear(i, o) for i, o in zip(dims[:-1], dims[1:], strict=True))
+
+    @property
+    def out_features(self) -> int:
+        return self.layers[-1].out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [..., dims[0]] → [..., dims[-1]]."""
+        for layer in self.layers:
+            x = layer(self.dropout(x))
+            if self.activation == "relu":
+                x = F.relu(x)
+        return x
+
+
+class Classifier(nn.Module):
+    """The answer classifier: ``WN-Linear(in→hidden) → ReLU → Dropout → WN-Linear(hidden→answers)``."""
+
+    def __init__(self, in_features: int, hidden_features: int, num_answers: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.hidden = WeightNormLinear(in_features, hidden_features)
+        self.dropout = nn.Dropout(dropout)
+        self.output = WeightNormLinear(hidden_features, num_answers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [B, in] → logits [B, num_answers]."""
+        return self.output(self.dropout(F.relu(self.hidden(x))))

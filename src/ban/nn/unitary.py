@@ -1,0 +1,29 @@
+"""Unitary attention (the baseline that BAN generalises, PAPER.md §1): attention over boxes from one
+question vector, ``α = softmax(Pᵀ(σ(Uᵀx·1ᵀ) ∘ σ(VᵀY)))``, with G glimpses."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ban.nn.bilinear import LowRankBilinearPooling
+
+
+class UnitaryAttention(nn.Module):
+    """G attention distributions over the N boxes, from one question vector each."""
+
+    def __init__(self, v_features: int, q_features: int, hidden: int, num_glimpses: int, dropout: float = 0.2):
+        super().__init__()
+        self.num_glimpses = num_glimpses
+        self.scores = LowRankBilinearPooling(q_features, v_features, hidden, num_glimpses, dropout)
+
+    def forward(self, v: Tensor, q: Tensor, box_mask: Tensor) -> Tensor:
+        """v [B, N, Dv], q [B, Dq], box_mask [B, N] bool → attention [B, G, N] (softmax over boxes)."""
+        logits = self.scores(q.unsqueeze(1), v)  # [B, N, G]
+        logits = logits.masked_fill(~box_mask.unsqueeze(-1), float("-inf"))
+        return F.softmax(logits, dim=1).transpose(1, 2)
+
+    @staticmethod
+    def attend(v: Tensor, attention: Tensor) -> Tensor:
+        """v [B, N, Dv], attention [B, G, N] → attended box features, glimpses concatenated [B, G·Dv]."""
+        return attention.matmul(v).flatten(1)

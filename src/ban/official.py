@@ -1,0 +1,170 @@
+"""Import and export of the reference code's checkpoints (jnhwkim/ban-vqa).
+
+A reference checkpoint is ``{'epoch', 'model_state', 'optimizer_state'}`` (keys with ``module.`` when saved
+from DataParallel) or a bare state dict. Every size is inferred from the tensor shapes; pickles are read only
+with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ban.errors import CheckpointError
+from ban.models import BANConfig, build_model
+
+# (reference key template, our key template): {i} is a glimpse or function index, {p} a parameter name.
+_KEY_TEMPLATES: list[tuple[str, str]] = [
+    ("w_emb.emb.weight", "word_embedding.table.weight"),
+    ("w_emb.emb_.weight", "word_embedding.second_table.weight"),
+    ("q_emb.rnn.{p}", "question_encoder.rnn.{p}"),
+    ("v_att.logits.h_mat_v", "attention.glimpse_weight_v"),
+    ("v_att.logits.h_mat_g", "attention.glimpse_weight_g"),
+    ("v_att.logits.h_bias", "attention.glimpse_bias"),
+    ("v_att.logits.v_net.main.1.{p}", "attention.v_proj.layers.0.{p}"),
+    ("v_att.logits.q_net.main.1.{p}", "attention.q_proj.layers.0.{p}"),
+    ("b_net.{i}.v_net.main.1.{p}", "pooling.{i}.v_proj.layers.0.{p}"),
+    ("b_net.{i}.q_net.main.1.{p}", "pooling.{i}.q_proj.layers.0.{p}"),
+    ("q_prj.{i}.main.1.{p}", "residual_proj.{i}.layers.0.{p}"),
+    ("c_prj.{i}.main.0.{p}", "count_proj.{i}.layers.0.{p}"),
+    ("classifier.main.0.{p}", "classifier.hidden.{p}"),
+    ("classifier.main.3.{p}", "classifier.output.{p}"),
+    ("counter.f.{i}.weight", "counter.functions.{i}.weight"),
+]
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    pattern = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>\w+)")
+    return re.compile(pattern)
+
+
+_REFERENCE_TO_OURS = [(_template_regex(theirs), ours) for theirs, ours in _KEY_TEMPLATES]
+_OURS_TO_REFERENCE = [(_template_regex(ours), theirs) for theirs, ours in _KEY_TEMPLATES]
+# Reference tensors with extra singleton axes (ours are [G, K] and [G]; theirs [1, G, 1, K] and [1, G, 1, 1]).
+_PADDED_SHAPE_KEYS = ("attention.glimpse_weight_v", "attention.glimpse_bias")
+
+
+def _translate(key: str, rules: list[tuple[re.Pattern[str], str]]) -> str | None:
+    for regex, template in rules:
+        match = regex.fullmatch(key)
+        if match:
+            return template.format(**match.groupdict())
+    return None
+
+
+def _read_state_dict(source: str | os.PathLike[str] | Mapping[str, object]) -> tuple[dict[str, Tensor], str]:
+    """The model's tensors from a checkpoint file or dict, ``module.`` prefixes removed; also a label for errors."""
+    label = "state dict"
+    if isinstance(source, (str, os.PathLike)):
+        label = str(source)
+        if not Path(source).is_file():
+            raise CheckpointError("no such file", path=label)
+        try:
+            source = torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad checkpoint file
+            raise CheckpointError(f"not a readable PyTorch checkpoint ({type(error).__name__}: {error})",
+                                  path=label) from error
+    if not isinstance(source, Mapping):
+        raise CheckpointError(f"expected a dict, found {type(source).__name__}", path=label)
+    state = source.get("model_state", source)
+    if not isinstance(state, Mapping):
+        raise CheckpointError("'model_state' is not a dict of tensors", path=label, field="model_state")
+    tensors: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise CheckpointError(f"entry is a {type(value).__name__}, not a tensor", path=label, field=str(key))
+        tensors[key.removeprefix("module.")] = value
+    return tensors, label
+
+
+def _shape(tensors: Mapping[str, Tensor], key: str, label: str, rank: int) -> tuple[int, ...]:
+    if key not in tensors:
+        raise CheckpointError("missing tensor", path=label, field=key)
+    shape = tuple(tensors[key].shape)
+    if len(shape) != rank:
+        raise CheckpointError(f"expected a {rank}-d tensor, found shape {shape}", path=label, field=key)
+    return shape
+
+
+def infer_config(tensors: Mapping[str, Tensor], label: str = "state dict") -> BANConfig:
+    """The BANConfig of a reference state dict (keys without ``module.``), from its tensor shapes."""
+    num_rows, word_dim = _shape(tensors, "w_emb.emb.weight", label, 2)
+    hidden = _shape(tensors, "q_emb.rnn.weight_hh_l0", label, 2)[1]
+    _, glimpses, _, rank = _shape(tensors, "v_att.logits.h_mat_v", label, 4)
+    feature_dim = _shape(tensors, "v_att.logits.v_net.main.1.weight_v", label, 2)[1]
+    if rank % hidden:
+        raise CheckpointError(f"attention rank {rank} is not a multiple of the hidden size {hidden}",
+                              path=label, field="v_att.logits.h_mat_v")
+    is_vqa = "classifier.main.3.weight_v" in tensors
+    use_counting = "counter.f.0.weight" in tensors
+    num_count_objects = 10
+    if use_counting:
+        num_count_objects = _shape(tensors, "c_prj.0.main.0.weight_v", label, 2)[1] - 1
+    return BANConfig(
+        task="vqa" if is_vqa else "grounding",
+        num_tokens=num_rows - 1,
+        num_answers=_shape(tensors, "classifier.main.3.weight_v", label, 2)[0] if is_vqa else 1,
+        feature_dim=feature_dim,
+        word_dim=word_dim,
+        two_word_tables="w_emb.emb_.weight" in tensors,
+        hidden_dim=hidden,
+        num_glimpses=glimpses,
+        rank_factor=rank // hidden,
+        use_counting=use_counting,
+        num_count_objects=num_count_objects,
+    )
+
+
+def load_official_checkpoint(source: str | os.PathLike[str] | Mapping[str, object]) -> nn.Module:
+    """A BAN model holding the weights of a reference checkpoint (file path, checkpoint dict or state dict).
+
+    Sizes, option c, glimpses, counting and the task (VQA or grounding) come from the tensor shapes. Missing,
+    extra or misshapen tensors raise CheckpointError naming the tensor. The model is returned in train mode;
+    call ``.eval()`` to evaluate.
+    """
+    tensors, label = _read_state_dict(source)
+    config = infer_config(tensors, label)
+    model = build_model(config)
+    expected = model.state_dict()
+    converted: dict[str, Tensor] = {}
+    for key, value in tensors.items():
+        ours = _translate(key, _REFERENCE_TO_OURS)
+        if ours is None or ours not in expected:
+            raise CheckpointError("unexpected tensor for this model", path=label, field=key)
+        if value.numel() != expected[ours].numel():
+            raise CheckpointError(f"shape {tuple(value.shape)} does not fit {tuple(expected[ours].shape)}",
+                                  path=label, field=key)
+        converted[ours] = value.reshape(expected[ours].shape)
+    missing = sorted(str(_translate(key, _OURS_TO_REFERENCE)) for key in set(expected) - set(converted))
+    if missing:
+        raise CheckpointError(f"missing tensors {missing}", path=label, field=missing[0])
+    model.load_state_dict(converted)
+    return model
+
+
+def to_official_state_dict(model: nn.Module) -> OrderedDict[str, Tensor]:
+    """Our model's weights in the reference layout (keys without ``module.``, reference shapes)."""
+    state: OrderedDict[str, Tensor] = OrderedDict()
+    for key, value in model.state_dict().items():
+        reference = _translate(key, _OURS_TO_REFERENCE)
+        if reference is None:
+            raise ValueError(f"parameter {key!r} has no counterpart in the reference model")
+        if key in _PADDED_SHAPE_KEYS:
+            value = value.reshape(1, value.shape[0], 1, -1)
+        state[reference] = value.detach().clone()
+    return state
+
+
+def save_official_checkpoint(model: nn.Module, path: str | os.PathLike[str], epoch: int = 0) -> None:
+    """Write ``{'epoch', 'model_state', 'optimizer_state'}`` as the reference's ``utils.save_model`` does
+    (keys without ``module.``; an empty optimizer state)."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save({"epoch": epoch, "model_state": to_official_state_dict(model), "optimizer_state": {}}, temporary)
+    os.replace(temporary, path)

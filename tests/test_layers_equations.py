@@ -1,0 +1,162 @@
+"""The layers against PAPER.md §1 computed naively (explicit sums in float64)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from ban.nn import BilinearAttentionMap, BilinearAttentionPooling, CountingModule, PiecewiseLinear, WeightNormLinear
+
+
+@pytest.fixture(autouse=True)
+def _no_grad_and_seeded():
+    torch.manual_seed(0)
+    with torch.no_grad():
+        yield
+
+
+def _relu(x):
+    return max(x, 0.0)
+
+
+def _linear(layer: WeightNormLinear, x):
+    """Naive W x + b with W = g V / ||V||_F, in Python floats."""
+    v = layer.weight_v.double()
+    norm = sum(float(e) ** 2 for e in v.flatten()) ** 0.5
+    g = float(layer.weight_g)
+    return [
+        sum(g * float(v[o, i]) / norm * float(x[i]) for i in range(v.shape[1])) + float(layer.bias[o])
+        for o in range(v.shape[0])
+    ]
+
+
+def test_bilinear_attention_map_equals_naive_sums():
+    B, N, L, Dv, Dq, H, G = 2, 4, 3, 5, 6, 2, 3
+    layer = BilinearAttentionMap(Dv, Dq, H, G, rank_factor=3).double().eval()
+    v, q = torch.randn(B, N, Dv, dtype=torch.float64), torch.randn(B, L, Dq, dtype=torch.float64)
+    v[1, 3] = 0  # a padded box
+    mask = v.abs().sum(-1) != 0
+    attention, logits = layer(v, q, mask)
+
+    p_v = layer.glimpse_weight_v.double()
+    p_norm = sum(float(e) ** 2 for e in p_v.flatten()) ** 0.5
+    p = [[float(layer.glimpse_weight_g) * float(p_v[g, k]) / p_norm for k in range(3 * H)] for g in range(G)]
+    for b in range(B):
+        u = [[_relu(x) for x in _linear(layer.v_proj.layers[0], v[b, i])] for i in range(N)]
+        w = [[_relu(x) for x in _linear(layer.q_proj.layers[0], q[b, j])] for j in range(L)]
+        for g in range(G):
+            naive = {}
+            for i, j in itertools.product(range(N), range(L)):
+                if not mask[b, i]:
+                    continue
+                naive[i, j] = sum(p[g][k] * u[i][k] * w[j][k] for k in range(3 * H)) + float(layer.glimpse_bias[g])
+                assert abs(naive[i, j] - float(logits[b, g, i, j])) < 1e-10
+            total = torch.tensor(list(naive.values()), dtype=torch.float64).exp().sum()
+            for i, j in itertools.product(range(N), range(L)):
+                expected = float(torch.tensor(naive[i, j], dtype=torch.float64).exp() / total) if mask[b, i] else 0.0
+                assert abs(expected - float(attention[b, g, i, j])) < 1e-10
+
+
+def test_bilinear_attention_pooling_equals_naive_sums():
+    B, N, L, Dv, Dq, H = 2, 4, 3, 5, 6, 3
+    layer = BilinearAttentionPooling(Dv, Dq, H).double().eval()
+    v, q = torch.randn(B, N, Dv, dtype=torch.float64), torch.randn(B, L, Dq, dtype=torch.float64)
+    attention = torch.softmax(torch.randn(B, N * L, dtype=torch.float64), -1).reshape(B, N, L)
+    joint = layer(v, q, attention)
+    for b in range(B):
+        u = [[_relu(x) for x in _linear(layer.v_proj.layers[0], v[b, i])] for i in range(N)]
+        w = [[_relu(x) for x in _linear(layer.q_proj.layers[0], q[b, j])] for j in range(L)]
+        for k in range(H):
+            naive = sum(float(attention[b, i, j]) * u[i][k] * w[j][k] for i in range(N) for j in range(L))
+            assert abs(naive - float(joint[b, k])) < 1e-10
+
+
+def _lookup_piecewise(weight, x):
+    """The reference's formulation: cumulative sums looked up at ⌊n·x⌋ plus the fraction of the next slope."""
+    n = weight.numel() - 1
+    w = weight.abs() / weight.abs().sum()
+    csum = torch.cumsum(w, 0)
+    y = n * x
+    index = y.long()
+    frac = y - index
+    return csum[index.clamp(max=n)] + frac * w[(index + 1).clamp(max=n)]
+
+
+def test_piecewise_linear_equals_lookup_formulation():
+    layer = PiecewiseLinear(16).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.rand(17, dtype=torch.float64) * 2 - 0.5)
+        layer.weight[0] = 0
+    x = torch.cat([torch.rand(500, dtype=torch.float64), torch.linspace(0, 1, 17, dtype=torch.float64)])
+    assert torch.allclose(layer(x), _lookup_piecewise(layer.weight.detach(), x), atol=1e-12)
+    assert float(layer(torch.tensor([1.0], dtype=torch.float64))) == 1.0
+
+
+def _naive_count(module: CountingModule, boxes, scores):
+    """The counting module of Zhang et al. written loop by loop from PAPER.md §2 (one sample)."""
+    f = [lambda x, fn=fn: float(_lookup_piecewise(fn.weight.detach(), torch.tensor(x, dtype=torch.float64)))
+         for fn in module.functions]
+    n = module.num_objects
+    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))[:n]
+    a = [float(torch.sigmoid(scores[i])) for i in order]
+    bx = [[float(c) for c in boxes[i]] for i in order]
+
+    def iou(p, r):
+        iw = max(0.0, min(p[2], r[2]) - max(p[0], r[0]))
+        ih = max(0.0, min(p[3], r[3]) - max(p[1], r[1]))
+        inter = iw * ih
+        area = lambda z: max(0.0, z[2] - z[0]) * max(0.0, z[3] - z[1])  # noqa: E731
+        return inter / (area(p) + area(r) - inter + 1e-12)
+
+    R = [[a[i] * a[j] for j in range(n)] for i in range(n)]
+    D = [[1 - iou(bx[i], bx[j]) for j in range(n)] for i in range(n)]
+    S = [[f[0](R[i][j]) * f[1](D[i][j]) for j in range(n)] for i in range(n)]
+    E = [[f[3](R[i][j]) * f[4](D[i][j]) for j in range(n)] for i in range(n)]
+    sim = [[1.0] * n for _ in range(n)]
+    for i, j in itertools.product(range(n), range(n)):
+        for k in range(n):
+            sim[i][j] *= f[2](1 - abs(E[k][i] - E[k][j]))
+        sim[i][j] *= f[2](1 - abs(a[i] - a[j]))
+    row = [sum(sim[i]) for i in range(n)]
+    total = sum(S[i][j] / (row[i] * row[j]) for i in range(n) for j in range(n))
+    total += sum(f[0](a[i] * a[i]) / row[i] for i in range(n))
+    c = min(max((total + 1e-20) ** 0.5, 0.0), n)
+    one_hot = [0.0] * (n + 1)
+    low = int(c)
+    one_hot[low] += 1 - (c - low)
+    one_hot[min(low + 1, n)] += c - low
+    att_conf = sum(abs(f[5](x) - 0.5) for x in a) / n
+    dist_conf = sum(abs(f[6](D[i][j]) - 0.5) for i in range(n) for j in range(n)) / n**2
+    return [x * f[7](att_conf + dist_conf) for x in one_hot]
+
+
+def test_counting_module_equals_naive_loops():
+    module = CountingModule(num_objects=10).double()
+    with torch.no_grad():
+        for fn in module.functions:
+            fn.weight.copy_(torch.rand(17, dtype=torch.float64) + 0.1)
+            fn.weight[0] = 0
+    B, N = 3, 14
+    corners = torch.rand(B, N, 2, 2, dtype=torch.float64)
+    boxes = torch.cat([corners.min(2).values, corners.max(2).values], -1)
+    boxes[:, 5] = boxes[:, 4] + 0.01  # a near-duplicate, the case dedup exists for
+    scores = torch.randn(B, N, dtype=torch.float64) * 2
+    scores[2, 11:] = float("-inf")  # padded boxes
+    out = module(boxes, scores)
+    for b in range(B):
+        expected = _naive_count(module, boxes[b], scores[b])
+        assert torch.allclose(out[b], torch.tensor(expected, dtype=torch.float64), atol=1e-9), b
+
+
+def test_counting_module_counts_distinct_objects():
+    """With ideal (identity) functions, k well-separated boxes with score +∞ count as k."""
+    module = CountingModule(num_objects=10).double()
+    boxes = torch.zeros(1, 12, 4, dtype=torch.float64)
+    for i in range(3):
+        boxes[0, i] = torch.tensor([0.3 * i, 0.0, 0.3 * i + 0.2, 0.2])
+    scores = torch.full((1, 12), -50.0, dtype=torch.float64)
+    scores[0, :3] = 50.0
+    out = module(boxes, scores)
+    assert int(out.argmax()) == 3

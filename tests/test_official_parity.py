@@ -1,0 +1,132 @@
+"""The authors' checkpoints, loaded by us, give the authors' outputs (fixtures made by running their code)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import ban
+from ban.errors import CheckpointError
+from ban.official import infer_config
+
+TOLERANCE = 1e-5
+
+
+def _io(fixtures, name):
+    data = np.load(fixtures / f"{name}_io.npz")
+    return {key: torch.from_numpy(data[key]) for key in data.files}
+
+
+def test_vqa_checkpoint_reproduces_reference_logits_and_attention(official_fixtures):
+    model = ban.load_official_checkpoint(official_fixtures / "ban_vqa_g4_h32_c.pth").eval()
+    io = _io(official_fixtures, "ban_vqa_g4_h32_c")
+    assert model.config.two_word_tables and model.config.num_glimpses == 4 and model.config.hidden_dim == 32
+    with torch.no_grad():
+        out = model(io["v"], io["b"], io["q"])
+    assert out.logits.shape == io["logits"].shape
+    assert (out.logits - io["logits"]).abs().max() <= TOLERANCE
+    assert (out.attention - io["attention"]).abs().max() <= TOLERANCE
+
+
+def test_grounding_checkpoint_reproduces_reference_logits(official_fixtures):
+    model = ban.load_official_checkpoint(official_fixtures / "ban_flickr_g1_h32_plain.pth").eval()
+    io = _io(official_fixtures, "ban_flickr_g1_h32_plain")
+    assert model.config.task == "grounding" and not model.config.two_word_tables
+    with torch.no_grad():
+        out = model(io["v"], io["b"], io["q"], io["e"])
+    assert out.logits.shape == io["logits"].shape
+    assert (out.logits - io["logits"]).abs().max() <= TOLERANCE
+    # the masked places are exactly the reference's −99
+    assert torch.equal(out.logits == -99, io["logits"] == -99)
+
+
+@pytest.mark.parametrize("name", ["ban_vqa_g4_h32_c", "ban_flickr_g1_h32_plain"])
+def test_export_round_trip_is_exact(official_fixtures, name, tmp_path):
+    checkpoint = torch.load(official_fixtures / f"{name}.pth", weights_only=True)
+    model = ban.load_official_checkpoint(checkpoint)
+    exported = ban.to_official_state_dict(model)
+    reference = {key.removeprefix("module."): value for key, value in checkpoint["model_state"].items()}
+    assert exported.keys() == reference.keys()
+    for key, value in reference.items():
+        assert torch.equal(exported[key], value), key
+    ban.save_official_checkpoint(model, tmp_path / "again.pth", epoch=3)
+    again = ban.load_official_checkpoint(tmp_path / "again.pth")
+    for key, value in model.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(num_glimpses=1, hidden_dim=16, two_word_tables=False),
+        dict(num_glimpses=8, hidden_dim=24, two_word_tables=True),
+        dict(num_glimpses=3, hidden_dim=8, use_counting=False, feature_dim=40, num_answers=5),
+        dict(task="grounding", num_glimpses=1, hidden_dim=12, use_counting=False, num_answers=1),
+    ],
+)
+def test_sizes_are_inferred_for_any_model_made_the_same_way(overrides):
+    config = ban.BANConfig(**{"num_tokens": 30, "num_answers": 11, "feature_dim": 20, **overrides})
+    model = ban.build_model(config)
+    state = {f"module.{key}": value for key, value in ban.to_official_state_dict(model).items()}
+    assert infer_config({k.removeprefix("module."): v for k, v in state.items()}) == config
+    loaded = ban.load_official_checkpoint({"epoch": 1, "model_state": state, "optimizer_state": {}})
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+
+
+def _reference_state(official_fixtures):
+    return torch.load(official_fixtures / "ban_vqa_g4_h32_c.pth", weights_only=True)["model_state"]
+
+
+def test_missing_tensor_is_named(official_fixtures):
+    state = dict(_reference_state(official_fixtures))
+    del state["module.b_net.2.q_net.main.1.weight_g"]
+    with pytest.raises(CheckpointError, match=r"b_net\.2\.q_net\.main\.1\.weight_g"):
+        ban.load_official_checkpoint(state)
+
+
+def test_extra_tensor_is_named(official_fixtures):
+    state = dict(_reference_state(official_fixtures))
+    state["module.b_net.9.v_net.main.1.bias"] = torch.zeros(32)
+    with pytest.raises(CheckpointError, match=r"b_net\.9\.v_net\.main\.1\.bias"):
+        ban.load_official_checkpoint(state)
+
+
+def test_misshapen_tensor_is_named(official_fixtures):
+    state = dict(_reference_state(official_fixtures))
+    state["module.q_prj.1.main.1.weight_v"] = torch.zeros(32, 31)
+    with pytest.raises(CheckpointError, match=r"q_prj\.1\.main\.1\.weight_v"):
+        ban.load_official_checkpoint(state)
+
+
+def test_file_that_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "notes.pth"
+    path.write_text("these are not weights")
+    with pytest.raises(CheckpointError, match="notes.pth"):
+        ban.load_official_checkpoint(path)
+    torch.save([1, 2, 3], path)
+    with pytest.raises(CheckpointError, match="expected a dict"):
+        ban.load_official_checkpoint(path)
+
+
+def test_pickled_code_is_not_executed(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model_state": Payload()}, path)
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        ban.load_official_checkpoint(path)
+
+
+def test_loaded_model_can_be_fine_tuned(official_fixtures):
+    model = ban.load_official_checkpoint(official_fixtures / "ban_vqa_g4_h32_c.pth")
+    io = _io(official_fixtures, "ban_vqa_g4_h32_c")
+    optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3)
+    before = model.classifier.output.weight_v.detach().clone()
+    loss = model(io["v"], io["b"], io["q"]).logits.logsumexp(dim=1).sum()
+    loss.backward()
+    optimizer.step()
+    assert not torch.equal(before, model.classifier.output.weight_v)
