@@ -129,3 +129,39 @@ def test_word_embeddings_load_glove_and_keep_padding_zero():
     assert torch.all(model.word_embedding.table.weight[40] == 0)
     with pytest.raises(ValueError, match="do not fit"):
         model.load_word_embeddings(torch.randn(39, 20))
+
+
+@pytest.mark.parametrize("use_counting", [True, False])
+def test_fused_and_plain_execution_compute_the_same_function(use_counting):
+    config = ban.BANConfig(num_glimpses=4, use_counting=use_counting, **SMALL)
+    fused = ban.build_model(config).eval()
+    plain = ban.build_model(config.replace(fused=False)).eval()
+    plain.load_state_dict(fused.state_dict())
+    features, spatial, questions = _inputs(config)
+    features[2, 7:] = 0
+    with torch.no_grad():
+        a, b = fused(features, spatial, questions), plain(features, spatial, questions)
+    assert torch.allclose(a.logits, b.logits, atol=1e-5)
+    assert torch.equal(a.attention, b.attention)
+
+
+def test_stacked_projection_keeps_independent_dropout_masks():
+    from ban.nn import FCStack
+    from ban.nn.fc import stacked_projection
+
+    torch.manual_seed(0)
+    stacks = [FCStack([64, 64], None, dropout=0.5) for _ in range(3)]
+    for stack in stacks:  # identity weights: the output shows the dropout mask
+        with torch.no_grad():
+            stack.layers[0].weight_v.copy_(torch.eye(64))
+            stack.layers[0].weight_g.fill_(8.0)  # ‖I‖_F = 8
+            stack.layers[0].bias.zero_()
+    out = stacked_projection(stacks, torch.ones(200, 64))  # [3, 200, 64]
+    kept = out != 0
+    assert torch.allclose(out[kept], torch.tensor(2.0))  # inverted dropout scale 1 / (1 − p)
+    assert abs(kept.float().mean().item() - 0.5) < 0.02
+    # masks of different stacks are independent: agreement ≈ 0.5, not 1
+    assert abs((kept[0] == kept[1]).float().mean().item() - 0.5) < 0.02
+    for stack in stacks:
+        stack.eval()
+    assert torch.all(stacked_projection(stacks, torch.ones(5, 64)) == 1)

@@ -21,6 +21,9 @@ class BANConfig:
     ``attention="unitary"`` builds the paper's unitary-attention baseline instead of BAN (VQA only).
     ``mask_question_padding`` keeps padded tokens out of attention and the classifier's sum; the reference
     does not mask them, so official checkpoints need it off.
+    ``fused`` chooses how BAN for VQA is executed, not what it computes: the box projections of all glimpses
+    in one batched product (each with its own dropout mask) and the counts of all glimpses in one call
+    (they need only the attention logits). ``fused=False`` runs the straightforward per-glimpse loop.
     """
 
     task: str = "vqa"
@@ -39,6 +42,7 @@ class BANConfig:
     attention_dropout: float = 0.5
     classifier_dropout: float = 0.5
     mask_question_padding: bool = False
+    fused: bool = True
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -11,6 +11,7 @@ from ban.models.outputs import VQAOutput
 from ban.models.text import QuestionEncoder, WordEmbedding
 from ban.nn import BilinearAttentionMap, BilinearAttentionPooling, Classifier, CountingModule, FCStack
 from ban.nn.bilinear import box_mask_from_features
+from ban.nn.fc import stacked_projection
 
 
 class BanForVQA(nn.Module):
@@ -55,6 +56,17 @@ class BanForVQA(nn.Module):
         token_mask = questions != self.config.pad_index if self.config.mask_question_padding else None
         states = self.question_encoder(self.word_embedding(questions))  # [B, L, H]
         attention, logits = self.attention(features, states, box_mask, token_mask)
+        if self.config.fused:
+            states = self._glimpses_fused(features, boxes, states, attention, logits)
+        else:
+            states = self._glimpses_plain(features, boxes, states, attention, logits)
+        if token_mask is not None:
+            states = states * token_mask.unsqueeze(-1).to(states.dtype)
+        return VQAOutput(self.classifier(states.sum(dim=1)), attention, logits)
+
+    def _glimpses_plain(self, features: Tensor, boxes: Tensor, states: Tensor, attention: Tensor,
+                        logits: Tensor) -> Tensor:
+        """Residual learning of attention, glimpse by glimpse → updated token states [B, L, H]."""
         for glimpse in range(self.config.num_glimpses):
             joint = self.pooling[glimpse](features, states, attention[:, glimpse])  # [B, H]
             states = states + self.residual_proj[glimpse](joint).unsqueeze(1)
@@ -62,9 +74,24 @@ class BanForVQA(nn.Module):
                 box_scores = logits[:, glimpse].max(dim=2).values  # [B, N]
                 count = self.counter(boxes[..., :4], box_scores)  # [B, n + 1]
                 states = states + self.count_proj[glimpse](count).unsqueeze(1)
-        if token_mask is not None:
-            states = states * token_mask.unsqueeze(-1).to(states.dtype)
-        return VQAOutput(self.classifier(states.sum(dim=1)), attention, logits)
+        return states
+
+    def _glimpses_fused(self, features: Tensor, boxes: Tensor, states: Tensor, attention: Tensor,
+                        logits: Tensor) -> Tensor:
+        """The same function with the box projections and the counts of all glimpses computed up front."""
+        glimpses = self.config.num_glimpses
+        boxes_hidden = stacked_projection([pooling.v_proj for pooling in self.pooling], features)  # [G, B, N, H]
+        if self.config.use_counting:
+            batch, _, num_boxes, _ = logits.shape
+            box_scores = logits.max(dim=3).values.reshape(batch * glimpses, num_boxes)  # [B·G, N]
+            all_boxes = boxes[:, None, :, :4].expand(-1, glimpses, -1, -1).reshape(batch * glimpses, num_boxes, 4)
+            counts = self.counter(all_boxes, box_scores).reshape(batch, glimpses, -1)  # [B, G, n + 1]
+        for glimpse in range(glimpses):
+            joint = self.pooling[glimpse].pool(boxes_hidden[glimpse], states, attention[:, glimpse])  # [B, H]
+            states = states + self.residual_proj[glimpse](joint).unsqueeze(1)
+            if self.config.use_counting:
+                states = states + self.count_proj[glimpse](counts[:, glimpse]).unsqueeze(1)
+        return states
 
     def load_word_embeddings(self, table: Tensor, second_table: Tensor | None = None) -> None:
         """Initialise the word tables, e.g. from GloVe: table [num_tokens, word_dim] (see WordEmbedding)."""

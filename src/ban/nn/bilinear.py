@@ -115,7 +115,10 @@ class BilinearAttentionPooling(nn.Module):
 
     def forward(self, v: Tensor, q: Tensor, attention: Tensor) -> Tensor:
         """v [B, N, Dv], q [B, L, Dq], attention [B, N, L] → joint feature [B, H]."""
-        v_hidden = self.v_proj(v)  # [B, N, H]
+        return self.pool(self.v_proj(v), q, attention)
+
+    def pool(self, v_hidden: Tensor, q: Tensor, attention: Tensor) -> Tensor:
+        """The same from already projected boxes: v_hidden [B, N, H] = σ(Uᵀv) → joint feature [B, H]."""
         q_hidden = self.q_proj(q)  # [B, L, H]
-        attended = torch.matmul(attention.transpose(1, 2), v_hidden)  # [B, L, H]
+        attended = torch.matmul(attention.transpose(1, 2).to(v_hidden.dtype), v_hidden)  # [B, L, H]
         return (attended * q_hidden).sum(dim=1)

@@ -96,3 +96,24 @@ class Classifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x [B, in] → logits [B, num_answers]."""
         return self.output(self.dropout(F.relu(self.hidden(x))))
+
+
+def stacked_projection(stacks: list[FCStack], x: Tensor) -> Tensor:
+    """Apply S single-layer FCStacks that share their input in ONE batched product.
+
+    Each stack keeps its own independent dropout mask (as S separate calls would), its own weight-normalised
+    weight and its activation. x [..., in] → [S, ..., out].
+    """
+    first = stacks[0]
+    if any(len(stack.layers) != 1 for stack in stacks):
+        raise ValueError("stacked_projection needs single-layer FCStacks")
+    weights = torch.stack([stack.layers[0].weight for stack in stacks])  # [S, out, in]
+    biases = torch.stack([stack.layers[0].bias for stack in stacks])  # [S, out]
+    leading = x.shape[:-1]
+    inputs = x.reshape(1, -1, x.shape[-1]).expand(len(stacks), -1, -1)  # [S, M, in]
+    if isinstance(first.dropout, nn.Dropout):
+        inputs = first.dropout(inputs)  # a fresh mask for every element of the [S, M, in] tensor
+    out = torch.baddbmm(biases.unsqueeze(1).to(inputs.dtype), inputs, weights.transpose(1, 2).to(inputs.dtype))
+    if first.activation == "relu":
+        out = F.relu(out)
+    return out.reshape(len(stacks), *leading, out.shape[-1])
