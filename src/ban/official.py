@@ -137,6 +137,10 @@ def load_official_checkpoint(source: str | os.PathLike[str] | Mapping[str, objec
         ours = _translate(key, _REFERENCE_TO_OURS)
         if ours is None or ours not in expected:
             raise CheckpointError("unexpected tensor for this model", path=label, field=key)
+        if not value.is_floating_point():
+            raise CheckpointError(f"expected a floating-point tensor, found {value.dtype}", path=label, field=key)
+        if not torch.isfinite(value).all():
+            raise CheckpointError("tensor holds NaN or infinite values", path=label, field=key)
         if value.numel() != expected[ours].numel():
             raise CheckpointError(f"shape {tuple(value.shape)} does not fit {tuple(expected[ours].shape)}",
                                   path=label, field=key)
