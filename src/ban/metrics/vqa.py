@@ -1,0 +1,247 @@
+"""The official VQA accuracy, number for number as the evaluation code of the VQA API (``vqaEval.py``).
+
+Per question, with the 10 annotator answers a_1..a_10 and the predicted answer r:
+
+- r: tabs/newlines → spaces, stripped, then both normalisation stages (:func:`ban.data.answers.normalize_answer`);
+- the annotator answers are compared as stored when all of them are identical strings; otherwise each gets
+  stage 1 only (:func:`ban.data.answers.process_punctuation`) — never stage 2. (The official annotation files
+  already hold normalised answers, so this rarely matters, but it is what the official numbers are.)
+- acc = mean over i of min(1, #{j : a_j ≠ a_i, a_j = r} / 3), where "a_j ≠ a_i" compares the whole answer
+  records (answer, confidence, id) as the official code does. With the official files every record has its own
+  ``answer_id``, so this leaves out exactly annotator i.
+
+Overall, per answer type and per question type: ``round(100 * sum(acc) / count, 2)``, summing in the order of the
+annotations (Python's ``round``, like the official code).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ban.data.answers import normalize_answer, process_punctuation
+from ban.errors import DataError
+
+PathLike = str | os.PathLike[str]
+Record = Mapping[str, Any]
+
+# Decimals of the reported percentages (the official default ``n=2``).
+DECIMALS = 2
+
+
+def question_accuracy(predicted: str, answers: Sequence[Record]) -> float:
+    """Official accuracy in [0, 1] of one predicted answer against the annotator answer records.
+
+    ``answers`` are the records of one question (``{"answer": str, "answer_confidence": …, "answer_id": …}``).
+
+    >>> answers = [{"answer": "2", "answer_id": i} for i in range(1, 4)] + [
+    ...     {"answer": "3", "answer_id": i} for i in range(4, 11)]
+    >>> round(question_accuracy("two", answers), 6)  # 3 annotators said "2": (3 * 2/3 + 7 * 1) / 10
+    0.9
+    """
+    result = normalize_answer(predicted)
+    if len({record["answer"] for record in answers}) > 1:
+        answers = [{**record, "answer": process_punctuation(record["answer"])} for record in answers]
+    matching = [record for record in answers if record["answer"] == result]
+    per_annotator = [
+        min(1, float(sum(1 for other in matching if other != left_out)) / 3) for left_out in answers
+    ]
+    return float(sum(per_annotator)) / len(per_annotator)
+
+
+def vqa_accuracy(
+    annotations: Sequence[Record], predictions: Mapping[int, str], *, progress: bool = False
+) -> dict[str, Any]:
+    """Official VQA accuracy of ``predictions`` (question id → answer) on ``annotations`` (official records).
+
+    Every annotated question must have a prediction and every prediction an annotated question (the official
+    code asserts the same); otherwise :class:`DataError`. Returns percentages rounded to 2 decimals::
+
+        {"overall": 65.32, "perAnswerType": {"yes/no": …, "number": …, "other": …},
+         "perQuestionType": {"what color": …, …}}
+
+    Answer and question types appear in order of first appearance, and only those present.
+    """
+    if not annotations:
+        raise DataError("no annotated questions to score")
+    _check_coverage((record["question_id"] for record in annotations), predictions, path=None)
+    overall: list[float] = []
+    per_answer_type: dict[str, list[float]] = {}
+    per_question_type: dict[str, list[float]] = {}
+    for record in tqdm(annotations, desc="scoring", unit="q", disable=not progress):
+        accuracy = question_accuracy(predictions[record["question_id"]], record["answers"])
+        overall.append(accuracy)
+        per_answer_type.setdefault(record["answer_type"], []).append(accuracy)
+        per_question_type.setdefault(record["question_type"], []).append(accuracy)
+    return {
+        "overall": _percent(overall),
+        "perAnswerType": {name: _percent(values) for name, values in per_answer_type.items()},
+        "perQuestionType": {name: _percent(values) for name, values in per_question_type.items()},
+    }
+
+
+def score_files(
+    questions_path: PathLike, annotations_path: PathLike, results_path: PathLike, *, progress: bool = False
+) -> dict[str, Any]:
+    """Official VQA accuracy of a results file (see :func:`vqa_accuracy`), with every file validated."""
+    annotations = load_annotations(annotations_path)
+    questions = load_questions(questions_path)
+    for index, record in enumerate(annotations):
+        question = questions.get(record["question_id"])
+        where = f"{index} (question_id={record['question_id']})"
+        if question is None:
+            raise DataError(
+                f"question is not in the questions file {os.fspath(questions_path)}",
+                path=annotations_path, record=where, field="question_id",
+            )
+        if question["image_id"] != record["image_id"]:
+            raise DataError(
+                f"image_id {record['image_id']} differs from the questions file's {question['image_id']}",
+                path=annotations_path, record=where, field="image_id",
+            )
+    predictions = load_results(results_path, [record["question_id"] for record in annotations])
+    return vqa_accuracy(annotations, predictions, progress=progress)
+
+
+def load_annotations(path: PathLike) -> list[dict[str, Any]]:
+    """The ``annotations`` records of an official annotation file (``v2_mscoco_*_annotations.json``),
+    validated: each needs an int ``question_id`` (unique) and ``image_id``, str ``question_type`` and
+    ``answer_type``, and a non-empty list of ``answers`` records with a str ``answer``."""
+    data = _read_json(path)
+    records = data.get("annotations") if isinstance(data, dict) else None
+    if not isinstance(records, list):
+        raise DataError("expected an object with a list of records", path=path, field="annotations")
+    seen: set[int] = set()
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DataError("expected an object", path=path, record=index)
+        question_id = _require(record, "question_id", int, path, index)
+        where = f"{index} (question_id={question_id})"
+        if question_id in seen:
+            raise DataError("question annotated twice", path=path, record=where, field="question_id")
+        seen.add(question_id)
+        _require(record, "image_id", int, path, where)
+        _require(record, "question_type", str, path, where)
+        _require(record, "answer_type", str, path, where)
+        answers = _require(record, "answers", list, path, where)
+        if not answers:
+            raise DataError("no annotator answers", path=path, record=where, field="answers")
+        for position, answer in enumerate(answers):
+            if not isinstance(answer, dict) or not isinstance(answer.get("answer"), str):
+                raise DataError(
+                    "expected an object with a string 'answer'", path=path, record=where,
+                    field=f"answers[{position}]",
+                )
+    return records
+
+
+def load_questions(path: PathLike) -> dict[int, dict[str, Any]]:
+    """Question id → record of an official questions file (``v2_OpenEnded_mscoco_*_questions.json``)."""
+    data = _read_json(path)
+    records = data.get("questions") if isinstance(data, dict) else None
+    if not isinstance(records, list):
+        raise DataError("expected an object with a list of records", path=path, field="questions")
+    questions: dict[int, dict[str, Any]] = {}
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DataError("expected an object", path=path, record=index)
+        question_id = _require(record, "question_id", int, path, index)
+        where = f"{index} (question_id={question_id})"
+        if question_id in questions:
+            raise DataError("question listed twice", path=path, record=where, field="question_id")
+        _require(record, "image_id", int, path, where)
+        _require(record, "question", str, path, where)
+        questions[question_id] = record
+    return questions
+
+
+def load_results(path: PathLike, question_ids: Iterable[int]) -> dict[int, str]:
+    """Question id → answer from a results file (the evaluation server's format: a JSON list of
+    ``{"question_id": int, "answer": str}``), checked to answer each of ``question_ids`` exactly once."""
+    records = _read_json(path)
+    if not isinstance(records, list):
+        raise DataError("expected a JSON list of {\"question_id\": int, \"answer\": str} records", path=path)
+    return results_to_predictions(records, question_ids, path=path)
+
+
+def results_to_predictions(
+    records: Sequence[Any], question_ids: Iterable[int], *, path: PathLike | None = None
+) -> dict[int, str]:
+    """Validate in-memory result records (as :func:`load_results`) and return question id → answer."""
+    predictions: dict[int, str] = {}
+    first_record: dict[int, int] = {}
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DataError("expected an object", path=path, record=index)
+        question_id = _require(record, "question_id", int, path, index)
+        where = f"{index} (question_id={question_id})"
+        _require(record, "answer", str, path, where)
+        if question_id in first_record:
+            raise DataError(
+                f"question answered twice (first in record {first_record[question_id]})",
+                path=path, record=where, field="question_id",
+            )
+        first_record[question_id] = index
+        predictions[question_id] = record["answer"]
+    _check_coverage(question_ids, predictions, path=path, first_record=first_record)
+    return predictions
+
+
+def _check_coverage(
+    question_ids: Iterable[int],
+    predictions: Mapping[int, str],
+    *,
+    path: PathLike | None,
+    first_record: Mapping[int, int] | None = None,
+) -> None:
+    """Raise unless ``predictions`` has exactly the keys ``question_ids``."""
+    expected = set(question_ids)
+    unknown = [question_id for question_id in predictions if question_id not in expected]
+    if unknown:
+        record = unknown[0] if first_record is None else f"{first_record[unknown[0]]} (question_id={unknown[0]})"
+        raise DataError(
+            f"question is not in the annotations ({len(unknown)} such answers in all)",
+            path=path, record=record, field="question_id",
+        )
+    missing = sorted(expected.difference(predictions))
+    if missing:
+        shown = ", ".join(str(question_id) for question_id in missing[:5])
+        more = ", …" if len(missing) > 5 else ""
+        raise DataError(
+            f"{len(missing)} annotated questions have no answer (question_id {shown}{more})",
+            path=path, field="question_id",
+        )
+
+
+def _percent(values: Sequence[float]) -> float:
+    return round(100 * float(sum(values)) / len(values), DECIMALS)
+
+
+def _require(record: Mapping[str, Any], field: str, kind: type, path: PathLike | None, where: object) -> Any:
+    """``record[field]``, which must be of type ``kind`` (bools are not ints)."""
+    value = record.get(field)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise DataError(
+            f"expected {kind.__name__}, got {type(value).__name__ if field in record else 'nothing'}",
+            path=path, record=where, field=field,
+        )
+    return value
+
+
+def _read_json(path: PathLike) -> Any:
+    try:
+        with Path(path).open(encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise DataError("file not found", path=path) from None
+    except OSError as error:  # a directory, no permission, an I/O error
+        raise DataError(f"cannot read ({error.strerror or error})", path=path) from None
+    except RecursionError:
+        raise DataError("not valid JSON (nested too deeply)", path=path) from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
+        raise DataError(f"not valid JSON ({error})", path=path) from None
