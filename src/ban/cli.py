@@ -13,7 +13,10 @@ import sys
 from ban.errors import BanError
 
 # sub-command name -> (module under ban.commands, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "score": ("score", "official VQA accuracy of a results file (overall, per answer and question type)"),
+    "prepare": ("prepare", "raw dataset files (VQA 2.0, Flickr30k Entities) → a prepared dataset directory"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,42 @@
+"""``ban prepare flickr30k``: Flickr30k Entities + region features → a prepared grounding dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ban.data.dictionary import Dictionary
+from ban.data.features import FEATURE_DTYPES
+from ban.data.flickr30k_prepare import SPLITS, prepare_flickr30k
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", required=True,
+                        help="folder with the official Sentences/, Annotations/ and train.txt, val.txt, test.txt")
+    parser.add_argument("--features", required=True, nargs="+", metavar="FILE",
+                        help="bottom-up TSV files (converted into OUT/features), or the authors' .hdf5 caches "
+                             "/ feature store directories (referenced, not copied)")
+    parser.add_argument("--out", required=True, help="prepared dataset directory to write")
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), metavar="SPLIT",
+                        help="splits to prepare (default: %(default)s)")
+    parser.add_argument("--dictionary", metavar="FILE",
+                        help="an existing dictionary.json to encode with (default: built from the captions)")
+    parser.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default="float32",
+                        help="storage type of converted TSV features (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    dictionary = None if args.dictionary is None else Dictionary.load(args.dictionary)
+    manifest = prepare_flickr30k(args.root, args.features, args.out, splits=args.splits, dictionary=dictionary,
+                                 feature_dtype=args.feature_dtype, progress=not args.json)
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return 0
+    print(f"wrote {args.out}: {manifest['num_tokens']} tokens, captions of up to {manifest['sentence_length']} "
+          f"tokens, up to {manifest['max_entities']} entities")
+    for split, summary in manifest["splits"].items():
+        print(f"  {split:<6} {summary['images']:>6} images {summary['sentences']:>7} captions "
+              f"{summary['entities_with_ground_truth']:>7} entities with boxes, "
+              f"upper bound {summary['upper_bound']:.2f}%")
+    return 0

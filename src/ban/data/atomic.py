@@ -1,0 +1,63 @@
+"""Atomic writes: a file or directory appears under its final name only once it is complete.
+
+Everything is first written under a hidden temporary name in the same directory (same file system), then moved
+into place with :func:`os.replace`, so an interrupted run never leaves something that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def temporary_sibling(path: str | os.PathLike[str]) -> Path:
+    """A hidden, process-unique name next to ``path`` (same directory, so a rename is atomic)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path to write to; on success it replaces ``path``; on error it is removed.
+
+    Works for a file or a directory. An existing directory at ``path`` is replaced only after the new one is
+    complete.
+    """
+    path = Path(path)
+    temp = temporary_sibling(path)
+    _remove(temp)
+    try:
+        yield temp
+        if path.is_dir() and not path.is_symlink():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(temp, path)
+            _remove(old)
+        else:
+            os.replace(temp, path)
+    except BaseException:
+        _remove(temp)
+        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Write ``data`` as JSON atomically."""
+    write_with(path, lambda temp: temp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8"))
+
+
+def write_with(path: str | os.PathLike[str], writer: Callable[[Path], object]) -> None:
+    """Call ``writer(temp_path)`` and move the result to ``path`` atomically."""
+    with atomic_path(path) as temp:
+        writer(temp)

@@ -1,0 +1,387 @@
+"""Region-feature stores: the on-disk format training reads, memory-mapped, plus the writer that builds it.
+
+A store maps an image id to its regions: features ``[n, D]``, the 6-d normalised spatial features ``[n, 6]``
+(x1/w, y1/h, x2/w, y2/h, bw/w, bh/h) and the pixel boxes ``[n, 4]`` (x1, y1, x2, y2), where ``n`` is the
+image's box count (10–100 for adaptive bottom-up features, 36 for the fixed ones).
+
+Our store is a directory of ``.npy`` files (layout in docs/data-formats.md). :meth:`FeatureStore.open` also
+reads the authors' HDF5 cache directly (see :mod:`ban.data.features_hdf5`) and a ``features.json`` that lists
+several sources. Readers open their files lazily in each process and never hold more than the rows asked for.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ban.data.atomic import atomic_path, write_json
+from ban.errors import DataError
+
+STORE_FORMAT_VERSION = 1
+FEATURE_DTYPES = ("float32", "float16")
+
+
+@dataclass
+class FeatureRecord:
+    """The regions of one image, as a detector produced them.
+
+    ``boxes`` ``[n, 4]`` float32 pixel x1, y1, x2, y2; ``features`` ``[n, D]`` float32. ``path``/``line`` say
+    where the record was read from (for error messages); they are not part of its value.
+    """
+
+    image_id: int
+    image_w: int
+    image_h: int
+    boxes: np.ndarray
+    features: np.ndarray
+    path: str | None = field(default=None, compare=False, repr=False)
+    line: int | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def num_boxes(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+def spatial_features(boxes: np.ndarray, image_w: int, image_h: int) -> np.ndarray:
+    """The 6-d normalised box geometry of the reference pipeline, computed in float32 in its order.
+
+    ``boxes`` ``[n, 4]`` pixel x1, y1, x2, y2 → ``[n, 6]`` float32: x1/w, y1/h, x1/w + bw/w, y1/h + bh/h,
+    bw/w, bh/h with bw = x2 − x1, bh = y2 − y1 (columns 2–3 equal x2/w, y2/h up to float32 rounding, computed
+    exactly as the reference did).
+    """
+    boxes = np.asarray(boxes, dtype=np.float32)
+    width, height = np.float32(image_w), np.float32(image_h)
+    scaled_x = boxes[:, 0] / width
+    scaled_y = boxes[:, 1] / height
+    scaled_w = (boxes[:, 2] - boxes[:, 0]) / width
+    scaled_h = (boxes[:, 3] - boxes[:, 1]) / height
+    columns = [scaled_x, scaled_y, scaled_x + scaled_w, scaled_y + scaled_h, scaled_w, scaled_h]
+    return np.stack(columns, axis=1)
+
+
+class FeatureStore(ABC):
+    """Read-only access to region features by image id.
+
+    Subclasses provide :attr:`image_ids` (``[I]`` int64, store order), :attr:`feature_dim`, the row range of
+    each image and the reading of rows. Instances are picklable (for DataLoader workers): open file handles
+    and memory maps are dropped and reopened lazily in the receiving process.
+    """
+
+    image_ids: np.ndarray
+    feature_dim: int
+
+    def __init__(self, image_ids: np.ndarray) -> None:
+        self.image_ids = np.asarray(image_ids, dtype=np.int64)
+        self._index = {int(image_id): i for i, image_id in enumerate(self.image_ids.tolist())}
+
+    @staticmethod
+    def open(path: str | os.PathLike[str]) -> FeatureStore:
+        """Open our store directory, the authors' ``.hdf5`` cache (image-id pickle next to it), or a
+        ``features.json`` listing several such sources."""
+        path = Path(path)
+        if path.is_dir():
+            if (path / "store.json").is_file():
+                return NpyFeatureStore(path)
+            if (path / "features.json").is_file():
+                return FeatureStore.open(path / "features.json")
+            raise DataError("not a complete feature store (no store.json): rerun `ban prepare`", path=path)
+        if path.suffix in (".hdf5", ".h5"):
+            from ban.data.features_hdf5 import Hdf5FeatureStore
+
+            return Hdf5FeatureStore(path)
+        if path.suffix == ".json":
+            return _open_sources_file(path)
+        if not path.exists():
+            raise DataError("no such file or directory", path=path)
+        raise DataError("not a feature store: expected a store directory, an .hdf5 file or a .json",
+                        path=path)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._index
+
+    def position(self, image_id: int) -> int:
+        """Position of ``image_id`` in :attr:`image_ids`; ``KeyError`` if absent."""
+        try:
+            return self._index[int(image_id)]
+        except KeyError:
+            raise KeyError(f"image {image_id} has no features in this store") from None
+
+    def num_boxes(self, image_id: int) -> int:
+        """Number of regions of ``image_id``."""
+        start, end = self._row_range(self.position(image_id))
+        return end - start
+
+    def get(self, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(features [n, D] float32, spatial [n, 6] float32, boxes [n, 4] float32 pixels)`` of one image."""
+        return self._read(self.position(image_id))
+
+    @abstractmethod
+    def _row_range(self, position: int) -> tuple[int, int]:
+        """Rows ``[start, end)`` of the image at ``position``."""
+
+    @abstractmethod
+    def _read(self, position: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Features, spatial features and boxes of the image at ``position`` (owned float32 arrays)."""
+
+
+class NpyFeatureStore(FeatureStore):
+    """Our store directory (docs/data-formats.md), opened memory-mapped."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        meta_path = self.directory / "store.json"
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError("not a complete feature store (no store.json): rerun `ban prepare`",
+                            path=self.directory) from None
+        except json.JSONDecodeError as error:
+            raise DataError(f"not valid JSON ({error})", path=meta_path) from None
+        self.feature_dim = int(self.meta["feature_dim"])
+        self.offsets = np.load(self.directory / "offsets.npy")
+        self.image_sizes = np.load(self.directory / "image_sizes.npy")
+        super().__init__(np.load(self.directory / "image_ids.npy"))
+        num_boxes = int(self.meta["num_boxes"])
+        if len(self.offsets) != len(self.image_ids) + 1 or int(self.offsets[-1]) != num_boxes:
+            raise DataError("offsets do not match image_ids / num_boxes", path=self.directory / "offsets.npy")
+        self._arrays: dict[str, np.ndarray] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_arrays"] = None
+        return state
+
+    def _mapped(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            self._arrays = {
+                name: np.load(self.directory / f"{name}.npy", mmap_mode="r")
+                for name in ("features", "spatial", "boxes")
+            }
+        return self._arrays
+
+    def _row_range(self, position: int) -> tuple[int, int]:
+        return int(self.offsets[position]), int(self.offsets[position + 1])
+
+    def _read(self, position: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        start, end = self._row_range(position)
+        arrays = self._mapped()
+        return (
+            np.array(arrays["features"][start:end], dtype=np.float32),
+            np.array(arrays["spatial"][start:end], dtype=np.float32),
+            np.array(arrays["boxes"][start:end], dtype=np.float32),
+        )
+
+
+class UnionFeatureStore(FeatureStore):
+    """Several stores seen as one (e.g. the authors' train and val HDF5 caches). Image ids must be unique."""
+
+    def __init__(self, stores: Sequence[FeatureStore], description: str = "feature sources") -> None:
+        if not stores:
+            raise DataError("no feature sources given", path=description)
+        dims = {store.feature_dim for store in stores}
+        if len(dims) != 1:
+            raise DataError(f"sources have different feature widths {sorted(dims)}", path=description,
+                            field="feature_dim")
+        self.stores = list(stores)
+        self.feature_dim = dims.pop()
+        super().__init__(np.concatenate([store.image_ids for store in stores]))
+        if len(self._index) != len(self.image_ids):
+            raise DataError("an image id appears in more than one source", path=description, field="image_id")
+        self._where = [(s, p) for s, store in enumerate(stores) for p in range(len(store))]
+
+    def _row_range(self, position: int) -> tuple[int, int]:
+        store, inner = self._where[position]
+        return self.stores[store]._row_range(inner)
+
+    def _read(self, position: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        store, inner = self._where[position]
+        return self.stores[store]._read(inner)
+
+
+def _open_sources_file(path: Path) -> FeatureStore:
+    """Open the sources of a ``features.json``: ``{"sources": [path, ...]}``, absolute or relative to (and then
+    inside) its folder."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataError(f"not valid JSON ({error})", path=path) from None
+    sources = data.get("sources") if isinstance(data, dict) else None
+    if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
+        raise DataError("expected a non-empty list of paths", path=path, field="sources")
+    folder = path.parent.resolve()
+    for source in sources:
+        if not Path(source).is_absolute() and not (folder / source).resolve().is_relative_to(folder):
+            raise DataError(f"relative source {source!r} leads outside {folder}", path=path, field="sources")
+    stores = [FeatureStore.open(path.parent / source) for source in sources]
+    return stores[0] if len(stores) == 1 else UnionFeatureStore(stores, description=str(path))
+
+
+def write_sources_file(path: str | os.PathLike[str], sources: Sequence[str | os.PathLike[str]]) -> None:
+    """Write a ``features.json`` listing existing sources (store directories, HDF5 caches): a source inside
+    the file's folder is recorded relative to it (the folder can move), any other by its absolute path."""
+    folder = Path(path).resolve().parent
+    entries = []
+    for source in sources:
+        resolved = Path(source).resolve()
+        entries.append(str(resolved.relative_to(folder)) if resolved.is_relative_to(folder) else str(resolved))
+    write_json(path, {"sources": entries})
+
+
+class _GrowingNpy:
+    """An ``.npy`` file of shape ``[rows, width]`` appended to row by row; its header is fixed up on close.
+
+    NumPy pads ``.npy`` headers so that the first axis can grow in place, which lets the writer stream rows of
+    unknown total count in constant memory.
+    """
+
+    def __init__(self, path: Path, width: int, dtype: np.dtype) -> None:
+        self.path, self.width, self.dtype, self.rows = path, width, np.dtype(dtype), 0
+        self.file = open(path, "wb")  # closed in close()
+        self.header_size = self._write_header()
+
+    def _write_header(self) -> int:
+        self.file.seek(0)
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": (self.rows, self.width)}
+        np.lib.format.write_array_header_1_0(self.file, header)
+        return self.file.tell()
+
+    def append(self, rows: np.ndarray) -> None:
+        """Append ``rows`` ``[n, width]`` (converted to the file's dtype)."""
+        data = np.ascontiguousarray(rows, dtype=self.dtype)
+        self.file.write(data.data)
+        self.rows += data.shape[0]
+
+    def close(self) -> None:
+        end = self.file.tell()
+        if self._write_header() != self.header_size:
+            raise RuntimeError(f"{self.path}: .npy header grew; cannot finish in place")
+        self.file.seek(end)
+        self.file.flush()
+        os.fsync(self.file.fileno())  # on disk before the store is renamed into place
+        self.file.close()
+
+
+@dataclass
+class StoreSummary:
+    """What :func:`write_feature_store` wrote."""
+
+    num_images: int
+    num_boxes: int
+    feature_dim: int
+    dtype: str
+
+
+def write_feature_store(
+    records: Iterable[FeatureRecord],
+    out_dir: str | os.PathLike[str],
+    *,
+    feature_dim: int | None = None,
+    dtype: str = "float32",
+    sources: Sequence[dict[str, Any]] = (),
+    progress: bool = False,
+) -> StoreSummary:
+    """Stream ``records`` into a store directory at ``out_dir`` in constant memory.
+
+    Rows are appended to ``.npy`` files on disk as they arrive (only the per-image ids, offsets and sizes —
+    a few integers per image — stay in memory). The store is built in a hidden sibling directory and renamed
+    to ``out_dir`` once complete; ``store.json`` is written last. ``feature_dim`` (if given) is enforced,
+    otherwise taken from the first record. ``sources`` is recorded in ``store.json`` (to recognise a store
+    that is already up to date). Raises :class:`DataError` for a wrong width, mismatched arrays or a repeated
+    image.
+    """
+    if dtype not in FEATURE_DTYPES:
+        raise ValueError(f"dtype must be one of {FEATURE_DTYPES}, not {dtype!r}")
+    with atomic_path(out_dir) as temp:
+        temp.mkdir(parents=True)
+        image_ids, offsets, sizes = array.array("q"), array.array("q", [0]), array.array("q")
+        seen: set[int] = set()
+        files: dict[str, _GrowingNpy] = {}
+        try:
+            for record in tqdm(records, desc="features", unit="img", disable=not progress, leave=False):
+                _check_record(record, feature_dim)
+                if feature_dim is None:
+                    feature_dim = int(record.features.shape[1])
+                if record.image_id in seen:
+                    raise DataError("image appears twice", path=record.path, record=_where(record),
+                                    field="image_id")
+                seen.add(record.image_id)
+                if not files:
+                    files = {
+                        "features": _GrowingNpy(temp / "features.npy", feature_dim, np.dtype(dtype)),
+                        "boxes": _GrowingNpy(temp / "boxes.npy", 4, np.dtype(np.float32)),
+                        "spatial": _GrowingNpy(temp / "spatial.npy", 6, np.dtype(np.float32)),
+                    }
+                files["features"].append(record.features)
+                files["boxes"].append(record.boxes)
+                files["spatial"].append(spatial_features(record.boxes, record.image_w, record.image_h))
+                image_ids.append(record.image_id)
+                sizes.extend((record.image_w, record.image_h))
+                offsets.append(offsets[-1] + record.num_boxes)
+        finally:
+            for npy in files.values():
+                npy.close()
+        if not files:
+            raise DataError("no feature records", path=", ".join(str(s.get("path")) for s in sources) or None)
+        np.save(temp / "image_ids.npy", np.frombuffer(image_ids, dtype=np.int64))
+        np.save(temp / "offsets.npy", np.frombuffer(offsets, dtype=np.int64))
+        np.save(temp / "image_sizes.npy", np.frombuffer(sizes, dtype=np.int64).reshape(-1, 2))
+        summary = StoreSummary(len(image_ids), int(offsets[-1]), int(feature_dim), dtype)
+        meta = {"format_version": STORE_FORMAT_VERSION, "feature_dim": summary.feature_dim,
+                "num_images": summary.num_images, "num_boxes": summary.num_boxes, "dtype": dtype,
+                "sources": list(sources)}
+        write_json(temp / "store.json", meta)
+    return summary
+
+
+def _where(record: FeatureRecord) -> str:
+    where = f"image_id={record.image_id}"
+    return where if record.line is None else f"line {record.line} ({where})"
+
+
+def _check_record(record: FeatureRecord, feature_dim: int | None) -> None:
+    """Shapes of one record: boxes ``[n, 4]``, features ``[n, D]`` with ``D == feature_dim`` if given."""
+    boxes, features = record.boxes, record.features
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise DataError(f"boxes must be [n, 4], got {list(boxes.shape)}", path=record.path,
+                        record=_where(record), field="boxes")
+    if features.ndim != 2 or features.shape[0] != boxes.shape[0]:
+        raise DataError(f"features {list(features.shape)} do not match {boxes.shape[0]} boxes",
+                        path=record.path, record=_where(record), field="features")
+    if feature_dim is not None and features.shape[1] != feature_dim:
+        raise DataError(f"feature width {features.shape[1]}, expected {feature_dim}", path=record.path,
+                        record=_where(record), field="features")
+    if record.image_w <= 0 or record.image_h <= 0:
+        raise DataError(f"image size {record.image_w}x{record.image_h} is not positive", path=record.path,
+                        record=_where(record), field="image_w" if record.image_w <= 0 else "image_h")
+
+
+def fingerprint(paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]]:
+    """Identity of input files (absolute path, size, modification time) recorded in ``store.json``."""
+    result = []
+    for path in paths:
+        stat = Path(path).stat()
+        result.append({"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    return result
+
+
+def is_complete_store(out_dir: str | os.PathLike[str], sources: Sequence[dict[str, Any]]) -> bool:
+    """Whether ``out_dir`` holds a finished store built from exactly ``sources`` (see :func:`fingerprint`),
+    so a rerun can skip the conversion."""
+    try:
+        meta = json.loads((Path(out_dir) / "store.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and meta.get("sources") == list(sources)

@@ -1,0 +1,127 @@
+"""Streaming reader of bottom-up-attention TSV feature files.
+
+Each line (the official files end lines with ``\\r\\n``) holds six tab-separated fields: ``image_id``,
+``image_w``, ``image_h``, ``num_boxes``, ``boxes`` and ``features``; the last two are base64 of float32
+arrays ``[num_boxes, 4]`` (pixel x1, y1, x2, y2) and ``[num_boxes, D]`` (D = 2048 for the official files).
+Lines are read one at a time, so memory stays at one record however large the file is.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ban.data.features import FeatureRecord
+from ban.errors import DataError
+
+_READ_BUFFER = 1 << 22  # lines are ~0.2–1 MB; a large buffer makes reading them cheap
+
+if sys.version_info >= (3, 11):
+    def _decode_base64(text: bytes) -> bytes:
+        """Strict base64 decoding (checked in C: alphabet, padding, nothing after the padding)."""
+        return binascii.a2b_base64(text, strict_mode=True)
+else:  # pragma: no cover - Python 3.10
+    def _decode_base64(text: bytes) -> bytes:
+        return base64.b64decode(text, validate=True)
+
+TSV_FIELDS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
+
+
+def iter_tsv_records(
+    path: str | os.PathLike[str],
+    *,
+    feature_dim: int | None = None,
+    on_progress: Callable[[int], object] | None = None,
+) -> Iterator[FeatureRecord]:
+    """Yield the records of one TSV file in file order.
+
+    ``feature_dim`` (if given) is enforced; otherwise the first record's width is, for the rest of the file.
+    ``on_progress(nbytes)`` is called with the size of each line read. Raises :class:`DataError` naming the
+    file, the line and the field for a wrong field count, a bad integer, bad base64, a NaN or infinite value,
+    or arrays whose sizes do not match ``num_boxes``.
+    """
+    path = Path(path)
+    with open(path, "rb", buffering=_READ_BUFFER) as file:
+        for line_number, line in enumerate(file, start=1):
+            if on_progress is not None:
+                on_progress(len(line))
+            line = line.rstrip(b"\r\n")
+            if not line:
+                continue
+            record = _parse_line(line, path, line_number, feature_dim)
+            feature_dim = record.features.shape[1]
+            yield record
+
+
+def iter_tsv_files(
+    paths: Sequence[str | os.PathLike[str]], *, feature_dim: int | None = None, progress: bool = True
+) -> Iterator[FeatureRecord]:
+    """Records of several TSV files in turn, with one progress bar over their total size (bytes). The first
+    record's width is enforced on all files unless ``feature_dim`` is given."""
+    total = sum(Path(path).stat().st_size for path in paths)
+    with tqdm(total=total, desc="converting TSV", unit="B", unit_scale=True, disable=not progress) as bar:
+        for path in paths:
+            for record in iter_tsv_records(path, feature_dim=feature_dim, on_progress=bar.update):
+                feature_dim = record.features.shape[1]
+                yield record
+
+
+def _parse_line(line: bytes, path: Path, line_number: int, feature_dim: int | None) -> FeatureRecord:
+    fields = line.split(b"\t")
+    where = f"line {line_number}"
+    if len(fields) != len(TSV_FIELDS):
+        raise DataError(f"expected {len(TSV_FIELDS)} tab-separated fields {TSV_FIELDS}, got {len(fields)}",
+                        path=path, record=where)
+    image_id, image_w, image_h, num_boxes = (
+        _integer(fields[i], path, where, TSV_FIELDS[i]) for i in range(4)
+    )
+    where = f"line {line_number} (image_id={image_id})"
+    if num_boxes <= 0:
+        raise DataError(f"must be positive, got {num_boxes}", path=path, record=where, field="num_boxes")
+    for value, name in ((image_w, "image_w"), (image_h, "image_h")):
+        if value <= 0:
+            raise DataError(f"must be positive, got {value}", path=path, record=where, field=name)
+    boxes = _float32_array(fields[4], path, where, "boxes")
+    if boxes.size != num_boxes * 4:
+        raise DataError(f"holds {boxes.size} floats, expected num_boxes × 4 = {num_boxes * 4}",
+                        path=path, record=where, field="boxes")
+    features = _float32_array(fields[5], path, where, "features")
+    if features.size % num_boxes:
+        raise DataError(f"holds {features.size} floats, not a multiple of num_boxes = {num_boxes}",
+                        path=path, record=where, field="features")
+    width = features.size // num_boxes
+    if feature_dim is not None and width != feature_dim:
+        raise DataError(f"feature width {width} (= {features.size} floats / {num_boxes} boxes), expected "
+                        f"{feature_dim}", path=path, record=where, field="features")
+    return FeatureRecord(image_id, image_w, image_h, boxes.reshape(num_boxes, 4),
+                         features.reshape(num_boxes, width), path=str(path), line=line_number)
+
+
+def _integer(text: bytes, path: Path, where: str, name: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise DataError(f"not an integer: {text[:40]!r}", path=path, record=where, field=name) from None
+
+
+def _float32_array(text: bytes, path: Path, where: str, name: str) -> np.ndarray:
+    try:
+        raw = _decode_base64(text)
+    except (binascii.Error, ValueError) as error:
+        raise DataError(f"bad base64 ({error})", path=path, record=where, field=name) from None
+    if len(raw) % 4:
+        raise DataError(f"{len(raw)} bytes is not a whole number of float32 values", path=path, record=where,
+                        field=name)
+    values = np.frombuffer(raw, dtype=np.float32)
+    if not np.isfinite(values).all():
+        position = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise DataError(f"value {position} is {values[position]} (NaN or infinite)", path=path, record=where,
+                        field=name)
+    return values

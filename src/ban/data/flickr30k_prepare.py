@@ -1,0 +1,350 @@
+"""``ban prepare flickr30k``: the official Flickr30k Entities files + region features → a prepared grounding
+dataset directory (layout: docs/data-formats.md, "Prepared grounding dataset").
+
+What an example is (as the reference pipeline, with one fix):
+
+- one example per caption that has at least one phrase with ground-truth boxes; its entity slots are the
+  caption's visual phrases in order (non-visual phrases — entity id 0, type ``notvisual`` — are skipped);
+  phrases whose entity has no box (``nobndbox``, scene entities, or named by no object) are kept with
+  ``has_ground_truth = False`` so they can be scored or masked, but only entities with ground truth count;
+- the entity's position is the index of the phrase's LAST token in the caption as the model reads it: the
+  caption with its markup removed, tokenised by :func:`ban.data.tokenizer.tokenize` (the question tokeniser).
+  The reference instead searched the phrase's words in the caption split on single spaces — not the token
+  list it fed the model (which drops ``,``/``?`` and splits off ``'s``), and finding the first occurrence of
+  the words even when the phrase is a later one — so its positions could point at other words. Here the
+  position is the token that holds the phrase's last character, found by tokenising the caption up to that
+  character (a prefix tokenises to a prefix of the token list), so it is right by construction;
+- targets: the detected boxes with IoU ≥ 0.5 to any ground-truth box of the entity (IoU as the reference:
+  corners used as given, ``intersection / (union + 1e-6)``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ban.data.atomic import atomic_path, write_json
+from ban.data.dictionary import Dictionary
+from ban.data.features import FeatureStore, write_feature_store, write_sources_file
+from ban.data.features_tsv import iter_tsv_files
+from ban.data.flickr30k_parse import Caption, parse_annotation_file, parse_sentences_file
+from ban.data.tokenizer import tokenize
+from ban.errors import DataError
+from ban.metrics.grounding import ENTITY_TYPES, type_bits
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+IOU_THRESHOLD = 0.5
+FORMAT_VERSION = 1
+_STORE_SUFFIXES = (".hdf5", ".h5", ".json")
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass
+class GroundedSentence:
+    """One caption ready to be encoded: its tokens and, per entity slot, position / id / type bits / whether
+    the entity has ground-truth boxes."""
+
+    image_id: int
+    caption_index: int
+    tokens: list[str]
+    positions: list[int] = field(default_factory=list)
+    entity_ids: list[int] = field(default_factory=list)
+    type_bits: list[int] = field(default_factory=list)
+    has_ground_truth: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class ParseStats:
+    """Counts of what was left out, reported in the manifest."""
+
+    captions: int = 0
+    non_visual_phrases: int = 0
+    phrases_without_tokens: int = 0
+    captions_without_grounded_entities: int = 0
+
+
+def box_iou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``first`` ``[G, 4]`` with every box of ``second`` ``[N, 4]`` (x1, y1, x2, y2) →
+    ``[G, N]`` float64, as the reference: ``intersection / (area1 + area2 − intersection + 1e-6)``.
+
+    >>> box_iou(np.array([[0, 0, 10, 10]]), np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]])).round(4)
+    array([[1.    , 0.3333, 0.    ]])
+    """
+    first = np.asarray(first, dtype=np.float64)[:, None, :]
+    second = np.asarray(second, dtype=np.float64)[None, :, :]
+    low = np.maximum(first[..., :2], second[..., :2])
+    high = np.minimum(first[..., 2:], second[..., 2:])
+    intersection = np.clip(high - low, 0, None).prod(-1)
+    area_first = (first[..., 2] - first[..., 0]) * (first[..., 3] - first[..., 1])
+    area_second = (second[..., 2] - second[..., 0]) * (second[..., 3] - second[..., 1])
+    return intersection / (area_first + area_second - intersection + 1e-6)
+
+
+def positive_boxes(ground_truth: dict[int, list[Box]], detected: np.ndarray) -> dict[int, np.ndarray]:
+    """Entity id → indices of the ``detected`` boxes ``[N, 4]`` with IoU ≥ 0.5 to any of its ground-truth
+    boxes (int64, ascending)."""
+    if not ground_truth or len(detected) == 0:
+        return {entity_id: np.zeros(0, dtype=np.int64) for entity_id in ground_truth}
+    owners = np.array([entity_id for entity_id, boxes in ground_truth.items() for _ in boxes])
+    rows = np.array([box for boxes in ground_truth.values() for box in boxes], dtype=np.float64)
+    matches = box_iou(rows, detected) >= IOU_THRESHOLD  # [G, N]
+    return {entity_id: np.flatnonzero(matches[owners == entity_id].any(0)) for entity_id in ground_truth}
+
+
+def ground_caption(caption: Caption, image_id: int, caption_index: int, has_boxes: set[int],
+                   stats: ParseStats) -> GroundedSentence | None:
+    """The example of one caption, or None if none of its phrases has ground-truth boxes."""
+    sentence = GroundedSentence(image_id, caption_index, tokenize(caption.text))
+    for phrase in caption.phrases:
+        if not phrase.is_visual:
+            stats.non_visual_phrases += 1
+            continue
+        if not tokenize(caption.text[phrase.start:phrase.end]):
+            stats.phrases_without_tokens += 1
+            continue
+        sentence.positions.append(len(tokenize(caption.text[:phrase.end])) - 1)
+        sentence.entity_ids.append(phrase.entity_id)
+        sentence.type_bits.append(type_bits(phrase.types))
+        sentence.has_ground_truth.append(phrase.entity_id in has_boxes)
+    if not any(sentence.has_ground_truth):
+        stats.captions_without_grounded_entities += 1
+        return None
+    return sentence
+
+
+def read_split(path: str | os.PathLike[str]) -> list[int]:
+    """Image ids of a split list (``train.txt``: one id a line)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError("split list not found", path=path) from None
+    ids = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                ids.append(int(line.strip()))
+            except ValueError:
+                raise DataError(f"expected an image id, got {line.strip()[:40]!r}", path=path,
+                                record=f"line {number}", field="image_id") from None
+    return ids
+
+
+def parse_splits(
+    root: Path, split_images: dict[str, list[int]], progress: bool
+) -> tuple[dict[str, list[GroundedSentence]], dict[int, dict[int, list[Box]]], ParseStats]:
+    """Parse the Sentences and Annotations files of every listed image: the kept examples of each split, each
+    image's ground-truth boxes by entity id, and what was left out."""
+    stats = ParseStats()
+    sentences: dict[str, list[GroundedSentence]] = {split: [] for split in split_images}
+    ground_truth: dict[int, dict[int, list[Box]]] = {}
+    total = sum(len(images) for images in split_images.values())
+    with tqdm(total=total, desc="parsing Flickr30k Entities", unit="img", disable=not progress) as bar:
+        for split, images in split_images.items():
+            for image_id in images:
+                annotation = parse_annotation_file(root / "Annotations" / f"{image_id}.xml")
+                ground_truth[image_id] = annotation.boxes
+                captions = parse_sentences_file(root / "Sentences" / f"{image_id}.txt")
+                stats.captions += len(captions)
+                with_boxes = set(annotation.boxes)
+                for index, caption in enumerate(captions):
+                    sentence = ground_caption(caption, image_id, index, with_boxes, stats)
+                    if sentence is not None:
+                        sentences[split].append(sentence)
+                bar.update()
+    return sentences, ground_truth, stats
+
+
+def prepare_flickr30k(
+    root: str | os.PathLike[str],
+    features: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    splits: Sequence[str] = SPLITS,
+    dictionary: Dictionary | None = None,
+    feature_dtype: str = "float32",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build the prepared grounding dataset at ``out`` (atomically: ``out`` appears complete or not at all;
+    ``manifest.json`` is written last) and return its manifest.
+
+    ``root`` holds ``Sentences/``, ``Annotations/`` and ``<split>.txt``; ``features`` are bottom-up TSV files
+    (converted into ``out/features``, keeping only the images of ``splits``) or sources
+    :meth:`FeatureStore.open` reads (the authors' HDF5 caches, our store directories), referenced from
+    ``out/features/features.json``. ``dictionary`` defaults to the tokens of the kept captions in order of
+    first appearance.
+    """
+    root = Path(root)
+    _check_sources_outside(features, out)
+    split_images = {split: read_split(root / f"{split}.txt") for split in splits}
+    _check_disjoint(split_images, root)
+    sentences, ground_truth, stats = parse_splits(root, split_images, progress)
+    kept = [sentence for split in splits for sentence in sentences[split]]
+    if not kept:
+        raise DataError("no caption has a phrase with ground-truth boxes", path=root)
+    if dictionary is None:
+        dictionary = Dictionary(token for sentence in kept for token in sentence.tokens)
+    length = max(len(sentence.tokens) for sentence in kept)
+    max_entities = max(len(sentence.entity_ids) for sentence in kept)
+
+    with atomic_path(out) as temp:
+        temp.mkdir(parents=True)
+        wanted = set(ground_truth)
+        positives: dict[int, dict[int, np.ndarray]] = {}
+        for image_id, boxes in _detected_boxes(features, wanted, temp / "features", feature_dtype, progress):
+            positives[image_id] = positive_boxes(ground_truth[image_id], boxes)
+        missing = sorted(wanted.difference(positives))
+        if missing:
+            shown = ", ".join(str(image_id) for image_id in missing[:5])
+            raise DataError(f"{len(missing)} images of the splits have no features (e.g. {shown})",
+                            path=", ".join(os.fspath(path) for path in features), field="image_id")
+        split_summaries = {}
+        for split in splits:
+            arrays = encode_split(sentences[split], positives, dictionary, length, max_entities)
+            with open(temp / f"{split}.npz", "wb") as handle:
+                np.savez(handle, **arrays)
+            split_summaries[split] = _split_summary(arrays, len(split_images[split]))
+        dictionary.save(temp / "dictionary.json")
+        manifest = {
+            "task": "grounding",
+            "dataset": "flickr30k_entities",
+            "format_version": FORMAT_VERSION,
+            "splits": split_summaries,
+            "num_tokens": len(dictionary),
+            "padding_index": dictionary.padding_index,
+            "sentence_length": length,
+            "max_entities": max_entities,
+            "feature_dim": FeatureStore.open(temp / "features").feature_dim,
+            "entity_types": list(ENTITY_TYPES),
+            "iou_threshold": IOU_THRESHOLD,
+            "entity_position": "last token of the phrase in the tokenised caption",
+            "left_out": {
+                "non_visual_phrases": stats.non_visual_phrases,
+                "phrases_without_tokens": stats.phrases_without_tokens,
+                "captions_without_grounded_entities": stats.captions_without_grounded_entities,
+            },
+            "captions": stats.captions,
+        }
+        write_json(temp / "manifest.json", manifest)
+    return manifest
+
+
+def encode_split(
+    sentences: Sequence[GroundedSentence],
+    positives: dict[int, dict[int, np.ndarray]],
+    dictionary: Dictionary,
+    length: int,
+    max_entities: int,
+) -> dict[str, np.ndarray]:
+    """The arrays of one split's ``.npz`` (S sentences, L = ``length``, E = ``max_entities``)."""
+    count = len(sentences)
+    tokens = np.full((count, length), dictionary.padding_index, dtype=np.int32)
+    positions = np.zeros((count, max_entities), dtype=np.int64)
+    entity_ids = np.zeros((count, max_entities), dtype=np.int64)
+    entity_types = np.zeros((count, max_entities), dtype=np.int64)
+    has_ground_truth = np.zeros((count, max_entities), dtype=bool)
+    sizes = np.zeros(count * max_entities, dtype=np.int64)
+    boxes: list[np.ndarray] = []
+    for row, sentence in enumerate(sentences):
+        tokens[row, : len(sentence.tokens)] = [dictionary.index_of(token) for token in sentence.tokens]
+        used = len(sentence.entity_ids)
+        positions[row, :used] = sentence.positions
+        entity_ids[row, :used] = sentence.entity_ids
+        entity_types[row, :used] = sentence.type_bits
+        has_ground_truth[row, :used] = sentence.has_ground_truth
+        image_positives = positives[sentence.image_id]
+        for slot, entity_id in enumerate(sentence.entity_ids):
+            found = image_positives.get(entity_id)
+            if found is not None and len(found):
+                boxes.append(found)
+                sizes[row * max_entities + slot] = len(found)
+    return {
+        "image_id": np.array([sentence.image_id for sentence in sentences], dtype=np.int64),
+        "caption_index": np.array([sentence.caption_index for sentence in sentences], dtype=np.int64),
+        "tokens": tokens,
+        "entity_positions": positions,
+        "entity_ids": entity_ids,
+        "entity_types": entity_types,
+        "has_ground_truth": has_ground_truth,
+        "positive_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        "positive_boxes": (np.concatenate(boxes) if boxes else np.zeros(0)).astype(np.int32),
+    }
+
+
+def _split_summary(arrays: dict[str, np.ndarray], num_images: int) -> dict[str, Any]:
+    with_truth = int(arrays["has_ground_truth"].sum())
+    sizes = np.diff(arrays["positive_offsets"]).reshape(arrays["has_ground_truth"].shape)
+    reachable = int(((sizes > 0) & arrays["has_ground_truth"]).sum())
+    return {
+        "images": num_images,
+        "sentences": int(len(arrays["image_id"])),
+        "entities": int((arrays["entity_ids"] > 0).sum()),
+        "entities_with_ground_truth": with_truth,
+        "upper_bound": 100.0 * reachable / with_truth if with_truth else 0.0,
+    }
+
+
+def _detected_boxes(
+    sources: Sequence[str | os.PathLike[str]], wanted: set[int], store_dir: Path, dtype: str, progress: bool
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Set up ``store_dir`` from the feature sources and yield ``(image_id, boxes [n, 4] pixels)`` of every
+    image of ``wanted`` that has features.
+
+    Directories and ``.hdf5``/``.h5``/``.json`` files are sources :meth:`FeatureStore.open` reads: they are
+    referenced from ``store_dir/features.json`` and read back image by image. Any other file is a bottom-up
+    TSV file (whatever its name, e.g. ``….tsv.1``): converted (only the wanted images), its boxes yielded as
+    they stream past.
+    """
+    paths = [Path(source) for source in sources]
+    if not paths:
+        raise DataError("no feature sources given", field="features")
+    tsv = [not (path.is_dir() or path.suffix in _STORE_SUFFIXES) for path in paths]
+    if any(tsv) and not all(tsv):
+        raise DataError("give either TSV files or other feature sources, not a mix",
+                        path=", ".join(map(str, paths)), field="features")
+    if all(tsv):
+        found: list[tuple[int, np.ndarray]] = []
+
+        def records() -> Iterator[Any]:
+            for record in iter_tsv_files(paths, progress=progress):
+                if record.image_id in wanted:
+                    found.append((record.image_id, record.boxes))
+                    yield record
+
+        write_feature_store(records(), store_dir, dtype=dtype, sources=[{"path": str(p)} for p in paths],
+                            progress=False)
+        yield from found
+        return
+    store_dir.mkdir()
+    write_sources_file(store_dir / "features.json", paths)
+    store = FeatureStore.open(store_dir)
+    present = [image_id for image_id in store.image_ids.tolist() if image_id in wanted]
+    for image_id in tqdm(present, desc="matching boxes", unit="img", disable=not progress):
+        yield image_id, store.get(image_id)[2]
+
+
+def _check_sources_outside(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> None:
+    """A referenced source inside ``out`` would vanish when ``out`` is replaced."""
+    out = Path(out).resolve()
+    for source in sources:
+        resolved = Path(source).resolve()
+        if resolved == out or out in resolved.parents:
+            raise DataError("a feature source lies inside --out, which is replaced: move it or choose another "
+                            "--out", path=source, field="features")
+
+
+def _check_disjoint(split_images: dict[str, list[int]], root: Path) -> None:
+    seen: dict[int, str] = {}
+    for split, images in split_images.items():
+        for image_id in images:
+            if image_id in seen:
+                where = "twice" if seen[image_id] == split else f"also in {seen[image_id]}.txt"
+                raise DataError(f"image {image_id} listed {where}", path=root / f"{split}.txt",
+                                field="image_id")
+            seen[image_id] = split

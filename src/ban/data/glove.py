@@ -1,0 +1,141 @@
+"""GloVe word vectors → initial word-embedding tables.
+
+- :func:`read_glove` streams a GloVe text file (``word v1 … vD`` per line, e.g. ``glove.6B.300d.txt``) and
+  keeps only the rows of the words asked for (words missing from GloVe get zeros, as in the reference).
+- :func:`cooccurrence_embedding` builds the initialisation of option ``c``'s second table: each word's row is
+  the average of the GloVe rows of the words it co-occurs with in the same question, weighted by co-occurrence
+  count / total count of the other word (a tf-idf weight), normalised per row so the weights sum to 1.
+
+The reference computed the same row-stochastic mixing but its tf-idf step divided entries by the wrong index
+(``vals[col] /= df[col]``); we apply the weight it intended, count / df[col], to every entry.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ban.errors import DataError
+
+_PAIR_CHUNK = 2_000_000  # co-occurrence codes gathered before they are merged into the running counts
+
+
+def read_glove(
+    path: str | os.PathLike[str], words: Sequence[str], *, progress: bool = True
+) -> tuple[np.ndarray, int]:
+    """GloVe vectors of ``words``: ``([len(words), D] float32, number of words found)``.
+
+    The file is read line by line (memory: one line plus the result). A word listed twice in the file takes
+    its last vector, as the reference's dict did. Raises :class:`DataError` (file, line, field) for a line
+    whose vector is not numeric or has another width than the first line.
+    """
+    path = Path(path)
+    wanted = {word: index for index, word in enumerate(words)}
+    vectors: np.ndarray | None = None
+    found = np.zeros(len(words), dtype=bool)
+    with open(path, "rb") as file, tqdm(total=path.stat().st_size, desc="reading GloVe", unit="B",
+                                         unit_scale=True, disable=not progress) as bar:
+        for line_number, line in enumerate(file, start=1):
+            bar.update(len(line))
+            parts = line.rstrip(b"\r\n").split(b" ")
+            if vectors is None:
+                if len(parts) < 2:
+                    raise DataError("expected 'word v1 … vD'", path=path, record=f"line {line_number}")
+                vectors = np.zeros((len(words), len(parts) - 1), dtype=np.float32)
+            if len(parts) != vectors.shape[1] + 1:
+                raise DataError(f"{len(parts) - 1} values, expected {vectors.shape[1]}", path=path,
+                                record=f"line {line_number}", field="vector")
+            index = wanted.get(parts[0].decode("utf-8", errors="replace"))
+            if index is None:
+                continue
+            try:
+                vectors[index] = np.array(parts[1:], dtype=np.float32)
+            except ValueError:
+                raise DataError("not a list of numbers", path=path, record=f"line {line_number}",
+                                field="vector") from None
+            found[index] = True
+    if vectors is None:
+        raise DataError("empty GloVe file", path=path)
+    return vectors, int(found.sum())
+
+
+def cooccurrence_embedding(
+    token_lists: Iterable[Sequence[int]], num_rows: int, vectors: np.ndarray
+) -> np.ndarray:
+    """Initial second word table of option ``c``: ``[num_rows, D]`` float32.
+
+    ``token_lists``: each text as indices into ``vectors`` (``[V, D]``, V ≥ ``num_rows``; indices ≥ ``num_rows``
+    are extra words that may be mixed in but get no row of their own). For every text and every two positions
+    a < b holding tokens s, t: the pair (s, t) is counted if s < ``num_rows`` and (t, s) if t < ``num_rows``.
+    With C[s, t] those counts and df[t] the number of occurrences of t over all texts, row s of the result is
+    Σ_t w[s, t] · vectors[t] with w[s, t] = (C[s, t] / df[t]) / Σ_t' (C[s, t'] / df[t']); rows without any
+    pair are zero.
+    """
+    vocabulary = len(vectors)
+    counter = _PairCounter(num_rows, vocabulary)
+    buckets: dict[int, list[Sequence[int]]] = {}
+    for tokens in token_lists:
+        bucket = buckets.setdefault(len(tokens), [])
+        bucket.append(tokens)
+        if len(bucket) * len(tokens) ** 2 >= _PAIR_CHUNK:
+            counter.add(np.array(bucket, dtype=np.int64))
+            bucket.clear()
+    for length, bucket in buckets.items():
+        if bucket and length:
+            counter.add(np.array(bucket, dtype=np.int64))
+    codes, counts, df = counter.result()
+    rows, cols = np.divmod(codes, vocabulary)
+    weights = counts / df[cols]
+    totals = np.bincount(rows, weights=weights, minlength=num_rows)
+    nonzero = totals > 0
+    weights /= np.where(nonzero, totals, 1.0)[rows]
+    # the codes are sorted and unique, so (rows, cols) already are coalesced COO indices of a [num_rows, V] matrix
+    indices = torch.from_numpy(np.stack([rows, cols]))
+    mixing = torch.sparse_coo_tensor(indices, torch.from_numpy(weights), size=(num_rows, vocabulary),
+                                     is_coalesced=True, check_invariants=True)
+    return (mixing @ torch.from_numpy(np.asarray(vectors, dtype=np.float64))).numpy().astype(np.float32)
+
+
+class _PairCounter:
+    """Counts ordered token pairs (row token < ``num_rows``) and token occurrences, texts of equal length at a
+    time (vectorised), merging into sorted unique pair codes ``row * vocabulary + col``."""
+
+    def __init__(self, num_rows: int, vocabulary: int) -> None:
+        self.num_rows, self.vocabulary = num_rows, vocabulary
+        self.df = np.zeros(vocabulary, dtype=np.int64)
+        self.codes = np.zeros(0, dtype=np.int64)
+        self.counts = np.zeros(0, dtype=np.int64)
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.pending_size = 0
+
+    def add(self, texts: np.ndarray) -> None:
+        """Count the texts ``[n, L]`` (token indices, all of length L ≥ 1)."""
+        self.df += np.bincount(texts.ravel(), minlength=self.vocabulary)
+        first, second = np.triu_indices(texts.shape[1], k=1)
+        s, t = texts[:, first].ravel(), texts[:, second].ravel()
+        rows, cols = np.concatenate([s, t]), np.concatenate([t, s])
+        keep = rows < self.num_rows
+        self.pending.append(np.unique(rows[keep] * self.vocabulary + cols[keep], return_counts=True))
+        self.pending_size += len(self.pending[-1][0])
+        if self.pending_size >= max(len(self.codes), _PAIR_CHUNK):  # geometric merging: O(n log n) overall
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self.pending:
+            return
+        merged, inverse = np.unique(np.concatenate([self.codes] + [c for c, _ in self.pending]),
+                                    return_inverse=True)
+        weights = np.concatenate([self.counts] + [n for _, n in self.pending])
+        self.codes = merged
+        self.counts = np.bincount(inverse, weights=weights, minlength=len(merged)).astype(np.int64)
+        self.pending, self.pending_size = [], 0
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(pair codes, pair counts, occurrences per token)``."""
+        self._merge()
+        return self.codes, self.counts, self.df

@@ -1,0 +1,45 @@
+"""Reading JSON input files with errors that say where the problem is."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ban.errors import DataError
+
+
+def read_json(path: str | os.PathLike[str], *, hint: str | None = None) -> Any:
+    """Parse ``path``; :class:`DataError` naming the file (and line/column of a syntax error) otherwise.
+    ``hint`` is added to the message of a missing file (e.g. where to get it)."""
+    try:
+        with Path(path).open(encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise DataError("file not found" + (f" ({hint})" if hint else ""), path=path) from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"malformed JSON at line {error.lineno} column {error.colno}: {error.msg}",
+                        path=path) from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"not UTF-8 text ({error})", path=path) from None
+
+
+def require(record: Mapping[str, Any], field: str, kind: type, path: str | os.PathLike[str], where: object) -> Any:
+    """``record[field]`` checked to be a ``kind`` (bools are not ints); :class:`DataError` otherwise."""
+    if not isinstance(record, Mapping):
+        raise DataError(f"expected an object, got {type(record).__name__}", path=path, record=where)
+    value = record.get(field)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        found = type(value).__name__ if field in record else "nothing"
+        raise DataError(f"expected {kind.__name__}, got {found}", path=path, record=where, field=field)
+    return value
+
+
+def require_list(data: Any, field: str, path: str | os.PathLike[str]) -> list[Any]:
+    """``data[field]`` of a top-level object, checked to be a list."""
+    value = data.get(field) if isinstance(data, dict) else None
+    if not isinstance(value, list):
+        raise DataError("expected an object with a list under this key", path=path, field=field)
+    return value

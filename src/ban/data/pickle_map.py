@@ -1,0 +1,91 @@
+"""Reading the authors' image-id → index pickles without executing anything.
+
+The reference pipeline stores ``{image_id: index}`` as a pickle (protocol 0 from Python 2, or a newer
+protocol). Unpickling runs arbitrary code, so instead the opcode stream is parsed with
+:func:`pickletools.genops` (which only decodes) and interpreted here for the handful of opcodes that build a
+dict of ints. Anything else — a class, a global, a function call — is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import pickletools
+from pathlib import Path
+
+from ban.errors import DataError
+
+_INT_OPCODES = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}
+_PUT_OPCODES = {"PUT", "BINPUT", "LONG_BINPUT"}
+_GET_OPCODES = {"GET", "BINGET", "LONG_BINGET"}
+_IGNORED_OPCODES = {"PROTO", "FRAME"}
+
+
+def read_int_dict(path: str | os.PathLike[str]) -> dict[int, int]:
+    """The ``dict[int, int]`` pickled in ``path``; :class:`DataError` if the pickle holds anything else."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError("image-id map not found (the pickle written next to the HDF5 cache by the reference "
+                        "pipeline)", path=path) from None
+    try:
+        result = _interpret(data)
+    except DataError as error:
+        raise DataError(error.message, path=path, record=error.record) from None
+    except (ValueError, TypeError, IndexError, KeyError) as error:
+        raise DataError(f"not a pickled dict of ints ({error})", path=path) from None
+    if not isinstance(result, dict) or not all(_is_int(k) and _is_int(v) for k, v in result.items()):
+        raise DataError("the pickle does not hold a dict of ints", path=path)
+    return result
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _interpret(data: bytes) -> object:
+    """Run the dict-of-ints subset of the pickle machine over ``data``'s opcodes."""
+    stack: list[object] = []
+    marks: list[int] = []
+    memo: dict[int, object] = {}
+    for opcode, arg, position in pickletools.genops(data):
+        name = opcode.name
+        if name in _INT_OPCODES:
+            if not _is_int(arg):
+                raise DataError(f"a {type(arg).__name__} where an int is expected", record=f"byte {position}")
+            stack.append(arg)
+        elif name == "EMPTY_DICT":
+            stack.append({})
+        elif name == "MARK":
+            marks.append(len(stack))
+        elif name in ("DICT", "SETITEMS"):
+            start = marks.pop()
+            items = stack[start:]
+            del stack[start:]
+            if len(items) % 2:
+                raise DataError("odd number of items in a dict", record=f"byte {position}")
+            target = {} if name == "DICT" else stack[-1]
+            if not isinstance(target, dict):
+                raise DataError("SETITEMS on something that is not a dict", record=f"byte {position}")
+            target.update(zip(items[0::2], items[1::2], strict=True))
+            if name == "DICT":
+                stack.append(target)
+        elif name == "SETITEM":
+            value, key = stack.pop(), stack.pop()
+            if not isinstance(stack[-1], dict):
+                raise DataError("SETITEM on something that is not a dict", record=f"byte {position}")
+            stack[-1][key] = value
+        elif name in _PUT_OPCODES:
+            memo[arg] = stack[-1]
+        elif name == "MEMOIZE":
+            memo[len(memo)] = stack[-1]
+        elif name in _GET_OPCODES:
+            stack.append(memo[arg])
+        elif name == "STOP":
+            if len(stack) != 1:
+                raise DataError("malformed pickle (stack not empty at STOP)", record=f"byte {position}")
+            return stack.pop()
+        elif name not in _IGNORED_OPCODES:
+            raise DataError(f"pickle opcode {name} is not allowed: only a dict of ints is accepted",
+                            record=f"byte {position}")
+    raise DataError("pickle has no STOP opcode (truncated file?)")

@@ -1,0 +1,339 @@
+"""VQA 2.0: reading the official files and preparing the dataset directory that training reads.
+
+``prepare_vqa2`` turns the official question/annotation JSON files (under their official names in one
+folder), region features (bottom-up TSV files, the authors' HDF5 cache, or an existing store), optionally
+GloVe text vectors and Visual Genome QA, into the layout of docs/data-formats.md. Facts followed (PAPER.md §3):
+the dictionary covers the four question files in the reference's order (train, val, test, test-dev),
+questions are 14 tokens padded at the end, candidates are the normalised ``multiple_choice_answer`` values of
+at least ``min_answer_count`` train+val questions, and a question's soft target for a candidate is
+``soft_score(number of annotators whose answer string equals it)`` (raw strings, as the reference counted).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ban.data.answers import select_candidates, soft_score
+from ban.data.atomic import write_json, write_with
+from ban.data.dictionary import QUESTION_LENGTH, Dictionary
+from ban.data.features import (
+    FeatureStore,
+    fingerprint,
+    is_complete_store,
+    write_feature_store,
+    write_sources_file,
+)
+from ban.data.features_tsv import iter_tsv_files
+from ban.data.glove import cooccurrence_embedding, read_glove
+from ban.data.jsonfile import require
+from ban.data.tokenizer import tokenize
+from ban.data.visual_genome import VGQuestion, load_visual_genome
+from ban.data.vqa_dataset import MANIFEST, VQADataset
+from ban.errors import ConfigError, DataError
+from ban.metrics.vqa import load_annotations, load_questions
+
+# Our split name → the official name inside the file names.
+OFFICIAL_NAMES: dict[str, str] = {
+    "train": "train2014", "val": "val2014", "test-dev": "test-dev2015", "test": "test2015",
+}
+# The reference built its dictionary from the question files in this order (test-dev adds nothing new).
+DICTIONARY_ORDER: tuple[str, ...] = ("train", "val", "test", "test-dev")
+ANNOTATED_SPLITS: tuple[str, ...] = ("train", "val")
+# Question files whose texts feed the word co-occurrence statistics (test-dev is a subset of test).
+COOCCURRENCE_SPLITS: tuple[str, ...] = ("train", "val", "test")
+# Visual Genome questions are attached to the VQA split that holds their COCO image.
+VG_SPLITS: dict[str, str] = {"train": "vg-train", "val": "vg-val"}
+FORMAT_VERSION = 1
+__all__ = [
+    "OfficialSplit", "VQADataset", "annotations_path", "available_splits", "prepare_vqa2", "questions_path",
+    "read_official_split", "soft_targets",
+]
+_WHERE_TO_GET = "official VQA v2 files: https://visualqa.org/download.html"
+
+
+def questions_path(root: str | os.PathLike[str], split: str) -> Path:
+    """``ROOT/v2_OpenEnded_mscoco_<official>_questions.json``."""
+    return Path(root) / f"v2_OpenEnded_mscoco_{OFFICIAL_NAMES[split]}_questions.json"
+
+
+def annotations_path(root: str | os.PathLike[str], split: str) -> Path:
+    """``ROOT/v2_mscoco_<official>_annotations.json``."""
+    return Path(root) / f"v2_mscoco_{OFFICIAL_NAMES[split]}_annotations.json"
+
+
+def available_splits(root: str | os.PathLike[str]) -> list[str]:
+    """Splits whose question file is in ``root``, in :data:`DICTIONARY_ORDER`."""
+    splits = [split for split in DICTIONARY_ORDER if questions_path(root, split).is_file()]
+    if not splits:
+        raise DataError(f"no official question files (v2_OpenEnded_mscoco_*_questions.json; {_WHERE_TO_GET})",
+                        path=root)
+    return splits
+
+
+@dataclass
+class OfficialSplit:
+    """One split as read from the official files: question records in file order (the order the reference
+    built its dictionary in), and (train, val) the annotation record of each question."""
+
+    name: str
+    questions: list[dict[str, Any]]
+    annotations: dict[int, dict[str, Any]] | None
+    questions_path: Path
+    annotations_path: Path | None
+
+
+def read_official_split(root: str | os.PathLike[str], split: str) -> OfficialSplit:
+    """Read and cross-check a split's official files: every annotated split needs exactly one annotation per
+    question, with the same image id and a string ``multiple_choice_answer``."""
+    q_path = questions_path(root, split)
+    questions = load_questions(q_path)
+    records = list(questions.values())
+    if split not in ANNOTATED_SPLITS:
+        return OfficialSplit(split, records, None, q_path, None)
+    a_path = annotations_path(root, split)
+    if not a_path.is_file():
+        raise DataError(f"annotation file of split {split!r} is missing ({_WHERE_TO_GET})", path=a_path)
+    annotations: dict[int, dict[str, Any]] = {}
+    for index, record in enumerate(load_annotations(a_path)):
+        question_id = record["question_id"]
+        where = f"{index} (question_id={question_id})"
+        question = questions.get(question_id)
+        if question is None:
+            raise DataError(f"no such question in {q_path.name}", path=a_path, record=where, field="question_id")
+        if record["image_id"] != question["image_id"]:
+            raise DataError(f"image {record['image_id']} but the question is about image {question['image_id']}",
+                            path=a_path, record=where, field="image_id")
+        require(record, "multiple_choice_answer", str, a_path, where)
+        annotations[question_id] = record
+    for record in records:
+        if record["question_id"] not in annotations:
+            raise DataError(f"question has no annotation in {a_path.name}", path=q_path,
+                            record=f"question_id={record['question_id']}", field="question_id")
+    return OfficialSplit(split, records, annotations, q_path, a_path)
+
+
+def soft_targets(answers: Sequence[Mapping[str, Any]], ans2label: Mapping[str, int]) -> tuple[list[int], list[float]]:
+    """Labels and soft scores of one question: each candidate given by ≥ 1 annotator, with
+    ``soft_score(count)``; labels in order of first appearance among the answers."""
+    counts = Counter(answer["answer"] for answer in answers)
+    labels = [ans2label[answer] for answer in counts if answer in ans2label]
+    scores = [soft_score(counts[answer]) for answer in counts if answer in ans2label]
+    return labels, scores
+
+
+def prepare_vqa2(
+    root: str | os.PathLike[str],
+    features: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    glove: str | os.PathLike[str] | None = None,
+    visual_genome: str | os.PathLike[str] | None = None,
+    min_answer_count: int = 9,
+    splits: Sequence[str] | None = None,
+    feature_dim: int | None = None,
+    feature_dtype: str = "float32",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Prepare VQA 2.0 from the official files in ``root`` into ``out``; returns the manifest.
+
+    ``features``: TSV files (converted into ``out/features``; a finished conversion of the same files is
+    reused), and/or the authors' ``.hdf5`` caches / existing store directories (referenced, not copied).
+    ``splits`` limits the prepared splits (default: every split whose question file is present); the
+    dictionary always covers every question file present. ``manifest.json`` is removed first and written
+    last, so an interrupted run never leaves a directory that looks complete.
+    """
+    if min_answer_count < 1:
+        raise ConfigError(f"--min-answer-count must be at least 1, got {min_answer_count}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    present = available_splits(root)
+    chosen = present if splits is None else list(splits)
+    for split in chosen:
+        if split not in OFFICIAL_NAMES:
+            raise DataError(f"unknown split {split!r}; VQA 2.0 splits are {list(OFFICIAL_NAMES)}")
+        if split not in present:
+            raise DataError(f"split {split!r} requested but its question file is missing",
+                            path=questions_path(root, split))
+    official = {split: read_official_split(root, split) for split in present}
+
+    dictionary = Dictionary.build(record["question"] for split in present for record in official[split].questions)
+    annotated = [official[split] for split in ANNOTATED_SPLITS if split in present]
+    if not annotated:
+        raise DataError("no annotated split (train2014 or val2014) to choose answer candidates from", path=root)
+    candidates = select_candidates(
+        (record["multiple_choice_answer"] for part in annotated for record in part.annotations.values()),
+        min_answer_count,
+    )
+    if not candidates:
+        raise DataError(f"no answer occurs in {min_answer_count} questions (--min-answer-count)", path=root)
+    ans2label = {answer: label for label, answer in enumerate(candidates)}
+
+    store = _prepare_features(features, out, feature_dim, feature_dtype, progress)
+    manifest_splits: dict[str, Any] = {}
+    for split in chosen:
+        manifest_splits[split] = _write_official_split(official[split], out, dictionary, ans2label, store, progress)
+
+    vg_texts: list[str] = []
+    if visual_genome is not None:
+        split_images = {VG_SPLITS[s]: {r["image_id"] for r in official[s].questions} for s in chosen if s in VG_SPLITS}
+        vg = load_visual_genome(visual_genome, split_images, ans2label)
+        vg_texts = vg.all_questions
+        for name, questions in vg.kept.items():
+            manifest_splits[name] = _write_vg_split(name, questions, out, dictionary, store, progress)
+
+    if glove is not None:
+        texts = [record["question"] for split in COOCCURRENCE_SPLITS if split in present
+                 for record in official[split].questions]
+        _write_glove(glove, texts + vg_texts, dictionary, out, progress)
+
+    dictionary.save(out / "dictionary.json")
+    write_json(out / "answers.json", candidates)
+    manifest = {
+        "task": "vqa2", "format_version": FORMAT_VERSION, "splits": manifest_splits,
+        "num_tokens": len(dictionary), "padding_index": dictionary.padding_index,
+        "question_length": QUESTION_LENGTH, "num_answers": len(candidates), "min_answer_count": min_answer_count,
+        "feature_dim": store.feature_dim, "num_images": len(store), "features": "features.json",
+        "glove": glove is not None,
+    }
+    write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def _prepare_features(
+    sources: Sequence[str | os.PathLike[str]], out: Path, feature_dim: int | None, dtype: str, progress: bool
+) -> FeatureStore:
+    """Convert the TSV sources into ``out/features`` (unless already done from the same files), write
+    ``out/features.json`` listing every source, and open them as one store."""
+    if not sources:
+        raise DataError("no feature files given (--features)")
+    for source in sources:
+        if not Path(source).exists():
+            raise DataError("feature file not found", path=source)
+    tsv = [Path(s) for s in sources if not (Path(s).is_dir() or Path(s).suffix in (".hdf5", ".h5", ".json"))]
+    listed = [Path(s) for s in sources if Path(s) not in tsv]
+    if tsv:
+        stamp = fingerprint(tsv)
+        if not is_complete_store(out / "features", stamp):
+            records = iter_tsv_files(tsv, feature_dim=feature_dim, progress=progress)
+            write_feature_store(records, out / "features", feature_dim=feature_dim, dtype=dtype, sources=stamp)
+        listed.insert(0, out / "features")
+    write_sources_file(out / "features.json", listed)
+    store = FeatureStore.open(out / "features.json")
+    if feature_dim is not None and store.feature_dim != feature_dim:
+        raise DataError(f"features are {store.feature_dim}-d, expected {feature_dim} (--feature-dim)",
+                        path=out / "features.json", field="feature_dim")
+    return store
+
+
+def _write_official_split(
+    split: OfficialSplit, out: Path, dictionary: Dictionary, ans2label: Mapping[str, int], store: FeatureStore,
+    progress: bool,
+) -> dict[str, Any]:
+    """Write ``<split>.npz`` and copies of the official files; return the split's manifest entry."""
+    for record in split.questions:
+        if record["image_id"] not in store:
+            raise DataError(f"image {record['image_id']} has no region features in the given --features",
+                            path=split.questions_path, record=f"question_id={record['question_id']}",
+                            field="image_id")
+    labels: list[list[int]] = []
+    scores: list[list[float]] = []
+    answer_types: list[str] = []
+    for record in split.questions:
+        annotation = None if split.annotations is None else split.annotations[record["question_id"]]
+        if annotation is None:
+            labels.append([])
+            scores.append([])
+        else:
+            question_labels, question_scores = soft_targets(annotation["answers"], ans2label)
+            labels.append(question_labels)
+            scores.append(question_scores)
+        answer_types.append("" if annotation is None else annotation["answer_type"])
+    _write_split_arrays(
+        out / f"{split.name}.npz",
+        question_ids=[record["question_id"] for record in split.questions],
+        image_ids=[record["image_id"] for record in split.questions],
+        texts=[record["question"] for record in split.questions],
+        labels=labels, scores=scores, answer_types=answer_types, dictionary=dictionary, progress=progress,
+    )
+    write_with(out / f"{split.name}_questions.json", lambda temp: shutil.copyfile(split.questions_path, temp))
+    if split.annotations_path is not None:
+        write_with(out / f"{split.name}_annotations.json", lambda temp: shutil.copyfile(split.annotations_path, temp))
+    return {"questions": len(split.questions), "annotated": split.annotations is not None,
+            "official_files": True, "source": "vqa2"}
+
+
+def _write_vg_split(
+    name: str, questions: Sequence[VGQuestion], out: Path, dictionary: Dictionary, store: FeatureStore,
+    progress: bool,
+) -> dict[str, Any]:
+    """Write ``<name>.npz`` for Visual Genome questions (target 1.0 on their answer); images without
+    features are skipped (VG images outside the converted features)."""
+    kept = [question for question in questions if question.coco_image_id in store]
+    _write_split_arrays(
+        out / f"{name}.npz",
+        question_ids=[q.question_id for q in kept], image_ids=[q.coco_image_id for q in kept],
+        texts=[q.question for q in kept], labels=[[q.label] for q in kept], scores=[[1.0] for _ in kept],
+        answer_types=["" for _ in kept], dictionary=dictionary, progress=progress,
+    )
+    return {"questions": len(kept), "annotated": True, "official_files": False, "source": "visual_genome"}
+
+
+def _write_split_arrays(
+    path: Path, *, question_ids: Sequence[int], image_ids: Sequence[int], texts: Sequence[str],
+    labels: Sequence[Sequence[int]], scores: Sequence[Sequence[float]], answer_types: Sequence[str],
+    dictionary: Dictionary, progress: bool,
+) -> None:
+    """One split's arrays (layout in docs/data-formats.md): ``tokens [Q, 14]`` and sparse soft targets."""
+    encoded = [dictionary.encode(text) for text in tqdm(texts, desc=f"encoding {path.stem}", unit="q",
+                                                          disable=not progress, leave=False)]
+    lengths = np.array([len(question_labels) for question_labels in labels], dtype=np.int64)
+    arrays = {
+        "question_id": np.array(question_ids, dtype=np.int64),
+        "image_id": np.array(image_ids, dtype=np.int64),
+        "tokens": np.array(encoded, dtype=np.int32).reshape(-1, QUESTION_LENGTH),
+        "target_offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        "target_labels": np.array([label for row in labels for label in row], dtype=np.int32),
+        "target_scores": np.array([score for row in scores for score in row], dtype=np.float32),
+        "answer_type": np.array(answer_types, dtype=str),
+    }
+
+    def save(temp: Path) -> None:
+        with open(temp, "wb") as file:
+            np.savez(file, **arrays)
+
+    write_with(path, save)
+
+
+def _write_glove(
+    glove: str | os.PathLike[str], texts: Sequence[str], dictionary: Dictionary, out: Path, progress: bool
+) -> None:
+    """``glove.npy`` ``[num_tokens, D]`` and ``glove_cooccurrence.npy`` ``[num_tokens, D]`` (option c)."""
+    words = list(dictionary.tokens)
+    index = {word: i for i, word in enumerate(words)}
+    token_lists = []
+    for text in texts:
+        tokens = tokenize(text)
+        for token in tokens:
+            if token not in index:
+                index[token] = len(words)
+                words.append(token)
+        token_lists.append([index[token] for token in tokens])
+    vectors, _ = read_glove(glove, words, progress=progress)
+    mixed = cooccurrence_embedding(token_lists, len(dictionary), vectors)
+    write_with(out / "glove.npy", lambda temp: _save_npy(temp, vectors[: len(dictionary)]))
+    write_with(out / "glove_cooccurrence.npy", lambda temp: _save_npy(temp, mixed))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as file:
+        np.save(file, array)

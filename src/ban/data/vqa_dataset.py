@@ -1,0 +1,135 @@
+"""The training-time view of a prepared VQA dataset directory (written by :func:`ban.data.vqa2.prepare_vqa2`).
+
+Questions, tokens and sparse targets of a split are small and held in memory; region features are read from
+the memory-mapped feature store one image at a time, so memory does not grow with the feature files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ban.data.features import FeatureStore
+from ban.errors import DataError
+
+MANIFEST = "manifest.json"
+
+
+def load_manifest(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of a prepared directory; :class:`DataError` if it is missing (an unfinished prepare)."""
+    path = Path(data_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError("not a complete prepared dataset (no manifest.json): run `ban prepare` (again)",
+                        path=data_dir) from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"malformed JSON ({error})", path=path) from None
+
+
+# array → (dtype kinds allowed, number of dimensions)
+_SPLIT_ARRAYS: dict[str, tuple[str, int]] = {
+    "question_id": ("iu", 1), "image_id": ("iu", 1), "tokens": ("iu", 2), "target_offsets": ("iu", 1),
+    "target_labels": ("iu", 1), "target_scores": ("f", 1), "answer_type": ("U", 1),
+}
+
+
+def load_split_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a prepared ``<split>.npz``, checked: no pickled objects (never unpickled), the expected
+    names, types and dimensions, one row per question and target offsets that fit the labels."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in _SPLIT_ARRAYS if name in npz.files}
+    except FileNotFoundError:
+        raise DataError("split file missing: rerun `ban prepare`", path=path) from None
+    except (ValueError, OSError, EOFError) as error:
+        raise DataError(f"not a valid prepared split ({error})", path=path) from None
+    for name, (kinds, ndim) in _SPLIT_ARRAYS.items():
+        array = arrays.get(name)
+        if array is None or array.dtype.kind not in kinds or array.ndim != ndim:
+            found = "nothing" if array is None else f"{array.dtype} array of {array.ndim} dimensions"
+            raise DataError(f"expected a {ndim}-d array of kind {kinds!r}, got {found}", path=path, field=name)
+    count = len(arrays["question_id"])
+    offsets = arrays["target_offsets"]
+    if any(len(arrays[name]) != count for name in ("image_id", "tokens", "answer_type")) or len(offsets) != count + 1:
+        raise DataError("arrays disagree on the number of questions", path=path)
+    if len(arrays["target_labels"]) != len(arrays["target_scores"]) or offsets[0] != 0 or \
+            offsets[-1] != len(arrays["target_labels"]) or (np.diff(offsets) < 0).any():
+        raise DataError("target offsets do not fit the labels", path=path, field="target_offsets")
+    return arrays
+
+
+class VQADataset(Dataset):
+    """One split of a prepared VQA dataset.
+
+    Item ``i`` is a dict: ``features`` float32 ``[n, D]``, ``boxes`` float32 ``[n, 6]`` (x1/w, y1/h, x2/w,
+    y2/h, bw/w, bh/h), ``question`` int64 ``[14]`` (padded at the end with :attr:`padding_index`), ``target``
+    float32 ``[A]`` dense soft scores (zeros for splits without annotations), ``question_id`` int.
+    ``features`` may be given to share one open store between splits.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str], split: str, features: FeatureStore | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.manifest = load_manifest(self.data_dir)
+        if split not in self.manifest["splits"]:
+            raise DataError(f"no split {split!r}; prepared splits: {sorted(self.manifest['splits'])}",
+                            path=self.data_dir / MANIFEST, field="splits")
+        self.split = split
+        self.annotated = bool(self.manifest["splits"][split]["annotated"])
+        arrays = load_split_arrays(self.data_dir / f"{split}.npz")
+        self.question_ids = arrays["question_id"]
+        self.image_ids = arrays["image_id"]
+        self.tokens = arrays["tokens"]
+        self.target_offsets = arrays["target_offsets"]
+        self.target_labels = arrays["target_labels"].astype(np.int64)
+        self.target_scores = arrays["target_scores"]
+        self.answer_types = arrays["answer_type"]
+        path = self.data_dir / f"{split}.npz"
+        if len(self.target_labels) and not 0 <= self.target_labels.min() <= self.target_labels.max() < self.num_answers:
+            raise DataError(f"labels outside [0, {self.num_answers})", path=path, field="target_labels")
+        if self.tokens.size and not 0 <= self.tokens.min() <= self.tokens.max() <= self.padding_index:
+            raise DataError(f"token indices outside [0, {self.padding_index}]", path=path, field="tokens")
+        self.features = FeatureStore.open(self.data_dir) if features is None else features
+
+    @property
+    def num_answers(self) -> int:
+        return int(self.manifest["num_answers"])
+
+    @property
+    def padding_index(self) -> int:
+        return int(self.manifest["padding_index"])
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.manifest["feature_dim"])
+
+    def answers(self) -> list[str]:
+        """The candidate answers in label order."""
+        return json.loads((self.data_dir / "answers.json").read_text(encoding="utf-8"))
+
+    def box_counts(self) -> np.ndarray:
+        """Number of regions of each question's image, ``[Q]`` int64 (for batching by size)."""
+        per_image = {image_id: self.features.num_boxes(image_id) for image_id in np.unique(self.image_ids).tolist()}
+        return np.array([per_image[image_id] for image_id in self.image_ids.tolist()], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.question_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        features, spatial, _ = self.features.get(int(self.image_ids[index]))
+        target = torch.zeros(self.num_answers, dtype=torch.float32)
+        start, end = self.target_offsets[index], self.target_offsets[index + 1]
+        target[torch.from_numpy(self.target_labels[start:end])] = torch.from_numpy(self.target_scores[start:end])
+        return {
+            "features": torch.from_numpy(features),
+            "boxes": torch.from_numpy(spatial),
+            "question": torch.from_numpy(self.tokens[index].astype(np.int64)),
+            "target": target,
+            "question_id": int(self.question_ids[index]),
+        }

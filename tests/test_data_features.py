@@ -1,0 +1,327 @@
+"""Feature stores: TSV files in the official bottom-up format, our store, the authors' HDF5 cache, pickles."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import pickle
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from ban.data.features import FeatureRecord, FeatureStore, UnionFeatureStore, write_feature_store
+from ban.data.features_tsv import iter_tsv_files, iter_tsv_records
+from ban.data.pickle_map import read_int_dict
+from ban.errors import DataError
+
+TSV_FIELDNAMES = ["image_id", "image_w", "image_h", "num_boxes", "boxes", "features"]
+
+
+def random_image(rng: np.random.Generator, image_id: int, num_boxes: int, dim: int) -> dict:
+    """One image's detections: pixel boxes inside a random image size, random features."""
+    width, height = int(rng.integers(200, 800)), int(rng.integers(200, 800))
+    x1 = rng.uniform(0, width - 20, num_boxes)
+    y1 = rng.uniform(0, height - 20, num_boxes)
+    x2 = x1 + rng.uniform(1, width - x1)
+    y2 = y1 + rng.uniform(1, height - y1)
+    boxes = np.stack([x1, y1, x2, y2], axis=1).astype(np.float32)
+    features = rng.standard_normal((num_boxes, dim)).astype(np.float32)
+    return {"image_id": image_id, "image_w": width, "image_h": height, "boxes": boxes, "features": features}
+
+
+def write_official_tsv(path: Path, images: list[dict]) -> None:
+    """Write images the way the bottom-up-attention generator does: csv.DictWriter, tab-delimited, default
+    ``\\r\\n`` line ends, arrays as base64 of float32 bytes."""
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, delimiter="\t", fieldnames=TSV_FIELDNAMES)
+        for image in images:
+            writer.writerow({
+                "image_id": image["image_id"], "image_w": image["image_w"], "image_h": image["image_h"],
+                "num_boxes": len(image["boxes"]),
+                "boxes": base64.b64encode(image["boxes"].tobytes()).decode("ascii"),
+                "features": base64.b64encode(image["features"].tobytes()).decode("ascii"),
+            })
+
+
+def expected_spatial(image: dict) -> np.ndarray:
+    """x1/w, y1/h, x2/w, y2/h, bw/w, bh/h computed directly in float64."""
+    boxes = image["boxes"].astype(np.float64)
+    w, h = image["image_w"], image["image_h"]
+    return np.stack([boxes[:, 0] / w, boxes[:, 1] / h, boxes[:, 2] / w, boxes[:, 3] / h,
+                     (boxes[:, 2] - boxes[:, 0]) / w, (boxes[:, 3] - boxes[:, 1]) / h], axis=1)
+
+
+@pytest.fixture()
+def images() -> list[dict]:
+    rng = np.random.default_rng(7)
+    return [random_image(rng, image_id, count, 16) for image_id, count in [(42, 10), (7, 36), (123456, 1), (9, 100)]]
+
+
+def test_tsv_records_round_trip(tmp_path, images) -> None:
+    path = tmp_path / "features.tsv"
+    write_official_tsv(path, images)
+    records = list(iter_tsv_records(path))
+    assert [r.image_id for r in records] == [42, 7, 123456, 9]
+    for record, image in zip(records, images, strict=True):
+        assert (record.image_w, record.image_h) == (image["image_w"], image["image_h"])
+        np.testing.assert_array_equal(record.boxes, image["boxes"])
+        np.testing.assert_array_equal(record.features, image["features"])
+        assert record.features.dtype == np.float32 and record.num_boxes == len(image["boxes"])
+
+
+def test_store_round_trip_and_spatial_features(tmp_path, images) -> None:
+    path = tmp_path / "features.tsv"
+    write_official_tsv(path, images)
+    summary = write_feature_store(iter_tsv_files([path], progress=False), tmp_path / "store")
+    assert (summary.num_images, summary.num_boxes, summary.feature_dim) == (4, 147, 16)
+    store = FeatureStore.open(tmp_path / "store")
+    assert store.image_ids.tolist() == [42, 7, 123456, 9]
+    assert store.feature_dim == 16 and len(store) == 4
+    assert 7 in store and 8 not in store
+    for image in images:
+        features, spatial, boxes = store.get(image["image_id"])
+        np.testing.assert_array_equal(features, image["features"])
+        np.testing.assert_array_equal(boxes, image["boxes"])
+        np.testing.assert_allclose(spatial, expected_spatial(image), rtol=1e-6, atol=1e-6)
+        assert spatial.dtype == np.float32 and store.num_boxes(image["image_id"]) == len(image["boxes"])
+    with pytest.raises(KeyError, match="8"):
+        store.get(8)
+
+
+def test_spatial_features_hand_computed(tmp_path) -> None:
+    image = {"image_id": 1, "image_w": 640, "image_h": 480, "boxes": np.array([[64, 48, 320, 480]], np.float32),
+             "features": np.ones((1, 2), np.float32)}
+    write_feature_store([FeatureRecord(1, 640, 480, image["boxes"], image["features"])], tmp_path / "s")
+    _, spatial, _ = FeatureStore.open(tmp_path / "s").get(1)
+    np.testing.assert_allclose(spatial[0], [0.1, 0.1, 0.5, 1.0, 0.4, 0.9], rtol=1e-6)
+
+
+def test_store_is_memory_mapped_and_picklable(tmp_path, images) -> None:
+    write_feature_store((FeatureRecord(**image) for image in images), tmp_path / "store")
+    store = FeatureStore.open(tmp_path / "store")
+    store.get(42)
+    assert isinstance(store._arrays["features"], np.memmap)
+    clone = pickle.loads(pickle.dumps(store))  # what a DataLoader worker receives
+    assert clone._arrays is None
+    np.testing.assert_array_equal(clone.get(9)[0], images[3]["features"])
+
+
+def test_float16_store(tmp_path, images) -> None:
+    write_feature_store((FeatureRecord(**image) for image in images), tmp_path / "store", dtype="float16")
+    store = FeatureStore.open(tmp_path / "store")
+    features, _, _ = store.get(7)
+    assert features.dtype == np.float32
+    np.testing.assert_allclose(features, images[1]["features"], rtol=1e-3, atol=1e-3)
+    assert np.load(tmp_path / "store" / "features.npy", mmap_mode="r").dtype == np.float16
+
+
+def _tsv_line(fields: list[str]) -> str:
+    return "\t".join(fields) + "\r\n"
+
+
+def _good_fields(image: dict) -> list[str]:
+    return [str(image["image_id"]), str(image["image_w"]), str(image["image_h"]), str(len(image["boxes"])),
+            base64.b64encode(image["boxes"].tobytes()).decode(), base64.b64encode(image["features"].tobytes()).decode()]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "message"),
+    [
+        (lambda f: f.__setitem__(4, f[4][:-8] + "!!!!!!!!"), "boxes", "bad base64"),
+        (lambda f: f.__setitem__(5, f[5][:10] + "*" + f[5][11:]), "features", "bad base64"),
+        (lambda f: f.__setitem__(3, "11"), "boxes", "expected num_boxes × 4 = 44"),
+        (lambda f: f.__setitem__(5, base64.b64encode(np.zeros(10 * 16 + 3, np.float32).tobytes()).decode()),
+         "features", "not a multiple of num_boxes"),
+        (lambda f: f.__setitem__(5, base64.b64encode(np.zeros(10 * 8, np.float32).tobytes()).decode()),
+         "features", "feature width 8"),
+        (lambda f: f.__setitem__(0, "abc"), "image_id", "not an integer"),
+        (lambda f: f.__setitem__(3, "0"), "num_boxes", "must be positive"),
+        (lambda f: f.__setitem__(2, "0"), "image_h", "must be positive"),
+        (lambda f: f.__setitem__(4, base64.b64encode(b"\x00\x00\x00").decode()), "boxes", "whole number"),
+        (lambda f: f.__setitem__(5, base64.b64encode(np.r_[np.zeros(10 * 16 - 1), np.nan].astype(np.float32)
+                                                     .tobytes()).decode()), "features", "value 159 is nan"),
+    ],
+)
+def test_bad_tsv_rows_name_file_line_and_field(tmp_path, images, mutate, field, message) -> None:
+    fields = _good_fields(images[0])
+    mutate(fields)
+    path = tmp_path / "bad.tsv"
+    path.write_text(_tsv_line(_good_fields(images[1])) + _tsv_line(fields), newline="")
+    with pytest.raises(DataError, match=message) as error:
+        list(iter_tsv_records(path))
+    assert error.value.path == str(path)
+    assert error.value.field == field
+    assert str(error.value.record).startswith("line 2")
+
+
+def test_wrong_field_count(tmp_path, images) -> None:
+    path = tmp_path / "bad.tsv"
+    path.write_text(_tsv_line(_good_fields(images[0])[:5]), newline="")
+    with pytest.raises(DataError, match="expected 6 tab-separated fields") as error:
+        list(iter_tsv_records(path))
+    assert error.value.record == "line 1"
+
+
+def test_feature_width_enforced_across_files(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    write_official_tsv(tmp_path / "a.tsv", [random_image(rng, 1, 3, 16)])
+    write_official_tsv(tmp_path / "b.tsv", [random_image(rng, 2, 3, 8)])
+    with pytest.raises(DataError, match="feature width 8") as error:
+        list(iter_tsv_files([tmp_path / "a.tsv", tmp_path / "b.tsv"], progress=False))
+    assert error.value.path == str(tmp_path / "b.tsv") and error.value.field == "features"
+
+
+def test_repeated_image_is_an_error_and_leaves_nothing(tmp_path, images) -> None:
+    write_official_tsv(tmp_path / "a.tsv", images[:2])
+    write_official_tsv(tmp_path / "b.tsv", images[1:2])
+    with pytest.raises(DataError, match="image appears twice") as error:
+        write_feature_store(iter_tsv_files([tmp_path / "a.tsv", tmp_path / "b.tsv"], progress=False),
+                            tmp_path / "store")
+    assert error.value.path == str(tmp_path / "b.tsv") and error.value.field == "image_id"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tsv", "b.tsv"]
+
+
+def test_interrupted_write_keeps_the_previous_store(tmp_path, images) -> None:
+    write_feature_store((FeatureRecord(**image) for image in images[:1]), tmp_path / "store")
+
+    def interrupted():
+        yield FeatureRecord(**images[1])
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_feature_store(interrupted(), tmp_path / "store")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+    assert FeatureStore.open(tmp_path / "store").image_ids.tolist() == [42]
+    write_feature_store((FeatureRecord(**image) for image in images), tmp_path / "store")  # replaced
+    assert FeatureStore.open(tmp_path / "store").image_ids.tolist() == [42, 7, 123456, 9]
+
+
+def test_store_without_store_json_is_incomplete(tmp_path, images) -> None:
+    write_feature_store((FeatureRecord(**image) for image in images), tmp_path / "store")
+    (tmp_path / "store" / "store.json").unlink()
+    with pytest.raises(DataError, match="no store.json"):
+        FeatureStore.open(tmp_path / "store")
+
+
+def _write_authors_hdf5(path: Path, images: list[dict], adaptive: bool) -> None:
+    """The reference converter's layout (see the module docstring of ban.data.features_hdf5)."""
+    with h5py.File(path, "w") as file:
+        if adaptive:
+            counts = [len(image["boxes"]) for image in images]
+            starts = np.cumsum([0] + counts[:-1])
+            file["pos_boxes"] = np.stack([starts, starts + counts], axis=1)
+            file["image_features"] = np.concatenate([image["features"] for image in images])
+            file["image_bb"] = np.concatenate([image["boxes"] for image in images])
+            file["spatial_features"] = np.concatenate([expected_spatial(image) for image in images]).astype("f")
+        else:
+            file["image_features"] = np.stack([image["features"] for image in images])
+            file["image_bb"] = np.stack([image["boxes"] for image in images])
+            file["spatial_features"] = np.stack([expected_spatial(image) for image in images]).astype("f")
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+@pytest.mark.parametrize("protocol", [0, 2, 4])
+def test_authors_hdf5_cache(tmp_path, adaptive: bool, protocol: int) -> None:
+    rng = np.random.default_rng(3)
+    counts = [10, 25, 3] if adaptive else [36, 36, 36]
+    images = [random_image(rng, image_id, count, 12) for image_id, count in zip([5, 900, 31], counts, strict=True)]
+    order = [2, 0, 1]  # the map's indices need not follow the image ids
+    stored = [images[i] for i in order]
+    _write_authors_hdf5(tmp_path / "train36.hdf5", stored, adaptive)
+    mapping = {image["image_id"]: index for index, image in enumerate(stored)}
+    (tmp_path / "train36_imgid2idx.pkl").write_bytes(pickle.dumps(mapping, protocol=protocol))
+    store = FeatureStore.open(tmp_path / "train36.hdf5")
+    assert sorted(store.image_ids.tolist()) == [5, 31, 900] and store.feature_dim == 12
+    for image in images:
+        features, spatial, boxes = store.get(image["image_id"])
+        np.testing.assert_array_equal(features, image["features"])
+        np.testing.assert_array_equal(boxes, image["boxes"])
+        np.testing.assert_allclose(spatial, expected_spatial(image), rtol=1e-6)
+        assert store.num_boxes(image["image_id"]) == len(image["boxes"])
+    clone = pickle.loads(pickle.dumps(store))
+    np.testing.assert_array_equal(clone.get(900)[0], images[1]["features"])
+
+
+def test_hdf5_with_wrong_layout(tmp_path) -> None:
+    with h5py.File(tmp_path / "x.hdf5", "w") as file:
+        file["image_features"] = np.zeros((4, 8), "f")
+        file["image_bb"] = np.zeros((4, 5), "f")
+        file["spatial_features"] = np.zeros((4, 6), "f")
+        file["pos_boxes"] = np.array([[0, 4]])
+    (tmp_path / "x_imgid2idx.pkl").write_bytes(pickle.dumps({1: 0}))
+    with pytest.raises(DataError, match="expected width 4") as error:
+        FeatureStore.open(tmp_path / "x.hdf5")
+    assert error.value.field == "image_bb"
+
+
+def test_python2_protocol0_pickle_is_read(tmp_path) -> None:
+    # What Python 2's cPickle.dump({3: 0, 10**12: 1}) writes (protocol 0: INT, LONG with an L suffix, SETITEM).
+    data = b"(dp0\nI3\nI0\nsL1000000000000L\nI1\ns."
+    assert pickle.loads(data) == {3: 0, 10**12: 1}  # the standard unpickler agrees on what it holds
+    path = tmp_path / "m.pkl"
+    path.write_bytes(data)
+    assert read_int_dict(path) == {3: 0, 10**12: 1}
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (Path.touch, (Path(self.target),))
+
+
+def test_pickle_with_code_is_refused_without_running_it(tmp_path) -> None:
+    exploit = _Exploit()
+    exploit.target = str(tmp_path / "pwned")
+    path = tmp_path / "m.pkl"
+    path.write_bytes(pickle.dumps({1: exploit}))
+    with pytest.raises(DataError, match="not allowed") as error:
+        read_int_dict(path)
+    assert error.value.path == str(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("value", [{1: "a"}, [1, 2], {1: 2.5}, {1: True}, {(1, 2): 3}])
+def test_pickle_of_something_else_is_refused(tmp_path, value) -> None:
+    path = tmp_path / "m.pkl"
+    path.write_bytes(pickle.dumps(value, protocol=2))
+    with pytest.raises(DataError):
+        read_int_dict(path)
+
+
+def test_truncated_pickle(tmp_path) -> None:
+    path = tmp_path / "m.pkl"
+    path.write_bytes(pickle.dumps({1: 2, 3: 4}, protocol=0)[:-1])
+    with pytest.raises(DataError):
+        read_int_dict(path)
+
+
+def test_union_of_sources_via_features_json(tmp_path, images) -> None:
+    write_feature_store((FeatureRecord(**image) for image in images[:2]), tmp_path / "a")
+    write_feature_store((FeatureRecord(**image) for image in images[2:]), tmp_path / "b")
+    (tmp_path / "features.json").write_text('{"sources": ["a", "b"]}')
+    store = FeatureStore.open(tmp_path / "features.json")
+    assert store.image_ids.tolist() == [42, 7, 123456, 9]
+    np.testing.assert_array_equal(store.get(9)[0], images[3]["features"])
+    with pytest.raises(DataError, match="more than one source"):
+        UnionFeatureStore([FeatureStore.open(tmp_path / "a"), FeatureStore.open(tmp_path / "a")])
+
+
+def test_hdf5_row_ranges_and_values_are_checked(tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    images = [random_image(rng, image_id, 4, 6) for image_id in (1, 2)]
+    _write_authors_hdf5(tmp_path / "c.hdf5", images, adaptive=True)
+    (tmp_path / "c_imgid2idx.pkl").write_bytes(pickle.dumps({1: 0, 2: 1}))
+    with h5py.File(tmp_path / "c.hdf5", "a") as file:
+        file["pos_boxes"][1] = [4, 9]  # past the 8 rows
+    with pytest.raises(DataError, match="not a non-empty range inside the 8 rows") as error:
+        FeatureStore.open(tmp_path / "c.hdf5")
+    assert error.value.field == "pos_boxes" and error.value.record == "index 1"
+    with h5py.File(tmp_path / "c.hdf5", "a") as file:
+        file["pos_boxes"][1] = [4, 8]
+        file["image_bb"][5, 2] = np.inf
+    store = FeatureStore.open(tmp_path / "c.hdf5")
+    np.testing.assert_array_equal(store.get(1)[0], images[0]["features"])
+    with pytest.raises(DataError, match="NaN or infinite") as error:
+        store.get(2)
+    assert error.value.field == "image_bb" and error.value.record == "image_id=2"

@@ -1,0 +1,363 @@
+"""VQA 2.0 preparation on small files in exactly the official formats, with hand-computed expectations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_data_features import expected_spatial, random_image, write_official_tsv
+
+from ban.cli import main
+from ban.data.collate import collate_vqa
+from ban.data.vqa2 import VQADataset, prepare_vqa2
+from ban.errors import DataError
+
+INFO = {"description": "test", "version": "2.0", "year": 2017}
+LICENSE = {"name": "CC", "url": "http://creativecommons.org"}
+
+
+def question(question_id: int, image_id: int, text: str) -> dict:
+    return {"question_id": question_id, "image_id": image_id, "question": text}
+
+
+def annotation(question_id: int, image_id: int, mc: str, answers: list[str], answer_type: str) -> dict:
+    assert len(answers) == 10
+    return {
+        "question_id": question_id, "image_id": image_id, "question_type": "what", "answer_type": answer_type,
+        "multiple_choice_answer": mc,
+        "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(answers)],
+    }
+
+
+TRAIN_QUESTIONS = [  # file order is not question-id order on purpose
+    question(11, 1, "Is the cat's tail long?"),
+    question(10, 1, "What color is the cat?"),
+    question(12, 2, "How many dogs are there?"),
+    question(13, 3, "What is on the table?"),
+]
+TRAIN_ANNOTATIONS = [
+    annotation(10, 1, "black", ["black"] * 4 + ["white"] * 3 + ["gray"] * 2 + ["Black"], "other"),
+    annotation(11, 1, "yes", ["yes"] * 10, "yes/no"),
+    annotation(12, 2, "two", ["2"] * 5 + ["two"] * 2 + ["3"] * 3, "number"),
+    annotation(13, 3, "a book", ["book"] * 2 + ["books"] * 8, "other"),
+]
+VAL_QUESTIONS = [question(20, 4, "What color is the dog?"), question(21, 4, "Is it a cat?")]
+VAL_ANNOTATIONS = [
+    annotation(20, 4, "Black", ["black"] + ["dark"] * 9, "other"),
+    annotation(21, 4, "no", ["no"] * 3 + ["yes"] * 2 + ["nope"] * 5, "yes/no"),
+]
+TEST_QUESTIONS = [question(30, 5, "What is the man holding?"), question(31, 5, "Why, sir?")]
+TEST_DEV_QUESTIONS = [question(30, 5, "What is the man holding?")]
+
+# Hand-computed from the files above.
+EXPECTED_TOKENS = ["is", "the", "cat", "'s", "tail", "long", "what", "color", "how", "many", "dogs", "are",
+                   "there", "on", "table", "dog", "it", "a", "man", "holding", "why", "sir"]
+EXPECTED_ANSWERS = ["black", "2", "book", "no", "yes"]  # black: 2 questions; then count 1, alphabetical
+
+
+def write_questions(path: Path, subtype: str, records: list[dict]) -> None:
+    path.write_text(json.dumps({"info": INFO, "task_type": "Open-Ended", "data_type": "mscoco",
+                                "license": LICENSE, "data_subtype": subtype, "questions": records}))
+
+
+def write_annotations(path: Path, subtype: str, records: list[dict]) -> None:
+    path.write_text(json.dumps({"info": INFO, "license": LICENSE, "data_subtype": subtype,
+                                "annotations": records}))
+
+
+@pytest.fixture()
+def raw(tmp_path) -> dict:
+    """Official-format files: questions/annotations in root/, features in two TSV files."""
+    root = tmp_path / "raw"
+    root.mkdir()
+    write_questions(root / "v2_OpenEnded_mscoco_train2014_questions.json", "train2014", TRAIN_QUESTIONS)
+    write_annotations(root / "v2_mscoco_train2014_annotations.json", "train2014", TRAIN_ANNOTATIONS)
+    write_questions(root / "v2_OpenEnded_mscoco_val2014_questions.json", "val2014", VAL_QUESTIONS)
+    write_annotations(root / "v2_mscoco_val2014_annotations.json", "val2014", VAL_ANNOTATIONS)
+    write_questions(root / "v2_OpenEnded_mscoco_test2015_questions.json", "test2015", TEST_QUESTIONS)
+    write_questions(root / "v2_OpenEnded_mscoco_test-dev2015_questions.json", "test-dev2015", TEST_DEV_QUESTIONS)
+    rng = np.random.default_rng(1)
+    images = {image_id: random_image(rng, image_id, count, 8) for image_id, count in
+              [(1, 12), (2, 3), (3, 36), (4, 10), (5, 7), (6, 4)]}
+    write_official_tsv(tmp_path / "trainval.tsv", [images[i] for i in (1, 2, 3, 4, 6)])
+    write_official_tsv(tmp_path / "test2015.tsv", [images[5]])
+    return {"root": root, "features": [tmp_path / "trainval.tsv", tmp_path / "test2015.tsv"], "images": images,
+            "out": tmp_path / "data"}
+
+
+def test_prepare_writes_the_contract(raw) -> None:
+    manifest = prepare_vqa2(raw["root"], raw["features"], raw["out"], min_answer_count=1, progress=False)
+    out = raw["out"]
+    assert json.loads((out / "dictionary.json").read_text()) == {"tokens": EXPECTED_TOKENS}
+    assert json.loads((out / "answers.json").read_text()) == EXPECTED_ANSWERS
+    assert manifest == json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"] == {
+        "train": {"questions": 4, "annotated": True, "official_files": True, "source": "vqa2"},
+        "val": {"questions": 2, "annotated": True, "official_files": True, "source": "vqa2"},
+        "test": {"questions": 2, "annotated": False, "official_files": True, "source": "vqa2"},
+        "test-dev": {"questions": 1, "annotated": False, "official_files": True, "source": "vqa2"},
+    }
+    assert (manifest["num_tokens"], manifest["padding_index"], manifest["num_answers"]) == (22, 22, 5)
+    assert (manifest["feature_dim"], manifest["num_images"], manifest["question_length"]) == (8, 6, 14)
+    for split, official in [("train", "train2014"), ("val", "val2014"), ("test", "test2015")]:
+        source = raw["root"] / f"v2_OpenEnded_mscoco_{official}_questions.json"
+        assert (out / f"{split}_questions.json").read_bytes() == source.read_bytes()
+    source = raw["root"] / "v2_mscoco_val2014_annotations.json"
+    assert (out / "val_annotations.json").read_bytes() == source.read_bytes()
+    assert not (out / "test_annotations.json").exists()
+
+    with np.load(out / "train.npz") as train:
+        assert train["question_id"].tolist() == [11, 10, 12, 13]
+        assert train["image_id"].tolist() == [1, 1, 2, 3]
+        assert train["answer_type"].tolist() == ["yes/no", "other", "number", "other"]
+        # "Is the cat's tail long?" → is the cat 's tail long, padded with 22
+        assert train["tokens"][0].tolist() == [0, 1, 2, 3, 4, 5] + [22] * 8
+        assert train["target_offsets"].tolist() == [0, 1, 2, 3, 4]
+        # yes×10 → 1.0; black×4 (raw "Black" is another string) → 1.0; "2"×5 → 1.0; "book"×2 → 0.6
+        assert train["target_labels"].tolist() == [4, 0, 1, 2]
+        np.testing.assert_allclose(train["target_scores"], [1.0, 1.0, 1.0, 0.6])
+    with np.load(out / "val.npz") as val:
+        assert val["target_offsets"].tolist() == [0, 1, 3]
+        assert val["target_labels"].tolist() == [0, 3, 4]  # black×1; no×3, yes×2 ("nope" is no candidate)
+        np.testing.assert_allclose(val["target_scores"], [0.3, 0.9, 0.6])
+        # "Is it a cat?": is it a cat; "a" is a token (articles are only dropped from answers)
+        assert val["tokens"][1].tolist() == [0, 16, 17, 2] + [22] * 10
+
+
+def test_dataset_items_and_batches(raw) -> None:
+    prepare_vqa2(raw["root"], raw["features"], raw["out"], min_answer_count=1, progress=False)
+    train = VQADataset(raw["out"], "train")
+    assert len(train) == 4 and train.num_answers == 5 and train.padding_index == 22
+    item = train[2]  # question 12 about image 2
+    image = raw["images"][2]
+    assert item["question_id"] == 12
+    torch.testing.assert_close(item["features"], torch.from_numpy(image["features"]))
+    torch.testing.assert_close(item["boxes"], torch.from_numpy(expected_spatial(image)).float(), rtol=1e-6, atol=1e-6)
+    assert item["question"].dtype == torch.int64 and item["question"].tolist() == [8, 9, 10, 11, 12] + [22] * 9
+    assert item["target"].tolist() == [0.0, 1.0, 0.0, 0.0, 0.0]
+    assert train.box_counts().tolist() == [12, 12, 3, 36]
+
+    batch = collate_vqa([train[0], train[2], train[3]])
+    assert batch["features"].shape == (3, 36, 8) and batch["boxes"].shape == (3, 36, 6)
+    assert batch["box_mask"].sum(1).tolist() == [12, 3, 36]
+    assert batch["features"][1, 3:].abs().sum() == 0 and batch["boxes"][1, 3:].abs().sum() == 0
+    torch.testing.assert_close(batch["features"][1, :3], item["features"])
+    assert batch["questions"].dtype == torch.int64 and batch["questions"].shape == (3, 14)
+    assert batch["targets"].shape == (3, 5) and batch["question_ids"].tolist() == [11, 12, 13]
+
+    test = VQADataset(raw["out"], "test")
+    assert [test[i]["question_id"] for i in range(len(test))] == [30, 31]
+    assert test[0]["target"].tolist() == [0.0] * 5
+    with pytest.raises(DataError, match="no split 'vg-train'"):
+        VQADataset(raw["out"], "vg-train")
+
+
+def test_collate_pads_to_the_largest_box_count() -> None:
+    samples = [
+        {"features": torch.full((2, 3), 1.0), "boxes": torch.full((2, 6), 0.5), "question": torch.arange(14),
+         "target": torch.tensor([0.0, 1.0]), "question_id": 5},
+        {"features": torch.full((4, 3), 2.0), "boxes": torch.full((4, 6), 0.25), "question": torch.zeros(14).long(),
+         "target": torch.tensor([0.3, 0.0]), "question_id": 9},
+    ]
+    batch = collate_vqa(samples)
+    expected_features = torch.tensor([[[1.0] * 3] * 2 + [[0.0] * 3] * 2, [[2.0] * 3] * 4])
+    torch.testing.assert_close(batch["features"], expected_features)
+    assert batch["box_mask"].tolist() == [[True, True, False, False], [True] * 4]
+    assert batch["boxes"][0, 2:].abs().sum() == 0 and batch["boxes"][0, :2].eq(0.5).all()
+    torch.testing.assert_close(batch["targets"], torch.tensor([[0.0, 1.0], [0.3, 0.0]]))
+    assert batch["question_ids"].tolist() == [5, 9] and batch["questions"][0].tolist() == list(range(14))
+
+
+def test_min_answer_count_filters_candidates(raw) -> None:
+    manifest = prepare_vqa2(raw["root"], raw["features"], raw["out"], min_answer_count=2, splits=["train", "val"],
+                            progress=False)
+    assert json.loads((raw["out"] / "answers.json").read_text()) == ["black"]
+    assert sorted(manifest["splits"]) == ["train", "val"]
+    # the dictionary still covers every question file present
+    assert json.loads((raw["out"] / "dictionary.json").read_text())["tokens"] == EXPECTED_TOKENS
+
+
+def test_question_without_features(raw, tmp_path) -> None:
+    write_official_tsv(tmp_path / "some.tsv", [raw["images"][i] for i in (1, 3, 4, 5)])  # no image 2
+    with pytest.raises(DataError, match="image 2 has no region features") as error:
+        prepare_vqa2(raw["root"], [tmp_path / "some.tsv"], raw["out"], min_answer_count=1, progress=False)
+    assert error.value.path.endswith("v2_OpenEnded_mscoco_train2014_questions.json")
+    assert error.value.record == "question_id=12" and error.value.field == "image_id"
+    assert not (raw["out"] / "manifest.json").exists()
+
+
+def test_malformed_json_names_file_and_line(raw) -> None:
+    path = raw["root"] / "v2_mscoco_val2014_annotations.json"
+    path.write_text('{"annotations": [\n  {"question_id": 20,\n  oops}\n]}')
+    with pytest.raises(DataError, match="line 3") as error:
+        prepare_vqa2(raw["root"], raw["features"], raw["out"], min_answer_count=1, progress=False)
+    assert error.value.path == str(path)
+
+
+def test_annotation_for_another_image(raw) -> None:
+    records = [dict(r) for r in VAL_ANNOTATIONS]
+    records[1]["image_id"] = 3
+    write_annotations(raw["root"] / "v2_mscoco_val2014_annotations.json", "val2014", records)
+    with pytest.raises(DataError, match="about image 4") as error:
+        prepare_vqa2(raw["root"], raw["features"], raw["out"], min_answer_count=1, progress=False)
+    assert error.value.field == "image_id" and "question_id=21" in str(error.value.record)
+
+
+def test_question_without_annotation(raw) -> None:
+    write_annotations(raw["root"] / "v2_mscoco_val2014_annotations.json", "val2014", VAL_ANNOTATIONS[:1])
+    with pytest.raises(DataError, match="no annotation") as error:
+        prepare_vqa2(raw["root"], raw["features"], raw["out"], min_answer_count=1, progress=False)
+    assert error.value.record == "question_id=21"
+
+
+def test_interrupted_prepare_is_not_mistaken_for_complete(raw, tmp_path) -> None:
+    prepare_vqa2(raw["root"], raw["features"], raw["out"], min_answer_count=1, progress=False)
+    bad = tmp_path / "bad.tsv"
+    lines = (tmp_path / "trainval.tsv").read_bytes().split(b"\r\n")
+    assert lines[2].startswith(b"3\t")
+    fields = lines[2].split(b"\t")
+    fields[3] = b"4"  # image 3 claims 4 boxes: its arrays do not match
+    lines[2] = b"\t".join(fields)
+    bad.write_bytes(b"\r\n".join(lines))
+    with pytest.raises(DataError, match="num_boxes") as error:
+        prepare_vqa2(raw["root"], [bad, raw["features"][1]], raw["out"], min_answer_count=1, progress=False)
+    assert error.value.record.startswith("line 3") and error.value.field == "boxes"
+    assert not (raw["out"] / "manifest.json").exists()
+    with pytest.raises(DataError, match="no manifest.json"):
+        VQADataset(raw["out"], "train")
+    assert not [p for p in raw["out"].iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def test_rerun_reuses_a_finished_conversion(raw) -> None:
+    prepare_vqa2(raw["root"], raw["features"], raw["out"], min_answer_count=1, progress=False)
+    features = raw["out"] / "features" / "features.npy"
+    stamp = features.stat().st_mtime_ns
+    prepare_vqa2(raw["root"], raw["features"], raw["out"], min_answer_count=1, progress=False)
+    assert features.stat().st_mtime_ns == stamp
+    assert VQADataset(raw["out"], "val")[0]["question_id"] == 20
+
+
+def test_authors_hdf5_cache_as_source(raw, tmp_path) -> None:
+    from test_data_features import _write_authors_hdf5
+
+    images = [raw["images"][i] for i in (1, 2, 3, 4, 5)]
+    _write_authors_hdf5(tmp_path / "trainval.hdf5", images, adaptive=True)
+    (tmp_path / "trainval_imgid2idx.pkl").write_bytes(b"(dp0\nI1\nI0\nsI2\nI1\nsI3\nI2\nsI4\nI3\nsI5\nI4\ns.")
+    prepare_vqa2(raw["root"], [tmp_path / "trainval.hdf5"], raw["out"], min_answer_count=1, progress=False)
+    assert not (raw["out"] / "features").exists()
+    item = VQADataset(raw["out"], "train")[3]  # question 13, image 3
+    torch.testing.assert_close(item["features"], torch.from_numpy(raw["images"][3]["features"]))
+
+
+def test_visual_genome_augmentation(raw, tmp_path) -> None:
+    vg = tmp_path / "vg"
+    vg.mkdir()
+    (vg / "image_data.json").write_text(json.dumps([
+        {"image_id": 100, "coco_id": 1, "width": 500}, {"image_id": 101, "coco_id": None},
+        {"image_id": 102, "coco_id": 4}, {"image_id": 103, "coco_id": 999},
+    ]))
+    (vg / "question_answers.json").write_text(json.dumps([
+        {"id": 100, "qas": [
+            {"qa_id": 7, "image_id": 100, "question": "What color is the mat?", "answer": "Black."},
+            {"qa_id": 8, "image_id": 100, "question": "Who is there?", "answer": "a zebra"},
+            {"qa_id": 9, "image_id": 100, "question": "How many cats?", "answer": "Two"},
+        ]},
+        {"id": 101, "qas": [{"qa_id": 10, "image_id": 101, "question": "What?", "answer": "yes"}]},
+        {"id": 102, "qas": [{"qa_id": 11, "image_id": 102, "question": "Is it wet?", "answer": "No"}]},
+        {"id": 103, "qas": [{"qa_id": 12, "image_id": 103, "question": "Is it?", "answer": "yes"}]},
+    ]))
+    manifest = prepare_vqa2(raw["root"], raw["features"], raw["out"], visual_genome=vg, min_answer_count=1,
+                            progress=False)
+    assert manifest["splits"]["vg-train"] == {"questions": 2, "annotated": True, "official_files": False,
+                                              "source": "visual_genome"}
+    with np.load(raw["out"] / "vg-train.npz") as split:
+        assert split["question_id"].tolist() == [7, 9] and split["image_id"].tolist() == [1, 1]
+        assert split["target_labels"].tolist() == [0, 1]  # "Black." → black, "Two" → 2; "zebra" dropped
+        assert split["target_scores"].tolist() == [1.0, 1.0]
+        # "mat" is not in the VQA dictionary → unknown index 21
+        assert split["tokens"][0].tolist()[:5] == [6, 7, 0, 1, 21]
+    dataset = VQADataset(raw["out"], "vg-val")
+    assert len(dataset) == 1 and dataset[0]["target"].tolist() == [0.0, 0.0, 0.0, 1.0, 0.0]
+
+
+def test_glove_initialisation(raw, tmp_path) -> None:
+    glove = tmp_path / "glove.txt"
+    vectors = {"the": [0.5, -1.0, 2.0], "cat": [1.0, 0.0, 0.25], "dog": [-2.0, 3.0, 1.0], "zebra": [9.0, 9.0, 9.0]}
+    glove.write_text("".join(f"{word} {' '.join(map(str, v))}\n" for word, v in vectors.items()))
+    manifest = prepare_vqa2(raw["root"], raw["features"], raw["out"], glove=glove, min_answer_count=1,
+                            progress=False)
+    assert manifest["glove"] is True
+    table = np.load(raw["out"] / "glove.npy")
+    assert table.shape == (22, 3)
+    for index, token in enumerate(EXPECTED_TOKENS):
+        np.testing.assert_array_equal(table[index], vectors.get(token, [0.0, 0.0, 0.0]))
+
+    # Independent re-computation of the co-occurrence mixing over train, val and test questions.
+    texts = [q["question"] for q in TRAIN_QUESTIONS + VAL_QUESTIONS + TEST_QUESTIONS]
+    token_lists = [[EXPECTED_TOKENS.index(t) for t in text.lower().replace("?", "").replace(",", "")
+                    .replace("'s", " 's").split()] for text in texts]
+    counts, occurrences = np.zeros((22, 22)), np.zeros(22)
+    for tokens in token_lists:
+        for position, first in enumerate(tokens):
+            occurrences[first] += 1
+            for second in tokens[position + 1:]:
+                counts[first, second] += 1
+                counts[second, first] += 1
+    weights = counts / occurrences[None, :]
+    weights /= weights.sum(axis=1, keepdims=True)
+    expected = weights @ table.astype(np.float64)
+    np.testing.assert_allclose(np.load(raw["out"] / "glove_cooccurrence.npy"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_glove_file_with_a_bad_line(raw, tmp_path) -> None:
+    glove = tmp_path / "glove.txt"
+    glove.write_text("the 1 2 3\ncat 1 2\n")
+    with pytest.raises(DataError, match="2 values, expected 3") as error:
+        prepare_vqa2(raw["root"], raw["features"], raw["out"], glove=glove, min_answer_count=1, progress=False)
+    assert error.value.record == "line 2"
+
+
+def test_command_line(raw, capsys) -> None:
+    argv = ["prepare", "vqa2", "--root", str(raw["root"]), "--features", *map(str, raw["features"]),
+            "--out", str(raw["out"]), "--min-answer-count", "1", "--json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["num_answers"] == 5
+    assert main(argv[:-1] + ["--feature-dim", "2048"]) == 2
+    assert "expected 2048" in capsys.readouterr().err
+
+
+def test_visual_genome_older_keys_and_bad_records(raw, tmp_path) -> None:
+    from ban.data.visual_genome import coco_ids_of_vg_images, load_visual_genome
+
+    (tmp_path / "image_data.json").write_text(json.dumps([{"id": 1, "coco_id": 5}, {"id": 2, "coco_id": None}]))
+    assert coco_ids_of_vg_images(tmp_path / "image_data.json") == {1: 5}
+    (tmp_path / "question_answers.json").write_text(json.dumps([{"id": 1, "qas": [
+        {"id": 4, "question": "Is it?", "answer": "Yes"}, {"id": 5, "question": "What?"}]}]))
+    with pytest.raises(DataError, match="expected str, got nothing") as error:
+        load_visual_genome(tmp_path, {"vg-train": {5}}, {"yes": 0})
+    assert error.value.field == "answer" and "qas[1]" in error.value.record
+    assert error.value.path == str(tmp_path / "question_answers.json")
+
+
+def test_unknown_split_name(raw) -> None:
+    with pytest.raises(DataError, match="unknown split 'dev'"):
+        prepare_vqa2(raw["root"], raw["features"], raw["out"], splits=["dev"], progress=False)
+
+
+def test_damaged_split_file_is_refused(raw) -> None:
+    prepare_vqa2(raw["root"], raw["features"], raw["out"], min_answer_count=1, progress=False)
+    with np.load(raw["out"] / "val.npz") as npz:
+        arrays = dict(npz)
+    arrays["target_labels"] = arrays["target_labels"] + 10  # past the 5 answers
+    np.savez(raw["out"] / "val.npz", **arrays)
+    with pytest.raises(DataError, match=r"labels outside \[0, 5\)") as error:
+        VQADataset(raw["out"], "val")
+    assert error.value.field == "target_labels"
+    del arrays["tokens"]
+    np.savez(raw["out"] / "val.npz", **arrays)
+    with pytest.raises(DataError, match="got nothing") as error:
+        VQADataset(raw["out"], "val")
+    assert error.value.field == "tokens" and error.value.path.endswith("val.npz")

@@ -1,0 +1,308 @@
+"""`ban prepare flickr30k` on official-format files written here, the grounding dataset and its batches."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ban.commands import prepare_flickr30k as command
+from ban.data.dictionary import Dictionary
+from ban.data.features import FeatureStore
+from ban.data.flickr30k import GroundingDataset, collate_grounding
+from ban.data.flickr30k_parse import parse_caption
+from ban.data.flickr30k_prepare import ParseStats, box_iou, ground_caption, positive_boxes, prepare_flickr30k
+from ban.data.tokenizer import tokenize
+from ban.errors import DataError
+from ban.metrics.grounding import grounding_recall, type_bits
+
+FEATURE_DIM = 3
+
+# image id → (width, height, Sentences lines, Annotations objects, detected boxes)
+IMAGES = {
+    101: (100, 100, [
+        "[/EN#1/people A man] , [/EN#2/people/other his friend] and [/EN#0/notvisual them] stand in "
+        "[/EN#3/scene the park] .",
+        "[/EN#3/scene A park] with nobody .",
+        "[/EN#1/people The man]'s dog sees [/EN#1/people him] .",
+    ], [
+        ([1, 2], (10, 10, 50, 50)),
+        ([1], (60, 60, 90, 90)),
+        ([3], None),
+    ], [
+        (10, 10, 50, 50),  # 0: the shared box itself → positive of 1 and 2
+        (60, 60, 90, 90),  # 1: entity 1's second box → positive of 1
+        (10, 10, 30, 50),  # 2: IoU exactly 0.5 with the shared box: the reference's +1e-6 makes it a miss
+        (10, 10, 31, 50),  # 3: IoU 0.525 → positive of 1 and 2
+        (0, 0, 5, 5),  # 4: nothing
+    ]),
+    202: (50, 40, ["[/EN#5/animals A dog] runs ?"], [([5], (0, 0, 20, 20))], [(30, 30, 40, 39), (25, 0, 45, 20)]),
+    303: (64, 64, ["[/EN#7/vehicles A car] ."], [([7], (0, 0, 10, 10))], [(0, 0, 10, 10)]),
+}
+SPLITS = {"train": [101], "val": [202], "test": [303]}
+
+
+def annotation_xml(width: int, height: int, objects: list) -> str:
+    parts = [f"<annotation><filename>x.jpg</filename><size><width>{width}</width><height>{height}</height>"
+             "<depth>3</depth></size>"]
+    for names, box in objects:
+        parts.append("<object>" + "".join(f"<name>{name}</name>" for name in names))
+        if box is None:
+            parts.append("<nobndbox>1</nobndbox><scene>1</scene>")
+        else:
+            parts.append("<bndbox>" + "".join(f"<{tag}>{value}</{tag}>" for tag, value in
+                                              zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True)) + "</bndbox>")
+        parts.append("</object>")
+    return "\n".join(parts) + "</annotation>\n"
+
+
+def tsv_line(image_id: int, width: int, height: int, boxes: np.ndarray, features: np.ndarray) -> str:
+    encode = lambda array: base64.b64encode(np.ascontiguousarray(array, np.float32).tobytes()).decode()  # noqa: E731
+    return "\t".join([str(image_id), str(width), str(height), str(len(boxes)), encode(boxes), encode(features)])
+
+
+def write_raw(root: Path, images: dict = IMAGES, splits: dict = SPLITS) -> list[Path]:
+    """The official layout under ``root`` plus a TSV feature file (with one extra image outside the splits);
+    returns the feature files."""
+    (root / "Sentences").mkdir(parents=True)
+    (root / "Annotations").mkdir()
+    lines = []
+    generator = np.random.default_rng(0)
+    for image_id, (width, height, sentences, objects, detected) in images.items():
+        (root / "Sentences" / f"{image_id}.txt").write_text("\n".join(sentences) + "\n", encoding="utf-8")
+        (root / "Annotations" / f"{image_id}.xml").write_text(annotation_xml(width, height, objects),
+                                                               encoding="utf-8")
+        boxes = np.array(detected, dtype=np.float32)
+        lines.append(tsv_line(image_id, width, height, boxes, generator.normal(size=(len(boxes), FEATURE_DIM))))
+    lines.append(tsv_line(999, 10, 10, np.array([[0, 0, 5, 5]]), np.ones((1, FEATURE_DIM))))
+    for split, ids in splits.items():
+        (root / f"{split}.txt").write_text("".join(f"{image_id}\n" for image_id in ids), encoding="utf-8")
+    features = root / "flickr30k_features.tsv.1"  # named as some official downloads
+    features.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    return [features]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("flickr")
+    features = write_raw(root / "raw")
+    manifest = prepare_flickr30k(root / "raw", features, root / "data", progress=False)
+    return root / "data", manifest
+
+
+# --- pieces -----------------------------------------------------------------------------------------------
+
+
+def test_box_iou_by_hand() -> None:
+    iou = box_iou(np.array([[10, 10, 50, 50]]), np.array([[10, 10, 31, 50], [30, 30, 70, 70], [50, 50, 60, 60]]))
+    # 840 / 1600; 400 / (1600 + 1600 - 400); touching corners: 0
+    assert iou[0] == pytest.approx([840 / 1600, 400 / 2800, 0.0])
+
+
+def test_positive_boxes_union_over_an_entitys_boxes() -> None:
+    detected = np.array(IMAGES[101][4], dtype=np.float32)
+    found = positive_boxes({1: [(10, 10, 50, 50), (60, 60, 90, 90)], 2: [(10, 10, 50, 50)], 9: []}, detected)
+    assert {key: value.tolist() for key, value in found.items()} == {1: [0, 1, 3], 2: [0, 3], 9: []}
+
+
+def test_entity_position_is_the_phrase_last_token_in_model_tokens() -> None:
+    stats = ParseStats()
+    # The reference searched the words in the caption split on spaces: "a man" would be found at the FIRST
+    # occurrence for both phrases, and the "," token it counted is deleted by the tokeniser.
+    caption = parse_caption("[/EN#1/people a man] , [/EN#2/people his dog] sees [/EN#3/people a man] .")
+    sentence = ground_caption(caption, 5, 0, {1, 2, 3}, stats)
+    assert sentence.tokens == ["a", "man", "his", "dog", "sees", "a", "man", "."]
+    assert sentence.positions == [1, 3, 6]
+    assert sentence.type_bits == [type_bits(["people"])] * 3
+
+
+def test_ground_caption_skips_non_visual_and_tokenless_phrases() -> None:
+    stats = ParseStats()
+    caption = parse_caption("[/EN#0/notvisual It] is [/EN#4/other ,] [/EN#5/scene a beach] , right [/EN#6/people ?]")
+    sentence = ground_caption(caption, 5, 0, {4, 5}, stats)
+    assert sentence.entity_ids == [5] and sentence.positions == [3] and sentence.has_ground_truth == [True]
+    assert (stats.non_visual_phrases, stats.phrases_without_tokens) == (1, 2)
+    assert ground_caption(parse_caption("[/EN#5/scene a beach]"), 5, 0, set(), stats) is None
+    assert stats.captions_without_grounded_entities == 1
+
+
+WORDS = st.sampled_from(["a", "Man", "dog's", "red", ",", "?", "it's", "the", "two", "--"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.lists(WORDS, max_size=3), st.lists(WORDS, min_size=1, max_size=3),
+                          st.sampled_from([" ", "'s "])), min_size=1, max_size=4))
+def test_entity_positions_point_at_each_phrase_last_token(parts: list) -> None:
+    line, expected_last = "", []
+    for number, (before, phrase, after) in enumerate(parts, start=1):
+        line += " ".join(before) + f" [/EN#{number}/other {' '.join(phrase)}]" + after
+        expected_last.append(tokenize(" ".join(phrase)))
+    caption = parse_caption(line)
+    sentence = ground_caption(caption, 1, 0, set(range(1, len(parts) + 1)), ParseStats())
+    kept = [tokens for tokens in expected_last if tokens]
+    if sentence is None:
+        assert not kept
+        return
+    assert sentence.tokens == tokenize(caption.text)
+    assert [sentence.tokens[position] for position in sentence.positions] == [tokens[-1] for tokens in kept]
+    assert sentence.positions == sorted(sentence.positions)
+
+
+# --- the prepared directory ------------------------------------------------------------------------------
+
+
+def test_manifest(prepared: tuple[Path, dict]) -> None:
+    data_dir, manifest = prepared
+    assert json.loads((data_dir / "manifest.json").read_text()) == manifest
+    assert manifest["task"] == "grounding"
+    assert manifest["sentence_length"] == 11  # "a man his friend and them stand in the park ."
+    assert manifest["max_entities"] == 3
+    assert manifest["feature_dim"] == FEATURE_DIM
+    assert manifest["splits"]["train"] == {"images": 1, "sentences": 2, "entities": 5,
+                                           "entities_with_ground_truth": 4, "upper_bound": 100.0}
+    assert manifest["splits"]["val"]["upper_bound"] == 0.0  # the dog's box is never detected
+    assert manifest["splits"]["test"]["upper_bound"] == 100.0
+    assert manifest["left_out"] == {"non_visual_phrases": 1, "phrases_without_tokens": 0,
+                                    "captions_without_grounded_entities": 1}
+    assert manifest["captions"] == 5
+
+
+def test_dictionary_and_train_arrays(prepared: tuple[Path, dict]) -> None:
+    data_dir, manifest = prepared
+    dictionary = Dictionary.load(data_dir / "dictionary.json")
+    assert dictionary.tokens == ["a", "man", "his", "friend", "and", "them", "stand", "in", "the", "park", ".",
+                                 "'s", "dog", "sees", "him", "runs", "car"]
+    assert manifest["padding_index"] == len(dictionary) == manifest["num_tokens"]
+    with np.load(data_dir / "train.npz") as train:
+        pad = dictionary.padding_index
+        assert train["image_id"].tolist() == [101, 101]
+        assert train["caption_index"].tolist() == [0, 2]
+        assert train["tokens"].tolist() == [list(range(11)), [8, 1, 11, 12, 13, 14, 10] + [pad] * 4]
+        assert train["entity_positions"].tolist() == [[1, 3, 9], [1, 5, 0]]
+        assert train["entity_ids"].tolist() == [[1, 2, 3], [1, 1, 0]]
+        people, scene = type_bits(["people"]), type_bits(["scene"])
+        assert train["entity_types"].tolist() == [[people, type_bits(["people", "other"]), scene], [people, people, 0]]
+        assert train["has_ground_truth"].tolist() == [[True, True, False], [True, True, False]]
+        offsets, boxes = train["positive_offsets"], train["positive_boxes"]
+        per_slot = [boxes[offsets[i]:offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
+        assert per_slot == [[0, 1, 3], [0, 3], [], [0, 1, 3], [0, 1, 3], []]
+
+
+def test_feature_store_holds_only_split_images(prepared: tuple[Path, dict]) -> None:
+    store = FeatureStore.open(prepared[0] / "features")
+    assert sorted(store.image_ids.tolist()) == [101, 202, 303]
+    _, spatial, boxes = store.get(202)
+    assert boxes.tolist() == [[30, 30, 40, 39], [25, 0, 45, 20]]
+    assert spatial[1].tolist() == pytest.approx([0.5, 0.0, 0.9, 0.5, 0.4, 0.5])
+
+
+def test_dataset_items_and_batches(prepared: tuple[Path, dict]) -> None:
+    data_dir, manifest = prepared
+    train, val = GroundingDataset(data_dir, "train"), GroundingDataset(data_dir, "val")
+    assert (len(train), len(val)) == (2, 1)
+    item = train[0]
+    assert item["features"].shape == (5, FEATURE_DIM) and item["boxes"].shape == (5, 6)
+    expected = torch.zeros(5, 3)
+    expected[[0, 1, 3], 0] = 1
+    expected[[0, 3], 1] = 1
+    assert torch.equal(item["targets"], expected)
+    assert item["entity_mask"].tolist() == [True, True, True]
+
+    batch = collate_grounding([train[1], val[0]])
+    assert batch["features"].shape == (2, 5, FEATURE_DIM)
+    assert batch["boxes"].shape == (2, 5, 6)
+    assert batch["box_mask"].tolist() == [[True] * 5, [True, True, False, False, False]]
+    assert batch["features"][1, 2:].abs().sum() == 0
+    assert batch["tokens"].shape == (2, manifest["sentence_length"]) and batch["tokens"].dtype == torch.int64
+    assert batch["entity_positions"].tolist() == [[1, 5, 0], [1, 0, 0]]
+    assert batch["entity_mask"].tolist() == [[True, True, False], [True, False, False]]
+    assert batch["has_ground_truth"].tolist() == [[True, True, False], [True, False, False]]
+    assert batch["targets"].shape == (2, 5, 3) and batch["targets"].dtype == torch.float32
+    assert batch["targets"][1].sum() == 0
+    assert batch["entity_types"].dtype == torch.int64
+    assert batch["image_ids"].tolist() == [101, 202]
+
+
+def test_recall_of_perfect_scores_is_the_upper_bound(prepared: tuple[Path, dict]) -> None:
+    data_dir, manifest = prepared
+    for split in ("train", "val", "test"):
+        dataset = GroundingDataset(data_dir, split)
+        batch = collate_grounding([dataset[i] for i in range(len(dataset))])
+        scores = grounding_recall(batch["targets"], batch["targets"], batch["entity_mask"],
+                                  batch["has_ground_truth"], batch["entity_types"], batch["box_mask"])
+        assert scores["recall@1"] == pytest.approx(manifest["splits"][split]["upper_bound"])
+
+
+# --- command line, other sources, errors -----------------------------------------------------------------
+
+
+def test_command_with_a_store_directory_as_source(prepared: tuple[Path, dict], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    data_dir, manifest = prepared
+    write_raw(tmp_path / "raw")
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args(["--root", str(tmp_path / "raw"), "--features", str(data_dir / "features"),
+                              "--out", str(tmp_path / "again"), "--dictionary", str(data_dir / "dictionary.json"),
+                              "--json"])
+    assert command.run(args) == 0
+    assert json.loads(capsys.readouterr().out) == manifest
+    assert (tmp_path / "again" / "features" / "features.json").is_file()
+    for split in ("train", "val", "test"):
+        with np.load(data_dir / f"{split}.npz") as first, np.load(tmp_path / "again" / f"{split}.npz") as second:
+            assert first.files == second.files
+            for name in first.files:
+                assert np.array_equal(first[name], second[name]), name
+    assert torch.equal(GroundingDataset(tmp_path / "again", "train")[0]["features"],
+                       GroundingDataset(data_dir, "train")[0]["features"])
+
+
+def test_errors_leave_no_output(tmp_path: Path) -> None:
+    features = write_raw(tmp_path / "raw")
+    lines = features[0].read_bytes().split(b"\r\n")
+    features[0].write_bytes(b"\r\n".join(line for line in lines if not line.startswith(b"303\t")))
+    with pytest.raises(DataError, match="1 images of the splits have no features .e.g. 303"):
+        prepare_flickr30k(tmp_path / "raw", features, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+    xml = tmp_path / "raw" / "Annotations" / "202.xml"
+    xml.write_text(xml.read_text().replace("<ymin>0</ymin>", "<ymin>zero</ymin>"))
+    with pytest.raises(DataError) as caught:
+        prepare_flickr30k(tmp_path / "raw", features, tmp_path / "out", progress=False)
+    assert caught.value.path == str(xml) and caught.value.field == "bndbox/ymin"
+    assert not (tmp_path / "out").exists()
+
+
+def test_split_lists_are_checked(tmp_path: Path) -> None:
+    features = write_raw(tmp_path / "raw", splits={"train": [101, 202], "val": [202], "test": [303]})
+    with pytest.raises(DataError, match="image 202 listed also in train.txt") as caught:
+        prepare_flickr30k(tmp_path / "raw", features, tmp_path / "out", progress=False)
+    assert caught.value.path == str(tmp_path / "raw" / "val.txt")
+    (tmp_path / "raw" / "val.txt").write_text("202\nabc\n")
+    with pytest.raises(DataError, match="expected an image id") as caught:
+        prepare_flickr30k(tmp_path / "raw", features, tmp_path / "out", progress=False)
+    assert caught.value.record == "line 2"
+
+
+def test_dataset_refuses_other_directories(tmp_path: Path, prepared: tuple[Path, dict]) -> None:
+    with pytest.raises(DataError, match="no manifest.json"):
+        GroundingDataset(tmp_path, "train")
+    (tmp_path / "manifest.json").write_text(json.dumps({"task": "vqa"}))
+    with pytest.raises(DataError, match="not a grounding dataset"):
+        GroundingDataset(tmp_path, "train")
+    with pytest.raises(DataError, match="no split 'dev'"):
+        GroundingDataset(prepared[0], "dev")
+
+
+def test_a_source_inside_the_output_is_refused(prepared: tuple[Path, dict]) -> None:
+    data_dir, manifest = prepared
+    with pytest.raises(DataError, match="inside --out"):
+        prepare_flickr30k(data_dir.parent / "raw", [data_dir / "features"], data_dir, progress=False)
+    assert json.loads((data_dir / "manifest.json").read_text()) == manifest

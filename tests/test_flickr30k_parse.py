@@ -1,0 +1,127 @@
+"""Parsers of the official Flickr30k Entities Sentences and Annotations files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ban.data.flickr30k_parse import parse_annotation_file, parse_caption, parse_sentences_file
+from ban.errors import DataError
+
+
+def test_caption_phrases_and_plain_text() -> None:
+    line = ("[/EN#18/people A man] with [/EN#0/notvisual nothing] and [/EN#19/people/other his  son] "
+            "near [/EN#18/people him] .\n")
+    caption = parse_caption(line)
+    assert caption.text == "A man with nothing and his  son near him ."
+    spans = [(p.entity_id, p.types, caption.text[p.start:p.end], p.is_visual) for p in caption.phrases]
+    assert spans == [
+        (18, ("people",), "A man", True),
+        (0, ("notvisual",), "nothing", False),
+        (19, ("people", "other"), "his  son", True),
+        (18, ("people",), "him", True),
+    ]
+
+
+def test_caption_without_phrases_and_glued_suffix() -> None:
+    assert parse_caption("Just words .").phrases == ()
+    caption = parse_caption("[/EN#1/people The man]'s dog")
+    assert caption.text == "The man's dog"
+    assert caption.text[caption.phrases[0].start:caption.phrases[0].end] == "The man"
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "column"),
+    [
+        ("A [/EN#x/people man] .", "phrase", 3),  # id is not a number: not phrase markup
+        ("A [man] walks .", "phrase", 3),
+        ("A [/EN#4/people man walks .", "phrase", 3),
+        ("A man] walks .", "phrase", 6),
+        ("A [/EN#4/robots man] .", "type", 3),
+        ("A [/EN#4/people ] .", "phrase", 3),
+    ],
+)
+def test_malformed_captions(line: str, field: str, column: int) -> None:
+    with pytest.raises(DataError) as caught:
+        parse_caption(line, path="Sentences/7.txt", line_number=2)
+    assert caught.value.path == "Sentences/7.txt"
+    assert caught.value.record == f"line 2, column {column}"
+    assert caught.value.field == field
+
+
+def test_sentences_file(tmp_path: Path) -> None:
+    path = tmp_path / "7.txt"
+    path.write_text("[/EN#1/people A man] runs .\n\n[/EN#2/animals A dog] barks .\n", encoding="utf-8")
+    captions = parse_sentences_file(path)
+    assert [caption.text for caption in captions] == ["A man runs .", "A dog barks ."]
+    path.write_text("ok .\n[broken\n", encoding="utf-8")
+    with pytest.raises(DataError, match="line 2"):
+        parse_sentences_file(path)
+    with pytest.raises(DataError, match="not found"):
+        parse_sentences_file(tmp_path / "missing.txt")
+
+
+ANNOTATION = """<annotation>
+  <filename>7.jpg</filename>
+  <size><width>500</width><height>333</height><depth>3</depth></size>
+  <object><name>1</name><name>2</name>
+    <bndbox><xmin>10</xmin><ymin>20</ymin><xmax>110</xmax><ymax>220</ymax></bndbox></object>
+  <object><name>1</name>
+    <bndbox><xmin>300</xmin><ymin>30</ymin><xmax>400</xmax><ymax>130</ymax></bndbox></object>
+  <object><name>3</name><nobndbox>0</nobndbox><scene>1</scene></object>
+  <object><name>4</name><nobndbox>1</nobndbox><scene>0</scene></object>
+</annotation>
+"""
+
+
+def test_annotation_file(tmp_path: Path) -> None:
+    path = tmp_path / "7.xml"
+    path.write_text(ANNOTATION, encoding="utf-8")
+    annotation = parse_annotation_file(path)
+    assert (annotation.width, annotation.height) == (500, 333)
+    assert annotation.boxes == {
+        1: [(10.0, 20.0, 110.0, 220.0), (300.0, 30.0, 400.0, 130.0)],
+        2: [(10.0, 20.0, 110.0, 220.0)],
+    }
+    assert annotation.scene == {3}
+    assert annotation.no_box == {4}
+
+
+@pytest.mark.parametrize(
+    ("broken", "record", "field", "message"),
+    [
+        (ANNOTATION.replace("<xmin>10</xmin>", ""), "<object> #1", "bndbox/xmin", "missing"),
+        (ANNOTATION.replace("<xmin>300</xmin>", "<xmin>3x0</xmin>"), "<object> #2", "bndbox/xmin", "number"),
+        (ANNOTATION.replace("<xmax>400</xmax>", "<xmax>200</xmax>"), "<object> #2", "bndbox", "max < min"),
+        (ANNOTATION.replace("<name>3</name>", ""), "<object> #3", "name", "no <name>"),
+        (ANNOTATION.replace("<name>4</name>", "<name>four</name>"), "<object> #4", "name", "integer"),
+        (ANNOTATION.replace("<height>333</height>", ""), "size", "size/height", "missing"),
+        (ANNOTATION.replace("</annotation>", ""), None, None, "not well-formed"),
+        (ANNOTATION.replace("annotation>", "notes>"), None, None, "expected <annotation>"),
+    ],
+)
+def test_malformed_annotation_names_file_element_and_field(
+    tmp_path: Path, broken: str, record: str | None, field: str | None, message: str
+) -> None:
+    path = tmp_path / "7.xml"
+    path.write_text(broken, encoding="utf-8")
+    with pytest.raises(DataError, match=message) as caught:
+        parse_annotation_file(path)
+    assert caught.value.path == str(path)
+    assert caught.value.record == record
+    assert caught.value.field == field
+
+
+def test_entity_expansion_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.xml"
+    path.write_text(
+        '<?xml version="1.0"?>\n<!DOCTYPE annotation [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]>\n'
+        "<annotation><size><width>&b;</width><height>1</height></size></annotation>\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(DataError, match="forbidden XML construct") as caught:
+        parse_annotation_file(path)
+    assert caught.value.path == str(path)
+    with pytest.raises(DataError, match="not found"):
+        parse_annotation_file(tmp_path / "missing.xml")
