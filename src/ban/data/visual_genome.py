@@ -13,7 +13,7 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 
-from ban.data.answers import normalize_answer
+from ban.data.answers import preprocess_answer
 from ban.data.jsonfile import read_json, require
 from ban.errors import DataError
 
@@ -86,7 +86,7 @@ def load_visual_genome(
                 continue
             key = "qa_id" if isinstance(qa, dict) and "qa_id" in qa else "id"
             question_id = require(qa, key, int, path, where)
-            label = ans2label.get(normalize_answer(require(qa, "answer", str, path, where)))
+            label = ans2label.get(preprocess_answer(require(qa, "answer", str, path, where)))
             if label is None:
                 continue
             for split in splits:
