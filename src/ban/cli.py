@@ -16,6 +16,7 @@ from ban.errors import BanError
 COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("score", "official VQA accuracy of a results file (overall, per answer and question type)"),
     "prepare": ("prepare", "raw dataset files (VQA 2.0, Flickr30k Entities) → a prepared dataset directory"),
+    "synth": ("synth", "write synthetic scenes in the official VQA 2.0 / bottom-up TSV / Flickr30k Entities formats"),
 }
 
 

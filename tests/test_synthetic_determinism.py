@@ -1,0 +1,80 @@
+"""Same seed → byte-identical output, whatever the number of processes; seeds and widths change what they should."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from ban.data.synthetic import generate
+from ban.errors import ConfigError
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def make(root: Path, **kwargs: object) -> Path:
+    options = {"seed": 5, "num_images": 24, "feature_dim": 16, "flickr_images": 10, "progress": False, "workers": 1}
+    options.update(kwargs)
+    generate(root, **options)  # type: ignore[arg-type]
+    return root
+
+
+def test_same_seed_is_byte_identical_across_worker_counts(tmp_path: Path) -> None:
+    one = tree_digest(make(tmp_path / "a"))
+    again = tree_digest(make(tmp_path / "b"))
+    two_workers = tree_digest(make(tmp_path / "c", workers=2))
+    assert one == again == two_workers
+    assert not any(".tmp" in name for name in one), "temporary files left behind"
+    assert "stats.json" in one and "flickr30k/features.tsv" in one
+
+
+def test_other_seed_gives_other_data(tmp_path: Path) -> None:
+    first = tree_digest(make(tmp_path / "a", write_images=False))
+    second = tree_digest(make(tmp_path / "b", seed=6, write_images=False))
+    assert first.keys() == second.keys()
+    changed = [name for name in first if first[name] != second[name]]
+    assert "vqa/v2_mscoco_train2014_annotations.json" in changed and "features/train2014.tsv" in changed
+
+
+def test_feature_width_changes_only_the_features(tmp_path: Path) -> None:
+    narrow = make(tmp_path / "a", write_images=False)
+    wide = make(tmp_path / "b", feature_dim=40, write_images=False)
+    a, b = tree_digest(narrow), tree_digest(wide)
+    differing = sorted(name for name in a if a[name] != b[name])
+    assert differing == [
+        "features/test2015.tsv", "features/train2014.tsv", "features/val2014.tsv",
+        "flickr30k/features.tsv", "stats.json",
+    ]  # fmt: skip
+    # Boxes are the same: only the features column differs.
+    for line_a, line_b in zip(
+        (narrow / "features/train2014.tsv").read_text().splitlines(),
+        (wide / "features/train2014.tsv").read_text().splitlines(),
+        strict=True,
+    ):
+        assert line_a.split("\t")[:5] == line_b.split("\t")[:5]
+    stats_a = json.loads((narrow / "stats.json").read_text())
+    stats_b = json.loads((wide / "stats.json").read_text())
+    assert stats_a.pop("feature_dim") == 16 and stats_b.pop("feature_dim") == 40
+    assert stats_a == stats_b
+
+
+def test_rerun_into_the_same_directory_overwrites_cleanly(tmp_path: Path) -> None:
+    make(tmp_path / "a", write_images=False)
+    before = tree_digest(tmp_path / "a")
+    make(tmp_path / "a", write_images=False)
+    assert tree_digest(tmp_path / "a") == before
+
+
+@pytest.mark.parametrize("kwargs", [{"num_images": 5}, {"feature_dim": 0}, {"flickr_images": 4}, {"seed": -1}])
+def test_bad_settings_are_config_errors(tmp_path: Path, kwargs: dict) -> None:
+    with pytest.raises(ConfigError):
+        make(tmp_path / "bad", **kwargs)
+    assert not (tmp_path / "bad" / "stats.json").exists()
