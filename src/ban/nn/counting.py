@@ -52,7 +52,7 @@ def soft_one_hot(count: Tensor, num_classes: int) -> Tensor:
     count = count.clamp(min=0, max=num_classes - 1)
     low = count.detach().floor()
     fraction = count - low
-    low_index = low.long()
+    low_index = low.nan_to_num(0.0).long()  # a NaN count (diverged inputs) gives a NaN row, not a bad index
     high_index = (low_index + 1).clamp(max=num_classes - 1)
     low_hot = F.one_hot(low_index, num_classes).to(count.dtype)
     high_hot = F.one_hot(high_index, num_classes).to(count.dtype)

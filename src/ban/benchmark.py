@@ -1,0 +1,187 @@
+"""Throughput and memory of BAN training and inference steps on synthetic tensors (``ban bench``).
+
+A training step is what the reference's loop does per batch: forward, BCE summed over answers, backward,
+gradient clipping at 0.25, Adamax. Boxes are either a fixed count or "adaptive" (10–100 per image, mean ≈ 32,
+padded per batch to the batch's largest count, as bottom-up features are). Useful work is counted over real
+boxes only; a training step counts 3× the forward matrix products (forward + backward).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import resource
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ban.engine.loss import vqa_loss
+from ban.models import BANConfig, build_model, preset
+
+ADAPTIVE_MIN, ADAPTIVE_MAX, ADAPTIVE_MEAN = 10, 100, 32.0
+
+
+@dataclass
+class BenchSettings:
+    preset: str = "paper-best"
+    num_tokens: int = 19901
+    num_answers: int = 3129
+    batch_size: int = 256
+    boxes: str = "adaptive"  # "adaptive" or a fixed count such as "36"
+    question_length: int = 14
+    steps: int = 10
+    warmup: int = 3
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class BenchResult:
+    path: str
+    precision: str
+    mode: str
+    ms_per_step: float
+    questions_per_s: float
+    tflops: float
+    peak_memory_gib: float
+
+
+def box_counts(settings: BenchSettings, generator: torch.Generator) -> torch.Tensor:
+    """Real box counts of one batch [B]: fixed, or adaptive (a geometric-like law clipped to 10–100, mean ≈ 32)."""
+    if settings.boxes != "adaptive":
+        return torch.full((settings.batch_size,), int(settings.boxes))
+    rate = 1.0 / (ADAPTIVE_MEAN - ADAPTIVE_MIN)
+    uniform = torch.rand(settings.batch_size, generator=generator)
+    counts = ADAPTIVE_MIN + (-torch.log1p(-uniform) / rate).floor()
+    return counts.clamp(max=ADAPTIVE_MAX).long()
+
+
+def synthetic_batches(settings: BenchSettings, config: BANConfig, device: torch.device,
+                      count: int) -> list[dict[str, torch.Tensor]]:
+    """``count`` batches already on ``device``: features [B, N, Dv] (zero rows past each image's count),
+    boxes [B, N, 6], questions [B, L], targets [B, A]."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    batches = []
+    for _ in range(count):
+        counts = box_counts(settings, generator)
+        num_boxes = int(counts.max())
+        real = torch.arange(num_boxes)[None, :] < counts[:, None]  # [B, N]
+        features = torch.rand(settings.batch_size, num_boxes, config.feature_dim, generator=generator) * real[..., None]
+        corners = torch.rand(settings.batch_size, num_boxes, 2, 2, generator=generator)
+        top_left, bottom_right = corners.min(2).values, corners.max(2).values
+        boxes = torch.cat([top_left, bottom_right, bottom_right - top_left], -1) * real[..., None]
+        questions = torch.randint(0, config.num_tokens, (settings.batch_size, settings.question_length),
+                                  generator=generator)
+        targets = (torch.rand(settings.batch_size, config.num_answers, generator=generator) > 0.999).float()
+        batch = dict(features=features, boxes=boxes, questions=questions, targets=targets, real_boxes=counts.sum())
+        batches.append({key: value.to(device) for key, value in batch.items()})
+    return batches
+
+
+def forward_flops(config: BANConfig, batch_size: int, real_boxes: int, tokens: int) -> float:
+    """Matrix-product FLOPs of one forward pass of BAN for VQA over ``real_boxes`` boxes in the batch."""
+    hidden, rank, glimpses = config.hidden_dim, config.rank_factor * config.hidden_dim, config.num_glimpses
+    token_rows = batch_size * tokens
+    flops = 3 * hidden * (config.word_features + hidden) * token_rows  # GRU gates
+    flops += real_boxes * config.feature_dim * rank + token_rows * hidden * rank  # attention projections
+    flops += glimpses * tokens * real_boxes * rank  # attention logits
+    flops += glimpses * (real_boxes * config.feature_dim * hidden + token_rows * hidden * hidden)  # pooling projections
+    flops += glimpses * tokens * real_boxes * hidden  # attention-weighted box sums
+    flops += glimpses * batch_size * hidden * hidden  # residual projections
+    flops += batch_size * (hidden * 2 * hidden + 2 * hidden * config.num_answers)  # classifier
+    return 2.0 * flops
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak RSS (KiB → GiB)
+
+
+def _steps(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: str, precision: str,
+           device: torch.device) -> Iterator[None]:
+    optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3)
+    model.train(mode == "train")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    index = 0
+    while True:
+        batch = batches[index % len(batches)]
+        index += 1
+        if mode == "train":
+            with autocast:
+                out = model(batch["features"], batch["boxes"], batch["questions"])
+            loss = vqa_loss(out.logits, batch["targets"], batch["targets"].shape[0])
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            with torch.no_grad(), autocast:
+                model(batch["features"], batch["boxes"], batch["questions"])
+        yield
+
+
+def measure(settings: BenchSettings, path: str, precision: str, mode: str) -> BenchResult:
+    """Time ``settings.steps`` steps after ``settings.warmup`` for one (path, precision, mode)."""
+    device = resolve_device(settings.device)
+    torch.manual_seed(settings.seed)
+    config = preset(settings.preset, num_tokens=settings.num_tokens, num_answers=settings.num_answers,
+                    fused=path == "fast")
+    model = build_model(config).to(device)
+    batches = synthetic_batches(settings, config, device, count=min(settings.steps, 4))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    steps = _steps(model, batches, mode, precision, device)
+    for _ in range(settings.warmup):
+        next(steps)
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(settings.steps):
+        next(steps)
+    _synchronize(device)
+    seconds = (time.perf_counter() - start) / settings.steps
+    real_boxes = sum(int(batches[i % len(batches)]["real_boxes"]) for i in range(settings.steps)) / settings.steps
+    work = forward_flops(config, settings.batch_size, int(real_boxes), settings.question_length)
+    work *= 3 if mode == "train" else 1
+    return BenchResult(path, precision, mode, 1000 * seconds, settings.batch_size / seconds, work / seconds / 1e12,
+                       _peak_memory_gib(device))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def describe_machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    processor = platform.processor() or platform.machine()
+    return f"CPU {processor}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def run_all(settings: BenchSettings, paths: list[str], precisions: list[str], modes: list[str]) -> list[BenchResult]:
+    return [measure(settings, path, precision, mode) for mode in modes for precision in precisions for path in paths]
+
+
+def format_table(results: list[BenchResult]) -> str:
+    header = "| path | precision | mode | ms/step | questions/s | TFLOP/s | peak memory (GiB) |"
+    lines = [header, "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        lines.append(f"| {r.path} | {r.precision} | {r.mode} | {r.ms_per_step:,.1f} | {r.questions_per_s:,.0f} | "
+                     f"{r.tflops:.3f} | {r.peak_memory_gib:.2f} |")
+    return "\n".join(lines)
+
+
+def as_json(settings: BenchSettings, results: list[BenchResult]) -> dict:
+    device = resolve_device(settings.device)
+    return {"machine": describe_machine(device), "settings": dataclasses.asdict(settings),
+            "results": [dataclasses.asdict(r) for r in results]}

@@ -1,0 +1,51 @@
+"""`ban bench`: throughput and memory of training and inference steps, fast and plain paths, fp32 and bf16."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from ban.benchmark import BenchSettings, as_json, describe_machine, format_table, resolve_device, run_all
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = BenchSettings()
+    parser.add_argument("--preset", default=defaults.preset, help="model preset (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="questions per step (default: 256 on a GPU, 32 on the CPU)")
+    parser.add_argument("--boxes", default=None,
+                        help="'adaptive' (10–100 per image, mean ≈ 32, padded per batch) or a fixed count "
+                             "(default: adaptive on a GPU, 36 on the CPU)")
+    parser.add_argument("--question-length", type=int, default=defaults.question_length)
+    parser.add_argument("--num-tokens", type=int, default=defaults.num_tokens)
+    parser.add_argument("--num-answers", type=int, default=defaults.num_answers)
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="timed steps (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed steps first")
+    parser.add_argument("--paths", nargs="+", choices=["fast", "plain"], default=["fast", "plain"])
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    parser.add_argument("--modes", nargs="+", choices=["train", "infer"], default=["train", "infer"])
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    on_gpu = resolve_device(args.device).type == "cuda"
+    settings = BenchSettings(
+        preset=args.preset, num_tokens=args.num_tokens, num_answers=args.num_answers,
+        batch_size=args.batch_size or (256 if on_gpu else 32), boxes=args.boxes or ("adaptive" if on_gpu else "36"),
+        question_length=args.question_length, steps=args.steps, warmup=args.warmup, device=args.device,
+    )
+    results = run_all(settings, args.paths, args.precisions, args.modes)
+    if args.json:
+        print(json.dumps(as_json(settings, results), indent=2))
+    else:
+        device = resolve_device(settings.device)
+        print(f"{describe_machine(device)}; preset {settings.preset}, batch {settings.batch_size}, "
+              f"boxes {settings.boxes}, {settings.question_length} tokens")
+        print(format_table(results))
+    return 0

@@ -1,0 +1,60 @@
+"""`ban predict RUN_DIR --split test-dev --out results.json`: answers in the evaluation server's format.
+
+Writes a JSON list of ``{"question_id": int, "answer": str}`` (atomically), and with ``--logits FILE.npy`` the
+raw answer logits ``[Q, A]`` float32, rows in the same order as the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+
+from ban.commands.evaluate import device_of
+from ban.data.atomic import atomic_path, write_with
+from ban.engine.run import load_run
+from ban.engine.tasks import VQATask, make_task, predict_logits
+from ban.engine.trainer import resolve_precision
+from ban.errors import ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a VQA run directory written by `ban train`")
+    parser.add_argument("--split", default="test-dev", help="split of the prepared dataset (default: test-dev)")
+    parser.add_argument("--out", type=Path, required=True, help="results file to write (JSON)")
+    parser.add_argument("--logits", type=Path, help="also write the answer logits [Q, A] as a .npy file")
+    parser.add_argument("--data", type=Path, help="prepared dataset (default: the one the run was trained on; "
+                        "must have the same dictionary and answers)")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, …")
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load_run(args.run_dir, args.data)
+    task = make_task(loaded.config.task, loaded.data_dir)
+    if not isinstance(task, VQATask):
+        raise ConfigError("ban predict writes VQA answers; for grounding use `ban evaluate`")
+    device = device_of(args.device)
+    precision = resolve_precision(loaded.config.train.precision, device)
+    labels = task.answers()
+    dataset = task.dataset([args.split])
+    results: list[dict[str, object]] = []
+    with atomic_path(args.logits) if args.logits else nullcontext() as logits_path:
+        table = (np.lib.format.open_memmap(logits_path, mode="w+", dtype=np.float32,
+                                           shape=(len(dataset), len(labels))) if logits_path else None)
+        for batch, logits in predict_logits(task, loaded.model.to(device), dataset, args.batch_size, device,
+                                            precision, progress=f"predicting {args.split}"):
+            if table is not None:
+                table[len(results) : len(results) + len(logits)] = logits.cpu().numpy()
+            best = logits.argmax(dim=1).tolist()
+            results += [{"question_id": q, "answer": labels[i]}
+                        for q, i in zip(batch["question_ids"].tolist(), best, strict=True)]
+        if table is not None:
+            table.flush()
+            del table
+    write_with(args.out, lambda temp: temp.write_text(json.dumps(results), encoding="utf-8"))
+    print(f"wrote {len(results)} answers to {args.out}" + (f" and logits to {args.logits}" if args.logits else ""))
+    return 0

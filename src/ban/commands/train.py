@@ -1,0 +1,112 @@
+"""`ban train`: train BAN on a prepared dataset, or on the synthetic scenes when no --data is given.
+
+    ban train                                   # tiny BAN on the synthetic scenes (minutes on a laptop CPU)
+    ban train --data prepared/vqa2 --out runs/ban8            # the paper's recipe (PAPER.md §4)
+    ban train --data prepared/vqa2 --preset paper-ablation --set model.num_glimpses=1 --set lr=7e-4
+    ban train --out runs/ban8 --resume          # continue an interrupted run
+    torchrun --nproc_per_node 4 -m ban.cli train --data …     # data parallel, same results as one process
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from ban.engine.config import (
+    SYNTHETIC_TRAINING,
+    TrainConfig,
+    apply_overrides,
+    parse_assignments,
+    split_overrides,
+    typed_overrides,
+)
+from ban.engine.run import RunConfig, fingerprint, read_run_config, start_run
+from ban.engine.synthetic import synthetic_dataset
+from ban.engine.tasks import make_task
+from ban.engine.trainer import TrainingInterrupted, train
+from ban.errors import ConfigError
+from ban.models import BANConfig, preset
+
+DEFAULT_PRESETS = {"vqa": "paper-best", "grounding": "grounding"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, help="prepared dataset dir (`ban prepare …`); default: the "
+                        "synthetic scenes, generated once into $BAN_CACHE or ~/.cache/ban")
+    parser.add_argument("--task", choices=("vqa", "grounding"), help="default: vqa (on --resume: the run's)")
+    parser.add_argument("--preset", help="model preset: paper-best, paper-ablation, grounding, tiny (default: "
+                        "tiny on the synthetic scenes, paper-best for VQA data, grounding for Flickr30k)")
+    parser.add_argument("--out", type=Path,
+                        help="run directory (default: runs/<task>-h<hidden>-g<glimpses>-<date>-<time>)")
+    parser.add_argument("--epochs", type=int, help="number of epochs (default: 13 as the paper's recipe; 16 on the "
+                        "synthetic scenes)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a training setting (lr, batch_size, seed, precision, …) or a model "
+                        "field as model.<field> (e.g. model.num_glimpses=4); repeatable")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+
+
+def build_run(args: argparse.Namespace) -> RunConfig:
+    """The run's complete configuration from the arguments (and, with --resume, the stored config)."""
+    stored = read_run_config(args.out) if args.resume else None
+    task_name = args.task or (stored.task if stored else "vqa")
+    if args.data is not None:
+        data_dir = args.data.resolve()
+    elif stored is not None:
+        data_dir = Path(stored.data_dir)
+    elif task_name == "grounding":
+        raise ConfigError("grounding needs --data (a prepared Flickr30k Entities dir)")
+    else:
+        data_dir = synthetic_dataset()
+    synthetic = args.data is None and stored is None
+    train_overrides, model_overrides = split_overrides(parse_assignments(args.overrides))
+    if args.epochs is not None:
+        train_overrides["epochs"] = str(args.epochs)
+    task = make_task(task_name, data_dir)
+    sizes = task.model_sizes()
+    model_values = typed_overrides(BANConfig, model_overrides, "model")
+    for name, value in sizes.items():
+        if name in model_values and model_values[name] != value:
+            raise ConfigError(f"model.{name}={model_values[name]} contradicts the data ({name} = {value})")
+    if stored is not None and args.preset is None:
+        model = stored.model.replace(**model_values)
+        base = stored.train
+    else:
+        name = args.preset or ("tiny" if synthetic else DEFAULT_PRESETS[task_name])
+        model = preset(name, **{**model_values, **sizes})
+        base = TrainConfig(**SYNTHETIC_TRAINING) if synthetic else TrainConfig()
+    if model.task != task_name:
+        raise ConfigError(f"preset {args.preset!r} is a {model.task} model, but the task is {task_name}")
+    return RunConfig(task_name, str(data_dir), model, apply_overrides(base, train_overrides), fingerprint(data_dir))
+
+
+def default_run_dir(run: RunConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{run.task}-h{run.model.hidden_dim}-g{run.model.num_glimpses}-{stamp}"
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.resume and args.out is None:
+        raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.out is None:
+        raise ConfigError("under torchrun, give --out RUN_DIR (every process must use the same run dir)")
+    config = build_run(args)
+    run_dir = args.out or default_run_dir(config)
+    if main_process:
+        start_run(run_dir, config, args.resume)
+        print(f"run dir: {run_dir}\nmodel: {config.model}\ntraining: {config.train}", file=sys.stderr)
+    try:
+        history = train(run_dir, config, make_task(config.task, config.data_dir), resume=args.resume)
+    except TrainingInterrupted as stopped:
+        if main_process:
+            print(f"ban train: interrupted: {stopped}", file=sys.stderr)
+        return 130
+    if history and main_process:
+        last = {k: v for k, v in history[-1].items() if k != "val"}
+        print(f"done: {last}" + (f"\nval: {history[-1]['val']}" if "val" in history[-1] else ""))
+    return 0
+

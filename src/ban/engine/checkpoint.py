@@ -1,0 +1,106 @@
+"""Training checkpoints: one safetensors file holding weights, optimizer state and RNG states.
+
+Layout of the file (no pickle anywhere):
+
+- tensors ``model/<name>`` — the model's state dict;
+- tensors ``optimizer/<param index>/<name>`` — per-parameter optimizer state (Adamax: step, exp_avg, exp_inf);
+- tensors ``rng/<name>`` — random generator states (one per process under torchrun);
+- metadata ``format``, ``optimizer`` (JSON: param groups and non-tensor state) and ``state`` (JSON: epoch, step,
+  history … whatever the trainer passes).
+
+The file is written to a temporary name and renamed, so it is always either the old or the new checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ban.data.atomic import write_with
+from ban.errors import CheckpointError
+
+FORMAT = "ban-checkpoint/1"
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    state: dict[str, Any],
+    rng: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write ``model``'s weights, ``optimizer``'s state, ``rng`` tensors and the JSON-able ``state`` atomically."""
+    tensors = {f"model/{k}": _cpu(v) for k, v in model.state_dict().items()}
+    optimizer_meta: dict[str, Any] = {}
+    if optimizer is not None:
+        optimizer_state = optimizer.state_dict()
+        optimizer_meta = {"param_groups": optimizer_state["param_groups"], "scalars": {}}
+        for index, entry in optimizer_state["state"].items():
+            for name, value in entry.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optimizer/{index}/{name}"] = _cpu(value)
+                else:
+                    optimizer_meta["scalars"].setdefault(str(index), {})[name] = value
+    for name, value in (rng or {}).items():
+        tensors[f"rng/{name}"] = _cpu(value)
+    metadata = {"format": FORMAT, "state": json.dumps(state), "optimizer": json.dumps(optimizer_meta)}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_with(path, lambda temp: save_file(tensors, str(temp), metadata=metadata))
+
+
+def _cpu(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu").contiguous()
+
+
+class Checkpoint:
+    """A checkpoint file read back: ``model`` and ``rng`` tensors, the ``state`` dict, the optimizer state."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError("no checkpoint here (was the run trained for at least one step?)", path=path)
+        try:
+            with safe_open(str(self.path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        except Exception as error:  # safetensors raises its own types for malformed files
+            raise CheckpointError(f"not a readable safetensors file ({error})", path=path) from None
+        if metadata.get("format") != FORMAT:
+            raise CheckpointError(f"format is {metadata.get('format')!r}, expected {FORMAT!r}", path=path)
+        self.state: dict[str, Any] = json.loads(metadata["state"])
+        self._optimizer_meta: dict[str, Any] = json.loads(metadata["optimizer"])
+        self.model = _with_prefix(tensors, "model/")
+        self.rng = _with_prefix(tensors, "rng/")
+        self._optimizer_tensors = _with_prefix(tensors, "optimizer/")
+
+    def load_model(self, model: torch.nn.Module) -> None:
+        """Copy the weights into ``model`` (strict: names and shapes must match)."""
+        try:
+            model.load_state_dict(self.model, strict=True)
+        except RuntimeError as error:
+            raise CheckpointError(f"weights do not fit the model: {error}", path=self.path) from None
+
+    def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Restore ``optimizer``'s state (tensors are moved to the parameters' devices by PyTorch)."""
+        if not self._optimizer_meta:
+            raise CheckpointError("the checkpoint holds no optimizer state", path=self.path)
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in self._optimizer_tensors.items():
+            index, name = key.split("/", 1)
+            state.setdefault(int(index), {})[name] = value
+        for index, scalars in self._optimizer_meta["scalars"].items():
+            state.setdefault(int(index), {}).update(scalars)
+        try:
+            optimizer.load_state_dict({"state": state, "param_groups": self._optimizer_meta["param_groups"]})
+        except (ValueError, KeyError) as error:
+            raise CheckpointError(f"optimizer state does not fit: {error}", path=self.path) from None
+
+
+def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

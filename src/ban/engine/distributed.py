@@ -1,0 +1,123 @@
+"""Data-parallel training under ``torchrun``: process group set-up, batch sharding, small collectives.
+
+The same ``ban train`` command runs in one process or under ``torchrun --nproc_per_node K``. The global batch of
+``batch_size`` samples is cut into K nearly equal contiguous parts, one per process; each process divides its
+summed loss by the GLOBAL batch size and multiplies it by K, so that DDP's gradient averaging yields exactly the
+gradient of the whole batch: training equals single-process training on the same global batches (up to float
+summation order). Backend: NCCL on CUDA, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands: its rank among ``world_size`` processes and its device."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: str = "auto") -> DistContext:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); pick the device.
+
+    ``device``: ``"auto"`` (CUDA if available, else CPU), or any ``torch.device`` string. Under torchrun with
+    CUDA each process takes the GPU ``LOCAL_RANK``.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = torch.device(device)
+    if world_size > 1:
+        if chosen.type == "cuda":
+            chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(chosen)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
+        return DistContext(dist.get_rank(), world_size, chosen)
+    return DistContext(0, 1, chosen)
+
+
+def teardown() -> None:
+    """Leave the process group, if any."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def any_process(flag: bool, context: DistContext) -> bool:
+    """True if ``flag`` is True in at least one process (all processes must call this together)."""
+    if not context.distributed:
+        return flag
+    value = torch.tensor([float(flag)], device=context.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def barrier(context: DistContext) -> None:
+    """Wait for every process (no-op in a single process)."""
+    if context.distributed:
+        dist.barrier()
+
+
+def gather_tensor(tensor: torch.Tensor, context: DistContext) -> list[torch.Tensor]:
+    """The same-shaped ``tensor`` of every process, in rank order (a one-element list in a single process)."""
+    if not context.distributed:
+        return [tensor]
+    moved = tensor.to(context.device)
+    parts = [torch.empty_like(moved) for _ in range(context.world_size)]
+    dist.all_gather(parts, moved)
+    return [p.cpu() for p in parts]
+
+
+class ShardedBatches(Sampler[list[int]]):
+    """One epoch of batches: a seeded permutation, cut into global batches, each split across the processes.
+
+    ``global_sizes[k]`` is the size of global batch k (the loss denominator). Iteration yields this process's
+    indices of each batch from ``start`` on (to resume mid-epoch). In a multi-process run a final global batch
+    smaller than the number of processes is dropped (a process must not get an empty batch).
+
+    >>> list(ShardedBatches(6, batch_size=4, seed=0, epoch=0, shuffle=False, rank=1, world_size=2))
+    [[2, 3], [5]]
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        start: int = 0,
+    ) -> None:
+        if shuffle:
+            order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed + epoch))
+        else:
+            order = torch.arange(num_samples)
+        batches = [b for b in order.split(batch_size) if len(b) >= world_size]
+        self.global_sizes = [len(b) for b in batches][start:]
+        self._local = [b.tensor_split(world_size)[rank].tolist() for b in batches][start:]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._local)
+
+    def __len__(self) -> int:
+        return len(self._local)

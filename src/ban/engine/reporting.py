@@ -1,0 +1,76 @@
+"""What a run writes about its progress: metrics.jsonl, a learning-curve picture, TensorBoard (if installed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ban.data.atomic import write_with
+
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "learning_curves.png"
+
+
+def report_epoch(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite metrics.jsonl and the learning curves from ``history``; log the last epoch to TensorBoard."""
+    write_metrics(run_dir / METRICS_FILE, history)
+    plot_learning_curves(history, run_dir / CURVES_FILE)
+    log_tensorboard(run_dir, history[-1])
+
+
+def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+    """One JSON object per epoch, one per line (rewritten whole, atomically, so a resumed run stays consistent)."""
+    text = "".join(json.dumps(record) + "\n" for record in history)
+    write_with(path, lambda temp: temp.write_text(text, encoding="utf-8"))
+
+
+def scalars(record: dict[str, Any]) -> dict[str, float]:
+    """The numeric values of an epoch record, nested ones as ``val/<name>``."""
+    flat = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}/{k}": v for k, v in scalars(value).items()})
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[key] = float(value)
+    return flat
+
+
+def plot_learning_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Loss (left) and scores in % (right) per epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    rows = [scalars(record) for record in history]
+    epochs = [row["epoch"] for row in rows]
+    figure, (loss_axes, score_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_axes.plot(epochs, [row["train_loss"] for row in rows], marker="o", label="train loss")
+    loss_axes.set_xlabel("epoch")
+    loss_axes.set_ylabel("loss")
+    loss_axes.legend()
+    score_keys = ["train_score"] + sorted({k for row in rows for k in row if k.startswith("val/")
+                                           and not k.startswith("val/perAnswerType")
+                                           and not k.startswith("val/perType")})
+    for key in score_keys:
+        points = [(row["epoch"], row[key]) for row in rows if key in row]
+        score_axes.plot(*zip(*points, strict=True), marker="o", label=key)
+    score_axes.set_xlabel("epoch")
+    score_axes.set_ylabel("%")
+    score_axes.legend()
+    figure.tight_layout()
+    write_with(path, lambda temp: figure.savefig(temp, format="png", dpi=100))
+    plt.close(figure)
+
+
+def log_tensorboard(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append the epoch's scalars to a TensorBoard log in ``run_dir/tensorboard`` when TensorBoard is installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return
+    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
+        for key, value in scalars(record).items():
+            if key != "epoch":
+                writer.add_scalar(key, value, int(record["epoch"]))

@@ -1,0 +1,132 @@
+"""A run directory: ``config.json`` (rebuilds the exact model), ``checkpoint.safetensors``, ``metrics.jsonl``.
+
+``config.json`` records the task, the prepared dataset it was trained on, the model and training configs, and
+SHA-256 fingerprints of the dataset's vocabulary files (dictionary.json, answers.json): a checkpoint is only
+meaningful with the same token and answer indices, so using it with other data is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ban.data.atomic import write_json
+from ban.engine.checkpoint import Checkpoint
+from ban.engine.config import TrainConfig
+from ban.errors import ConfigError, DataError
+from ban.models import BANConfig, build_model
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+VOCABULARY_FILES = ("dictionary.json", "answers.json")
+FORMAT = "ban-run/1"
+
+
+def fingerprint(data_dir: str | Path) -> dict[str, str]:
+    """SHA-256 of each vocabulary file present in the prepared dataset ``data_dir``."""
+    prints = {}
+    for name in VOCABULARY_FILES:
+        path = Path(data_dir) / name
+        if path.is_file():
+            prints[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return prints
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run."""
+
+    task: str
+    data_dir: str
+    model: BANConfig
+    train: TrainConfig
+    fingerprint: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "task": self.task, "data_dir": self.data_dir, "model": self.model.to_dict(),
+                "train": self.train.to_dict(), "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        if data.get("format") != FORMAT:
+            raise ConfigError(f"run config format is {data.get('format')!r}, expected {FORMAT!r}")
+        return cls(data["task"], data["data_dir"], BANConfig.from_dict(data["model"]),
+                   TrainConfig.from_dict(data["train"]), dict(data.get("fingerprint", {})))
+
+    def differences(self, other: RunConfig) -> list[str]:
+        """Names of the settings that differ (``model.<field>``, ``train.<field>``, ``task``, ``data``)."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        names = [k for k in ("task", "fingerprint") if mine[k] != theirs[k]]
+        for part in ("model", "train"):
+            names += [f"{part}.{k}" for k in mine[part] if mine[part][k] != theirs[part].get(k)]
+        return names
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The run config stored in ``run_dir``."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
+    try:
+        return RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise DataError(f"malformed run config ({error})", path=path) from None
+
+
+def start_run(run_dir: str | Path, run: RunConfig, resume: bool) -> None:
+    """Create the run directory with its config, or check that a resumed run has the same config.
+
+    A new run refuses a directory that already holds a run; ``resume`` refuses a different config (except
+    ``train.epochs``, which may be raised to train longer).
+    """
+    run_dir = Path(run_dir)
+    if resume:
+        stored = read_run_config(run_dir)
+        changed = [name for name in stored.differences(run) if name != "train.epochs"]
+        if changed:
+            raise ConfigError(f"cannot resume {run_dir} with a different configuration: {', '.join(changed)} "
+                              "differ from its config.json")
+    elif (run_dir / CONFIG_FILE).exists() or (run_dir / CHECKPOINT_FILE).exists():
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / CONFIG_FILE, run.to_dict())
+
+
+def check_data(run: RunConfig, data_dir: str | Path) -> None:
+    """Refuse a prepared dataset whose vocabulary files differ from the ones the run was trained with."""
+    current = fingerprint(data_dir)
+    for name, digest in run.fingerprint.items():
+        if current.get(name) != digest:
+            raise DataError(f"differs from the {name} the run was trained with (other vocabulary or answer "
+                            "list); prepare the data with the same dictionary or train a new run",
+                            path=Path(data_dir) / name)
+
+
+@dataclass
+class LoadedRun:
+    """A trained run: its model (eval mode, last checkpoint's weights), configs, dataset and metrics."""
+
+    model: nn.Module
+    config: RunConfig
+    data_dir: Path
+    history: list[dict[str, Any]]
+
+
+def load_run(run_dir: str | Path, data_dir: str | Path | None = None) -> LoadedRun:
+    """Rebuild the model of ``run_dir`` from its config.json and load the last checkpoint's weights.
+
+    ``data_dir`` overrides the dataset the run was trained on (its vocabulary must be the same).
+    """
+    run = read_run_config(run_dir)
+    data = Path(data_dir if data_dir is not None else run.data_dir)
+    check_data(run, data)
+    checkpoint = Checkpoint(Path(run_dir) / CHECKPOINT_FILE)
+    model = build_model(run.model)
+    checkpoint.load_model(model)
+    model.eval()
+    return LoadedRun(model, run, data, checkpoint.state.get("history", []))

@@ -1,0 +1,40 @@
+"""The dataset `ban train` uses when given none: the synthetic scenes, generated and prepared once, cached.
+
+Layout: ``<cache>/synthetic-seed<S>-images<N>-dim<D>/raw`` (the official-format files of ``ban synth``, with
+stats.json and its question-only baseline) and ``…/prepared`` (``ban prepare vqa2`` of them).
+
+Cache location: ``$BAN_CACHE`` or ``~/.cache/ban``; each (seed, images, feature width) gets its own directory,
+complete only once its marker file exists (stats.json, manifest.json), so an interrupted run is redone.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SEED = 0
+NUM_IMAGES = 2800  # 2,000 train / 500 val / 300 test-dev images: about 10.8k / 2.7k / 1.6k questions
+FEATURE_DIM = 256  # narrower than the real 2,048 so that a laptop CPU trains in minutes
+
+
+def cache_dir() -> Path:
+    """Where `ban` keeps generated data: ``$BAN_CACHE`` or ``~/.cache/ban``."""
+    return Path(os.environ.get("BAN_CACHE") or Path.home() / ".cache" / "ban")
+
+
+def synthetic_dataset(seed: int = SEED, num_images: int = NUM_IMAGES, feature_dim: int = FEATURE_DIM,
+                      root: Path | None = None) -> Path:
+    """The prepared synthetic VQA dataset (generating and preparing it on first use); returns its directory."""
+    from ban.data.synthetic import generate
+    from ban.data.vqa2 import prepare_vqa2
+
+    home = (root or cache_dir()) / f"synthetic-seed{seed}-images{num_images}-dim{feature_dim}"
+    prepared = home / "prepared"
+    if (prepared / "manifest.json").is_file():
+        return prepared
+    home.mkdir(parents=True, exist_ok=True)
+    raw = home / "raw"
+    if not (raw / "stats.json").is_file():  # stats.json is written last: its presence marks a complete set
+        generate(raw, seed=seed, num_images=num_images, feature_dim=feature_dim)
+    prepare_vqa2(raw / "vqa", sorted((raw / "features").glob("*.tsv")), prepared)  # manifest.json comes last
+    return prepared

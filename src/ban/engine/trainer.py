@@ -1,0 +1,224 @@
+"""The training loop: Adamax, the epoch-wise schedule, gradient clipping, bf16 autocast, DDP, checkpoints.
+
+One checkpoint file per run (``checkpoint.safetensors``), rewritten atomically after every epoch and when the
+run is interrupted (Ctrl-C / SIGTERM: the current step finishes first). It holds everything needed to continue
+bit-for-bit: weights, optimizer state, each process's RNG state, the position (epoch, step) and the metrics so
+far. The data order of an epoch is a pure function of (seed, epoch), so it needs no saved state.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ban.engine import distributed
+from ban.engine.checkpoint import Checkpoint, save_checkpoint
+from ban.engine.distributed import DistContext, ShardedBatches
+from ban.engine.reporting import report_epoch
+from ban.engine.run import CHECKPOINT_FILE, RunConfig
+from ban.engine.schedule import learning_rate, set_learning_rate
+from ban.engine.tasks import Task, autocast, to_device
+from ban.errors import BanError
+from ban.models import build_model
+
+SUMS = ("loss", "score", "count")  # what an epoch accumulates over its batches
+
+
+class TrainingInterrupted(BanError):
+    """Raised after an interrupted run has saved its checkpoint."""
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` → ``"bf16"`` on a CPU or a CUDA device with bf16 support, else ``"fp32"``."""
+    if precision != "auto":
+        return precision
+    if device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return "bf16"
+    return "fp32"
+
+
+def initial_model(run: RunConfig, task: Task) -> nn.Module:
+    """The model of ``run`` built with the run's seed, word tables from the dataset's GloVe when present."""
+    torch.manual_seed(run.train.seed)
+    model = build_model(run.model)
+    tables = task.word_vectors(run.model.word_dim, run.model.two_word_tables)
+    if tables is not None:
+        model.load_word_embeddings(*tables)
+    return model
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[list[bool]]:
+    """Turn the first SIGINT / SIGTERM into a request (``flag[0] = True``); a second one interrupts at once."""
+    flag = [False]
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def request_stop(signum: int, frame: Any) -> None:
+        flag[0] = True
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    for sig in previous:
+        signal.signal(sig, request_stop)
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def rng_states(context: DistContext) -> dict[str, torch.Tensor]:
+    """Every process's torch RNG states (CPU, and CUDA when used), keyed ``torch_cpu/<rank>``."""
+    states = {}
+    for rank, state in enumerate(distributed.gather_tensor(torch.get_rng_state(), context)):
+        states[f"torch_cpu/{rank}"] = state
+    if context.device.type == "cuda":
+        cuda_state = torch.cuda.get_rng_state(context.device)
+        for rank, state in enumerate(distributed.gather_tensor(cuda_state, context)):
+            states[f"torch_cuda/{rank}"] = state
+    return states
+
+
+def restore_rng(states: dict[str, torch.Tensor], context: DistContext) -> None:
+    """Restore this process's RNG states, when the checkpoint has them."""
+    if f"torch_cpu/{context.rank}" in states:
+        torch.set_rng_state(states[f"torch_cpu/{context.rank}"])
+    if context.device.type == "cuda" and f"torch_cuda/{context.rank}" in states:
+        torch.cuda.set_rng_state(states[f"torch_cuda/{context.rank}"], context.device)
+
+
+def train(run_dir: Path, run: RunConfig, task: Task, resume: bool = False) -> list[dict[str, Any]]:
+    """Train (or continue training) the run in ``run_dir``; return the per-epoch metrics.
+
+    Raises :class:`TrainingInterrupted` after saving a checkpoint when stopped by a signal.
+    """
+    context = distributed.setup(run.train.device)
+    try:
+        return Trainer(run_dir, run, task, context, resume).fit()
+    finally:
+        distributed.teardown()
+
+
+class Trainer:
+    """The state of one training process: model (and its DDP wrapper), optimizer, data, position, metrics."""
+
+    def __init__(self, run_dir: Path, run: RunConfig, task: Task, context: DistContext, resume: bool) -> None:
+        self.run_dir, self.task, self.context, self.config = run_dir, task, context, run.train
+        self.precision = resolve_precision(self.config.precision, context.device)
+        self.model = initial_model(run, task).to(context.device)
+        self.optimizer = torch.optim.Adamax(self.model.parameters(), lr=self.config.lr,
+                                            betas=tuple(self.config.betas), eps=self.config.eps)
+        torch.manual_seed(self.config.seed + context.rank)  # dropout noise: different per process, reproducible
+        self.position: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "partial": {}}
+        if resume:
+            checkpoint = Checkpoint(run_dir / CHECKPOINT_FILE)
+            checkpoint.load_model(self.model)
+            checkpoint.load_optimizer(self.optimizer)
+            restore_rng(checkpoint.rng, context)
+            self.position = checkpoint.state
+        self.history: list[dict[str, Any]] = self.position["history"]
+        self.trained: nn.Module = self.model
+        if context.distributed:  # unused parameters: the counting module's functions f8…f15 get no gradients
+            device_ids = [context.device] if context.device.type == "cuda" else None
+            self.trained = DistributedDataParallel(self.model, device_ids=device_ids, find_unused_parameters=True)
+        self.data = task.dataset(self.config.train_splits)
+        self.validate = bool(self.config.val_split) and self.config.val_split in task.splits()
+
+    def fit(self) -> list[dict[str, Any]]:
+        """Run the remaining epochs; a checkpoint and a metrics line after each."""
+        with stop_on_signals() as stop:
+            for epoch in range(self.position["epoch"], self.config.epochs):
+                resumed = epoch == self.position["epoch"] and self.position["step"] > 0
+                start = self.position["step"] if resumed else 0
+                record = self.epoch(epoch, start, self.position["partial"] if resumed else {}, stop)
+                if self.validate and self.context.is_main:
+                    record["val"] = self.task.evaluate(self.model, self.config.val_split,
+                                                       self.config.eval_batch_size, self.context.device,
+                                                       self.precision)
+                distributed.barrier(self.context)
+                self.history.append(record)
+                self.save(epoch + 1, 0, {})
+                if self.context.is_main:
+                    report_epoch(self.run_dir, self.history)
+                    tqdm.write(summarise(record))
+        return self.history
+
+    def epoch(self, epoch: int, start: int, partial: dict[str, float], stop: list[bool]) -> dict[str, Any]:
+        """Train one epoch from batch ``start`` on (``partial``: the sums of the batches before it)."""
+        config, context = self.config, self.context
+        lr = learning_rate(config, epoch)
+        set_learning_rate(self.optimizer, lr)
+        batches = ShardedBatches(len(self.data), config.batch_size, config.seed, epoch, rank=context.rank,
+                                 world_size=context.world_size, start=start)
+        loader = DataLoader(self.data, batch_sampler=batches, collate_fn=self.task.collate,
+                            num_workers=config.num_workers, pin_memory=context.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(config.seed + epoch))
+        # running sums of loss, score and samples, kept on the device (no host sync per step)
+        sums = torch.tensor([partial.get(k, 0.0) for k in SUMS], dtype=torch.float64, device=context.device)
+        began, shown = time.perf_counter() - partial.get("seconds", 0.0), time.perf_counter()
+        bar = tqdm(total=start + len(batches), initial=start, desc=f"epoch {epoch + 1}/{config.epochs}",
+                   disable=not context.is_main, dynamic_ncols=True)
+        for step, (batch, global_size) in enumerate(zip(loader, batches.global_sizes, strict=True), start + 1):
+            sums += self.step(to_device(batch, context.device), global_size)
+            bar.update(1)
+            if time.perf_counter() - shown > 0.5:
+                loss, _, count = sums.tolist()
+                bar.set_postfix(loss=f"{loss / count:.3f}", lr=f"{lr:.2e}",
+                                samples_per_s=f"{count * context.world_size / (time.perf_counter() - began):.0f}")
+                shown = time.perf_counter()
+            if distributed.any_process(stop[0], context):
+                bar.close()
+                self.save(epoch, step, {**dict(zip(SUMS, sums.tolist(), strict=True)),
+                                        "seconds": time.perf_counter() - began})
+                raise TrainingInterrupted(f"stopped at epoch {epoch + 1}, step {step}; checkpoint saved in "
+                                          f"{self.run_dir}. Continue with: ban train --out {self.run_dir} --resume")
+        bar.close()
+        loss, score, count = torch.stack(distributed.gather_tensor(sums, context)).sum(0).tolist()
+        seconds = time.perf_counter() - began
+        return {"epoch": epoch + 1, "lr": lr, "train_loss": loss / count, "train_score": 100 * score / count,
+                "samples": int(count), "seconds": seconds, "samples_per_s": count / seconds}
+
+    def step(self, batch: dict[str, torch.Tensor], global_size: int) -> torch.Tensor:
+        """One optimisation step on this process's part of a global batch; → [loss sum, score sum, samples].
+
+        The summed loss is divided by the GLOBAL batch size and multiplied by the number of processes, so DDP's
+        gradient average is the gradient of the whole global batch's mean loss.
+        """
+        with autocast(self.context.device, self.precision):
+            logits = self.task.forward(self.trained, batch)
+        loss_sum = self.task.loss_sum(logits, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss_sum * (self.context.world_size / global_size)).backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        with torch.no_grad():
+            count = torch.tensor(float(self.task.batch_size(batch)), device=logits.device)
+            return torch.stack([loss_sum.detach(), self.task.score_sum(logits, batch), count]).double()
+
+    def save(self, epoch: int, step: int, partial: dict[str, float]) -> None:
+        """Checkpoint: continue at (``epoch``, ``step``). A collective: every process must call it."""
+        rng = rng_states(self.context)
+        if self.context.is_main:
+            state = {"epoch": epoch, "step": step, "history": self.history, "partial": partial}
+            save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.model, self.optimizer, state, rng)
+
+
+def summarise(record: dict[str, Any]) -> str:
+    """One line per epoch: loss, scores, speed."""
+    text = (f"epoch {record['epoch']}: loss {record['train_loss']:.4f}  train score {record['train_score']:.2f}"
+            f"  lr {record['lr']:.2e}  {record['samples_per_s']:.0f} samples/s")
+    val = record.get("val")
+    if val:
+        main = {k: v for k, v in val.items() if isinstance(v, (int, float))}
+        text += "  val " + "  ".join(f"{k} {v:.2f}" for k, v in main.items())
+    return text

@@ -1,0 +1,35 @@
+"""`ban bench`: the work accounting and a real (tiny) run of every path, precision and mode."""
+
+from __future__ import annotations
+
+import torch
+
+from ban.benchmark import BenchSettings, box_counts, forward_flops, run_all
+from ban.models import preset
+
+
+def test_training_work_matches_the_known_figure_for_paper_best():
+    """PAPER-size BAN-8, batch 256, ≈ 32 real boxes per image: ≈ 2.1 TFLOP per training step (issue 7)."""
+    config = preset("paper-best")
+    train_flops = 3 * forward_flops(config, batch_size=256, real_boxes=256 * 32, tokens=14)
+    assert 1.9e12 < train_flops < 2.3e12
+
+
+def test_adaptive_box_counts_look_like_bottom_up_features():
+    counts = box_counts(BenchSettings(batch_size=20000), torch.Generator().manual_seed(0))
+    assert counts.min() >= 10 and counts.max() <= 100
+    assert 30 < counts.float().mean() < 34
+    assert (box_counts(BenchSettings(batch_size=7, boxes="36"), torch.Generator()) == 36).all()
+
+
+def test_every_path_precision_and_mode_runs():
+    settings = BenchSettings(preset="tiny", num_tokens=30, num_answers=12, batch_size=4, boxes="adaptive",
+                             steps=1, warmup=1, device="cpu")
+    results = run_all(settings, ["fast", "plain"], ["fp32", "bf16"], ["train", "infer"])
+    assert len(results) == 8
+    assert {(r.path, r.precision, r.mode) for r in results} == {
+        (p, q, m) for p in ("fast", "plain") for q in ("fp32", "bf16") for m in ("train", "infer")
+    }
+    for result in results:
+        assert result.ms_per_step > 0 and result.questions_per_s > 0 and result.tflops > 0
+        assert abs(result.questions_per_s - 4 / (result.ms_per_step / 1000)) < 1e-6 * result.questions_per_s

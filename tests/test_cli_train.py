@@ -1,0 +1,127 @@
+"""`ban train`, `ban evaluate`, `ban predict` end to end on a small synthetic set, and `torchrun` data parallel."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_engine_trainer import make_dataset
+
+from ban.cli import main
+from ban.engine.checkpoint import Checkpoint
+from ban.engine.run import CHECKPOINT_FILE, read_run_config
+from ban.engine.tasks import make_task
+from ban.engine.trainer import initial_model
+
+SMALL = ["--preset", "tiny", "--set", "model.hidden_dim=16", "--set", "model.word_dim=8", "--set", "batch_size=64"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("synthetic"), seed=2)
+
+
+@pytest.mark.slow
+def test_train_evaluate_predict(data_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(data_dir), "--out", str(run_dir), "--epochs", "2", *SMALL]) == 0
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["train"]["lr"] == 1e-3 and config["train"]["epochs"] == 2  # the paper recipe + overrides
+    assert config["model"]["hidden_dim"] == 16 and config["model"]["num_answers"] == len(
+        json.loads((data_dir / "answers.json").read_text()))
+    capsys.readouterr()
+
+    assert main(["evaluate", str(run_dir), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["overall"] == lines[-1]["val"]["overall"]
+    assert {"perAnswerType", "trainingScore", "upperBound"} <= set(metrics)
+
+    results, logits = tmp_path / "results.json", tmp_path / "logits.npy"
+    assert main(["predict", str(run_dir), "--split", "test-dev", "--out", str(results), "--logits", str(logits)]) == 0
+    answers = json.loads(results.read_text())
+    questions = json.loads((data_dir / "test-dev_questions.json").read_text())["questions"]
+    assert sorted(r["question_id"] for r in answers) == sorted(q["question_id"] for q in questions)
+    assert all(set(r) == {"question_id", "answer"} and isinstance(r["question_id"], int) for r in answers)
+    labels = json.loads((data_dir / "answers.json").read_text())
+    table = np.load(logits)
+    assert table.shape == (len(answers), len(labels))
+    assert [labels[i] for i in table.argmax(axis=1)] == [r["answer"] for r in answers]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logits.npy", "results.json", "run"]  # no temp files
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--preset", "huge"], "unknown preset 'huge'"),
+        (["--set", "learning_rate=1"], "unknown training setting 'learning_rate'"),
+        (["--set", "model.glimpses=2"], "unknown model setting 'glimpses'"),
+        (["--set", "model.num_answers=3"], "contradicts the data"),
+        (["--task", "grounding"], "not a grounding dataset"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(data_dir, tmp_path, capsys, arguments, message):
+    assert main(["train", "--data", str(data_dir), "--out", str(tmp_path / "run"), *arguments]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_needs_an_existing_run(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path), "--resume"]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one_process_on_the_same_global_batch(data_dir, tmp_path):
+    # Dropout off: the processes draw different dropout noise than one process would (per-sample noise is not
+    # tied to the sample), so only the dropout-free computation can be compared. One epoch = 4 steps of 64
+    # (the last global batch, 25 questions, is split 13 / 12). Over more steps Adamax amplifies float
+    # summation-order noise in near-zero gradient entries (its update is ≈ lr × sign there): after 8 steps the
+    # largest weight difference grew to ≈ 2e-4, so a tight comparison needs a short run.
+    common = ["train", "--data", str(data_dir), "--epochs", "1", *SMALL, "--set", "precision=fp32",
+              "--set", "model.dropout=0", "--set", "model.attention_dropout=0", "--set", "model.classifier_dropout=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single, parallel = tmp_path / "single", tmp_path / "parallel"
+    subprocess.run([sys.executable, "-m", "ban.cli", *common, "--out", str(single)], check=True, env=env,
+                   capture_output=True)
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ban.cli",
+         *common, "--out", str(parallel)], env=env, capture_output=True, text=True)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    one, two = Checkpoint(single / CHECKPOINT_FILE), Checkpoint(parallel / CHECKPOINT_FILE)
+    for name, tensor in one.model.items():
+        torch.testing.assert_close(two.model[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    run = read_run_config(single)
+    initial = initial_model(run, make_task("vqa", data_dir)).state_dict()
+    assert any(not torch.equal(initial[name], tensor) for name, tensor in two.model.items())  # it did train
+    history_one, history_two = one.state["history"], two.state["history"]
+    assert [h["samples"] for h in history_two] == [h["samples"] for h in history_one]
+    assert history_two[-1]["train_loss"] == pytest.approx(history_one[-1]["train_loss"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_grounding_train_and_evaluate(tmp_path, capsys):
+    from ban.data.flickr30k_prepare import prepare_flickr30k
+    from ban.data.synthetic import generate
+
+    generate(tmp_path / "raw", seed=1, num_images=10, feature_dim=16, flickr_images=40, write_images=False,
+             workers=1, progress=False)
+    flickr = tmp_path / "raw" / "flickr30k"
+    prepare_flickr30k(flickr, [flickr / "features.tsv"], tmp_path / "prepared", progress=False)
+    run_dir = tmp_path / "run"
+    assert main(["train", "--task", "grounding", "--data", str(tmp_path / "prepared"), "--out", str(run_dir),
+                 "--epochs", "1", "--set", "model.hidden_dim=16", "--set", "model.word_dim=8"]) == 0
+    assert json.loads((run_dir / "config.json").read_text())["model"]["num_glimpses"] == 1  # the grounding preset
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--split", "test", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["recall@1"] <= metrics["recall@5"] <= metrics["recall@10"] <= metrics["upperBound"] <= 100
+    assert set(metrics["perType"]) <= {"people", "clothing", "bodyparts", "animals", "vehicles", "instruments",
+                                       "scene", "other"}

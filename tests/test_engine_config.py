@@ -1,0 +1,60 @@
+"""TrainConfig defaults (PAPER.md §4), --set parsing and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import pytest
+
+from ban.engine.config import TrainConfig, apply_overrides, parse_assignments, split_overrides, typed_overrides
+from ban.engine.schedule import learning_rate
+from ban.errors import ConfigError
+from ban.models import BANConfig
+
+
+def test_defaults_are_the_paper_recipe():
+    config = TrainConfig()
+    assert (config.lr, config.batch_size, config.epochs, config.grad_clip, config.seed) == (1e-3, 256, 13, 0.25, 1204)
+    assert config.betas == (0.9, 0.999) and config.eps == 1e-8
+    assert config.precision == "auto"
+
+
+def test_schedule_matches_the_reference_epoch_by_epoch():
+    # Hand-written from PAPER.md §4: warm-up 0.5, 1, 1.5, 2 × lr, then 2 × lr until epoch 9, × 0.25 at 10 and 12.
+    expected = [0.5e-3, 1e-3, 1.5e-3, 2e-3, 2e-3, 2e-3, 2e-3, 2e-3, 2e-3, 2e-3, 0.5e-3, 0.5e-3, 0.125e-3]
+    assert [learning_rate(TrainConfig(), e) for e in range(13)] == pytest.approx(expected, rel=1e-12)
+
+
+def test_schedule_with_train_val_lr_and_no_warmup():
+    config = TrainConfig(lr=7e-4, warmup=(), decay_epochs=(1,), decay_rate=0.5)
+    assert [learning_rate(config, e) for e in range(3)] == pytest.approx([7e-4, 3.5e-4, 3.5e-4])
+
+
+def test_overrides_are_typed():
+    config = apply_overrides(TrainConfig(), parse_assignments(
+        ["lr=7e-4", "batch_size=32", "train_splits=train, val", "precision=fp32", "warmup=0.5,1"]))
+    assert config.lr == 7e-4 and config.batch_size == 32 and config.train_splits == ("train", "val")
+    assert config.precision == "fp32" and config.warmup == (0.5, 1.0)
+
+
+def test_model_overrides_are_split_and_typed():
+    train, model = split_overrides(parse_assignments(["model.use_counting=false", "model.dropout=0", "seed=3"]))
+    assert train == {"seed": "3"}
+    assert typed_overrides(BANConfig, model, "model") == {"use_counting": False, "dropout": 0.0}
+
+
+@pytest.mark.parametrize("assignment", ["learning_rate=1", "batch_size=big", "precision=fp8", "noequals",
+                                        "epochs=-1"])
+def test_bad_training_settings_are_rejected(assignment):
+    with pytest.raises(ConfigError):
+        apply_overrides(TrainConfig(), parse_assignments([assignment]))
+
+
+def test_unknown_model_setting_is_rejected():
+    with pytest.raises(ConfigError, match="unknown model setting 'glimpses'"):
+        typed_overrides(BANConfig, {"glimpses": "4"}, "model")
+
+
+def test_round_trip_through_dict():
+    config = TrainConfig(train_splits=("train", "val"), lr=7e-4)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError):
+        TrainConfig.from_dict({**config.to_dict(), "momentum": 0.9})

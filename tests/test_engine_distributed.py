@@ -1,0 +1,28 @@
+"""Batch sharding: the processes' parts of each global batch are exactly the single-process batch."""
+
+from __future__ import annotations
+
+from ban.engine.distributed import ShardedBatches
+
+
+def test_shards_partition_each_global_batch():
+    single = list(ShardedBatches(103, batch_size=16, seed=7, epoch=3))
+    parts = [ShardedBatches(103, batch_size=16, seed=7, epoch=3, rank=r, world_size=3) for r in range(3)]
+    assert parts[0].global_sizes == [16] * 6 + [7]
+    for k, batch in enumerate(single):
+        assert sum((list(p)[k] for p in parts), []) == batch
+        assert max(len(list(p)[k]) for p in parts) - min(len(list(p)[k]) for p in parts) <= 1
+    assert sorted(sum(single, [])) == list(range(103))
+
+
+def test_order_depends_on_seed_and_epoch_only_and_resumes_mid_epoch():
+    epoch3 = list(ShardedBatches(50, batch_size=8, seed=1, epoch=3))
+    assert epoch3 == list(ShardedBatches(50, batch_size=8, seed=1, epoch=3))
+    assert epoch3 != list(ShardedBatches(50, batch_size=8, seed=1, epoch=4))
+    resumed = ShardedBatches(50, batch_size=8, seed=1, epoch=3, start=4)
+    assert list(resumed) == epoch3[4:] and resumed.global_sizes == [8, 8, 2]
+
+
+def test_last_batch_smaller_than_world_is_dropped():
+    assert [len(b) for b in ShardedBatches(9, batch_size=4, seed=0, epoch=0, rank=0, world_size=2)] == [2, 2]
+    assert ShardedBatches(9, batch_size=4, seed=0, epoch=0).global_sizes == [4, 4, 1]

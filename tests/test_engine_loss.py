@@ -1,0 +1,36 @@
+"""Losses against a naive scalar re-computation of binary cross-entropy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ban.engine.loss import grounding_loss, vqa_loss
+
+
+def bce(x: float, t: float) -> float:
+    p = 1 / (1 + math.exp(-x))
+    return -(t * math.log(p) + (1 - t) * math.log(1 - p))
+
+
+def test_vqa_loss_sums_answers_and_averages_samples():
+    logits = torch.tensor([[0.5, -1.0, 2.0], [0.0, 3.0, -2.0]])
+    targets = torch.tensor([[1.0, 0.3, 0.0], [0.6, 0.9, 0.0]])
+    expected = sum(bce(x, t) for row, trow in zip(logits.tolist(), targets.tolist(), strict=True)
+                   for x, t in zip(row, trow, strict=True)) / 2
+    assert vqa_loss(logits, targets, 2).item() == pytest.approx(expected)
+    # the reference's form: mean BCE over all entries × number of answers
+    reference = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets) * 3
+    assert vqa_loss(logits, targets, 2).item() == pytest.approx(reference.item())
+
+
+def test_grounding_loss_leaves_out_padded_entities():
+    # B=1, G=1, N=2 boxes, E=2 entity slots, the second slot padded (its logits are -99 but must not count)
+    logits = torch.tensor([[[[1.0, -99.0], [-0.5, -99.0]]]])
+    targets = torch.tensor([[[1.0, 1.0], [0.0, 1.0]]])
+    mask = torch.tensor([[True, False]])
+    expected = bce(1.0, 1.0) + bce(-0.5, 0.0)
+    assert grounding_loss(logits, targets, mask, 1).item() == pytest.approx(expected)
+    assert grounding_loss(logits, targets, mask, 4).item() == pytest.approx(expected / 4)

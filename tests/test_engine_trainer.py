@@ -1,0 +1,166 @@
+"""The training loop on a small synthetic VQA set: resume is bit-exact, metrics are right, bad runs are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ban.data.synthetic import generate
+from ban.data.vqa2 import prepare_vqa2
+from ban.engine.checkpoint import Checkpoint
+from ban.engine.config import TrainConfig
+from ban.engine.run import CHECKPOINT_FILE, RunConfig, fingerprint, load_run, start_run
+from ban.engine.tasks import VQATask
+from ban.engine.trainer import TrainingInterrupted, train
+from ban.errors import ConfigError, DataError
+from ban.metrics.vqa import score_files
+from ban.models import preset
+
+
+def make_dataset(root: Path, seed: int, min_answer_count: int = 9) -> Path:
+    generate(root / "raw", seed=seed, num_images=56, feature_dim=16, flickr_images=0, write_images=False,
+             workers=1, progress=False)
+    prepare_vqa2(root / "raw" / "vqa", sorted((root / "raw" / "features").glob("*.tsv")), root / "prepared",
+                 min_answer_count=min_answer_count, progress=False)
+    return root / "prepared"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("synthetic"), seed=1)
+
+
+def small_run(data_dir: Path, **train: object) -> RunConfig:
+    task = VQATask(data_dir)
+    model = preset("tiny", hidden_dim=16, word_dim=8, num_glimpses=2, **task.model_sizes())
+    config = TrainConfig(**{"batch_size": 64, "epochs": 2, "lr": 2e-3, "warmup": (0.5, 1.0), **train})
+    return RunConfig("vqa", str(data_dir), model, config, fingerprint(data_dir))
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return Checkpoint(run_dir / CHECKPOINT_FILE).model
+
+
+def interrupt_at_batch(task: VQATask, batch_number: int) -> VQATask:
+    """Make the task's collate function send SIGINT to this process when it builds the given batch."""
+    calls = [0]
+    collate = task.collate
+
+    def collate_and_interrupt(samples):
+        calls[0] += 1
+        if calls[0] == batch_number:
+            os.kill(os.getpid(), signal.SIGINT)
+        return collate(samples)
+
+    task.collate = collate_and_interrupt
+    return task
+
+
+@pytest.mark.slow
+def test_interrupted_and_resumed_runs_end_with_the_same_weights(data_dir, tmp_path):
+    run = small_run(data_dir)
+    straight = tmp_path / "straight"
+    start_run(straight, run, resume=False)
+    history = train(straight, run, VQATask(data_dir))
+
+    # Ctrl-C in epoch 2 (4 batches an epoch + 1 val batch: batch 7 is step 2 of epoch 2), then --resume
+    stopped = tmp_path / "stopped"
+    start_run(stopped, run, resume=False)
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        train(stopped, run, interrupt_at_batch(VQATask(data_dir), 7))
+    assert Checkpoint(stopped / CHECKPOINT_FILE).state["epoch"] == 1
+    assert Checkpoint(stopped / CHECKPOINT_FILE).state["step"] == 2
+    start_run(stopped, run, resume=True)
+    resumed_history = train(stopped, run, VQATask(data_dir), resume=True)
+
+    # stopped after epoch 1, continued with more epochs (the one setting that may change on resume)
+    extended = tmp_path / "extended"
+    short = small_run(data_dir, epochs=1)
+    start_run(extended, short, resume=False)
+    train(extended, short, VQATask(data_dir))
+    start_run(extended, run, resume=True)
+    train(extended, run, VQATask(data_dir), resume=True)
+
+    reference = weights(straight)
+    for other in (stopped, extended):
+        for name, tensor in weights(other).items():
+            assert torch.equal(tensor, reference[name]), (other.name, name)
+    drop = ("seconds", "samples_per_s")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed_history] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in history]
+    lines = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    assert (straight / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_validation_metrics_match_a_naive_recomputation(data_dir, tmp_path):
+    """The epoch's val numbers equal: one-question-at-a-time predictions scored from files by the official
+    metric, and the training-time score / upper bound summed by hand from the prepared targets."""
+    run = small_run(data_dir, epochs=1, precision="fp32")
+    start_run(tmp_path, run, resume=False)
+    record = train(tmp_path, run, VQATask(data_dir))[-1]
+    loaded = load_run(tmp_path)
+    arrays = np.load(data_dir / "val.npz")
+    labels = json.loads((data_dir / "answers.json").read_text())
+    task = VQATask(data_dir)
+    dataset = task.dataset(["val"])
+    results, scores, bounds = [], [], []
+    with torch.no_grad():
+        for index in range(len(dataset)):
+            best = int(task.forward(loaded.model, task.collate([dataset[index]])).argmax())
+            results.append({"question_id": int(arrays["question_id"][index]), "answer": labels[best]})
+            start, end = arrays["target_offsets"][index], arrays["target_offsets"][index + 1]
+            target = dict(zip(arrays["target_labels"][start:end].tolist(), arrays["target_scores"][start:end].tolist(),
+                              strict=True))
+            scores.append(target.get(best, 0.0))
+            bounds.append(max(target.values(), default=0.0))
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    official = score_files(data_dir / "val_questions.json", data_dir / "val_annotations.json",
+                           tmp_path / "results.json")
+    val = record["val"]
+    assert val["overall"] == official["overall"] and val["perAnswerType"] == official["perAnswerType"]
+    assert val["trainingScore"] == pytest.approx(100 * np.mean(scores), abs=1e-4)
+    assert val["upperBound"] == pytest.approx(100 * np.mean(bounds), abs=1e-4)
+
+
+def test_a_run_directory_is_not_overwritten_or_resumed_with_another_config(data_dir, tmp_path):
+    run = small_run(data_dir)
+    start_run(tmp_path, run, resume=False)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        start_run(tmp_path, run, resume=False)
+    with pytest.raises(ConfigError, match="train.lr"):
+        start_run(tmp_path, small_run(data_dir, lr=1e-4), resume=True)
+    other_model = RunConfig("vqa", run.data_dir, run.model.replace(hidden_dim=24), run.train, run.fingerprint)
+    with pytest.raises(ConfigError, match="model.hidden_dim"):
+        start_run(tmp_path, other_model, resume=True)
+
+
+def test_data_with_another_vocabulary_is_refused(data_dir, tmp_path):
+    run = small_run(data_dir, epochs=1)
+    run_dir = tmp_path / "run"
+    start_run(run_dir, run, resume=False)
+    train(run_dir, run, VQATask(data_dir))
+    other = make_dataset(tmp_path / "other", seed=1, min_answer_count=5)  # same questions, more answers
+    with pytest.raises(DataError, match="answers.json"):
+        load_run(run_dir, other)
+    moved = RunConfig("vqa", str(other), run.model, run.train, fingerprint(other))
+    with pytest.raises(ConfigError, match="fingerprint"):
+        start_run(run_dir, moved, resume=True)
+
+
+def test_synthetic_dataset_is_generated_once_and_cached(tmp_path):
+    from ban.engine.synthetic import synthetic_dataset
+
+    prepared = synthetic_dataset(seed=3, num_images=10, feature_dim=8, root=tmp_path)
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    assert manifest["feature_dim"] == 8 and {"train", "val", "test-dev"} <= set(manifest["splits"])
+    stamp = (prepared / "manifest.json").stat().st_mtime_ns
+    assert synthetic_dataset(seed=3, num_images=10, feature_dim=8, root=tmp_path) == prepared
+    assert (prepared / "manifest.json").stat().st_mtime_ns == stamp  # reused, not prepared again
+    assert (prepared.parent / "raw" / "stats.json").is_file()  # the generator's baselines stay available
