@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("score", "official VQA accuracy of a results file (overall, per answer and question type)"),
     "prepare": ("prepare", "raw dataset files (VQA 2.0, Flickr30k Entities) → a prepared dataset directory"),
     "synth": ("synth", "write synthetic scenes in the official VQA 2.0 / bottom-up TSV / Flickr30k Entities formats"),
+    "visualize": ("visualize", "attention pictures of a trained run: heatmaps, attended boxes, grounded phrases"),
+    "ablate": ("ablate", "unitary attention vs BAN-1/4/8 with and without counting on the synthetic scenes"),
 }
 
 

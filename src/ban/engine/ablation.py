@@ -1,0 +1,222 @@
+"""Ablations on the synthetic scenes in the shape of the paper's tables: unitary attention against BAN-1 / BAN-4 /
+BAN-8, each BAN with and without counting, every variant trained with each seed and scored on val (official VQA
+accuracy, overall and per answer type).
+
+Each (variant, seed) is an ordinary run dir under ``OUT/runs/`` trained by :func:`ban.engine.trainer.train`; an
+interrupted ablation continues where it stopped (finished runs are not retrained, a half-trained one resumes
+from its checkpoint). The results go to ``OUT/ablation.json`` (every run) and ``OUT/ablation.md`` (the table:
+mean ± standard deviation over the seeds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ban.data.atomic import write_json, write_with
+from ban.engine.config import TrainConfig
+from ban.engine.run import CHECKPOINT_FILE, CONFIG_FILE, RunConfig, fingerprint, start_run
+from ban.engine.synthetic import synthetic_dataset
+from ban.engine.tasks import make_task
+from ban.engine.trainer import train
+from ban.models import BANConfig, build_model, preset
+
+ANSWER_TYPES = ("yes/no", "number", "other")
+RESULTS_JSON = "ablation.json"
+RESULTS_TABLE = "ablation.md"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the table: the attention kind, its glimpses and whether counting is on."""
+
+    attention: str
+    num_glimpses: int
+    use_counting: bool
+
+    @property
+    def name(self) -> str:
+        """``unitary-g2``, ``ban-4``, ``ban-4-counting``: the run dir's name."""
+        if self.attention == "unitary":
+            return f"unitary-g{self.num_glimpses}"
+        return f"ban-{self.num_glimpses}" + ("-counting" if self.use_counting else "")
+
+    @property
+    def label(self) -> str:
+        """The table's model column: ``unitary attention (G=2)``, ``BAN-4``."""
+        if self.attention == "unitary":
+            return f"unitary attention (G={self.num_glimpses})"
+        return f"BAN-{self.num_glimpses}"
+
+
+def variants(glimpses: Sequence[int], unitary_glimpses: int) -> list[Variant]:
+    """Unitary attention (no counting: the counting module plugs into BAN's glimpses), then for each G of
+    ``glimpses`` BAN-G without and with counting."""
+    rows = [Variant("unitary", unitary_glimpses, False)]
+    for count in glimpses:
+        rows += [Variant("bilinear", count, False), Variant("bilinear", count, True)]
+    return rows
+
+
+@dataclass(frozen=True)
+class AblationSettings:
+    """Sizes of an ablation. The defaults took 12.7 minutes on a shared 2-core CPU (docs/ablations.md)."""
+
+    seeds: tuple[int, ...] = (1, 2)
+    glimpses: tuple[int, ...] = (1, 4, 8)
+    unitary_glimpses: int = 2
+    epochs: int = 4
+    data_seed: int = 0
+    num_images: int = 240
+    feature_dim: int = 64
+    hidden_dim: int = 64
+    word_dim: int = 32
+    batch_size: int = 16
+    lr: float = 2e-3
+    device: str = "auto"
+    precision: str = "fp32"
+
+    def model(self, variant: Variant, sizes: dict[str, int]) -> BANConfig:
+        """The model config of ``variant`` on data of ``sizes`` (tokens, answers, feature width)."""
+        return preset("tiny", **sizes, hidden_dim=self.hidden_dim, word_dim=self.word_dim,
+                      attention=variant.attention, num_glimpses=variant.num_glimpses,
+                      use_counting=variant.use_counting)
+
+    def training(self, seed: int) -> TrainConfig:
+        """The training config of one run: the first epoch at half the learning rate, the last one (from 4
+        epochs on) at a quarter of it. Small batches: on ~1,000 training questions, optimizer steps are what
+        the models lack most."""
+        warmup = (0.5, 1.0) if self.epochs >= 2 else (1.0,)
+        decay = (self.epochs - 1,) if self.epochs >= 4 else ()
+        return TrainConfig(lr=self.lr, batch_size=self.batch_size, epochs=self.epochs, warmup=warmup,
+                           decay_epochs=decay, seed=seed, device=self.device, precision=self.precision,
+                           eval_batch_size=256)
+
+
+@dataclass
+class RunResult:
+    """The val scores of one (variant, seed) run, in %; ``seconds`` is its training time."""
+
+    variant: str
+    seed: int
+    overall: float
+    per_answer_type: dict[str, float]
+    parameters: int
+    seconds: float
+    run_dir: str
+
+
+@dataclass
+class AblationResult:
+    """Every run and how they were made."""
+
+    settings: AblationSettings
+    runs: list[RunResult] = field(default_factory=list)
+    machine: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"settings": dataclasses.asdict(self.settings), "machine": self.machine, "seconds": self.seconds,
+                "runs": [dataclasses.asdict(run) for run in self.runs], "table": summary_rows(self)}
+
+
+def machine_description() -> str:
+    """CPU model (or CUDA card), core count, torch threads and version: where the numbers were measured."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def train_variant(out: Path, data_dir: Path, settings: AblationSettings, variant: Variant, seed: int) -> RunResult:
+    """Train (or finish, or reuse) the run of ``variant`` with ``seed`` in ``out/runs/``; its val scores."""
+    task = make_task("vqa", data_dir)
+    model = settings.model(variant, task.model_sizes())
+    run = RunConfig("vqa", str(data_dir), model, settings.training(seed), fingerprint(data_dir))
+    run_dir = out / "runs" / f"{variant.name}-seed{seed}"
+    start_run(run_dir, run, resume=(run_dir / CONFIG_FILE).is_file())  # an existing run must have this config
+    history = train(run_dir, run, task, resume=(run_dir / CHECKPOINT_FILE).is_file())
+    scores = history[-1]["val"]
+    parameters = sum(p.numel() for p in build_model(model).parameters())
+    return RunResult(variant.name, seed, float(scores["overall"]),
+                     {kind: float(scores["perAnswerType"].get(kind, float("nan"))) for kind in ANSWER_TYPES},
+                     parameters, sum(record["seconds"] for record in history), str(run_dir))
+
+
+def run_ablation(out: str | os.PathLike[str], settings: AblationSettings,
+                 data_root: Path | None = None) -> AblationResult:
+    """Train and score every variant with every seed; write ``out/ablation.json`` and ``out/ablation.md``.
+
+    ``data_root`` is where the synthetic scenes are generated (default: the `ban` cache).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    data_dir = synthetic_dataset(settings.data_seed, settings.num_images, settings.feature_dim, root=data_root)
+    result = AblationResult(settings, machine=machine_description())
+    plan = [(variant, seed) for variant in variants(settings.glimpses, settings.unitary_glimpses)
+            for seed in settings.seeds]
+    for variant, seed in tqdm(plan, desc="ablation", unit="run"):
+        result.runs.append(train_variant(out, data_dir, settings, variant, seed))
+    result.seconds = time.perf_counter() - began
+    write_json(out / RESULTS_JSON, result.to_dict())
+    table = markdown_table(result)
+    write_with(out / RESULTS_TABLE, lambda temp: temp.write_text(table, encoding="utf-8"))
+    return result
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summary_rows(result: AblationResult) -> list[dict[str, Any]]:
+    """One row per variant, in plan order: label, counting, parameters, and (mean, std) of each score."""
+    rows = []
+    for variant in variants(result.settings.glimpses, result.settings.unitary_glimpses):
+        runs = [run for run in result.runs if run.variant == variant.name]
+        if not runs:
+            continue
+        row: dict[str, Any] = {"variant": variant.name, "model": variant.label,
+                               "counting": variant.use_counting if variant.attention == "bilinear" else None,
+                               "parameters": runs[0].parameters, "seeds": [run.seed for run in runs],
+                               "overall": _mean_std([run.overall for run in runs])}
+        for kind in ANSWER_TYPES:
+            row[kind] = _mean_std([run.per_answer_type[kind] for run in runs])
+        rows.append(row)
+    return rows
+
+
+def markdown_table(result: AblationResult) -> str:
+    """The table (mean ± std over the seeds, VQA accuracy in % on val) with a line saying how it was made."""
+    settings = result.settings
+    lines = ["| model | counting | parameters | overall | yes/no | number | other |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for row in summary_rows(result):
+        counting = "–" if row["counting"] is None else ("yes" if row["counting"] else "no")
+        cells = [f"{mean:.2f} ± {std:.2f}" for mean, std in (row[k] for k in ("overall", *ANSWER_TYPES))]
+        lines.append(f"| {row['model']} | {counting} | {row['parameters']:,} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"VQA accuracy (%) on the synthetic val split, mean ± std over seeds "
+                 f"{', '.join(str(s) for s in settings.seeds)}; synthetic scenes seed {settings.data_seed}, "
+                 f"{settings.num_images} images, {settings.feature_dim}-d features; hidden {settings.hidden_dim}, "
+                 f"{settings.epochs} epochs, batch {settings.batch_size}, lr {settings.lr:g}, {settings.precision}. "
+                 f"Machine: {result.machine}. Total time {result.seconds / 60:.1f} min.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Pictures of what a trained BAN looks at: attention heatmaps, attended boxes, grounded phrases."""

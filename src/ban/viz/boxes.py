@@ -1,0 +1,140 @@
+"""Drawing boxes on an image with Pillow: outlines and fills whose opacity says how much attention a box got.
+
+Boxes are normalised x1, y1, x2, y2 in [0, 1] (the model's input ``boxes[..., :4]``); they are scaled to the
+image's pixel size here, so the same boxes fit the real image or a blank canvas of the same size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+BLANK = (238, 238, 238)
+COCO_PATTERNS = ("COCO_{subset}_{id:012d}.jpg", "COCO_{subset}_{id:012d}.png", "{subset}/COCO_{subset}_{id:012d}.jpg",
+                 "{subset}/COCO_{subset}_{id:012d}.png")
+
+
+def find_coco_image(image_dir: Path, subset: str, image_id: int) -> Path | None:
+    """The file of ``image_id`` in ``image_dir`` under the COCO naming convention
+    (``COCO_<subset>_<12-digit id>.jpg|png``, also inside a ``<subset>/`` folder), or any subset's file of that
+    id (``COCO_*_<id>.*``); None when there is none."""
+    for pattern in COCO_PATTERNS:
+        path = image_dir / pattern.format(subset=subset, id=image_id)
+        if path.is_file():
+            return path
+    matches = sorted(image_dir.glob(f"COCO_*_{image_id:012d}.*"))
+    return matches[0] if matches else None
+
+
+def find_plain_image(image_dir: Path, image_id: int) -> Path | None:
+    """``<image_dir>/<id>.jpg|png`` (the Flickr30k naming), or None."""
+    for suffix in (".jpg", ".png"):
+        path = image_dir / f"{image_id}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def open_or_blank(path: Path | None, size: tuple[int, int]) -> tuple[Image.Image, bool]:
+    """(RGB image, True) from ``path``; (blank canvas of ``size`` = (width, height), False) when path is None."""
+    if path is None:
+        return Image.new("RGB", size, BLANK), False
+    with Image.open(path) as image:
+        return image.convert("RGB"), True
+
+
+def image_size_from_boxes(pixel_boxes: np.ndarray, spatial: np.ndarray) -> tuple[int, int]:
+    """(width, height) of an image recovered from its pixel boxes ``[n, 4]`` and normalised spatial features
+    ``[n, ≥6]`` (bw/w and bh/h in columns 4–5): width = bw / (bw/w), taken over boxes with a positive width."""
+    sizes = []
+    for axis in (0, 1):
+        extent = pixel_boxes[:, axis + 2] - pixel_boxes[:, axis]
+        ratio = spatial[:, axis + 4]
+        usable = ratio > 1e-6
+        if not usable.any():
+            sizes.append(int(round(float(pixel_boxes[:, axis + 2].max(initial=1.0)))))
+        else:
+            sizes.append(int(round(float(np.median(extent[usable] / ratio[usable])))))
+    return max(sizes[0], 1), max(sizes[1], 1)
+
+
+def to_pixels(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Normalised boxes ``[n, 4]`` → pixel boxes ``[n, 4]`` for an image of ``size`` = (width, height), corners
+    ordered (x1 ≤ x2, y1 ≤ y2) so that a malformed box still draws."""
+    width, height = size
+    pixels = np.asarray(boxes, dtype=np.float64)[:, :4] * np.array([width, height, width, height])
+    return np.concatenate([np.minimum(pixels[:, :2], pixels[:, 2:]), np.maximum(pixels[:, :2], pixels[:, 2:])], 1)
+
+
+def label_font(image_width: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font at a size that stays readable when the image is shown about 320 pixels wide."""
+    return ImageFont.load_default(size=max(10, round(image_width / 30)))
+
+
+def draw_weighted_boxes(image: Image.Image, boxes: np.ndarray, weights: np.ndarray,
+                        color: tuple[int, int, int] = (230, 30, 30), labels: Sequence[str] | None = None,
+                        min_alpha: float = 0.08) -> Image.Image:
+    """A copy of ``image`` with each box drawn at an opacity proportional to its weight.
+
+    boxes ``[n, 4]`` normalised x1, y1, x2, y2; weights ``[n]`` ≥ 0, scaled so the largest is fully opaque
+    (outline) and half-transparent (fill). Boxes are drawn from the least to the most attended, so the
+    strongest is on top; ``labels[i]`` (e.g. the box index) is written at each box's corner.
+    """
+    base = image.convert("RGBA")
+    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    font = label_font(base.width)
+    weights = np.asarray(weights, dtype=np.float64)
+    peak = weights.max(initial=0.0)
+    strength = weights / peak if peak > 0 else np.zeros_like(weights)
+    line = max(1, round(min(base.size) / 150))
+    for index in np.argsort(strength, kind="stable"):
+        x1, y1, x2, y2 = to_pixels(boxes[index : index + 1], base.size)[0]
+        alpha = min_alpha + (1.0 - min_alpha) * float(strength[index])
+        draw.rectangle((x1, y1, x2, y2), fill=(*color, int(110 * alpha * alpha)),
+                       outline=(*color, int(255 * alpha)), width=line)
+        if labels is not None:
+            draw.text((x1 + 2, y1 + 1), labels[index], fill=(255, 255, 255, int(255 * alpha)), font=font,
+                      stroke_width=1, stroke_fill=(0, 0, 0, int(255 * alpha)))
+    return Image.alpha_composite(base, overlay).convert("RGB")
+
+
+def draw_colored_boxes(image: Image.Image, boxes: np.ndarray, colors: Sequence[tuple[int, int, int]],
+                       labels: Sequence[str] | None = None) -> Image.Image:
+    """A copy of ``image`` with box i (normalised ``[n, 4]``) outlined in ``colors[i]`` over a light fill.
+
+    A box listed again (two phrases on the same box) is drawn inset inside the earlier outlines, so every
+    colour stays visible.
+    """
+    base = image.convert("RGBA")
+    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    font = label_font(base.width)
+    line = max(2, round(min(base.size) / 100))
+    drawn: dict[tuple[float, ...], int] = {}
+    for index, corners in enumerate(to_pixels(boxes, base.size)):
+        key = tuple(np.round(corners, 3).tolist())
+        repeat = drawn.get(key, 0)
+        drawn[key] = repeat + 1
+        inset = repeat * (line + 1)
+        x1, y1, x2, y2 = corners + np.array([inset, inset, -inset, -inset])
+        if x2 <= x1 or y2 <= y1:
+            x1, y1, x2, y2 = corners
+        color = tuple(colors[index])
+        draw.rectangle((x1, y1, x2, y2), fill=(*color, 50), outline=(*color, 255), width=line)
+        if labels is not None:
+            draw.text((x1 + line + 1 + 12 * repeat, y1 + line), labels[index], fill=(255, 255, 255, 255),
+                      font=font, stroke_width=1, stroke_fill=(*color, 255))
+    return Image.alpha_composite(base, overlay).convert("RGB")
+
+
+def enlarged(image: Image.Image, min_width: int = 480) -> Image.Image:
+    """``image`` scaled up (keeping its aspect ratio) to at least ``min_width`` pixels wide, so that box
+    outlines and index labels stay readable on small images; larger images are returned as they are."""
+    if image.width >= min_width:
+        return image
+    scale = min_width / image.width
+    return image.resize((min_width, max(1, round(image.height * scale))), Image.Resampling.BICUBIC)

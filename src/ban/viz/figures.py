@@ -1,0 +1,41 @@
+"""Helpers shared by the pictures: a figure that needs no display, an atomic PNG write, and running the model
+for a picture (eval mode, no gradients)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from ban.data.atomic import write_with
+
+DPI = 90
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """An empty figure of ``width`` × ``height`` inches, outside pyplot (rendered by Agg, no display)."""
+    return Figure(figsize=(width, height), dpi=DPI)
+
+
+def save_png(figure: Figure, path: str | Path) -> Path:
+    """Write ``figure`` to ``path`` as PNG atomically (temp file + rename); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_with(path, lambda temp: figure.savefig(temp, format="png", dpi=DPI))
+    return path
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` in eval mode without gradients, then restore its training mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)

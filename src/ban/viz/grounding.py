@@ -1,0 +1,141 @@
+"""Grounding pictures: a caption's phrases, each with the box the model scores highest for it, one colour per
+phrase and a legend with the phrase text.
+
+The phrase texts come from the official ``Sentences/<image>.txt`` next to the image folder when it is there
+(the same phrases, in the same order, that ``ban prepare flickr30k`` turned into entity slots); otherwise each
+phrase is named by its last word, the token the model reads it at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from PIL import Image
+from torch import nn
+
+from ban.data.dictionary import Dictionary
+from ban.data.flickr30k import GroundingDataset, collate_grounding
+from ban.data.flickr30k_parse import parse_sentences_file
+from ban.data.tokenizer import tokenize
+from ban.errors import DataError
+from ban.viz.boxes import draw_colored_boxes, enlarged, find_plain_image, image_size_from_boxes, open_or_blank
+from ban.viz.figures import evaluating, new_figure, save_png
+
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (228, 26, 28), (55, 126, 184), (77, 175, 74), (152, 78, 163), (255, 127, 0), (166, 86, 40),
+    (247, 129, 191), (0, 170, 170), (120, 120, 20), (60, 60, 60),
+)
+
+
+@dataclass
+class GroundingExample:
+    """One caption's grounding: ``scores`` ``[N, E]`` the model's logits for its N boxes × E phrases,
+    ``boxes`` ``[N, 4]`` normalised x1, y1, x2, y2, ``phrases`` the E phrase texts."""
+
+    image_id: int
+    caption: str
+    phrases: list[str]
+    scores: np.ndarray
+    boxes: np.ndarray
+    image: Image.Image
+    image_found: bool
+
+    @property
+    def top_boxes(self) -> np.ndarray:
+        """``[E]``: the index of the highest-scoring box of each phrase."""
+        return self.scores.argmax(axis=0)
+
+
+def phrase_color(index: int) -> tuple[int, int, int]:
+    return PALETTE[index % len(PALETTE)]
+
+
+def grounding_figure(example: GroundingExample) -> Figure:
+    """The image with each phrase's top box in the phrase's colour, the legend listing the phrases."""
+    top = example.top_boxes
+    colors = [phrase_color(k) for k in range(len(top))]
+    labels = [str(k + 1) for k in range(len(top))]
+    drawn = draw_colored_boxes(enlarged(example.image), example.boxes[top], colors, labels)
+    figure = new_figure(11.0, 6.5)
+    axes = figure.add_axes((0.02, 0.04, 0.58, 0.82))
+    axes.imshow(np.asarray(drawn))
+    axes.set_xticks([])
+    axes.set_yticks([])
+    handles = [Patch(facecolor=np.array(color) / 255, edgecolor="black",
+                     label=f"{k + 1}. {phrase}  (box {int(top[k])})")
+               for k, (phrase, color) in enumerate(zip(example.phrases, colors, strict=True))]
+    figure.legend(handles=handles, loc="center left", bbox_to_anchor=(0.62, 0.5), fontsize=10, frameon=False,
+                  title="phrase → top-scoring box")
+    canvas = "" if example.image_found else "\n(no image file: boxes on a blank canvas of the image's size)"
+    figure.suptitle(f"image {example.image_id}: {example.caption}{canvas}", fontsize=11, wrap=True)
+    return figure
+
+
+class GroundingPictures:
+    """Draws the grounding of ``model`` on captions of ``split`` of the prepared Flickr30k dataset ``data_dir``.
+
+    ``image_dir`` holds ``<image id>.jpg|png``; ``Sentences/`` beside it gives the phrase texts.
+    """
+
+    def __init__(self, model: nn.Module, data_dir: Path, split: str, image_dir: Path | None,
+                 device: torch.device | None = None) -> None:
+        self.model = model
+        self.device = device or torch.device("cpu")
+        self.dataset = GroundingDataset(data_dir, split)
+        self.dictionary = Dictionary.load(Path(data_dir) / "dictionary.json")
+        self.image_dir = image_dir
+        sentences = None if image_dir is None else image_dir.parent / "Sentences"
+        self.sentences_dir = sentences if sentences is not None and sentences.is_dir() else None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def texts(self, index: int, positions: list[int]) -> tuple[str, list[str]]:
+        """(caption, the phrase text of each entity slot) of the caption at ``index``."""
+        arrays = self.dataset.arrays
+        image_id, caption_index = int(arrays["image_id"][index]), int(arrays["caption_index"][index])
+        tokens = arrays["tokens"][index].tolist()
+        padding = self.dictionary.padding_index
+        words = [self.dictionary.tokens[t] for t in tokens if t != padding]
+        if self.sentences_dir is not None:
+            path = self.sentences_dir / f"{image_id}.txt"
+            captions = parse_sentences_file(path) if path.is_file() else []
+            if caption_index < len(captions):
+                caption = captions[caption_index]
+                phrases = [caption.text[p.start:p.end] for p in caption.phrases
+                           if p.is_visual and tokenize(caption.text[p.start:p.end])]
+                if len(phrases) >= len(positions):
+                    return caption.text, phrases[: len(positions)]
+        return " ".join(words), [f"…{words[p]}" if p < len(words) else f"token {p}" for p in positions]
+
+    def example(self, index: int) -> GroundingExample:
+        """The grounding picture's content for the caption at ``index`` of the split."""
+        if not 0 <= index < len(self.dataset):
+            raise DataError(f"caption index {index} is outside the split (0–{len(self.dataset) - 1})",
+                            path=self.dataset.data_dir)
+        sample = self.dataset[index]
+        batch = {k: v.to(self.device) for k, v in collate_grounding([sample]).items()}
+        with evaluating(self.model):
+            out = self.model(batch["features"], batch["boxes"], batch["tokens"], batch["entity_positions"],
+                             box_mask=batch["box_mask"], entity_mask=batch["entity_mask"])
+        used = sample["entity_mask"].numpy()
+        positions = sample["entity_positions"].numpy()[used].tolist()
+        caption, phrases = self.texts(index, positions)
+        scores = out.logits[0, 0].float().cpu().numpy()[:, used]  # [N, E_used]
+        image_id = int(sample["image_id"])
+        spatial = sample["boxes"].numpy()
+        _, _, pixel_boxes = self.dataset.store.get(image_id)
+        path = None if self.image_dir is None else find_plain_image(self.image_dir, image_id)
+        image, found = open_or_blank(path, image_size_from_boxes(pixel_boxes, spatial))
+        return GroundingExample(image_id, caption, phrases, scores, spatial[:, :4], image, found)
+
+    def write(self, index: int, out_dir: Path, prefix: str = "") -> tuple[Path, GroundingExample]:
+        """Draw the caption at ``index`` into ``out_dir/<prefix>caption<index>_image<id>.png``."""
+        example = self.example(index)
+        name = f"{prefix}caption{index}_image{example.image_id}.png"
+        return save_png(grounding_figure(example), out_dir / name), example

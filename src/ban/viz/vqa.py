@@ -1,0 +1,111 @@
+"""Attention pictures of a VQA run: one question of a prepared split → the model's attention → a PNG.
+
+The model sees exactly what training and evaluation feed it (``VQADataset`` item → ``collate_vqa``); the words,
+the ground-truth answers and the image come from the split's official-format files
+(``<split>_questions.json``, ``<split>_annotations.json``) and an image folder in the COCO naming convention.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ban.data.collate import collate_vqa
+from ban.data.dictionary import Dictionary
+from ban.data.tokenizer import tokenize
+from ban.data.vqa_dataset import VQADataset
+from ban.errors import DataError
+from ban.metrics.vqa import load_annotations, load_questions
+from ban.viz.attention import AttentionExample, attention_figure
+from ban.viz.boxes import find_coco_image, image_size_from_boxes, open_or_blank
+from ban.viz.figures import evaluating, save_png
+
+PAD_LABEL = "<pad>"
+UNITARY_LABEL = "(question)"
+# Our split name → the COCO subset its images are named after (test-dev images are in test2015).
+IMAGE_SUBSETS = {"train": "train2014", "val": "val2014", "test-dev": "test2015", "test": "test2015"}
+
+
+def choose_indices(question_ids: np.ndarray, wanted: Sequence[int] | None, num: int, shuffle: bool, seed: int,
+                   where: Path) -> list[int]:
+    """Positions in the split of the questions to draw: the ``wanted`` question ids (in that order), else the
+    first ``num`` (or ``num`` drawn at random with ``seed`` when ``shuffle``)."""
+    if wanted:
+        position = {int(qid): i for i, qid in enumerate(question_ids.tolist())}
+        missing = [qid for qid in wanted if qid not in position]
+        if missing:
+            raise DataError(f"question ids {missing} are not in this split", path=where, field="question_id")
+        return [position[qid] for qid in wanted]
+    count = min(num, len(question_ids))
+    if shuffle:
+        return sorted(random.Random(seed).sample(range(len(question_ids)), count))
+    return list(range(count))
+
+
+class VQAPictures:
+    """Draws the attention of ``model`` on questions of ``split`` of the prepared dataset ``data_dir``.
+
+    ``image_dir`` holds the images as ``COCO_<subset>_<12-digit id>.jpg|png`` (None: blank canvases).
+    """
+
+    def __init__(self, model: nn.Module, data_dir: Path, split: str, image_dir: Path | None,
+                 device: torch.device | None = None) -> None:
+        self.model = model
+        self.device = device or torch.device("cpu")
+        self.data_dir = Path(data_dir)
+        self.split = split
+        self.image_dir = image_dir
+        self.dataset = VQADataset(self.data_dir, split)
+        self.labels = self.dataset.answers()
+        questions_file = self.data_dir / f"{split}_questions.json"
+        annotations_file = self.data_dir / f"{split}_annotations.json"
+        self.questions = load_questions(questions_file) if questions_file.is_file() else {}
+        self.annotations = ({int(r["question_id"]): r for r in load_annotations(annotations_file)}
+                            if annotations_file.is_file() else {})
+        self.dictionary = Dictionary.load(self.data_dir / "dictionary.json")
+
+    def words(self, question_id: int, tokens: np.ndarray) -> tuple[str, list[str]]:
+        """(question text, one label per token position ``[L]``): the tokenised question as the model read it,
+        padding positions labelled ``<pad>``."""
+        padding = self.dictionary.padding_index
+        used = int((tokens != padding).sum())
+        record = self.questions.get(question_id)
+        if record is not None:
+            words = tokenize(record["question"])[: len(tokens)]
+            if len(words) == used:
+                return record["question"], words + [PAD_LABEL] * (len(tokens) - used)
+        words = [self.dictionary.tokens[t] if t != padding else PAD_LABEL for t in tokens.tolist()]
+        return " ".join(w for w in words if w != PAD_LABEL), words
+
+    def example(self, index: int) -> AttentionExample:
+        """The attention picture's content for the question at ``index`` of the split."""
+        sample = self.dataset[index]
+        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in collate_vqa([sample]).items()}
+        with evaluating(self.model):
+            out = self.model(batch["features"], batch["boxes"], batch["questions"], box_mask=batch["box_mask"])
+        question_id = int(sample["question_id"])
+        image_id = int(self.dataset.image_ids[index])
+        question, words = self.words(question_id, sample["question"].numpy())
+        attention = out.attention[0].float().cpu().numpy()  # [G, N, L]
+        if attention.shape[2] == 1:
+            words = [UNITARY_LABEL]
+        annotation = self.annotations.get(question_id)
+        answers = [str(a["answer"]) for a in annotation["answers"]] if annotation else []
+        spatial = sample["boxes"].numpy()
+        _, _, pixel_boxes = self.dataset.features.get(image_id)
+        path = None
+        if self.image_dir is not None:
+            path = find_coco_image(self.image_dir, IMAGE_SUBSETS.get(self.split, self.split), image_id)
+        image, found = open_or_blank(path, image_size_from_boxes(pixel_boxes, spatial))
+        return AttentionExample(question_id, image_id, question, words, attention, spatial[:, :4],
+                                self.labels[int(out.logits[0].argmax())], answers, image, found)
+
+    def write(self, index: int, out_dir: Path, prefix: str = "") -> tuple[Path, AttentionExample]:
+        """Draw the question at ``index`` into ``out_dir/<prefix>q<question id>.png``; (path, what it shows)."""
+        example = self.example(index)
+        return save_png(attention_figure(example), out_dir / f"{prefix}q{example.question_id}.png"), example

@@ -1,0 +1,232 @@
+"""`ban visualize` and the pictures behind it, on synthetic scenes generated and prepared by the test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ban.cli import main
+from ban.data.features import FeatureStore
+from ban.data.flickr30k_parse import parse_sentences_file
+from ban.data.flickr30k_prepare import prepare_flickr30k
+from ban.data.synthetic import generate
+from ban.data.tokenizer import tokenize
+from ban.data.vqa2 import prepare_vqa2
+from ban.engine.checkpoint import save_checkpoint
+from ban.engine.config import TrainConfig
+from ban.engine.run import CHECKPOINT_FILE, RunConfig, fingerprint, load_run, start_run
+from ban.engine.tasks import make_task
+from ban.models import build_model, preset
+from ban.viz.attention import attention_figure, box_weights
+from ban.viz.boxes import draw_weighted_boxes, find_coco_image, image_size_from_boxes
+from ban.viz.grounding import GroundingPictures, grounding_figure
+from ban.viz.report import REPORT_DIR, write_report_pictures
+from ban.viz.vqa import VQAPictures, choose_indices
+
+
+def make_run(run_dir: Path, task_name: str, data_dir: Path, **model: object) -> Path:
+    """A run dir holding a freshly initialised model (a run saved before its first step)."""
+    task = make_task(task_name, data_dir)
+    name = "grounding" if task_name == "grounding" else "tiny"
+    config = preset(name, **task.model_sizes(), hidden_dim=24, word_dim=16, **model)
+    run = RunConfig(task_name, str(data_dir), config, TrainConfig(epochs=1), fingerprint(data_dir))
+    start_run(run_dir, run, resume=False)
+    torch.manual_seed(3)
+    save_checkpoint(run_dir / CHECKPOINT_FILE, build_model(config), None, {"epoch": 0, "history": []})
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Synthetic scenes (raw/ with images) and the VQA and Flickr30k datasets prepared from them."""
+    root = tmp_path_factory.mktemp("scenes")
+    raw = root / "raw"
+    generate(raw, seed=5, num_images=12, feature_dim=16, flickr_images=10, workers=1, progress=False)
+    prepare_vqa2(raw / "vqa", sorted((raw / "features").glob("*.tsv")), root / "prepared", min_answer_count=1,
+                 progress=False)
+    prepare_flickr30k(raw / "flickr30k", [raw / "flickr30k" / "features.tsv"], root / "flickr", progress=False)
+    return {"root": root, "raw": raw, "vqa": root / "prepared", "flickr": root / "flickr"}
+
+
+@pytest.fixture(scope="module")
+def vqa_run(scenes: dict[str, Path]) -> Path:
+    return make_run(scenes["root"] / "run-ban", "vqa", scenes["vqa"], num_glimpses=2, use_counting=True)
+
+
+def assert_real_picture(path: Path, min_size: tuple[int, int] = (300, 300)) -> None:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.size[0] >= min_size[0] and image.size[1] >= min_size[1]
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+    assert pixels.std() > 10.0  # not a blank page
+
+
+def val_rows(data_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(data_dir / "val.npz") as arrays:
+        return {name: arrays[name] for name in ("question_id", "image_id", "tokens")}
+
+
+def test_visualize_writes_one_png_per_question_on_the_scene_images(vqa_run: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["visualize", str(vqa_run), "--num", "2", "--out", str(tmp_path)]) == 0
+    rows = val_rows(load_run(vqa_run).data_dir)
+    expected = [tmp_path / f"q{qid}.png" for qid in rows["question_id"][:2].tolist()]
+    assert sorted(tmp_path.glob("*.png")) == sorted(expected)
+    for path in expected:
+        assert_real_picture(path)
+    assert "blank canvas" not in capsys.readouterr().out  # the synthetic images were found next to the data
+
+
+def test_heatmaps_are_the_models_attention_for_that_question(vqa_run: Path, scenes: dict[str, Path]) -> None:
+    loaded = load_run(vqa_run)
+    rows = val_rows(scenes["vqa"])
+    index = 3
+    pictures = VQAPictures(loaded.model, scenes["vqa"], "val", scenes["raw"] / "images")
+    example = pictures.example(index)
+    # Independent recomputation: the question's tokens and its image's regions read straight from the files.
+    features, spatial, _ = FeatureStore.open(scenes["vqa"]).get(int(rows["image_id"][index]))
+    tokens = torch.from_numpy(rows["tokens"][index].astype(np.int64))[None]
+    with torch.no_grad():
+        attention = loaded.model(torch.from_numpy(features)[None], torch.from_numpy(spatial)[None], tokens).attention
+    attention = attention[0].numpy()  # [G, N, L]
+    figure = attention_figure(example)
+    plotted = [axes.images[0].get_array() for axes in figure.axes if axes.get_xlabel() == "box"]
+    assert len(plotted) == 2  # one heatmap per glimpse
+    for glimpse, heat in enumerate(plotted):
+        np.testing.assert_allclose(np.asarray(heat), attention[glimpse].T, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(box_weights(example.attention), attention.sum(axis=2), rtol=1e-5, atol=1e-7)
+    question = json.loads((scenes["vqa"] / "val_questions.json").read_text())["questions"][index]
+    assert question["question_id"] == example.question_id == int(rows["question_id"][index])
+    words = tokenize(question["question"])
+    assert example.words == words + ["<pad>"] * (14 - len(words))
+    heat_axes = [axes for axes in figure.axes if axes.get_xlabel() == "box"][0]
+    assert [label.get_text() for label in heat_axes.get_yticklabels()] == example.words
+    assert example.image_found
+    with Image.open(find_coco_image(scenes["raw"] / "images", "val2014", example.image_id)) as image:
+        assert example.image.size == image.size
+
+
+def test_ground_truth_and_prediction_in_the_title(vqa_run: Path, scenes: dict[str, Path]) -> None:
+    loaded = load_run(vqa_run)
+    example = VQAPictures(loaded.model, scenes["vqa"], "val", None).example(0)
+    annotation = json.loads((scenes["vqa"] / "val_annotations.json").read_text())["annotations"][0]
+    assert sorted(example.answers) == sorted(a["answer"] for a in annotation["answers"])
+    answers = json.loads((scenes["vqa"] / "answers.json").read_text())
+    rows = val_rows(scenes["vqa"])
+    features, spatial, _ = FeatureStore.open(scenes["vqa"]).get(int(rows["image_id"][0]))
+    with torch.no_grad():
+        logits = loaded.model(torch.from_numpy(features)[None], torch.from_numpy(spatial)[None],
+                              torch.from_numpy(rows["tokens"][0].astype(np.int64))[None]).logits
+    assert example.predicted == answers[int(logits.argmax())]
+    title = attention_figure(example)._suptitle.get_text()
+    assert f"predicted: {example.predicted}" in title and annotation["multiple_choice_answer"] in title
+
+
+def test_without_an_image_the_boxes_go_on_a_blank_canvas_of_the_image_size(vqa_run: Path, scenes: dict[str, Path],
+                                                                          tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+    assert main(["visualize", str(vqa_run), "--num", "1", "--images", str(empty), "--out", str(tmp_path)]) == 0
+    assert "blank canvas" in capsys.readouterr().out
+    loaded = load_run(vqa_run)
+    example = VQAPictures(loaded.model, scenes["vqa"], "val", empty).example(0)
+    assert not example.image_found
+    with Image.open(find_coco_image(scenes["raw"] / "images", "val2014", example.image_id)) as real:
+        assert example.image.size == real.size
+    assert len(np.unique(np.asarray(example.image).reshape(-1, 3), axis=0)) == 1
+    assert_real_picture(next(tmp_path.glob("q*.png")))
+
+
+def test_chosen_question_ids_and_random_choice(vqa_run: Path, scenes: dict[str, Path], tmp_path: Path) -> None:
+    qids = val_rows(scenes["vqa"])["question_id"].tolist()
+    assert main(["visualize", str(vqa_run), "--questions", str(qids[-1]), "--out", str(tmp_path / "a")]) == 0
+    assert [p.name for p in (tmp_path / "a").glob("*.png")] == [f"q{qids[-1]}.png"]
+    for name in ("b", "c"):
+        assert main(["visualize", str(vqa_run), "--num", "1", "--random", "--seed", "7", "--out",
+                     str(tmp_path / name)]) == 0
+    assert [p.name for p in (tmp_path / "b").iterdir()] == [p.name for p in (tmp_path / "c").iterdir()]
+    assert choose_indices(np.array(qids), [qids[4], qids[1]], 1, False, 0, tmp_path) == [4, 1]
+    assert choose_indices(np.array(qids), None, 3, False, 0, tmp_path) == [0, 1, 2]
+    drawn = choose_indices(np.array(qids), None, 3, True, 7, tmp_path)
+    assert drawn == choose_indices(np.array(qids), None, 3, True, 7, tmp_path) and len(set(drawn)) == 3
+
+
+def test_unknown_question_id_is_a_clear_error(vqa_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["visualize", str(vqa_run), "--questions", "999999999"]) == 2
+    assert "999999999" in capsys.readouterr().err
+
+
+def test_unitary_attention_has_one_question_row(scenes: dict[str, Path], tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path / "run-unitary", "vqa", scenes["vqa"], attention="unitary", num_glimpses=2)
+    example = VQAPictures(load_run(run_dir).model, scenes["vqa"], "val", None).example(0)
+    assert example.words == ["(question)"] and example.attention.shape[::2] == (2, 1)
+    np.testing.assert_allclose(example.attention.sum(axis=(1, 2)), [1.0, 1.0], rtol=1e-5)
+
+
+def test_report_pictures_for_the_trainer(vqa_run: Path) -> None:
+    loaded = load_run(vqa_run)
+    loaded.model.train()  # as at the end of training
+    paths = write_report_pictures(vqa_run, loaded.model, loaded.config, num=2)
+    assert loaded.model.training  # the pictures' eval mode does not leak into the caller's model
+    assert len(paths) == 2 and all(path.parent == vqa_run / REPORT_DIR for path in paths)
+    for path in paths:
+        assert_real_picture(path)
+
+
+def test_box_opacity_follows_the_attention() -> None:
+    image = Image.new("RGB", (200, 100), (255, 255, 255))
+    boxes = np.array([[0.05, 0.1, 0.45, 0.9], [0.55, 0.1, 0.95, 0.9]])
+    drawn = np.asarray(draw_weighted_boxes(image, boxes, np.array([0.9, 0.1])), dtype=float)
+    strong, weak = drawn[50, 50], drawn[50, 150]  # the centres of the two boxes
+    assert (255 - strong[1]) > 3 * (255 - weak[1]) > 0  # the attended box is filled much more strongly
+    inverted = boxes[:, [2, 3, 0, 1]]  # corners given the wrong way round still draw the same box
+    np.testing.assert_array_equal(np.asarray(draw_weighted_boxes(image, inverted, np.array([0.9, 0.1]))), drawn)
+
+
+def test_image_size_from_boxes_and_coco_names(tmp_path: Path) -> None:
+    pixel = np.array([[10.0, 20.0, 110.0, 70.0], [0.0, 0.0, 640.0, 480.0]])
+    spatial = np.array([[10 / 640, 20 / 480, 110 / 640, 70 / 480, 100 / 640, 50 / 480], [0, 0, 1, 1, 1, 1]])
+    assert image_size_from_boxes(pixel, spatial) == (640, 480)
+    (tmp_path / "val2014").mkdir()
+    target = tmp_path / "val2014" / "COCO_val2014_000000000042.jpg"
+    Image.new("RGB", (4, 4)).save(target)
+    assert find_coco_image(tmp_path, "val2014", 42) == target
+    assert find_coco_image(tmp_path, "val2014", 43) is None
+
+
+def test_grounding_picture_has_one_legend_entry_per_phrase(scenes: dict[str, Path], tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path / "run-grounding", "grounding", scenes["flickr"])
+    images = scenes["raw"] / "flickr30k" / "images"
+    assert main(["visualize", str(run_dir), "--captions", "0", "2", "--images", str(images), "--out",
+                 str(tmp_path / "out")]) == 0
+    pictures = sorted((tmp_path / "out").glob("caption*.png"))
+    assert len(pictures) == 2
+    for path in pictures:
+        assert_real_picture(path)
+    loaded = load_run(run_dir)
+    example = GroundingPictures(loaded.model, scenes["flickr"], "val", images).example(2)
+    with np.load(scenes["flickr"] / "val.npz") as arrays:
+        used = arrays["entity_ids"][2] > 0
+        positions, image_id = arrays["entity_positions"][2][used], int(arrays["image_id"][2])
+        caption_index, tokens = int(arrays["caption_index"][2]), arrays["tokens"][2]
+    caption = parse_sentences_file(scenes["raw"] / "flickr30k" / "Sentences" / f"{image_id}.txt")[caption_index]
+    phrases = [caption.text[p.start:p.end] for p in caption.phrases if p.is_visual]
+    assert example.phrases == phrases[: int(used.sum())] and example.caption == caption.text
+    features, spatial, _ = FeatureStore.open(scenes["flickr"] / "features").get(image_id)
+    with torch.no_grad():
+        logits = loaded.model(torch.from_numpy(features)[None], torch.from_numpy(spatial)[None],
+                              torch.from_numpy(tokens)[None], torch.from_numpy(positions)[None]).logits
+    np.testing.assert_array_equal(example.top_boxes, logits[0, 0].argmax(dim=0).numpy())
+    dictionary = json.loads((scenes["flickr"] / "dictionary.json").read_text())["tokens"]
+    unnamed = GroundingPictures(loaded.model, scenes["flickr"], "val", None).example(2)  # no Sentences/ to read
+    assert unnamed.phrases == [f"…{dictionary[tokens[p]]}" for p in positions]
+    legend = grounding_figure(example).legends[0]
+    texts = [text.get_text() for text in legend.get_texts()]
+    assert len(texts) == len(phrases[: int(used.sum())])
+    assert all(phrase in text for phrase, text in zip(example.phrases, texts, strict=True))
