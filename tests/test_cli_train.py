@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from test_engine_trainer import make_dataset
 
 from ban.cli import main
@@ -33,6 +34,8 @@ def test_train_evaluate_predict(data_dir, tmp_path, capsys):
     assert main(["train", "--data", str(data_dir), "--out", str(run_dir), "--epochs", "2", *SMALL]) == 0
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
+    report = sorted((run_dir / "report").glob("*.png"))  # the run's report shows a few attention pictures
+    assert report and all(Image.open(path).size[0] > 100 for path in report)
     config = json.loads((run_dir / "config.json").read_text())
     assert config["train"]["lr"] == 1e-3 and config["train"]["epochs"] == 2  # the paper recipe + overrides
     assert config["model"]["hidden_dim"] == 16 and config["model"]["num_answers"] == len(

@@ -113,7 +113,7 @@ class Trainer:
     """The state of one training process: model (and its DDP wrapper), optimizer, data, position, metrics."""
 
     def __init__(self, run_dir: Path, run: RunConfig, task: Task, context: DistContext, resume: bool) -> None:
-        self.run_dir, self.task, self.context, self.config = run_dir, task, context, run.train
+        self.run_dir, self.run, self.task, self.context, self.config = run_dir, run, task, context, run.train
         self.precision = resolve_precision(self.config.precision, context.device)
         self.model = initial_model(run, task).to(context.device)
         self.optimizer = torch.optim.Adamax(self.model.parameters(), lr=self.config.lr,
@@ -151,6 +151,12 @@ class Trainer:
                 if self.context.is_main:
                     report_epoch(self.run_dir, self.history)
                     tqdm.write(summarise(record))
+        if self.context.is_main and self.history:
+            from ban.viz.report import write_report_pictures  # matplotlib only once training is over
+
+            pictures = write_report_pictures(self.run_dir, self.model, self.run, device=self.context.device)
+            if pictures:
+                tqdm.write(f"attention pictures: {pictures[0].parent}")
         return self.history
 
     def epoch(self, epoch: int, start: int, partial: dict[str, float], stop: list[bool]) -> dict[str, Any]:
