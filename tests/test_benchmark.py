@@ -25,10 +25,10 @@ def test_adaptive_box_counts_look_like_bottom_up_features():
 def test_every_path_precision_and_mode_runs():
     settings = BenchSettings(preset="tiny", num_tokens=30, num_answers=12, batch_size=4, boxes="adaptive",
                              steps=1, warmup=1, device="cpu")
-    results = run_all(settings, ["fast", "plain"], ["fp32", "bf16"], ["train", "infer"])
+    results = run_all(settings, ["fused", "plain"], ["fp32", "bf16"], ["train", "infer"])
     assert len(results) == 8
     assert {(r.path, r.precision, r.mode) for r in results} == {
-        (p, q, m) for p in ("fast", "plain") for q in ("fp32", "bf16") for m in ("train", "infer")
+        (p, q, m) for p in ("fused", "plain") for q in ("fp32", "bf16") for m in ("train", "infer")
     }
     for result in results:
         assert result.ms_per_step > 0 and result.questions_per_s > 0 and result.tflops > 0

@@ -134,7 +134,7 @@ def test_word_embeddings_load_glove_and_keep_padding_zero():
 @pytest.mark.parametrize("use_counting", [True, False])
 def test_fused_and_plain_execution_compute_the_same_function(use_counting):
     config = ban.BANConfig(num_glimpses=4, use_counting=use_counting, **SMALL)
-    fused = ban.build_model(config).eval()
+    fused = ban.build_model(config.replace(fused=True)).eval()
     plain = ban.build_model(config.replace(fused=False)).eval()
     plain.load_state_dict(fused.state_dict())
     features, spatial, questions = _inputs(config)

@@ -134,7 +134,7 @@ def measure(settings: BenchSettings, path: str, precision: str, mode: str) -> Be
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
     config = preset(settings.preset, num_tokens=settings.num_tokens, num_answers=settings.num_answers,
-                    fused=path == "fast")
+                    fused=path == "fused")
     model = build_model(config).to(device)
     batches = synthetic_batches(settings, config, device, count=min(settings.steps, 4))
     if device.type == "cuda":

@@ -1,4 +1,4 @@
-"""`ban bench`: throughput and memory of training and inference steps, fast and plain paths, fp32 and bf16."""
+"""`ban bench`: throughput and memory of training and inference steps, fused and plain execution, fp32 and bf16."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-answers", type=int, default=defaults.num_answers)
     parser.add_argument("--steps", type=int, default=defaults.steps, help="timed steps (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed steps first")
-    parser.add_argument("--paths", nargs="+", choices=["fast", "plain"], default=["fast", "plain"])
+    parser.add_argument("--paths", nargs="+", choices=["fused", "plain"], default=["fused", "plain"])
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     parser.add_argument("--modes", nargs="+", choices=["train", "infer"], default=["train", "infer"])
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")

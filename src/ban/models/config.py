@@ -23,7 +23,9 @@ class BANConfig:
     does not mask them, so official checkpoints need it off.
     ``fused`` chooses how BAN for VQA is executed, not what it computes: the box projections of all glimpses
     in one batched product (each with its own dropout mask) and the counts of all glimpses in one call
-    (they need only the attention logits). ``fused=False`` runs the straightforward per-glimpse loop.
+    (they need only the attention logits); ``fused=False`` (the default) runs the straightforward per-glimpse
+    loop. On a 2-core CPU the plain loop measured faster (benchmarks/RESULTS.md); the fused form is meant to cut
+    kernel launches on GPUs and awaits its GPU measurement.
     """
 
     task: str = "vqa"
@@ -42,7 +44,7 @@ class BANConfig:
     attention_dropout: float = 0.5
     classifier_dropout: float = 0.5
     mask_question_padding: bool = False
-    fused: bool = True
+    fused: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
