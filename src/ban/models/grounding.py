@@ -3,11 +3,11 @@ entity's position, one bilinear attention map over boxes × entities, no classif
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from ban.models.config import BANConfig
 from ban.models.outputs import GroundingOutput
-from ban.models.text import QuestionEncoder, WordEmbedding
+from ban.models.text import TokenEncoderModel
 from ban.nn import BilinearAttentionMap
 from ban.nn.bilinear import box_mask_from_features
 
@@ -21,19 +21,16 @@ def default_entity_mask(entity_positions: Tensor) -> Tensor:
     return mask
 
 
-class BanForGrounding(nn.Module):
+class BanForGrounding(TokenEncoderModel):
     """Inputs: features [B, N, Dv], boxes [B, N, ≥4] (unused by the model; kept for a uniform interface),
     tokens [B, L] int64 padded with ``config.pad_index``, entity_positions [B, E] int64 (the token index of
     each phrase's last word), box_mask [B, N] bool, entity_mask [B, E] bool (True = real entity)."""
 
     def __init__(self, config: BANConfig) -> None:
-        super().__init__()
         if config.task != "grounding":
             raise ValueError("BanForGrounding needs task='grounding'")
-        self.config = config
+        super().__init__(config)
         hidden = config.hidden_dim
-        self.word_embedding = WordEmbedding(config.num_tokens, config.word_dim, config.two_word_tables)
-        self.question_encoder = QuestionEncoder(config.word_features, hidden)
         self.attention = BilinearAttentionMap(
             config.feature_dim, hidden, hidden, config.num_glimpses, config.rank_factor, config.dropout,
             config.attention_dropout,
@@ -53,11 +50,8 @@ class BanForGrounding(nn.Module):
             box_mask = box_mask_from_features(features)
         if entity_mask is None:
             entity_mask = default_entity_mask(entity_positions)
-        states = self.question_encoder(self.word_embedding(tokens))  # [B, L, H]
+        states = self.encode_tokens(tokens)  # [B, L, H]
         index = entity_positions.unsqueeze(-1).expand(-1, -1, states.shape[-1])
         entity_states = states.gather(1, index)  # [B, E, H]
         logits = self.attention.logits(features, entity_states, box_mask, entity_mask, mask_value=MASKED_LOGIT)
         return GroundingOutput(logits)
-
-    def load_word_embeddings(self, table: Tensor, second_table: Tensor | None = None) -> None:
-        self.word_embedding.load_vectors(table, second_table)

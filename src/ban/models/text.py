@@ -1,9 +1,11 @@
-"""Word embeddings and the GRU question encoder."""
+"""Word embeddings, the GRU question encoder, and the base class of every model that reads tokens."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from ban.models.config import BANConfig
 
 
 class WordEmbedding(nn.Module):
@@ -49,3 +51,25 @@ class QuestionEncoder(nn.Module):
         """embedded [B, L, D] → token states [B, L, H]."""
         states, _ = self.rnn(embedded)
         return states
+
+
+class TokenEncoderModel(nn.Module):
+    """What every model here shares: the word tables and the GRU over the question (or caption) tokens."""
+
+    def __init__(self, config: BANConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.word_embedding = WordEmbedding(config.num_tokens, config.word_dim, config.two_word_tables)
+        self.question_encoder = QuestionEncoder(config.word_features, config.hidden_dim)
+
+    def encode_tokens(self, tokens: Tensor) -> Tensor:
+        """tokens [B, L] int64 → token states [B, L, H]."""
+        return self.question_encoder(self.word_embedding(tokens))
+
+    def token_mask(self, tokens: Tensor) -> Tensor | None:
+        """[B, L] bool (True = real token) when ``config.mask_question_padding``, else None (the reference)."""
+        return tokens != self.config.pad_index if self.config.mask_question_padding else None
+
+    def load_word_embeddings(self, table: Tensor, second_table: Tensor | None = None) -> None:
+        """Initialise the word tables, e.g. from GloVe: table [num_tokens, word_dim] (see WordEmbedding)."""
+        self.word_embedding.load_vectors(table, second_table)

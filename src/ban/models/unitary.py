@@ -3,27 +3,24 @@ attended glimpses fused with the question by low-rank bilinear pooling, then the
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from ban.models.config import BANConfig
 from ban.models.outputs import VQAOutput
-from ban.models.text import QuestionEncoder, WordEmbedding
+from ban.models.text import TokenEncoderModel
 from ban.models.vqa import masked_last_state
 from ban.nn import Classifier, LowRankBilinearPooling, UnitaryAttention
 from ban.nn.bilinear import box_mask_from_features
 
 
-class UnitaryAttentionVQA(nn.Module):
+class UnitaryAttentionVQA(TokenEncoderModel):
     """Same inputs as ``BanForVQA``; ``out.attention`` is [B, G, N, 1]."""
 
     def __init__(self, config: BANConfig) -> None:
-        super().__init__()
         if config.task != "vqa" or config.attention != "unitary":
             raise ValueError("UnitaryAttentionVQA needs task='vqa' and attention='unitary'")
-        self.config = config
+        super().__init__(config)
         hidden = config.hidden_dim
-        self.word_embedding = WordEmbedding(config.num_tokens, config.word_dim, config.two_word_tables)
-        self.question_encoder = QuestionEncoder(config.word_features, hidden)
         self.attention = UnitaryAttention(config.feature_dim, hidden, hidden, config.num_glimpses, config.dropout)
         self.fusion = LowRankBilinearPooling(
             hidden, config.num_glimpses * config.feature_dim, config.rank_factor * hidden, hidden, config.dropout
@@ -36,14 +33,9 @@ class UnitaryAttentionVQA(nn.Module):
         """→ VQAOutput(logits [B, A], attention [B, G, N, 1], attention_logits = log attention)."""
         if box_mask is None:
             box_mask = box_mask_from_features(features)
-        token_mask = questions != self.config.pad_index if self.config.mask_question_padding else None
-        states = self.question_encoder(self.word_embedding(questions))
-        question = masked_last_state(states, token_mask)  # [B, H]
+        question = masked_last_state(self.encode_tokens(questions), self.token_mask(questions))  # [B, H]
         attention = self.attention(features, question, box_mask)  # [B, G, N]
         attended = UnitaryAttention.attend(features, attention)  # [B, G·Dv]
         logits = self.classifier(self.fusion(question, attended))
         attention = attention.unsqueeze(-1)
         return VQAOutput(logits, attention, attention.log())
-
-    def load_word_embeddings(self, table: Tensor, second_table: Tensor | None = None) -> None:
-        self.word_embedding.load_vectors(table, second_table)

@@ -8,13 +8,13 @@ from torch import Tensor, nn
 
 from ban.models.config import BANConfig
 from ban.models.outputs import VQAOutput
-from ban.models.text import QuestionEncoder, WordEmbedding
+from ban.models.text import TokenEncoderModel
 from ban.nn import BilinearAttentionMap, BilinearAttentionPooling, Classifier, CountingModule, FCStack
 from ban.nn.bilinear import box_mask_from_features
 from ban.nn.fc import stacked_projection
 
 
-class BanForVQA(nn.Module):
+class BanForVQA(TokenEncoderModel):
     """Bilinear Attention Network for VQA.
 
     Inputs: features [B, N, Dv] (padded boxes are all-zero rows unless ``box_mask`` is given),
@@ -23,13 +23,10 @@ class BanForVQA(nn.Module):
     """
 
     def __init__(self, config: BANConfig) -> None:
-        super().__init__()
         if config.task != "vqa" or config.attention != "bilinear":
             raise ValueError("BanForVQA needs task='vqa' and attention='bilinear'")
-        self.config = config
+        super().__init__(config)
         hidden, glimpses = config.hidden_dim, config.num_glimpses
-        self.word_embedding = WordEmbedding(config.num_tokens, config.word_dim, config.two_word_tables)
-        self.question_encoder = QuestionEncoder(config.word_features, hidden)
         self.attention = BilinearAttentionMap(
             config.feature_dim, hidden, hidden, glimpses, config.rank_factor, config.dropout,
             config.attention_dropout,
@@ -53,8 +50,8 @@ class BanForVQA(nn.Module):
         """→ VQAOutput(logits [B, A], attention [B, G, N, L], attention_logits [B, G, N, L])."""
         if box_mask is None:
             box_mask = box_mask_from_features(features)
-        token_mask = questions != self.config.pad_index if self.config.mask_question_padding else None
-        states = self.question_encoder(self.word_embedding(questions))  # [B, L, H]
+        token_mask = self.token_mask(questions)
+        states = self.encode_tokens(questions)  # [B, L, H]
         attention, logits = self.attention(features, states, box_mask, token_mask)
         if self.config.fused:
             states = self._glimpses_fused(features, boxes, states, attention, logits)
@@ -92,10 +89,6 @@ class BanForVQA(nn.Module):
             if self.config.use_counting:
                 states = states + self.count_proj[glimpse](counts[:, glimpse]).unsqueeze(1)
         return states
-
-    def load_word_embeddings(self, table: Tensor, second_table: Tensor | None = None) -> None:
-        """Initialise the word tables, e.g. from GloVe: table [num_tokens, word_dim] (see WordEmbedding)."""
-        self.word_embedding.load_vectors(table, second_table)
 
 
 def masked_last_state(states: Tensor, token_mask: Tensor | None) -> Tensor:
