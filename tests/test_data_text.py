@@ -59,7 +59,7 @@ def test_save_load_round_trip(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("{\"tokens\": [\"a\",", "malformed JSON at line 1"), ("{\"tokens\": [1]}", "list of strings"),
+    [("{\"tokens\": [\"a\",", "not valid JSON: line 1"), ("{\"tokens\": [1]}", "list of strings"),
      ("{\"tokens\": [\"a\", \"a\"]}", "duplicate")],
 )
 def test_load_rejects_bad_files(tmp_path, content: str, message: str) -> None:

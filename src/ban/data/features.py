@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ban.data.atomic import atomic_path, write_json
+from ban.data.jsonfile import read_json
 from ban.errors import DataError
 
 STORE_FORMAT_VERSION = 1
@@ -142,13 +143,7 @@ class NpyFeatureStore(FeatureStore):
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         meta_path = self.directory / "store.json"
-        try:
-            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError("not a complete feature store (no store.json): rerun `ban prepare`",
-                            path=self.directory) from None
-        except json.JSONDecodeError as error:
-            raise DataError(f"not valid JSON ({error})", path=meta_path) from None
+        self.meta = read_json(meta_path, missing="not a complete feature store (no store.json): rerun `ban prepare`")
         self.feature_dim = int(self.meta["feature_dim"])
         self.offsets = np.load(self.directory / "offsets.npy")
         self.image_sizes = np.load(self.directory / "image_sizes.npy")
@@ -213,10 +208,7 @@ class UnionFeatureStore(FeatureStore):
 def _open_sources_file(path: Path) -> FeatureStore:
     """Open the sources of a ``features.json``: ``{"sources": [path, ...]}``, absolute or relative to (and then
     inside) its folder."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DataError(f"not valid JSON ({error})", path=path) from None
+    data = read_json(path)
     sources = data.get("sources") if isinstance(data, dict) else None
     if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
         raise DataError("expected a non-empty list of paths", path=path, field="sources")

@@ -7,7 +7,6 @@ masked). Targets are rebuilt per example from the sparse positive-box lists of t
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ban.data.features import FeatureStore
+from ban.data.jsonfile import read_json
 from ban.errors import DataError
 
 _SPLIT_ARRAYS = (
@@ -30,13 +30,8 @@ _SPLIT_ARRAYS = (
 def read_grounding_manifest(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The manifest of a prepared grounding dataset; :class:`DataError` if it is missing or not one."""
     path = Path(data_dir) / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError("no manifest.json: not a complete prepared dataset (run `ban prepare flickr30k`)",
-                        path=data_dir) from None
-    except json.JSONDecodeError as error:
-        raise DataError(f"not valid JSON ({error})", path=path) from None
+    manifest = read_json(path, missing="no manifest.json: not a complete prepared dataset "
+                                       "(run `ban prepare flickr30k`)")
     if not isinstance(manifest, dict) or manifest.get("task") != "grounding":
         raise DataError("not a grounding dataset", path=path, field="task")
     return manifest

@@ -11,19 +11,25 @@ from typing import Any
 from ban.errors import DataError
 
 
-def read_json(path: str | os.PathLike[str], *, hint: str | None = None) -> Any:
-    """Parse ``path``; :class:`DataError` naming the file (and line/column of a syntax error) otherwise.
-    ``hint`` is added to the message of a missing file (e.g. where to get it)."""
+def read_json(path: str | os.PathLike[str], *, missing: str = "file not found") -> Any:
+    """Parse ``path``; otherwise a :class:`DataError` naming the file: ``missing`` when it does not exist (say
+    there how to make it), the line and column of a syntax error, or why it cannot be read."""
     try:
         with Path(path).open(encoding="utf-8") as handle:
             return json.load(handle)
     except FileNotFoundError:
-        raise DataError("file not found" + (f" ({hint})" if hint else ""), path=path) from None
+        raise DataError(missing, path=path) from None
     except json.JSONDecodeError as error:
-        raise DataError(f"malformed JSON at line {error.lineno} column {error.colno}: {error.msg}",
+        raise DataError(f"not valid JSON: line {error.lineno} column {error.colno}: {error.msg}",
                         path=path) from None
     except UnicodeDecodeError as error:
-        raise DataError(f"not UTF-8 text ({error})", path=path) from None
+        raise DataError(f"not valid JSON: not UTF-8 text ({error})", path=path) from None
+    except OSError as error:  # a directory, no permission, an I/O error
+        raise DataError(f"cannot read ({error.strerror or error})", path=path) from None
+    except RecursionError:
+        raise DataError("not valid JSON: nested too deeply", path=path) from None
+    except ValueError as error:  # e.g. an integer of more than 4300 digits
+        raise DataError(f"not valid JSON ({error})", path=path) from None
 
 
 def require(record: Mapping[str, Any], field: str, kind: type, path: str | os.PathLike[str], where: object) -> Any:

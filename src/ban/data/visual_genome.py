@@ -34,7 +34,7 @@ class VGQuestion:
 
 def coco_ids_of_vg_images(path: str | os.PathLike[str]) -> dict[int, int]:
     """VG image id → COCO image id, for the VG images that are COCO images."""
-    records = read_json(path, hint=_WHERE_TO_GET)
+    records = read_json(path, missing=f"file not found ({_WHERE_TO_GET})")
     if not isinstance(records, list):
         raise DataError("expected a list of image records", path=path)
     mapping: dict[int, int] = {}
@@ -68,7 +68,7 @@ def load_visual_genome(
     directory = Path(directory)
     coco_of = coco_ids_of_vg_images(directory / IMAGES_FILE)
     path = directory / QUESTIONS_FILE
-    images = read_json(path, hint=_WHERE_TO_GET)
+    images = read_json(path, missing=f"file not found ({_WHERE_TO_GET})")
     if not isinstance(images, list):
         raise DataError("expected a list of image records", path=path)
     kept: dict[str, list[VGQuestion]] = {split: [] for split in split_images}

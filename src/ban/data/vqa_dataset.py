@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ban.data.features import FeatureStore
+from ban.data.jsonfile import read_json
 from ban.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -23,14 +24,8 @@ MANIFEST = "manifest.json"
 
 def load_manifest(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The manifest of a prepared directory; :class:`DataError` if it is missing (an unfinished prepare)."""
-    path = Path(data_dir) / MANIFEST
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError("not a complete prepared dataset (no manifest.json): run `ban prepare` (again)",
-                        path=data_dir) from None
-    except json.JSONDecodeError as error:
-        raise DataError(f"malformed JSON ({error})", path=path) from None
+    return read_json(Path(data_dir) / MANIFEST,
+                     missing="not a complete prepared dataset (no manifest.json): run `ban prepare` (again)")
 
 
 # array → (dtype kinds allowed, number of dimensions)

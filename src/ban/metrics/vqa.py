@@ -16,15 +16,14 @@ annotations (Python's ``round``, like the official code).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from ban.data.answers import normalize_answer, process_punctuation
+from ban.data.jsonfile import read_json, require
 from ban.errors import DataError
 
 PathLike = str | os.PathLike[str]
@@ -112,7 +111,7 @@ def load_annotations(path: PathLike) -> list[dict[str, Any]]:
     """The ``annotations`` records of an official annotation file (``v2_mscoco_*_annotations.json``),
     validated: each needs an int ``question_id`` (unique) and ``image_id``, str ``question_type`` and
     ``answer_type``, and a non-empty list of ``answers`` records with a str ``answer``."""
-    data = _read_json(path)
+    data = read_json(path)
     records = data.get("annotations") if isinstance(data, dict) else None
     if not isinstance(records, list):
         raise DataError("expected an object with a list of records", path=path, field="annotations")
@@ -120,15 +119,15 @@ def load_annotations(path: PathLike) -> list[dict[str, Any]]:
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             raise DataError("expected an object", path=path, record=index)
-        question_id = _require(record, "question_id", int, path, index)
+        question_id = require(record, "question_id", int, path, index)
         where = f"{index} (question_id={question_id})"
         if question_id in seen:
             raise DataError("question annotated twice", path=path, record=where, field="question_id")
         seen.add(question_id)
-        _require(record, "image_id", int, path, where)
-        _require(record, "question_type", str, path, where)
-        _require(record, "answer_type", str, path, where)
-        answers = _require(record, "answers", list, path, where)
+        require(record, "image_id", int, path, where)
+        require(record, "question_type", str, path, where)
+        require(record, "answer_type", str, path, where)
+        answers = require(record, "answers", list, path, where)
         if not answers:
             raise DataError("no annotator answers", path=path, record=where, field="answers")
         for position, answer in enumerate(answers):
@@ -142,7 +141,7 @@ def load_annotations(path: PathLike) -> list[dict[str, Any]]:
 
 def load_questions(path: PathLike) -> dict[int, dict[str, Any]]:
     """Question id → record of an official questions file (``v2_OpenEnded_mscoco_*_questions.json``)."""
-    data = _read_json(path)
+    data = read_json(path)
     records = data.get("questions") if isinstance(data, dict) else None
     if not isinstance(records, list):
         raise DataError("expected an object with a list of records", path=path, field="questions")
@@ -150,12 +149,12 @@ def load_questions(path: PathLike) -> dict[int, dict[str, Any]]:
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             raise DataError("expected an object", path=path, record=index)
-        question_id = _require(record, "question_id", int, path, index)
+        question_id = require(record, "question_id", int, path, index)
         where = f"{index} (question_id={question_id})"
         if question_id in questions:
             raise DataError("question listed twice", path=path, record=where, field="question_id")
-        _require(record, "image_id", int, path, where)
-        _require(record, "question", str, path, where)
+        require(record, "image_id", int, path, where)
+        require(record, "question", str, path, where)
         questions[question_id] = record
     return questions
 
@@ -163,7 +162,7 @@ def load_questions(path: PathLike) -> dict[int, dict[str, Any]]:
 def load_results(path: PathLike, question_ids: Iterable[int]) -> dict[int, str]:
     """Question id → answer from a results file (the evaluation server's format: a JSON list of
     ``{"question_id": int, "answer": str}``), checked to answer each of ``question_ids`` exactly once."""
-    records = _read_json(path)
+    records = read_json(path)
     if not isinstance(records, list):
         raise DataError("expected a JSON list of {\"question_id\": int, \"answer\": str} records", path=path)
     return results_to_predictions(records, question_ids, path=path)
@@ -178,9 +177,9 @@ def results_to_predictions(
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             raise DataError("expected an object", path=path, record=index)
-        question_id = _require(record, "question_id", int, path, index)
+        question_id = require(record, "question_id", int, path, index)
         where = f"{index} (question_id={question_id})"
-        _require(record, "answer", str, path, where)
+        require(record, "answer", str, path, where)
         if question_id in first_record:
             raise DataError(
                 f"question answered twice (first in record {first_record[question_id]})",
@@ -220,28 +219,3 @@ def _check_coverage(
 
 def _percent(values: Sequence[float]) -> float:
     return round(100 * float(sum(values)) / len(values), DECIMALS)
-
-
-def _require(record: Mapping[str, Any], field: str, kind: type, path: PathLike | None, where: object) -> Any:
-    """``record[field]``, which must be of type ``kind`` (bools are not ints)."""
-    value = record.get(field)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise DataError(
-            f"expected {kind.__name__}, got {type(value).__name__ if field in record else 'nothing'}",
-            path=path, record=where, field=field,
-        )
-    return value
-
-
-def _read_json(path: PathLike) -> Any:
-    try:
-        with Path(path).open(encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise DataError("file not found", path=path) from None
-    except OSError as error:  # a directory, no permission, an I/O error
-        raise DataError(f"cannot read ({error.strerror or error})", path=path) from None
-    except RecursionError:
-        raise DataError("not valid JSON (nested too deeply)", path=path) from None
-    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
-        raise DataError(f"not valid JSON ({error})", path=path) from None
