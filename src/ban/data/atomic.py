@@ -31,6 +31,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     temp = temporary_sibling(path)
     _remove(temp)
+    _remove_stale_siblings(path)
     try:
         yield temp
         if path.is_dir() and not path.is_symlink():
@@ -43,6 +44,29 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         _remove(temp)
         raise
+
+
+def _remove_stale_siblings(path: Path) -> None:
+    """Remove the temporaries (``.NAME.tmp-PID``, ``.NAME.old-PID``) that killed processes left next to
+    ``path``; those of processes still running are kept."""
+    if not path.parent.is_dir():
+        return
+    for sibling in path.parent.iterdir():
+        kind, _, pid = sibling.name.removeprefix(f".{path.name}.").rpartition("-")
+        if sibling.name.startswith(f".{path.name}.") and kind in ("tmp", "old") and pid.isdigit() \
+                and not _running(int(pid)):
+            _remove(sibling)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this id exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _remove(path: Path) -> None:

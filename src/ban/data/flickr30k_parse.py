@@ -148,7 +148,7 @@ def parse_annotation_file(path: str | os.PathLike[str]) -> ImageAnnotation:
     if root.tag != "annotation":
         raise DataError(f"root element is <{root.tag}>, expected <annotation>", path=path)
     annotation = ImageAnnotation(
-        width=_integer(root, "size/width", path, "size"), height=_integer(root, "size/height", path, "size")
+        width=_size(root, "size/width", path), height=_size(root, "size/height", path)
     )
     for index, element in enumerate(root.findall("object"), start=1):
         where = f"<object> #{index}"
@@ -190,6 +190,13 @@ def _integer(element: ElementTree.Element, tag: str | None, path: str | os.PathL
     except ValueError:
         raise DataError(f"expected an integer, got {text!r}", path=path, record=where,
                         field=field_name) from None
+
+
+def _size(root: ElementTree.Element, tag: str, path: str | os.PathLike[str]) -> int:
+    value = _integer(root, tag, path, "size")
+    if value <= 0:
+        raise DataError(f"expected a positive image size, got {value}", path=path, record="size", field=tag)
+    return value
 
 
 def _number(box: ElementTree.Element, tag: str, path: str | os.PathLike[str], where: str) -> float:

@@ -85,6 +85,8 @@ def _interpret(data: bytes) -> object:
             if len(stack) != 1:
                 raise DataError("malformed pickle (stack not empty at STOP)", record=f"byte {position}")
             return stack.pop()
+        elif name == "FRAME" and position + 9 + arg > len(data):
+            raise DataError(f"frame of {arg} bytes runs past the end of the file", record=f"byte {position}")
         elif name not in _IGNORED_OPCODES:
             raise DataError(f"pickle opcode {name} is not allowed: only a dict of ints is accepted",
                             record=f"byte {position}")

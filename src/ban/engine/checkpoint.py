@@ -73,14 +73,25 @@ class Checkpoint:
             raise CheckpointError(f"not a readable safetensors file ({error})", path=path) from None
         if metadata.get("format") != FORMAT:
             raise CheckpointError(f"format is {metadata.get('format')!r}, expected {FORMAT!r}", path=path)
-        self.state: dict[str, Any] = json.loads(metadata["state"])
-        self._optimizer_meta: dict[str, Any] = json.loads(metadata["optimizer"])
+        try:
+            self.state: dict[str, Any] = json.loads(metadata["state"])
+            self._optimizer_meta: dict[str, Any] = json.loads(metadata["optimizer"])
+        except (KeyError, ValueError, RecursionError) as error:
+            raise CheckpointError(f"malformed metadata ({type(error).__name__}: {error})", path=path) from None
+        if not isinstance(self.state, dict) or not isinstance(self._optimizer_meta, dict):
+            raise CheckpointError("malformed metadata: 'state' and 'optimizer' must be JSON objects", path=path)
         self.model = _with_prefix(tensors, "model/")
         self.rng = _with_prefix(tensors, "rng/")
         self._optimizer_tensors = _with_prefix(tensors, "optimizer/")
 
     def load_model(self, model: torch.nn.Module) -> None:
-        """Copy the weights into ``model`` (strict: names and shapes must match)."""
+        """Copy the weights into ``model`` (strict: names, shapes and dtypes must match; values must be finite)."""
+        expected = model.state_dict()
+        for name, tensor in self.model.items():
+            if name in expected and tensor.dtype != expected[name].dtype:
+                raise CheckpointError(f"dtype {tensor.dtype}, the model's is {expected[name].dtype}", path=self.path,
+                                      field=name)
+            _check_finite(tensor, self.path, name)
         try:
             model.load_state_dict(self.model, strict=True)
         except RuntimeError as error:
@@ -91,15 +102,29 @@ class Checkpoint:
         if not self._optimizer_meta:
             raise CheckpointError("the checkpoint holds no optimizer state", path=self.path)
         state: dict[int, dict[str, Any]] = {}
-        for key, value in self._optimizer_tensors.items():
-            index, name = key.split("/", 1)
-            state.setdefault(int(index), {})[name] = value
-        for index, scalars in self._optimizer_meta["scalars"].items():
-            state.setdefault(int(index), {}).update(scalars)
         try:
+            for key, value in self._optimizer_tensors.items():
+                _check_finite(value, self.path, f"optimizer/{key}")
+                index, name = key.split("/", 1)
+                state.setdefault(int(index), {})[name] = value
+            for index, scalars in self._optimizer_meta["scalars"].items():
+                state.setdefault(int(index), {}).update(scalars)
             optimizer.load_state_dict({"state": state, "param_groups": self._optimizer_meta["param_groups"]})
-        except (ValueError, KeyError) as error:
-            raise CheckpointError(f"optimizer state does not fit: {error}", path=self.path) from None
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError) as error:
+            raise CheckpointError(f"optimizer state does not fit: {type(error).__name__}: {error}",
+                                  path=self.path) from None
+        for group in optimizer.param_groups:  # PyTorch does not check the shapes of the per-parameter state
+            for parameter in group["params"]:
+                for name, value in optimizer.state.get(parameter, {}).items():
+                    if isinstance(value, torch.Tensor) and value.dim() and value.shape != parameter.shape:
+                        raise CheckpointError(f"shape {list(value.shape)}, its parameter's is "
+                                              f"{list(parameter.shape)}", path=self.path, field=f"optimizer/{name}")
+
+
+def _check_finite(tensor: torch.Tensor, path: Path, name: str) -> None:
+    """A checkpoint never holds NaN or infinite values (a diverged run stops before writing one)."""
+    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        raise CheckpointError("holds NaN or infinite values", path=path, field=name)
 
 
 def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

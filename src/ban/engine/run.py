@@ -8,7 +8,6 @@ meaningful with the same token and answer indices, so using it with other data i
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,9 @@ from typing import Any
 from torch import nn
 
 from ban.data.atomic import write_json
+from ban.data.jsonfile import read_json
 from ban.engine.checkpoint import Checkpoint
-from ban.engine.config import TrainConfig
+from ban.engine.config import TrainConfig, check_types
 from ban.errors import ConfigError, DataError
 from ban.models import BANConfig, build_model
 
@@ -25,6 +25,7 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 VOCABULARY_FILES = ("dictionary.json", "answers.json")
 FORMAT = "ban-run/1"
+RESUME_CHANGEABLE = ("train.epochs", "train.skip_nonfinite")  # settings a resumed run may change
 
 
 def fingerprint(data_dir: str | Path) -> dict[str, str]:
@@ -55,6 +56,10 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         if data.get("format") != FORMAT:
             raise ConfigError(f"run config format is {data.get('format')!r}, expected {FORMAT!r}")
+        for name, kind in (("task", str), ("data_dir", str), ("model", dict), ("train", dict), ("fingerprint", dict)):
+            if not isinstance(data.get(name, {}), kind):
+                raise ConfigError(f"run config field {name!r} must be a {kind.__name__}")
+        check_types(BANConfig, data["model"], "model")
         return cls(data["task"], data["data_dir"], BANConfig.from_dict(data["model"]),
                    TrainConfig.from_dict(data["train"]), dict(data.get("fingerprint", {})))
 
@@ -72,9 +77,14 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(f"expected a JSON object, got {type(data).__name__}", path=path)
     try:
-        return RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        return RunConfig.from_dict(data)
+    except KeyError as error:
+        raise DataError(f"malformed run config (missing {error})", path=path) from None
+    except ConfigError as error:
         raise DataError(f"malformed run config ({error})", path=path) from None
 
 
@@ -82,12 +92,13 @@ def start_run(run_dir: str | Path, run: RunConfig, resume: bool) -> None:
     """Create the run directory with its config, or check that a resumed run has the same config.
 
     A new run refuses a directory that already holds a run; ``resume`` refuses a different config (except
-    ``train.epochs``, which may be raised to train longer).
+    ``train.epochs``, which may be raised to train longer, and ``train.skip_nonfinite``, to get past a batch
+    that made the run stop).
     """
     run_dir = Path(run_dir)
     if resume:
         stored = read_run_config(run_dir)
-        changed = [name for name in stored.differences(run) if name != "train.epochs"]
+        changed = [name for name in stored.differences(run) if name not in RESUME_CHANGEABLE]
         if changed:
             raise ConfigError(f"cannot resume {run_dir} with a different configuration: {', '.join(changed)} "
                               "differ from its config.json")

@@ -4,6 +4,10 @@ One checkpoint file per run (``checkpoint.safetensors``), rewritten atomically a
 run is interrupted (Ctrl-C / SIGTERM: the current step finishes first). It holds everything needed to continue
 bit-for-bit: weights, optimizer state, each process's RNG state, the position (epoch, step) and the metrics so
 far. The data order of an epoch is a pure function of (seed, epoch), so it needs no saved state.
+
+A batch whose loss or gradient is not finite is never applied: the run stops naming the epoch, step and batch
+(the last checkpoint stays as it was), or with ``skip_nonfinite`` the batch is skipped and counted
+(``skipped_batches`` in the epoch's metrics). A checkpoint with non-finite weights is never written.
 """
 
 from __future__ import annotations
@@ -28,14 +32,27 @@ from ban.engine.reporting import report_epoch
 from ban.engine.run import CHECKPOINT_FILE, RunConfig
 from ban.engine.schedule import learning_rate, set_learning_rate
 from ban.engine.tasks import Task, autocast, to_device
-from ban.errors import BanError
+from ban.errors import BanError, CheckpointError
 from ban.models import build_model
 
 SUMS = ("loss", "score", "count")  # what an epoch accumulates over its batches
+HISTORY_NUMBERS = ("epoch", "lr", "train_loss", "train_score", "samples", "seconds", "samples_per_s")
 
 
 class TrainingInterrupted(BanError):
     """Raised after an interrupted run has saved its checkpoint."""
+
+
+class TrainingDiverged(BanError):
+    """Raised when a batch gives a non-finite loss or gradient (and such batches are not skipped)."""
+
+
+class NonFiniteStep(Exception):
+    """A batch gave a non-finite ``what`` ("loss" or "gradient"); the optimizer step was not taken."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -97,6 +114,46 @@ def restore_rng(states: dict[str, torch.Tensor], context: DistContext) -> None:
         torch.cuda.set_rng_state(states[f"torch_cuda/{context.rank}"], context.device)
 
 
+def read_position(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The training position a checkpoint holds (``epoch``, ``step``, ``history``, ``partial``), checked."""
+    state = checkpoint.state
+    history, partial = state.get("history"), state.get("partial")
+    valid = (all(_is_number(state.get(k)) and isinstance(state[k], int) and state[k] >= 0 for k in ("epoch", "step"))
+             and isinstance(history, list) and len(history) == state["epoch"]
+             and all(isinstance(r, dict) and all(_is_number(r.get(k)) for k in HISTORY_NUMBERS) for r in history)
+             and isinstance(partial, dict) and all(_is_number(v) for v in partial.values()))
+    if not valid:
+        raise CheckpointError("malformed training position: expected epoch and step counts, one metrics record "
+                              "per finished epoch and the partial sums of the current one", path=checkpoint.path,
+                              field="state")
+    return state
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def resume_from(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer,
+                context: DistContext) -> dict[str, Any]:
+    """Load ``checkpoint`` into the model, the optimizer and this process's RNG; return its training position."""
+    checkpoint.load_model(model)
+    checkpoint.load_optimizer(optimizer)
+    try:
+        restore_rng(checkpoint.rng, context)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise CheckpointError(f"RNG state does not fit ({error})", path=checkpoint.path, field="rng") from None
+    return read_position(checkpoint)
+
+
+def divergence_message(what: str, epoch: int, step: int, steps: int, batch: dict[str, Any], run_dir: Path) -> str:
+    """Where a non-finite ``what`` appeared, and what to do about it."""
+    key = "question_ids" if "question_ids" in batch else "image_ids" if "image_ids" in batch else None
+    ids = f"; its {key.replace('_', ' ')} begin {batch[key][:5].tolist()}" if key else ""
+    return (f"non-finite {what} at epoch {epoch + 1}, step {step} (batch {step} of {steps} in the epoch's order"
+            f"{ids}); nothing was updated and the last checkpoint is unchanged. Lower the learning rate, check the "
+            f"data, or skip such batches: ban train --out {run_dir} --resume --set skip_nonfinite=true")
+
+
 def train(run_dir: Path, run: RunConfig, task: Task, resume: bool = False) -> list[dict[str, Any]]:
     """Train (or continue training) the run in ``run_dir``; return the per-epoch metrics.
 
@@ -120,12 +177,14 @@ class Trainer:
                                             betas=tuple(self.config.betas), eps=self.config.eps)
         torch.manual_seed(self.config.seed + context.rank)  # dropout noise: different per process, reproducible
         self.position: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "partial": {}}
+        if resume and not (run_dir / CHECKPOINT_FILE).exists():  # stopped before its first checkpoint
+            if context.is_main:
+                tqdm.write(f"{run_dir} has no checkpoint yet: training starts from the beginning")
+            resume = False
         if resume:
-            checkpoint = Checkpoint(run_dir / CHECKPOINT_FILE)
-            checkpoint.load_model(self.model)
-            checkpoint.load_optimizer(self.optimizer)
-            restore_rng(checkpoint.rng, context)
-            self.position = checkpoint.state
+            self.position = resume_from(Checkpoint(run_dir / CHECKPOINT_FILE), self.model, self.optimizer, context)
+            if context.is_main and self.position["history"]:  # a kill may have left metrics.jsonl an epoch behind
+                report_epoch(run_dir, self.position["history"])
         self.history: list[dict[str, Any]] = self.position["history"]
         self.trained: nn.Module = self.model
         if context.distributed:  # unused parameters: the counting module's functions f8…f15 get no gradients
@@ -171,28 +230,40 @@ class Trainer:
                             generator=torch.Generator().manual_seed(config.seed + epoch))
         # running sums of loss, score and samples, kept on the device (no host sync per step)
         sums = torch.tensor([partial.get(k, 0.0) for k in SUMS], dtype=torch.float64, device=context.device)
+        skipped = int(partial.get("skipped", 0))  # batches with a non-finite loss or gradient (skip_nonfinite)
         began, shown = time.perf_counter() - partial.get("seconds", 0.0), time.perf_counter()
         bar = tqdm(total=start + len(batches), initial=start, desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=not context.is_main, dynamic_ncols=True)
         for step, (batch, global_size) in enumerate(zip(loader, batches.global_sizes, strict=True), start + 1):
-            sums += self.step(to_device(batch, context.device), global_size)
+            try:
+                sums += self.step(to_device(batch, context.device), global_size)
+            except NonFiniteStep as problem:
+                if not config.skip_nonfinite:
+                    bar.close()
+                    raise TrainingDiverged(divergence_message(problem.what, epoch, step, start + len(batches), batch,
+                                                              self.run_dir)) from None
+                skipped += 1
             bar.update(1)
             if time.perf_counter() - shown > 0.5:
                 loss, _, count = sums.tolist()
-                bar.set_postfix(loss=f"{loss / count:.3f}", lr=f"{lr:.2e}",
+                bar.set_postfix(loss=f"{loss / max(count, 1):.3f}", lr=f"{lr:.2e}",
                                 samples_per_s=f"{count * context.world_size / (time.perf_counter() - began):.0f}")
                 shown = time.perf_counter()
             if distributed.any_process(stop[0], context):
                 bar.close()
                 self.save(epoch, step, {**dict(zip(SUMS, sums.tolist(), strict=True)),
-                                        "seconds": time.perf_counter() - began})
+                                        "seconds": time.perf_counter() - began, "skipped": skipped})
                 raise TrainingInterrupted(f"stopped at epoch {epoch + 1}, step {step}; checkpoint saved in "
                                           f"{self.run_dir}. Continue with: ban train --out {self.run_dir} --resume")
         bar.close()
         loss, score, count = torch.stack(distributed.gather_tensor(sums, context)).sum(0).tolist()
         seconds = time.perf_counter() - began
-        return {"epoch": epoch + 1, "lr": lr, "train_loss": loss / count, "train_score": 100 * score / count,
-                "samples": int(count), "seconds": seconds, "samples_per_s": count / seconds}
+        record = {"epoch": epoch + 1, "lr": lr, "train_loss": loss / count if count else float("nan"),
+                  "train_score": 100 * score / count if count else float("nan"), "samples": int(count),
+                  "seconds": seconds, "samples_per_s": count / seconds}
+        if config.skip_nonfinite:
+            record["skipped_batches"] = skipped
+        return record
 
     def step(self, batch: dict[str, torch.Tensor], global_size: int) -> torch.Tensor:
         """One optimisation step on this process's part of a global batch; → [loss sum, score sum, samples].
@@ -205,7 +276,12 @@ class Trainer:
         loss_sum = self.task.loss_sum(logits, batch)
         self.optimizer.zero_grad(set_to_none=True)
         (loss_sum * (self.context.world_size / global_size)).backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        loss_finite = torch.isfinite(loss_sum.detach())
+        finite = bool(loss_finite & torch.isfinite(grad_norm))  # one host sync per step: a NaN must not be applied
+        if distributed.any_process(not finite, self.context):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteStep("loss" if not bool(loss_finite) else "gradient")
         self.optimizer.step()
         with torch.no_grad():
             count = torch.tensor(float(self.task.batch_size(batch)), device=logits.device)
@@ -213,6 +289,9 @@ class Trainer:
 
     def save(self, epoch: int, step: int, partial: dict[str, float]) -> None:
         """Checkpoint: continue at (``epoch``, ``step``). A collective: every process must call it."""
+        if not all(bool(torch.isfinite(parameter).all()) for parameter in self.model.parameters()):
+            raise TrainingDiverged(f"the weights became non-finite at epoch {epoch + 1}, step {step}; the last "
+                                   "checkpoint is unchanged. Lower the learning rate.")
         rng = rng_states(self.context)
         if self.context.is_main:
             state = {"epoch": epoch, "step": step, "history": self.history, "partial": partial}

@@ -1,0 +1,112 @@
+"""Divergence: a non-finite loss stops the run naming the epoch, step and batch, and never overwrites the last
+good checkpoint; with ``skip_nonfinite`` such batches are skipped and counted instead.
+
+The NaN comes from the data, as it would in practice: one image's region features in the prepared store are
+overwritten with NaN, so every batch holding one of its questions has a NaN loss.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_engine_trainer import make_dataset, small_run
+
+from ban.cli import main
+from ban.engine.checkpoint import Checkpoint
+from ban.engine.run import CHECKPOINT_FILE, start_run
+from ban.engine.tasks import VQATask
+from ban.engine.trainer import train
+from ban.errors import BanError
+
+BATCH = 16  # about 14 batches an epoch: the poisoned image's few questions leave most of them clean
+
+
+@pytest.fixture(scope="module")
+def clean_data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("clean"), seed=5)
+
+
+def poison(data_dir: Path, question: int) -> int:
+    """Overwrite the region features of training question ``question``'s image with NaN; return the image id."""
+    image_id = int(np.load(data_dir / "train.npz")["image_id"][question])
+    store = data_dir / "features"
+    image_ids, offsets = np.load(store / "image_ids.npy"), np.load(store / "offsets.npy")
+    position = int(np.flatnonzero(image_ids == image_id)[0])
+    features = np.load(store / "features.npy", mmap_mode="r+")
+    features[offsets[position]:offsets[position + 1]] = np.nan
+    features.flush()
+    return image_id
+
+
+def poisoned_batches(data_dir: Path, image_id: int, seed: int, epoch: int) -> list[tuple[int, int]]:
+    """(1-based step, batch size) of each batch of ``epoch`` that holds a question on ``image_id``. The epoch's
+    order is the documented one: ``torch.randperm(questions)`` seeded with seed + epoch, cut into batches."""
+    image_ids = np.load(data_dir / "train.npz")["image_id"]
+    on_image = set(np.flatnonzero(image_ids == image_id).tolist())
+    order = torch.randperm(len(image_ids), generator=torch.Generator().manual_seed(seed + epoch))
+    return [(index + 1, len(batch)) for index, batch in enumerate(order.split(BATCH)) if on_image & set(batch.tolist())]
+
+
+@pytest.fixture()
+def poisoned(clean_data, tmp_path) -> tuple[Path, int]:
+    data_dir = tmp_path / "poisoned"
+    shutil.copytree(clean_data, data_dir)
+    return data_dir, poison(data_dir, question=100)
+
+
+def test_a_nan_loss_stops_the_run_naming_epoch_step_and_batch(poisoned, tmp_path, capsys):
+    data_dir, image_id = poisoned
+    run_dir = tmp_path / "run"
+    code = main(["train", "--data", str(data_dir), "--out", str(run_dir), "--epochs", "1", "--preset", "tiny",
+                 "--set", "model.hidden_dim=16", "--set", "model.word_dim=8", "--set", f"batch_size={BATCH}",
+                 "--set", "precision=fp32"])
+    message = capsys.readouterr().err
+    assert code != 0
+    step = poisoned_batches(data_dir, image_id, seed=1204, epoch=0)[0][0]
+    assert re.search(rf"non-finite loss at epoch 1, step {step}\b", message), message
+    assert "skip_nonfinite" in message  # says how to skip such batches
+    assert not (run_dir / CHECKPOINT_FILE).exists()  # nothing good to keep yet, and nothing bad written
+
+
+def test_a_nan_never_overwrites_the_last_good_checkpoint(clean_data, poisoned, tmp_path):
+    data_dir, _ = poisoned
+    run = small_run(data_dir, epochs=2, precision="fp32", batch_size=BATCH)
+    run_dir = tmp_path / "run"
+    clean_run = small_run(clean_data, epochs=1, precision="fp32", batch_size=BATCH)
+    start_run(run_dir, clean_run, resume=False)
+    train(run_dir, clean_run, VQATask(clean_data))  # epoch 1 on clean data: a good checkpoint
+    good = (run_dir / CHECKPOINT_FILE).read_bytes()
+    with pytest.raises(BanError, match="non-finite loss at epoch 2"):
+        train(run_dir, run, VQATask(data_dir), resume=True)
+    assert (run_dir / CHECKPOINT_FILE).read_bytes() == good
+
+
+def test_skipping_non_finite_batches_counts_them(poisoned, tmp_path):
+    data_dir, image_id = poisoned
+    run = small_run(data_dir, epochs=2, precision="fp32", batch_size=BATCH, skip_nonfinite=True)
+    start_run(tmp_path, run, resume=False)
+    history = train(tmp_path, run, VQATask(data_dir))
+    for epoch, record in enumerate(history):
+        hit = poisoned_batches(data_dir, image_id, run.train.seed, epoch)
+        assert record["skipped_batches"] == len(hit) >= 1
+        questions = len(np.load(data_dir / "train.npz")["question_id"])
+        assert record["samples"] == questions - sum(size for _, size in hit)
+        assert np.isfinite(record["train_loss"])
+    weights = Checkpoint(tmp_path / CHECKPOINT_FILE).model
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["skipped_batches"] for line in lines] == [r["skipped_batches"] for r in history]
+
+
+def test_a_nan_count_gives_a_nan_row_instead_of_an_index_error():
+    from ban.nn.counting import soft_one_hot
+
+    rows = soft_one_hot(torch.tensor([float("nan"), 1.5]), 4)
+    assert torch.isnan(rows[0]).all()
+    assert rows[1].tolist() == [0.0, 0.5, 0.5, 0.0]
