@@ -45,6 +45,9 @@ def test_train_evaluate_predict(data_dir, tmp_path, capsys):
     assert main(["evaluate", str(run_dir), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["overall"] == lines[-1]["val"]["overall"]
+    # the best validation epoch's weights are kept beside the last ones
+    assert main(["evaluate", str(run_dir), "--json", "--checkpoint", "best"]) == 0
+    assert json.loads(capsys.readouterr().out)["overall"] == max(line["val"]["overall"] for line in lines)
     assert {"perAnswerType", "trainingScore", "upperBound"} <= set(metrics)
 
     results, logits = tmp_path / "results.json", tmp_path / "logits.npy"

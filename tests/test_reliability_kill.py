@@ -23,7 +23,7 @@ import torch
 from test_engine_trainer import make_dataset
 
 from ban.engine.checkpoint import Checkpoint
-from ban.engine.run import CHECKPOINT_FILE
+from ban.engine.run import BEST_FILE, CHECKPOINT_FILE
 
 EPOCHS = 3  # 216 training questions, batch 64: 4 steps an epoch
 TRAIN = ["--epochs", str(EPOCHS), "--preset", "tiny", "--set", "model.hidden_dim=16", "--set", "model.word_dim=8",
@@ -31,7 +31,7 @@ TRAIN = ["--epochs", str(EPOCHS), "--preset", "tiny", "--set", "model.hidden_dim
 TIMINGS = ("seconds", "samples_per_s")
 
 # Runs `ban` after arranging a signal to itself, chosen by $KILL_AT:
-#   save:<n>                 – the n-th checkpoint write stops half-way (temp file cut in half), then SIGKILL
+#   save:<name>:<n>          – the n-th write of checkpoint <name> stops half-way (temp file cut in half), SIGKILL
 #   replace:<name>:<n>:before|after – SIGKILL just before / after the n-th atomic rename onto <name>
 #   step:<n>:<SIGNAL>        – send SIGNAL when the n-th optimisation step clips its gradients
 KILLER = r"""
@@ -49,7 +49,7 @@ if kind == "save":
     write = checkpoint.save_file
     def save_file(tensors, path, metadata=None):
         write(tensors, path, metadata=metadata)
-        if hit(spec[0]):
+        if spec[0] in Path(path).name and hit(spec[1]):
             os.truncate(path, os.path.getsize(path) // 2)
             die()
     checkpoint.save_file = save_file
@@ -131,7 +131,7 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(data_dir,
                                  stderr=subprocess.PIPE, text=True)
 
     # 1. SIGKILL half-way through writing the first checkpoint: no checkpoint yet, --resume starts over
-    result = ban_train(["train", "--data", str(data_dir), "--out", str(chain), *TRAIN], kill_at="save:1")
+    result = ban_train(["train", "--data", str(data_dir), "--out", str(chain), *TRAIN], kill_at=f"save:{CHECKPOINT_FILE}:1")
     assert killed(result), result.stderr[-2000:]
     assert assert_intact(chain) is None
     assert [p.name for p in chain.iterdir() if p.name.startswith(".checkpoint")]  # the cut temp file, hidden
@@ -178,5 +178,7 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(data_dir,
     assert got._optimizer_tensors.keys() == expected._optimizer_tensors.keys()
     assert all(torch.equal(got._optimizer_tensors[k], v) for k, v in expected._optimizer_tensors.items())
     assert metrics(chain) == metrics(straight)
+    best, expected_best = Checkpoint(chain / BEST_FILE).model, Checkpoint(straight / BEST_FILE).model
+    assert all(torch.equal(best[name], tensor) for name, tensor in expected_best.items())
     assert [record["epoch"] for record in metrics(chain)] == list(range(1, EPOCHS + 1))
     assert not [path.name for path in chain.iterdir() if path.name.startswith(".")]  # the kills' leftovers are gone

@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="val", help="split of the prepared dataset (default: val)")
     parser.add_argument("--data", type=Path, help="prepared dataset (default: the one the run was trained on; "
                         "must have the same dictionary and answers)")
+    parser.add_argument("--checkpoint", choices=["last", "best"], default="last",
+                        help="the weights of the last epoch (default) or of the best validation epoch")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, …")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -33,7 +35,7 @@ def device_of(name: str) -> torch.device:
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = load_run(args.run_dir, args.data)
+    loaded = load_run(args.run_dir, args.data, args.checkpoint)
     device = device_of(args.device)
     task = make_task(loaded.config.task, loaded.data_dir)
     precision = resolve_precision(loaded.config.train.precision, device)

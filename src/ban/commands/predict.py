@@ -28,12 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--logits", type=Path, help="also write the answer logits [Q, A] as a .npy file")
     parser.add_argument("--data", type=Path, help="prepared dataset (default: the one the run was trained on; "
                         "must have the same dictionary and answers)")
+    parser.add_argument("--checkpoint", choices=["last", "best"], default="last",
+                        help="the weights of the last epoch (default) or of the best validation epoch")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, …")
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = load_run(args.run_dir, args.data)
+    loaded = load_run(args.run_dir, args.data, args.checkpoint)
     task = make_task(loaded.config.task, loaded.data_dir)
     if not isinstance(task, VQATask):
         raise ConfigError("ban predict writes VQA answers; for grounding use `ban evaluate`")

@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=Path, help="image folder (COCO file names; Flickr30k: <id>.jpg)")
     parser.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/attention/<split>)")
     parser.add_argument("--data", type=Path, help="prepared dataset (default: the one the run was trained on)")
+    parser.add_argument("--checkpoint", choices=["last", "best"], default="last",
+                        help="the weights of the last epoch (default) or of the best validation epoch")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, …")
 
 
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--num must be positive")
     if args.images is not None and not args.images.is_dir():
         raise DataError("no such image folder", path=args.images)
-    loaded = load_run(args.run_dir, args.data)
+    loaded = load_run(args.run_dir, args.data, args.checkpoint)
     task = loaded.config.task
     wanted = args.captions if task == "grounding" else args.questions
     other = args.questions if task == "grounding" else args.captions

@@ -23,6 +23,8 @@ from ban.models import BANConfig, build_model
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
+BEST_FILE = "best.safetensors"  # the weights of the epoch with the best validation score
+CHECKPOINTS = {"last": CHECKPOINT_FILE, "best": BEST_FILE}
 VOCABULARY_FILES = ("dictionary.json", "answers.json")
 FORMAT = "ban-run/1"
 RESUME_CHANGEABLE = ("train.epochs", "train.skip_nonfinite")  # settings a resumed run may change
@@ -128,16 +130,19 @@ class LoadedRun:
     history: list[dict[str, Any]]
 
 
-def load_run(run_dir: str | Path, data_dir: str | Path | None = None) -> LoadedRun:
-    """Rebuild the model of ``run_dir`` from its config.json and load the last checkpoint's weights.
+def load_run(run_dir: str | Path, data_dir: str | Path | None = None, checkpoint: str = "last") -> LoadedRun:
+    """Rebuild the model of ``run_dir`` from its config.json and load the weights of its ``checkpoint``:
+    ``"last"`` (the latest epoch) or ``"best"`` (the best validation epoch).
 
     ``data_dir`` overrides the dataset the run was trained on (its vocabulary must be the same).
     """
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"checkpoint must be one of {sorted(CHECKPOINTS)}, got {checkpoint!r}")
     run = read_run_config(run_dir)
     data = Path(data_dir if data_dir is not None else run.data_dir)
     check_data(run, data)
-    checkpoint = Checkpoint(Path(run_dir) / CHECKPOINT_FILE)
+    history = Checkpoint(Path(run_dir) / CHECKPOINT_FILE).state.get("history", [])
     model = build_model(run.model)
-    checkpoint.load_model(model)
+    Checkpoint(Path(run_dir) / CHECKPOINTS[checkpoint]).load_model(model)
     model.eval()
-    return LoadedRun(model, run, data, checkpoint.state.get("history", []))
+    return LoadedRun(model, run, data, history)

@@ -100,6 +100,10 @@ class Task:
         """The training loss summed over the samples of ``batch`` (the trainer normalises it)."""
         raise NotImplementedError
 
+    def selection_score(self, metrics: dict[str, Any]) -> float:
+        """The validation number that picks the best epoch (VQA: overall accuracy; grounding: recall@1)."""
+        raise NotImplementedError
+
     def score_sum(self, logits: Tensor, batch: Batch) -> Tensor:
         """The training-time score summed over the samples of ``batch`` (VQA: soft target of the arg-max)."""
         raise NotImplementedError
@@ -181,6 +185,9 @@ class VQATask(Task):
     def loss_sum(self, logits: Tensor, batch: Batch) -> Tensor:
         return vqa_loss(logits, batch["targets"], 1)
 
+    def selection_score(self, metrics: dict[str, Any]) -> float:
+        return float(metrics["overall"])
+
     def score_sum(self, logits: Tensor, batch: Batch) -> Tensor:
         return batch["targets"].gather(1, logits.argmax(dim=1, keepdim=True)).sum()
 
@@ -241,6 +248,9 @@ class GroundingTask(Task):
     def loss_sum(self, logits: Tensor, batch: Batch) -> Tensor:
         # entities without a ground-truth box take no part in the loss, as in the reference
         return grounding_loss(logits, batch["targets"], batch["entity_mask"] & batch["has_ground_truth"], 1)
+
+    def selection_score(self, metrics: dict[str, Any]) -> float:
+        return float(metrics["recall@1"])
 
     def score_sum(self, logits: Tensor, batch: Batch) -> Tensor:
         """Per sample: the fraction of its entities with ground truth whose top box is a positive; summed."""

@@ -29,7 +29,7 @@ from ban.engine import distributed
 from ban.engine.checkpoint import Checkpoint, save_checkpoint
 from ban.engine.distributed import DistContext, ShardedBatches
 from ban.engine.reporting import report_epoch
-from ban.engine.run import CHECKPOINT_FILE, RunConfig
+from ban.engine.run import BEST_FILE, CHECKPOINT_FILE, RunConfig
 from ban.engine.schedule import learning_rate, set_learning_rate
 from ban.engine.tasks import Task, autocast, to_device
 from ban.errors import BanError, CheckpointError
@@ -205,6 +205,7 @@ class Trainer:
                                                        self.config.eval_batch_size, self.context.device,
                                                        self.precision)
                 distributed.barrier(self.context)
+                self.keep_if_best(record)  # before the checkpoint: a kill in between redoes the epoch and this
                 self.history.append(record)
                 self.save(epoch + 1, 0, {})
                 if self.context.is_main:
@@ -217,6 +218,16 @@ class Trainer:
             if pictures:
                 tqdm.write(f"attention pictures: {pictures[0].parent}")
         return self.history
+
+    def keep_if_best(self, record: dict[str, Any]) -> None:
+        """Write the weights to best.safetensors when this epoch's validation score beats every earlier one."""
+        if "val" not in record or not self.context.is_main:
+            return
+        score = self.task.selection_score(record["val"])
+        earlier = [self.task.selection_score(r["val"]) for r in self.history if "val" in r]
+        if all(score > other for other in earlier):
+            state = {"epoch": record["epoch"], "val": record["val"]}
+            save_checkpoint(self.run_dir / BEST_FILE, self.model, None, state)
 
     def epoch(self, epoch: int, start: int, partial: dict[str, float], stop: list[bool]) -> dict[str, Any]:
         """Train one epoch from batch ``start`` on (``partial``: the sums of the batches before it)."""
