@@ -131,7 +131,8 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(data_dir,
                                  stderr=subprocess.PIPE, text=True)
 
     # 1. SIGKILL half-way through writing the first checkpoint: no checkpoint yet, --resume starts over
-    result = ban_train(["train", "--data", str(data_dir), "--out", str(chain), *TRAIN], kill_at=f"save:{CHECKPOINT_FILE}:1")
+    result = ban_train(["train", "--data", str(data_dir), "--out", str(chain), *TRAIN],
+                       kill_at=f"save:{CHECKPOINT_FILE}:1")
     assert killed(result), result.stderr[-2000:]
     assert assert_intact(chain) is None
     assert [p.name for p in chain.iterdir() if p.name.startswith(".checkpoint")]  # the cut temp file, hidden
