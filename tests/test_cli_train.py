@@ -36,6 +36,14 @@ def test_train_evaluate_predict(data_dir, tmp_path, capsys):
     assert [line["epoch"] for line in lines] == [1, 2]
     report = sorted((run_dir / "report").glob("*.png"))  # the run's report shows a few attention pictures
     assert report and all(Image.open(path).size[0] > 100 for path in report)
+    # TensorBoard (installed with the dev extra) got one point per epoch of every scalar
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [event.value for event in events.Scalars("train_loss")] == pytest.approx(
+        [line["train_loss"] for line in lines])
+    assert [event.step for event in events.Scalars("train_loss")] == [1, 2]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["train"]["lr"] == 1e-3 and config["train"]["epochs"] == 2  # the paper recipe + overrides
     assert config["model"]["hidden_dim"] == 16 and config["model"]["num_answers"] == len(
