@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 SEED = 0
-NUM_IMAGES = 2800  # 2,000 train / 500 val / 300 test-dev images: about 10.8k / 2.7k / 1.6k questions
+NUM_IMAGES = 5600  # 4,000 train / 1,000 val / 600 test-dev images: about 21.6k / 5.4k / 3.2k questions
 FEATURE_DIM = 256  # narrower than the real 2,048 so that a laptop CPU trains in minutes
 
 

@@ -17,7 +17,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "grounding": dict(task="grounding", hidden_dim=1280, num_glimpses=1, two_word_tables=False,
                       use_counting=False),
     # A small BAN for CPU demos on the synthetic scenes (`ban train` with no data). Without dropout and counting:
-    # on the ~10k training questions of the default scenes, dropout kept it at the question-only baseline for
+    # on the ~10-20k training questions of the demo scenes, dropout kept it at the question-only baseline for
     # many epochs, and counting made each CPU step 1.6x slower (measured while writing the engine).
     "tiny": dict(hidden_dim=128, num_glimpses=2, two_word_tables=False, use_counting=False, feature_dim=256,
                  word_dim=64, dropout=0.0, attention_dropout=0.0, classifier_dropout=0.0),
