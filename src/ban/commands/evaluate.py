@@ -11,9 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ban.engine.run import load_run
+from ban.commands.trained_run import add_run_arguments, load_trained_run
 from ban.engine.tasks import make_task
 from ban.engine.trainer import resolve_precision
 
@@ -21,22 +19,13 @@ from ban.engine.trainer import resolve_precision
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory written by `ban train`")
     parser.add_argument("--split", default="val", help="split of the prepared dataset (default: val)")
-    parser.add_argument("--data", type=Path, help="prepared dataset (default: the one the run was trained on; "
-                        "must have the same dictionary and answers)")
-    parser.add_argument("--checkpoint", choices=["last", "best"], default="last",
-                        help="the weights of the last epoch (default) or of the best validation epoch")
+    add_run_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, …")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
-def device_of(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-
-
 def run(args: argparse.Namespace) -> int:
-    loaded = load_run(args.run_dir, args.data, args.checkpoint)
-    device = device_of(args.device)
+    loaded, device = load_trained_run(args)
     task = make_task(loaded.config.task, loaded.data_dir)
     precision = resolve_precision(loaded.config.train.precision, device)
     metrics = task.evaluate(loaded.model.to(device), args.split, args.batch_size, device, precision)

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ban.commands.evaluate import device_of
+from ban.commands.trained_run import add_run_arguments, load_trained_run
 from ban.data.atomic import atomic_path, write_with
-from ban.engine.run import load_run
 from ban.engine.tasks import VQATask, make_task, predict_logits
 from ban.engine.trainer import resolve_precision
 from ban.errors import ConfigError
@@ -26,20 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test-dev", help="split of the prepared dataset (default: test-dev)")
     parser.add_argument("--out", type=Path, required=True, help="results file to write (JSON)")
     parser.add_argument("--logits", type=Path, help="also write the answer logits [Q, A] as a .npy file")
-    parser.add_argument("--data", type=Path, help="prepared dataset (default: the one the run was trained on; "
-                        "must have the same dictionary and answers)")
-    parser.add_argument("--checkpoint", choices=["last", "best"], default="last",
-                        help="the weights of the last epoch (default) or of the best validation epoch")
+    add_run_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, …")
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = load_run(args.run_dir, args.data, args.checkpoint)
+    loaded, device = load_trained_run(args)
     task = make_task(loaded.config.task, loaded.data_dir)
     if not isinstance(task, VQATask):
         raise ConfigError("ban predict writes VQA answers; for grounding use `ban evaluate`")
-    device = device_of(args.device)
     precision = resolve_precision(loaded.config.train.precision, device)
     labels = task.answers()
     dataset = task.dataset([args.split])

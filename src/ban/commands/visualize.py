@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ban.engine.run import load_run
+from ban.commands.trained_run import add_run_arguments, load_trained_run
 from ban.errors import ConfigError, DataError
 from ban.viz.report import default_image_dir, pick, picture_maker
 
@@ -35,27 +35,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of --random (default 0)")
     parser.add_argument("--images", type=Path, help="image folder (COCO file names; Flickr30k: <id>.jpg)")
     parser.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/attention/<split>)")
-    parser.add_argument("--data", type=Path, help="prepared dataset (default: the one the run was trained on)")
-    parser.add_argument("--checkpoint", choices=["last", "best"], default="last",
-                        help="the weights of the last epoch (default) or of the best validation epoch")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, …")
+    add_run_arguments(parser, default_device="cpu")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     if args.num < 1:
         raise ConfigError("--num must be positive")
     if args.images is not None and not args.images.is_dir():
         raise DataError("no such image folder", path=args.images)
-    loaded = load_run(args.run_dir, args.data, args.checkpoint)
+    loaded, device = load_trained_run(args)
     task = loaded.config.task
     wanted = args.captions if task == "grounding" else args.questions
     other = args.questions if task == "grounding" else args.captions
     if other:
         raise ConfigError("--questions selects VQA questions, --captions grounding captions; this run is "
                           f"{task}")
-    device = torch.device(args.device)
     image_dir = args.images or default_image_dir(loaded.data_dir, task)
     maker = picture_maker(loaded.model.to(device), loaded.config, loaded.data_dir, args.split, image_dir, device)
     out = args.out or Path(args.run_dir) / "attention" / args.split
