@@ -122,12 +122,11 @@ def check_data(run: RunConfig, data_dir: str | Path) -> None:
 
 @dataclass
 class LoadedRun:
-    """A trained run: its model (eval mode, last checkpoint's weights), configs, dataset and metrics."""
+    """A trained run: its model (eval mode, with the chosen checkpoint's weights), configs and dataset."""
 
     model: nn.Module
     config: RunConfig
     data_dir: Path
-    history: list[dict[str, Any]]
 
 
 def load_run(run_dir: str | Path, data_dir: str | Path | None = None, checkpoint: str = "last") -> LoadedRun:
@@ -141,8 +140,7 @@ def load_run(run_dir: str | Path, data_dir: str | Path | None = None, checkpoint
     run = read_run_config(run_dir)
     data = Path(data_dir if data_dir is not None else run.data_dir)
     check_data(run, data)
-    history = Checkpoint(Path(run_dir) / CHECKPOINT_FILE).state.get("history", [])
     model = build_model(run.model)
     Checkpoint(Path(run_dir) / CHECKPOINTS[checkpoint]).load_model(model)
     model.eval()
-    return LoadedRun(model, run, data, history)
+    return LoadedRun(model, run, data)
