@@ -73,3 +73,11 @@ class TokenEncoderModel(nn.Module):
     def load_word_embeddings(self, table: Tensor, second_table: Tensor | None = None) -> None:
         """Initialise the word tables, e.g. from GloVe: table [num_tokens, word_dim] (see WordEmbedding)."""
         self.word_embedding.load_vectors(table, second_table)
+
+
+def masked_last_state(states: Tensor, token_mask: Tensor | None) -> Tensor:
+    """The state after the last real token: states [B, L, H], token_mask [B, L] or None → [B, H]."""
+    if token_mask is None:
+        return states[:, -1]
+    last = (token_mask.long().sum(dim=1) - 1).clamp(min=0)
+    return states[torch.arange(states.shape[0], device=states.device), last]

@@ -7,8 +7,7 @@ from torch import Tensor
 
 from ban.models.config import BANConfig
 from ban.models.outputs import VQAOutput
-from ban.models.text import TokenEncoderModel
-from ban.models.vqa import masked_last_state
+from ban.models.text import TokenEncoderModel, masked_last_state
 from ban.nn import Classifier, LowRankBilinearPooling, UnitaryAttention
 from ban.nn.bilinear import box_mask_from_features
 

@@ -3,7 +3,6 @@ G glimpses, optional counting, and the answer classifier."""
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ban.models.config import BANConfig
@@ -90,10 +89,3 @@ class BanForVQA(TokenEncoderModel):
                 states = states + self.count_proj[glimpse](counts[:, glimpse]).unsqueeze(1)
         return states
 
-
-def masked_last_state(states: Tensor, token_mask: Tensor | None) -> Tensor:
-    """The state after the last real token: states [B, L, H], token_mask [B, L] or None → [B, H]."""
-    if token_mask is None:
-        return states[:, -1]
-    last = (token_mask.long().sum(dim=1) - 1).clamp(min=0)
-    return states[torch.arange(states.shape[0], device=states.device), last]
