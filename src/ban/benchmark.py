@@ -9,7 +9,6 @@ boxes only; a training step counts 3× the forward matrix products (forward + ba
 from __future__ import annotations
 
 import dataclasses
-import platform
 import resource
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from ban.engine.loss import vqa_loss
+from ban.machine import describe_machine
 from ban.models import BANConfig, build_model, preset
 
 ADAPTIVE_MIN, ADAPTIVE_MAX, ADAPTIVE_MEAN = 10, 100, 32.0
@@ -106,8 +106,11 @@ def _peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak RSS (KiB → GiB)
 
 
-def _steps(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: str, precision: str,
-           device: torch.device) -> Iterator[None]:
+def step_loop(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: str, precision: str,
+              device: torch.device) -> Iterator[None]:
+    """One step per ``next()``, cycling through ``batches`` (dicts with features, boxes, questions, targets, as
+    :func:`synthetic_batches` or the VQA collate make them): a training step (``mode="train"``: forward, BCE,
+    backward, clip 0.25, Adamax) or an inference forward pass."""
     optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3)
     model.train(mode == "train")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -139,7 +142,7 @@ def measure(settings: BenchSettings, path: str, precision: str, mode: str) -> Be
     batches = synthetic_batches(settings, config, device, count=min(settings.steps, 4))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    steps = _steps(model, batches, mode, precision, device)
+    steps = step_loop(model, batches, mode, precision, device)
     for _ in range(settings.warmup):
         next(steps)
     _synchronize(device)
@@ -159,13 +162,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def describe_machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    processor = platform.processor() or platform.machine()
-    return f"CPU {processor}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def run_all(settings: BenchSettings, paths: list[str], precisions: list[str], modes: list[str]) -> list[BenchResult]:

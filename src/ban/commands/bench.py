@@ -7,7 +7,8 @@ import json
 
 import torch
 
-from ban.benchmark import BenchSettings, as_json, describe_machine, format_table, resolve_device, run_all
+from ban.benchmark import BenchSettings, as_json, format_table, resolve_device, run_all
+from ban.machine import describe_machine
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -20,16 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
 from ban.data.atomic import write_json, write_with
-from ban.engine.config import TrainConfig
+from ban.engine.config import SYNTHETIC_TRAINING, TrainConfig
 from ban.engine.run import CHECKPOINT_FILE, CONFIG_FILE, RunConfig, fingerprint, start_run
-from ban.engine.synthetic import synthetic_dataset
+from ban.engine.synthetic import FEATURE_DIM, NUM_IMAGES, SEED, synthetic_dataset
 from ban.engine.tasks import make_task
 from ban.engine.trainer import train
+from ban.machine import describe_machine
 from ban.models import BANConfig, build_model, preset
+from ban.models.presets import PRESETS
 
 ANSWER_TYPES = ("yes/no", "number", "other")
 RESULTS_JSON = "ablation.json"
@@ -70,21 +70,22 @@ def variants(glimpses: Sequence[int], unitary_glimpses: int) -> list[Variant]:
 
 @dataclass(frozen=True)
 class AblationSettings:
-    """Sizes of an ablation. The defaults took 12.7 minutes on a shared 2-core CPU (docs/ablations.md)."""
+    """Sizes of an ablation. The defaults are the run `ban train` makes with no data (the cached synthetic scenes,
+    the ``tiny`` preset, the synthetic training recipe); only the attention, glimpses and counting vary."""
 
     seeds: tuple[int, ...] = (1, 2)
     glimpses: tuple[int, ...] = (1, 4, 8)
     unitary_glimpses: int = 2
-    epochs: int = 4
-    data_seed: int = 0
-    num_images: int = 240
-    feature_dim: int = 64
-    hidden_dim: int = 64
-    word_dim: int = 32
-    batch_size: int = 16
-    lr: float = 2e-3
+    epochs: int = SYNTHETIC_TRAINING["epochs"]
+    data_seed: int = SEED
+    num_images: int = NUM_IMAGES
+    feature_dim: int = FEATURE_DIM
+    hidden_dim: int = PRESETS["tiny"]["hidden_dim"]
+    word_dim: int = PRESETS["tiny"]["word_dim"]
+    batch_size: int = SYNTHETIC_TRAINING["batch_size"]
+    lr: float = SYNTHETIC_TRAINING["lr"]
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
 
     def model(self, variant: Variant, sizes: dict[str, int]) -> BANConfig:
         """The model config of ``variant`` on data of ``sizes`` (tokens, answers, feature width)."""
@@ -93,13 +94,9 @@ class AblationSettings:
                       use_counting=variant.use_counting)
 
     def training(self, seed: int) -> TrainConfig:
-        """The training config of one run: the first epoch at half the learning rate, the last one (from 4
-        epochs on) at a quarter of it. Small batches: on ~1,000 training questions, optimizer steps are what
-        the models lack most."""
-        warmup = (0.5, 1.0) if self.epochs >= 2 else (1.0,)
-        decay = (self.epochs - 1,) if self.epochs >= 4 else ()
-        return TrainConfig(lr=self.lr, batch_size=self.batch_size, epochs=self.epochs, warmup=warmup,
-                           decay_epochs=decay, seed=seed, device=self.device, precision=self.precision,
+        """The training config of one run: the synthetic recipe (constant learning rate) with these sizes."""
+        return TrainConfig(**{**SYNTHETIC_TRAINING, "lr": self.lr, "batch_size": self.batch_size,
+                              "epochs": self.epochs}, seed=seed, device=self.device, precision=self.precision,
                            eval_batch_size=256)
 
 
@@ -130,22 +127,6 @@ class AblationResult:
                 "runs": [dataclasses.asdict(run) for run in self.runs], "table": summary_rows(self)}
 
 
-def machine_description() -> str:
-    """CPU model (or CUDA card), core count, torch threads and version: where the numbers were measured."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-    if torch.cuda.is_available():
-        text += f", GPU {torch.cuda.get_device_name(0)}"
-    return text
-
-
 def train_variant(out: Path, data_dir: Path, settings: AblationSettings, variant: Variant, seed: int) -> RunResult:
     """Train (or finish, or reuse) the run of ``variant`` with ``seed`` in ``out/runs/``; its val scores."""
     task = make_task("vqa", data_dir)
@@ -171,7 +152,7 @@ def run_ablation(out: str | os.PathLike[str], settings: AblationSettings,
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     data_dir = synthetic_dataset(settings.data_seed, settings.num_images, settings.feature_dim, root=data_root)
-    result = AblationResult(settings, machine=machine_description())
+    result = AblationResult(settings, machine=describe_machine())
     plan = [(variant, seed) for variant in variants(settings.glimpses, settings.unitary_glimpses)
             for seed in settings.seeds]
     for variant, seed in tqdm(plan, desc="ablation", unit="run"):
