@@ -91,6 +91,11 @@ def test_one_backward_step_reaches_every_trainable_parameter(config):
         if any(name.startswith(f"counter.functions.{i}.") for i in range(8, 16)):
             assert parameter.grad is None or torch.all(parameter.grad == 0), name  # reference keeps 16; f8… unused
             continue
+        if config.attention == "unitary" and name == "attention.scores.pool.bias":
+            # one bias per glimpse added to every box's logit before the softmax over boxes: shift-invariant, so
+            # its gradient is zero up to rounding (as in the reference, which has the same redundant bias)
+            assert parameter.grad.abs().max() < 1e-5, name
+            continue
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ban.nn.dropout import Dropout
 from ban.nn.fc import FCStack, WeightNormLinear, weight_normalized
 
 
@@ -61,7 +62,7 @@ class BilinearAttentionMap(nn.Module):
         self.num_glimpses = num_glimpses
         self.v_proj = FCStack([v_features, rank], "relu", dropout)
         self.q_proj = FCStack([q_features, rank], "relu", dropout)
-        self.attention_dropout = nn.Dropout(attention_dropout)
+        self.attention_dropout = Dropout(attention_dropout)
         self.glimpse_weight_v = nn.Parameter(torch.randn(num_glimpses, rank))
         self.glimpse_weight_g = nn.Parameter(self.glimpse_weight_v.detach().norm().clone())
         self.glimpse_bias = nn.Parameter(torch.randn(num_glimpses))
@@ -82,10 +83,14 @@ class BilinearAttentionMap(nn.Module):
         """
         v_rank = self.attention_dropout(self.v_proj(v))  # [B, N, K]
         q_rank = self.q_proj(q)  # [B, L, K]
-        # Scale the token side (usually the shorter one) by each glimpse's vector, then one batched product.
-        q_glimpses = q_rank.unsqueeze(1) * self.glimpse_weight[None, :, None, :]  # [B, G, L, K]
-        logits = torch.matmul(v_rank.unsqueeze(1), q_glimpses.transpose(2, 3))  # [B, G, N, L]
-        logits = logits + self.glimpse_bias[None, :, None, None]
+        # Scale the token side (usually the shorter one) by each glimpse's vector, then one product per example
+        # against every (token, glimpse) row at once: the boxes are neither copied per glimpse nor summed back,
+        # and the gradients of the scaling reduce over leading dims (token-major rows keep them adjacent).
+        q_glimpses = q_rank.unsqueeze(2) * self.glimpse_weight.to(q_rank.dtype)  # [B, L, G, K]
+        batch, tokens, glimpses, rank = q_glimpses.shape
+        logits = torch.bmm(q_glimpses.reshape(batch, tokens * glimpses, rank), v_rank.transpose(1, 2))  # [B, L·G, N]
+        logits = logits.unflatten(1, (tokens, glimpses)).permute(0, 2, 3, 1)  # [B, G, N, L]
+        logits = logits + self.glimpse_bias[None, :, None, None]  # float32 from here on under autocast
         invalid = ~box_mask[:, None, :, None]
         if token_mask is not None:
             invalid = invalid | ~token_mask[:, None, None, :]

@@ -7,15 +7,42 @@ with ``dim=None``): ``W = g · V / ‖V‖_F``. Dropout, when used, comes before
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ban.nn.dropout import Dropout
+
+
+class _NormScale(torch.autograd.Function):
+    """``s = g / ‖V‖_F`` whose backward is one pass over V: ``∂s/∂V = −s · V / ‖V‖²`` (autograd's norm backward
+    takes three), and ``∂s/∂g = 1 / ‖V‖``."""
+
+    @staticmethod
+    def forward(ctx: Any, direction: Tensor, gain: Tensor) -> Tensor:
+        with torch.autocast(direction.device.type, enabled=False):
+            norm = torch.linalg.vector_norm(direction)
+            scale = gain / norm
+        ctx.save_for_backward(direction, norm, scale)
+        return scale
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_scale: Tensor) -> tuple[Tensor, Tensor]:
+        direction, norm, scale = ctx.saved_tensors
+        return direction * (-grad_scale * scale / norm.square()), grad_scale / norm
+
+
+def norm_scale(direction: Tensor, gain: Tensor) -> Tensor:
+    """The 0-dim factor ``gain / ‖direction‖_F`` of weight normalisation (float32 even under autocast)."""
+    return _NormScale.apply(direction, gain)
+
 
 def weight_normalized(direction: Tensor, gain: Tensor) -> Tensor:
     """``gain · direction / ‖direction‖_F`` — one scalar gain for the whole tensor."""
-    return direction * (gain / direction.norm())
+    return direction * norm_scale(direction, gain)
 
 
 class WeightNormLinear(nn.Module):
@@ -48,8 +75,13 @@ class WeightNormLinear(nn.Module):
         return weight_normalized(self.weight_v, self.weight_g)
 
     def forward(self, x: Tensor) -> Tensor:
-        """x [..., in] → [..., out]."""
-        return F.linear(x, self.weight, self.bias)
+        """x [..., in] → [..., out], as ``(x Vᵀ) · (g / ‖V‖_F) + b``: the scalar scales the product instead of
+        the matrix, so no scaled copy of V (nor its gradient) is made."""
+        product = F.linear(x, self.weight_v)
+        scale = norm_scale(self.weight_v, self.weight_g).to(product.dtype)
+        if self.bias is None:
+            return product * scale
+        return torch.addcmul(self.bias.to(product.dtype), product, scale)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -68,7 +100,7 @@ class FCStack(nn.Module):
         if activation not in ("relu", None):
             raise ValueError(f"activation must be 'relu' or None, got {activation!r}")
         self.activation = activation
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         self.layers = nn.ModuleList(WeightNormLinear(i, o) for i, o in zip(dims[:-1], dims[1:], strict=True))
 
     @property
@@ -90,7 +122,7 @@ class Classifier(nn.Module):
     def __init__(self, in_features: int, hidden_features: int, num_answers: int, dropout: float = 0.5) -> None:
         super().__init__()
         self.hidden = WeightNormLinear(in_features, hidden_features)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.output = WeightNormLinear(hidden_features, num_answers)
 
     def forward(self, x: Tensor) -> Tensor:

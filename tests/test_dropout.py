@@ -1,0 +1,70 @@
+"""The fast CPU dropout draws independent Bernoulli masks with the reference's keep probability."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ban.nn.dropout import Dropout, keep_mask
+
+COUNT = 2_000_000
+
+
+@pytest.mark.parametrize("keep", [0.8, 0.5, 0.1, 0.999])
+def test_keep_rate_matches_the_probability(keep):
+    mask = keep_mask((COUNT,), keep, torch.Generator().manual_seed(0))
+    sigma = math.sqrt(keep * (1 - keep) / COUNT)
+    assert abs(mask.float().mean().item() - keep) < 5 * sigma
+
+
+def test_masks_are_independent_across_elements_and_draws():
+    generator = torch.Generator().manual_seed(1)
+    first = keep_mask((COUNT,), 0.8, generator).float()
+    second = keep_mask((COUNT,), 0.8, generator).float()
+    bound = 5 / math.sqrt(COUNT)  # 5 σ of a correlation estimate between independent variables
+    assert abs(torch.corrcoef(torch.stack([first, second]))[0, 1].item()) < bound
+    for lag in (1, 2, 3, 64):  # neighbours share a 64-bit word (lag 1) or its generator call
+        assert abs(torch.corrcoef(torch.stack([first[:-lag], first[lag:]]))[0, 1].item()) < bound
+    even, odd = first[0::2], first[1::2]  # the two halves of each word both follow the keep rate
+    for half in (even, odd):
+        assert abs(half.mean().item() - 0.8) < 5 * math.sqrt(0.16 / half.numel())
+
+
+def test_same_seed_same_mask_and_odd_sizes():
+    a = keep_mask((3, 5, 7), 0.8, torch.Generator().manual_seed(5))
+    b = keep_mask((3, 5, 7), 0.8, torch.Generator().manual_seed(5))
+    assert a.shape == (3, 5, 7) and a.dtype == torch.bool and torch.equal(a, b)
+
+
+def test_dropout_scales_kept_elements_and_routes_the_gradient_through_the_same_mask():
+    torch.manual_seed(0)
+    layer = Dropout(0.2).train()
+    x = torch.randn(64, 300, requires_grad=True)
+    out = layer(x)
+    kept = out != 0
+    assert torch.allclose(out[kept], x[kept] / 0.8)
+    assert 0.7 < kept.float().mean() < 0.9
+    out.backward(torch.ones_like(out))
+    assert torch.allclose(x.grad, kept.float() / 0.8)
+
+
+def test_dropout_is_the_identity_in_eval_mode_and_matches_nn_dropout_at_the_edges():
+    x = torch.randn(10, 10)
+    assert torch.equal(Dropout(0.5).eval()(x), x)
+    assert torch.equal(Dropout(1.0).train()(x), nn.Dropout(1.0).train()(x))
+    assert torch.equal(Dropout(0.0).train()(x), x)
+
+
+def test_dropout_follows_the_global_seed():
+    x = torch.randn(1000)
+    torch.manual_seed(3)
+    a = Dropout(0.5).train()(x)
+    torch.manual_seed(3)
+    b = Dropout(0.5).train()(x)
+    assert torch.equal(a, b)
+
+
+def test_dropout_keeps_bfloat16():
+    out = Dropout(0.5).train()(torch.ones(100, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and set(out.unique().tolist()) <= {0.0, 2.0}
