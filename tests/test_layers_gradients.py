@@ -58,3 +58,32 @@ class _MaskedLogits(nn.Module):
 
     def forward(self, v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return self.inner.logits(v, q, self.mask, mask_value=0.0)
+
+
+def test_projecting_only_the_real_boxes_gives_the_same_outputs_and_gradients(monkeypatch):
+    import ban
+    import ban.nn.bilinear as bilinear
+
+    config = ban.BANConfig(num_tokens=30, num_answers=11, feature_dim=12, hidden_dim=8, word_dim=10, num_glimpses=2,
+                           dropout=0.0, attention_dropout=0.0, classifier_dropout=0.0)
+    torch.manual_seed(0)
+    model = ban.build_model(config).double().train()
+    features = torch.rand(3, 7, 12, dtype=torch.float64)
+    features[0, 4:] = 0  # image 0 has 4 real boxes, image 1 has 6, image 2 all 7
+    features[1, 6:] = 0
+    boxes = torch.rand(3, 7, 6, dtype=torch.float64)
+    questions = torch.randint(0, 30, (3, 5))
+
+    def outputs_and_gradients():
+        model.zero_grad()
+        out = model(features, boxes, questions)
+        out.logits.square().sum().backward()
+        return out.logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    packed_logits, packed_grads = outputs_and_gradients()
+    monkeypatch.setattr(bilinear, "project_real_boxes", lambda projection, x, mask: projection(x))
+    padded_logits, padded_grads = outputs_and_gradients()
+    assert torch.allclose(packed_logits, padded_logits, atol=1e-12)
+    assert packed_grads.keys() == padded_grads.keys()
+    for name, grad in packed_grads.items():
+        assert torch.allclose(grad, padded_grads[name], atol=1e-10), name

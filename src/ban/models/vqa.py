@@ -55,16 +55,16 @@ class BanForVQA(TokenEncoderModel):
         if self.config.fused:
             states = self._glimpses_fused(features, boxes, states, attention, logits)
         else:
-            states = self._glimpses_plain(features, boxes, states, attention, logits)
+            states = self._glimpses_plain(features, boxes, states, attention, logits, box_mask)
         if token_mask is not None:
             states = states * token_mask.unsqueeze(-1).to(states.dtype)
         return VQAOutput(self.classifier(states.sum(dim=1)), attention, logits)
 
     def _glimpses_plain(self, features: Tensor, boxes: Tensor, states: Tensor, attention: Tensor,
-                        logits: Tensor) -> Tensor:
+                        logits: Tensor, box_mask: Tensor) -> Tensor:
         """Residual learning of attention, glimpse by glimpse → updated token states [B, L, H]."""
         for glimpse in range(self.config.num_glimpses):
-            joint = self.pooling[glimpse](features, states, attention[:, glimpse])  # [B, H]
+            joint = self.pooling[glimpse](features, states, attention[:, glimpse], box_mask)  # [B, H]
             states = states + self.residual_proj[glimpse](joint).unsqueeze(1)
             if self.config.use_counting:
                 box_scores = logits[:, glimpse].max(dim=2).values  # [B, N]
