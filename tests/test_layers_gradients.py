@@ -81,7 +81,7 @@ def test_projecting_only_the_real_boxes_gives_the_same_outputs_and_gradients(mon
         return out.logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
     packed_logits, packed_grads = outputs_and_gradients()
-    monkeypatch.setattr(bilinear, "project_real_boxes", lambda projection, x, mask: projection(x))
+    monkeypatch.setattr(bilinear, "project_real_boxes", lambda projection, x, rows: projection(x))
     padded_logits, padded_grads = outputs_and_gradients()
     assert torch.allclose(packed_logits, padded_logits, atol=1e-12)
     assert packed_grads.keys() == padded_grads.keys()

@@ -9,7 +9,7 @@ from ban.models.config import BANConfig
 from ban.models.outputs import VQAOutput
 from ban.models.text import TokenEncoderModel
 from ban.nn import BilinearAttentionMap, BilinearAttentionPooling, Classifier, CountingModule, FCStack
-from ban.nn.bilinear import box_mask_from_features
+from ban.nn.bilinear import box_mask_from_features, real_box_rows
 from ban.nn.fc import stacked_projection
 
 
@@ -50,21 +50,22 @@ class BanForVQA(TokenEncoderModel):
         if box_mask is None:
             box_mask = box_mask_from_features(features)
         token_mask = self.token_mask(questions)
+        real_rows = real_box_rows(box_mask)  # the real boxes, found once for every box projection
         states = self.encode_tokens(questions)  # [B, L, H]
-        attention, logits = self.attention(features, states, box_mask, token_mask)
+        attention, logits = self.attention(features, states, box_mask, token_mask, real_rows)
         if self.config.fused:
             states = self._glimpses_fused(features, boxes, states, attention, logits)
         else:
-            states = self._glimpses_plain(features, boxes, states, attention, logits, box_mask)
+            states = self._glimpses_plain(features, boxes, states, attention, logits, real_rows)
         if token_mask is not None:
             states = states * token_mask.unsqueeze(-1).to(states.dtype)
         return VQAOutput(self.classifier(states.sum(dim=1)), attention, logits)
 
     def _glimpses_plain(self, features: Tensor, boxes: Tensor, states: Tensor, attention: Tensor,
-                        logits: Tensor, box_mask: Tensor) -> Tensor:
+                        logits: Tensor, real_rows: Tensor) -> Tensor:
         """Residual learning of attention, glimpse by glimpse → updated token states [B, L, H]."""
         for glimpse in range(self.config.num_glimpses):
-            joint = self.pooling[glimpse](features, states, attention[:, glimpse], box_mask)  # [B, H]
+            joint = self.pooling[glimpse](features, states, attention[:, glimpse], real_rows)  # [B, H]
             states = states + self.residual_proj[glimpse](joint).unsqueeze(1)
             if self.config.use_counting:
                 box_scores = logits[:, glimpse].max(dim=2).values  # [B, N]

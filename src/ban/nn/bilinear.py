@@ -38,20 +38,26 @@ def box_mask_from_features(features: Tensor) -> Tensor:
     return features.abs().sum(dim=-1) != 0
 
 
-def project_real_boxes(projection: Callable[[Tensor], Tensor], features: Tensor, box_mask: Tensor) -> Tensor:
+def real_box_rows(box_mask: Tensor) -> Tensor:
+    """Flat indices [R] of the real boxes of box_mask [B, N] (True = real), for :func:`project_real_boxes`.
+    Computing them waits for the device (R is data-dependent): a model does it once per forward pass."""
+    return box_mask.flatten().nonzero().squeeze(1)
+
+
+def project_real_boxes(projection: Callable[[Tensor], Tensor], features: Tensor, rows: Tensor) -> Tensor:
     """``projection`` of the real boxes only; the padded rows of the result are zero.
 
-    features [B, N, Dv], box_mask [B, N] (True = real) → [B, N, out]. BAN gives padded boxes zero attention, so
-    what their rows hold never reaches an output or a gradient: packing computes the same function and skips the
-    padded share of the largest matrix products (about two thirds with bottom-up's 10–100 boxes per image,
-    padded to the batch's largest count).
+    features [B, N, Dv], rows [R] = :func:`real_box_rows` of the box mask → [B, N, out]. BAN gives padded boxes
+    zero attention, so what their rows hold never reaches an output or a gradient: packing computes the same
+    function and skips the padded share of the largest matrix products (about two thirds with bottom-up's
+    10–100 boxes per image, padded to the batch's largest count).
     """
-    if bool(box_mask.all()):
+    batch, boxes = features.shape[:2]
+    if rows.numel() == batch * boxes:
         return projection(features)
-    packed = projection(features[box_mask])  # [R, out], R = number of real boxes
-    projected = packed.new_zeros(*box_mask.shape, packed.shape[-1])
-    projected[box_mask] = packed
-    return projected
+    packed = projection(features.flatten(0, 1).index_select(0, rows))  # [R, out]
+    projected = packed.new_zeros(batch * boxes, packed.shape[-1]).index_copy(0, rows, packed)
+    return projected.unflatten(0, (batch, boxes))
 
 
 class BilinearAttentionMap(nn.Module):
@@ -92,14 +98,16 @@ class BilinearAttentionMap(nn.Module):
 
     def logits(
         self, v: Tensor, q: Tensor, box_mask: Tensor, token_mask: Tensor | None = None,
-        mask_value: float = float("-inf"),
+        mask_value: float = float("-inf"), real_rows: Tensor | None = None,
     ) -> Tensor:
         """Masked attention logits.
 
         v [B, N, Dv], q [B, L, Dq], box_mask [B, N] bool (True = real box),
         token_mask [B, L] bool or None (True = real token) → logits [B, G, N, L].
+        ``real_rows``: :func:`real_box_rows` of ``box_mask`` when the caller has them already.
         """
-        v_rank = project_real_boxes(lambda real: self.attention_dropout(self.v_proj(real)), v, box_mask)  # [B, N, K]
+        rows = real_box_rows(box_mask) if real_rows is None else real_rows
+        v_rank = project_real_boxes(lambda real: self.attention_dropout(self.v_proj(real)), v, rows)  # [B, N, K]
         q_rank = self.q_proj(q)  # [B, L, K]
         # Scale the token side (usually the shorter one) by each glimpse's vector, then one product per example
         # against every (token, glimpse) row at once: the boxes are neither copied per glimpse nor summed back,
@@ -115,10 +123,11 @@ class BilinearAttentionMap(nn.Module):
         return logits.masked_fill(invalid, mask_value)
 
     def forward(
-        self, v: Tensor, q: Tensor, box_mask: Tensor, token_mask: Tensor | None = None
+        self, v: Tensor, q: Tensor, box_mask: Tensor, token_mask: Tensor | None = None,
+        real_rows: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """v [B, N, Dv], q [B, L, Dq], box_mask [B, N] → (attention [B, G, N, L], logits [B, G, N, L])."""
-        logits = self.logits(v, q, box_mask, token_mask)
+        logits = self.logits(v, q, box_mask, token_mask, real_rows=real_rows)
         batch, glimpses, boxes, tokens = logits.shape
         attention = F.softmax(logits.reshape(batch, glimpses, boxes * tokens), dim=-1)
         return attention.reshape(batch, glimpses, boxes, tokens), logits
@@ -136,10 +145,11 @@ class BilinearAttentionPooling(nn.Module):
         self.v_proj = FCStack([v_features, hidden], "relu", dropout)
         self.q_proj = FCStack([q_features, hidden], "relu", dropout)
 
-    def forward(self, v: Tensor, q: Tensor, attention: Tensor, box_mask: Tensor | None = None) -> Tensor:
-        """v [B, N, Dv], q [B, L, Dq], attention [B, N, L] → joint feature [B, H]. With ``box_mask`` [B, N] (True
-        = real box; padded boxes must have zero attention) only the real boxes are projected."""
-        boxes_hidden = self.v_proj(v) if box_mask is None else project_real_boxes(self.v_proj, v, box_mask)
+    def forward(self, v: Tensor, q: Tensor, attention: Tensor, real_rows: Tensor | None = None) -> Tensor:
+        """v [B, N, Dv], q [B, L, Dq], attention [B, N, L] → joint feature [B, H]. With ``real_rows`` (the
+        :func:`real_box_rows` of the box mask; padded boxes must have zero attention) only the real boxes are
+        projected."""
+        boxes_hidden = self.v_proj(v) if real_rows is None else project_real_boxes(self.v_proj, v, real_rows)
         return self.pool(boxes_hidden, q, attention)
 
     def pool(self, v_hidden: Tensor, q: Tensor, attention: Tensor) -> Tensor:
