@@ -30,6 +30,7 @@ def test_table_is_mean_and_sample_std_over_seeds() -> None:
     assert lines[3] == "| BAN-1 | no | 2,500 | 51.00 ± 1.41 | 81.00 ± 1.41 | 26.00 ± 1.41 | 33.00 ± 4.24 |"
     assert len(lines) == 6  # ban-1-counting has no runs: no row
     assert "seeds 1, 2" in table and "test machine" in table
+    assert "summed over the runs 0.1 min (this invocation 1.0 min" in table  # 4 runs of 1 s; 60 s wall
 
 
 @pytest.mark.slow

@@ -1,0 +1,128 @@
+"""End-to-end epoch time from a prepared store, and the projected time of the paper's schedule (issue 7).
+
+    python benchmarks/bench_epoch.py --data DATA_DIR [DATA_DIR ...] --json-out benchmarks/bench_epoch.json
+
+For every prepared VQA dataset given (make a VQA-2.0-sized one with `ban synth --images 115896 --flickr-images 0
+--no-png --feature-dim 256` and `ban prepare vqa2`: its train split is 82,783 images and ≈ 444k questions):
+
+1. the data path alone: one epoch of the train split through the loader `ban train` uses (seeded shuffle, the
+   VQA collate padding boxes per batch), nothing else — questions/s and feature MB/s;
+2. with ``--train-epoch``, the first dataset only: `ban train --data DATA --preset tiny --epochs 1` as a
+   subprocess, the epoch's own time and samples/s from its metrics.jsonl (data loading included);
+3. the paper-best training step at ``--batch-size`` (synthetic tensors at paper vocabulary sizes, adaptive
+   boxes, `ban train`'s default precision on this machine), and from it and (1) the projected time of one epoch
+   of VQA 2.0 train and of the paper's 13 epochs on train+val (Visual Genome not counted).
+
+Prints a table and writes JSON. Every number carries the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from ban.benchmark import BenchSettings, measure, resolve_device
+from ban.engine.distributed import ShardedBatches
+from ban.engine.tasks import make_task
+from ban.engine.trainer import resolve_precision
+from ban.machine import describe_machine
+
+VQA2_TRAIN_QUESTIONS = 443_757
+VQA2_TRAINVAL_QUESTIONS = 443_757 + 214_354
+PAPER_EPOCHS = 13
+
+
+def loader_epoch(data_dir: Path, batch_size: int, workers: int) -> dict:
+    """Iterate one epoch of the train split as `ban train` does; questions/s and feature bytes/s."""
+    task = make_task("vqa", data_dir)
+    data = task.dataset(("train",))
+    batches = ShardedBatches(len(data), batch_size, seed=1204, epoch=0)
+    loader = DataLoader(data, batch_sampler=batches, collate_fn=task.collate, num_workers=workers)
+    questions = feature_bytes = padded_boxes = 0
+    began = time.perf_counter()
+    for batch in loader:
+        questions += batch["features"].shape[0]
+        feature_bytes += int(batch["box_mask"].sum()) * batch["features"].shape[2] * 4
+        padded_boxes += batch["features"].shape[0] * batch["features"].shape[1]
+    seconds = time.perf_counter() - began
+    return {"data": str(data_dir), "workers": workers, "questions": questions, "seconds": seconds,
+            "questions_per_s": questions / seconds, "feature_mb_per_s": feature_bytes / seconds / 1e6,
+            "feature_dim": task.model_sizes()["feature_dim"], "mean_padded_boxes": padded_boxes / questions}
+
+
+def train_epoch(data_dir: Path, batch_size: int) -> dict:
+    """`ban train --preset tiny` for one epoch without validation; its epoch record and the command's wall time."""
+    with tempfile.TemporaryDirectory() as scratch:
+        run_dir = Path(scratch) / "run"
+        command = ["ban", "train", "--data", str(data_dir), "--preset", "tiny", "--epochs", "1", "--out",
+                   str(run_dir), "--set", f"batch_size={batch_size}", "--set", "val_split="]
+        began = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - began
+        record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    return {"command": " ".join(command[:-1] + [f"{command[-1]!r}"]), "wall_seconds": wall,
+            "epoch_seconds": record["seconds"], "samples": record["samples"], "samples_per_s": record["samples_per_s"]}
+
+
+def paper_best_step(batch_size: int, steps: int, precision: str) -> dict:
+    """ms/step of the paper-best training step on synthetic tensors (adaptive boxes) on this machine."""
+    settings = BenchSettings(batch_size=batch_size, steps=steps, warmup=1)
+    result = measure(settings, "plain", precision, "train")
+    return {"batch_size": batch_size, "precision": precision, "ms_per_step": result.ms_per_step,
+            "questions_per_s": result.questions_per_s}
+
+
+def projection(step: dict, loader: dict) -> dict:
+    """Epoch and schedule times when each step waits for its batch (``num_workers=0``: the two add up)."""
+    seconds_per_question = step["ms_per_step"] / 1000 / step["batch_size"] + 1 / loader["questions_per_s"]
+    return {"seconds_per_question": seconds_per_question,
+            "vqa2_train_epoch_hours": VQA2_TRAIN_QUESTIONS * seconds_per_question / 3600,
+            "paper_schedule_trainval_hours": PAPER_EPOCHS * VQA2_TRAINVAL_QUESTIONS * seconds_per_question / 3600}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, nargs="+", required=True, help="prepared VQA dataset dirs")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0], help="loader worker counts to measure")
+    parser.add_argument("--train-epoch", action="store_true", help="also run one `ban train` epoch (tiny preset)")
+    parser.add_argument("--step-batches", type=int, default=3, help="timed paper-best steps (after one warm-up)")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args()
+
+    device = resolve_device("auto")
+    results: dict = {"machine": describe_machine(device), "command": " ".join(sys.argv),
+                     "loader": [loader_epoch(d, args.batch_size, w) for d in args.data for w in args.workers]}
+    for row in results["loader"]:
+        print(f"loader  {row['data']}  workers {row['workers']}: {row['questions']:,} questions in "
+              f"{row['seconds']:.1f} s = {row['questions_per_s']:,.0f} q/s, {row['feature_mb_per_s']:.0f} MB/s of "
+              f"{row['feature_dim']}-d features, {row['mean_padded_boxes']:.1f} padded boxes per question")
+    if args.train_epoch:
+        results["train_epoch"] = train_epoch(args.data[0], args.batch_size)
+        row = results["train_epoch"]
+        print(f"ban train (tiny), one epoch: {row['epoch_seconds']:.1f} s ({row['samples']:,} questions, "
+              f"{row['samples_per_s']:,.0f} q/s); command wall {row['wall_seconds']:.1f} s")
+    precision = resolve_precision("auto", device)
+    results["paper_best_step"] = paper_best_step(args.batch_size, args.step_batches, precision)
+    first = results["loader"][0]
+    results["projection"] = projection(results["paper_best_step"], first)
+    step, plan = results["paper_best_step"], results["projection"]
+    print(f"paper-best step, batch {step['batch_size']}, {precision}: {step['ms_per_step']:,.0f} ms "
+          f"({step['questions_per_s']:,.1f} q/s)")
+    print(f"projected with the loader of {first['data']}: one VQA 2.0 train epoch "
+          f"{plan['vqa2_train_epoch_hours']:.1f} h, the paper's {PAPER_EPOCHS} epochs on train+val "
+          f"{plan['paper_schedule_trainval_hours']:.1f} h")
+    print(results["machine"])
+    if args.json_out:
+        args.json_out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
