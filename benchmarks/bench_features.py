@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ban.machine import cpu_model
+
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}"
 
 
 def write_tsv(path: Path, size_bytes: int, dim: int, seed: int = 0) -> tuple[int, int]:

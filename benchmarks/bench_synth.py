@@ -22,16 +22,7 @@ import time
 from pathlib import Path
 
 from ban.data.synthetic import DEFAULT_IMAGES, generate
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from ban.machine import cpu_model
 
 
 def directory_bytes(root: Path) -> int:

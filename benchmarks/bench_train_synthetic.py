@@ -20,12 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from ban.machine import cpu_model
+
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
     load = os.getloadavg()[0]
-    return f"{cpu}, {os.cpu_count()} cores, load average {load:.1f} at start, Python {platform.python_version()}"
+    return (f"{cpu_model()}, {os.cpu_count()} cores, load average {load:.1f} at start, "
+            f"Python {platform.python_version()}")
 
 
 def main() -> None:
