@@ -1,0 +1,55 @@
+"""Where one paper-best training step spends its time: torch.profiler's table of operators (issue 7).
+
+    python benchmarks/profile_step.py                       # batch 32, 36 boxes, bf16 autocast, CPU
+    python benchmarks/profile_step.py --precision fp32 --boxes adaptive --rows 40 --by-shape
+
+Times ``--steps`` steps after two warm-up steps (median and minimum, seconds) with the step of `ban bench`
+(forward, BCE, backward, clip 0.25, Adamax), then profiles one more step and prints its operators by self time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from ban.benchmark import BenchSettings, resolve_device, step_loop, synthetic_batches
+from ban.machine import describe_machine
+from ban.models import build_model, preset
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--boxes", default="36", help="a fixed count or 'adaptive'")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--steps", type=int, default=7, help="timed steps before the profiled one")
+    parser.add_argument("--rows", type=int, default=30)
+    parser.add_argument("--by-shape", action="store_true", help="group the operators by input shapes too")
+    args = parser.parse_args()
+
+    device = resolve_device("auto")
+    settings = BenchSettings(batch_size=args.batch_size, boxes=args.boxes)
+    torch.manual_seed(settings.seed)
+    config = preset(settings.preset, num_tokens=settings.num_tokens, num_answers=settings.num_answers)
+    model = build_model(config).to(device)
+    steps = step_loop(model, synthetic_batches(settings, config, device, count=2), "train", args.precision, device)
+    for _ in range(2):
+        next(steps)
+    seconds = []
+    for _ in range(args.steps):
+        began = time.perf_counter()
+        next(steps)
+        seconds.append(time.perf_counter() - began)
+    print(f"{describe_machine(device)}; step median {statistics.median(seconds):.3f} s, min {min(seconds):.3f} s")
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=args.by_shape) as profiler:
+        next(steps)
+    table = profiler.key_averages(group_by_input_shape=args.by_shape)
+    print(table.table(sort_by="self_cpu_time_total", row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()
