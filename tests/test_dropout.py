@@ -1,5 +1,6 @@
 """The fast CPU dropout draws independent Bernoulli masks with the reference's keep probability."""
 
+import itertools
 import math
 
 import pytest
@@ -68,3 +69,35 @@ def test_dropout_follows_the_global_seed():
 def test_dropout_keeps_bfloat16():
     out = Dropout(0.5).train()(torch.ones(100, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16 and set(out.unique().tolist()) <= {0.0, 2.0}
+
+
+def test_masks_of_consecutive_calls_come_from_different_streams():
+    generator = torch.Generator().manual_seed(7)
+    masks = [keep_mask((COUNT // 4,), 0.5, generator).float() for _ in range(4)]
+    bound = 5 / math.sqrt(COUNT // 4)
+    for first, second in itertools.pairwise(masks):
+        assert abs(torch.corrcoef(torch.stack([first, second]))[0, 1].item()) < bound
+
+
+def test_unscaled_dropout_leaves_the_same_factor_to_the_linear_map():
+    layer = Dropout(0.2).train()
+    x = torch.randn(64, 300, requires_grad=True)
+    torch.manual_seed(4)
+    scaled = layer(x)
+    torch.manual_seed(4)
+    zeroed, factor = layer.unscaled(x)
+    assert factor == pytest.approx(1 / 0.8) and torch.allclose(zeroed * factor, scaled)
+    assert torch.equal(zeroed != 0, scaled != 0) and torch.equal(zeroed[zeroed != 0], x[zeroed != 0])
+    zeroed.sum().backward()
+    assert torch.equal(x.grad, (zeroed != 0).float())
+
+
+def test_unscaled_dropout_under_autocast_is_in_bfloat16_and_the_identity_in_eval_mode():
+    layer = Dropout(0.5).train()
+    x = torch.randn(100)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        zeroed, _ = layer.unscaled(x)
+    assert zeroed.dtype == torch.bfloat16
+    kept = zeroed != 0
+    assert torch.equal(zeroed[kept], x.to(torch.bfloat16)[kept])
+    assert layer.eval().unscaled(x) == (x, 1.0)

@@ -7,7 +7,14 @@ import itertools
 import pytest
 import torch
 
-from ban.nn import BilinearAttentionMap, BilinearAttentionPooling, CountingModule, PiecewiseLinear, WeightNormLinear
+from ban.nn import (
+    BilinearAttentionMap,
+    BilinearAttentionPooling,
+    CountingModule,
+    FCStack,
+    PiecewiseLinear,
+    WeightNormLinear,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -160,3 +167,17 @@ def test_counting_module_counts_distinct_objects():
     scores[0, :3] = 50.0
     out = module(boxes, scores)
     assert int(out.argmax()) == 3
+
+
+def test_a_stack_with_dropout_equals_dropout_then_the_weight_normalised_map():
+    """FCStack folds dropout's 1/(1−p) into the layer's scalar; the result is dropout(x) Wᵀ + b, the same masks."""
+    stack = FCStack([40, 24, 8], "relu", dropout=0.3).train()
+    x = torch.randn(6, 40, dtype=torch.float64)
+    stack.double()
+    torch.manual_seed(11)
+    out = stack(x)
+    torch.manual_seed(11)
+    expected = x
+    for layer in stack.layers:
+        expected = torch.relu(stack.dropout(expected) @ layer.weight.T + layer.bias)
+    assert torch.allclose(out, expected, atol=1e-12)

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from ban.errors import BanError
+from ban.heap import keep_freed_memory
 
 # sub-command name -> (module under ban.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # a training step re-allocates the same blocks: reuse them (ban.heap)
     try:
         return int(args._run(args) or 0)
     except BanError as error:

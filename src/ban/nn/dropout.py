@@ -1,17 +1,21 @@
 """Dropout with independent Bernoulli masks, drawn quickly on the CPU.
 
 PyTorch's CPU dropout draws its mask one Mersenne-Twister number per element (on AMD CPUs, where MKL's vector
-generator is not used), which made the masks a fifth of BAN's CPU training step (benchmarks/RESULTS.md). Here the
-mask comes from the same generator, 64 random bits at a time: each element owns 32 of them and is kept when they
-fall under ``round(keep · 2³²)``. The keep probability is ``keep`` to within 2⁻³³ (finer than CUDA's own dropout,
-which compares a float32 uniform with the float32 ``keep``), every element is independent of every other, and the
-seed decides the masks. On other devices ``F.dropout`` (a fused kernel there) runs unchanged.
+generator is not used), which made the masks a fifth of BAN's CPU training step (benchmarks/RESULTS.md). Here each
+element owns 32 random bits and is kept when they fall under ``round(keep · 2³²)``: the keep probability is
+``keep`` to within 2⁻³³ (finer than CUDA's own dropout, which compares a float32 uniform with the float32 ``keep``)
+and every element is independent of every other. The bits come from NumPy's SFC64 generator (about 2.5× faster per
+bit than torch's CPU Mersenne Twister), one stream per mask seeded by a number drawn from torch's generator, so
+``torch.manual_seed`` (and a checkpoint's saved RNG state) decide the masks. On other devices ``F.dropout`` (a
+fused kernel there) runs unchanged. :meth:`Dropout.unscaled` leaves the ``1 / keep`` factor to the linear map that
+follows.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,12 +24,15 @@ _WORD_BITS = 32
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], keep: float, generator: torch.Generator | None = None) -> Tensor:
-    """A CPU bool tensor of ``shape``, each element independently True with probability ``keep`` ∈ (0, 1)."""
+    """A CPU bool tensor of ``shape``, each element independently True with probability ``keep`` ∈ (0, 1).
+
+    One number drawn from ``generator`` (torch's default generator when None) seeds the SFC64 stream of the mask.
+    """
     count = math.prod(shape)
-    words = torch.empty((count + 1) // 2, dtype=torch.int64).random_(-(2**63), None, generator=generator)
-    chunks = words.view(torch.int32)[:count]  # uniform over all 2³² values, two per 64-bit word
+    seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator))
+    words = np.random.SFC64(seed).random_raw((count + 1) // 2)  # 64 bits → two 32-bit values
     threshold = min(round(keep * 2**_WORD_BITS), 2**_WORD_BITS - 1) - 2 ** (_WORD_BITS - 1)
-    return (chunks < threshold).view(shape)
+    return torch.from_numpy(words.view(np.int32)[:count] < threshold).view(shape)
 
 
 def scaled_keep_mask(shape: torch.Size | tuple[int, ...], keep: float, dtype: torch.dtype) -> Tensor:
@@ -39,6 +46,22 @@ class Dropout(nn.Dropout):
 
     def forward(self, x: Tensor) -> Tensor:
         """x [...] → [...] (the identity in eval mode)."""
-        if not self.training or x.device.type != "cpu" or not 0.0 < self.p < 1.0 or self.inplace:
+        if not self._draws_on_cpu(x):
             return F.dropout(x, self.p, self.training, self.inplace)
         return x * scaled_keep_mask(x.shape, 1.0 - self.p, x.dtype)  # the backward multiplies by the same factor
+
+    def unscaled(self, x: Tensor) -> tuple[Tensor, float]:
+        """Dropout whose ``1 / (1 − p)`` a following linear map applies to its output instead: x [...] →
+        (x with the dropped elements zeroed [...], the factor the caller owes). ``linear(d) · f`` equals
+        ``linear(self(x))`` and saves a pass over x. Under CPU autocast the result is already in the autocast
+        dtype (the product would cast it anyway). In eval mode or off the CPU: ``(self(x), 1.0)``.
+        """
+        if not self._draws_on_cpu(x):
+            return self(x), 1.0
+        if torch.is_autocast_enabled("cpu"):
+            x = x.to(torch.get_autocast_dtype("cpu"))
+        keep = 1.0 - self.p
+        return torch.where(keep_mask(x.shape, keep), x, 0.0), 1.0 / keep
+
+    def _draws_on_cpu(self, x: Tensor) -> bool:
+        return self.training and x.device.type == "cpu" and 0.0 < self.p < 1.0 and not self.inplace

@@ -74,11 +74,15 @@ class WeightNormLinear(nn.Module):
         """The effective weight ``W`` [out, in]."""
         return weight_normalized(self.weight_v, self.weight_g)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, input_scale: float = 1.0) -> Tensor:
         """x [..., in] → [..., out], as ``(x Vᵀ) · (g / ‖V‖_F) + b``: the scalar scales the product instead of
-        the matrix, so no scaled copy of V (nor its gradient) is made."""
+        the matrix, so no scaled copy of V (nor its gradient) is made. ``input_scale`` multiplies x first
+        (folded into the same scalar: dropout's ``1 / (1 − p)``, see :meth:`Dropout.unscaled`)."""
         product = F.linear(x, self.weight_v)
-        scale = norm_scale(self.weight_v, self.weight_g).to(product.dtype)
+        scale = norm_scale(self.weight_v, self.weight_g)
+        if input_scale != 1.0:
+            scale = scale * input_scale
+        scale = scale.to(product.dtype)
         if self.bias is None:
             return product * scale
         return torch.addcmul(self.bias.to(product.dtype), product, scale)
@@ -110,7 +114,7 @@ class FCStack(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x [..., dims[0]] → [..., dims[-1]]."""
         for layer in self.layers:
-            x = layer(self.dropout(x))
+            x = layer(*self.dropout.unscaled(x)) if isinstance(self.dropout, Dropout) else layer(x)
             if self.activation == "relu":
                 x = F.relu(x)
         return x
