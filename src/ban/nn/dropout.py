@@ -58,10 +58,11 @@ class Dropout(nn.Dropout):
         """
         if not self._draws_on_cpu(x):
             return self(x), 1.0
-        if torch.is_autocast_enabled("cpu"):
-            x = x.to(torch.get_autocast_dtype("cpu"))
         keep = 1.0 - self.p
-        return torch.where(keep_mask(x.shape, keep), x, 0.0), 1.0 / keep
+        zeroed = x * keep_mask(x.shape, keep)  # a product with the bool mask: faster than torch.where on the CPU
+        if torch.is_autocast_enabled("cpu"):
+            zeroed = zeroed.to(torch.get_autocast_dtype("cpu"))
+        return zeroed, 1.0 / keep
 
     def _draws_on_cpu(self, x: Tensor) -> bool:
         return self.training and x.device.type == "cpu" and 0.0 < self.p < 1.0 and not self.inplace
