@@ -32,6 +32,7 @@ from ban.benchmark import BenchSettings, measure, resolve_device
 from ban.engine.distributed import ShardedBatches
 from ban.engine.tasks import make_task
 from ban.engine.trainer import resolve_precision
+from ban.heap import keep_freed_memory
 from ban.machine import describe_machine
 
 VQA2_TRAIN_QUESTIONS = 443_757
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--step-batches", type=int, default=3, help="timed paper-best steps (after one warm-up)")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
+    keep_freed_memory()  # as `ban` does when it starts
 
     device = resolve_device("auto")
     results: dict = {"machine": describe_machine(device), "command": " ".join(sys.argv),

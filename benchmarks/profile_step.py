@@ -17,6 +17,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from ban.benchmark import BenchSettings, resolve_device, step_loop, synthetic_batches
+from ban.heap import keep_freed_memory
 from ban.machine import describe_machine
 from ban.models import build_model, preset
 
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=30)
     parser.add_argument("--by-shape", action="store_true", help="group the operators by input shapes too")
     args = parser.parse_args()
+    keep_freed_memory()  # as `ban` does when it starts
 
     device = resolve_device("auto")
     settings = BenchSettings(batch_size=args.batch_size, boxes=args.boxes)
