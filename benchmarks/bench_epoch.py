@@ -6,7 +6,8 @@ For every prepared VQA dataset given (make a VQA-2.0-sized one with `ban synth -
 --no-png --feature-dim 256` and `ban prepare vqa2`: its train split is 82,783 images and ≈ 444k questions):
 
 1. the data path alone: one epoch of the train split through the loader `ban train` uses (seeded shuffle, the
-   VQA collate padding boxes per batch), nothing else — questions/s and feature MB/s;
+   VQA collate padding boxes per batch), nothing else — questions/s and feature MB/s; with ``--resident``, also
+   the same epoch gathered from `--set resident=true`'s in-memory copy (`ban.data.resident`), and its build time;
 2. with ``--train-epoch``, the first dataset only: `ban train --data DATA --preset tiny --epochs 1` as a
    subprocess, the epoch's own time and samples/s from its metrics.jsonl (data loading included);
 3. the paper-best training step at ``--batch-size`` (synthetic tensors at paper vocabulary sizes, adaptive
@@ -24,11 +25,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader
 
 from ban.benchmark import BenchSettings, measure, resolve_device
+from ban.data.resident import ResidentVQA
 from ban.engine.distributed import ShardedBatches
 from ban.engine.tasks import make_task
 from ban.engine.trainer import resolve_precision
@@ -46,16 +50,34 @@ def loader_epoch(data_dir: Path, batch_size: int, workers: int) -> dict:
     data = task.dataset(("train",))
     batches = ShardedBatches(len(data), batch_size, seed=1204, epoch=0)
     loader = DataLoader(data, batch_sampler=batches, collate_fn=task.collate, num_workers=workers)
+    return {"data": str(data_dir), "workers": workers, **drain(loader),
+            "feature_dim": task.model_sizes()["feature_dim"]}
+
+
+def resident_epoch(data_dir: Path, batch_size: int) -> dict:
+    """The same epoch from `--set resident=true`'s copy of the train split (float32, this machine's memory):
+    the time to build it, then questions/s of gathering the batches."""
+    task = make_task("vqa", data_dir)
+    data = task.dataset(("train",))
+    began = time.perf_counter()
+    resident = ResidentVQA(data, torch.device("cpu"))
+    load_seconds = time.perf_counter() - began
+    batches = ShardedBatches(len(data), batch_size, seed=1204, epoch=0)
+    return {"data": str(data_dir), "workers": "resident", "load_seconds": load_seconds,
+            **drain(map(resident.batch, batches)), "feature_dim": task.model_sizes()["feature_dim"]}
+
+
+def drain(batches: Iterable[dict]) -> dict:
+    """Consume the batches: questions, seconds, questions/s, feature MB/s (real boxes), mean padded boxes."""
     questions = feature_bytes = padded_boxes = 0
     began = time.perf_counter()
-    for batch in loader:
+    for batch in batches:
         questions += batch["features"].shape[0]
         feature_bytes += int(batch["box_mask"].sum()) * batch["features"].shape[2] * 4
         padded_boxes += batch["features"].shape[0] * batch["features"].shape[1]
     seconds = time.perf_counter() - began
-    return {"data": str(data_dir), "workers": workers, "questions": questions, "seconds": seconds,
-            "questions_per_s": questions / seconds, "feature_mb_per_s": feature_bytes / seconds / 1e6,
-            "feature_dim": task.model_sizes()["feature_dim"], "mean_padded_boxes": padded_boxes / questions}
+    return {"questions": questions, "seconds": seconds, "questions_per_s": questions / seconds,
+            "feature_mb_per_s": feature_bytes / seconds / 1e6, "mean_padded_boxes": padded_boxes / questions}
 
 
 def train_epoch(data_dir: Path, batch_size: int) -> dict:
@@ -93,6 +115,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, nargs="+", required=True, help="prepared VQA dataset dirs")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, nargs="+", default=[0], help="loader worker counts to measure")
+    parser.add_argument("--resident", action="store_true", help="also the epoch from resident=true's copy")
     parser.add_argument("--train-epoch", action="store_true", help="also run one `ban train` epoch (tiny preset)")
     parser.add_argument("--step-batches", type=int, default=3, help="timed paper-best steps (after one warm-up)")
     parser.add_argument("--json-out", type=Path)
@@ -102,8 +125,11 @@ def main() -> None:
     device = resolve_device("auto")
     results: dict = {"machine": describe_machine(device), "command": " ".join(sys.argv),
                      "loader": [loader_epoch(d, args.batch_size, w) for d in args.data for w in args.workers]}
+    if args.resident:
+        results["loader"] += [resident_epoch(d, args.batch_size) for d in args.data]
     for row in results["loader"]:
-        print(f"loader  {row['data']}  workers {row['workers']}: {row['questions']:,} questions in "
+        built = f" (built in {row['load_seconds']:.1f} s)" if "load_seconds" in row else ""
+        print(f"loader  {row['data']}  workers {row['workers']}{built}: {row['questions']:,} questions in "
               f"{row['seconds']:.1f} s = {row['questions_per_s']:,.0f} q/s, {row['feature_mb_per_s']:.0f} MB/s of "
               f"{row['feature_dim']}-d features, {row['mean_padded_boxes']:.1f} padded boxes per question")
     if args.train_epoch:

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_dataset
 
-from ban.data.synthetic import generate
-from ban.data.vqa2 import prepare_vqa2
 from ban.engine.checkpoint import Checkpoint
 from ban.engine.config import TrainConfig
 from ban.engine.run import CHECKPOINT_FILE, RunConfig, fingerprint, load_run, start_run
@@ -21,14 +20,6 @@ from ban.engine.trainer import TrainingInterrupted, train
 from ban.errors import ConfigError, DataError
 from ban.metrics.vqa import score_files
 from ban.models import preset
-
-
-def make_dataset(root: Path, seed: int, min_answer_count: int = 9) -> Path:
-    generate(root / "raw", seed=seed, num_images=56, feature_dim=16, flickr_images=0, write_images=False,
-             workers=1, progress=False)
-    prepare_vqa2(root / "raw" / "vqa", sorted((root / "raw" / "features").glob("*.tsv")), root / "prepared",
-                 min_answer_count=min_answer_count, progress=False)
-    return root / "prepared"
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +88,19 @@ def test_interrupted_and_resumed_runs_end_with_the_same_weights(data_dir, tmp_pa
     lines = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
     assert (straight / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resident_data_trains_to_the_same_weights_as_the_loader(data_dir, tmp_path):
+    """resident=true gathers the same batches on the device: in float32 the run is bit-identical."""
+    histories = {}
+    for resident in (False, True):
+        run = small_run(data_dir, precision="fp32", resident=resident)
+        start_run(tmp_path / str(resident), run, resume=False)
+        histories[resident] = train(tmp_path / str(resident), run, VQATask(data_dir))
+    loader_weights = weights(tmp_path / "False")
+    for name, tensor in weights(tmp_path / "True").items():
+        assert torch.equal(tensor, loader_weights[name]), name
+    assert [r["train_loss"] for r in histories[True]] == [r["train_loss"] for r in histories[False]]
 
 
 def test_validation_metrics_match_a_naive_recomputation(data_dir, tmp_path):

@@ -26,7 +26,9 @@ class TrainConfig:
 
     The learning rate of epoch ``e`` is ``lr × warmup[e]`` during the warm-up epochs, then ``lr × warmup[-1]``,
     multiplied by ``decay_rate`` at each epoch listed in ``decay_epochs`` (see :mod:`ban.engine.schedule`).
-    ``batch_size`` is the global batch: under ``torchrun`` it is split across the processes.
+    ``batch_size`` is the global batch: under ``torchrun`` it is split across the processes. ``resident`` copies
+    the training splits onto the training device once and gathers each batch there instead of running a data
+    loader (VQA; :mod:`ban.data.resident`).
     """
 
     lr: float = 1e-3
@@ -42,6 +44,7 @@ class TrainConfig:
     precision: str = "auto"
     device: str = "auto"
     num_workers: int = 0
+    resident: bool = False
     eval_batch_size: int = 512
     train_splits: tuple[str, ...] = ("train",)
     val_split: str = "val"

@@ -90,6 +90,10 @@ class Task:
     def open_split(self, split: str) -> Dataset:
         raise NotImplementedError
 
+    def resident(self, dataset: Dataset, device: torch.device, precision: str, progress: bool) -> Any:
+        """``dataset`` held on ``device``, with a ``batch(indices)`` method (the ``resident`` training setting)."""
+        raise ConfigError(f"resident=true is implemented for VQA only; {self.name} trains from its data loader")
+
     collate: Callable[[list[Any]], Batch]
 
     def forward(self, model: nn.Module, batch: Batch) -> Tensor:
@@ -178,6 +182,14 @@ class VQATask(Task):
         if self._store is None:  # one open feature store shared by all splits
             self._store = FeatureStore.open(self.data_dir)
         return VQADataset(self.data_dir, split, features=self._store)
+
+    def resident(self, dataset: Dataset, device: torch.device, precision: str, progress: bool) -> Any:
+        """A :class:`ban.data.resident.ResidentVQA`; features in bf16 when training in bf16 (every product that
+        reads them casts them to bf16 anyway), else float32."""
+        from ban.data.resident import ResidentVQA
+
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        return ResidentVQA(dataset, device, dtype, progress=progress)
 
     def forward(self, model: nn.Module, batch: Batch) -> Tensor:
         return model(batch["features"], batch["boxes"], batch["questions"], box_mask=batch["box_mask"]).logits

@@ -191,6 +191,8 @@ class Trainer:
             device_ids = [context.device] if context.device.type == "cuda" else None
             self.trained = DistributedDataParallel(self.model, device_ids=device_ids, find_unused_parameters=True)
         self.data = task.dataset(self.config.train_splits)
+        self.resident = task.resident(self.data, context.device, self.precision, context.is_main) \
+            if self.config.resident else None
         self.validate = bool(self.config.val_split) and self.config.val_split in task.splits()
 
     def fit(self) -> list[dict[str, Any]]:
@@ -236,9 +238,12 @@ class Trainer:
         set_learning_rate(self.optimizer, lr)
         batches = ShardedBatches(len(self.data), config.batch_size, config.seed, epoch, rank=context.rank,
                                  world_size=context.world_size, start=start)
-        loader = DataLoader(self.data, batch_sampler=batches, collate_fn=self.task.collate,
-                            num_workers=config.num_workers, pin_memory=context.device.type == "cuda",
-                            generator=torch.Generator().manual_seed(config.seed + epoch))
+        if self.resident is not None:  # batches gathered on the device: no loader
+            loader = map(self.resident.batch, batches)
+        else:
+            loader = DataLoader(self.data, batch_sampler=batches, collate_fn=self.task.collate,
+                                num_workers=config.num_workers, pin_memory=context.device.type == "cuda",
+                                generator=torch.Generator().manual_seed(config.seed + epoch))
         # running sums of loss, score and samples, kept on the device (no host sync per step)
         sums = torch.tensor([partial.get(k, 0.0) for k in SUMS], dtype=torch.float64, device=context.device)
         skipped = int(partial.get("skipped", 0))  # batches with a non-finite loss or gradient (skip_nonfinite)
