@@ -33,3 +33,13 @@ def test_every_path_precision_and_mode_runs():
     for result in results:
         assert result.ms_per_step > 0 and result.questions_per_s > 0 and result.tflops > 0
         assert abs(result.questions_per_s - 4 / (result.ms_per_step / 1000)) < 1e-6 * result.questions_per_s
+
+
+def test_the_command_runs_with_the_trainers_host_sync(capsys):
+    from ban.cli import main
+
+    assert main(["bench", "--preset", "tiny", "--num-tokens", "30", "--num-answers", "12", "--batch-size", "4",
+                 "--steps", "1", "--warmup", "1", "--paths", "plain", "--precisions", "fp32", "--modes", "train",
+                 "--device", "cpu", "--host-sync"]) == 0
+    out = capsys.readouterr().out
+    assert "finiteness read on the host each step" in out and "| plain | fp32 | train |" in out

@@ -36,6 +36,7 @@ class BenchSettings:
     warmup: int = 3
     device: str = "auto"
     seed: int = 0
+    host_sync: bool = False  # read the loss's and gradient norm's finiteness on the host each step (`ban train`)
 
 
 @dataclass
@@ -107,10 +108,11 @@ def _peak_memory_gib(device: torch.device) -> float:
 
 
 def step_loop(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: str, precision: str,
-              device: torch.device) -> Iterator[None]:
+              device: torch.device, host_sync: bool = False) -> Iterator[None]:
     """One step per ``next()``, cycling through ``batches`` (dicts with features, boxes, questions, targets, as
     :func:`synthetic_batches` or the VQA collate make them): a training step (``mode="train"``: forward, BCE,
-    backward, clip 0.25, Adamax) or an inference forward pass."""
+    backward, clip 0.25, Adamax) or an inference forward pass. ``host_sync``: before the update, read on the
+    host whether the loss and the gradient norm are finite, as `ban train` does (on a GPU: waits for the step)."""
     optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3)
     model.train(mode == "train")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -123,7 +125,9 @@ def step_loop(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: st
                 out = model(batch["features"], batch["boxes"], batch["questions"])
             loss = vqa_loss(out.logits, batch["targets"], batch["targets"].shape[0])
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+            if host_sync:
+                bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         else:
@@ -142,7 +146,7 @@ def measure(settings: BenchSettings, path: str, precision: str, mode: str) -> Be
     batches = synthetic_batches(settings, config, device, count=min(settings.steps, 4))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    steps = step_loop(model, batches, mode, precision, device)
+    steps = step_loop(model, batches, mode, precision, device, settings.host_sync)
     for _ in range(settings.warmup):
         next(steps)
     _synchronize(device)

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modes", nargs="+", choices=["train", "infer"], default=["train", "infer"])
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--host-sync", action="store_true",
+                        help="read the loss's and gradient norm's finiteness on the host before each update, as "
+                             "`ban train` does (on a GPU the host then waits for every step)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
 
@@ -40,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset, num_tokens=args.num_tokens, num_answers=args.num_answers,
         batch_size=args.batch_size or (256 if on_gpu else 32), boxes=args.boxes or ("adaptive" if on_gpu else "36"),
         question_length=args.question_length, steps=args.steps, warmup=args.warmup, device=args.device,
+        host_sync=args.host_sync,
     )
     results = run_all(settings, args.paths, args.precisions, args.modes)
     if args.json:
@@ -47,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         device = resolve_device(settings.device)
         print(f"{describe_machine(device)}; preset {settings.preset}, batch {settings.batch_size}, "
-              f"boxes {settings.boxes}, {settings.question_length} tokens")
+              f"boxes {settings.boxes}, {settings.question_length} tokens"
+              + (", finiteness read on the host each step" if settings.host_sync else ""))
         print(format_table(results))
     return 0
