@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_dataset
 from PIL import Image
-from test_engine_trainer import make_dataset
 
 from ban.cli import main
 from ban.engine.checkpoint import Checkpoint
@@ -93,7 +93,8 @@ def test_resume_needs_an_existing_run(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_equal_one_process_on_the_same_global_batch(data_dir, tmp_path):
+@pytest.mark.parametrize("data_path", ["loader", "resident"])
+def test_torchrun_two_processes_equal_one_process_on_the_same_global_batch(data_dir, tmp_path, data_path):
     # Dropout off: the processes draw different dropout noise than one process would (per-sample noise is not
     # tied to the sample), so only the dropout-free computation can be compared. One epoch = 4 steps of 64
     # (the last global batch, 25 questions, is split 13 / 12). Over more steps Adamax amplifies float
@@ -105,9 +106,10 @@ def test_torchrun_two_processes_equal_one_process_on_the_same_global_batch(data_
     single, parallel = tmp_path / "single", tmp_path / "parallel"
     subprocess.run([sys.executable, "-m", "ban.cli", *common, "--out", str(single)], check=True, env=env,
                    capture_output=True)
+    resident = ["--set", "resident=true"] if data_path == "resident" else []  # each process holds the data
     launched = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ban.cli",
-         *common, "--out", str(parallel)], env=env, capture_output=True, text=True)
+         *common, *resident, "--out", str(parallel)], env=env, capture_output=True, text=True)
     assert launched.returncode == 0, launched.stderr[-3000:]
     one, two = Checkpoint(single / CHECKPOINT_FILE), Checkpoint(parallel / CHECKPOINT_FILE)
     for name, tensor in one.model.items():
