@@ -28,8 +28,10 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def small_run(data_dir: Path, **train: object) -> RunConfig:
+    """A 2-glimpse tiny BAN with the paper's dropout rates (so that dropout masks take part in every comparison)."""
     task = VQATask(data_dir)
-    model = preset("tiny", hidden_dim=16, word_dim=8, num_glimpses=2, **task.model_sizes())
+    model = preset("tiny", hidden_dim=16, word_dim=8, num_glimpses=2, dropout=0.2, attention_dropout=0.5,
+                   classifier_dropout=0.5, **task.model_sizes())
     config = TrainConfig(**{"batch_size": 64, "epochs": 2, "lr": 2e-3, "warmup": (0.5, 1.0), **train})
     return RunConfig("vqa", str(data_dir), model, config, fingerprint(data_dir))
 
