@@ -35,12 +35,6 @@ def keep_mask(shape: torch.Size | tuple[int, ...], keep: float, generator: torch
     return torch.from_numpy(words.view(np.int32)[:count] < threshold).view(shape)
 
 
-def scaled_keep_mask(shape: torch.Size | tuple[int, ...], keep: float, dtype: torch.dtype) -> Tensor:
-    """``1 / keep`` where :func:`keep_mask` keeps, else 0: the factor inverted dropout multiplies by [shape]."""
-    kept, dropped = torch.tensor(1.0 / keep, dtype=dtype), torch.tensor(0.0, dtype=dtype)
-    return torch.where(keep_mask(shape, keep), kept, dropped)
-
-
 class Dropout(nn.Dropout):
     """``nn.Dropout`` (kept elements scaled by ``1 / (1 − p)``) whose CPU masks come from :func:`keep_mask`."""
 
@@ -48,7 +42,8 @@ class Dropout(nn.Dropout):
         """x [...] → [...] (the identity in eval mode)."""
         if not self._draws_on_cpu(x):
             return F.dropout(x, self.p, self.training, self.inplace)
-        return x * scaled_keep_mask(x.shape, 1.0 - self.p, x.dtype)  # the backward multiplies by the same factor
+        zeroed, factor = self._zero_dropped(x)
+        return zeroed.mul_(factor)  # the backward multiplies by the same mask and factor
 
     def unscaled(self, x: Tensor) -> tuple[Tensor, float]:
         """Dropout whose ``1 / (1 − p)`` a following linear map applies to its output instead: x [...] →
@@ -58,11 +53,16 @@ class Dropout(nn.Dropout):
         """
         if not self._draws_on_cpu(x):
             return self(x), 1.0
-        keep = 1.0 - self.p
-        zeroed = x * keep_mask(x.shape, keep)  # a product with the bool mask: faster than torch.where on the CPU
+        zeroed, factor = self._zero_dropped(x)
         if torch.is_autocast_enabled("cpu"):
             zeroed = zeroed.to(torch.get_autocast_dtype("cpu"))
-        return zeroed, 1.0 / keep
+        return zeroed, factor
+
+    def _zero_dropped(self, x: Tensor) -> tuple[Tensor, float]:
+        """(x times a :func:`keep_mask` — a product with the bool mask, faster than ``torch.where`` on the CPU —
+        and ``1 / keep``)."""
+        keep = 1.0 - self.p
+        return x * keep_mask(x.shape, keep), 1.0 / keep
 
     def _draws_on_cpu(self, x: Tensor) -> bool:
         return self.training and x.device.type == "cpu" and 0.0 < self.p < 1.0 and not self.inplace
