@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ban.engine.loss import vqa_loss
+from ban.engine.optim import adamax
 from ban.machine import describe_machine
 from ban.models import BANConfig, build_model, preset
 
@@ -111,9 +112,10 @@ def step_loop(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: st
               device: torch.device, host_sync: bool = False) -> Iterator[None]:
     """One step per ``next()``, cycling through ``batches`` (dicts with features, boxes, questions, targets, as
     :func:`synthetic_batches` or the VQA collate make them): a training step (``mode="train"``: forward, BCE,
-    backward, clip 0.25, Adamax) or an inference forward pass. ``host_sync``: before the update, read on the
-    host whether the loss and the gradient norm are finite, as `ban train` does (on a GPU: waits for the step)."""
-    optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3)
+    backward, clip 0.25, Adamax as `ban train` builds it) or an inference forward pass. ``host_sync``: before the
+    update, read on the host whether the loss and the gradient norm are finite, as `ban train` does (on a GPU: waits
+    for the step)."""
+    optimizer = adamax(model.parameters(), device, lr=1e-3)
     model.train(mode == "train")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     index = 0

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from ban.engine import distributed
 from ban.engine.checkpoint import Checkpoint, save_checkpoint
 from ban.engine.distributed import DistContext, ShardedBatches
+from ban.engine.optim import adamax
 from ban.engine.reporting import report_epoch
 from ban.engine.run import BEST_FILE, CHECKPOINT_FILE, RunConfig
 from ban.engine.schedule import learning_rate, set_learning_rate
@@ -173,8 +174,8 @@ class Trainer:
         self.run_dir, self.run, self.task, self.context, self.config = run_dir, run, task, context, run.train
         self.precision = resolve_precision(self.config.precision, context.device)
         self.model = initial_model(run, task).to(context.device)
-        self.optimizer = torch.optim.Adamax(self.model.parameters(), lr=self.config.lr,
-                                            betas=tuple(self.config.betas), eps=self.config.eps)
+        self.optimizer = adamax(self.model.parameters(), context.device, self.config.lr, tuple(self.config.betas),
+                                self.config.eps)
         torch.manual_seed(self.config.seed + context.rank)  # dropout noise: different per process, reproducible
         self.position: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "partial": {}}
         if resume and not (run_dir / CHECKPOINT_FILE).exists():  # stopped before its first checkpoint

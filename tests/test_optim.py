@@ -1,0 +1,116 @@
+"""The fused CPU Adamax follows torch.optim.Adamax step for step, and is chosen only where it pays."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from ban.engine.optim import FUSED_MIN_PARAMETERS, FusedCPUAdamax, adamax, cpu_kernel
+
+SHAPES = [(300, 257), (1281,), (), (7, 3, 5)]  # odd sizes: the parallel chunks do not divide them
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    built = cpu_kernel()
+    if built is None:
+        pytest.skip("the C++ extension could not be built here (see the RuntimeWarning)")
+    return built
+
+
+def twin_parameters(seed: int) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    generator = torch.Generator().manual_seed(seed)
+    values = [torch.randn(shape, generator=generator) for shape in SHAPES]
+    return [nn.Parameter(v.clone()) for v in values], [nn.Parameter(v.clone()) for v in values]
+
+
+def set_gradients(first: list[nn.Parameter], second: list[nn.Parameter], generator: torch.Generator) -> None:
+    for a, b in zip(first, second, strict=True):
+        grad = torch.randn(a.shape, generator=generator) * 10.0 ** int(torch.randint(-6, 1, (), generator=generator))
+        grad[torch.rand(a.shape, generator=generator) < 0.1] = 0.0  # entries without gradient: u decays to ε
+        a.grad, b.grad = grad.clone(), grad.clone()
+
+
+def test_fused_steps_follow_torch_adamax_and_share_its_state(kernel):
+    fused_params, torch_params = twin_parameters(0)
+    fused = FusedCPUAdamax(fused_params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8)
+    reference = torch.optim.Adamax(torch_params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(8):
+        set_gradients(fused_params, torch_params, generator)
+        fused.step()
+        reference.step()
+    for a, b, initial in zip(fused_params, torch_params, twin_parameters(0)[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+        assert (a - initial).abs().max() > 1e-3  # it did move (8 steps of ≈ lr each)
+    fused_state, torch_state = fused.state_dict(), reference.state_dict()
+    assert fused_state["param_groups"] == torch_state["param_groups"]
+    for index, entry in torch_state["state"].items():
+        assert fused_state["state"][index].keys() == entry.keys()
+        assert float(fused_state["state"][index]["step"]) == float(entry["step"]) == 8
+        for name in ("exp_avg", "exp_inf"):
+            torch.testing.assert_close(fused_state["state"][index][name], entry[name], rtol=1e-6, atol=1e-9)
+
+    resumed_params = [nn.Parameter(p.detach().clone()) for p in fused_params]  # a fused checkpoint, resumed unfused
+    resumed = torch.optim.Adamax(resumed_params, lr=2e-3)
+    resumed.load_state_dict(copy.deepcopy(fused.state_dict()))  # as a checkpoint holds it: its own tensors
+    set_gradients(fused_params, resumed_params, generator)
+    fused.step()
+    resumed.step()
+    for a, b in zip(fused_params, resumed_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_a_non_finite_gradient_poisons_the_parameter_as_torch_does(kernel):
+    fused_params, torch_params = twin_parameters(2)
+    fused, reference = FusedCPUAdamax(fused_params, lr=1e-3), torch.optim.Adamax(torch_params, lr=1e-3)
+    for params in (fused_params, torch_params):
+        for p in params:
+            p.grad = torch.ones_like(p)
+            p.grad.view(-1)[0] = math.nan
+    fused.step()
+    reference.step()
+    for a, b in zip(fused_params, torch_params, strict=True):
+        assert torch.equal(a.isnan(), b.isnan()) and a.view(-1)[0].isnan()
+
+
+def test_groups_it_cannot_fuse_take_torchs_step(kernel):
+    fused_params, torch_params = twin_parameters(3)
+    fused = FusedCPUAdamax(fused_params, lr=1e-3, weight_decay=0.1)
+    reference = torch.optim.Adamax(torch_params, lr=1e-3, weight_decay=0.1)
+    set_gradients(fused_params, torch_params, torch.Generator().manual_seed(4))
+    fused.step()
+    reference.step()
+    for a, b in zip(fused_params, torch_params, strict=True):
+        assert torch.equal(a, b)  # the very same code ran
+
+
+def test_the_fused_update_is_chosen_for_large_cpu_models_only(kernel, monkeypatch):
+    small = [nn.Parameter(torch.zeros(10))]
+    large = [nn.Parameter(torch.zeros(FUSED_MIN_PARAMETERS))]
+    cpu = torch.device("cpu")
+    assert type(adamax(small, cpu, lr=1e-3)) is torch.optim.Adamax
+    assert type(adamax(large, cpu, lr=1e-3)) is FusedCPUAdamax
+    assert type(adamax(large, torch.device("meta"), lr=1e-3)) is torch.optim.Adamax
+    monkeypatch.setenv("BAN_FUSED_ADAMAX", "0")
+    assert type(adamax(large, cpu, lr=1e-3)) is torch.optim.Adamax
+
+
+def test_without_a_compiler_training_falls_back_to_torch_adamax(tmp_path):
+    child = ("import warnings, torch\n"
+             "from ban.engine.optim import FUSED_MIN_PARAMETERS, adamax\n"
+             "with warnings.catch_warnings(record=True) as caught:\n"
+             "    warnings.simplefilter('always')\n"
+             "    chosen = adamax([torch.nn.Parameter(torch.zeros(FUSED_MIN_PARAMETERS))], torch.device('cpu'), 1e-3)\n"
+             "print(type(chosen).__name__, '|', caught[0].message)\n")
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "build")}
+    out = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, check=True).stdout
+    chosen, message = out.strip().split(" | ", 1)
+    assert chosen == "Adamax" and message.startswith("the fused CPU Adamax could not be built")
