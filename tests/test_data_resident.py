@@ -71,3 +71,12 @@ def test_grounding_refuses_resident_data_with_a_clear_message(tmp_path):
     task = GroundingTask.__new__(GroundingTask)  # the check needs no dataset on disk
     with pytest.raises(ConfigError, match="resident=true is implemented for VQA only"):
         task.resident(None, torch.device("cpu"), "fp32", progress=False)
+
+
+def test_a_set_larger_than_the_free_memory_is_refused_before_allocating(root, monkeypatch):
+    import ban.data.resident as resident
+
+    assert resident.free_memory(torch.device("cpu")) > 2**20  # this machine's MemAvailable is read
+    monkeypatch.setattr(resident, "free_memory", lambda device: 1000)
+    with pytest.raises(ConfigError, match=r"resident data needs .* GiB on cpu but 0\.0 GiB are free"):
+        ResidentVQA(VQATask(root / "prepared").dataset(["train"]), torch.device("cpu"))

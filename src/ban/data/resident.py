@@ -123,14 +123,27 @@ class ResidentVQA:
         return end
 
     def _check_memory(self, rows: int, width: int, dtype: torch.dtype) -> None:
-        """Refuse, before allocating, a set that does not fit in the GPU's free memory."""
-        if self.device.type != "cuda":
-            return
+        """Refuse, before allocating, a set that does not fit in the device's free memory."""
+        free = free_memory(self.device)
         needed = rows * (width * torch.empty((), dtype=dtype).element_size() + 6 * 4)
-        free, _ = torch.cuda.mem_get_info(self.device)
-        if needed > 0.9 * free:
+        if free is not None and needed > 0.9 * free:
             raise ConfigError(f"resident data needs {needed / 2**30:.1f} GiB on {self.device} but "
                               f"{free / 2**30:.1f} GiB are free: train with --set resident=false")
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device``: the CUDA allocator's view, or MemAvailable of /proc/meminfo for the CPU; None when
+    unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _check_images(part: VQADataset, store: FeatureStore) -> None:
