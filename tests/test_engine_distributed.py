@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from ban.engine.distributed import ShardedBatches
 
 
@@ -26,3 +28,22 @@ def test_order_depends_on_seed_and_epoch_only_and_resumes_mid_epoch():
 def test_last_batch_smaller_than_world_is_dropped():
     assert [len(b) for b in ShardedBatches(9, batch_size=4, seed=0, epoch=0, rank=0, world_size=2)] == [2, 2]
     assert ShardedBatches(9, batch_size=4, seed=0, epoch=0).global_sizes == [4, 4, 1]
+
+
+def test_bucketed_batches_hold_similar_box_counts_and_still_cover_the_epoch_once():
+    sizes = torch.randint(10, 101, (5000,), generator=torch.Generator().manual_seed(0)).tolist()
+    plain = list(ShardedBatches(5000, batch_size=32, seed=5, epoch=2))
+    bucketed = list(ShardedBatches(5000, batch_size=32, seed=5, epoch=2, sizes=sizes))
+    assert sorted(sum(bucketed, [])) == list(range(5000))
+    assert bucketed == list(ShardedBatches(5000, batch_size=32, seed=5, epoch=2, sizes=sizes))
+    assert bucketed != list(ShardedBatches(5000, batch_size=32, seed=5, epoch=3, sizes=sizes))
+
+    def mean_padding(batches):  # padded slots per real box: (max − mean) / mean, averaged over batches
+        return sum((max(sizes[i] for i in b) / (sum(sizes[i] for i in b) / len(b)) - 1) for b in batches) / len(batches)
+
+    assert mean_padding(plain) > 0.6 and mean_padding(bucketed) < 0.05
+    assert sorted(len(b) for b in bucketed)[1:] == [32] * (len(bucketed) - 1)  # one smaller batch, as unbucketed
+    parts = [ShardedBatches(5000, batch_size=32, seed=5, epoch=2, rank=r, world_size=2, sizes=sizes) for r in (0, 1)]
+    assert [a + b for a, b in zip(*(list(p) for p in parts), strict=True)] == bucketed
+    resumed = ShardedBatches(5000, batch_size=32, seed=5, epoch=2, start=7, sizes=sizes)
+    assert list(resumed) == bucketed[7:]

@@ -105,6 +105,13 @@ def test_resident_data_trains_to_the_same_weights_as_the_loader(data_dir, tmp_pa
     assert [r["train_loss"] for r in histories[True]] == [r["train_loss"] for r in histories[False]]
 
 
+def test_bucketed_batches_train_on_every_question_once_per_epoch(data_dir, tmp_path):
+    run = small_run(data_dir, epochs=1, bucket_boxes=True)
+    start_run(tmp_path, run, resume=False)
+    record = train(tmp_path, run, VQATask(data_dir))[-1]
+    assert record["samples"] == len(VQATask(data_dir).dataset(["train"])) and np.isfinite(record["train_loss"])
+
+
 def test_validation_metrics_match_a_naive_recomputation(data_dir, tmp_path):
     """The epoch's val numbers equal: one-question-at-a-time predictions scored from files by the official
     metric, and the training-time score / upper bound summed by hand from the prepared targets."""

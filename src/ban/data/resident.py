@@ -15,22 +15,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ban.data.features import FeatureStore
-from ban.data.vqa_dataset import VQADataset
+from ban.data.vqa_dataset import VQADataset, vqa_parts
 from ban.errors import ConfigError, DataError
 
 _COPY_ROWS = 2**16  # regions staged on the host per copy to the device
-
-
-def vqa_parts(dataset: Dataset) -> list[VQADataset]:
-    """The :class:`VQADataset` splits of ``dataset`` (one split, or a ConcatDataset of them) in order."""
-    parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
-    if not all(isinstance(part, VQADataset) for part in parts):
-        raise ConfigError("resident data needs prepared VQA splits")
-    return list(parts)
 
 
 class ResidentVQA:

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from ban.data.features import FeatureStore
 from ban.data.jsonfile import read_json
-from ban.errors import DataError
+from ban.errors import ConfigError, DataError
 
 MANIFEST = "manifest.json"
 
@@ -128,3 +128,11 @@ class VQADataset(Dataset):
             "target": target,
             "question_id": int(self.question_ids[index]),
         }
+
+
+def vqa_parts(dataset: Dataset) -> list[VQADataset]:
+    """The :class:`VQADataset` splits of ``dataset`` (one split, or a ConcatDataset of them) in order."""
+    parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
+    if not all(isinstance(part, VQADataset) for part in parts):
+        raise ConfigError("expected prepared VQA splits")
+    return list(parts)

@@ -28,7 +28,9 @@ class TrainConfig:
     multiplied by ``decay_rate`` at each epoch listed in ``decay_epochs`` (see :mod:`ban.engine.schedule`).
     ``batch_size`` is the global batch: under ``torchrun`` it is split across the processes. ``resident`` copies
     the training splits onto the training device once and gathers each batch there instead of running a data
-    loader (VQA; :mod:`ban.data.resident`).
+    loader (VQA; :mod:`ban.data.resident`). ``bucket_boxes`` batches images of similar box counts together
+    (:class:`ban.engine.distributed.ShardedBatches`; VQA): less padding and fewer distinct shapes, but batches are
+    no longer uniform samples of the data (its accuracy effect is measured in benchmarks/RESULTS.md).
     """
 
     lr: float = 1e-3
@@ -45,6 +47,7 @@ class TrainConfig:
     device: str = "auto"
     num_workers: int = 0
     resident: bool = False
+    bucket_boxes: bool = False
     eval_batch_size: int = 512
     train_splits: tuple[str, ...] = ("train",)
     val_split: str = "val"

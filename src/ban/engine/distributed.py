@@ -10,11 +10,12 @@ summation order). Backend: NCCL on CUDA, gloo on CPU.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 from torch.utils.data import Sampler
 
 
@@ -93,6 +94,11 @@ class ShardedBatches(Sampler[list[int]]):
     indices of each batch from ``start`` on (to resume mid-epoch). In a multi-process run a final global batch
     smaller than the number of processes is dropped (a process must not get an empty batch).
 
+    With ``sizes`` (each sample's box count), batches are bucketed: the permutation is cut into runs of
+    :data:`BUCKET_BATCHES` batches, each run sorted by size and cut into batches, and the batches of the epoch
+    shuffled — so a batch holds images of similar box counts (little padding, few distinct shapes) while every
+    sample still comes once per epoch in a seeded order.
+
     >>> list(ShardedBatches(6, batch_size=4, seed=0, epoch=0, shuffle=False, rank=1, world_size=2))
     [[2, 3], [5]]
     """
@@ -107,12 +113,15 @@ class ShardedBatches(Sampler[list[int]]):
         rank: int = 0,
         world_size: int = 1,
         start: int = 0,
+        sizes: Sequence[int] | None = None,
     ) -> None:
-        if shuffle:
-            order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed + epoch))
+        generator = torch.Generator().manual_seed(seed + epoch)
+        order = torch.randperm(num_samples, generator=generator) if shuffle else torch.arange(num_samples)
+        if sizes is None:
+            batches = list(order.split(batch_size))
         else:
-            order = torch.arange(num_samples)
-        batches = [b for b in order.split(batch_size) if len(b) >= world_size]
+            batches = bucketed_batches(order, torch.as_tensor(sizes), batch_size, generator)
+        batches = [b for b in batches if len(b) >= world_size]
         self.global_sizes = [len(b) for b in batches][start:]
         self._local = [b.tensor_split(world_size)[rank].tolist() for b in batches][start:]
 
@@ -121,3 +130,16 @@ class ShardedBatches(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self._local)
+
+
+BUCKET_BATCHES = 64  # batches whose samples are sorted by size together
+
+
+def bucketed_batches(order: Tensor, sizes: Tensor, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """``order`` cut into runs of :data:`BUCKET_BATCHES` batches, each run stably sorted by ``sizes`` and cut into
+    batches; the batches then in a seeded random order (a run's last, smaller batch included)."""
+    batches = []
+    for run in order.split(BUCKET_BATCHES * batch_size):
+        by_size = run[torch.sort(sizes[run], stable=True).indices]
+        batches.extend(by_size.split(batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]

@@ -94,6 +94,10 @@ class Task:
         """``dataset`` held on ``device``, with a ``batch(indices)`` method (the ``resident`` training setting)."""
         raise ConfigError(f"resident=true is implemented for VQA only; {self.name} trains from its data loader")
 
+    def box_counts(self, dataset: Dataset) -> Any:
+        """Each sample's box count ``[len(dataset)]`` (the ``bucket_boxes`` training setting)."""
+        raise ConfigError(f"bucket_boxes=true is implemented for VQA only, not for {self.name}")
+
     collate: Callable[[list[Any]], Batch]
 
     def forward(self, model: nn.Module, batch: Batch) -> Tensor:
@@ -190,6 +194,13 @@ class VQATask(Task):
 
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         return ResidentVQA(dataset, device, dtype, progress=progress)
+
+    def box_counts(self, dataset: Dataset) -> Any:
+        import numpy as np
+
+        from ban.data.vqa_dataset import vqa_parts
+
+        return np.concatenate([part.box_counts() for part in vqa_parts(dataset)])
 
     def forward(self, model: nn.Module, batch: Batch) -> Tensor:
         return model(batch["features"], batch["boxes"], batch["questions"], box_mask=batch["box_mask"]).logits

@@ -194,6 +194,7 @@ class Trainer:
         self.data = task.dataset(self.config.train_splits)
         self.resident = task.resident(self.data, context.device, self.precision, context.is_main) \
             if self.config.resident else None
+        self.box_counts = task.box_counts(self.data) if self.config.bucket_boxes else None
         self.validate = bool(self.config.val_split) and self.config.val_split in task.splits()
 
     def fit(self) -> list[dict[str, Any]]:
@@ -238,7 +239,7 @@ class Trainer:
         lr = learning_rate(config, epoch)
         set_learning_rate(self.optimizer, lr)
         batches = ShardedBatches(len(self.data), config.batch_size, config.seed, epoch, rank=context.rank,
-                                 world_size=context.world_size, start=start)
+                                 world_size=context.world_size, start=start, sizes=self.box_counts)
         if self.resident is not None:  # batches gathered on the device: no loader
             loader = map(self.resident.batch, batches)
         else:
