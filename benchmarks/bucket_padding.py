@@ -1,0 +1,54 @@
+"""Padded box slots per question with and without `bucket_boxes` (issue 7): no model, only the batches.
+
+    python benchmarks/bucket_padding.py [--data PREPARED_VQA_DIR ...] [--batch-size 256] [--json-out FILE]
+
+For each prepared dataset's train split, and for 443,757 questions drawn from the adaptive law of `ban bench`
+(10–100 boxes, mean ≈ 32, as bottom-up features), one epoch of batches as `ban train` cuts them (seed 1204,
+epoch 0): real boxes per question, padded slots per question (the batch's largest count), the ratio, and the number
+of distinct padded shapes N in the epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ban.benchmark import BenchSettings, box_counts
+from ban.engine.distributed import ShardedBatches
+from ban.engine.tasks import make_task
+
+
+def padding(sizes: np.ndarray, batch_size: int, bucket: bool) -> dict:
+    batches = ShardedBatches(len(sizes), batch_size, seed=1204, epoch=0, sizes=sizes if bucket else None)
+    padded = sum(len(batch) * int(sizes[batch].max()) for batch in batches)
+    shapes = {int(sizes[batch].max()) for batch in batches}
+    return {"bucketed": bucket, "real_per_question": float(sizes.mean()), "padded_per_question": padded / len(sizes),
+            "padded_over_real": padded / float(sizes.sum()), "distinct_shapes": len(shapes)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, nargs="*", default=[])
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args()
+    sources = {str(d): make_task("vqa", d).box_counts(make_task("vqa", d).dataset(["train"])) for d in args.data}
+    law = box_counts(BenchSettings(batch_size=443_757), torch.Generator().manual_seed(0)).numpy()
+    sources["adaptive law of ban bench (10-100, mean ~32)"] = law
+    rows = [{"data": name, **padding(np.asarray(sizes), args.batch_size, bucket)}
+            for name, sizes in sources.items() for bucket in (False, True)]
+    print("| data | bucketed | real boxes / q | padded slots / q | padded / real | distinct N |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        print(f"| {row['data']} | {row['bucketed']} | {row['real_per_question']:.1f} | "
+              f"{row['padded_per_question']:.1f} | {row['padded_over_real']:.2f} | {row['distinct_shapes']} |")
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"batch_size": args.batch_size, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
