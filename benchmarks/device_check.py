@@ -3,6 +3,7 @@
 Run on the device machine from the repository root (the package need not be installed there):
 
     PYTHONPATH=src python benchmarks/device_check.py --out "$OUT"
+    python benchmarks/device_check.py --out /tmp/dry --device cpu --batch-size 4 --steps 1   # a dry run here
 
 1. Correctness: a paper-best model with random weights, evaluated on the CPU (fp32) and on the GPU (fp32 with
    TF32 off, and bf16 autocast), fused and plain paths: the max abs difference of the logits.
@@ -16,6 +17,7 @@ Run on the device machine from the repository root (the package need not be inst
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -48,6 +50,11 @@ def parity(device: torch.device) -> list[dict]:
     return rows
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def resident_check(device: torch.device) -> dict:
     """Gathered batches on the GPU against the collated ones (float32: must be equal), and the gather rate."""
     try:
@@ -77,11 +84,11 @@ def resident_check(device: torch.device) -> dict:
         starts = torch.randint(0, 400_000 - 100, (len(counts),), generator=generator)
         row_sets.append((starts[:, None] + torch.arange(int(counts.max()))[None, :]).to(device))
     table[row_sets[0]]
-    torch.cuda.synchronize(device)
+    synchronize(device)
     began = time.perf_counter()
     for rows in row_sets:
         table[rows]
-    torch.cuda.synchronize(device)
+    synchronize(device)
     seconds = (time.perf_counter() - began) / len(row_sets)
     return {"batch_equal_to_collate": equal, "gather_ms_per_batch_256": 1000 * seconds,
             "gather_questions_per_s": 256 / seconds}
@@ -91,20 +98,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="cuda", help="cuda (default); cpu for a dry run of the script")
     args = parser.parse_args()
-    device = torch.device("cuda")
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
     checks = parity(device)
     for row in checks:
         print(row)
-    settings = BenchSettings(steps=args.steps, warmup=5, device="cuda")
+    settings = BenchSettings(batch_size=args.batch_size, steps=args.steps, warmup=min(5, args.steps),
+                             device=args.device)
     results = run_all(settings, ["fused", "plain"], ["fp32", "bf16"], ["train", "infer"])
     print(format_table(results))
     report = {**as_json(settings, results), "parity": checks}
     (args.out / "device_check.json").write_text(json.dumps(report, indent=2))
-    synced = run_all(BenchSettings(steps=args.steps, warmup=5, device="cuda", host_sync=True), ["plain"], ["bf16"],
-                     ["train"])
-    print("with the trainer's host sync:\n" + format_table(synced))
-    report["host_sync"] = as_json(settings, synced)["results"]
+    synced = dataclasses.replace(settings, host_sync=True)
+    report["host_sync"] = as_json(synced, run_all(synced, ["plain"], ["bf16"], ["train"]))["results"]
+    print("with the trainer's host sync:", report["host_sync"])
     report["resident"] = resident_check(device)
     print(report["resident"])
     (args.out / "device_check.json").write_text(json.dumps(report, indent=2))
