@@ -29,7 +29,7 @@ class ResidentVQA:
     """The questions, targets and region features of ``dataset`` as tensors on ``device``.
 
     ``features`` ``[R + 1, D]`` in ``feature_dtype`` and ``spatial`` ``[R + 1, 6]`` float32 hold the regions of
-    the images in the order they are first used (row R: zeros); ``tokens`` ``[Q, L]`` int64 on the device; per
+    the questions' images in image-id order (row R: zeros); ``tokens`` ``[Q, L]`` int64 on the device; per
     question its image (host numpy, so that batch shapes are known without a device sync) and its sparse targets.
     """
 
@@ -55,10 +55,8 @@ class ResidentVQA:
 
         self.tokens = torch.from_numpy(np.concatenate([part.tokens for part in parts]).astype(np.int64)).to(device)
         self.question_ids = np.concatenate([part.question_ids for part in parts]).astype(np.int64)
-        label_offsets = np.cumsum([0] + [len(part.target_labels) for part in parts[:-1]])
-        self.target_offsets = np.concatenate(
-            [part.target_offsets[:-1] + shift for part, shift in zip(parts, label_offsets, strict=True)]
-            + [[sum(len(part.target_labels) for part in parts)]]).astype(np.int64)
+        self.target_lengths = np.concatenate([np.diff(part.target_offsets) for part in parts]).astype(np.int64)
+        self.target_starts = np.cumsum(self.target_lengths) - self.target_lengths  # into the concatenated labels
         self.target_labels = np.concatenate([part.target_labels for part in parts])
         self.target_scores = np.concatenate([part.target_scores for part in parts]).astype(np.float32)
 
@@ -76,7 +74,7 @@ class ResidentVQA:
         real = slots[None, :] < counts[:, None]  # [B, N]
         rows = torch.from_numpy(np.where(real, self.image_start[images][:, None] + slots[None, :], self.zero_row))
         rows = rows.to(self.device, non_blocking=True)
-        starts, lengths = self.target_offsets[index], np.diff(self.target_offsets)[index]
+        starts, lengths = self.target_starts[index], self.target_lengths[index]
         label_rows = np.repeat(np.arange(len(index)), lengths)
         first_of_row = np.cumsum(lengths) - lengths  # where each question's labels begin in the flat list
         label_positions = np.arange(lengths.sum()) + np.repeat(starts - first_of_row, lengths)
