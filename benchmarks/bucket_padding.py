@@ -36,7 +36,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
-    sources = {str(d): make_task("vqa", d).box_counts(make_task("vqa", d).dataset(["train"])) for d in args.data}
+    tasks = {str(d): make_task("vqa", d) for d in args.data}
+    sources = {name: task.box_counts(task.dataset(["train"])) for name, task in tasks.items()}
     law = box_counts(BenchSettings(batch_size=443_757), torch.Generator().manual_seed(0)).numpy()
     sources["adaptive law of ban bench (10-100, mean ~32)"] = law
     rows = [{"data": name, **padding(np.asarray(sizes), args.batch_size, bucket)}

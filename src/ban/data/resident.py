@@ -45,7 +45,7 @@ class ResidentVQA:
         unique_ids, self.question_image = np.unique(image_ids, return_inverse=True)
         counts = np.array([store.num_boxes(image_id) for image_id in unique_ids.tolist()], dtype=np.int64)
         self.image_count = counts
-        self.image_start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        self.image_start = _starts(counts)
         self.zero_row = int(counts.sum())
         self.device, self.num_answers = device, parts[0].num_answers
         self._check_memory(self.zero_row + 1, store.feature_dim, feature_dtype)
@@ -56,7 +56,7 @@ class ResidentVQA:
         self.tokens = torch.from_numpy(np.concatenate([part.tokens for part in parts]).astype(np.int64)).to(device)
         self.question_ids = np.concatenate([part.question_ids for part in parts]).astype(np.int64)
         self.target_lengths = np.concatenate([np.diff(part.target_offsets) for part in parts]).astype(np.int64)
-        self.target_starts = np.cumsum(self.target_lengths) - self.target_lengths  # into the concatenated labels
+        self.target_starts = _starts(self.target_lengths)  # into the concatenated labels
         self.target_labels = np.concatenate([part.target_labels for part in parts])
         self.target_scores = np.concatenate([part.target_scores for part in parts]).astype(np.float32)
 
@@ -76,8 +76,7 @@ class ResidentVQA:
         rows = rows.to(self.device, non_blocking=True)
         starts, lengths = self.target_starts[index], self.target_lengths[index]
         label_rows = np.repeat(np.arange(len(index)), lengths)
-        first_of_row = np.cumsum(lengths) - lengths  # where each question's labels begin in the flat list
-        label_positions = np.arange(lengths.sum()) + np.repeat(starts - first_of_row, lengths)
+        label_positions = np.arange(lengths.sum()) + np.repeat(starts - _starts(lengths), lengths)
         targets = torch.zeros((len(index), self.num_answers), dtype=torch.float32, device=self.device)
         targets[torch.from_numpy(label_rows).to(self.device),
                 torch.from_numpy(self.target_labels[label_positions]).to(self.device)] = \
@@ -134,6 +133,11 @@ def free_memory(device: torch.device) -> int | None:
     except OSError:
         pass
     return None
+
+
+def _starts(lengths: np.ndarray) -> np.ndarray:
+    """Where each of consecutive runs of ``lengths`` [n] begins: the exclusive prefix sum [n]."""
+    return np.cumsum(lengths) - lengths
 
 
 def _check_images(part: VQADataset, store: FeatureStore) -> None:
