@@ -2,14 +2,17 @@
 
     python benchmarks/profile_step.py                       # batch 32, 36 boxes, bf16 autocast, CPU
     python benchmarks/profile_step.py --precision fp32 --boxes adaptive --rows 40 --by-shape
+    python benchmarks/profile_step.py --glibc-default-heap --rows 0     # without ban.heap's malloc settings
 
-Times ``--steps`` steps after two warm-up steps (median and minimum, seconds) with the step of `ban bench`
-(forward, BCE, backward, clip 0.25, Adamax), then profiles one more step and prints its operators by self time.
+Times ``--steps`` steps after two warm-up steps (median and minimum, seconds; page faults and system time per
+step) with the step of `ban bench` (forward, BCE, backward, clip 0.25, Adamax as `ban train` builds it), then
+profiles one more step and prints its operators by self time.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -30,8 +33,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=7, help="timed steps before the profiled one")
     parser.add_argument("--rows", type=int, default=30)
     parser.add_argument("--by-shape", action="store_true", help="group the operators by input shapes too")
+    parser.add_argument("--glibc-default-heap", action="store_true",
+                        help="leave glibc's malloc as it is (`ban` calls ban.heap.keep_freed_memory at start)")
     args = parser.parse_args()
-    keep_freed_memory()  # as `ban` does when it starts
+    if not args.glibc_default_heap:
+        keep_freed_memory()
 
     device = resolve_device("auto")
     settings = BenchSettings(batch_size=args.batch_size, boxes=args.boxes)
@@ -41,12 +47,17 @@ def main() -> None:
     steps = step_loop(model, synthetic_batches(settings, config, device, count=2), "train", args.precision, device)
     for _ in range(2):
         next(steps)
-    seconds = []
+    seconds, faults, system = [], [], []
     for _ in range(args.steps):
-        began = time.perf_counter()
+        before, began = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         next(steps)
         seconds.append(time.perf_counter() - began)
-    print(f"{describe_machine(device)}; step median {statistics.median(seconds):.3f} s, min {min(seconds):.3f} s")
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        faults.append(after.ru_minflt - before.ru_minflt)
+        system.append(after.ru_stime - before.ru_stime)
+    print(f"{describe_machine(device)}; step median {statistics.median(seconds):.3f} s, min {min(seconds):.3f} s; "
+          f"per step: {min(faults):,}–{max(faults):,} page faults, {min(system):.3f}–{max(system):.3f} s of system "
+          "time (all threads)")
     with profile(activities=[ProfilerActivity.CPU], record_shapes=args.by_shape) as profiler:
         next(steps)
     table = profiler.key_averages(group_by_input_shape=args.by_shape)
