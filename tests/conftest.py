@@ -1,4 +1,5 @@
-"""Shared test helpers: where the reference fixtures live; a small prepared synthetic VQA dataset."""
+"""Shared test helpers: where the reference fixtures live; ban's compiled CPU kernels; a small prepared synthetic VQA
+dataset."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ban import kernels
 from ban.data.synthetic import generate
 from ban.data.vqa2 import prepare_vqa2
 
@@ -18,6 +20,15 @@ def official_fixtures() -> Path:
     if not OFFICIAL_FIXTURES.is_dir():
         pytest.fail(f"the reference fixtures are missing: expected them at {OFFICIAL_FIXTURES}")
     return OFFICIAL_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def kernel():
+    """ban's compiled CPU kernel module (built on first use)."""
+    built = kernels.compiled()
+    if built is None:
+        pytest.skip("ban's CPU kernels could not be built here (see the RuntimeWarning)")
+    return built
 
 
 def make_dataset(root: Path, seed: int, min_answer_count: int = 9) -> Path:

@@ -8,21 +8,13 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 from torch import nn
 
-from ban.engine.optim import FUSED_MIN_PARAMETERS, FusedCPUAdamax, adamax, cpu_kernel
+from ban import kernels
+from ban.engine.optim import FusedCPUAdamax, adamax
 
 SHAPES = [(300, 257), (1281,), (), (7, 3, 5)]  # odd sizes: the parallel chunks do not divide them
-
-
-@pytest.fixture(scope="module")
-def kernel():
-    built = cpu_kernel()
-    if built is None:
-        pytest.skip("the C++ extension could not be built here (see the RuntimeWarning)")
-    return built
 
 
 def twin_parameters(seed: int) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -94,23 +86,24 @@ def test_groups_it_cannot_fuse_take_torchs_step(kernel):
 
 def test_the_fused_update_is_chosen_for_large_cpu_models_only(kernel, monkeypatch):
     small = [nn.Parameter(torch.zeros(10))]
-    large = [nn.Parameter(torch.zeros(FUSED_MIN_PARAMETERS))]
+    large = [nn.Parameter(torch.zeros(kernels.MIN_PARAMETERS))]
     cpu = torch.device("cpu")
     assert type(adamax(small, cpu, lr=1e-3)) is torch.optim.Adamax
     assert type(adamax(large, cpu, lr=1e-3)) is FusedCPUAdamax
     assert type(adamax(large, torch.device("meta"), lr=1e-3)) is torch.optim.Adamax
-    monkeypatch.setenv("BAN_FUSED_ADAMAX", "0")
+    monkeypatch.setenv("BAN_CPU_KERNELS", "0")
     assert type(adamax(large, cpu, lr=1e-3)) is torch.optim.Adamax
 
 
 def test_without_a_compiler_training_falls_back_to_torch_adamax(tmp_path):
     child = ("import warnings, torch\n"
-             "from ban.engine.optim import FUSED_MIN_PARAMETERS, adamax\n"
+             "from ban.engine.optim import adamax\n"
+             "from ban.kernels import MIN_PARAMETERS\n"
              "with warnings.catch_warnings(record=True) as caught:\n"
              "    warnings.simplefilter('always')\n"
-             "    chosen = adamax([torch.nn.Parameter(torch.zeros(FUSED_MIN_PARAMETERS))], torch.device('cpu'), 1e-3)\n"
+             "    chosen = adamax([torch.nn.Parameter(torch.zeros(MIN_PARAMETERS))], torch.device('cpu'), 1e-3)\n"
              "print(type(chosen).__name__, '|', caught[0].message)\n")
     env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "build")}
     out = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, check=True).stdout
     chosen, message = out.strip().split(" | ", 1)
-    assert chosen == "Adamax" and message.startswith("the fused CPU Adamax could not be built")
+    assert chosen == "Adamax" and message.startswith("ban's CPU kernels could not be built")

@@ -33,7 +33,7 @@ TIMINGS = ("seconds", "samples_per_s")
 # Runs `ban` after arranging a signal to itself, chosen by $KILL_AT:
 #   save:<name>:<n>          – the n-th write of checkpoint <name> stops half-way (temp file cut in half), SIGKILL
 #   replace:<name>:<n>:before|after – SIGKILL just before / after the n-th atomic rename onto <name>
-#   step:<n>:<SIGNAL>        – send SIGNAL when the n-th optimisation step clips its gradients
+#   step:<n>:<SIGNAL>        – send SIGNAL when the n-th optimisation step measures its gradient norm
 KILLER = r"""
 import os, signal, sys
 from pathlib import Path
@@ -66,12 +66,12 @@ elif kind == "replace":
     os.replace = replace
 elif kind == "step":
     import torch.nn.utils
-    clip = torch.nn.utils.clip_grad_norm_
-    def clip_and_signal(*args, **kwargs):
+    norm = torch.nn.utils.get_total_norm
+    def norm_and_signal(*args, **kwargs):
         if hit(spec[0]):
             os.kill(os.getpid(), getattr(signal, spec[1]))
-        return clip(*args, **kwargs)
-    torch.nn.utils.clip_grad_norm_ = clip_and_signal
+        return norm(*args, **kwargs)
+    torch.nn.utils.get_total_norm = norm_and_signal
 from ban.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ban import kernels
 from ban.engine.loss import vqa_loss
-from ban.engine.optim import adamax
+from ban.engine.optim import adamax, clipped_step, gradient_norm
 from ban.machine import describe_machine
 from ban.models import BANConfig, build_model, preset
 
@@ -97,12 +98,12 @@ def forward_flops(config: BANConfig, batch_size: int, real_boxes: int, tokens: i
     return 2.0 * flops
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _peak_memory_gib(device: torch.device) -> float:
+def peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak RSS (KiB → GiB)
@@ -116,25 +117,27 @@ def step_loop(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: st
     update, read on the host whether the loss and the gradient norm are finite, as `ban train` does (on a GPU: waits
     for the step)."""
     optimizer = adamax(model.parameters(), device, lr=1e-3)
+    use_kernels = kernels.wanted(sum(p.numel() for p in model.parameters()), device)
     model.train(mode == "train")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     index = 0
     while True:
         batch = batches[index % len(batches)]
         index += 1
-        if mode == "train":
-            with autocast:
-                out = model(batch["features"], batch["boxes"], batch["questions"])
-            loss = vqa_loss(out.logits, batch["targets"], batch["targets"].shape[0])
-            loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), 0.25)
-            if host_sync:
-                bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        else:
-            with torch.no_grad(), autocast:
-                model(batch["features"], batch["boxes"], batch["questions"])
+        with kernels.enabled(use_kernels):
+            if mode == "train":
+                with autocast:
+                    out = model(batch["features"], batch["boxes"], batch["questions"])
+                loss = vqa_loss(out.logits, batch["targets"], batch["targets"].shape[0])
+                loss.backward()
+                grad_norm = gradient_norm(model.parameters())
+                if host_sync:
+                    bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
+                clipped_step(optimizer, model.parameters(), 0.25, grad_norm)
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                with torch.no_grad(), autocast:
+                    model(batch["features"], batch["boxes"], batch["questions"])
         yield
 
 
@@ -151,17 +154,17 @@ def measure(settings: BenchSettings, path: str, precision: str, mode: str) -> Be
     steps = step_loop(model, batches, mode, precision, device, settings.host_sync)
     for _ in range(settings.warmup):
         next(steps)
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(settings.steps):
         next(steps)
-    _synchronize(device)
+    synchronize(device)
     seconds = (time.perf_counter() - start) / settings.steps
     real_boxes = sum(int(batches[i % len(batches)]["real_boxes"]) for i in range(settings.steps)) / settings.steps
     work = forward_flops(config, settings.batch_size, int(real_boxes), settings.question_length)
     work *= 3 if mode == "train" else 1
     return BenchResult(path, precision, mode, 1000 * seconds, settings.batch_size / seconds, work / seconds / 1e12,
-                       _peak_memory_gib(device))
+                       peak_memory_gib(device))
 
 
 def resolve_device(name: str) -> torch.device:

@@ -25,10 +25,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ban import kernels
 from ban.engine import distributed
 from ban.engine.checkpoint import Checkpoint, save_checkpoint
 from ban.engine.distributed import DistContext, ShardedBatches
-from ban.engine.optim import adamax
+from ban.engine.optim import adamax, clipped_step, gradient_norm
 from ban.engine.reporting import report_epoch
 from ban.engine.run import BEST_FILE, CHECKPOINT_FILE, RunConfig
 from ban.engine.schedule import learning_rate, set_learning_rate
@@ -176,6 +177,7 @@ class Trainer:
         self.model = initial_model(run, task).to(context.device)
         self.optimizer = adamax(self.model.parameters(), context.device, self.config.lr, tuple(self.config.betas),
                                 self.config.eps)
+        self.use_kernels = kernels.wanted(sum(p.numel() for p in self.model.parameters()), context.device)
         torch.manual_seed(self.config.seed + context.rank)  # dropout noise: different per process, reproducible
         self.position: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "partial": {}}
         if resume and not (run_dir / CHECKPOINT_FILE).exists():  # stopped before its first checkpoint
@@ -199,7 +201,7 @@ class Trainer:
 
     def fit(self) -> list[dict[str, Any]]:
         """Run the remaining epochs; a checkpoint and a metrics line after each."""
-        with stop_on_signals() as stop:
+        with stop_on_signals() as stop, kernels.enabled(self.use_kernels):
             for epoch in range(self.position["epoch"], self.config.epochs):
                 resumed = epoch == self.position["epoch"] and self.position["step"] > 0
                 start = self.position["step"] if resumed else 0
@@ -294,13 +296,13 @@ class Trainer:
         loss_sum = self.task.loss_sum(logits, batch)
         self.optimizer.zero_grad(set_to_none=True)
         (loss_sum * (self.context.world_size / global_size)).backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        grad_norm = gradient_norm(self.model.parameters())
         loss_finite = torch.isfinite(loss_sum.detach())
         finite = bool(loss_finite & torch.isfinite(grad_norm))  # one host sync per step: a NaN must not be applied
         if distributed.any_process(not finite, self.context):
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteStep("loss" if not bool(loss_finite) else "gradient")
-        self.optimizer.step()
+        clipped_step(self.optimizer, self.model.parameters(), self.config.grad_clip, grad_norm)
         with torch.no_grad():
             count = torch.tensor(float(self.task.batch_size(batch)), device=logits.device)
             return torch.stack([loss_sum.detach(), self.task.score_sum(logits, batch), count]).double()

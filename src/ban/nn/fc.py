@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ban import kernels
 from ban.nn.dropout import Dropout
 
 
@@ -38,6 +39,52 @@ class _NormScale(torch.autograd.Function):
 def norm_scale(direction: Tensor, gain: Tensor) -> Tensor:
     """The 0-dim factor ``gain / ‖direction‖_F`` of weight normalisation (float32 even under autocast)."""
     return _NormScale.apply(direction, gain)
+
+
+class _CompiledWeightNormLinear(torch.autograd.Function):
+    """``(x Vᵀ) · (g · c / ‖V‖_F) + b`` on the CPU with ban's kernels: V's cast to x's dtype and its squared norm
+    in one pass, V's gradient (the product's, cast to float32, plus the norm's ``−s·V/‖V‖²`` term) in one pass,
+    where autograd makes five (norm, cast; cast back, the norm's term, their sum). x is already in the product's
+    dtype (bf16 under autocast)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, direction: Tensor, gain: Tensor, bias: Tensor | None,
+                input_scale: float) -> Tensor:
+        kernel = kernels.compiled()
+        if x.dtype == direction.dtype:
+            weight, square_sum = direction, kernel.square_sum_and_cast_(direction, None)
+        else:
+            weight = torch.empty(direction.shape, dtype=x.dtype)
+            square_sum = kernel.square_sum_and_cast_(direction, weight)
+        norm = torch.tensor(math.sqrt(square_sum), dtype=torch.float32)
+        scale = gain.detach() / norm  # float32 0-dim, as norm_scale
+        if input_scale != 1.0:
+            scale = scale * input_scale
+        product = F.linear(x, weight)
+        out = product * scale.to(x.dtype) if bias is None else torch.addcmul(bias.to(x.dtype), product,
+                                                                             scale.to(x.dtype))
+        ctx.save_for_backward(x, weight, direction, product, norm, scale)
+        ctx.input_scale, ctx.has_bias = input_scale, bias is not None
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, direction, product, norm, scale = ctx.saved_tensors
+        grad_product = grad_out * scale.to(grad_out.dtype)
+        grad_x = grad_product @ weight if ctx.needs_input_grad[0] else None
+        grad_scale = torch.dot(grad_out.reshape(-1).float(), product.reshape(-1).float())  # ∂loss/∂s
+        grad_direction = None
+        if ctx.needs_input_grad[1]:
+            rows = grad_product.reshape(-1, grad_product.shape[-1])
+            product_grad = rows.T @ x.reshape(-1, x.shape[-1])  # [out, in], in the product's dtype
+            grad_direction = torch.empty(direction.shape, dtype=torch.float32)
+            coefficient = -grad_scale * scale / norm.square()  # ∂s/∂V = −s · V / ‖V‖²
+            kernels.compiled().weight_norm_grad_(product_grad.contiguous(), direction, float(coefficient),
+                                                 grad_direction)
+        grad_gain = grad_scale * ctx.input_scale / norm
+        grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0, dtype=torch.float32) if ctx.has_bias else None
+        return grad_x, grad_direction, grad_gain, grad_bias, None
 
 
 def weight_normalized(direction: Tensor, gain: Tensor) -> Tensor:
@@ -78,6 +125,11 @@ class WeightNormLinear(nn.Module):
         """x [..., in] → [..., out], as ``(x Vᵀ) · (g / ‖V‖_F) + b``: the scalar scales the product instead of
         the matrix, so no scaled copy of V (nor its gradient) is made. ``input_scale`` multiplies x first
         (folded into the same scalar: dropout's ``1 / (1 − p)``, see :meth:`Dropout.unscaled`)."""
+        if self._compiled(x):
+            if torch.is_autocast_enabled("cpu"):
+                x = x.to(torch.get_autocast_dtype("cpu"))
+            with torch.autocast("cpu", enabled=False):
+                return _CompiledWeightNormLinear.apply(x, self.weight_v, self.weight_g, self.bias, input_scale)
         product = F.linear(x, self.weight_v)
         scale = norm_scale(self.weight_v, self.weight_g)
         if input_scale != 1.0:
@@ -86,6 +138,12 @@ class WeightNormLinear(nn.Module):
         if self.bias is None:
             return product * scale
         return torch.addcmul(self.bias.to(product.dtype), product, scale)
+
+    def _compiled(self, x: Tensor) -> bool:
+        """Whether this call takes :class:`_CompiledWeightNormLinear`: inside :func:`ban.kernels.enabled`, on float32
+        CPU parameters."""
+        return (kernels.active() is not None and x.device.type == "cpu" and self.weight_v.dtype == torch.float32
+                and self.weight_v.is_contiguous() and x.dtype in (torch.float32, torch.bfloat16, torch.float16))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -1,0 +1,70 @@
+"""Compiled CPU kernels: one pass over memory where PyTorch's CPU operators make several.
+
+The C++ sources beside this file are compiled into one extension module by PyTorch's extension loader on first
+use (≈ 30 s, then cached under ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``): Adamax's update
+(``adamax.cpp``), dropout's masks drawn and applied in the same pass (``dropout.cpp``) and the weight-normalised
+linear map's cast, norm and gradient (``weight_norm.cpp``). Without a compiler, or when the build fails,
+:func:`compiled` warns once and returns None, and every caller runs PyTorch's operators instead.
+
+``ban train`` and ``ban bench`` use them for CPU models of at least :data:`MIN_PARAMETERS` parameters (:func:`wanted`),
+where the compilation pays for itself; ``BAN_CPU_KERNELS=0`` turns them off. The layers use them only inside
+:func:`enabled`: the dropout masks are the same either way, the weight-normalised products differ in rounding only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from contextvars import ContextVar
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+MIN_PARAMETERS = 10_000_000
+_SOURCES = ("adamax.cpp", "dropout.cpp", "weight_norm.cpp", "bindings.cpp")
+_ENABLED: ContextVar[Any] = ContextVar("ban_cpu_kernels", default=None)
+
+
+@cache
+def compiled() -> Any:
+    """The compiled extension module, or None with a warning when it cannot be built."""
+    from torch.utils.cpp_extension import load
+
+    began = time.perf_counter()
+    here = Path(__file__).parent
+    try:
+        module = load(name="ban_cpu_kernels", sources=[str(here / name) for name in _SOURCES],
+                      extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"], extra_ldflags=["-fopenmp"])
+    except Exception as error:  # no compiler, no ninja, a failed build: PyTorch's operators still work
+        warnings.warn(f"ban's CPU kernels could not be built ({type(error).__name__}: {error}); "
+                      "using PyTorch's operators", RuntimeWarning, stacklevel=2)
+        return None
+    if time.perf_counter() - began > 2:  # it was compiled now, not loaded from the cache
+        print(f"ban: compiled the CPU kernels in {time.perf_counter() - began:.0f} s (cached for later runs)",
+              file=sys.stderr)
+    return module
+
+
+def wanted(parameters: int, device: Any) -> bool:
+    """Whether a model of ``parameters`` parameters on ``device`` (a torch.device) should use the kernels."""
+    return device.type == "cpu" and parameters >= MIN_PARAMETERS and os.environ.get("BAN_CPU_KERNELS", "1") != "0"
+
+
+@contextlib.contextmanager
+def enabled(wanted: bool = True) -> Iterator[bool]:
+    """Within this block the layers use the compiled kernels on CPU tensors (when ``wanted`` and they build);
+    yields whether they do."""
+    token = _ENABLED.set(compiled() if wanted else None)
+    try:
+        yield _ENABLED.get() is not None
+    finally:
+        _ENABLED.reset(token)
+
+
+def active() -> Any:
+    """The kernel module inside :func:`enabled`, else None."""
+    return _ENABLED.get()

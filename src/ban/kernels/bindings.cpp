@@ -1,0 +1,10 @@
+// The Python module of ban's CPU kernels (loaded by ban.kernels.compiled).
+#include "kernels.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("adamax_update", &adamax_update, "one fused Adamax step on a float32 CPU parameter");
+  module.def("masked_scale_", &masked_scale_, "out = input · keep-mask(seed, threshold) · scale, in out's dtype");
+  module.def("square_sum_and_cast_", &square_sum_and_cast_,
+             "Σ direction² (float64, deterministic); writes direction in cast's dtype into cast when given");
+  module.def("weight_norm_grad_", &weight_norm_grad_, "out = float(product_grad) + coefficient · direction");
+}
