@@ -77,6 +77,14 @@ def test_square_sum_is_exact_enough_and_independent_of_the_thread_count(kernel):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_product_sum_is_the_float64_dot_product(kernel, dtype):
+    a, b = torch.randn(3, 70001).to(dtype), torch.randn(3, 70001).to(dtype)
+    assert kernel.product_sum(a, b) == pytest.approx(float(a.double().flatten() @ b.double().flatten()), rel=1e-12)
+    with pytest.raises(RuntimeError, match="one dtype and size"):
+        kernel.product_sum(a, b[:, :-1].contiguous())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_direction_gradient_is_the_cast_product_gradient_plus_the_norm_term(kernel, dtype):
     direction = torch.randn(129, 65)
     product_grad = torch.randn(129, 65).to(dtype)

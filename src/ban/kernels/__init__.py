@@ -8,7 +8,8 @@ linear map's cast, norm and gradient (``weight_norm.cpp``). Without a compiler, 
 
 ``ban train`` and ``ban bench`` use them for CPU models of at least :data:`MIN_PARAMETERS` parameters (:func:`wanted`),
 where the compilation pays for itself; ``BAN_CPU_KERNELS=0`` turns them off. The layers use them only inside
-:func:`enabled`: the dropout masks are the same either way, the weight-normalised products differ in rounding only.
+:func:`enabled`, where the question encoder's GRU also runs as :func:`ban.nn.gru.gru_sequence` when training: the
+dropout masks are the same either way, the weight-normalised products and the GRU differ in rounding only.
 """
 
 from __future__ import annotations

@@ -25,5 +25,6 @@ void masked_scale_(const torch::Tensor& input, torch::Tensor out, uint64_t seed,
 
 // weight_norm.cpp
 double square_sum_and_cast_(const torch::Tensor& direction, std::optional<torch::Tensor> cast);
+double product_sum(const torch::Tensor& a, const torch::Tensor& b);
 void weight_norm_grad_(const torch::Tensor& product_grad, const torch::Tensor& direction, double coefficient,
                        torch::Tensor out);

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ban import kernels
 from ban.models.config import BANConfig
+from ban.nn.gru import gru_sequence
 
 
 class WordEmbedding(nn.Module):
@@ -41,7 +43,9 @@ class WordEmbedding(nn.Module):
 
 
 class QuestionEncoder(nn.Module):
-    """One-layer unidirectional GRU from a zero state; returns every token's state."""
+    """One-layer unidirectional GRU from a zero state; returns every token's state. Training on the CPU inside
+    :func:`ban.kernels.enabled`, the recurrence runs as :func:`ban.nn.gru.gru_sequence` (batched weight
+    gradients)."""
 
     def __init__(self, in_features: int, hidden: int) -> None:
         super().__init__()
@@ -49,6 +53,8 @@ class QuestionEncoder(nn.Module):
 
     def forward(self, embedded: Tensor) -> Tensor:
         """embedded [B, L, D] → token states [B, L, H]."""
+        if kernels.active() is not None and embedded.device.type == "cpu" and torch.is_grad_enabled():
+            return gru_sequence(self.rnn, embedded)
         states, _ = self.rnn(embedded)
         return states
 

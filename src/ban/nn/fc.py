@@ -44,8 +44,9 @@ def norm_scale(direction: Tensor, gain: Tensor) -> Tensor:
 class _CompiledWeightNormLinear(torch.autograd.Function):
     """``(x Vᵀ) · (g · c / ‖V‖_F) + b`` on the CPU with ban's kernels: V's cast to x's dtype and its squared norm
     in one pass, V's gradient (the product's, cast to float32, plus the norm's ``−s·V/‖V‖²`` term) in one pass,
-    where autograd makes five (norm, cast; cast back, the norm's term, their sum). x is already in the product's
-    dtype (bf16 under autocast)."""
+    where autograd makes five (norm, cast; cast back, the norm's term, their sum); the scalar's gradient
+    ``Σ grad_out · product`` summed in float64 without casting either. x is already in the product's dtype (bf16
+    under autocast)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, direction: Tensor, gain: Tensor, bias: Tensor | None,
@@ -73,17 +74,18 @@ class _CompiledWeightNormLinear(torch.autograd.Function):
         x, weight, direction, product, norm, scale = ctx.saved_tensors
         grad_product = grad_out * scale.to(grad_out.dtype)
         grad_x = grad_product @ weight if ctx.needs_input_grad[0] else None
-        grad_scale = torch.dot(grad_out.reshape(-1).float(), product.reshape(-1).float())  # ∂loss/∂s
+        kernel = kernels.compiled()
+        grad_scale = torch.tensor(kernel.product_sum(grad_out.contiguous(), product), dtype=torch.float32)  # ∂loss/∂s
         grad_direction = None
         if ctx.needs_input_grad[1]:
             rows = grad_product.reshape(-1, grad_product.shape[-1])
             product_grad = rows.T @ x.reshape(-1, x.shape[-1])  # [out, in], in the product's dtype
             grad_direction = torch.empty(direction.shape, dtype=torch.float32)
             coefficient = -grad_scale * scale / norm.square()  # ∂s/∂V = −s · V / ‖V‖²
-            kernels.compiled().weight_norm_grad_(product_grad.contiguous(), direction, float(coefficient),
-                                                 grad_direction)
+            kernel.weight_norm_grad_(product_grad.contiguous(), direction, float(coefficient), grad_direction)
         grad_gain = grad_scale * ctx.input_scale / norm
-        grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0, dtype=torch.float32) if ctx.has_bias else None
+        # cast, then sum: 3× faster on the CPU than sum(dtype=torch.float32) of the bf16 gradient
+        grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).float().sum(0) if ctx.has_bias else None
         return grad_x, grad_direction, grad_gain, grad_bias, None
 
 

@@ -1,0 +1,81 @@
+"""The question encoder's GRU on the CPU, with its weight gradients as one matrix product over all steps.
+
+``nn.GRU``'s CPU backward computes the recurrent weight's gradient step by step: fourteen thin products
+[3H, B] × [B, H] and thirteen accumulations of a [3H, H] float32 tensor per training step (≈ 30 ms of the paper-best
+model's CPU step, benchmarks/RESULTS.md). :func:`gru_sequence` runs the same recurrence (PyTorch's gate equations,
+zero initial state, every step's output) and keeps each step's gate gradients, so the weight and bias gradients
+are one product and one sum at the end. The loop over steps stays: each step needs the state before it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class _GRUSequence(torch.autograd.Function):
+    """x [B, L, D] → states [B, L, H] (float32) of a one-layer GRU from a zero state. The products run in
+    ``dtype`` (bf16 under autocast), the gates in float32."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor, bias_hh: Tensor,
+                dtype: torch.dtype) -> Tensor:
+        batch, steps, _ = x.shape
+        hidden = weight_hh.shape[1]
+        x_cast, w_ih, w_hh = x.to(dtype), weight_ih.to(dtype), weight_hh.to(dtype)
+        input_gates = torch.addmm(bias_ih.to(dtype), x_cast.reshape(batch * steps, -1), w_ih.t())
+        input_gates = input_gates.view(batch, steps, 3 * hidden).float()
+        states = x.new_empty(batch, steps, hidden, dtype=torch.float32)
+        saved = x.new_empty(4, batch, steps, hidden, dtype=torch.float32)  # reset, update, candidate, h_n
+        state = x.new_zeros(batch, hidden, dtype=torch.float32)
+        for step in range(steps):
+            hidden_gates = torch.addmm(bias_hh.to(dtype), state.to(dtype), w_hh.t()).float()
+            input_r, input_z, input_n = input_gates[:, step].chunk(3, dim=1)
+            hidden_r, hidden_z, hidden_n = hidden_gates.chunk(3, dim=1)
+            reset = torch.sigmoid(input_r + hidden_r)
+            update = torch.sigmoid(input_z + hidden_z)
+            candidate = torch.tanh(input_n + reset * hidden_n)
+            state = candidate + update * (state - candidate)  # (1 − z)·n + z·h, as PyTorch writes it
+            states[:, step] = state
+            saved[0, :, step], saved[1, :, step], saved[2, :, step], saved[3, :, step] = (reset, update, candidate,
+                                                                                         hidden_n)
+        ctx.save_for_backward(x_cast, w_ih, w_hh, states, saved)
+        ctx.input_dtype = x.dtype
+        return states
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_states: Tensor) -> tuple[Tensor | None, ...]:
+        x_cast, w_ih, w_hh, states, saved = ctx.saved_tensors
+        batch, steps, hidden = states.shape
+        grad_input_gates = states.new_empty(batch, steps, 3 * hidden)
+        grad_hidden_gates = states.new_empty(batch, steps, 3 * hidden)
+        grad_state = states.new_zeros(batch, hidden)
+        for step in reversed(range(steps)):
+            grad_state = grad_state + grad_states[:, step].float()
+            reset, update, candidate, hidden_n = saved[:, :, step]
+            previous = states[:, step - 1] if step > 0 else torch.zeros_like(grad_state)
+            grad_candidate = grad_state * (1 - update) * (1 - candidate * candidate)  # through tanh
+            grad_update = grad_state * (previous - candidate) * update * (1 - update)  # through the sigmoid
+            grad_reset = grad_candidate * hidden_n * reset * (1 - reset)
+            grad_input_gates[:, step] = torch.cat((grad_reset, grad_update, grad_candidate), dim=1)
+            grad_hidden_gates[:, step] = torch.cat((grad_reset, grad_update, grad_candidate * reset), dim=1)
+            grad_state = grad_state * update + (grad_hidden_gates[:, step].to(w_hh.dtype) @ w_hh).float()
+        previous_states = torch.cat((torch.zeros_like(states[:, :1]), states[:, :-1]), dim=1)  # [B, L, H]
+        rows_ih = grad_input_gates.reshape(batch * steps, -1)
+        rows_hh = grad_hidden_gates.reshape(batch * steps, -1)
+        grad_x = (rows_ih.to(w_ih.dtype) @ w_ih).view(batch, steps, -1).to(ctx.input_dtype) \
+            if ctx.needs_input_grad[0] else None
+        grad_w_ih = (rows_ih.to(w_ih.dtype).t() @ x_cast.reshape(batch * steps, -1)).float()
+        grad_w_hh = (rows_hh.to(w_hh.dtype).t() @ previous_states.reshape(batch * steps, -1).to(w_hh.dtype)).float()
+        return grad_x, grad_w_ih, grad_w_hh, rows_ih.sum(0), rows_hh.sum(0), None
+
+
+def gru_sequence(rnn: nn.GRU, x: Tensor) -> Tensor:
+    """Every step's output of ``rnn`` (one layer, unidirectional, batch_first, with biases) from a zero state:
+    x [B, L, D] → [B, L, H] float32. The products run in the CPU autocast dtype when autocast is on."""
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    with torch.autocast("cpu", enabled=False):
+        return _GRUSequence.apply(x, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0, dtype)
