@@ -22,10 +22,10 @@ class BANConfig:
     ``mask_question_padding`` keeps padded tokens out of attention and the classifier's sum; the reference
     does not mask them, so official checkpoints need it off.
     ``fused`` chooses how BAN for VQA is executed, not what it computes: the box projections of all glimpses
-    in one batched product (each with its own dropout mask) and the counts of all glimpses in one call
-    (they need only the attention logits); ``fused=False`` (the default) runs the straightforward per-glimpse
-    loop. On a 2-core CPU the plain loop measured faster (benchmarks/RESULTS.md); the fused form is meant to cut
-    kernel launches on GPUs and awaits its GPU measurement.
+    in one batched product (each with its own dropout mask); ``fused=False`` (the default) projects the boxes
+    glimpse by glimpse. Both count every glimpse in one call of the counting module (the counts need only the
+    attention logits). On a 2-core CPU the plain loop measured faster (benchmarks/RESULTS.md); the fused form is
+    meant to cut kernel launches on GPUs and awaits its GPU measurement.
     """
 
     task: str = "vqa"

@@ -64,29 +64,30 @@ class BanForVQA(TokenEncoderModel):
     def _glimpses_plain(self, features: Tensor, boxes: Tensor, states: Tensor, attention: Tensor,
                         logits: Tensor, real_rows: Tensor) -> Tensor:
         """Residual learning of attention, glimpse by glimpse → updated token states [B, L, H]."""
+        counts = self._counts(boxes, logits) if self.config.use_counting else None
         for glimpse in range(self.config.num_glimpses):
             joint = self.pooling[glimpse](features, states, attention[:, glimpse], real_rows)  # [B, H]
             states = states + self.residual_proj[glimpse](joint).unsqueeze(1)
-            if self.config.use_counting:
-                box_scores = logits[:, glimpse].max(dim=2).values  # [B, N]
-                count = self.counter(boxes[..., :4], box_scores)  # [B, n + 1]
-                states = states + self.count_proj[glimpse](count).unsqueeze(1)
+            if counts is not None:
+                states = states + self.count_proj[glimpse](counts[:, glimpse]).unsqueeze(1)
         return states
 
     def _glimpses_fused(self, features: Tensor, boxes: Tensor, states: Tensor, attention: Tensor,
                         logits: Tensor) -> Tensor:
-        """The same function with the box projections and the counts of all glimpses computed up front."""
-        glimpses = self.config.num_glimpses
+        """The same function with the box projections of all glimpses computed up front in one product."""
         boxes_hidden = stacked_projection([pooling.v_proj for pooling in self.pooling], features)  # [G, B, N, H]
-        if self.config.use_counting:
-            batch, _, num_boxes, _ = logits.shape
-            box_scores = logits.max(dim=3).values.reshape(batch * glimpses, num_boxes)  # [B·G, N]
-            all_boxes = boxes[:, None, :, :4].expand(-1, glimpses, -1, -1).reshape(batch * glimpses, num_boxes, 4)
-            counts = self.counter(all_boxes, box_scores).reshape(batch, glimpses, -1)  # [B, G, n + 1]
-        for glimpse in range(glimpses):
+        counts = self._counts(boxes, logits) if self.config.use_counting else None
+        for glimpse in range(self.config.num_glimpses):
             joint = self.pooling[glimpse].pool(boxes_hidden[glimpse], states, attention[:, glimpse])  # [B, H]
             states = states + self.residual_proj[glimpse](joint).unsqueeze(1)
-            if self.config.use_counting:
+            if counts is not None:
                 states = states + self.count_proj[glimpse](counts[:, glimpse]).unsqueeze(1)
         return states
 
+    def _counts(self, boxes: Tensor, logits: Tensor) -> Tensor:
+        """Every glimpse's count in one call of the counting module (each needs only its glimpse's attention
+        logits, known before the glimpse loop): boxes [B, N, ≥4], logits [B, G, N, L] → [B, G, n + 1]."""
+        batch, glimpses, num_boxes, _ = logits.shape
+        box_scores = logits.max(dim=3).values.reshape(batch * glimpses, num_boxes)  # [B·G, N]
+        all_boxes = boxes[:, None, :, :4].expand(-1, glimpses, -1, -1).reshape(batch * glimpses, num_boxes, 4)
+        return self.counter(all_boxes, box_scores).reshape(batch, glimpses, -1)
