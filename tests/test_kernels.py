@@ -14,6 +14,7 @@ import ban
 from ban import kernels
 from ban.engine.loss import vqa_loss
 from ban.engine.optim import FusedCPUAdamax, clipped_step, gradient_norm
+from ban.nn.counting import CountingModule, PiecewiseLinear
 from ban.nn.dropout import Dropout, seeded_mask, splitmix64_words
 from ban.nn.fc import WeightNormLinear
 
@@ -91,6 +92,60 @@ def test_the_direction_gradient_is_the_cast_product_gradient_plus_the_norm_term(
     out = torch.empty_like(direction)
     kernel.weight_norm_grad_(product_grad, direction, -0.375, out)
     assert torch.equal(out, product_grad.float() + direction * torch.tensor(-0.375))
+
+
+def _piecewise_run(function: PiecewiseLinear, x: torch.Tensor, enabled: bool,
+                   dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    function = copy.deepcopy(function).to(dtype)
+    x = x.to(dtype, copy=True).requires_grad_()
+    with kernels.enabled(enabled):
+        out = function(x)
+    (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view(out.shape)).sum().backward()
+    return [out, x.grad, function.weight.grad]
+
+
+def _no_worse_than_float32_autograd(ours: list[torch.Tensor], theirs: list[torch.Tensor],
+                                    exact: list[torch.Tensor]) -> None:
+    """Each of ours is as close to the float64 values as PyTorch's float32 autograd (sums in another order)."""
+    for name, mine, reference, truth in zip(["out", "x", "weight"], ours, theirs, exact, strict=True):
+        scale = truth.abs().max().item()
+        my_error = (mine.double() - truth).abs().max().item() / scale
+        reference_error = (reference.double() - truth).abs().max().item() / scale
+        assert my_error <= 2 * reference_error + 1e-6, (name, my_error, reference_error)
+
+
+def test_the_compiled_piecewise_linear_function_has_the_dense_forms_values_and_gradients(kernel):
+    torch.manual_seed(3)
+    function = PiecewiseLinear(16)
+    with torch.no_grad():
+        function.weight.copy_(torch.rand(17) * 2 - 0.5)  # signed weights: |w| is normalised
+    x = torch.rand(40000) * 1.4 - 0.2  # beyond [0, 1] on both sides, several blocks
+    x[:6] = torch.tensor([0.0, 1.0, 0.5, 0.25, 3 / 16, 1 / 16])  # the ends and knots: both ramps pass there
+    ours, theirs = _piecewise_run(function, x, True), _piecewise_run(function, x, False)
+    _no_worse_than_float32_autograd(ours, theirs, _piecewise_run(function, x, False, torch.float64))
+    torch.testing.assert_close(ours[:2], theirs[:2], rtol=1e-6, atol=1e-6)  # element-wise: the same
+    x[7] = math.nan
+    ours, theirs = _piecewise_run(function, x, True), _piecewise_run(function, x, False)
+    assert ours[0][7].isnan() and ours[1][7] == theirs[1][7] == 0  # clamp's backward passes nothing at NaN
+    assert torch.equal(ours[2].isnan(), theirs[2].isnan())
+
+
+def test_the_counting_module_counts_the_same_inside_and_outside_enabled(kernel):
+    generator = torch.Generator().manual_seed(4)
+    boxes = torch.rand(64, 20, 4, generator=generator)
+    boxes[..., 2:] += boxes[..., :2]
+    scores = torch.randn(64, 20, generator=generator)
+    scores[:5, 12:] = -math.inf  # padded boxes
+    results = {}
+    for enabled, dtype in ((True, torch.float32), (False, torch.float32), (False, torch.float64)):
+        counter, logits = CountingModule(10).to(dtype), scores.to(dtype, copy=True).requires_grad_()
+        with kernels.enabled(enabled):
+            out = counter(boxes.to(dtype), logits)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view(out.shape)).sum().backward()
+        results[enabled, dtype] = [out, logits.grad, torch.cat([f.weight.grad for f in counter.functions[:8]])]
+    ours, theirs = results[True, torch.float32], results[False, torch.float32]
+    _no_worse_than_float32_autograd(ours, theirs, results[False, torch.float64])
+    torch.testing.assert_close(ours[:2], theirs[:2], rtol=1e-5, atol=1e-6)
 
 
 def _linear_run(layer: WeightNormLinear, x: torch.Tensor, enabled: bool, autocast: bool, input_scale: float,

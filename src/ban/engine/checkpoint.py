@@ -91,6 +91,9 @@ class Checkpoint:
             if name in expected and tensor.dtype != expected[name].dtype:
                 raise CheckpointError(f"dtype {tensor.dtype}, the model's is {expected[name].dtype}", path=self.path,
                                       field=name)
+            if name in expected and tensor.shape != expected[name].shape:  # PyTorch would load [1] into a 0-dim one
+                raise CheckpointError(f"shape {list(tensor.shape)}, the model's is {list(expected[name].shape)}",
+                                      path=self.path, field=name)
             _check_finite(tensor, self.path, name)
         try:
             model.load_state_dict(self.model, strict=True)

@@ -2,8 +2,9 @@
 
 The C++ sources beside this file are compiled into one extension module by PyTorch's extension loader on first
 use (≈ 30 s, then cached under ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``): Adamax's update
-(``adamax.cpp``), dropout's masks drawn and applied in the same pass (``dropout.cpp``) and the weight-normalised
-linear map's cast, norm and gradient (``weight_norm.cpp``). Without a compiler, or when the build fails,
+(``adamax.cpp``), dropout's masks drawn and applied in the same pass (``dropout.cpp``), the counting module's
+piecewise-linear functions (``piecewise.cpp``) and the weight-normalised linear map's cast, norm and gradients
+(``weight_norm.cpp``). Without a compiler, or when the build fails,
 :func:`compiled` warns once and returns None, and every caller runs PyTorch's operators instead.
 
 ``ban train`` and ``ban bench`` use them for CPU models of at least :data:`MIN_PARAMETERS` parameters (:func:`wanted`),
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 MIN_PARAMETERS = 10_000_000
-_SOURCES = ("adamax.cpp", "dropout.cpp", "weight_norm.cpp", "bindings.cpp")
+_SOURCES = ("adamax.cpp", "dropout.cpp", "piecewise.cpp", "weight_norm.cpp", "bindings.cpp")
 _ENABLED: ContextVar[Any] = ContextVar("ban_cpu_kernels", default=None)
 
 

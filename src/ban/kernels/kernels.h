@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 // The hot loops are compiled for AVX-512 and AVX2 machines besides the baseline x86-64, and the dynamic loader picks
 // the clone the CPU can run (GCC 12+ on x86-64; elsewhere one portable version). Without them the loops are not
@@ -22,6 +23,11 @@ void adamax_update(torch::Tensor param, torch::Tensor grad, torch::Tensor exp_av
 
 // dropout.cpp
 void masked_scale_(const torch::Tensor& input, torch::Tensor out, uint64_t seed, int64_t threshold, double scale);
+
+// piecewise.cpp
+torch::Tensor piecewise_linear(const torch::Tensor& x, const torch::Tensor& slopes);
+std::vector<torch::Tensor> piecewise_linear_backward(const torch::Tensor& grad, const torch::Tensor& x,
+                                                     const torch::Tensor& slopes);
 
 // weight_norm.cpp
 double square_sum_and_cast_(const torch::Tensor& direction, std::optional<torch::Tensor> cast);

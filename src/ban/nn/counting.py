@@ -6,9 +6,31 @@ the count, times a confidence.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ban import kernels
+
+
+class _CompiledPiecewiseLinear(torch.autograd.Function):
+    """f(x) from the normalised slopes ŵ [n + 1] in one pass each way (``ban/kernels/piecewise.cpp``), with the
+    dense form's gradients; x float32 on the CPU."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, slopes: Tensor) -> Tensor:
+        x, slopes = x.contiguous(), slopes.contiguous()
+        ctx.save_for_backward(x, slopes)
+        return kernels.compiled().piecewise_linear(x, slopes)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        x, slopes = ctx.saved_tensors
+        grad_x, grad_slopes = kernels.compiled().piecewise_linear_backward(grad.contiguous(), x, slopes)
+        return grad_x, grad_slopes
 
 
 class PiecewiseLinear(nn.Module):
@@ -17,7 +39,9 @@ class PiecewiseLinear(nn.Module):
     ``weight`` [num_segments + 1] starts as ones with entry 0 set to 0; ``ŵ = |w| / Σ|w|`` are the segment
     slopes (entry 0 an offset), so f(0) = ŵ₀ = 0 and f(1) = 1. Written densely,
     ``f(x) = ŵ₀ + Σ_{k=1..n} ŵ_k · clamp(n·x − (k − 1), 0, 1)``, which equals the look-up formulation on
-    [0, 1] but has no gather from a 17-entry table on the backward pass (see PERF-NOTES).
+    [0, 1] but has no gather from a 17-entry table on the backward pass (see PERF-NOTES). Inside
+    :func:`ban.kernels.enabled` a float32 CPU input takes a compiled kernel with the same gradients instead (no
+    [..., n] tensor of ramps).
     """
 
     def __init__(self, num_segments: int = 16) -> None:
@@ -31,6 +55,8 @@ class PiecewiseLinear(nn.Module):
         """x [...] with values in [0, 1] → f(x) [...]."""
         slopes = self.weight.abs()
         slopes = slopes / slopes.sum()
+        if kernels.active() is not None and x.device.type == "cpu" and x.dtype == slopes.dtype == torch.float32:
+            return _CompiledPiecewiseLinear.apply(x, slopes)
         steps = torch.arange(self.num_segments, device=x.device, dtype=x.dtype)
         ramps = (self.num_segments * x.unsqueeze(-1) - steps).clamp(0, 1)  # [..., n]
         return slopes[0] + torch.matmul(ramps, slopes[1:].to(ramps.dtype))
