@@ -12,6 +12,8 @@ import pytest
 import torch
 from conftest import make_dataset
 
+import ban.nn.fc
+from ban import kernels
 from ban.engine.checkpoint import Checkpoint
 from ban.engine.config import TrainConfig
 from ban.engine.run import CHECKPOINT_FILE, RunConfig, fingerprint, load_run, start_run
@@ -90,6 +92,45 @@ def test_interrupted_and_resumed_runs_end_with_the_same_weights(data_dir, tmp_pa
     lines = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
     assert (straight / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_with_the_cpu_kernels_training_follows_pytorch_and_resumes_exactly(data_dir, tmp_path, monkeypatch, kernel):
+    """What `ban train` does for paper-best models on the CPU (compiled kernels, fused Adamax with the clipping
+    folded in, batched GRU gradients), here forced on the small model: close to PyTorch's operators in fp32, and a
+    resumed run ends bit-identical to a straight one (the dropout masks come from seeds drawn from torch's RNG)."""
+    compiled_calls = [0]
+    original = ban.nn.fc._CompiledWeightNormLinear.apply
+
+    def counted(*args):
+        compiled_calls[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(ban.nn.fc._CompiledWeightNormLinear, "apply", counted)
+    monkeypatch.setattr(kernels, "MIN_PARAMETERS", 0)
+    run = small_run(data_dir, precision="fp32")
+    histories, calls = {}, {}
+    for name, switch in (("kernels", "1"), ("pytorch", "0")):
+        monkeypatch.setenv("BAN_CPU_KERNELS", switch)
+        start_run(tmp_path / name, run, resume=False)
+        before = compiled_calls[0]
+        histories[name] = train(tmp_path / name, run, VQATask(data_dir))
+        calls[name] = compiled_calls[0] - before
+    assert calls["kernels"] > 0 and calls["pytorch"] == 0
+    ours, theirs = weights(tmp_path / "kernels"), weights(tmp_path / "pytorch")
+    for name, tensor in ours.items():
+        torch.testing.assert_close(tensor, theirs[name], rtol=1e-4, atol=1e-6, msg=name)
+    np.testing.assert_allclose([r["train_loss"] for r in histories["kernels"]],
+                               [r["train_loss"] for r in histories["pytorch"]], rtol=1e-4)
+
+    monkeypatch.setenv("BAN_CPU_KERNELS", "1")
+    stopped = tmp_path / "stopped"
+    start_run(stopped, run, resume=False)
+    with pytest.raises(TrainingInterrupted):
+        train(stopped, run, interrupt_at_batch(VQATask(data_dir), 7))
+    start_run(stopped, run, resume=True)
+    train(stopped, run, VQATask(data_dir), resume=True)
+    for name, tensor in weights(stopped).items():
+        assert torch.equal(tensor, ours[name]), name
 
 
 def test_resident_data_trains_to_the_same_weights_as_the_loader(data_dir, tmp_path):
