@@ -1,10 +1,10 @@
 """Compiled CPU kernels: one pass over memory where PyTorch's CPU operators make several.
 
 The C++ sources beside this file are compiled into one extension module by PyTorch's extension loader on first
-use (≈ 30 s, then cached under ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``): Adamax's update
-(``adamax.cpp``), dropout's masks drawn and applied in the same pass (``dropout.cpp``), the counting module's
-piecewise-linear functions (``piecewise.cpp``) and the weight-normalised linear map's cast, norm and gradients
-(``weight_norm.cpp``). Without a compiler, or when the build fails,
+use (≈ 60–70 s on a 2-core machine, then cached under ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``):
+Adamax's update with gradient clipping's factor (``adamax.cpp``), dropout's masks drawn and applied in the same pass
+(``dropout.cpp``), the counting module's piecewise-linear functions (``piecewise.cpp``) and the weight-normalised
+linear map's cast, norm and gradients (``weight_norm.cpp``). Without a compiler, or when the build fails,
 :func:`compiled` warns once and returns None, and every caller runs PyTorch's operators instead.
 
 ``ban train`` and ``ban bench`` use them for CPU models of at least :data:`MIN_PARAMETERS` parameters (:func:`wanted`),
