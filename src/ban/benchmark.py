@@ -99,11 +99,13 @@ def forward_flops(config: BANConfig, batch_size: int, real_boxes: int, tokens: i
 
 
 def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a GPU's); nothing on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def peak_memory_gib(device: torch.device) -> float:
+    """Peak memory so far: the GPU's allocated peak, or the process's peak RSS on the CPU (GiB)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak RSS (KiB → GiB)
