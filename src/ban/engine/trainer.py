@@ -163,7 +163,11 @@ def train(run_dir: Path, run: RunConfig, task: Task, resume: bool = False) -> li
     """
     context = distributed.setup(run.train.device)
     try:
-        return Trainer(run_dir, run, task, context, resume).fit()
+        history = Trainer(run_dir, run, task, context, resume).fit()
+        # the main process still writes the report pictures: leaving the process group before it has finished
+        # sometimes aborted the other processes at exit (gloo, "terminate called without an active exception")
+        distributed.barrier(context)
+        return history
     finally:
         distributed.teardown()
 
