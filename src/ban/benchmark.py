@@ -19,7 +19,7 @@ from torch import nn
 
 from ban import kernels
 from ban.engine.loss import vqa_loss
-from ban.engine.optim import adamax, clipped_step, gradient_norm
+from ban.engine.optim import FusedCPUAdamax, adamax, clipped_step, gradient_norm
 from ban.machine import describe_machine
 from ban.models import BANConfig, build_model, preset
 
@@ -119,7 +119,7 @@ def step_loop(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: st
     update, read on the host whether the loss and the gradient norm are finite, as `ban train` does (on a GPU: waits
     for the step)."""
     optimizer = adamax(model.parameters(), device, lr=1e-3)
-    use_kernels = kernels.wanted(sum(p.numel() for p in model.parameters()), device)
+    use_kernels = isinstance(optimizer, FusedCPUAdamax)  # adamax() decided: a large CPU model
     model.train(mode == "train")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     index = 0

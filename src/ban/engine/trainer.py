@@ -29,7 +29,7 @@ from ban import kernels
 from ban.engine import distributed
 from ban.engine.checkpoint import Checkpoint, save_checkpoint
 from ban.engine.distributed import DistContext, ShardedBatches
-from ban.engine.optim import adamax, clipped_step, gradient_norm
+from ban.engine.optim import FusedCPUAdamax, adamax, clipped_step, gradient_norm
 from ban.engine.reporting import report_epoch
 from ban.engine.run import BEST_FILE, CHECKPOINT_FILE, RunConfig
 from ban.engine.schedule import learning_rate, set_learning_rate
@@ -181,7 +181,7 @@ class Trainer:
         self.model = initial_model(run, task).to(context.device)
         self.optimizer = adamax(self.model.parameters(), context.device, self.config.lr, tuple(self.config.betas),
                                 self.config.eps)
-        self.use_kernels = kernels.wanted(sum(p.numel() for p in self.model.parameters()), context.device)
+        self.use_kernels = isinstance(self.optimizer, FusedCPUAdamax)  # adamax() decided: a large CPU model
         torch.manual_seed(self.config.seed + context.rank)  # dropout noise: different per process, reproducible
         self.position: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "partial": {}}
         if resume and not (run_dir / CHECKPOINT_FILE).exists():  # stopped before its first checkpoint

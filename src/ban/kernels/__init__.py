@@ -26,6 +26,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import torch
+
 MIN_PARAMETERS = 10_000_000
 _SOURCES = ("adamax.cpp", "dropout.cpp", "piecewise.cpp", "weight_norm.cpp", "bindings.cpp")
 _ENABLED: ContextVar[Any] = ContextVar("ban_cpu_kernels", default=None)
@@ -51,8 +53,8 @@ def compiled() -> Any:
     return module
 
 
-def wanted(parameters: int, device: Any) -> bool:
-    """Whether a model of ``parameters`` parameters on ``device`` (a torch.device) should use the kernels."""
+def wanted(parameters: int, device: torch.device) -> bool:
+    """Whether a model of ``parameters`` parameters on ``device`` should use the kernels."""
     return device.type == "cpu" and parameters >= MIN_PARAMETERS and os.environ.get("BAN_CPU_KERNELS", "1") != "0"
 
 
@@ -65,6 +67,11 @@ def enabled(wanted: bool = True) -> Iterator[bool]:
         yield _ENABLED.get() is not None
     finally:
         _ENABLED.reset(token)
+
+
+def cpu_compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype CPU products of ``x`` run in: the CPU autocast dtype while autocast is on, else ``x.dtype``."""
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
 
 
 def active() -> Any:

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ban import kernels
+
 
 class _GRUSequence(torch.autograd.Function):
     """x [B, L, D] → states [B, L, H] (float32) of a one-layer GRU from a zero state. The products run in
@@ -76,6 +78,6 @@ class _GRUSequence(torch.autograd.Function):
 def gru_sequence(rnn: nn.GRU, x: Tensor) -> Tensor:
     """Every step's output of ``rnn`` (one layer, unidirectional, batch_first, with biases) from a zero state:
     x [B, L, D] → [B, L, H] float32. The products run in the CPU autocast dtype when autocast is on."""
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    dtype = kernels.cpu_compute_dtype(x)
     with torch.autocast("cpu", enabled=False):
         return _GRUSequence.apply(x, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0, dtype)
