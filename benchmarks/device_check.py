@@ -7,7 +7,11 @@ Run on the device machine from the repository root (the package need not be inst
 
 1. Correctness: a paper-best model with random weights, evaluated on the CPU (fp32) and on the GPU (fp32 with
    TF32 off, and bf16 autocast), fused and plain paths: the max abs difference of the logits.
-2. Throughput: the table of `ban bench` (batch 256, adaptive boxes 10–100, 14 tokens), written as JSON too;
+   CUDA graphs (:mod:`ban.engine.graphs`): a dropout-free paper-best model trained 3 steps (batch 32, adaptive
+   boxes, fp32 without TF32) eagerly, eagerly with the static inputs and capture-safe layers, and replayed as
+   graphs: the losses and the parameters' largest differences. Whether cuDNN's GRU (fwd + bwd) captures at all.
+2. Throughput: the table of `ban bench` (batch 256, adaptive boxes 10–100, 14 tokens) for the graphed, fused and
+   plain paths, written as JSON too (a row that fails is reported with its error; the others still run);
    then the bf16 plain training step again with `--host-sync` (what `ban train`'s per-step finiteness read costs).
 3. Resident data (`--set resident=true`): a small synthetic prepared VQA set held on the GPU gives the loader's
    batches exactly; the gather rate of batch-256 rows (adaptive boxes) from a 2,048-d bf16 table of 400k regions.
@@ -17,16 +21,21 @@ Run on the device machine from the repository root (the package need not be inst
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
 
-from ban.benchmark import BenchSettings, as_json, box_counts, format_table, run_all, synthetic_batches
+from ban.benchmark import BenchSettings, as_json, box_counts, format_table, measure, run_all, synthetic_batches
+from ban.engine.graphs import graphed_training, static_batch, training_step
+from ban.engine.optim import adamax
 from ban.models import build_model, preset
+from ban.nn.capture import capture_safe
 
 
 def parity(device: torch.device) -> list[dict]:
@@ -53,6 +62,91 @@ def parity(device: torch.device) -> list[dict]:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def failure(error: BaseException) -> str:
+    return "".join(traceback.format_exception_only(error)).strip()[-2000:]
+
+
+def graph_parity(device: torch.device, steps: int = 3) -> dict:
+    """3 training steps of a dropout-free paper-best model, eager / static eager / graphed (fp32, TF32 off)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    config = preset("paper-best", dropout=0.0, attention_dropout=0.0, classifier_dropout=0.0)
+    initial = build_model(config).to(device)
+    batches = [{key: value for key, value in batch.items() if key != "real_boxes"}
+               for batch in synthetic_batches(BenchSettings(batch_size=32), config, device, count=steps)]
+    static = [static_batch(batch, row_quantum=256) for batch in batches]
+    runs = {}
+    for name in ("eager", "static eager", "graphed"):
+        model = copy.deepcopy(initial)
+        optimizer = adamax(model.parameters(), device, lr=1e-3, capturable=name == "graphed")
+        losses = []
+        try:
+            if name == "graphed":
+                step = graphed_training(model, optimizer, "fp32")
+                losses = [float(step(batch)[0]) for batch in static]
+            elif name == "static eager":
+                with capture_safe():
+                    losses = [float(training_step(model, optimizer, batch, "fp32")[0]) for batch in static]
+            else:
+                losses = [float(training_step(model, optimizer, batch, "fp32")[0]) for batch in batches]
+        except Exception as error:  # report it: the other checks still run
+            runs[name] = {"error": failure(error)}
+            continue
+        runs[name] = {"losses": losses, "parameters": [p.detach().clone() for p in model.parameters()]}
+    report = {name: {key: value for key, value in run.items() if key != "parameters"} for name, run in runs.items()}
+    graphed = runs["graphed"]
+    for name in ("eager", "static eager"):
+        if "parameters" in runs[name] and "parameters" in graphed:
+            pairs = zip(graphed["parameters"], runs[name]["parameters"], strict=True)
+            report[f"graphed vs {name}"] = {
+                "max_abs_loss_diff": max(abs(a - b) for a, b in zip(graphed["losses"], runs[name]["losses"],
+                                                                    strict=True)),
+                "max_abs_parameter_diff": max(float((a - b).abs().max()) for a, b in pairs),
+            }
+    return report
+
+
+def cudnn_gru_capture(device: torch.device) -> str:
+    """Whether nn.GRU (cuDNN) forward + backward can be captured in a CUDA graph: "captured" or the error."""
+    if device.type != "cuda":
+        return "not tried: no GPU"
+    rnn = torch.nn.GRU(600, 1280, batch_first=True).to(device)
+    x = torch.randn(256, 14, 600, device=device)
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                rnn(x)[0].sum().backward()
+        torch.cuda.current_stream().wait_stream(side)
+        rnn.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            rnn(x)[0].sum().backward()
+        graph.replay()
+        synchronize(device)
+        return "captured"
+    except Exception as error:
+        return failure(error)
+
+
+def bench_rows(settings: BenchSettings, paths: list[str]) -> tuple[list, list[dict]]:
+    """`ban bench`'s rows, each measured on its own: a failing row is reported, the others still run."""
+    results, errors = [], []
+    for mode in ("train", "infer"):
+        for precision in ("fp32", "bf16"):
+            for path in paths:
+                try:
+                    results.append(measure(settings, path, precision, mode))
+                except Exception as error:
+                    errors.append({"path": path, "precision": precision, "mode": mode, "error": failure(error)})
+                    print("failed:", errors[-1])
+                if settings.device != "cpu":
+                    torch.cuda.empty_cache()
+    return results, errors
 
 
 def resident_check(device: torch.device) -> dict:
@@ -106,11 +200,15 @@ def main() -> None:
     checks = parity(device)
     for row in checks:
         print(row)
+    graphs = {"cudnn_gru_capture": cudnn_gru_capture(device)}
+    graphs["parity"] = graph_parity(device)
+    print(json.dumps(graphs, indent=2))
     settings = BenchSettings(batch_size=args.batch_size, steps=args.steps, warmup=min(5, args.steps),
                              device=args.device)
-    results = run_all(settings, ["fused", "plain"], ["fp32", "bf16"], ["train", "infer"])
+    paths = ["graphed", "fused", "plain"] if device.type == "cuda" else ["fused", "plain"]
+    results, errors = bench_rows(settings, paths)
     print(format_table(results))
-    report = {**as_json(settings, results), "parity": checks}
+    report = {**as_json(settings, results), "bench_errors": errors, "parity": checks, "graphs": graphs}
     (args.out / "device_check.json").write_text(json.dumps(report, indent=2))
     synced = dataclasses.replace(settings, host_sync=True)
     report["host_sync"] = as_json(synced, run_all(synced, ["plain"], ["bf16"], ["train"]))["results"]

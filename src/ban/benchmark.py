@@ -18,8 +18,10 @@ import torch
 from torch import nn
 
 from ban import kernels
-from ban.engine.loss import vqa_loss
-from ban.engine.optim import FusedCPUAdamax, adamax, clipped_step, gradient_norm
+from ban.engine.graphs import forward_logits, graphed_inference, graphed_training, static_batch, training_step
+from ban.engine.optim import FusedCPUAdamax, adamax
+from ban.engine.tasks import autocast
+from ban.errors import ConfigError
 from ban.machine import describe_machine
 from ban.models import BANConfig, build_model, preset
 
@@ -112,48 +114,52 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 def step_loop(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: str, precision: str,
-              device: torch.device, host_sync: bool = False) -> Iterator[None]:
+              device: torch.device, host_sync: bool = False, graphed: bool = False) -> Iterator[None]:
     """One step per ``next()``, cycling through ``batches`` (dicts with features, boxes, questions, targets, as
     :func:`synthetic_batches` or the VQA collate make them): a training step (``mode="train"``: forward, BCE,
     backward, clip 0.25, Adamax as `ban train` builds it) or an inference forward pass. ``host_sync``: before the
     update, read on the host whether the loss and the gradient norm are finite, as `ban train` does (on a GPU: waits
-    for the step)."""
-    optimizer = adamax(model.parameters(), device, lr=1e-3)
+    for the step). ``graphed``: each step replayed as a CUDA graph (:mod:`ban.engine.graphs`; the batches must be
+    :func:`ban.engine.graphs.static_batch`'s)."""
+    optimizer = adamax(model.parameters(), device, lr=1e-3, capturable=graphed)
     use_kernels = isinstance(optimizer, FusedCPUAdamax)  # adamax() decided: a large CPU model
     model.train(mode == "train")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    if graphed:
+        step = graphed_training(model, optimizer, precision) if mode == "train" else graphed_inference(model, precision)
     index = 0
     while True:
         batch = batches[index % len(batches)]
         index += 1
-        with kernels.enabled(use_kernels):
-            if mode == "train":
-                with autocast:
-                    out = model(batch["features"], batch["boxes"], batch["questions"])
-                loss = vqa_loss(out.logits, batch["targets"], batch["targets"].shape[0])
-                loss.backward()
-                grad_norm = gradient_norm(model.parameters())
-                if host_sync:
-                    bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
-                clipped_step(optimizer, model.parameters(), 0.25, grad_norm)
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                with torch.no_grad(), autocast:
-                    model(batch["features"], batch["boxes"], batch["questions"])
+        if graphed:
+            step(batch)
+        elif mode == "train":
+            with kernels.enabled(use_kernels):
+                training_step(model, optimizer, batch, precision, host_sync=host_sync)
+        else:
+            with kernels.enabled(use_kernels), torch.no_grad(), autocast(device, precision):
+                forward_logits(model, batch)
         yield
 
 
 def measure(settings: BenchSettings, path: str, precision: str, mode: str) -> BenchResult:
-    """Time ``settings.steps`` steps after ``settings.warmup`` for one (path, precision, mode)."""
+    """Time ``settings.steps`` steps after ``settings.warmup`` for one (path, precision, mode). Paths: "fused",
+    "plain", and "graphed" (the plain model, each step replayed as a CUDA graph; a GPU only)."""
     device = resolve_device(settings.device)
+    graphed = path == "graphed"
+    if graphed and device.type != "cuda":
+        raise ConfigError(f"the graphed path replays CUDA graphs: it needs a GPU, not {device}")
     torch.manual_seed(settings.seed)
     config = preset(settings.preset, num_tokens=settings.num_tokens, num_answers=settings.num_answers,
                     fused=path == "fused")
     model = build_model(config).to(device)
     batches = synthetic_batches(settings, config, device, count=min(settings.steps, 4))
+    real_boxes = sum(int(batches[i % len(batches)]["real_boxes"]) for i in range(settings.steps)) / settings.steps
+    batches = [{key: value for key, value in batch.items() if key != "real_boxes"} for batch in batches]
+    if graphed:
+        batches = [static_batch(batch) for batch in batches]  # the loader's work: not timed
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    steps = step_loop(model, batches, mode, precision, device, settings.host_sync)
+    steps = step_loop(model, batches, mode, precision, device, settings.host_sync, graphed)
     for _ in range(settings.warmup):
         next(steps)
     synchronize(device)
@@ -162,7 +168,6 @@ def measure(settings: BenchSettings, path: str, precision: str, mode: str) -> Be
         next(steps)
     synchronize(device)
     seconds = (time.perf_counter() - start) / settings.steps
-    real_boxes = sum(int(batches[i % len(batches)]["real_boxes"]) for i in range(settings.steps)) / settings.steps
     work = forward_flops(config, settings.batch_size, int(real_boxes), settings.question_length)
     work *= 3 if mode == "train" else 1
     return BenchResult(path, precision, mode, 1000 * seconds, settings.batch_size / seconds, work / seconds / 1e12,

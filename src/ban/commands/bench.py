@@ -1,4 +1,5 @@
-"""`ban bench`: throughput and memory of training and inference steps, fused and plain execution, fp32 and bf16."""
+"""`ban bench`: throughput and memory of training and inference steps, graphed, fused and plain execution, fp32 and
+bf16."""
 
 from __future__ import annotations
 
@@ -24,7 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-answers", type=int, default=defaults.num_answers)
     parser.add_argument("--steps", type=int, default=defaults.steps, help="timed steps (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed steps first")
-    parser.add_argument("--paths", nargs="+", choices=["fused", "plain"], default=["fused", "plain"])
+    parser.add_argument("--paths", nargs="+", choices=["graphed", "fused", "plain"], default=None,
+                        help="graphed: the plain model with each step replayed as a CUDA graph (a GPU only); "
+                             "fused: the glimpses' box projections in one product; plain: one per glimpse "
+                             "(default: all three on a GPU, fused and plain on the CPU)")
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     parser.add_argument("--modes", nargs="+", choices=["train", "infer"], default=["train", "infer"])
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
@@ -45,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         question_length=args.question_length, steps=args.steps, warmup=args.warmup, device=args.device,
         host_sync=args.host_sync,
     )
-    results = run_all(settings, args.paths, args.precisions, args.modes)
+    paths = args.paths or (["graphed", "fused", "plain"] if on_gpu else ["fused", "plain"])
+    results = run_all(settings, paths, args.precisions, args.modes)
     if args.json:
         print(json.dumps(as_json(settings, results), indent=2))
     else:

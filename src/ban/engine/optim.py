@@ -23,11 +23,14 @@ from ban import kernels
 
 
 def adamax(parameters: Iterable[nn.Parameter], device: torch.device, lr: float, betas: tuple[float, float] = (0.9,
-           0.999), eps: float = 1e-8) -> torch.optim.Optimizer:
+           0.999), eps: float = 1e-8, capturable: bool = False) -> torch.optim.Optimizer:
     """Adamax over ``parameters``: :class:`FusedCPUAdamax` for CPU models of at least
     :data:`ban.kernels.MIN_PARAMETERS` parameters when the kernels build (see :func:`ban.kernels.wanted`), else
-    ``torch.optim.Adamax``."""
+    ``torch.optim.Adamax``; ``capturable``: ``torch.optim.Adamax`` with its step counters on the device, as a CUDA
+    graph needs it (:mod:`ban.engine.graphs`)."""
     parameters = list(parameters)
+    if capturable:
+        return torch.optim.Adamax(parameters, lr=lr, betas=betas, eps=eps, capturable=True, foreach=True)
     wanted = kernels.wanted(sum(parameter.numel() for parameter in parameters), device)
     kind = FusedCPUAdamax if wanted and kernels.compiled() is not None else torch.optim.Adamax
     return kind(parameters, lr=lr, betas=betas, eps=eps)

@@ -35,10 +35,11 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
-def autocast(device: torch.device, precision: str) -> Any:
-    """The autocast context of ``precision`` ("bf16" or "fp32") on ``device``."""
+def autocast(device: torch.device, precision: str, cast_cache: bool = True) -> Any:
+    """The autocast context of ``precision`` ("bf16" or "fp32") on ``device``. ``cast_cache=False`` turns off
+    autocast's cache of weight casts, which a captured CUDA graph would reuse stale."""
     if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cast_cache)
     return nullcontext()
 
 

@@ -69,9 +69,11 @@ def enabled(wanted: bool = True) -> Iterator[bool]:
         _ENABLED.reset(token)
 
 
-def cpu_compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype CPU products of ``x`` run in: the CPU autocast dtype while autocast is on, else ``x.dtype``."""
-    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype products of ``x`` run in: the autocast dtype of ``x``'s device while autocast is on there, else
+    ``x.dtype``."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 def active() -> Any:

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from ban import kernels
 from ban.models.config import BANConfig
+from ban.nn import capture
 from ban.nn.gru import gru_sequence
 
 
@@ -20,10 +21,12 @@ class WordEmbedding(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens [B, L] int64 → [B, L, dim] (or [B, L, 2·dim] with two tables)."""
-        embedded = self.table(tokens)
-        if self.second_table is not None:
-            embedded = torch.cat((embedded, self.second_table(tokens)), dim=2)
-        return embedded
+        tables = [self.table] if self.second_table is None else [self.table, self.second_table]
+        if capture.active():
+            embedded = [capture.embedding(tokens, table.weight, table.padding_idx) for table in tables]
+        else:
+            embedded = [table(tokens) for table in tables]
+        return embedded[0] if len(embedded) == 1 else torch.cat(embedded, dim=2)
 
     @torch.no_grad()
     def load_vectors(self, table: Tensor, second_table: Tensor | None = None) -> None:
@@ -44,8 +47,8 @@ class WordEmbedding(nn.Module):
 
 class QuestionEncoder(nn.Module):
     """One-layer unidirectional GRU from a zero state; returns every token's state. Training on the CPU inside
-    :func:`ban.kernels.enabled`, the recurrence runs as :func:`ban.nn.gru.gru_sequence` (batched weight
-    gradients)."""
+    :func:`ban.kernels.enabled` (batched weight gradients), and inside :func:`ban.nn.capture.capture_safe`, the
+    recurrence runs as :func:`ban.nn.gru.gru_sequence`."""
 
     def __init__(self, in_features: int, hidden: int) -> None:
         super().__init__()
@@ -53,7 +56,8 @@ class QuestionEncoder(nn.Module):
 
     def forward(self, embedded: Tensor) -> Tensor:
         """embedded [B, L, D] → token states [B, L, H]."""
-        if kernels.active() is not None and embedded.device.type == "cpu" and torch.is_grad_enabled():
+        on_kernels = kernels.active() is not None and embedded.device.type == "cpu" and torch.is_grad_enabled()
+        if on_kernels or capture.active():
             return gru_sequence(self.rnn, embedded)
         states, _ = self.rnn(embedded)
         return states

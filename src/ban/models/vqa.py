@@ -44,13 +44,20 @@ class BanForVQA(TokenEncoderModel):
         self.classifier = Classifier(hidden, 2 * hidden, config.num_answers, config.classifier_dropout)
 
     def forward(
-        self, features: Tensor, boxes: Tensor, questions: Tensor, box_mask: Tensor | None = None
+        self, features: Tensor, boxes: Tensor, questions: Tensor, box_mask: Tensor | None = None,
+        real_rows: Tensor | None = None,
     ) -> VQAOutput:
-        """→ VQAOutput(logits [B, A], attention [B, G, N, L], attention_logits [B, G, N, L])."""
+        """→ VQAOutput(logits [B, A], attention [B, G, N, L], attention_logits [B, G, N, L]).
+
+        ``real_rows`` [R]: the flat indices of every real box, as :func:`ban.nn.bilinear.project_real_boxes` takes
+        them (made on the host by :func:`ban.engine.graphs.packed_rows`, so the pass reads nothing back from the
+        device); by default they are found from the box mask.
+        """
         if box_mask is None:
             box_mask = box_mask_from_features(features)
         token_mask = self.token_mask(questions)
-        real_rows = real_box_rows(box_mask)  # the real boxes, found once for every box projection
+        if real_rows is None:
+            real_rows = real_box_rows(box_mask)  # the real boxes, found once for every box projection
         states = self.encode_tokens(questions)  # [B, L, H]
         attention, logits = self.attention(features, states, box_mask, token_mask, real_rows)
         if self.config.fused:

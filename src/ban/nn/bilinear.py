@@ -40,23 +40,28 @@ def box_mask_from_features(features: Tensor) -> Tensor:
 
 def real_box_rows(box_mask: Tensor) -> Tensor:
     """Flat indices [R] of the real boxes of box_mask [B, N] (True = real), for :func:`project_real_boxes`.
-    Computing them waits for the device (R is data-dependent): a model does it once per forward pass."""
+    Computing them waits for the device (R is data-dependent): a model does it once per forward pass, or takes
+    them from the host (:func:`ban.engine.graphs.packed_rows`)."""
     return box_mask.flatten().nonzero().squeeze(1)
 
 
 def project_real_boxes(projection: Callable[[Tensor], Tensor], features: Tensor, rows: Tensor) -> Tensor:
     """``projection`` of the real boxes only; the padded rows of the result are zero.
 
-    features [B, N, Dv], rows [R] = :func:`real_box_rows` of the box mask → [B, N, out]. BAN gives padded boxes
-    zero attention, so what their rows hold never reaches an output or a gradient: packing computes the same
-    function and skips the padded share of the largest matrix products (about two thirds with bottom-up's
-    10–100 boxes per image, padded to the batch's largest count).
+    features [B, N, Dv], rows [R] = the flat indices of every real box (:func:`real_box_rows` of the box mask),
+    optionally followed by entries equal to B·N (no row: a static length for CUDA graphs, whose projections are
+    computed from row 0 and thrown away) → [B, N, out]. With R = B·N, every row is projected (then a padded box's
+    row holds its projection, which BAN's zero attention ignores as well). BAN gives padded boxes zero attention,
+    so what their rows hold never reaches an output or a gradient: packing computes the same function and skips
+    the padded share of the largest matrix products (about two thirds with bottom-up's 10–100 boxes per image,
+    padded to the batch's largest count).
     """
     batch, boxes = features.shape[:2]
-    if rows.numel() == batch * boxes:
+    total = batch * boxes
+    if rows.numel() == total:
         return projection(features)
-    packed = projection(features.flatten(0, 1).index_select(0, rows))  # [R, out]
-    projected = packed.new_zeros(batch * boxes, packed.shape[-1]).index_copy(0, rows, packed)
+    packed = projection(features.flatten(0, 1).index_select(0, rows.clamp(max=total - 1)))  # [R, out]
+    projected = packed.new_zeros(total + 1, packed.shape[-1]).index_copy(0, rows, packed)[:total]
     return projected.unflatten(0, (batch, boxes))
 
 

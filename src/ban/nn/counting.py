@@ -80,8 +80,10 @@ def soft_one_hot(count: Tensor, num_classes: int) -> Tensor:
     fraction = count - low
     low_index = low.nan_to_num(0.0).long()  # a NaN count (diverged inputs) gives a NaN row, not a bad index
     high_index = (low_index + 1).clamp(max=num_classes - 1)
-    low_hot = F.one_hot(low_index, num_classes).to(count.dtype)
-    high_hot = F.one_hot(high_index, num_classes).to(count.dtype)
+    # one-hot by comparison: F.one_hot checks the index range on the host (a device read inside a CUDA graph)
+    classes = torch.arange(num_classes, device=count.device)
+    low_hot = (low_index[:, None] == classes).to(count.dtype)
+    high_hot = (high_index[:, None] == classes).to(count.dtype)
     return (1 - fraction)[:, None] * low_hot + fraction[:, None] * high_hot
 
 

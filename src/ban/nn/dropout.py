@@ -106,7 +106,7 @@ class Dropout(nn.Dropout):
         """
         if not self._draws_on_cpu(x):
             return self(x), 1.0
-        return self._dropped(x, 1.0, kernels.cpu_compute_dtype(x)), 1.0 / (1.0 - self.p)
+        return self._dropped(x, 1.0, kernels.compute_dtype(x)), 1.0 / (1.0 - self.p)
 
     def _dropped(self, x: Tensor, scale: float, dtype: torch.dtype) -> Tensor:
         """x with a fresh mask's dropped elements zeroed, times ``scale``, in ``dtype``."""

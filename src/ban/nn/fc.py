@@ -130,7 +130,7 @@ class WeightNormLinear(nn.Module):
         the matrix, so no scaled copy of V (nor its gradient) is made. ``input_scale`` multiplies x first
         (folded into the same scalar: dropout's ``1 / (1 − p)``, see :meth:`Dropout.unscaled`)."""
         if self._compiled(x):
-            x = x.to(kernels.cpu_compute_dtype(x))
+            x = x.to(kernels.compute_dtype(x))
             with torch.autocast("cpu", enabled=False):
                 return _CompiledWeightNormLinear.apply(x, self.weight_v, self.weight_g, self.bias, input_scale)
         product = F.linear(x, self.weight_v)

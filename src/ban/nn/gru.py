@@ -1,4 +1,5 @@
-"""The question encoder's GRU on the CPU, with its weight gradients as one matrix product over all steps.
+"""The question encoder's GRU as plain tensor operations, with its weight gradients as one matrix product over all
+steps (used on the CPU with ban's kernels, and inside CUDA graphs: see :mod:`ban.nn.capture`).
 
 ``nn.GRU``'s CPU backward computes the recurrent weight's gradient step by step: fourteen thin products
 [3H, B] × [B, H] and thirteen accumulations of a [3H, H] float32 tensor per training step (≈ 30 ms of the paper-best
@@ -77,7 +78,7 @@ class _GRUSequence(torch.autograd.Function):
 
 def gru_sequence(rnn: nn.GRU, x: Tensor) -> Tensor:
     """Every step's output of ``rnn`` (one layer, unidirectional, batch_first, with biases) from a zero state:
-    x [B, L, D] → [B, L, H] float32. The products run in the CPU autocast dtype when autocast is on."""
-    dtype = kernels.cpu_compute_dtype(x)
-    with torch.autocast("cpu", enabled=False):
+    x [B, L, D] → [B, L, H] float32. The products run in the autocast dtype of x's device when autocast is on."""
+    dtype = kernels.compute_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
         return _GRUSequence.apply(x, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0, dtype)

@@ -1,0 +1,202 @@
+"""BAN's training step and forward pass replayed as CUDA graphs: one launch per step instead of about a thousand.
+
+PERF-NOTES.md found a third of an eager paper-size step on an H100 spent launching kernels, and the packing of
+real boxes waiting for the device (its row count is read back on the host). Here the host supplies what the
+device would otherwise report: :func:`packed_rows` makes the real boxes' indices from the loader's box mask, padded
+to a multiple of ``quantum`` rows (so few distinct shapes occur), and :func:`pad_boxes` rounds the box count up
+the same way. Inside :func:`ban.nn.capture.capture_safe` no layer reads device data on the host, and
+:class:`StepGraphs` captures a step once per input shape (after a few eager warm-up runs on a side stream) and
+replays it: the inputs are copied into the captured buffers, the graph runs, the outputs are the captured ones
+(overwritten by the next call). Graphs of different shapes share one memory pool; they never run concurrently.
+
+The training step is the recipe's (:func:`training_step`: forward, BCE summed over answers ÷ B, backward, gradient
+norm, clipping, Adamax) with ``torch.optim.Adamax(capturable=True)``, whose state must exist before a capture (a
+capture of its first step would re-create it at every replay): :func:`initialise_optimizer`. Autocast runs with
+its weight-cast cache off (a cached cast would be captured once and reused stale). Dropout draws fresh masks at
+every replay (PyTorch advances the captured generator's offset).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ban.engine.loss import vqa_loss
+from ban.engine.optim import clipped_step, gradient_norm
+from ban.engine.tasks import autocast
+from ban.nn.capture import capture_safe
+
+ROW_QUANTUM = 1024  # packed rows are padded to a multiple of this: 2–3 shapes for batch 256, adaptive boxes
+BOX_QUANTUM = 4  # box slots per image are padded to a multiple of this
+
+Inputs = dict[str, Tensor]
+
+
+def packed_rows(box_mask: Tensor, quantum: int = ROW_QUANTUM) -> Tensor:
+    """The flat indices of the real boxes, computed on the host, in the form :meth:`BanForVQA.forward`'s
+    ``real_rows`` takes: box_mask [B, N] bool on the CPU (True = real) → int64 [R'] with R' the real count rounded
+    up to a multiple of ``quantum``, the extra entries B·N (no row); when R' would reach B·N, every row 0…B·N−1."""
+    total = box_mask.numel()
+    rows = box_mask.reshape(-1).nonzero().squeeze(1)
+    padded = min(math.ceil(max(rows.numel(), 1) / quantum) * quantum, total)
+    if padded == total:
+        return torch.arange(total)
+    return F.pad(rows, (0, padded - rows.numel()), value=total)
+
+
+def pad_boxes(batch: Inputs, quantum: int = BOX_QUANTUM) -> Inputs:
+    """features [B, N, Dv] and boxes [B, N, ≥4] of ``batch`` with N rounded up to a multiple of ``quantum`` (zero
+    rows: padded boxes); the other entries unchanged."""
+    missing = -batch["features"].shape[1] % quantum
+    if missing == 0:
+        return dict(batch)
+    return {**batch, "features": F.pad(batch["features"], (0, 0, 0, missing)),
+            "boxes": F.pad(batch["boxes"], (0, 0, 0, missing))}
+
+
+def static_batch(batch: Inputs, box_quantum: int = BOX_QUANTUM, row_quantum: int = ROW_QUANTUM) -> Inputs:
+    """A VQA batch (features, boxes, questions, targets; padded boxes are zero feature rows) in the shapes the
+    graphs take: boxes padded by :func:`pad_boxes`, plus ``rows`` = :func:`packed_rows` (on the batch's device).
+    Reads the box mask on the host: a loader does this while it builds the batch, not between steps."""
+    padded = pad_boxes(batch, box_quantum)
+    box_mask = padded["features"].abs().sum(dim=-1).ne(0).cpu()
+    return {**padded, "rows": packed_rows(box_mask, row_quantum).to(padded["features"].device)}
+
+
+def forward_logits(model: nn.Module, inputs: Inputs) -> Tensor:
+    """The VQA model's answer logits [B, A] for ``inputs`` (with their host-made ``rows`` when present)."""
+    return model(inputs["features"], inputs["boxes"], inputs["questions"], real_rows=inputs.get("rows")).logits
+
+
+def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: Inputs, precision: str,
+                  max_grad_norm: float = 0.25, host_sync: bool = False, cast_cache: bool = True
+                  ) -> tuple[Tensor, Tensor]:
+    """One step of the recipe on ``inputs`` (features, boxes, questions, targets [B, A], optionally rows):
+    forward, BCE summed over answers ÷ B, backward, gradient norm, clipping at ``max_grad_norm``, the optimizer's
+    step, gradients released → (loss [], gradient norm []). ``host_sync``: read the loss's and the norm's
+    finiteness on the host before the update, as `ban train` does (on a GPU: waits for the step so far).
+    ``cast_cache``: autocast's weight-cast cache (off in a graph)."""
+    with autocast(inputs["features"].device, precision, cast_cache):
+        logits = forward_logits(model, inputs)
+    loss = vqa_loss(logits, inputs["targets"], inputs["targets"].shape[0])
+    loss.backward()
+    grad_norm = gradient_norm(model.parameters())
+    if host_sync:
+        bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
+    clipped_step(optimizer, model.parameters(), max_grad_norm, grad_norm)
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach(), grad_norm
+
+
+@torch.no_grad()
+def initialise_optimizer(optimizer: torch.optim.Optimizer) -> None:
+    """Create the state of every parameter that has none, as a fresh ``torch.optim.Adamax`` holds it (all zero),
+    without changing a parameter: one step with zero gradients (Adamax moves by ``m / u`` = 0 / ε = 0), then the
+    new state zeroed. Parameters that have state keep it untouched (their gradients are None for that step)."""
+    if not isinstance(optimizer, torch.optim.Adamax):
+        raise TypeError(f"initialise_optimizer knows Adamax's state, not {type(optimizer).__name__}'s")
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    fresh = [p for p in parameters if not optimizer.state.get(p)]
+    if not fresh:
+        return
+    saved_grads = [p.grad for p in parameters]
+    fresh_ids = {id(p) for p in fresh}
+    for p in parameters:
+        p.grad = torch.zeros_like(p) if id(p) in fresh_ids else None
+    optimizer.step()
+    for p in fresh:
+        for value in optimizer.state[p].values():
+            value.zero_()
+    for p, grad in zip(parameters, saved_grads, strict=True):
+        p.grad = grad
+
+
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    inputs: Inputs  # the buffers the graph reads
+    outputs: tuple[Tensor, ...]  # the tensors it writes
+
+
+class StepGraphs:
+    """``step(inputs) → tuple of tensors`` captured as one CUDA graph per distinct set of input shapes and
+    replayed; warm-up and capture run inside :func:`ban.nn.capture.capture_safe`. The step must be capture-safe
+    (no host reads of device data, no allocation that must persist across calls except its outputs); ``prepare``
+    runs before each capture (e.g. :func:`initialise_optimizer`). ``warmup_step`` runs ``warmup`` times on a side
+    stream before a capture, to let libraries set themselves up (cuBLAS workspaces, autograd's streams): for a
+    training step it must not update the parameters."""
+
+    def __init__(self, step: Callable[[Inputs], tuple[Tensor, ...]],
+                 warmup_step: Callable[[Inputs], object] | None = None,
+                 prepare: Callable[[], None] | None = None, warmup: int = 3) -> None:
+        self.step, self.warmup_step, self.prepare, self.warmup = step, warmup_step or step, prepare, warmup
+        self.captured: dict[tuple, _Captured] = {}
+        self.pool: tuple | None = None
+
+    def __call__(self, inputs: Inputs) -> tuple[Tensor, ...]:
+        """Copy ``inputs`` into the graph of their shapes (captured on first sight) and replay it → its outputs
+        (valid until the next call)."""
+        key = tuple((name, tuple(value.shape), value.dtype) for name, value in sorted(inputs.items()))
+        captured = self.captured.get(key)
+        if captured is None:
+            captured = self.captured[key] = self._capture(inputs)
+        else:
+            for name, value in inputs.items():
+                captured.inputs[name].copy_(value, non_blocking=True)
+        captured.graph.replay()
+        return captured.outputs
+
+    def _capture(self, inputs: Inputs) -> _Captured:
+        static = {name: value.clone() for name, value in inputs.items()}
+        if self.prepare is not None:
+            self.prepare()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), capture_safe():
+            for _ in range(self.warmup):
+                self.warmup_step(static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool), capture_safe():
+            outputs = self.step(static)
+        self.pool = graph.pool()
+        return _Captured(graph, static, outputs)
+
+
+def graphed_training(model: nn.Module, optimizer: torch.optim.Optimizer, precision: str,
+                     max_grad_norm: float = 0.25) -> StepGraphs:
+    """The recipe's training step on a GPU as :class:`StepGraphs`: call it with :func:`static_batch`'s inputs →
+    (loss [], gradient norm []). ``optimizer``: ``torch.optim.Adamax(capturable=True)`` (``adamax(…,
+    capturable=True)``)."""
+    if not (isinstance(optimizer, torch.optim.Adamax) and all(g["capturable"] for g in optimizer.param_groups)):
+        raise ValueError("graphed training needs torch.optim.Adamax(capturable=True)")
+
+    def warm(inputs: Inputs) -> None:  # forward and backward only: the parameters stay as they are
+        with autocast(inputs["features"].device, precision, cast_cache=False):
+            logits = forward_logits(model, inputs)
+        vqa_loss(logits, inputs["targets"], inputs["targets"].shape[0]).backward()
+        gradient_norm(model.parameters())
+        optimizer.zero_grad(set_to_none=True)
+
+    def prepare() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        initialise_optimizer(optimizer)
+
+    return StepGraphs(lambda inputs: training_step(model, optimizer, inputs, precision, max_grad_norm,
+                                                   cast_cache=False),
+                      warmup_step=warm, prepare=prepare)
+
+
+def graphed_inference(model: nn.Module, precision: str) -> StepGraphs:
+    """The forward pass (no gradients) as :class:`StepGraphs` → (logits [B, A],)."""
+
+    def forward(inputs: Inputs) -> tuple[Tensor]:
+        with torch.no_grad(), autocast(inputs["features"].device, precision, cast_cache=False):
+            return (forward_logits(model, inputs),)
+
+    return StepGraphs(forward)

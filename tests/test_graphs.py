@@ -1,0 +1,181 @@
+"""The CUDA-graph step's parts that a CPU can check: host-made packing rows, the capture-safe layers, the absence of
+host reads of device data, the optimizer's pre-created state, and the static step against the ordinary one.
+(The capture itself needs a GPU: benchmarks/device_check.py.)"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ban.benchmark import BenchSettings, synthetic_batches
+from ban.engine.graphs import initialise_optimizer, packed_rows, pad_boxes, static_batch, training_step
+from ban.engine.loss import vqa_loss
+from ban.engine.optim import adamax, gradient_norm
+from ban.models import build_model, preset
+from ban.nn import capture
+from ban.nn.bilinear import box_mask_from_features
+
+CPU = torch.device("cpu")
+
+
+def small_config(**overrides):
+    settings = dict(hidden_dim=16, num_glimpses=2, two_word_tables=True, use_counting=True, feature_dim=24,
+                    word_dim=8, num_tokens=40, num_answers=12)
+    return preset("tiny", **{**settings, **overrides})
+
+
+def batch_of(config, batch_size=6, boxes="adaptive", seed=0):
+    settings = BenchSettings(batch_size=batch_size, boxes=boxes, question_length=5, seed=seed)
+    batch = synthetic_batches(settings, config, CPU, count=1)[0]
+    batch.pop("real_boxes")
+    return batch
+
+
+def test_packed_rows_lists_the_real_boxes_then_no_row_up_to_the_quantum():
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    assert packed_rows(mask, quantum=4).tolist() == [0, 1, 3, 6]
+    assert packed_rows(mask, quantum=2).tolist() == [0, 1, 3, 6]
+    assert packed_rows(mask, quantum=5).tolist() == [0, 1, 3, 6, 6]
+    assert packed_rows(mask, quantum=10).tolist() == [0, 1, 2, 3, 4, 5]  # 10 rows would reach B·N = 6: every row
+    assert packed_rows(torch.zeros(2, 3, dtype=torch.bool), quantum=2).tolist() == [6, 6]
+
+
+def test_pad_boxes_rounds_the_box_slots_up_with_padded_boxes():
+    config = small_config()
+    batch = batch_of(config, boxes="13")
+    padded = pad_boxes(batch, quantum=4)
+    assert padded["features"].shape[1] == padded["boxes"].shape[1] == 16
+    assert torch.equal(padded["features"][:, :13], batch["features"])
+    assert not box_mask_from_features(padded["features"])[:, 13:].any()
+    assert padded["questions"] is batch["questions"]
+
+
+def test_capture_safe_embedding_equals_nn_embedding_with_its_padding_row():
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(7, 3, padding_idx=6)
+    tokens = torch.tensor([[0, 2, 2, 6], [5, 6, 0, 0]])
+    upstream = torch.randn(2, 4, 3)
+    expected = table(tokens)
+    (expected * upstream).sum().backward()
+    expected_grad, table.weight.grad = table.weight.grad.clone(), None
+    got = capture.embedding(tokens, table.weight, 6)
+    (got * upstream).sum().backward()
+    assert torch.equal(got, expected)
+    torch.testing.assert_close(table.weight.grad, expected_grad, rtol=0, atol=1e-6)
+    assert not table.weight.grad[6].any()
+
+
+def gradients(model):
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("quantum", [7, 64, 100_000])
+def test_host_made_rows_give_the_same_logits_and_gradients(quantum):
+    config = small_config(dropout=0.0, attention_dropout=0.0, classifier_dropout=0.0)
+    torch.manual_seed(0)
+    model = build_model(config)
+    batch = batch_of(config, batch_size=5)
+    rows = packed_rows(box_mask_from_features(batch["features"]), quantum)
+    results = []
+    for real_rows in (None, rows):
+        out = model(batch["features"], batch["boxes"], batch["questions"], real_rows=real_rows)
+        vqa_loss(out.logits, batch["targets"], 5).backward()
+        results.append((out.logits.detach(), gradients(model)))
+        model.zero_grad(set_to_none=True)
+    (logits, grads), (static_logits, static_grads) = results
+    torch.testing.assert_close(static_logits, logits, rtol=1e-6, atol=1e-6)
+    assert grads.keys() == static_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(static_grads[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+class HostReads(TorchDispatchMode):
+    """Records the operators that read device data on the host (or that do on a GPU: embedding's dense backward
+    sorts and counts ids there)."""
+
+    FORBIDDEN = {"nonzero", "_local_scalar_dense", "is_nonzero", "masked_select", "_unique2", "unique_dim",
+                 "unique_consecutive", "embedding_dense_backward", "equal", "allclose"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        boolean_index = name in ("index", "index_put", "index_put_") and any(
+            isinstance(index, torch.Tensor) and index.dtype == torch.bool for index in (args[1] or []) if index
+            is not None)
+        if name in self.FORBIDDEN or boolean_index:
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def forward_backward_clip(model, inputs):
+    """What the graph captures before the optimizer's step (Adamax's capturable step cannot run on a CPU)."""
+    out = model(inputs["features"], inputs["boxes"], inputs["questions"], real_rows=inputs.get("rows"))
+    vqa_loss(out.logits, inputs["targets"], inputs["targets"].shape[0]).backward()
+    norm = gradient_norm(model.parameters())
+    torch.nn.utils.clip_grads_with_norm_(model.parameters(), 0.25, norm)
+
+
+def test_the_capture_safe_step_reads_nothing_on_the_host_and_the_ordinary_one_does():
+    config = small_config()
+    torch.manual_seed(0)
+    model = build_model(config)
+    batch = batch_of(config)
+    with HostReads() as ordinary:
+        forward_backward_clip(model, batch)
+    assert {"nonzero", "embedding_dense_backward"} <= set(ordinary.seen)  # the check can fail
+    trained = gradients(model).keys()
+    model.zero_grad(set_to_none=True)
+    inputs = static_batch(batch, row_quantum=64)  # the loader's work, on the host
+    with capture.capture_safe(), HostReads() as safe:
+        forward_backward_clip(model, inputs)
+    assert safe.seen == []
+    assert gradients(model).keys() == trained
+
+
+def test_initialise_optimizer_creates_fresh_adamax_state_without_moving_a_parameter():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    twin = copy.deepcopy(model)
+    optimizer, reference = adamax(model.parameters(), CPU, lr=0.1), adamax(twin.parameters(), CPU, lr=0.1)
+    initialise_optimizer(optimizer)
+    assert torch.equal(model.weight, twin.weight) and all(p.grad is None for p in model.parameters())
+    assert all(optimizer.state[p] for p in model.parameters())
+    for step in range(3):
+        for net, opt in ((model, optimizer), (twin, reference)):
+            F.mse_loss(net(torch.ones(2, 4) * step), torch.zeros(2, 3)).backward()
+            opt.step()
+            opt.zero_grad()
+    assert torch.equal(model.weight, twin.weight) and torch.equal(model.bias, twin.bias)
+    kept = {name: value.clone() for name, value in optimizer.state[model.weight].items()}
+    initialise_optimizer(optimizer)  # existing state is left alone
+    assert all(torch.equal(optimizer.state[model.weight][name], value) for name, value in kept.items())
+
+
+def test_initialise_optimizer_refuses_other_optimizers():
+    with pytest.raises(TypeError, match="Adamax"):
+        initialise_optimizer(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1))
+
+
+def test_the_static_capture_safe_step_trains_like_the_ordinary_step():
+    config = small_config(dropout=0.0, attention_dropout=0.0, classifier_dropout=0.0)
+    torch.manual_seed(0)
+    model = build_model(config)
+    twin = copy.deepcopy(model)
+    batches = [batch_of(config, seed=seed) for seed in range(3)]
+    optimizer, reference = adamax(model.parameters(), CPU, lr=1e-3), adamax(twin.parameters(), CPU, lr=1e-3)
+    initialise_optimizer(optimizer)
+    for batch in batches:
+        with capture.capture_safe():
+            loss, norm = training_step(model, optimizer, static_batch(batch, row_quantum=16), "fp32")
+        expected_loss, expected_norm = training_step(twin, reference, batch, "fp32")
+        torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=0)
+        torch.testing.assert_close(norm, expected_norm, rtol=1e-5, atol=0)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
