@@ -16,6 +16,9 @@ Run on the device machine from the repository root (the package need not be inst
 3. Resident data (`--set resident=true`): a small synthetic prepared VQA set held on the GPU gives the loader's
    batches exactly; the gather rate of batch-256 rows (adaptive boxes) from a 2,048-d bf16 table of 400k regions.
    Reported as skipped, with the reason, when the data modules cannot be imported there.
+4. If less than ``--compile-before`` seconds (300) have passed: the "compiled" rows in bf16 (graphed, with the
+   forward pass through torch.compile), with the compilation time. The JSON is rewritten after every part, so a
+   run cut short still leaves what it measured.
 """
 
 from __future__ import annotations
@@ -133,11 +136,12 @@ def cudnn_gru_capture(device: torch.device) -> str:
         return failure(error)
 
 
-def bench_rows(settings: BenchSettings, paths: list[str]) -> tuple[list, list[dict]]:
+def bench_rows(settings: BenchSettings, paths: list[str], precisions: tuple[str, ...] = ("fp32", "bf16")
+               ) -> tuple[list, list[dict]]:
     """`ban bench`'s rows, each measured on its own: a failing row is reported, the others still run."""
     results, errors = [], []
     for mode in ("train", "infer"):
-        for precision in ("fp32", "bf16"):
+        for precision in precisions:
             for path in paths:
                 try:
                     results.append(measure(settings, path, precision, mode))
@@ -188,34 +192,54 @@ def resident_check(device: torch.device) -> dict:
             "gather_questions_per_s": 256 / seconds}
 
 
+def save(out: Path, report: dict) -> None:
+    (out / "device_check.json").write_text(json.dumps(report, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cuda", help="cuda (default); cpu for a dry run of the script")
+    parser.add_argument("--compile-before", type=float, default=300.0,
+                        help="measure the compiled rows (bf16) only if the script has run less than this many "
+                             "seconds by then (default: %(default)s)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
+    started = time.perf_counter()
     checks = parity(device)
     for row in checks:
         print(row)
     graphs = {"cudnn_gru_capture": cudnn_gru_capture(device)}
     graphs["parity"] = graph_parity(device)
     print(json.dumps(graphs, indent=2))
+    save(args.out, {"parity": checks, "graphs": graphs})
     settings = BenchSettings(batch_size=args.batch_size, steps=args.steps, warmup=min(5, args.steps),
                              device=args.device)
     paths = ["graphed", "fused", "plain"] if device.type == "cuda" else ["fused", "plain"]
     results, errors = bench_rows(settings, paths)
     print(format_table(results))
     report = {**as_json(settings, results), "bench_errors": errors, "parity": checks, "graphs": graphs}
-    (args.out / "device_check.json").write_text(json.dumps(report, indent=2))
+    save(args.out, report)
     synced = dataclasses.replace(settings, host_sync=True)
     report["host_sync"] = as_json(synced, run_all(synced, ["plain"], ["bf16"], ["train"]))["results"]
     print("with the trainer's host sync:", report["host_sync"])
     report["resident"] = resident_check(device)
     print(report["resident"])
-    (args.out / "device_check.json").write_text(json.dumps(report, indent=2))
+    save(args.out, report)
+    elapsed = time.perf_counter() - started
+    if device.type != "cuda" or elapsed > args.compile_before:
+        report["compiled"] = f"not measured: {'no GPU' if device.type != 'cuda' else f'{elapsed:.0f} s used'}"
+    else:
+        compiled, compile_errors = bench_rows(settings, ["compiled"], precisions=("bf16",))
+        report["compiled"] = {"results": [dataclasses.asdict(r) for r in compiled], "errors": compile_errors,
+                              "seconds_with_compilation": time.perf_counter() - started - elapsed}
+        print(format_table(compiled))
+    print(report["compiled"])
+    report["seconds"] = time.perf_counter() - started
+    save(args.out, report)
 
 
 if __name__ == "__main__":

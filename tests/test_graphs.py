@@ -12,7 +12,15 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ban.benchmark import BenchSettings, synthetic_batches
-from ban.engine.graphs import initialise_optimizer, packed_rows, pad_boxes, static_batch, training_step
+from ban.engine.graphs import (
+    compiled_forward,
+    forward_logits,
+    initialise_optimizer,
+    packed_rows,
+    pad_boxes,
+    static_batch,
+    training_step,
+)
 from ban.engine.loss import vqa_loss
 from ban.engine.optim import adamax, gradient_norm
 from ban.models import build_model, preset
@@ -179,3 +187,26 @@ def test_the_static_capture_safe_step_trains_like_the_ordinary_step():
         torch.testing.assert_close(norm, expected_norm, rtol=1e-5, atol=0)
     for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_compiled_forward_is_one_graph_with_the_eager_function_and_gradients():
+    """torch.compile(fullgraph=True) raises at any graph break; two row counts share one compilation."""
+    config = small_config(dropout=0.0, attention_dropout=0.0, classifier_dropout=0.0)
+    torch.manual_seed(0)
+    model = build_model(config)
+    forward = compiled_forward(model)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(cache_size_limit=1, fail_on_recompile_limit_hit=True):
+        for quantum in (16, 100):  # 144 and 200 packed rows
+            inputs = static_batch(batch_of(config), row_quantum=quantum)
+            with capture.capture_safe():
+                expected = forward_logits(model, inputs)
+            vqa_loss(expected, inputs["targets"], 6).backward()
+            expected_grads = gradients(model)
+            model.zero_grad(set_to_none=True)
+            logits = forward(inputs)
+            vqa_loss(logits, inputs["targets"], 6).backward()
+            torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+            for name, grad in gradients(model).items():
+                torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+            model.zero_grad(set_to_none=True)

@@ -114,18 +114,20 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 def step_loop(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: str, precision: str,
-              device: torch.device, host_sync: bool = False, graphed: bool = False) -> Iterator[None]:
+              device: torch.device, host_sync: bool = False, graphed: bool = False,
+              compile: bool = False) -> Iterator[None]:
     """One step per ``next()``, cycling through ``batches`` (dicts with features, boxes, questions, targets, as
     :func:`synthetic_batches` or the VQA collate make them): a training step (``mode="train"``: forward, BCE,
     backward, clip 0.25, Adamax as `ban train` builds it) or an inference forward pass. ``host_sync``: before the
     update, read on the host whether the loss and the gradient norm are finite, as `ban train` does (on a GPU: waits
     for the step). ``graphed``: each step replayed as a CUDA graph (:mod:`ban.engine.graphs`; the batches must be
-    :func:`ban.engine.graphs.static_batch`'s)."""
+    :func:`ban.engine.graphs.static_batch`'s); ``compile``: with the forward pass through ``torch.compile``."""
     optimizer = adamax(model.parameters(), device, lr=1e-3, capturable=graphed)
     use_kernels = isinstance(optimizer, FusedCPUAdamax)  # adamax() decided: a large CPU model
     model.train(mode == "train")
     if graphed:
-        step = graphed_training(model, optimizer, precision) if mode == "train" else graphed_inference(model, precision)
+        step = (graphed_training(model, optimizer, precision, compile=compile) if mode == "train"
+                else graphed_inference(model, precision, compile=compile))
     index = 0
     while True:
         batch = batches[index % len(batches)]
@@ -143,11 +145,12 @@ def step_loop(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: st
 
 def measure(settings: BenchSettings, path: str, precision: str, mode: str) -> BenchResult:
     """Time ``settings.steps`` steps after ``settings.warmup`` for one (path, precision, mode). Paths: "fused",
-    "plain", and "graphed" (the plain model, each step replayed as a CUDA graph; a GPU only)."""
+    "plain", "graphed" (the plain model, each step replayed as a CUDA graph; a GPU only) and "compiled" (graphed,
+    with the forward pass through ``torch.compile``; compiled before timing)."""
     device = resolve_device(settings.device)
-    graphed = path == "graphed"
+    graphed = path in ("graphed", "compiled")
     if graphed and device.type != "cuda":
-        raise ConfigError(f"the graphed path replays CUDA graphs: it needs a GPU, not {device}")
+        raise ConfigError(f"the {path} path replays CUDA graphs: it needs a GPU, not {device}")
     torch.manual_seed(settings.seed)
     config = preset(settings.preset, num_tokens=settings.num_tokens, num_answers=settings.num_answers,
                     fused=path == "fused")
@@ -159,8 +162,8 @@ def measure(settings: BenchSettings, path: str, precision: str, mode: str) -> Be
         batches = [static_batch(batch) for batch in batches]  # the loader's work: not timed
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    steps = step_loop(model, batches, mode, precision, device, settings.host_sync, graphed)
-    for _ in range(settings.warmup):
+    steps = step_loop(model, batches, mode, precision, device, settings.host_sync, graphed, path == "compiled")
+    for _ in range(settings.warmup + (len(batches) if graphed else 0)):  # every shape captured before timing
         next(steps)
     synchronize(device)
     start = time.perf_counter()

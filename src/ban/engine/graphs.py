@@ -14,10 +14,14 @@ norm, clipping, Adamax) with ``torch.optim.Adamax(capturable=True)``, whose stat
 capture of its first step would re-create it at every replay): :func:`initialise_optimizer`. Autocast runs with
 its weight-cast cache off (a cached cast would be captured once and reused stale). Dropout draws fresh masks at
 every replay (PyTorch advances the captured generator's offset).
+
+:func:`compiled_forward` puts the forward pass through ``torch.compile`` as one graph (its element-wise work fused
+into fewer kernels); the graphed steps take it with ``compile=True`` (``ban bench --paths compiled``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +39,7 @@ ROW_QUANTUM = 1024  # packed rows are padded to a multiple of this: 2–3 shapes
 BOX_QUANTUM = 4  # box slots per image are padded to a multiple of this
 
 Inputs = dict[str, Tensor]
+Forward = Callable[[Inputs], Tensor]  # inputs → answer logits [B, A]
 
 
 def packed_rows(box_mask: Tensor, quantum: int = ROW_QUANTUM) -> Tensor:
@@ -73,16 +78,38 @@ def forward_logits(model: nn.Module, inputs: Inputs) -> Tensor:
     return model(inputs["features"], inputs["boxes"], inputs["questions"], real_rows=inputs.get("rows")).logits
 
 
+def compiled_forward(model: nn.Module) -> Forward:
+    """:func:`forward_logits` of ``model`` through ``torch.compile``: the whole pass as one graph (``fullgraph``:
+    a graph break is an error, not a silent slowdown), the packed row count symbolic (one compilation serves every
+    :func:`packed_rows` length), the layers in their capture-safe form (:func:`ban.nn.capture.active` is true while
+    Dynamo traces). Dynamo refuses to hold an ``nn.GRU`` unless ``allow_rnn`` is set; the module is only read for
+    its weights here (the recurrence is :func:`ban.nn.gru.gru_sequence`)."""
+
+    def forward(inputs: Inputs) -> Tensor:
+        return forward_logits(model, inputs)
+
+    compiled = torch.compile(forward, fullgraph=True)
+
+    def run(inputs: Inputs) -> Tensor:
+        if "rows" in inputs:
+            torch._dynamo.mark_dynamic(inputs["rows"], 0)
+        with torch._dynamo.config.patch(allow_rnn=True):
+            return compiled(inputs)
+
+    return run
+
+
 def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: Inputs, precision: str,
-                  max_grad_norm: float = 0.25, host_sync: bool = False, cast_cache: bool = True
-                  ) -> tuple[Tensor, Tensor]:
+                  max_grad_norm: float = 0.25, host_sync: bool = False, cast_cache: bool = True,
+                  forward: Forward | None = None) -> tuple[Tensor, Tensor]:
     """One step of the recipe on ``inputs`` (features, boxes, questions, targets [B, A], optionally rows):
     forward, BCE summed over answers ÷ B, backward, gradient norm, clipping at ``max_grad_norm``, the optimizer's
     step, gradients released → (loss [], gradient norm []). ``host_sync``: read the loss's and the norm's
     finiteness on the host before the update, as `ban train` does (on a GPU: waits for the step so far).
-    ``cast_cache``: autocast's weight-cast cache (off in a graph)."""
+    ``cast_cache``: autocast's weight-cast cache (off in a graph). ``forward``: the model's logits for the inputs
+    (default :func:`forward_logits`; e.g. :func:`compiled_forward`)."""
     with autocast(inputs["features"].device, precision, cast_cache):
-        logits = forward_logits(model, inputs)
+        logits = forward(inputs) if forward is not None else forward_logits(model, inputs)
     loss = vqa_loss(logits, inputs["targets"], inputs["targets"].shape[0])
     loss.backward()
     grad_norm = gradient_norm(model.parameters())
@@ -169,16 +196,18 @@ class StepGraphs:
 
 
 def graphed_training(model: nn.Module, optimizer: torch.optim.Optimizer, precision: str,
-                     max_grad_norm: float = 0.25) -> StepGraphs:
+                     max_grad_norm: float = 0.25, compile: bool = False) -> StepGraphs:
     """The recipe's training step on a GPU as :class:`StepGraphs`: call it with :func:`static_batch`'s inputs →
     (loss [], gradient norm []). ``optimizer``: ``torch.optim.Adamax(capturable=True)`` (``adamax(…,
-    capturable=True)``)."""
+    capturable=True)``). ``compile``: the forward pass (and so its backward) through :func:`compiled_forward`,
+    compiled during the first warm-up."""
     if not (isinstance(optimizer, torch.optim.Adamax) and all(g["capturable"] for g in optimizer.param_groups)):
         raise ValueError("graphed training needs torch.optim.Adamax(capturable=True)")
+    forward = compiled_forward(model) if compile else functools.partial(forward_logits, model)
 
     def warm(inputs: Inputs) -> None:  # forward and backward only: the parameters stay as they are
         with autocast(inputs["features"].device, precision, cast_cache=False):
-            logits = forward_logits(model, inputs)
+            logits = forward(inputs)
         vqa_loss(logits, inputs["targets"], inputs["targets"].shape[0]).backward()
         gradient_norm(model.parameters())
         optimizer.zero_grad(set_to_none=True)
@@ -188,15 +217,17 @@ def graphed_training(model: nn.Module, optimizer: torch.optim.Optimizer, precisi
         initialise_optimizer(optimizer)
 
     return StepGraphs(lambda inputs: training_step(model, optimizer, inputs, precision, max_grad_norm,
-                                                   cast_cache=False),
+                                                   cast_cache=False, forward=forward),
                       warmup_step=warm, prepare=prepare)
 
 
-def graphed_inference(model: nn.Module, precision: str) -> StepGraphs:
-    """The forward pass (no gradients) as :class:`StepGraphs` → (logits [B, A],)."""
+def graphed_inference(model: nn.Module, precision: str, compile: bool = False) -> StepGraphs:
+    """The forward pass (no gradients) as :class:`StepGraphs` → (logits [B, A],); ``compile``: through
+    :func:`compiled_forward`."""
+    forward = compiled_forward(model) if compile else functools.partial(forward_logits, model)
 
-    def forward(inputs: Inputs) -> tuple[Tensor]:
+    def infer(inputs: Inputs) -> tuple[Tensor]:
         with torch.no_grad(), autocast(inputs["features"].device, precision, cast_cache=False):
-            return (forward_logits(model, inputs),)
+            return (forward(inputs),)
 
-    return StepGraphs(forward)
+    return StepGraphs(infer)

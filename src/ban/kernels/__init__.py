@@ -77,5 +77,6 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def active() -> Any:
-    """The kernel module inside :func:`enabled`, else None."""
-    return _ENABLED.get()
+    """The kernel module inside :func:`enabled`, else None (and None while ``torch.compile`` traces: it compiles
+    PyTorch's operators, not these kernels)."""
+    return None if torch.compiler.is_compiling() else _ENABLED.get()

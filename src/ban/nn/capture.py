@@ -1,5 +1,5 @@
-"""Layers that a CUDA graph can capture: inside :func:`capture_safe` the model issues no operation that reads
-device data on the host.
+"""Layers that a CUDA graph can capture: inside :func:`capture_safe` (and while ``torch.compile`` traces) the
+model issues no operation that reads device data on the host.
 
 Two of BAN's layers do otherwise on a GPU. ``nn.Embedding``'s CUDA backward sorts the token ids and reads the
 number of distinct ids on the host when a batch has more than 3,072 of them (256 questions × 14 tokens do), which
@@ -35,8 +35,9 @@ def capture_safe() -> Iterator[None]:
 
 
 def active() -> bool:
-    """Whether the caller is inside :func:`capture_safe`."""
-    return _CAPTURE_SAFE.get()
+    """Whether the layers take their capture-safe form: inside :func:`capture_safe`, and while ``torch.compile``
+    traces them (its graphs then hold the same operations: no graph break at ``nn.GRU``, no host read)."""
+    return torch.compiler.is_compiling() or _CAPTURE_SAFE.get()
 
 
 class _AddedRowsEmbedding(torch.autograd.Function):
