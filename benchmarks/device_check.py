@@ -12,7 +12,9 @@ Run on the device machine from the repository root (the package need not be inst
    graphs: the losses and the parameters' largest differences. Whether cuDNN's GRU (fwd + bwd) captures at all.
 2. Throughput: the table of `ban bench` (batch 256, adaptive boxes 10–100, 14 tokens) for the graphed, fused and
    plain paths, written as JSON too (a row that fails is reported with its error; the others still run);
-   then the bf16 plain training step again with `--host-sync` (what `ban train`'s per-step finiteness read costs).
+   then the graphed step's work run eagerly under torch.profiler (bf16: operators by device time — what a replay
+   still has to do), and the bf16 plain training step again with `--host-sync` (what `ban train`'s per-step
+   finiteness read costs).
 3. Resident data (`--set resident=true`): a small synthetic prepared VQA set held on the GPU gives the loader's
    batches exactly; the gather rate of batch-256 rows (adaptive boxes) from a 2,048-d bf16 table of 400k regions.
    Reported as skipped, with the reason, when the data modules cannot be imported there.
@@ -33,6 +35,7 @@ import traceback
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from ban.benchmark import BenchSettings, as_json, box_counts, format_table, measure, run_all, synthetic_batches
 from ban.engine.graphs import graphed_training, static_batch, training_step
@@ -136,6 +139,33 @@ def cudnn_gru_capture(device: torch.device) -> str:
         return failure(error)
 
 
+def step_profile(device: torch.device, precision: str = "bf16", rows: int = 30) -> dict:
+    """The graphed step's work run eagerly (static inputs, capture-safe layers; batch 256, adaptive boxes) under
+    torch.profiler: its operators by device time — what a replay still has to do once launching is gone."""
+    torch.manual_seed(0)
+    settings = BenchSettings(batch_size=64 if device.type == "cpu" else 256)
+    config = preset(settings.preset)
+    model = build_model(config).to(device)
+    batches = [static_batch({key: value for key, value in batch.items() if key != "real_boxes"})
+               for batch in synthetic_batches(settings, config, device, count=2)]
+    optimizer = adamax(model.parameters(), device, lr=1e-3, capturable=device.type == "cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with capture_safe():
+        for index in range(3):
+            training_step(model, optimizer, batches[index % 2], precision)
+        synchronize(device)
+        began = time.perf_counter()
+        with profile(activities=activities) as profiler:
+            training_step(model, optimizer, batches[1], precision)
+            synchronize(device)
+        wall_ms = 1000 * (time.perf_counter() - began)
+    events = profiler.key_averages()
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return {"precision": precision, "wall_ms_profiled": wall_ms,
+            "device_ms": sum(event.self_device_time_total for event in events) / 1000,
+            "table": events.table(sort_by=sort, row_limit=rows, max_name_column_width=60)}
+
+
 def bench_rows(settings: BenchSettings, paths: list[str], precisions: tuple[str, ...] = ("fp32", "bf16")
                ) -> tuple[list, list[dict]]:
     """`ban bench`'s rows, each measured on its own: a failing row is reported, the others still run."""
@@ -222,6 +252,10 @@ def main() -> None:
     results, errors = bench_rows(settings, paths)
     print(format_table(results))
     report = {**as_json(settings, results), "bench_errors": errors, "parity": checks, "graphs": graphs}
+    save(args.out, report)
+    report["profile"] = step_profile(device)
+    print(report["profile"]["table"])
+    print({key: value for key, value in report["profile"].items() if key != "table"})
     save(args.out, report)
     synced = dataclasses.replace(settings, host_sync=True)
     report["host_sync"] = as_json(synced, run_all(synced, ["plain"], ["bf16"], ["train"]))["results"]
