@@ -18,9 +18,10 @@ Run on the device machine from the repository root (the package need not be inst
 3. Resident data (`--set resident=true`): a small synthetic prepared VQA set held on the GPU gives the loader's
    batches exactly; the gather rate of batch-256 rows (adaptive boxes) from a 2,048-d bf16 table of 400k regions.
    Reported as skipped, with the reason, when the data modules cannot be imported there.
-4. If less than ``--compile-before`` seconds (300) have passed: the "compiled" rows in bf16 (graphed, with the
-   forward pass through torch.compile), with the compilation time. The JSON is rewritten after every part, so a
-   run cut short still leaves what it measured.
+4. If less than ``--compile-before`` seconds (300) have passed: "compiled" (graphed, with the forward pass and the
+   clipped Adamax update through torch.compile): the parity run of 1. against eager, then the bf16 training row,
+   with the compilation time.
+The JSON is rewritten after every part, so a run cut short still leaves what it measured.
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ def failure(error: BaseException) -> str:
     return "".join(traceback.format_exception_only(error)).strip()[-2000:]
 
 
-def graph_parity(device: torch.device, steps: int = 3) -> dict:
-    """3 training steps of a dropout-free paper-best model, eager / static eager / graphed (fp32, TF32 off)."""
+def graph_parity(device: torch.device, candidate: str = "graphed", steps: int = 3) -> dict:
+    """3 training steps of a dropout-free paper-best model (fp32, TF32 off): eager, static eager (static inputs,
+    capture-safe layers) and the candidate ("graphed", or "compiled": graphed with torch.compile)."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
@@ -85,13 +87,13 @@ def graph_parity(device: torch.device, steps: int = 3) -> dict:
                for batch in synthetic_batches(BenchSettings(batch_size=32), config, device, count=steps)]
     static = [static_batch(batch, row_quantum=256) for batch in batches]
     runs = {}
-    for name in ("eager", "static eager", "graphed"):
+    for name in ("eager", "static eager", candidate):
         model = copy.deepcopy(initial)
-        optimizer = adamax(model.parameters(), device, lr=1e-3, capturable=name == "graphed")
+        optimizer = adamax(model.parameters(), device, lr=1e-3, capturable=name == candidate)
         losses = []
         try:
-            if name == "graphed":
-                step = graphed_training(model, optimizer, "fp32")
+            if name == candidate:
+                step = graphed_training(model, optimizer, "fp32", compile=candidate == "compiled")
                 losses = [float(step(batch)[0]) for batch in static]
             elif name == "static eager":
                 with capture_safe():
@@ -103,12 +105,12 @@ def graph_parity(device: torch.device, steps: int = 3) -> dict:
             continue
         runs[name] = {"losses": losses, "parameters": [p.detach().clone() for p in model.parameters()]}
     report = {name: {key: value for key, value in run.items() if key != "parameters"} for name, run in runs.items()}
-    graphed = runs["graphed"]
+    tried = runs[candidate]
     for name in ("eager", "static eager"):
-        if "parameters" in runs[name] and "parameters" in graphed:
-            pairs = zip(graphed["parameters"], runs[name]["parameters"], strict=True)
-            report[f"graphed vs {name}"] = {
-                "max_abs_loss_diff": max(abs(a - b) for a, b in zip(graphed["losses"], runs[name]["losses"],
+        if "parameters" in runs[name] and "parameters" in tried:
+            pairs = zip(tried["parameters"], runs[name]["parameters"], strict=True)
+            report[f"{candidate} vs {name}"] = {
+                "max_abs_loss_diff": max(abs(a - b) for a, b in zip(tried["losses"], runs[name]["losses"],
                                                                     strict=True)),
                 "max_abs_parameter_diff": max(float((a - b).abs().max()) for a, b in pairs),
             }
@@ -166,11 +168,11 @@ def step_profile(device: torch.device, precision: str = "bf16", rows: int = 30) 
             "table": events.table(sort_by=sort, row_limit=rows, max_name_column_width=60)}
 
 
-def bench_rows(settings: BenchSettings, paths: list[str], precisions: tuple[str, ...] = ("fp32", "bf16")
-               ) -> tuple[list, list[dict]]:
+def bench_rows(settings: BenchSettings, paths: list[str], precisions: tuple[str, ...] = ("fp32", "bf16"),
+               modes: tuple[str, ...] = ("train", "infer")) -> tuple[list, list[dict]]:
     """`ban bench`'s rows, each measured on its own: a failing row is reported, the others still run."""
     results, errors = [], []
-    for mode in ("train", "infer"):
+    for mode in modes:
         for precision in precisions:
             for path in paths:
                 try:
@@ -267,9 +269,12 @@ def main() -> None:
     if device.type != "cuda" or elapsed > args.compile_before:
         report["compiled"] = f"not measured: {'no GPU' if device.type != 'cuda' else f'{elapsed:.0f} s used'}"
     else:
-        compiled, compile_errors = bench_rows(settings, ["compiled"], precisions=("bf16",))
-        report["compiled"] = {"results": [dataclasses.asdict(r) for r in compiled], "errors": compile_errors,
-                              "seconds_with_compilation": time.perf_counter() - started - elapsed}
+        report["compiled"] = {"parity": graph_parity(device, "compiled")}
+        print(json.dumps(report["compiled"], indent=2))
+        save(args.out, report)
+        compiled, compile_errors = bench_rows(settings, ["compiled"], precisions=("bf16",), modes=("train",))
+        report["compiled"].update(results=[dataclasses.asdict(r) for r in compiled], errors=compile_errors,
+                                  seconds_with_compilation=time.perf_counter() - started - elapsed)
         print(format_table(compiled))
     print(report["compiled"])
     report["seconds"] = time.perf_counter() - started

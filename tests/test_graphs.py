@@ -22,7 +22,7 @@ from ban.engine.graphs import (
     training_step,
 )
 from ban.engine.loss import vqa_loss
-from ban.engine.optim import adamax, gradient_norm
+from ban.engine.optim import CompiledAdamaxUpdate, adamax, gradient_norm
 from ban.models import build_model, preset
 from ban.nn import capture
 from ban.nn.bilinear import box_mask_from_features
@@ -171,7 +171,10 @@ def test_initialise_optimizer_refuses_other_optimizers():
         initialise_optimizer(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1))
 
 
-def test_the_static_capture_safe_step_trains_like_the_ordinary_step():
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_the_static_capture_safe_step_trains_like_the_ordinary_step(compiled):
+    """What the graphed step captures, run eagerly: static inputs, capture-safe layers, and with ``compiled`` the
+    compiled forward pass and the compiled clipping + Adamax (compiled for the trained parameters first)."""
     config = small_config(dropout=0.0, attention_dropout=0.0, classifier_dropout=0.0)
     torch.manual_seed(0)
     model = build_model(config)
@@ -179,9 +182,16 @@ def test_the_static_capture_safe_step_trains_like_the_ordinary_step():
     batches = [batch_of(config, seed=seed) for seed in range(3)]
     optimizer, reference = adamax(model.parameters(), CPU, lr=1e-3), adamax(twin.parameters(), CPU, lr=1e-3)
     initialise_optimizer(optimizer)
+    forward = update = None
+    if compiled:
+        forward, update = compiled_forward(model), CompiledAdamaxUpdate(optimizer, 0.25)
+        forward_backward_clip(model, batches[0])  # which parameters receive gradients, as the graphs' warm-up
+        update.compile_for([p for p in model.parameters() if p.grad is not None])
+        model.zero_grad(set_to_none=True)
     for batch in batches:
         with capture.capture_safe():
-            loss, norm = training_step(model, optimizer, static_batch(batch, row_quantum=16), "fp32")
+            loss, norm = training_step(model, optimizer, static_batch(batch, row_quantum=16), "fp32",
+                                       forward=forward, update=update)
         expected_loss, expected_norm = training_step(twin, reference, batch, "fp32")
         torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=0)
         torch.testing.assert_close(norm, expected_norm, rtol=1e-5, atol=0)

@@ -121,7 +121,8 @@ def step_loop(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: st
     backward, clip 0.25, Adamax as `ban train` builds it) or an inference forward pass. ``host_sync``: before the
     update, read on the host whether the loss and the gradient norm are finite, as `ban train` does (on a GPU: waits
     for the step). ``graphed``: each step replayed as a CUDA graph (:mod:`ban.engine.graphs`; the batches must be
-    :func:`ban.engine.graphs.static_batch`'s); ``compile``: with the forward pass through ``torch.compile``."""
+    :func:`ban.engine.graphs.static_batch`'s); ``compile``: with the forward pass and the update through
+    ``torch.compile``."""
     optimizer = adamax(model.parameters(), device, lr=1e-3, capturable=graphed)
     use_kernels = isinstance(optimizer, FusedCPUAdamax)  # adamax() decided: a large CPU model
     model.train(mode == "train")
@@ -146,7 +147,7 @@ def step_loop(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: st
 def measure(settings: BenchSettings, path: str, precision: str, mode: str) -> BenchResult:
     """Time ``settings.steps`` steps after ``settings.warmup`` for one (path, precision, mode). Paths: "fused",
     "plain", "graphed" (the plain model, each step replayed as a CUDA graph; a GPU only) and "compiled" (graphed,
-    with the forward pass through ``torch.compile``; compiled before timing)."""
+    with the forward pass and the clipped Adamax update through ``torch.compile``; compiled before timing)."""
     device = resolve_device(settings.device)
     graphed = path in ("graphed", "compiled")
     if graphed and device.type != "cuda":

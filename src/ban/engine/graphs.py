@@ -16,7 +16,9 @@ its weight-cast cache off (a cached cast would be captured once and reused stale
 every replay (PyTorch advances the captured generator's offset).
 
 :func:`compiled_forward` puts the forward pass through ``torch.compile`` as one graph (its element-wise work fused
-into fewer kernels); the graphed steps take it with ``compile=True`` (``ban bench --paths compiled``).
+into fewer kernels) and :class:`ban.engine.optim.CompiledAdamaxUpdate` clipping + Adamax (one pass per parameter
+instead of about eighteen); the graphed training step takes both with ``compile=True`` (``ban bench --paths
+compiled``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ban.engine.loss import vqa_loss
-from ban.engine.optim import clipped_step, gradient_norm
+from ban.engine.optim import CompiledAdamaxUpdate, clipped_step, gradient_norm
 from ban.engine.tasks import autocast
 from ban.nn.capture import capture_safe
 
@@ -40,6 +42,7 @@ BOX_QUANTUM = 4  # box slots per image are padded to a multiple of this
 
 Inputs = dict[str, Tensor]
 Forward = Callable[[Inputs], Tensor]  # inputs → answer logits [B, A]
+Update = Callable[[Tensor], None]  # gradient norm [] → the clipped update applied
 
 
 def packed_rows(box_mask: Tensor, quantum: int = ROW_QUANTUM) -> Tensor:
@@ -101,13 +104,15 @@ def compiled_forward(model: nn.Module) -> Forward:
 
 def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: Inputs, precision: str,
                   max_grad_norm: float = 0.25, host_sync: bool = False, cast_cache: bool = True,
-                  forward: Forward | None = None) -> tuple[Tensor, Tensor]:
+                  forward: Forward | None = None, update: Update | None = None) -> tuple[Tensor, Tensor]:
     """One step of the recipe on ``inputs`` (features, boxes, questions, targets [B, A], optionally rows):
     forward, BCE summed over answers ÷ B, backward, gradient norm, clipping at ``max_grad_norm``, the optimizer's
     step, gradients released → (loss [], gradient norm []). ``host_sync``: read the loss's and the norm's
     finiteness on the host before the update, as `ban train` does (on a GPU: waits for the step so far).
     ``cast_cache``: autocast's weight-cast cache (off in a graph). ``forward``: the model's logits for the inputs
-    (default :func:`forward_logits`; e.g. :func:`compiled_forward`)."""
+    (default :func:`forward_logits`; e.g. :func:`compiled_forward`); ``update``: clipping and the optimizer's step
+    from the gradient norm (default :func:`ban.engine.optim.clipped_step`; e.g.
+    :class:`ban.engine.optim.CompiledAdamaxUpdate`)."""
     with autocast(inputs["features"].device, precision, cast_cache):
         logits = forward(inputs) if forward is not None else forward_logits(model, inputs)
     loss = vqa_loss(logits, inputs["targets"], inputs["targets"].shape[0])
@@ -115,7 +120,10 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: In
     grad_norm = gradient_norm(model.parameters())
     if host_sync:
         bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
-    clipped_step(optimizer, model.parameters(), max_grad_norm, grad_norm)
+    if update is None:
+        clipped_step(optimizer, model.parameters(), max_grad_norm, grad_norm)
+    else:
+        update(grad_norm)
     optimizer.zero_grad(set_to_none=True)
     return loss.detach(), grad_norm
 
@@ -200,16 +208,23 @@ def graphed_training(model: nn.Module, optimizer: torch.optim.Optimizer, precisi
     """The recipe's training step on a GPU as :class:`StepGraphs`: call it with :func:`static_batch`'s inputs →
     (loss [], gradient norm []). ``optimizer``: ``torch.optim.Adamax(capturable=True)`` (``adamax(…,
     capturable=True)``). ``compile``: the forward pass (and so its backward) through :func:`compiled_forward`,
-    compiled during the first warm-up."""
+    and clipping + Adamax through :class:`ban.engine.optim.CompiledAdamaxUpdate`, both compiled during the first
+    warm-up (the update on scratch copies of the parameters that received gradients)."""
     if not (isinstance(optimizer, torch.optim.Adamax) and all(g["capturable"] for g in optimizer.param_groups)):
         raise ValueError("graphed training needs torch.optim.Adamax(capturable=True)")
     forward = compiled_forward(model) if compile else functools.partial(forward_logits, model)
+    update = CompiledAdamaxUpdate(optimizer, max_grad_norm) if compile else None
+    compiled_for: list[nn.Parameter] = []
 
     def warm(inputs: Inputs) -> None:  # forward and backward only: the parameters stay as they are
         with autocast(inputs["features"].device, precision, cast_cache=False):
             logits = forward(inputs)
         vqa_loss(logits, inputs["targets"], inputs["targets"].shape[0]).backward()
         gradient_norm(model.parameters())
+        trained = [p for p in model.parameters() if p.grad is not None]
+        if update is not None and [id(p) for p in trained] != [id(p) for p in compiled_for]:
+            update.compile_for(trained)
+            compiled_for[:] = trained
         optimizer.zero_grad(set_to_none=True)
 
     def prepare() -> None:
@@ -217,7 +232,7 @@ def graphed_training(model: nn.Module, optimizer: torch.optim.Optimizer, precisi
         initialise_optimizer(optimizer)
 
     return StepGraphs(lambda inputs: training_step(model, optimizer, inputs, precision, max_grad_norm,
-                                                   cast_cache=False, forward=forward),
+                                                   cast_cache=False, forward=forward, update=update),
                       warmup_step=warm, prepare=prepare)
 
 
