@@ -9,7 +9,7 @@ from ban.models.config import BANConfig
 from ban.models.outputs import VQAOutput
 from ban.models.text import TokenEncoderModel
 from ban.nn import BilinearAttentionMap, BilinearAttentionPooling, Classifier, CountingModule, FCStack
-from ban.nn.bilinear import box_mask_from_features, real_box_rows
+from ban.nn.bilinear import PackedBoxes, box_mask_from_features, real_box_rows
 from ban.nn.fc import stacked_projection
 
 
@@ -49,7 +49,7 @@ class BanForVQA(TokenEncoderModel):
     ) -> VQAOutput:
         """→ VQAOutput(logits [B, A], attention [B, G, N, L], attention_logits [B, G, N, L]).
 
-        ``real_rows`` [R]: the flat indices of every real box, as :func:`ban.nn.bilinear.project_real_boxes` takes
+        ``real_rows`` [R]: the flat indices of every real box, as :class:`ban.nn.bilinear.PackedBoxes` takes
         them (made on the host by :func:`ban.engine.graphs.packed_rows`, so the pass reads nothing back from the
         device); by default they are found from the box mask.
         """
@@ -57,23 +57,24 @@ class BanForVQA(TokenEncoderModel):
             box_mask = box_mask_from_features(features)
         token_mask = self.token_mask(questions)
         if real_rows is None:
-            real_rows = real_box_rows(box_mask)  # the real boxes, found once for every box projection
+            real_rows = real_box_rows(box_mask)
+        real_boxes = PackedBoxes(features, real_rows)  # found and gathered once for every box projection
         states = self.encode_tokens(questions)  # [B, L, H]
-        attention, logits = self.attention(features, states, box_mask, token_mask, real_rows)
+        attention, logits = self.attention(features, states, box_mask, token_mask, real_boxes)
         if self.config.fused:
             states = self._glimpses_fused(features, boxes, states, attention, logits)
         else:
-            states = self._glimpses_plain(features, boxes, states, attention, logits, real_rows)
+            states = self._glimpses_plain(features, boxes, states, attention, logits, real_boxes)
         if token_mask is not None:
             states = states * token_mask.unsqueeze(-1).to(states.dtype)
         return VQAOutput(self.classifier(states.sum(dim=1)), attention, logits)
 
     def _glimpses_plain(self, features: Tensor, boxes: Tensor, states: Tensor, attention: Tensor,
-                        logits: Tensor, real_rows: Tensor) -> Tensor:
+                        logits: Tensor, real_boxes: PackedBoxes) -> Tensor:
         """Residual learning of attention, glimpse by glimpse → updated token states [B, L, H]."""
         counts = self._counts(boxes, logits) if self.config.use_counting else None
         for glimpse in range(self.config.num_glimpses):
-            joint = self.pooling[glimpse](features, states, attention[:, glimpse], real_rows)  # [B, H]
+            joint = self.pooling[glimpse](features, states, attention[:, glimpse], real_boxes)  # [B, H]
             states = states + self.residual_proj[glimpse](joint).unsqueeze(1)
             if counts is not None:
                 states = states + self.count_proj[glimpse](counts[:, glimpse]).unsqueeze(1)

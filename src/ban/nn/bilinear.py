@@ -39,30 +39,50 @@ def box_mask_from_features(features: Tensor) -> Tensor:
 
 
 def real_box_rows(box_mask: Tensor) -> Tensor:
-    """Flat indices [R] of the real boxes of box_mask [B, N] (True = real), for :func:`project_real_boxes`.
+    """Flat indices [R] of the real boxes of box_mask [B, N] (True = real), for :class:`PackedBoxes`.
     Computing them waits for the device (R is data-dependent): a model does it once per forward pass, or takes
     them from the host (:func:`ban.engine.graphs.packed_rows`)."""
     return box_mask.flatten().nonzero().squeeze(1)
 
 
-def project_real_boxes(projection: Callable[[Tensor], Tensor], features: Tensor, rows: Tensor) -> Tensor:
+class PackedBoxes:
+    """The real boxes of a padded batch, gathered once for every projection of them.
+
+    features [B, N, Dv]; rows [R] = the flat indices of every real box (:func:`real_box_rows` of the box mask),
+    optionally followed by entries equal to B·N (no row: a static length for CUDA graphs, whose projections are
+    computed from row 0 and thrown away). With R = B·N nothing is gathered: every row is projected (then a padded
+    box's row holds its projection, which BAN's zero attention ignores as well).
+    """
+
+    def __init__(self, features: Tensor, rows: Tensor) -> None:
+        self.batch, self.boxes = features.shape[:2]
+        self.features, self.rows = features, rows
+        total = self.batch * self.boxes
+        self.packed = None if rows.numel() == total else features.flatten(0, 1).index_select(0, rows.clamp(
+            max=total - 1))  # [R, Dv]
+
+    def project(self, projection: Callable[[Tensor], Tensor]) -> Tensor:
+        """``projection`` of the real boxes → [B, N, out], the padded rows zero."""
+        if self.packed is None:
+            return projection(self.features)
+        packed = projection(self.packed)  # [R, out]
+        total = self.batch * self.boxes
+        projected = packed.new_zeros(total + 1, packed.shape[-1]).index_copy(0, self.rows, packed)[:total]
+        return projected.unflatten(0, (self.batch, self.boxes))
+
+
+def project_real_boxes(projection: Callable[[Tensor], Tensor], features: Tensor,
+                       rows: Tensor | PackedBoxes) -> Tensor:
     """``projection`` of the real boxes only; the padded rows of the result are zero.
 
-    features [B, N, Dv], rows [R] = the flat indices of every real box (:func:`real_box_rows` of the box mask),
-    optionally followed by entries equal to B·N (no row: a static length for CUDA graphs, whose projections are
-    computed from row 0 and thrown away) → [B, N, out]. With R = B·N, every row is projected (then a padded box's
-    row holds its projection, which BAN's zero attention ignores as well). BAN gives padded boxes zero attention,
+    features [B, N, Dv], rows: the real boxes' flat indices [R] as :class:`PackedBoxes` takes them, or a
+    :class:`PackedBoxes` of these features (gathered already) → [B, N, out]. BAN gives padded boxes zero attention,
     so what their rows hold never reaches an output or a gradient: packing computes the same function and skips
     the padded share of the largest matrix products (about two thirds with bottom-up's 10–100 boxes per image,
     padded to the batch's largest count).
     """
-    batch, boxes = features.shape[:2]
-    total = batch * boxes
-    if rows.numel() == total:
-        return projection(features)
-    packed = projection(features.flatten(0, 1).index_select(0, rows.clamp(max=total - 1)))  # [R, out]
-    projected = packed.new_zeros(total + 1, packed.shape[-1]).index_copy(0, rows, packed)[:total]
-    return projected.unflatten(0, (batch, boxes))
+    packed = rows if isinstance(rows, PackedBoxes) else PackedBoxes(features, rows)
+    return packed.project(projection)
 
 
 class BilinearAttentionMap(nn.Module):
@@ -103,13 +123,14 @@ class BilinearAttentionMap(nn.Module):
 
     def logits(
         self, v: Tensor, q: Tensor, box_mask: Tensor, token_mask: Tensor | None = None,
-        mask_value: float = float("-inf"), real_rows: Tensor | None = None,
+        mask_value: float = float("-inf"), real_rows: Tensor | PackedBoxes | None = None,
     ) -> Tensor:
         """Masked attention logits.
 
         v [B, N, Dv], q [B, L, Dq], box_mask [B, N] bool (True = real box),
         token_mask [B, L] bool or None (True = real token) → logits [B, G, N, L].
-        ``real_rows``: :func:`real_box_rows` of ``box_mask`` when the caller has them already.
+        ``real_rows``: :func:`real_box_rows` of ``box_mask`` when the caller has them already (or their
+        :class:`PackedBoxes` of v).
         """
         rows = real_box_rows(box_mask) if real_rows is None else real_rows
         v_rank = project_real_boxes(lambda real: self.attention_dropout(self.v_proj(real)), v, rows)  # [B, N, K]
@@ -129,7 +150,7 @@ class BilinearAttentionMap(nn.Module):
 
     def forward(
         self, v: Tensor, q: Tensor, box_mask: Tensor, token_mask: Tensor | None = None,
-        real_rows: Tensor | None = None,
+        real_rows: Tensor | PackedBoxes | None = None,
     ) -> tuple[Tensor, Tensor]:
         """v [B, N, Dv], q [B, L, Dq], box_mask [B, N] → (attention [B, G, N, L], logits [B, G, N, L])."""
         logits = self.logits(v, q, box_mask, token_mask, real_rows=real_rows)
@@ -150,10 +171,11 @@ class BilinearAttentionPooling(nn.Module):
         self.v_proj = FCStack([v_features, hidden], "relu", dropout)
         self.q_proj = FCStack([q_features, hidden], "relu", dropout)
 
-    def forward(self, v: Tensor, q: Tensor, attention: Tensor, real_rows: Tensor | None = None) -> Tensor:
+    def forward(self, v: Tensor, q: Tensor, attention: Tensor, real_rows: Tensor | PackedBoxes | None = None
+                ) -> Tensor:
         """v [B, N, Dv], q [B, L, Dq], attention [B, N, L] → joint feature [B, H]. With ``real_rows`` (the
-        :func:`real_box_rows` of the box mask; padded boxes must have zero attention) only the real boxes are
-        projected."""
+        :func:`real_box_rows` of the box mask, or their :class:`PackedBoxes` of v; padded boxes must have zero
+        attention) only the real boxes are projected."""
         boxes_hidden = self.v_proj(v) if real_rows is None else project_real_boxes(self.v_proj, v, real_rows)
         return self.pool(boxes_hidden, q, attention)
 
