@@ -5,22 +5,28 @@ Run on the device machine from the repository root (the package need not be inst
     PYTHONPATH=src python benchmarks/device_check.py --out "$OUT"
     python benchmarks/device_check.py --out /tmp/dry --device cpu --batch-size 4 --steps 1   # a dry run here
 
+Eager work first (a failed CUDA graph capture could leave the device unusable for what follows):
+
 1. Correctness: a paper-best model with random weights, evaluated on the CPU (fp32) and on the GPU (fp32 with
    TF32 off, and bf16 autocast), fused and plain paths: the max abs difference of the logits.
-   CUDA graphs (:mod:`ban.engine.graphs`): a dropout-free paper-best model trained 3 steps (batch 32, adaptive
-   boxes, fp32 without TF32) eagerly, eagerly with the static inputs and capture-safe layers, and replayed as
-   graphs: the losses and the parameters' largest differences. Whether cuDNN's GRU (fwd + bwd) captures at all.
-2. Throughput: the table of `ban bench` (batch 256, adaptive boxes 10–100, 14 tokens) for the graphed, fused and
-   plain paths, written as JSON too (a row that fails is reported with its error; the others still run);
-   then the graphed step's work run eagerly under torch.profiler (bf16: operators by device time — what a replay
-   still has to do), and the bf16 plain training step again with `--host-sync` (what `ban train`'s per-step
-   finiteness read costs).
+2. Throughput: the table of `ban bench` (batch 256, adaptive boxes 10–100, 14 tokens) for the fused and plain
+   paths (a row that fails is reported with its error; the others still run); the graphed step's work run
+   eagerly under torch.profiler (bf16: operators by device time — what a replay still has to do); the bf16 plain
+   training step again with `--host-sync` (what `ban train`'s per-step finiteness read costs).
 3. Resident data (`--set resident=true`): a small synthetic prepared VQA set held on the GPU gives the loader's
    batches exactly; the gather rate of batch-256 rows (adaptive boxes) from a 2,048-d bf16 table of 400k regions.
    Reported as skipped, with the reason, when the data modules cannot be imported there.
-4. If less than ``--compile-before`` seconds (300) have passed: "compiled" (graphed, with the forward pass and the
-   clipped Adamax update through torch.compile): the parity run of 1. against eager, then the bf16 training row,
-   with the compilation time.
+
+Then CUDA graphs (:mod:`ban.engine.graphs`):
+
+4. A dropout-free paper-best model trained 3 steps (batch 32, adaptive boxes, fp32 without TF32) eagerly, eagerly
+   with the static inputs and capture-safe layers, and replayed as graphs: the losses and the parameters' largest
+   differences; then the graphed rows of the table.
+5. If less than ``--compile-before`` seconds (300) have passed: "compiled" (graphed, with the forward pass and the
+   clipped Adamax update through torch.compile): the parity run of 4., then the bf16 training row, with the
+   compilation time.
+6. Whether cuDNN's GRU (forward + backward) can be captured (to choose it over ``gru_sequence`` later).
+
 The JSON is rewritten after every part, so a run cut short still leaves what it measured.
 """
 
@@ -241,19 +247,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     started = time.perf_counter()
-    checks = parity(device)
-    for row in checks:
+    # eager work first: a failed CUDA graph capture could leave the device unusable for what follows
+    report: dict = {"parity": parity(device)}
+    for row in report["parity"]:
         print(row)
-    graphs = {"cudnn_gru_capture": cudnn_gru_capture(device)}
-    graphs["parity"] = graph_parity(device)
-    print(json.dumps(graphs, indent=2))
-    save(args.out, {"parity": checks, "graphs": graphs})
     settings = BenchSettings(batch_size=args.batch_size, steps=args.steps, warmup=min(5, args.steps),
                              device=args.device)
-    paths = ["graphed", "fused", "plain"] if device.type == "cuda" else ["fused", "plain"]
-    results, errors = bench_rows(settings, paths)
+    results, errors = bench_rows(settings, ["fused", "plain"])
     print(format_table(results))
-    report = {**as_json(settings, results), "bench_errors": errors, "parity": checks, "graphs": graphs}
+    report.update(as_json(settings, results), bench_errors=errors)
     save(args.out, report)
     report["profile"] = step_profile(device)
     print(report["profile"]["table"])
@@ -265,21 +267,34 @@ def main() -> None:
     report["resident"] = resident_check(device)
     print(report["resident"])
     save(args.out, report)
-    elapsed = time.perf_counter() - started
-    if device.type != "cuda" or elapsed > args.compile_before:
-        report["compiled"] = f"not measured: {'no GPU' if device.type != 'cuda' else f'{elapsed:.0f} s used'}"
+    if device.type != "cuda":
+        report["graphs"] = {"parity": graph_parity(device), "rows": "not measured: no GPU"}
+        report["compiled"] = "not measured: no GPU"
     else:
-        report["compiled"] = {"parity": graph_parity(device, "compiled")}
-        print(json.dumps(report["compiled"], indent=2))
+        report["graphs"] = {"parity": graph_parity(device)}
+        print(json.dumps(report["graphs"], indent=2))
         save(args.out, report)
-        compiled, compile_errors = bench_rows(settings, ["compiled"], precisions=("bf16",), modes=("train",))
-        report["compiled"].update(results=[dataclasses.asdict(r) for r in compiled], errors=compile_errors,
-                                  seconds_with_compilation=time.perf_counter() - started - elapsed)
-        print(format_table(compiled))
+        graphed, graph_errors = bench_rows(settings, ["graphed"])
+        report["results"] += [dataclasses.asdict(r) for r in graphed]
+        report["bench_errors"] += graph_errors
+        print(format_table(results + graphed))
+        save(args.out, report)
+        elapsed = time.perf_counter() - started
+        if elapsed > args.compile_before:
+            report["compiled"] = f"not measured: {elapsed:.0f} s used"
+        else:
+            report["compiled"] = {"parity": graph_parity(device, "compiled")}
+            print(json.dumps(report["compiled"], indent=2))
+            save(args.out, report)
+            compiled, compile_errors = bench_rows(settings, ["compiled"], precisions=("bf16",), modes=("train",))
+            report["compiled"].update(results=[dataclasses.asdict(r) for r in compiled], errors=compile_errors,
+                                      seconds_with_compilation=time.perf_counter() - started - elapsed)
+            print(format_table(compiled))
     print(report["compiled"])
+    report["cudnn_gru_capture"] = cudnn_gru_capture(device)
+    print("cuDNN GRU capture:", report["cudnn_gru_capture"])
     report["seconds"] = time.perf_counter() - started
     save(args.out, report)
-
 
 if __name__ == "__main__":
     main()
