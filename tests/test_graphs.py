@@ -32,7 +32,8 @@ CPU = torch.device("cpu")
 
 def small_config(**overrides):
     settings = dict(hidden_dim=16, num_glimpses=2, two_word_tables=True, use_counting=True, feature_dim=24,
-                    word_dim=8, num_tokens=40, num_answers=12)
+                    word_dim=8, num_tokens=40, num_answers=12, dropout=0.2, attention_dropout=0.5,
+                    classifier_dropout=0.5)
     return preset("tiny", **{**settings, **overrides})
 
 
@@ -220,3 +221,18 @@ def test_the_compiled_forward_is_one_graph_with_the_eager_function_and_gradients
             for name, grad in gradients(model).items():
                 torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
             model.zero_grad(set_to_none=True)
+
+
+def test_the_compiled_forward_draws_fresh_dropout_masks_inside_its_graph():
+    config = small_config()
+    torch.manual_seed(0)
+    model = build_model(config)
+    forward = compiled_forward(model)
+    inputs = static_batch(batch_of(config), row_quantum=16)
+    torch._dynamo.reset()
+    first, second = forward(inputs), forward(inputs)
+    model.eval()
+    with capture.capture_safe():
+        plain = forward_logits(model, inputs)
+    assert torch.isfinite(first).all() and not torch.equal(first, second)
+    assert not torch.allclose(first, plain) and not torch.allclose(second, plain)

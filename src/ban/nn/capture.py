@@ -6,6 +6,7 @@ number of distinct ids on the host when a batch has more than 3,072 of them (256
 a capturing stream refuses; :func:`embedding` adds the rows' gradients with ``index_add_`` instead (atomic adds:
 the order of the float32 sums, so the last bits, may vary from run to run). ``nn.GRU`` runs cuDNN's recurrence,
 whose capture is not relied on; :func:`ban.nn.gru.gru_sequence` computes the same recurrence with plain products.
+On the CPU, :class:`ban.nn.dropout.Dropout` draws its mask's seed on the host; here it runs ``F.dropout``.
 The packing of real boxes needs their indices from the host too (``real_rows`` of
 :meth:`ban.models.BanForVQA.forward`, made by :func:`ban.engine.graphs.packed_rows`).
 """
