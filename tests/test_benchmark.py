@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from ban.benchmark import BenchSettings, box_counts, forward_flops, run_all
+from ban.benchmark import BenchSettings, box_counts, forward_flops, measure, run_all
+from ban.errors import ConfigError
 from ban.models import preset
 
 
@@ -43,3 +45,12 @@ def test_the_command_runs_with_the_trainers_host_sync(capsys):
                  "--device", "cpu", "--host-sync"]) == 0
     out = capsys.readouterr().out
     assert "finiteness read on the host each step" in out and "| plain | fp32 | train |" in out
+
+
+def test_the_compiled_path_runs_on_the_cpu_and_the_graphed_path_asks_for_a_gpu():
+    settings = BenchSettings(preset="tiny", num_tokens=30, num_answers=12, batch_size=4, boxes="adaptive",
+                             steps=1, warmup=1, device="cpu")
+    result = measure(settings, "compiled", "fp32", "train")
+    assert (result.path, result.mode) == ("compiled", "train") and result.ms_per_step > 0
+    with pytest.raises(ConfigError, match="needs a GPU"):
+        measure(settings, "graphed", "fp32", "train")

@@ -224,11 +224,15 @@ def test_the_compiled_forward_is_one_graph_with_the_eager_function_and_gradients
 
 
 def test_the_compiled_forward_draws_fresh_dropout_masks_inside_its_graph():
+    """With every box real (fixed counts: nothing to pack), and dropout on."""
     config = small_config()
     torch.manual_seed(0)
     model = build_model(config)
     forward = compiled_forward(model)
-    inputs = static_batch(batch_of(config), row_quantum=16)
+    inputs = static_batch(batch_of(config, boxes="12"), row_quantum=16)
+    assert torch.equal(inputs["rows"], torch.arange(6 * 12))
+    with pytest.raises(ValueError, match="host-made rows"):
+        forward({key: value for key, value in inputs.items() if key != "rows"})
     torch._dynamo.reset()
     first, second = forward(inputs), forward(inputs)
     model.eval()

@@ -9,6 +9,7 @@ boxes only; a training step counts 3× the forward matrix products (forward + ba
 from __future__ import annotations
 
 import dataclasses
+import functools
 import resource
 import time
 from collections.abc import Iterator
@@ -18,8 +19,16 @@ import torch
 from torch import nn
 
 from ban import kernels
-from ban.engine.graphs import forward_logits, graphed_inference, graphed_training, static_batch, training_step
-from ban.engine.optim import FusedCPUAdamax, adamax
+from ban.engine.graphs import (
+    compiled_forward,
+    forward_logits,
+    graphed_inference,
+    graphed_training,
+    initialise_optimizer,
+    static_batch,
+    training_step,
+)
+from ban.engine.optim import CompiledAdamaxUpdate, FusedCPUAdamax, adamax
 from ban.engine.tasks import autocast
 from ban.errors import ConfigError
 from ban.machine import describe_machine
@@ -122,13 +131,17 @@ def step_loop(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: st
     update, read on the host whether the loss and the gradient norm are finite, as `ban train` does (on a GPU: waits
     for the step). ``graphed``: each step replayed as a CUDA graph (:mod:`ban.engine.graphs`; the batches must be
     :func:`ban.engine.graphs.static_batch`'s); ``compile``: with the forward pass and the update through
-    ``torch.compile``."""
+    ``torch.compile`` (without ``graphed``: the compiled functions run as they are, e.g. on the CPU)."""
     optimizer = adamax(model.parameters(), device, lr=1e-3, capturable=graphed)
-    use_kernels = isinstance(optimizer, FusedCPUAdamax)  # adamax() decided: a large CPU model
+    use_kernels = isinstance(optimizer, FusedCPUAdamax) and not compile  # adamax() decided: a large CPU model
     model.train(mode == "train")
+    forward, update = functools.partial(forward_logits, model), None
     if graphed:
         step = (graphed_training(model, optimizer, precision, compile=compile) if mode == "train"
                 else graphed_inference(model, precision, compile=compile))
+    elif compile:
+        initialise_optimizer(optimizer)
+        forward, update = compiled_forward(model), CompiledAdamaxUpdate(optimizer, 0.25)
     index = 0
     while True:
         batch = batches[index % len(batches)]
@@ -137,21 +150,24 @@ def step_loop(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: st
             step(batch)
         elif mode == "train":
             with kernels.enabled(use_kernels):
-                training_step(model, optimizer, batch, precision, host_sync=host_sync)
+                training_step(model, optimizer, batch, precision, host_sync=host_sync, forward=forward,
+                              update=update)
         else:
             with kernels.enabled(use_kernels), torch.no_grad(), autocast(device, precision):
-                forward_logits(model, batch)
+                forward(batch)
         yield
 
 
 def measure(settings: BenchSettings, path: str, precision: str, mode: str) -> BenchResult:
     """Time ``settings.steps`` steps after ``settings.warmup`` for one (path, precision, mode). Paths: "fused",
     "plain", "graphed" (the plain model, each step replayed as a CUDA graph; a GPU only) and "compiled" (graphed,
-    with the forward pass and the clipped Adamax update through ``torch.compile``; compiled before timing)."""
+    with the forward pass and the clipped Adamax update through ``torch.compile``; on the CPU without graphs;
+    compiled before timing)."""
     device = resolve_device(settings.device)
-    graphed = path in ("graphed", "compiled")
-    if graphed and device.type != "cuda":
-        raise ConfigError(f"the {path} path replays CUDA graphs: it needs a GPU, not {device}")
+    if path == "graphed" and device.type != "cuda":
+        raise ConfigError(f"the graphed path replays CUDA graphs: it needs a GPU, not {device}")
+    graphed = path == "graphed" or (path == "compiled" and device.type == "cuda")
+    static = path in ("graphed", "compiled")
     torch.manual_seed(settings.seed)
     config = preset(settings.preset, num_tokens=settings.num_tokens, num_answers=settings.num_answers,
                     fused=path == "fused")
@@ -159,12 +175,12 @@ def measure(settings: BenchSettings, path: str, precision: str, mode: str) -> Be
     batches = synthetic_batches(settings, config, device, count=min(settings.steps, 4))
     real_boxes = sum(int(batches[i % len(batches)]["real_boxes"]) for i in range(settings.steps)) / settings.steps
     batches = [{key: value for key, value in batch.items() if key != "real_boxes"} for batch in batches]
-    if graphed:
+    if static:
         batches = [static_batch(batch) for batch in batches]  # the loader's work: not timed
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     steps = step_loop(model, batches, mode, precision, device, settings.host_sync, graphed, path == "compiled")
-    for _ in range(settings.warmup + (len(batches) if graphed else 0)):  # every shape captured before timing
+    for _ in range(settings.warmup + (len(batches) if static else 0)):  # every shape captured/compiled first
         next(steps)
     synchronize(device)
     start = time.perf_counter()

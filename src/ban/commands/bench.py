@@ -28,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--paths", nargs="+", choices=["compiled", "graphed", "fused", "plain"], default=None,
                         help="graphed: the plain model with each step replayed as a CUDA graph (a GPU only); "
                              "compiled: graphed, with the forward pass and the clipped Adamax update through "
-                             "torch.compile (minutes of compilation first); fused: the glimpses' box projections "
-                             "in one product; plain: one per glimpse (default: graphed, fused and plain on a GPU, "
-                             "fused and plain on the CPU)")
+                             "torch.compile (minutes of compilation first; on the CPU without graphs); fused: the "
+                             "glimpses' box projections in one product; plain: one per glimpse (default: graphed, "
+                             "fused and plain on a GPU, fused and plain on the CPU)")
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     parser.add_argument("--modes", nargs="+", choices=["train", "infer"], default=["train", "infer"])
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")

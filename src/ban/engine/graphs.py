@@ -82,11 +82,12 @@ def forward_logits(model: nn.Module, inputs: Inputs) -> Tensor:
 
 
 def compiled_forward(model: nn.Module) -> Forward:
-    """:func:`forward_logits` of ``model`` through ``torch.compile``: the whole pass as one graph (``fullgraph``:
-    a graph break is an error, not a silent slowdown), the packed row count symbolic (one compilation serves every
-    :func:`packed_rows` length), the layers in their capture-safe form (:func:`ban.nn.capture.active` is true while
-    Dynamo traces). Dynamo refuses to hold an ``nn.GRU`` unless ``allow_rnn`` is set; the module is only read for
-    its weights here (the recurrence is :func:`ban.nn.gru.gru_sequence`)."""
+    """:func:`forward_logits` of ``model`` through ``torch.compile``, for :func:`static_batch`'s inputs: the whole
+    pass as one graph (``fullgraph``: a graph break is an error, not a silent slowdown), the packed row count
+    symbolic (one compilation serves every :func:`packed_rows` length short of every row), the layers in their
+    capture-safe form (:func:`ban.nn.capture.active` is true while Dynamo traces). Dynamo refuses to hold an
+    ``nn.GRU`` unless ``allow_rnn`` is set; the module is only read for its weights here (the recurrence is
+    :func:`ban.nn.gru.gru_sequence`)."""
 
     def forward(inputs: Inputs) -> Tensor:
         return forward_logits(model, inputs)
@@ -94,7 +95,11 @@ def compiled_forward(model: nn.Module) -> Forward:
     compiled = torch.compile(forward, fullgraph=True)
 
     def run(inputs: Inputs) -> Tensor:
-        if "rows" in inputs:
+        if "rows" not in inputs:
+            raise ValueError("the compiled forward pass takes the host-made rows of static_batch(); finding them "
+                             "in the graph would read the device")
+        batch, boxes = inputs["features"].shape[:2]
+        if inputs["rows"].numel() < batch * boxes:  # every row real: nothing to pack, the shape is the batch's
             torch._dynamo.mark_dynamic(inputs["rows"], 0)
         with torch._dynamo.config.patch(allow_rnn=True):
             return compiled(inputs)
