@@ -61,6 +61,11 @@ def test_pad_boxes_rounds_the_box_slots_up_with_padded_boxes():
     assert torch.equal(padded["features"][:, :13], batch["features"])
     assert not box_mask_from_features(padded["features"])[:, 13:].any()
     assert padded["questions"] is batch["questions"]
+    with_mask = pad_boxes({**batch, "box_mask": torch.ones(6, 13, dtype=torch.bool)}, quantum=4)
+    assert with_mask["box_mask"].shape == (6, 16) and with_mask["box_mask"][:, :13].all()
+    assert not with_mask["box_mask"][:, 13:].any()
+    rows = static_batch({**batch, "box_mask": torch.ones(6, 13, dtype=torch.bool)}, row_quantum=4)["rows"]
+    assert rows.tolist() == [i * 16 + j for i in range(6) for j in range(13)] + [96, 96]  # 78 real → 80 rows
 
 
 def test_capture_safe_embedding_equals_nn_embedding_with_its_padding_row():

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from ban.engine.loss import vqa_loss
 from ban.engine.optim import CompiledAdamaxUpdate, clipped_step, gradient_norm
 from ban.engine.tasks import autocast
+from ban.nn.bilinear import box_mask_from_features
 from ban.nn.capture import capture_safe
 
 ROW_QUANTUM = 1024  # packed rows are padded to a multiple of this: 2–3 shapes for batch 256, adaptive boxes
@@ -58,27 +59,33 @@ def packed_rows(box_mask: Tensor, quantum: int = ROW_QUANTUM) -> Tensor:
 
 
 def pad_boxes(batch: Inputs, quantum: int = BOX_QUANTUM) -> Inputs:
-    """features [B, N, Dv] and boxes [B, N, ≥4] of ``batch`` with N rounded up to a multiple of ``quantum`` (zero
-    rows: padded boxes); the other entries unchanged."""
+    """features [B, N, Dv], boxes [B, N, ≥4] and box_mask [B, N] (when given) of ``batch`` with N rounded up to a
+    multiple of ``quantum`` (padded boxes: zero rows, False in the mask); the other entries unchanged."""
     missing = -batch["features"].shape[1] % quantum
-    if missing == 0:
-        return dict(batch)
-    return {**batch, "features": F.pad(batch["features"], (0, 0, 0, missing)),
-            "boxes": F.pad(batch["boxes"], (0, 0, 0, missing))}
+    padded = dict(batch)
+    if missing:
+        padded["features"] = F.pad(batch["features"], (0, 0, 0, missing))
+        padded["boxes"] = F.pad(batch["boxes"], (0, 0, 0, missing))
+        if "box_mask" in batch:
+            padded["box_mask"] = F.pad(batch["box_mask"], (0, missing), value=False)
+    return padded
 
 
 def static_batch(batch: Inputs, box_quantum: int = BOX_QUANTUM, row_quantum: int = ROW_QUANTUM) -> Inputs:
-    """A VQA batch (features, boxes, questions, targets; padded boxes are zero feature rows) in the shapes the
-    graphs take: boxes padded by :func:`pad_boxes`, plus ``rows`` = :func:`packed_rows` (on the batch's device).
-    Reads the box mask on the host: a loader does this while it builds the batch, not between steps."""
+    """A VQA batch (features, boxes, questions, targets, optionally box_mask; without it padded boxes are the zero
+    feature rows) in the shapes the graphs take: boxes padded by :func:`pad_boxes`, plus ``rows`` =
+    :func:`packed_rows` (on the batch's device). Reads the box mask on the host: a loader does this while it builds
+    the batch, not between steps."""
     padded = pad_boxes(batch, box_quantum)
-    box_mask = padded["features"].abs().sum(dim=-1).ne(0).cpu()
-    return {**padded, "rows": packed_rows(box_mask, row_quantum).to(padded["features"].device)}
+    box_mask = padded["box_mask"] if "box_mask" in padded else box_mask_from_features(padded["features"])
+    return {**padded, "rows": packed_rows(box_mask.cpu(), row_quantum).to(padded["features"].device)}
 
 
 def forward_logits(model: nn.Module, inputs: Inputs) -> Tensor:
-    """The VQA model's answer logits [B, A] for ``inputs`` (with their host-made ``rows`` when present)."""
-    return model(inputs["features"], inputs["boxes"], inputs["questions"], real_rows=inputs.get("rows")).logits
+    """The VQA model's answer logits [B, A] for ``inputs`` (with their box_mask and host-made ``rows`` when
+    present)."""
+    return model(inputs["features"], inputs["boxes"], inputs["questions"], box_mask=inputs.get("box_mask"),
+                 real_rows=inputs.get("rows")).logits
 
 
 def compiled_forward(model: nn.Module) -> Forward:
