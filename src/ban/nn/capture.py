@@ -1,7 +1,7 @@
 """Layers that a CUDA graph can capture: inside :func:`capture_safe` (and while ``torch.compile`` traces) the
 model issues no operation that reads device data on the host.
 
-Two of BAN's layers do otherwise on a GPU. ``nn.Embedding``'s CUDA backward sorts the token ids and reads the
+Some of BAN's layers do otherwise. On a GPU, ``nn.Embedding``'s CUDA backward sorts the token ids and reads the
 number of distinct ids on the host when a batch has more than 3,072 of them (256 questions × 14 tokens do), which
 a capturing stream refuses; :func:`embedding` adds the rows' gradients with ``index_add_`` instead (atomic adds:
 the order of the float32 sums, so the last bits, may vary from run to run). ``nn.GRU`` runs cuDNN's recurrence,
