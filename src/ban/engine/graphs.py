@@ -163,6 +163,10 @@ def initialise_optimizer(optimizer: torch.optim.Optimizer) -> None:
         p.grad = grad
 
 
+def _buffer_key(name: str, value: Tensor) -> tuple:
+    return name, tuple(value.shape), value.dtype
+
+
 @dataclass
 class _Captured:
     graph: torch.cuda.CUDAGraph
@@ -176,19 +180,22 @@ class StepGraphs:
     (no host reads of device data, no allocation that must persist across calls except its outputs); ``prepare``
     runs before each capture (e.g. :func:`initialise_optimizer`). ``warmup_step`` runs ``warmup`` times on a side
     stream before a capture, to let libraries set themselves up (cuBLAS workspaces, autograd's streams): for a
-    training step it must not update the parameters."""
+    training step it must not update the parameters. Graphs share the input buffers of equal name, shape and
+    dtype (every call copies its inputs in first), so row buckets of one batch shape hold one copy of the
+    features."""
 
     def __init__(self, step: Callable[[Inputs], tuple[Tensor, ...]],
                  warmup_step: Callable[[Inputs], object] | None = None,
                  prepare: Callable[[], None] | None = None, warmup: int = 3) -> None:
         self.step, self.warmup_step, self.prepare, self.warmup = step, warmup_step or step, prepare, warmup
         self.captured: dict[tuple, _Captured] = {}
+        self.buffers: dict[tuple, Tensor] = {}
         self.pool: tuple | None = None
 
     def __call__(self, inputs: Inputs) -> tuple[Tensor, ...]:
         """Copy ``inputs`` into the graph of their shapes (captured on first sight) and replay it → its outputs
         (valid until the next call)."""
-        key = tuple((name, tuple(value.shape), value.dtype) for name, value in sorted(inputs.items()))
+        key = tuple(_buffer_key(name, value) for name, value in sorted(inputs.items()))
         captured = self.captured.get(key)
         if captured is None:
             captured = self.captured[key] = self._capture(inputs)
@@ -199,7 +206,13 @@ class StepGraphs:
         return captured.outputs
 
     def _capture(self, inputs: Inputs) -> _Captured:
-        static = {name: value.clone() for name, value in inputs.items()}
+        static = {}
+        for name, value in inputs.items():
+            key = _buffer_key(name, value)
+            if key in self.buffers:
+                static[name] = self.buffers[key].copy_(value)
+            else:
+                static[name] = self.buffers[key] = value.clone()
         if self.prepare is not None:
             self.prepare()
         side = torch.cuda.Stream()
