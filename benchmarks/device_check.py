@@ -44,16 +44,30 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ban.benchmark import BenchSettings, as_json, box_counts, format_table, measure, run_all, synthetic_batches
+from ban.benchmark import (
+    BenchSettings,
+    as_json,
+    box_counts,
+    format_table,
+    measure,
+    run_all,
+    synchronize,
+    synthetic_batches,
+)
 from ban.engine.graphs import graphed_training, static_batch, training_step
 from ban.engine.optim import adamax
 from ban.models import build_model, preset
 from ban.nn.capture import capture_safe
 
 
-def parity(device: torch.device) -> list[dict]:
+def exact_float32() -> None:
+    """fp32 products without TF32, for the comparisons."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+
+
+def parity(device: torch.device) -> list[dict]:
+    exact_float32()
     rows = []
     torch.manual_seed(0)
     reference = build_model(preset("paper-best")).eval()
@@ -72,11 +86,6 @@ def parity(device: torch.device) -> list[dict]:
     return rows
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def failure(error: BaseException) -> str:
     return "".join(traceback.format_exception_only(error)).strip()[-2000:]
 
@@ -84,8 +93,7 @@ def failure(error: BaseException) -> str:
 def graph_parity(device: torch.device, candidate: str = "graphed", steps: int = 3) -> dict:
     """3 training steps of a dropout-free paper-best model (fp32, TF32 off): eager, static eager (static inputs,
     capture-safe layers) and the candidate ("graphed", or "compiled": graphed with torch.compile)."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    exact_float32()
     torch.manual_seed(0)
     config = preset("paper-best", dropout=0.0, attention_dropout=0.0, classifier_dropout=0.0)
     initial = build_model(config).to(device)

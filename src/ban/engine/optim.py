@@ -41,14 +41,18 @@ def gradient_norm(parameters: Iterable[nn.Parameter]) -> Tensor:
     return nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
 
 
+def clip_factor(total_norm: Tensor, max_norm: float) -> Tensor:
+    """``clip_grads_with_norm_``'s factor for the gradients: ``min(1, max_norm / (total_norm + 1e-6))`` [] float32."""
+    return torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+
+
 def clipped_step(optimizer: torch.optim.Optimizer, parameters: Iterable[nn.Parameter], max_norm: float,
                  total_norm: Tensor) -> None:
     """``clip_grad_norm_(parameters, max_norm)`` with ``total_norm`` = :func:`gradient_norm` already measured,
     then ``optimizer.step()``. :class:`FusedCPUAdamax` applies the clipping factor inside its update instead of a
     separate pass (the gradients keep their unclipped values)."""
     if isinstance(optimizer, FusedCPUAdamax):
-        factor = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)  # clip_grads_with_norm_'s float32 factor
-        optimizer.step(grad_scale=float(factor))
+        optimizer.step(grad_scale=float(clip_factor(total_norm, max_norm)))
     else:
         nn.utils.clip_grads_with_norm_(parameters, max_norm, total_norm)
         optimizer.step()
@@ -128,8 +132,8 @@ class CompiledAdamaxUpdate:
         self.update = torch.compile(_adamax_update)
 
     def __call__(self, grad_norm: Tensor) -> None:
-        """Clip (the factor ``min(1, max_norm / (‖g‖ + 1e-6))`` of ``clip_grads_with_norm_``) and update every
-        parameter that has a gradient; grad_norm [] from :func:`gradient_norm`. The gradients keep their values."""
+        """Clip (by :func:`clip_factor`) and update every parameter that has a gradient; grad_norm [] from
+        :func:`gradient_norm`. The gradients keep their values."""
         parameters = [p for p in self.optimizer.param_groups[0]["params"] if p.grad is not None]
         self._run(parameters, [p.grad for p in parameters], self._state(parameters), grad_norm)
 
@@ -146,6 +150,6 @@ class CompiledAdamaxUpdate:
 
     def _run(self, params: list[Tensor], grads: list[Tensor], state: list[list[Tensor]], grad_norm: Tensor) -> None:
         group = self.optimizer.param_groups[0]
-        factor = torch.clamp(self.max_norm / (grad_norm + 1e-6), max=1.0)
         exp_avgs, exp_infs, steps = state
-        self.update(params, grads, exp_avgs, exp_infs, steps, factor, group["lr"], *group["betas"], group["eps"])
+        self.update(params, grads, exp_avgs, exp_infs, steps, clip_factor(grad_norm, self.max_norm), group["lr"],
+                    *group["betas"], group["eps"])
