@@ -22,10 +22,14 @@ Then CUDA graphs (:mod:`ban.engine.graphs`):
 4. A dropout-free paper-best model trained 3 steps (batch 32, adaptive boxes, fp32 without TF32) eagerly, eagerly
    with the static inputs and capture-safe layers, and replayed as graphs: the losses and the parameters' largest
    differences; then the graphed rows of the table.
-5. If less than ``--compile-before`` seconds (300) have passed: "compiled" (graphed, with the forward pass and the
+5. If less than ``--trainer-before`` seconds (330) have passed: ``ban train`` eager and with ``cuda_graphs=true``
+   (resident data, synthetic sets): a dropout-free tiny BAN's losses and weights, both ways (fp32, TF32 off);
+   the paper-best BAN's samples/s per epoch, both ways (bf16, batch 256). Skipped, with the reason, when the
+   training modules cannot be imported there.
+6. If less than ``--compile-before`` seconds (420) have passed: "compiled" (graphed, with the forward pass and the
    clipped Adamax update through torch.compile): the parity run of 4., then the bf16 training row, with the
    compilation time.
-6. Whether cuDNN's GRU (forward + backward) can be captured (to choose it over ``gru_sequence`` later).
+7. Whether cuDNN's GRU (forward + backward) can be captured (to choose it over ``gru_sequence`` later).
 
 The JSON is rewritten after every part, so a run cut short still leaves what it measured.
 """
@@ -238,6 +242,61 @@ def resident_check(device: torch.device) -> dict:
             "gather_questions_per_s": 256 / seconds}
 
 
+def trainer_check(device: torch.device, images: int = 2000) -> dict:
+    """``ban train`` eager and with ``cuda_graphs=true`` (the public ``train()``, resident data) on synthetic VQA
+    sets: a dropout-free tiny BAN, fp32 without TF32, 2 epochs on 56 images (the epochs' losses, the weights'
+    largest difference); then the paper-best BAN's sizes (its answer and token tables are the synthetic set's),
+    bf16, batch 256, 2 epochs on ``images`` images (samples/s of each epoch: the first includes the captures)."""
+    try:
+        from ban.data.synthetic import generate
+        from ban.data.vqa2 import prepare_vqa2
+        from ban.engine.checkpoint import Checkpoint
+        from ban.engine.config import TrainConfig
+        from ban.engine.run import CHECKPOINT_FILE, RunConfig, fingerprint, start_run
+        from ban.engine.tasks import VQATask
+        from ban.engine.trainer import train
+    except ImportError as error:
+        return {"skipped": f"cannot import the training modules: {error}"}
+    report: dict = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        for name, count, width in (("small", 56, 16), ("paper", images, 2048)):
+            generate(root / name / "raw", seed=0, num_images=count, feature_dim=width, flickr_images=0,
+                     write_images=False, workers=8, progress=False)
+            prepare_vqa2(root / name / "raw" / "vqa", sorted((root / name / "raw" / "features").glob("*.tsv")),
+                         root / name / "prepared", progress=False)
+        for name, model_settings, train_settings in (
+                ("parity", dict(hidden_dim=16, word_dim=8, num_glimpses=2, dropout=0.0, attention_dropout=0.0,
+                                classifier_dropout=0.0), dict(batch_size=16, precision="fp32", lr=2e-3)),
+                ("speed", {}, dict(batch_size=256, precision="bf16", lr=7e-4, skip_nonfinite=True))):
+            data_dir = root / ("small" if name == "parity" else "paper") / "prepared"
+            task = VQATask(data_dir)
+            model = preset("tiny" if name == "parity" else "paper-best", **model_settings, **task.model_sizes())
+            runs = {}
+            for graphs in (False, True):
+                config = TrainConfig(epochs=2, warmup=(0.5, 1.0), resident=True, cuda_graphs=graphs,
+                                     device=device.type, **train_settings)
+                run = RunConfig("vqa", str(data_dir), model, config, fingerprint(data_dir))
+                run_dir = root / f"{name}-{graphs}"
+                try:
+                    start_run(run_dir, run, resume=False)
+                    history = train(run_dir, run, VQATask(data_dir))
+                except Exception as error:  # report it: the other runs still go
+                    runs[graphs] = {"error": failure(error)}
+                    continue
+                runs[graphs] = {"losses": [r["train_loss"] for r in history],
+                                "samples_per_s": [r["samples_per_s"] for r in history],
+                                "weights": Checkpoint(run_dir / CHECKPOINT_FILE).model}
+            part = {("graphed" if graphs else "eager"): {k: v for k, v in r.items() if k != "weights"}
+                    for graphs, r in runs.items()}
+            if all("weights" in r for r in runs.values()):
+                eager, graphed = runs[False]["weights"], runs[True]["weights"]
+                part["max_abs_weight_diff"] = max(float((graphed[k].float() - eager[k].float()).abs().max())
+                                                  for k in eager)
+            report[name] = part
+    return report
+
+
 def save(out: Path, report: dict) -> None:
     (out / "device_check.json").write_text(json.dumps(report, indent=2))
 
@@ -248,9 +307,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cuda", help="cuda (default); cpu for a dry run of the script")
-    parser.add_argument("--compile-before", type=float, default=300.0,
+    parser.add_argument("--compile-before", type=float, default=420.0,
                         help="measure the compiled rows (bf16) only if the script has run less than this many "
                              "seconds by then (default: %(default)s)")
+    parser.add_argument("--trainer-before", type=float, default=330.0,
+                        help="run ban train eager and with cuda_graphs only if the script has run less than this "
+                             "many seconds by then (default: %(default)s)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
@@ -277,6 +339,8 @@ def main() -> None:
     save(args.out, report)
     if device.type != "cuda":
         report["graphs"] = {"parity": graph_parity(device), "rows": "not measured: no GPU"}
+        report["trainer"] = trainer_check(device, images=56)  # the graphed runs report train()'s refusal
+        print(json.dumps(report["trainer"], indent=2))
         report["compiled"] = "not measured: no GPU"
     else:
         report["graphs"] = {"parity": graph_parity(device)}
@@ -286,6 +350,14 @@ def main() -> None:
         report["results"] += [dataclasses.asdict(r) for r in graphed]
         report["bench_errors"] += graph_errors
         print(format_table(results + graphed))
+        save(args.out, report)
+        elapsed = time.perf_counter() - started
+        if elapsed > args.trainer_before:
+            report["trainer"] = f"not measured: {elapsed:.0f} s used"
+        else:
+            exact_float32()
+            report["trainer"] = trainer_check(device)
+        print(json.dumps(report["trainer"], indent=2))
         save(args.out, report)
         elapsed = time.perf_counter() - started
         if elapsed > args.compile_before:

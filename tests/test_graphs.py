@@ -22,7 +22,7 @@ from ban.engine.graphs import (
     training_step,
 )
 from ban.engine.loss import vqa_loss
-from ban.engine.optim import CompiledAdamaxUpdate, adamax, gradient_norm
+from ban.engine.optim import AdamaxUpdate, adamax, gradient_norm
 from ban.models import build_model, preset
 from ban.nn import capture
 from ban.nn.bilinear import box_mask_from_features
@@ -190,7 +190,7 @@ def test_the_static_capture_safe_step_trains_like_the_ordinary_step(compiled):
     initialise_optimizer(optimizer)
     forward = update = None
     if compiled:
-        forward, update = compiled_forward(model), CompiledAdamaxUpdate(optimizer, 0.25)
+        forward, update = compiled_forward(model), AdamaxUpdate(optimizer, 0.25)
         forward_backward_clip(model, batches[0])  # which parameters receive gradients, as the graphs' warm-up
         update.compile_for([p for p in model.parameters() if p.grad is not None])
         model.zero_grad(set_to_none=True)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from torch import nn
 
@@ -109,18 +110,21 @@ def test_without_a_compiler_training_falls_back_to_torch_adamax(tmp_path):
     assert chosen == "Adamax" and message.startswith("ban's CPU kernels could not be built")
 
 
-def test_the_compiled_update_clips_and_follows_torch_adamax_without_recompiling():
-    """CompiledAdamaxUpdate against clip_grads_with_norm_ + torch.optim.Adamax over 4 steps (one parameter never has
-    a gradient); compile_for changes nothing real, and the real calls then need no new compilation."""
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_the_update_clips_and_follows_torch_adamax_and_its_learning_rate_without_recompiling(compiled):
+    """AdamaxUpdate against clip_grads_with_norm_ + torch.optim.Adamax over 4 steps (one parameter never has
+    a gradient), the learning rate changed after two (the update reads it from its tensor); compile_for changes
+    nothing real, and the real calls then need no new compilation."""
     from ban.engine.graphs import initialise_optimizer
-    from ban.engine.optim import CompiledAdamaxUpdate, gradient_norm
+    from ban.engine.optim import AdamaxUpdate, gradient_norm
+    from ban.engine.schedule import set_learning_rate
 
     ours, theirs = twin_parameters(3)
     idle = nn.Parameter(torch.ones(4))
     optimizer = torch.optim.Adamax([*ours, idle], lr=0.01)
     reference = torch.optim.Adamax(theirs, lr=0.01)
     initialise_optimizer(optimizer)
-    update = CompiledAdamaxUpdate(optimizer, max_norm=0.25)
+    update = AdamaxUpdate(optimizer, max_norm=0.25, compile=compiled)
     before = [p.detach().clone() for p in ours], copy.deepcopy(optimizer.state_dict())
     torch._dynamo.reset()
     with torch._dynamo.config.patch(cache_size_limit=1, fail_on_recompile_limit_hit=True):
@@ -128,11 +132,16 @@ def test_the_compiled_update_clips_and_follows_torch_adamax_without_recompiling(
         assert all(torch.equal(p, q) for p, q in zip(ours, before[0], strict=True))
         assert str(optimizer.state_dict()) == str(before[1])
         generator = torch.Generator().manual_seed(4)
-        for _ in range(4):
+        for step in range(4):
+            if step == 2:
+                set_learning_rate(optimizer, 0.003)
+                set_learning_rate(reference, 0.003)
+                update.follow_learning_rate()
             set_gradients(ours, theirs, generator)
             update(gradient_norm(ours))
             nn.utils.clip_grads_with_norm_(theirs, 0.25, gradient_norm(theirs))
             reference.step()
+    assert update.lr.item() == pytest.approx(0.003)
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
         for key in ("exp_avg", "exp_inf", "step"):

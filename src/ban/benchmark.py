@@ -28,7 +28,7 @@ from ban.engine.graphs import (
     static_batch,
     training_step,
 )
-from ban.engine.optim import CompiledAdamaxUpdate, FusedCPUAdamax, adamax
+from ban.engine.optim import AdamaxUpdate, FusedCPUAdamax, adamax
 from ban.engine.tasks import autocast
 from ban.errors import ConfigError
 from ban.machine import describe_machine
@@ -141,7 +141,7 @@ def step_loop(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: st
                 else graphed_inference(model, precision, compile=compile))
     elif compile:
         initialise_optimizer(optimizer)
-        forward, update = compiled_forward(model), CompiledAdamaxUpdate(optimizer, 0.25)
+        forward, update = compiled_forward(model), AdamaxUpdate(optimizer, 0.25)
     index = 0
     while True:
         batch = batches[index % len(batches)]

@@ -69,9 +69,8 @@ class ResidentVQA:
         and padding of :func:`ban.data.collate.collate_vqa` (N = the batch's largest box count)."""
         index = np.asarray(indices, dtype=np.int64)
         images = self.question_image[index]
-        counts = self.image_count[images]
-        slots = np.arange(counts.max())
-        real = slots[None, :] < counts[:, None]  # [B, N]
+        real = self.box_mask(index).numpy()
+        slots = np.arange(real.shape[1])
         rows = torch.from_numpy(np.where(real, self.image_start[images][:, None] + slots[None, :], self.zero_row))
         rows = rows.to(self.device, non_blocking=True)
         starts, lengths = self.target_starts[index], self.target_lengths[index]
@@ -89,6 +88,12 @@ class ResidentVQA:
             "targets": targets,
             "question_ids": torch.from_numpy(self.question_ids[index]).to(self.device),
         }
+
+    def box_mask(self, indices: Sequence[int]) -> Tensor:
+        """[B, N] bool on the host: True where question ``indices[b]``'s image has a box in slot n (N = the largest
+        box count among them), the ``box_mask`` of :meth:`batch` without reading the device."""
+        counts = self.image_count[self.question_image[np.asarray(indices, dtype=np.int64)]]
+        return torch.from_numpy(np.arange(counts.max())[None, :] < counts[:, None])
 
     def _copy_regions(self, store: FeatureStore, image_ids: np.ndarray, progress: bool) -> None:
         """Fill rows [0, R) with the images' features and spatial features, staged on the host in blocks."""

@@ -112,7 +112,8 @@ class Checkpoint:
                 state.setdefault(int(index), {})[name] = value
             for index, scalars in self._optimizer_meta["scalars"].items():
                 state.setdefault(int(index), {}).update(scalars)
-            optimizer.load_state_dict({"state": state, "param_groups": self._optimizer_meta["param_groups"]})
+            optimizer.load_state_dict({"state": state, "param_groups": _placed_groups(
+                self._optimizer_meta["param_groups"], optimizer.param_groups)})
         except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError) as error:
             raise CheckpointError(f"optimizer state does not fit: {type(error).__name__}: {error}",
                                   path=self.path) from None
@@ -122,6 +123,14 @@ class Checkpoint:
                     if isinstance(value, torch.Tensor) and value.dim() and value.shape != parameter.shape:
                         raise CheckpointError(f"shape {list(value.shape)}, its parameter's is "
                                               f"{list(parameter.shape)}", path=self.path, field=f"optimizer/{name}")
+
+
+def _placed_groups(saved: list[dict[str, Any]], current: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The saved parameter groups with the running optimizer's ``capturable`` (where its state lives is this run's
+    choice: step counters on the device for CUDA graphs, on the CPU otherwise; PyTorch places them by the loaded
+    groups' setting)."""
+    return [{**group, "capturable": now["capturable"]} if isinstance(group, dict) and "capturable" in now else group
+            for group, now in zip(saved, current, strict=False)] + saved[len(current):]
 
 
 def _check_finite(tensor: torch.Tensor, path: Path, name: str) -> None:

@@ -31,6 +31,8 @@ class TrainConfig:
     loader (VQA; :mod:`ban.data.resident`). ``bucket_boxes`` batches images of similar box counts together
     (:class:`ban.engine.distributed.ShardedBatches`; VQA): less padding and fewer distinct shapes, but batches are
     no longer uniform samples of the data (its accuracy effect is measured in benchmarks/RESULTS.md).
+    ``cuda_graphs`` replays each training step as CUDA graphs (:mod:`ban.engine.trainer_graphs`; VQA on one GPU):
+    the same computation without the launch of every kernel; a new batch shape costs one capture.
     """
 
     lr: float = 1e-3
@@ -48,6 +50,7 @@ class TrainConfig:
     num_workers: int = 0
     resident: bool = False
     bucket_boxes: bool = False
+    cuda_graphs: bool = False
     eval_batch_size: int = 512
     train_splits: tuple[str, ...] = ("train",)
     val_split: str = "val"

@@ -16,9 +16,10 @@ its weight-cast cache off (a cached cast would be captured once and reused stale
 every replay (PyTorch advances the captured generator's offset).
 
 :func:`compiled_forward` puts the forward pass through ``torch.compile`` as one graph (its element-wise work fused
-into fewer kernels) and :class:`ban.engine.optim.CompiledAdamaxUpdate` clipping + Adamax (one pass per parameter
+into fewer kernels) and :class:`ban.engine.optim.AdamaxUpdate` clipping + Adamax (one pass per parameter
 instead of about eighteen); the graphed training step takes both with ``compile=True`` (``ban bench --paths
-compiled``).
+compiled``). ``ban train`` replays its own step, split around its finiteness check, with
+:mod:`ban.engine.trainer_graphs`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ban.engine.loss import vqa_loss
-from ban.engine.optim import CompiledAdamaxUpdate, clipped_step, gradient_norm
+from ban.engine.optim import AdamaxUpdate, clipped_step, gradient_norm
 from ban.engine.tasks import autocast
 from ban.nn.bilinear import box_mask_from_features
 from ban.nn.capture import capture_safe
@@ -71,14 +72,19 @@ def pad_boxes(batch: Inputs, quantum: int = BOX_QUANTUM) -> Inputs:
     return padded
 
 
-def static_batch(batch: Inputs, box_quantum: int = BOX_QUANTUM, row_quantum: int = ROW_QUANTUM) -> Inputs:
+def static_batch(batch: Inputs, box_quantum: int = BOX_QUANTUM, row_quantum: int = ROW_QUANTUM,
+                 host_box_mask: Tensor | None = None) -> Inputs:
     """A VQA batch (features, boxes, questions, targets, optionally box_mask; without it padded boxes are the zero
     feature rows) in the shapes the graphs take: boxes padded by :func:`pad_boxes`, plus ``rows`` =
-    :func:`packed_rows` (on the batch's device). Reads the box mask on the host: a loader does this while it builds
-    the batch, not between steps."""
+    :func:`packed_rows` (on the batch's device). The rows come from ``host_box_mask`` [B, N] (bool, on the CPU;
+    e.g. :meth:`ban.data.resident.ResidentVQA.box_mask`) when given, else from the batch's box mask read on the
+    host: for a batch still on the CPU (a loader's) that costs nothing, for one on a GPU it waits for the device."""
     padded = pad_boxes(batch, box_quantum)
-    box_mask = padded["box_mask"] if "box_mask" in padded else box_mask_from_features(padded["features"])
-    return {**padded, "rows": packed_rows(box_mask.cpu(), row_quantum).to(padded["features"].device)}
+    if host_box_mask is None:
+        host_box_mask = batch["box_mask"] if "box_mask" in batch else box_mask_from_features(batch["features"])
+    slots = padded["features"].shape[1]
+    host_box_mask = F.pad(host_box_mask.cpu(), (0, slots - host_box_mask.shape[1]), value=False)
+    return {**padded, "rows": packed_rows(host_box_mask, row_quantum).to(padded["features"].device)}
 
 
 def forward_logits(model: nn.Module, inputs: Inputs) -> Tensor:
@@ -124,7 +130,7 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: In
     ``cast_cache``: autocast's weight-cast cache (off in a graph). ``forward``: the model's logits for the inputs
     (default :func:`forward_logits`; e.g. :func:`compiled_forward`); ``update``: clipping and the optimizer's step
     from the gradient norm (default :func:`ban.engine.optim.clipped_step`; e.g.
-    :class:`ban.engine.optim.CompiledAdamaxUpdate`)."""
+    :class:`ban.engine.optim.AdamaxUpdate`)."""
     with autocast(inputs["features"].device, precision, cast_cache):
         logits = forward(inputs) if forward is not None else forward_logits(model, inputs)
     loss = vqa_loss(logits, inputs["targets"], inputs["targets"].shape[0])
@@ -169,7 +175,7 @@ def _buffer_key(name: str, value: Tensor) -> tuple:
 
 @dataclass
 class _Captured:
-    graph: torch.cuda.CUDAGraph
+    graph: torch.cuda.CUDAGraph | None  # None: the step runs eagerly on the buffers (``capture=False``)
     inputs: Inputs  # the buffers the graph reads
     outputs: tuple[Tensor, ...]  # the tensors it writes
 
@@ -182,12 +188,17 @@ class StepGraphs:
     stream before a capture, to let libraries set themselves up (cuBLAS workspaces, autograd's streams): for a
     training step it must not update the parameters. Graphs share the input buffers of equal name, shape and
     dtype (every call copies its inputs in first), so row buckets of one batch shape hold one copy of the
-    features."""
+    features.
+
+    ``capture=False`` (a CPU, where there is nothing to capture): the same sequence — buffers, ``prepare``,
+    warm-up, then at every call the inputs copied into the buffers and the step run on them — with the step run
+    eagerly (capture-safe) instead of replayed: what the graphs compute, checkable without a GPU."""
 
     def __init__(self, step: Callable[[Inputs], tuple[Tensor, ...]],
                  warmup_step: Callable[[Inputs], object] | None = None,
-                 prepare: Callable[[], None] | None = None, warmup: int = 3) -> None:
+                 prepare: Callable[[], None] | None = None, warmup: int = 3, capture: bool = True) -> None:
         self.step, self.warmup_step, self.prepare, self.warmup = step, warmup_step or step, prepare, warmup
+        self.capture = capture
         self.captured: dict[tuple, _Captured] = {}
         self.buffers: dict[tuple, Tensor] = {}
         self.pool: tuple | None = None
@@ -202,6 +213,9 @@ class StepGraphs:
         else:
             for name, value in inputs.items():
                 captured.inputs[name].copy_(value, non_blocking=True)
+        if captured.graph is None:
+            with capture_safe():
+                return self.step(captured.inputs)
         captured.graph.replay()
         return captured.outputs
 
@@ -215,6 +229,11 @@ class StepGraphs:
                 static[name] = self.buffers[key] = value.clone()
         if self.prepare is not None:
             self.prepare()
+        if not self.capture:
+            with capture_safe():
+                for _ in range(self.warmup):
+                    self.warmup_step(static)
+            return _Captured(None, static, ())
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), capture_safe():
@@ -233,12 +252,12 @@ def graphed_training(model: nn.Module, optimizer: torch.optim.Optimizer, precisi
     """The recipe's training step on a GPU as :class:`StepGraphs`: call it with :func:`static_batch`'s inputs →
     (loss [], gradient norm []). ``optimizer``: ``torch.optim.Adamax(capturable=True)`` (``adamax(…,
     capturable=True)``). ``compile``: the forward pass (and so its backward) through :func:`compiled_forward`,
-    and clipping + Adamax through :class:`ban.engine.optim.CompiledAdamaxUpdate`, both compiled during the first
+    and clipping + Adamax through :class:`ban.engine.optim.AdamaxUpdate`, both compiled during the first
     warm-up (the update on scratch copies of the parameters that received gradients)."""
     if not (isinstance(optimizer, torch.optim.Adamax) and all(g["capturable"] for g in optimizer.param_groups)):
         raise ValueError("graphed training needs torch.optim.Adamax(capturable=True)")
     forward = compiled_forward(model) if compile else functools.partial(forward_logits, model)
-    update = CompiledAdamaxUpdate(optimizer, max_grad_norm) if compile else None
+    update = AdamaxUpdate(optimizer, max_grad_norm) if compile else None
     compiled_for: list[nn.Parameter] = []
 
     def warm(inputs: Inputs) -> None:  # forward and backward only: the parameters stay as they are

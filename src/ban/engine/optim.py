@@ -97,11 +97,11 @@ class FusedCPUAdamax(torch.optim.Adamax):
 
 
 def _adamax_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_infs: list[Tensor],
-                   steps: list[Tensor], grad_scale: Tensor, lr: float, beta1: float, beta2: float,
+                   steps: list[Tensor], grad_scale: Tensor, lr: Tensor, beta1: float, beta2: float,
                    eps: float) -> None:
-    """Adamax's update of each parameter from its gradient times ``grad_scale`` [] (in place; the step counters are
-    tensors, as a capturable Adamax keeps them): m ← lerp(m, g, 1 − β₁), u ← max(β₂·u, |g| + ε),
-    p ← p − lr · m / (u · (1 − β₁ᵗ))."""
+    """Adamax's update of each parameter from its gradient times ``grad_scale`` [] at learning rate ``lr`` [] (in
+    place; the step counters are tensors, as a capturable Adamax keeps them): m ← lerp(m, g, 1 − β₁),
+    u ← max(β₂·u, |g| + ε), p ← p − lr · m / (u · (1 − β₁ᵗ))."""
     with torch.no_grad():
         for param, grad, exp_avg, exp_inf, step in zip(params, grads, exp_avgs, exp_infs, steps, strict=True):
             scaled = grad * grad_scale
@@ -111,25 +111,32 @@ def _adamax_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Ten
             param.addcdiv_(exp_avg, exp_inf * ((beta1 ** step - 1) / lr))
 
 
-class CompiledAdamaxUpdate:
-    """Gradient clipping and ``torch.optim.Adamax``'s update as one ``torch.compile``d function: each parameter in
-    one fused pass (read p, g, m, u; write p, m, u), where the eager foreach update makes about eighteen passes
-    over the parameters' memory. It updates the optimizer's own state tensors, so ``state_dict`` and checkpoints
-    are those of the optimizer. The state must exist (e.g. ``ban.engine.graphs.initialise_optimizer``), with the
-    step counters as tensors on the parameters' device (``capturable=True`` on a GPU).
+class AdamaxUpdate:
+    """Gradient clipping and ``torch.optim.Adamax``'s update as one function of the gradient norm, reading every
+    number from device tensors, so that a CUDA graph can hold it: the learning rate is the tensor :attr:`lr`
+    (:meth:`follow_learning_rate` copies the optimizer's into it, outside a graph). It updates the optimizer's own
+    state tensors, so ``state_dict`` and checkpoints are those of the optimizer. The state must exist (e.g.
+    ``ban.engine.graphs.initialise_optimizer``), with the step counters as tensors on the parameters' device
+    (``capturable=True`` on a GPU).
 
-    Inside a CUDA graph capture nothing may compile: :meth:`compile_for` compiles for a set of parameters on
-    scratch copies of them and their state (no real parameter or state changes), so the captured call finds it
-    ready."""
+    ``compile``: the update through ``torch.compile``, each parameter in one fused pass (read p, g, m, u; write p,
+    m, u) where the eager update makes about eighteen passes over the parameters' memory. Inside a CUDA graph
+    capture nothing may compile: :meth:`compile_for` compiles for a set of parameters on scratch copies of them and
+    their state (no real parameter or state changes), so the captured call finds it ready."""
 
-    def __init__(self, optimizer: torch.optim.Adamax, max_norm: float) -> None:
+    def __init__(self, optimizer: torch.optim.Adamax, max_norm: float, compile: bool = True) -> None:
         if not isinstance(optimizer, torch.optim.Adamax) or len(optimizer.param_groups) != 1:
-            raise ValueError("CompiledAdamaxUpdate takes a torch.optim.Adamax with one parameter group")
+            raise ValueError("AdamaxUpdate takes a torch.optim.Adamax with one parameter group")
         group = optimizer.param_groups[0]
         if group["maximize"] or group["weight_decay"] or group["differentiable"]:
-            raise ValueError("CompiledAdamaxUpdate does the plain Adamax update (no maximize, no weight decay)")
-        self.optimizer, self.max_norm = optimizer, max_norm
-        self.update = torch.compile(_adamax_update)
+            raise ValueError("AdamaxUpdate does the plain Adamax update (no maximize, no weight decay)")
+        self.optimizer, self.max_norm, self.compiled = optimizer, max_norm, compile
+        self.lr = torch.tensor(float(group["lr"]), device=group["params"][0].device)
+        self.update = torch.compile(_adamax_update) if compile else _adamax_update
+
+    def follow_learning_rate(self) -> None:
+        """Copy the optimizer's learning rate into :attr:`lr` (after ``ban.engine.schedule.set_learning_rate``)."""
+        self.lr.fill_(float(self.optimizer.param_groups[0]["lr"]))
 
     def __call__(self, grad_norm: Tensor) -> None:
         """Clip (by :func:`clip_factor`) and update every parameter that has a gradient; grad_norm [] from
@@ -138,7 +145,10 @@ class CompiledAdamaxUpdate:
         self._run(parameters, [p.grad for p in parameters], self._state(parameters), grad_norm)
 
     def compile_for(self, parameters: list[nn.Parameter]) -> None:
-        """Compile for these parameters (those that will have gradients) by one call on scratch copies."""
+        """Compile for these parameters (those that will have gradients) by one call on scratch copies; nothing to
+        do without ``compile``."""
+        if not self.compiled:
+            return
         scratch = [nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad) for p in parameters]
         state = [[value.clone() for value in values] for values in self._state(parameters)]
         self._run(scratch, [torch.zeros_like(p) for p in parameters], state,
@@ -151,5 +161,5 @@ class CompiledAdamaxUpdate:
     def _run(self, params: list[Tensor], grads: list[Tensor], state: list[list[Tensor]], grad_norm: Tensor) -> None:
         group = self.optimizer.param_groups[0]
         exp_avgs, exp_infs, steps = state
-        self.update(params, grads, exp_avgs, exp_infs, steps, clip_factor(grad_norm, self.max_norm), group["lr"],
+        self.update(params, grads, exp_avgs, exp_infs, steps, clip_factor(grad_norm, self.max_norm), self.lr,
                     *group["betas"], group["eps"])

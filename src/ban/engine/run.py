@@ -27,7 +27,7 @@ BEST_FILE = "best.safetensors"  # the weights of the epoch with the best validat
 CHECKPOINTS = {"last": CHECKPOINT_FILE, "best": BEST_FILE}
 VOCABULARY_FILES = ("dictionary.json", "answers.json")
 FORMAT = "ban-run/1"
-RESUME_CHANGEABLE = ("train.epochs", "train.skip_nonfinite")  # settings a resumed run may change
+RESUME_CHANGEABLE = ("train.epochs", "train.skip_nonfinite", "train.cuda_graphs")  # a resumed run may change them
 
 
 def fingerprint(data_dir: str | Path) -> dict[str, str]:
@@ -94,8 +94,8 @@ def start_run(run_dir: str | Path, run: RunConfig, resume: bool) -> None:
     """Create the run directory with its config, or check that a resumed run has the same config.
 
     A new run refuses a directory that already holds a run; ``resume`` refuses a different config (except
-    ``train.epochs``, which may be raised to train longer, and ``train.skip_nonfinite``, to get past a batch
-    that made the run stop).
+    ``train.epochs``, which may be raised to train longer, ``train.skip_nonfinite``, to get past a batch that made
+    the run stop, and ``train.cuda_graphs``, which changes how a step runs, not what it computes).
     """
     run_dir = Path(run_dir)
     if resume:

@@ -204,7 +204,9 @@ class VQATask(Task):
         return np.concatenate([part.box_counts() for part in vqa_parts(dataset)])
 
     def forward(self, model: nn.Module, batch: Batch) -> Tensor:
-        return model(batch["features"], batch["boxes"], batch["questions"], box_mask=batch["box_mask"]).logits
+        packing = {"real_rows": batch["rows"]} if "rows" in batch else {}  # made on the host: static_batch()
+        return model(batch["features"], batch["boxes"], batch["questions"], box_mask=batch["box_mask"],
+                     **packing).logits
 
     def loss_sum(self, logits: Tensor, batch: Batch) -> Tensor:
         return vqa_loss(logits, batch["targets"], 1)

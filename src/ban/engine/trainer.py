@@ -8,19 +8,22 @@ far. The data order of an epoch is a pure function of (seed, epoch), so it needs
 A batch whose loss or gradient is not finite is never applied: the run stops naming the epoch, step and batch
 (the last checkpoint stays as it was), or with ``skip_nonfinite`` the batch is skipped and counted
 (``skipped_batches`` in the epoch's metrics). A checkpoint with non-finite weights is never written.
+
+With ``cuda_graphs`` (a VQA run on one GPU) the step is replayed as CUDA graphs
+(:mod:`ban.engine.trainer_graphs`): the same computation, in the layers' capture-safe form.
 """
 
 from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -29,12 +32,14 @@ from ban import kernels
 from ban.engine import distributed
 from ban.engine.checkpoint import Checkpoint, save_checkpoint
 from ban.engine.distributed import DistContext, ShardedBatches
+from ban.engine.graphs import static_batch
 from ban.engine.optim import FusedCPUAdamax, adamax, clipped_step, gradient_norm
 from ban.engine.reporting import report_epoch
 from ban.engine.run import BEST_FILE, CHECKPOINT_FILE, RunConfig
 from ban.engine.schedule import learning_rate, set_learning_rate
-from ban.engine.tasks import Task, autocast, to_device
-from ban.errors import BanError, CheckpointError
+from ban.engine.tasks import Batch, Task, autocast, to_device
+from ban.engine.trainer_graphs import TrainingGraphs
+from ban.errors import BanError, CheckpointError, ConfigError
 from ban.models import build_model
 
 SUMS = ("loss", "score", "count")  # what an epoch accumulates over its batches
@@ -163,6 +168,7 @@ def train(run_dir: Path, run: RunConfig, task: Task, resume: bool = False) -> li
     """
     context = distributed.setup(run.train.device)
     try:
+        check_graphs(run, context)
         history = Trainer(run_dir, run, task, context, resume).fit()
         # the main process still writes the report pictures: leaving the process group before it has finished
         # sometimes aborted the other processes at exit (gloo, "terminate called without an active exception")
@@ -172,6 +178,20 @@ def train(run_dir: Path, run: RunConfig, task: Task, resume: bool = False) -> li
         distributed.teardown()
 
 
+def check_graphs(run: RunConfig, context: DistContext) -> None:
+    """Refuse ``cuda_graphs`` where the graphs cannot run: off a CUDA device, under ``torchrun``, for a model other
+    than BAN on VQA."""
+    if not run.train.cuda_graphs:
+        return
+    if context.device.type != "cuda":
+        raise ConfigError(f"cuda_graphs=true needs a CUDA device; this run trains on {context.device.type}")
+    if context.distributed:
+        raise ConfigError("cuda_graphs=true trains in one process; under torchrun leave it false")
+    if run.task != "vqa" or run.model.attention != "bilinear":
+        raise ConfigError(f"cuda_graphs=true is implemented for BAN on VQA only, not for {run.task} with "
+                          f"{run.model.attention} attention")
+
+
 class Trainer:
     """The state of one training process: model (and its DDP wrapper), optimizer, data, position, metrics."""
 
@@ -179,8 +199,9 @@ class Trainer:
         self.run_dir, self.run, self.task, self.context, self.config = run_dir, run, task, context, run.train
         self.precision = resolve_precision(self.config.precision, context.device)
         self.model = initial_model(run, task).to(context.device)
+        graphed = self.config.cuda_graphs
         self.optimizer = adamax(self.model.parameters(), context.device, self.config.lr, tuple(self.config.betas),
-                                self.config.eps)
+                                self.config.eps, capturable=graphed and context.device.type == "cuda")
         self.use_kernels = isinstance(self.optimizer, FusedCPUAdamax)  # adamax() decided: a large CPU model
         torch.manual_seed(self.config.seed + context.rank)  # dropout noise: different per process, reproducible
         self.position: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "partial": {}}
@@ -202,6 +223,9 @@ class Trainer:
             if self.config.resident else None
         self.box_counts = task.box_counts(self.data) if self.config.bucket_boxes else None
         self.validate = bool(self.config.val_split) and self.config.val_split in task.splits()
+        # on a CPU (tests) the graphs' steps run eagerly: train() refuses cuda_graphs there
+        self.graphs = TrainingGraphs(self.graph_gradients, self.model, self.optimizer, self.config.grad_clip,
+                                     capture=context.device.type == "cuda") if graphed else None
 
     def fit(self) -> list[dict[str, Any]]:
         """Run the remaining epochs; a checkpoint and a metrics line after each."""
@@ -244,14 +268,19 @@ class Trainer:
         config, context = self.config, self.context
         lr = learning_rate(config, epoch)
         set_learning_rate(self.optimizer, lr)
+        if self.graphs is not None:
+            self.graphs.follow_learning_rate()
         batches = ShardedBatches(len(self.data), config.batch_size, config.seed, epoch, rank=context.rank,
                                  world_size=context.world_size, start=start, sizes=self.box_counts)
+        loader: Iterable[Batch]
         if self.resident is not None:  # batches gathered on the device: no loader
-            loader = map(self.resident.batch, batches)
+            loader = map(self.resident_batch, batches)
         else:
             loader = DataLoader(self.data, batch_sampler=batches, collate_fn=self.task.collate,
                                 num_workers=config.num_workers, pin_memory=context.device.type == "cuda",
                                 generator=torch.Generator().manual_seed(config.seed + epoch))
+            if self.graphs is not None:  # padded and packed on the host, before the batch moves
+                loader = map(static_batch, loader)
         # running sums of loss, score and samples, kept on the device (no host sync per step)
         sums = torch.tensor([partial.get(k, 0.0) for k in SUMS], dtype=torch.float64, device=context.device)
         skipped = int(partial.get("skipped", 0))  # batches with a non-finite loss or gradient (skip_nonfinite)
@@ -289,27 +318,49 @@ class Trainer:
             record["skipped_batches"] = skipped
         return record
 
-    def step(self, batch: dict[str, torch.Tensor], global_size: int) -> torch.Tensor:
+    def resident_batch(self, indices: list[int]) -> Batch:
+        """The resident questions ``indices`` as a batch (for the graphs: padded, with rows from host counts)."""
+        batch = self.resident.batch(indices)
+        return batch if self.graphs is None else static_batch(batch, host_box_mask=self.resident.box_mask(indices))
+
+    def step(self, batch: Batch, global_size: int) -> torch.Tensor:
         """One optimisation step on this process's part of a global batch; → [loss sum, score sum, samples].
+        A non-finite loss or gradient raises :class:`NonFiniteStep` before anything is updated."""
+        if self.graphs is None:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_sum, score_sum, grad_norm = self.gradients(batch, global_size)
+        else:
+            loss_sum, score_sum, grad_norm = self.graphs.gradients(batch)
+        loss_finite = torch.isfinite(loss_sum)
+        finite = bool(loss_finite & torch.isfinite(grad_norm))  # one host sync per step: a NaN must not be applied
+        if distributed.any_process(not finite, self.context):  # the next step overwrites the gradients
+            raise NonFiniteStep("loss" if not bool(loss_finite) else "gradient")
+        if self.graphs is None:
+            clipped_step(self.optimizer, self.model.parameters(), self.config.grad_clip, grad_norm)
+        else:
+            self.graphs.apply(grad_norm)
+        count = torch.tensor(float(self.task.batch_size(batch)), device=loss_sum.device)
+        return torch.stack([loss_sum, score_sum, count]).double()
+
+    def gradients(self, batch: Batch, global_size: int, cast_cache: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """Forward and backward on this process's part of a global batch → (loss sum [], score sum [], gradient
+        norm []); the gradients accumulate into the parameters' ``.grad``.
 
         The summed loss is divided by the GLOBAL batch size and multiplied by the number of processes, so DDP's
         gradient average is the gradient of the whole global batch's mean loss.
         """
-        with autocast(self.context.device, self.precision):
+        with autocast(self.context.device, self.precision, cast_cache):
             logits = self.task.forward(self.trained, batch)
         loss_sum = self.task.loss_sum(logits, batch)
-        self.optimizer.zero_grad(set_to_none=True)
         (loss_sum * (self.context.world_size / global_size)).backward()
-        grad_norm = gradient_norm(self.model.parameters())
-        loss_finite = torch.isfinite(loss_sum.detach())
-        finite = bool(loss_finite & torch.isfinite(grad_norm))  # one host sync per step: a NaN must not be applied
-        if distributed.any_process(not finite, self.context):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteStep("loss" if not bool(loss_finite) else "gradient")
-        clipped_step(self.optimizer, self.model.parameters(), self.config.grad_clip, grad_norm)
         with torch.no_grad():
-            count = torch.tensor(float(self.task.batch_size(batch)), device=logits.device)
-            return torch.stack([loss_sum.detach(), self.task.score_sum(logits, batch), count]).double()
+            score_sum = self.task.score_sum(logits, batch)
+        return loss_sum.detach(), score_sum, gradient_norm(self.model.parameters())
+
+    def graph_gradients(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`gradients` as the graphs capture it: one process (the global batch is the batch), autocast's
+        weight-cast cache off (a cached cast would be captured once and reused stale)."""
+        return self.gradients(batch, self.task.batch_size(batch), cast_cache=False)
 
     def save(self, epoch: int, step: int, partial: dict[str, float]) -> None:
         """Checkpoint: continue at (``epoch``, ``step``). A collective: every process must call it."""
