@@ -16,10 +16,9 @@ its weight-cast cache off (a cached cast would be captured once and reused stale
 every replay (PyTorch advances the captured generator's offset).
 
 :func:`compiled_forward` puts the forward pass through ``torch.compile`` as one graph (its element-wise work fused
-into fewer kernels) and :class:`ban.engine.optim.AdamaxUpdate` clipping + Adamax (one pass per parameter
-instead of about eighteen); the graphed training step takes both with ``compile=True`` (``ban bench --paths
-compiled``). ``ban train`` replays its own step, split around its finiteness check, with
-:mod:`ban.engine.trainer_graphs`.
+into fewer kernels) and :class:`ban.engine.optim.AdamaxUpdate` clipping + Adamax (its foreach passes fused); the
+graphed training step takes both with ``compile=True`` (``ban bench --paths compiled``). ``ban train`` replays its
+own step, split around its finiteness check, with :mod:`ban.engine.trainer_graphs`.
 """
 
 from __future__ import annotations

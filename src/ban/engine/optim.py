@@ -99,16 +99,23 @@ class FusedCPUAdamax(torch.optim.Adamax):
 def _adamax_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_infs: list[Tensor],
                    steps: list[Tensor], grad_scale: Tensor, lr: Tensor, beta1: float, beta2: float,
                    eps: float) -> None:
-    """Adamax's update of each parameter from its gradient times ``grad_scale`` [] at learning rate ``lr`` [] (in
+    """Adamax's update of every parameter from its gradient times ``grad_scale`` [] at learning rate ``lr`` [] (in
     place; the step counters are tensors, as a capturable Adamax keeps them): m ← lerp(m, g, 1 − β₁),
-    u ← max(β₂·u, |g| + ε), p ← p − lr · m / (u · (1 − β₁ᵗ))."""
+    u ← max(β₂·u, |g| + ε), p ← p − lr · m / (u · (1 − β₁ᵗ)). Written as foreach operations — one kernel (or a few)
+    per operation over all the parameters eagerly, which ``torch.compile`` fuses further — in the order of
+    ``torch.optim.Adamax``'s capturable update, with every number read from a tensor."""
     with torch.no_grad():
-        for param, grad, exp_avg, exp_inf, step in zip(params, grads, exp_avgs, exp_infs, steps, strict=True):
-            scaled = grad * grad_scale
-            step.add_(1)
-            exp_avg.lerp_(scaled, 1 - beta1)
-            exp_inf.copy_(torch.maximum(exp_inf * beta2, scaled.abs() + eps))
-            param.addcdiv_(exp_avg, exp_inf * ((beta1 ** step - 1) / lr))
+        scaled = torch._foreach_mul(grads, grad_scale)
+        torch._foreach_add_(steps, 1)
+        torch._foreach_lerp_(exp_avgs, scaled, 1 - beta1)
+        torch._foreach_mul_(exp_infs, beta2)
+        torch._foreach_abs_(scaled)
+        torch._foreach_add_(scaled, eps)
+        torch._foreach_maximum_(exp_infs, scaled)
+        step_scale = torch._foreach_pow(beta1, steps)  # β₁ᵗ, then (β₁ᵗ − 1) / lr
+        torch._foreach_sub_(step_scale, 1)
+        torch._foreach_div_(step_scale, lr)
+        torch._foreach_addcdiv_(params, exp_avgs, torch._foreach_mul(exp_infs, step_scale))
 
 
 class AdamaxUpdate:
@@ -119,10 +126,10 @@ class AdamaxUpdate:
     ``ban.engine.graphs.initialise_optimizer``), with the step counters as tensors on the parameters' device
     (``capturable=True`` on a GPU).
 
-    ``compile``: the update through ``torch.compile``, each parameter in one fused pass (read p, g, m, u; write p,
-    m, u) where the eager update makes about eighteen passes over the parameters' memory. Inside a CUDA graph
-    capture nothing may compile: :meth:`compile_for` compiles for a set of parameters on scratch copies of them and
-    their state (no real parameter or state changes), so the captured call finds it ready."""
+    ``compile``: the update through ``torch.compile``, which fuses its passes over the parameters' memory (eagerly
+    about eighteen; fused, as few as one: read p, g, m, u; write p, m, u). Inside a CUDA graph capture nothing may
+    compile: :meth:`compile_for` compiles for a set of parameters on scratch copies of them and their state (no
+    real parameter or state changes), so the captured call finds it ready."""
 
     def __init__(self, optimizer: torch.optim.Adamax, max_norm: float, compile: bool = True) -> None:
         if not isinstance(optimizer, torch.optim.Adamax) or len(optimizer.param_groups) != 1:
