@@ -192,7 +192,7 @@ def test_the_static_capture_safe_step_trains_like_the_ordinary_step(compiled):
     if compiled:
         forward, update = compiled_forward(model), AdamaxUpdate(optimizer, 0.25)
         forward_backward_clip(model, batches[0])  # which parameters receive gradients, as the graphs' warm-up
-        update.compile_for([p for p in model.parameters() if p.grad is not None])
+        update.warm_up([p for p in model.parameters() if p.grad is not None])
         model.zero_grad(set_to_none=True)
     for batch in batches:
         with capture.capture_safe():

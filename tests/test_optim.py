@@ -113,7 +113,7 @@ def test_without_a_compiler_training_falls_back_to_torch_adamax(tmp_path):
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_the_update_clips_and_follows_torch_adamax_and_its_learning_rate_without_recompiling(compiled):
     """AdamaxUpdate against clip_grads_with_norm_ + torch.optim.Adamax over 4 steps (one parameter never has
-    a gradient), the learning rate changed after two (the update reads it from its tensor); compile_for changes
+    a gradient), the learning rate changed after two (the update reads it from its tensor); warm_up changes
     nothing real, and the real calls then need no new compilation."""
     from ban.engine.graphs import initialise_optimizer
     from ban.engine.optim import AdamaxUpdate, gradient_norm
@@ -128,7 +128,7 @@ def test_the_update_clips_and_follows_torch_adamax_and_its_learning_rate_without
     before = [p.detach().clone() for p in ours], copy.deepcopy(optimizer.state_dict())
     torch._dynamo.reset()
     with torch._dynamo.config.patch(cache_size_limit=1, fail_on_recompile_limit_hit=True):
-        update.compile_for(ours)
+        update.warm_up(ours)
         assert all(torch.equal(p, q) for p, q in zip(ours, before[0], strict=True))
         assert str(optimizer.state_dict()) == str(before[1])
         generator = torch.Generator().manual_seed(4)

@@ -250,14 +250,15 @@ def graphed_training(model: nn.Module, optimizer: torch.optim.Optimizer, precisi
                      max_grad_norm: float = 0.25, compile: bool = False) -> StepGraphs:
     """The recipe's training step on a GPU as :class:`StepGraphs`: call it with :func:`static_batch`'s inputs →
     (loss [], gradient norm []). ``optimizer``: ``torch.optim.Adamax(capturable=True)`` (``adamax(…,
-    capturable=True)``). ``compile``: the forward pass (and so its backward) through :func:`compiled_forward`,
-    and clipping + Adamax through :class:`ban.engine.optim.AdamaxUpdate`, both compiled during the first
-    warm-up (the update on scratch copies of the parameters that received gradients)."""
+    capturable=True)``), whose state :class:`ban.engine.optim.AdamaxUpdate` updates (clipping + Adamax, as ``ban
+    train``'s graphs do), first warmed up on scratch copies of the parameters that received gradients.
+    ``compile``: the forward pass (and so its backward) through :func:`compiled_forward`, and the update through
+    ``torch.compile``, both compiled during the first warm-up."""
     if not (isinstance(optimizer, torch.optim.Adamax) and all(g["capturable"] for g in optimizer.param_groups)):
         raise ValueError("graphed training needs torch.optim.Adamax(capturable=True)")
     forward = compiled_forward(model) if compile else functools.partial(forward_logits, model)
-    update = AdamaxUpdate(optimizer, max_grad_norm) if compile else None
-    compiled_for: list[nn.Parameter] = []
+    update = AdamaxUpdate(optimizer, max_grad_norm, compile=compile)
+    warmed_for: list[nn.Parameter] = []
 
     def warm(inputs: Inputs) -> None:  # forward and backward only: the parameters stay as they are
         with autocast(inputs["features"].device, precision, cast_cache=False):
@@ -265,9 +266,9 @@ def graphed_training(model: nn.Module, optimizer: torch.optim.Optimizer, precisi
         vqa_loss(logits, inputs["targets"], inputs["targets"].shape[0]).backward()
         gradient_norm(model.parameters())
         trained = [p for p in model.parameters() if p.grad is not None]
-        if update is not None and [id(p) for p in trained] != [id(p) for p in compiled_for]:
-            update.compile_for(trained)
-            compiled_for[:] = trained
+        if [id(p) for p in trained] != [id(p) for p in warmed_for]:
+            update.warm_up(trained)
+            warmed_for[:] = trained
         optimizer.zero_grad(set_to_none=True)
 
     def prepare() -> None:

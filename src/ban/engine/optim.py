@@ -128,8 +128,8 @@ class AdamaxUpdate:
 
     ``compile``: the update through ``torch.compile``, which fuses its passes over the parameters' memory (eagerly
     about eighteen; fused, as few as one: read p, g, m, u; write p, m, u). Inside a CUDA graph capture nothing may
-    compile: :meth:`compile_for` compiles for a set of parameters on scratch copies of them and their state (no
-    real parameter or state changes), so the captured call finds it ready."""
+    compile or set itself up: :meth:`warm_up` runs the update once for a set of parameters on scratch copies of them
+    and their state (no real parameter or state changes), so the captured call finds it ready."""
 
     def __init__(self, optimizer: torch.optim.Adamax, max_norm: float, compile: bool = True) -> None:
         if not isinstance(optimizer, torch.optim.Adamax) or len(optimizer.param_groups) != 1:
@@ -137,7 +137,7 @@ class AdamaxUpdate:
         group = optimizer.param_groups[0]
         if group["maximize"] or group["weight_decay"] or group["differentiable"]:
             raise ValueError("AdamaxUpdate does the plain Adamax update (no maximize, no weight decay)")
-        self.optimizer, self.max_norm, self.compiled = optimizer, max_norm, compile
+        self.optimizer, self.max_norm = optimizer, max_norm
         self.lr = torch.tensor(float(group["lr"]), device=group["params"][0].device)
         self.update = torch.compile(_adamax_update) if compile else _adamax_update
 
@@ -151,11 +151,9 @@ class AdamaxUpdate:
         parameters = [p for p in self.optimizer.param_groups[0]["params"] if p.grad is not None]
         self._run(parameters, [p.grad for p in parameters], self._state(parameters), grad_norm)
 
-    def compile_for(self, parameters: list[nn.Parameter]) -> None:
-        """Compile for these parameters (those that will have gradients) by one call on scratch copies; nothing to
-        do without ``compile``."""
-        if not self.compiled:
-            return
+    def warm_up(self, parameters: list[nn.Parameter]) -> None:
+        """One call for these parameters (those that will have gradients) on scratch copies: compiled for them
+        (with ``compile``), every kernel loaded."""
         scratch = [nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad) for p in parameters]
         state = [[value.clone() for value in values] for values in self._state(parameters)]
         self._run(scratch, [torch.zeros_like(p) for p in parameters], state,

@@ -41,8 +41,8 @@ class TrainingGraphs:
         self.parameters = list(model.parameters())
         self.update = AdamaxUpdate(optimizer, max_grad_norm, compile=False)
         self.gradient_graphs = StepGraphs(self._gradients, capture=capture)
-        self.update_graph = StepGraphs(self._update, prepare=lambda: initialise_optimizer(optimizer), warmup=0,
-                                       capture=capture)
+        self.update_graph = StepGraphs(self._update, warmup_step=self._warm_update, warmup=1,
+                                       prepare=lambda: initialise_optimizer(optimizer), capture=capture)
 
     def gradients(self, batch: Inputs) -> tuple[Tensor, Tensor, Tensor]:
         """Replay the gradient graph of ``batch``'s shapes (captured on first sight) → (loss sum [], score sum [],
@@ -62,6 +62,9 @@ class TrainingGraphs:
         if held:  # accumulate into the buffers the update graph reads, instead of allocating new ones
             torch._foreach_zero_(held)
         return self.compute_gradients(inputs)
+
+    def _warm_update(self, inputs: Inputs) -> None:  # on scratch copies: the parameters stay as they are
+        self.update.warm_up([p for p in self.parameters if p.grad is not None])
 
     def _update(self, inputs: Inputs) -> tuple[()]:
         self.update(inputs["grad_norm"])
