@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ban.data.features import FeatureStore
+from ban.data.transfer import host_to_device
 from ban.data.vqa_dataset import VQADataset, vqa_parts
 from ban.errors import ConfigError, DataError
 
@@ -71,22 +72,25 @@ class ResidentVQA:
         images = self.question_image[index]
         real = self.box_mask(index).numpy()
         slots = np.arange(real.shape[1])
-        rows = torch.from_numpy(np.where(real, self.image_start[images][:, None] + slots[None, :], self.zero_row))
-        rows = rows.to(self.device, non_blocking=True)
+        rows = np.where(real, self.image_start[images][:, None] + slots[None, :], self.zero_row)
         starts, lengths = self.target_starts[index], self.target_lengths[index]
         label_rows = np.repeat(np.arange(len(index)), lengths)
         label_positions = np.arange(lengths.sum()) + np.repeat(starts - _starts(lengths), lengths)
+        # every index in one copy: rows [B·N], the targets' rows and answers [K each], questions and their ids [B]
+        packed = host_to_device(np.concatenate([rows.reshape(-1), label_rows, self.target_labels[label_positions],
+                                                index, self.question_ids[index]]), self.device)
+        rows_on_device, label_rows, label_answers, questions, question_ids = packed.split(
+            [rows.size, len(label_rows), len(label_rows), len(index), len(index)])
+        rows_on_device = rows_on_device.view(rows.shape)
         targets = torch.zeros((len(index), self.num_answers), dtype=torch.float32, device=self.device)
-        targets[torch.from_numpy(label_rows).to(self.device),
-                torch.from_numpy(self.target_labels[label_positions]).to(self.device)] = \
-            torch.from_numpy(self.target_scores[label_positions]).to(self.device)
+        targets[label_rows, label_answers] = host_to_device(self.target_scores[label_positions], self.device)
         return {
-            "features": self.features[rows],
-            "boxes": self.spatial[rows],
-            "box_mask": torch.from_numpy(real).to(self.device),
-            "questions": self.tokens[torch.from_numpy(index).to(self.device)],
+            "features": self.features[rows_on_device],
+            "boxes": self.spatial[rows_on_device],
+            "box_mask": rows_on_device != self.zero_row,
+            "questions": self.tokens[questions],
             "targets": targets,
-            "question_ids": torch.from_numpy(self.question_ids[index]).to(self.device),
+            "question_ids": question_ids,
         }
 
     def box_mask(self, indices: Sequence[int]) -> Tensor:

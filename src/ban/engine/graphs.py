@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ban.data.transfer import host_to_device
 from ban.engine.loss import vqa_loss
 from ban.engine.optim import AdamaxUpdate, clipped_step, gradient_norm
 from ban.engine.tasks import autocast
@@ -83,7 +84,7 @@ def static_batch(batch: Inputs, box_quantum: int = BOX_QUANTUM, row_quantum: int
         host_box_mask = batch["box_mask"] if "box_mask" in batch else box_mask_from_features(batch["features"])
     slots = padded["features"].shape[1]
     host_box_mask = F.pad(host_box_mask.cpu(), (0, slots - host_box_mask.shape[1]), value=False)
-    return {**padded, "rows": packed_rows(host_box_mask, row_quantum).to(padded["features"].device)}
+    return {**padded, "rows": host_to_device(packed_rows(host_box_mask, row_quantum), padded["features"].device)}
 
 
 def forward_logits(model: nn.Module, inputs: Inputs) -> Tensor:

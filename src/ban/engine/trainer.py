@@ -339,7 +339,7 @@ class Trainer:
             clipped_step(self.optimizer, self.model.parameters(), self.config.grad_clip, grad_norm)
         else:
             self.graphs.apply(grad_norm)
-        count = torch.tensor(float(self.task.batch_size(batch)), device=loss_sum.device)
+        count = loss_sum.new_full((), float(self.task.batch_size(batch)))  # a fill: no copy that waits for the GPU
         return torch.stack([loss_sum, score_sum, count]).double()
 
     def gradients(self, batch: Batch, global_size: int, cast_cache: bool = True) -> tuple[Tensor, Tensor, Tensor]:

@@ -37,7 +37,7 @@ class TrainingGraphs:
 
     def __init__(self, gradients: Gradients, model: nn.Module, optimizer: torch.optim.Adamax, max_grad_norm: float,
                  capture: bool = True) -> None:
-        self.compute_gradients, self.optimizer = gradients, optimizer
+        self.compute_gradients = gradients
         self.parameters = list(model.parameters())
         self.update = AdamaxUpdate(optimizer, max_grad_norm, compile=False)
         self.gradient_graphs = StepGraphs(self._gradients, capture=capture)
