@@ -9,8 +9,10 @@ A batch whose loss or gradient is not finite is never applied: the run stops nam
 (the last checkpoint stays as it was), or with ``skip_nonfinite`` the batch is skipped and counted
 (``skipped_batches`` in the epoch's metrics). A checkpoint with non-finite weights is never written.
 
-With ``cuda_graphs`` (a VQA run on one GPU) the step is replayed as CUDA graphs
-(:mod:`ban.engine.trainer_graphs`): the same computation, in the layers' capture-safe form.
+BAN on VQA packs the real boxes before projecting them; its batches bring the packing rows, made on the host from
+the box mask (a loader's) or the box counts (resident data), so that no forward pass waits for the device to count
+them. With ``cuda_graphs`` (one GPU) the step is replayed as CUDA graphs (:mod:`ban.engine.trainer_graphs`): the same
+computation, in the layers' capture-safe form, on batches padded to few shapes.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ban import kernels
 from ban.engine import distributed
 from ban.engine.checkpoint import Checkpoint, save_checkpoint
 from ban.engine.distributed import DistContext, ShardedBatches
-from ban.engine.graphs import static_batch
+from ban.engine.graphs import BOX_QUANTUM, ROW_QUANTUM, static_batch
 from ban.engine.optim import FusedCPUAdamax, adamax, clipped_step, gradient_norm
 from ban.engine.reporting import report_epoch
 from ban.engine.run import BEST_FILE, CHECKPOINT_FILE, RunConfig
@@ -187,9 +189,14 @@ def check_graphs(run: RunConfig, context: DistContext) -> None:
         raise ConfigError(f"cuda_graphs=true needs a CUDA device; this run trains on {context.device.type}")
     if context.distributed:
         raise ConfigError("cuda_graphs=true trains in one process; under torchrun leave it false")
-    if run.task != "vqa" or run.model.attention != "bilinear":
+    if not packs_boxes(run):
         raise ConfigError(f"cuda_graphs=true is implemented for BAN on VQA only, not for {run.task} with "
                           f"{run.model.attention} attention")
+
+
+def packs_boxes(run: RunConfig) -> bool:
+    """Whether the run's model packs the real boxes (BAN on VQA) and so takes packing rows with its batches."""
+    return run.task == "vqa" and run.model.attention == "bilinear"
 
 
 class Trainer:
@@ -223,6 +230,9 @@ class Trainer:
             if self.config.resident else None
         self.box_counts = task.box_counts(self.data) if self.config.bucket_boxes else None
         self.validate = bool(self.config.val_split) and self.config.val_split in task.splits()
+        # the packing rows' padding: to few shapes for the graphs, none for eager steps (None: no packing)
+        self.packing = None if not packs_boxes(run) else dict(box_quantum=BOX_QUANTUM, row_quantum=ROW_QUANTUM) \
+            if graphed else dict(box_quantum=1, row_quantum=1)
         # on a CPU (tests) the graphs' steps run eagerly: train() refuses cuda_graphs there
         self.graphs = TrainingGraphs(self.graph_gradients, self.model, self.optimizer, self.config.grad_clip,
                                      capture=context.device.type == "cuda") if graphed else None
@@ -276,11 +286,9 @@ class Trainer:
         if self.resident is not None:  # batches gathered on the device: no loader
             loader = map(self.resident_batch, batches)
         else:
-            loader = DataLoader(self.data, batch_sampler=batches, collate_fn=self.task.collate,
-                                num_workers=config.num_workers, pin_memory=context.device.type == "cuda",
-                                generator=torch.Generator().manual_seed(config.seed + epoch))
-            if self.graphs is not None:  # padded and packed on the host, before the batch moves
-                loader = map(static_batch, loader)
+            loader = map(self.device_batch, DataLoader(
+                self.data, batch_sampler=batches, collate_fn=self.task.collate, num_workers=config.num_workers,
+                pin_memory=context.device.type == "cuda", generator=torch.Generator().manual_seed(config.seed + epoch)))
         # running sums of loss, score and samples, kept on the device (no host sync per step)
         sums = torch.tensor([partial.get(k, 0.0) for k in SUMS], dtype=torch.float64, device=context.device)
         skipped = int(partial.get("skipped", 0))  # batches with a non-finite loss or gradient (skip_nonfinite)
@@ -289,7 +297,7 @@ class Trainer:
                    disable=not context.is_main, dynamic_ncols=True)
         for step, (batch, global_size) in enumerate(zip(loader, batches.global_sizes, strict=True), start + 1):
             try:
-                sums += self.step(to_device(batch, context.device), global_size)
+                sums += self.step(batch, global_size)
             except NonFiniteStep as problem:
                 if not config.skip_nonfinite:
                     bar.close()
@@ -318,10 +326,17 @@ class Trainer:
             record["skipped_batches"] = skipped
         return record
 
+    def device_batch(self, batch: Batch) -> Batch:
+        """A loader's batch (on the host) on the training device, with the packing rows when the model packs."""
+        moved = to_device(batch, self.context.device)
+        return moved if self.packing is None else static_batch(moved, **self.packing, host_box_mask=batch["box_mask"])
+
     def resident_batch(self, indices: list[int]) -> Batch:
-        """The resident questions ``indices`` as a batch (for the graphs: padded, with rows from host counts)."""
+        """The resident questions ``indices`` as a batch, with the packing rows (from the host's box counts)."""
         batch = self.resident.batch(indices)
-        return batch if self.graphs is None else static_batch(batch, host_box_mask=self.resident.box_mask(indices))
+        if self.packing is None:
+            return batch
+        return static_batch(batch, **self.packing, host_box_mask=self.resident.box_mask(indices))
 
     def step(self, batch: Batch, global_size: int) -> torch.Tensor:
         """One optimisation step on this process's part of a global batch; → [loss sum, score sum, samples].
