@@ -24,8 +24,8 @@ Then CUDA graphs (:mod:`ban.engine.graphs`):
    differences; then the graphed rows of the table.
 5. If less than ``--trainer-before`` seconds (330) have passed: ``ban train`` eager and with ``cuda_graphs=true``
    (resident data, synthetic sets): a dropout-free tiny BAN's losses and weights, both ways (fp32, TF32 off);
-   the paper-best BAN's samples/s per epoch, both ways (bf16, batch 256). Skipped, with the reason, when the
-   training modules cannot be imported there.
+   the paper-best BAN's samples/s per epoch, both ways (bf16, batch 256, 2,000 images). Skipped, with the reason,
+   when the training modules cannot be imported there. (The sets are generated at the start, before CUDA.)
 6. If less than ``--compile-before`` seconds (420) have passed: "compiled" (graphed, with the forward pass and the
    clipped Adamax update through torch.compile): the parity run of 4., then the bf16 training row, with the
    compilation time.
@@ -40,6 +40,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import shutil
 import tempfile
 import time
 import traceback
@@ -242,14 +243,34 @@ def resident_check(device: torch.device) -> dict:
             "gather_questions_per_s": 256 / seconds}
 
 
-def trainer_check(device: torch.device, images: int = 2000) -> dict:
-    """``ban train`` eager and with ``cuda_graphs=true`` (the public ``train()``, resident data) on synthetic VQA
-    sets: a dropout-free tiny BAN, fp32 without TF32, 2 epochs on 56 images (the epochs' losses, the weights'
-    largest difference); then the paper-best BAN's sizes (its answer and token tables are the synthetic set's),
-    bf16, batch 256, 2 epochs on ``images`` images (samples/s of each epoch: the first includes the captures)."""
+def trainer_data(root: Path, images: int = 2000) -> dict[str, Path] | str:
+    """Prepared synthetic VQA sets for :func:`trainer_check` under ``root``: "small" (56 images, 16-d features) and
+    "paper" (``images`` images, 2,048-d) → their directories, or why not. Made before anything starts CUDA (the
+    generator forks its workers)."""
     try:
         from ban.data.synthetic import generate
         from ban.data.vqa2 import prepare_vqa2
+    except ImportError as error:
+        return f"cannot import the data modules: {error}"
+    made = {}
+    for name, count, width in (("small", 56, 16), ("paper", images, 2048)):
+        generate(root / name / "raw", seed=0, num_images=count, feature_dim=width, flickr_images=0,
+                 write_images=False, workers=8, progress=False)
+        prepare_vqa2(root / name / "raw" / "vqa", sorted((root / name / "raw" / "features").glob("*.tsv")),
+                     root / name / "prepared", progress=False)
+        made[name] = root / name / "prepared"
+    return made
+
+
+def trainer_check(device: torch.device, data: dict[str, Path] | str, root: Path) -> dict:
+    """``ban train`` eager and with ``cuda_graphs=true`` (the public ``train()``, resident data; runs under
+    ``root``) on :func:`trainer_data`'s sets: a dropout-free tiny BAN, fp32 without TF32, 2 epochs on the small set
+    (the epochs' losses, the weights' largest difference); then the paper-best BAN's sizes (its answer and token
+    tables are the synthetic set's), bf16, batch 256, 2 epochs on the paper-sized set (samples/s of each epoch:
+    the first includes the captures)."""
+    if isinstance(data, str):
+        return {"skipped": data}
+    try:
         from ban.engine.checkpoint import Checkpoint
         from ban.engine.config import TrainConfig
         from ban.engine.run import CHECKPOINT_FILE, RunConfig, fingerprint, start_run
@@ -258,42 +279,35 @@ def trainer_check(device: torch.device, images: int = 2000) -> dict:
     except ImportError as error:
         return {"skipped": f"cannot import the training modules: {error}"}
     report: dict = {}
-    with tempfile.TemporaryDirectory() as scratch:
-        root = Path(scratch)
-        for name, count, width in (("small", 56, 16), ("paper", images, 2048)):
-            generate(root / name / "raw", seed=0, num_images=count, feature_dim=width, flickr_images=0,
-                     write_images=False, workers=8, progress=False)
-            prepare_vqa2(root / name / "raw" / "vqa", sorted((root / name / "raw" / "features").glob("*.tsv")),
-                         root / name / "prepared", progress=False)
-        for name, model_settings, train_settings in (
-                ("parity", dict(hidden_dim=16, word_dim=8, num_glimpses=2, dropout=0.0, attention_dropout=0.0,
-                                classifier_dropout=0.0), dict(batch_size=16, precision="fp32", lr=2e-3)),
-                ("speed", {}, dict(batch_size=256, precision="bf16", lr=7e-4, skip_nonfinite=True))):
-            data_dir = root / ("small" if name == "parity" else "paper") / "prepared"
-            task = VQATask(data_dir)
-            model = preset("tiny" if name == "parity" else "paper-best", **model_settings, **task.model_sizes())
-            runs = {}
-            for graphs in (False, True):
-                config = TrainConfig(epochs=2, warmup=(0.5, 1.0), resident=True, cuda_graphs=graphs,
-                                     device=device.type, **train_settings)
-                run = RunConfig("vqa", str(data_dir), model, config, fingerprint(data_dir))
-                run_dir = root / f"{name}-{graphs}"
-                try:
-                    start_run(run_dir, run, resume=False)
-                    history = train(run_dir, run, VQATask(data_dir))
-                except Exception as error:  # report it: the other runs still go
-                    runs[graphs] = {"error": failure(error)}
-                    continue
-                runs[graphs] = {"losses": [r["train_loss"] for r in history],
-                                "samples_per_s": [r["samples_per_s"] for r in history],
-                                "weights": Checkpoint(run_dir / CHECKPOINT_FILE).model}
-            part = {("graphed" if graphs else "eager"): {k: v for k, v in r.items() if k != "weights"}
-                    for graphs, r in runs.items()}
-            if all("weights" in r for r in runs.values()):
-                eager, graphed = runs[False]["weights"], runs[True]["weights"]
-                part["max_abs_weight_diff"] = max(float((graphed[k].float() - eager[k].float()).abs().max())
-                                                  for k in eager)
-            report[name] = part
+    for name, model_settings, train_settings in (
+            ("parity", dict(hidden_dim=16, word_dim=8, num_glimpses=2, dropout=0.0, attention_dropout=0.0,
+                            classifier_dropout=0.0), dict(batch_size=16, precision="fp32", lr=2e-3)),
+            ("speed", {}, dict(batch_size=256, precision="bf16", lr=7e-4, skip_nonfinite=True))):
+        data_dir = data["small" if name == "parity" else "paper"]
+        task = VQATask(data_dir)
+        model = preset("tiny" if name == "parity" else "paper-best", **model_settings, **task.model_sizes())
+        runs = {}
+        for graphs in (False, True):
+            config = TrainConfig(epochs=2, warmup=(0.5, 1.0), resident=True, cuda_graphs=graphs,
+                                 device=device.type, **train_settings)
+            run = RunConfig("vqa", str(data_dir), model, config, fingerprint(data_dir))
+            run_dir = root / f"{name}-{graphs}"
+            try:
+                start_run(run_dir, run, resume=False)
+                history = train(run_dir, run, VQATask(data_dir))
+            except Exception as error:  # report it: the other runs still go
+                runs[graphs] = {"error": failure(error)}
+                continue
+            runs[graphs] = {"losses": [r["train_loss"] for r in history],
+                            "samples_per_s": [r["samples_per_s"] for r in history],
+                            "weights": Checkpoint(run_dir / CHECKPOINT_FILE).model}
+        part = {("graphed" if graphs else "eager"): {k: v for k, v in r.items() if k != "weights"}
+                for graphs, r in runs.items()}
+        if all("weights" in r for r in runs.values()):
+            eager, graphed = runs[False]["weights"], runs[True]["weights"]
+            part["max_abs_weight_diff"] = max(float((graphed[k].float() - eager[k].float()).abs().max())
+                                              for k in eager)
+        report[name] = part
     return report
 
 
@@ -317,6 +331,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     started = time.perf_counter()
+    scratch = Path(tempfile.mkdtemp(prefix="device-check-"))  # the synthetic sets of part 5, made before CUDA starts
+    data = trainer_data(scratch, images=56 if device.type == "cpu" else 2000)
     # eager work first: a failed CUDA graph capture could leave the device unusable for what follows
     report: dict = {"parity": parity(device)}
     for row in report["parity"]:
@@ -339,7 +355,7 @@ def main() -> None:
     save(args.out, report)
     if device.type != "cuda":
         report["graphs"] = {"parity": graph_parity(device), "rows": "not measured: no GPU"}
-        report["trainer"] = trainer_check(device, images=56)  # the graphed runs report train()'s refusal
+        report["trainer"] = trainer_check(device, data, scratch)  # the graphed runs report train()'s refusal
         print(json.dumps(report["trainer"], indent=2))
         report["compiled"] = "not measured: no GPU"
     else:
@@ -356,7 +372,7 @@ def main() -> None:
             report["trainer"] = f"not measured: {elapsed:.0f} s used"
         else:
             exact_float32()
-            report["trainer"] = trainer_check(device)
+            report["trainer"] = trainer_check(device, data, scratch)
         print(json.dumps(report["trainer"], indent=2))
         save(args.out, report)
         elapsed = time.perf_counter() - started
@@ -375,6 +391,7 @@ def main() -> None:
     print("cuDNN GRU capture:", report["cudnn_gru_capture"])
     report["seconds"] = time.perf_counter() - started
     save(args.out, report)
+    shutil.rmtree(scratch, ignore_errors=True)
 
 if __name__ == "__main__":
     main()
