@@ -108,6 +108,16 @@ def test_a_resumed_graphed_run_continues_exactly(data_dir, tmp_path):
     assert resumed.history[1]["train_loss"] == straight.history[1]["train_loss"]
 
 
+def test_a_run_may_switch_the_graphs_on_or_off_when_resumed(data_dir, tmp_path):
+    """cuda_graphs changes how a step runs, not what it computes: a resumed run may change it (other settings not)."""
+    eager_first = fit(tmp_path / "run", dropout_free_run(data_dir, epochs=1))
+    graphed_after = fit(tmp_path / "run", dropout_free_run(data_dir, cuda_graphs=True), resume=True)
+    assert [r["epoch"] for r in graphed_after.history] == [1, 2] and graphed_after.graphs is not None
+    assert graphed_after.history[0] == eager_first.history[0]
+    with pytest.raises(ConfigError, match="train.lr"):
+        start_run(tmp_path / "run", dropout_free_run(data_dir, cuda_graphs=True, lr=1e-3), resume=True)
+
+
 def test_graphed_training_skips_nan_batches_as_the_eager_trainer_does(tmp_path):
     data_dir = make_dataset(tmp_path / "poisoned", seed=5)
     image_id = poison(data_dir, question=100)
