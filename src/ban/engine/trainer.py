@@ -230,9 +230,10 @@ class Trainer:
             if self.config.resident else None
         self.box_counts = task.box_counts(self.data) if self.config.bucket_boxes else None
         self.validate = bool(self.config.val_split) and self.config.val_split in task.splits()
-        # the packing rows' padding: to few shapes for the graphs, none for eager steps (None: no packing)
-        self.packing = None if not packs_boxes(run) else dict(box_quantum=BOX_QUANTUM, row_quantum=ROW_QUANTUM) \
-            if graphed else dict(box_quantum=1, row_quantum=1)
+        self.packing: dict[str, int] | None = None  # how the packing rows are padded; None: the model does not pack
+        if packs_boxes(run):  # to few shapes for the graphs, not at all for eager steps
+            self.packing = (dict(box_quantum=BOX_QUANTUM, row_quantum=ROW_QUANTUM) if graphed
+                            else dict(box_quantum=1, row_quantum=1))
         # on a CPU (tests) the graphs' steps run eagerly: train() refuses cuda_graphs there
         self.graphs = TrainingGraphs(self.graph_gradients, self.model, self.optimizer, self.config.grad_clip,
                                      capture=context.device.type == "cuda") if graphed else None
