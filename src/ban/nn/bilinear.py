@@ -67,7 +67,7 @@ class PackedBoxes:
             return projection(self.features)
         packed = projection(self.packed)  # [R, out]
         total = self.batch * self.boxes
-        projected = packed.new_zeros(total + 1, packed.shape[-1]).index_copy(0, self.rows, packed)[:total]
+        projected = packed.new_zeros(total + 1, packed.shape[-1]).index_copy_(0, self.rows, packed)[:total]
         return projected.unflatten(0, (self.batch, self.boxes))
 
 

@@ -30,9 +30,10 @@ class _GRUSequence(torch.autograd.Function):
         x_cast, w_ih, w_hh = x.to(dtype), weight_ih.to(dtype), weight_hh.to(dtype)
         input_gates = torch.addmm(bias_ih.to(dtype), x_cast.reshape(batch * steps, -1), w_ih.t())
         input_gates = input_gates.view(batch, steps, 3 * hidden).float()
-        states = x.new_empty(batch, steps, hidden, dtype=torch.float32)
-        saved = x.new_empty(4, batch, steps, hidden, dtype=torch.float32)  # reset, update, candidate, h_n
         state = x.new_zeros(batch, hidden, dtype=torch.float32)
+        # each step's tensors are kept and stacked once at the end: writing them into slices of preallocated
+        # tensors would, under torch.compile, copy the whole tensor at every step (functionalised slice writes)
+        kept = []  # per step: (state, reset, update, candidate, h_n)
         for step in range(steps):
             hidden_gates = torch.addmm(bias_hh.to(dtype), state.to(dtype), w_hh.t()).float()
             input_r, input_z, input_n = input_gates[:, step].chunk(3, dim=1)
@@ -41,34 +42,32 @@ class _GRUSequence(torch.autograd.Function):
             update = torch.sigmoid(input_z + hidden_z)
             candidate = torch.tanh(input_n + reset * hidden_n)
             state = candidate + update * (state - candidate)  # (1 − z)·n + z·h, as PyTorch writes it
-            states[:, step] = state
-            saved[0, :, step], saved[1, :, step], saved[2, :, step], saved[3, :, step] = (reset, update, candidate,
-                                                                                         hidden_n)
-        ctx.save_for_backward(x_cast, w_ih, w_hh, states, saved)
+            kept.append((state, reset, update, candidate, hidden_n))
+        states, *gates = (torch.stack(column, dim=1) for column in zip(*kept, strict=True))  # [B, L, H] each
+        ctx.save_for_backward(x_cast, w_ih, w_hh, states, *gates)
         ctx.input_dtype = x.dtype
         return states
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_states: Tensor) -> tuple[Tensor | None, ...]:
-        x_cast, w_ih, w_hh, states, saved = ctx.saved_tensors
+        x_cast, w_ih, w_hh, states, *gates = ctx.saved_tensors
         batch, steps, hidden = states.shape
-        grad_input_gates = states.new_empty(batch, steps, 3 * hidden)
-        grad_hidden_gates = states.new_empty(batch, steps, 3 * hidden)
         grad_state = states.new_zeros(batch, hidden)
+        grad_input_gates, grad_hidden_gates = [], []  # per step, last first: stacked once (see forward)
         for step in reversed(range(steps)):
             grad_state = grad_state + grad_states[:, step].float()
-            reset, update, candidate, hidden_n = saved[:, :, step]
+            reset, update, candidate, hidden_n = (gate[:, step] for gate in gates)
             previous = states[:, step - 1] if step > 0 else torch.zeros_like(grad_state)
             grad_candidate = grad_state * (1 - update) * (1 - candidate * candidate)  # through tanh
             grad_update = grad_state * (previous - candidate) * update * (1 - update)  # through the sigmoid
             grad_reset = grad_candidate * hidden_n * reset * (1 - reset)
-            grad_input_gates[:, step] = torch.cat((grad_reset, grad_update, grad_candidate), dim=1)
-            grad_hidden_gates[:, step] = torch.cat((grad_reset, grad_update, grad_candidate * reset), dim=1)
-            grad_state = grad_state * update + (grad_hidden_gates[:, step].to(w_hh.dtype) @ w_hh).float()
+            grad_input_gates.append(torch.cat((grad_reset, grad_update, grad_candidate), dim=1))
+            grad_hidden_gates.append(torch.cat((grad_reset, grad_update, grad_candidate * reset), dim=1))
+            grad_state = grad_state * update + (grad_hidden_gates[-1].to(w_hh.dtype) @ w_hh).float()
         previous_states = torch.cat((torch.zeros_like(states[:, :1]), states[:, :-1]), dim=1)  # [B, L, H]
-        rows_ih = grad_input_gates.reshape(batch * steps, -1)
-        rows_hh = grad_hidden_gates.reshape(batch * steps, -1)
+        rows_ih = torch.stack(grad_input_gates[::-1], dim=1).reshape(batch * steps, -1)  # [B·L, 3H]
+        rows_hh = torch.stack(grad_hidden_gates[::-1], dim=1).reshape(batch * steps, -1)
         grad_x = (rows_ih.to(w_ih.dtype) @ w_ih).view(batch, steps, -1).to(ctx.input_dtype) \
             if ctx.needs_input_grad[0] else None
         grad_w_ih = (rows_ih.to(w_ih.dtype).t() @ x_cast.reshape(batch * steps, -1)).float()
