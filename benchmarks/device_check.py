@@ -28,7 +28,9 @@ Then CUDA graphs (:mod:`ban.engine.graphs`):
    when the training modules cannot be imported there. (The sets are generated at the start, before CUDA.)
 6. If less than ``--compile-before`` seconds (420) have passed: "compiled" (graphed, with the forward pass and the
    clipped Adamax update through torch.compile): the parity run of 4., then the bf16 training row, with the
-   compilation time.
+   compilation time; then, if less than ``--trainer-compiled-before`` seconds (440) have passed, the paper-best
+   ``ban train`` of 5. with ``cuda_graphs=true`` and ``compile=true`` (samples/s per epoch, weights against
+   nothing: its eager twin ran in 5.).
 7. Whether cuDNN's GRU (forward + backward) can be captured (to choose it over ``gru_sequence`` later).
 
 The JSON is rewritten after every part, so a run cut short still leaves what it measured.
@@ -262,12 +264,18 @@ def trainer_data(root: Path, images: int = 2000) -> dict[str, Path] | str:
     return made
 
 
-def trainer_check(device: torch.device, data: dict[str, Path] | str, root: Path) -> dict:
-    """``ban train`` eager and with ``cuda_graphs=true`` (the public ``train()``, resident data; runs under
-    ``root``) on :func:`trainer_data`'s sets: a dropout-free tiny BAN, fp32 without TF32, 2 epochs on the small set
-    (the epochs' losses, the weights' largest difference); then the paper-best BAN's sizes (its answer and token
-    tables are the synthetic set's), bf16, batch 256, 2 epochs on the paper-sized set (samples/s of each epoch:
-    the first includes the captures)."""
+TRAINER_VARIANTS = {"eager": {}, "graphed": {"cuda_graphs": True}, "compiled": {"cuda_graphs": True, "compile": True}}
+
+
+def trainer_check(device: torch.device, data: dict[str, Path] | str, root: Path,
+                  variants: tuple[str, ...] = ("eager", "graphed"),
+                  parts: tuple[str, ...] = ("parity", "speed")) -> dict:
+    """``ban train`` in each of ``variants`` (:data:`TRAINER_VARIANTS`: eager, ``cuda_graphs=true``, and with
+    ``compile=true`` too; the public ``train()``, resident data; runs under ``root``) on :func:`trainer_data`'s sets:
+    "parity", a dropout-free tiny BAN, fp32 without TF32, 2 epochs on the small set (the epochs' losses, the weights'
+    largest difference from the eager run); "speed", the paper-best BAN's sizes (its answer and token tables are the
+    synthetic set's), bf16, batch 256, 2 epochs on the paper-sized set (samples/s of each epoch: the first includes
+    the captures and compilations)."""
     if isinstance(data, str):
         return {"skipped": data}
     try:
@@ -278,35 +286,36 @@ def trainer_check(device: torch.device, data: dict[str, Path] | str, root: Path)
         from ban.engine.trainer import train
     except ImportError as error:
         return {"skipped": f"cannot import the training modules: {error}"}
+    sizes = {"parity": ("small", dict(hidden_dim=16, word_dim=8, num_glimpses=2, dropout=0.0, attention_dropout=0.0,
+                                      classifier_dropout=0.0), dict(batch_size=16, precision="fp32", lr=2e-3)),
+             "speed": ("paper", {}, dict(batch_size=256, precision="bf16", lr=7e-4, skip_nonfinite=True))}
     report: dict = {}
-    for name, model_settings, train_settings in (
-            ("parity", dict(hidden_dim=16, word_dim=8, num_glimpses=2, dropout=0.0, attention_dropout=0.0,
-                            classifier_dropout=0.0), dict(batch_size=16, precision="fp32", lr=2e-3)),
-            ("speed", {}, dict(batch_size=256, precision="bf16", lr=7e-4, skip_nonfinite=True))):
-        data_dir = data["small" if name == "parity" else "paper"]
+    for name in parts:
+        data_name, model_settings, train_settings = sizes[name]
+        data_dir = data[data_name]
         task = VQATask(data_dir)
         model = preset("tiny" if name == "parity" else "paper-best", **model_settings, **task.model_sizes())
         runs = {}
-        for graphs in (False, True):
-            config = TrainConfig(epochs=2, warmup=(0.5, 1.0), resident=True, cuda_graphs=graphs,
-                                 device=device.type, **train_settings)
+        for variant in variants:
+            config = TrainConfig(epochs=2, warmup=(0.5, 1.0), resident=True, device=device.type,
+                                 **TRAINER_VARIANTS[variant], **train_settings)
             run = RunConfig("vqa", str(data_dir), model, config, fingerprint(data_dir))
-            run_dir = root / f"{name}-{graphs}"
+            run_dir = root / f"{name}-{variant}"
             try:
                 start_run(run_dir, run, resume=False)
                 history = train(run_dir, run, VQATask(data_dir))
             except Exception as error:  # report it: the other runs still go
-                runs[graphs] = {"error": failure(error)}
+                runs[variant] = {"error": failure(error)}
                 continue
-            runs[graphs] = {"losses": [r["train_loss"] for r in history],
-                            "samples_per_s": [r["samples_per_s"] for r in history],
-                            "weights": Checkpoint(run_dir / CHECKPOINT_FILE).model}
-        part = {("graphed" if graphs else "eager"): {k: v for k, v in r.items() if k != "weights"}
-                for graphs, r in runs.items()}
-        if all("weights" in r for r in runs.values()):
-            eager, graphed = runs[False]["weights"], runs[True]["weights"]
-            part["max_abs_weight_diff"] = max(float((graphed[k].float() - eager[k].float()).abs().max())
-                                              for k in eager)
+            runs[variant] = {"losses": [r["train_loss"] for r in history],
+                             "samples_per_s": [r["samples_per_s"] for r in history],
+                             "weights": Checkpoint(run_dir / CHECKPOINT_FILE).model}
+        part = {variant: {k: v for k, v in r.items() if k != "weights"} for variant, r in runs.items()}
+        eager = runs.get("eager", {}).get("weights")
+        for variant, r in runs.items():
+            if eager is not None and variant != "eager" and "weights" in r:
+                part[variant]["max_abs_weight_diff"] = max(float((r["weights"][k].float() - eager[k].float())
+                                                                 .abs().max()) for k in eager)
         report[name] = part
     return report
 
@@ -327,6 +336,9 @@ def main() -> None:
     parser.add_argument("--trainer-before", type=float, default=330.0,
                         help="run ban train eager and with cuda_graphs only if the script has run less than this "
                              "many seconds by then (default: %(default)s)")
+    parser.add_argument("--trainer-compiled-before", type=float, default=440.0,
+                        help="run ban train with cuda_graphs and compile (paper-best, bf16) only if the script has "
+                             "run less than this many seconds by then (default: %(default)s)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
@@ -356,6 +368,7 @@ def main() -> None:
     if device.type != "cuda":
         report["graphs"] = {"parity": graph_parity(device), "rows": "not measured: no GPU"}
         report["trainer"] = trainer_check(device, data, scratch)  # the graphed runs report train()'s refusal
+        report["trainer_compiled"] = trainer_check(device, data, scratch, variants=("compiled",), parts=("speed",))
         print(json.dumps(report["trainer"], indent=2))
         report["compiled"] = "not measured: no GPU"
     else:
@@ -386,7 +399,15 @@ def main() -> None:
             report["compiled"].update(results=[dataclasses.asdict(r) for r in compiled], errors=compile_errors,
                                       seconds_with_compilation=time.perf_counter() - started - elapsed)
             print(format_table(compiled))
+        elapsed = time.perf_counter() - started
+        if elapsed > args.trainer_compiled_before:
+            report["trainer_compiled"] = f"not measured: {elapsed:.0f} s used"
+        else:
+            report["trainer_compiled"] = trainer_check(device, data, scratch, variants=("compiled",),
+                                                       parts=("speed",))
+        save(args.out, report)
     print(report["compiled"])
+    print("ban train, cuda_graphs + compile:", report.get("trainer_compiled"))
     report["cudnn_gru_capture"] = cudnn_gru_capture(device)
     print("cuDNN GRU capture:", report["cudnn_gru_capture"])
     report["seconds"] = time.perf_counter() - started

@@ -32,7 +32,10 @@ class TrainConfig:
     (:class:`ban.engine.distributed.ShardedBatches`; VQA): less padding and fewer distinct shapes, but batches are
     no longer uniform samples of the data (its accuracy effect is measured in benchmarks/RESULTS.md).
     ``cuda_graphs`` replays each training step as CUDA graphs (:mod:`ban.engine.trainer_graphs`; VQA on one GPU):
-    the same computation without the launch of every kernel; a new batch shape costs one capture.
+    the same computation without the launch of every kernel; a new batch shape costs one capture. ``compile`` runs
+    the forward pass (and so its backward) through ``torch.compile`` (:func:`ban.engine.graphs.compiled_forward`;
+    BAN on VQA, one process), with ``cuda_graphs`` the update too: fused element-wise work, the first batches
+    waiting for the compilation; on a CPU slower than the default (benchmarks/RESULTS.md).
     """
 
     lr: float = 1e-3
@@ -51,6 +54,7 @@ class TrainConfig:
     resident: bool = False
     bucket_boxes: bool = False
     cuda_graphs: bool = False
+    compile: bool = False
     eval_batch_size: int = 512
     train_splits: tuple[str, ...] = ("train",)
     val_split: str = "val"

@@ -27,7 +27,8 @@ BEST_FILE = "best.safetensors"  # the weights of the epoch with the best validat
 CHECKPOINTS = {"last": CHECKPOINT_FILE, "best": BEST_FILE}
 VOCABULARY_FILES = ("dictionary.json", "answers.json")
 FORMAT = "ban-run/1"
-RESUME_CHANGEABLE = ("train.epochs", "train.skip_nonfinite", "train.cuda_graphs")  # a resumed run may change them
+# what a resumed run may change
+RESUME_CHANGEABLE = ("train.epochs", "train.skip_nonfinite", "train.cuda_graphs", "train.compile")
 
 
 def fingerprint(data_dir: str | Path) -> dict[str, str]:

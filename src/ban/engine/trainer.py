@@ -12,14 +12,16 @@ A batch whose loss or gradient is not finite is never applied: the run stops nam
 BAN on VQA packs the real boxes before projecting them; its batches bring the packing rows, made on the host from
 the box mask (a loader's) or the box counts (resident data), so that no forward pass waits for the device to count
 them. With ``cuda_graphs`` (one GPU) the step is replayed as CUDA graphs (:mod:`ban.engine.trainer_graphs`): the same
-computation, in the layers' capture-safe form, on batches padded to few shapes.
+computation, in the layers' capture-safe form, on batches padded to few shapes. With ``compile`` the forward pass
+(and with the graphs the update) runs through ``torch.compile``.
 """
 
 from __future__ import annotations
 
+import functools
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from ban import kernels
 from ban.engine import distributed
 from ban.engine.checkpoint import Checkpoint, save_checkpoint
 from ban.engine.distributed import DistContext, ShardedBatches
-from ban.engine.graphs import BOX_QUANTUM, ROW_QUANTUM, static_batch
+from ban.engine.graphs import BOX_QUANTUM, ROW_QUANTUM, compiled_forward, static_batch
 from ban.engine.optim import FusedCPUAdamax, adamax, clipped_step, gradient_norm
 from ban.engine.reporting import report_epoch
 from ban.engine.run import BEST_FILE, CHECKPOINT_FILE, RunConfig
@@ -170,7 +172,7 @@ def train(run_dir: Path, run: RunConfig, task: Task, resume: bool = False) -> li
     """
     context = distributed.setup(run.train.device)
     try:
-        check_graphs(run, context)
+        check_step_settings(run, context)
         history = Trainer(run_dir, run, task, context, resume).fit()
         # the main process still writes the report pictures: leaving the process group before it has finished
         # sometimes aborted the other processes at exit (gloo, "terminate called without an active exception")
@@ -180,18 +182,19 @@ def train(run_dir: Path, run: RunConfig, task: Task, resume: bool = False) -> li
         distributed.teardown()
 
 
-def check_graphs(run: RunConfig, context: DistContext) -> None:
-    """Refuse ``cuda_graphs`` where the graphs cannot run: off a CUDA device, under ``torchrun``, for a model other
-    than BAN on VQA."""
-    if not run.train.cuda_graphs:
-        return
-    if context.device.type != "cuda":
-        raise ConfigError(f"cuda_graphs=true needs a CUDA device; this run trains on {context.device.type}")
-    if context.distributed:
-        raise ConfigError("cuda_graphs=true trains in one process; under torchrun leave it false")
-    if not packs_boxes(run):
-        raise ConfigError(f"cuda_graphs=true is implemented for BAN on VQA only, not for {run.task} with "
-                          f"{run.model.attention} attention")
+def check_step_settings(run: RunConfig, context: DistContext) -> None:
+    """Refuse ``cuda_graphs`` and ``compile`` where they cannot run: under ``torchrun``, for a model other than BAN
+    on VQA (both take the host-made packing rows), and the graphs off a CUDA device."""
+    for name in ("cuda_graphs", "compile"):
+        if not getattr(run.train, name):
+            continue
+        if name == "cuda_graphs" and context.device.type != "cuda":
+            raise ConfigError(f"cuda_graphs=true needs a CUDA device; this run trains on {context.device.type}")
+        if context.distributed:
+            raise ConfigError(f"{name}=true trains in one process; under torchrun leave it false")
+        if not packs_boxes(run):
+            raise ConfigError(f"{name}=true is implemented for BAN on VQA only, not for {run.task} with "
+                              f"{run.model.attention} attention")
 
 
 def packs_boxes(run: RunConfig) -> bool:
@@ -235,8 +238,11 @@ class Trainer:
             self.packing = (dict(box_quantum=BOX_QUANTUM, row_quantum=ROW_QUANTUM) if graphed
                             else dict(box_quantum=1, row_quantum=1))
         # on a CPU (tests) the graphs' steps run eagerly: train() refuses cuda_graphs there
+        self.forward: Callable[[Batch], Tensor] = (compiled_forward(self.model) if self.config.compile
+                                                   else functools.partial(task.forward, self.trained))
         self.graphs = TrainingGraphs(self.graph_gradients, self.model, self.optimizer, self.config.grad_clip,
-                                     capture=context.device.type == "cuda") if graphed else None
+                                     compile=self.config.compile, capture=context.device.type == "cuda") \
+            if graphed else None
 
     def fit(self) -> list[dict[str, Any]]:
         """Run the remaining epochs; a checkpoint and a metrics line after each."""
@@ -366,7 +372,7 @@ class Trainer:
         gradient average is the gradient of the whole global batch's mean loss.
         """
         with autocast(self.context.device, self.precision, cast_cache):
-            logits = self.task.forward(self.trained, batch)
+            logits = self.forward(batch)
         loss_sum = self.task.loss_sum(logits, batch)
         (loss_sum * (self.context.world_size / global_size)).backward()
         with torch.no_grad():

@@ -32,14 +32,15 @@ Gradients = Callable[[Inputs], tuple[Tensor, Tensor, Tensor]]  # batch → (loss
 class TrainingGraphs:
     """The trainer's step for ``model`` trained by ``optimizer`` (``torch.optim.Adamax``, ``capturable=True`` on a
     GPU), as graphs. ``gradients``: forward and backward on a batch of :data:`GRAPH_INPUTS`, capture-safe, with
-    autocast's cast cache off → (loss sum, score sum, gradient norm). ``capture=False`` runs the same steps eagerly
+    autocast's cast cache off → (loss sum, score sum, gradient norm). ``compile``: the update through
+    ``torch.compile`` (compiled by the warm-up before its capture). ``capture=False`` runs the same steps eagerly
     (see :class:`ban.engine.graphs.StepGraphs`)."""
 
     def __init__(self, gradients: Gradients, model: nn.Module, optimizer: torch.optim.Adamax, max_grad_norm: float,
-                 capture: bool = True) -> None:
+                 compile: bool = False, capture: bool = True) -> None:
         self.compute_gradients = gradients
         self.parameters = list(model.parameters())
-        self.update = AdamaxUpdate(optimizer, max_grad_norm, compile=False)
+        self.update = AdamaxUpdate(optimizer, max_grad_norm, compile=compile)
         self.gradient_graphs = StepGraphs(self._gradients, capture=capture)
         self.update_graph = StepGraphs(self._update, warmup_step=self._warm_update, warmup=1,
                                        prepare=lambda: initialise_optimizer(optimizer), capture=capture)
