@@ -66,12 +66,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     parser.add_argument("--no-png", action="store_true", help="skip PNG rendering in every run")
     parser.add_argument("--skip-large", action="store_true")
-    parser.add_argument("--scratch", type=Path, default=None, help="where to write (deleted after each run)")
-    parser.add_argument("--json-out", type=Path, default=Path("bench_synth.json"))
+    parser.add_argument("--scratch", type=Path, default=None,
+                        help="the directory (made if missing) under which the runs write; each run's output is "
+                             "deleted after it")
+    parser.add_argument("--json-out", type=Path, default=Path(__file__).parent / "bench_synth.json",
+                        help="default: benchmarks/bench_synth.json")
     args = parser.parse_args()
     runs = [("demo-2048", args.demo_images, 2048), ("demo-256", args.demo_images, 256)]
     if not args.skip_large:
         runs.append((f"large-{args.large_feature_dim}", args.images, args.large_feature_dim))
+    if args.scratch is not None:
+        args.scratch.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench_synth_", dir=args.scratch))
     try:
         rows = [measure(name, n, d, not args.no_png, args.workers, scratch) for name, n, d in runs]

@@ -57,6 +57,8 @@ def test_train_evaluate_predict(data_dir, tmp_path, capsys):
     assert main(["evaluate", str(run_dir), "--json", "--checkpoint", "best"]) == 0
     assert json.loads(capsys.readouterr().out)["overall"] == max(line["val"]["overall"] for line in lines)
     assert {"perAnswerType", "trainingScore", "upperBound"} <= set(metrics)
+    assert main(["evaluate", str(run_dir), "--split", "test-dev"]) == 2  # no annotations: said before predicting
+    assert "'test-dev' has no annotations" in capsys.readouterr().err
 
     results, logits = tmp_path / "results.json", tmp_path / "logits.npy"
     assert main(["predict", str(run_dir), "--split", "test-dev", "--out", str(results), "--logits", str(logits)]) == 0
@@ -85,6 +87,20 @@ def test_bad_arguments_are_clear_errors(data_dir, tmp_path, capsys, arguments, m
     assert main(["train", "--data", str(data_dir), "--out", str(tmp_path / "run"), *arguments]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_setting_refused_at_the_start_leaves_the_run_dir_free(data_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    refused = ["--set", "cuda_graphs=true", "--set", "device=cpu"]
+    assert main(["train", "--data", str(data_dir), "--out", str(run_dir), "--epochs", "0", *SMALL, *refused]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+    assert not run_dir.exists()  # the corrected command may use the same --out
+    assert main(["train", "--data", str(data_dir), "--out", str(run_dir), "--epochs", "0", *SMALL]) == 0
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    assert main(["train", "--data", str(data_dir), "--out", str(kept), "--epochs", "0", *SMALL, *refused]) == 2
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]  # only what the refused run wrote went
 
 
 def test_resume_needs_an_existing_run(tmp_path, capsys):

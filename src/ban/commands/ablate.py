@@ -11,7 +11,9 @@ and the machine). Rerunning with the same --out continues an interrupted ablatio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 from ban.engine.ablation import AblationSettings, markdown_table, run_ablation
@@ -32,13 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help=f"default: {DEFAULTS.epochs}")
     parser.add_argument("--images", type=int, default=DEFAULTS.num_images,
                         help=f"synthetic images, split into train/val/test-dev (default: {DEFAULTS.num_images})")
-    parser.add_argument("--data-seed", type=int, default=DEFAULTS.data_seed, help="seed of the synthetic scenes")
-    parser.add_argument("--feature-dim", type=int, default=DEFAULTS.feature_dim)
-    parser.add_argument("--hidden", type=int, default=DEFAULTS.hidden_dim, help="hidden size H of every model")
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
-    parser.add_argument("--lr", type=float, default=DEFAULTS.lr)
+    parser.add_argument("--data-seed", type=int, default=DEFAULTS.data_seed,
+                        help=f"seed of the synthetic scenes (default: {DEFAULTS.data_seed})")
+    parser.add_argument("--feature-dim", type=int, default=DEFAULTS.feature_dim,
+                        help=f"width of the synthetic region features (default: {DEFAULTS.feature_dim})")
+    parser.add_argument("--hidden", type=int, default=DEFAULTS.hidden_dim,
+                        help=f"hidden size H of every model (default: {DEFAULTS.hidden_dim})")
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+                        help=f"training batch size (default: {DEFAULTS.batch_size})")
+    parser.add_argument("--lr", type=float, default=DEFAULTS.lr, help=f"learning rate (default: {DEFAULTS.lr:g})")
     parser.add_argument("--device", default=DEFAULTS.device, help="auto (CUDA if available), cpu, cuda, …")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=DEFAULTS.precision)
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=DEFAULTS.precision,
+                        help=f"training precision (default: {DEFAULTS.precision}: bf16 where the device runs it well)")
     parser.add_argument("--json", action="store_true", help="print every run's scores as JSON instead of the table")
 
 
@@ -51,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         hidden_dim=args.hidden, batch_size=args.batch_size, lr=args.lr, device=args.device,
         precision=args.precision,
     )
-    result = run_ablation(args.out, settings)
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        result = run_ablation(args.out, settings)  # the runs' progress lines: on stderr when stdout is the JSON
     print(json.dumps(result.to_dict(), indent=2) if args.json else markdown_table(result))
     return 0

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory written by `ban train`")
     parser.add_argument("--split", default="val", help="split of the prepared dataset (default: val)")
     add_run_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=512, help="questions per forward pass (default: 512)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 

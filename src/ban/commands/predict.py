@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="results file to write (JSON)")
     parser.add_argument("--logits", type=Path, help="also write the answer logits [Q, A] as a .npy file")
     add_run_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=512, help="questions per forward pass (default: 512)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from ban.engine.config import (
     split_overrides,
     typed_overrides,
 )
-from ban.engine.run import RunConfig, fingerprint, read_run_config, start_run
+from ban.engine.run import RunConfig, abandon_new_run, fingerprint, read_run_config, start_run
 from ban.engine.synthetic import synthetic_dataset
 from ban.engine.tasks import make_task
 from ban.engine.trainer import TrainingInterrupted, train
@@ -101,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"run dir: {run_dir}\nmodel: {config.model}\ntraining: {config.train}", file=sys.stderr)
     try:
         history = train(run_dir, config, make_task(config.task, config.data_dir), resume=args.resume)
+    except ConfigError:
+        if main_process and not args.resume:
+            abandon_new_run(run_dir)  # e.g. cuda_graphs on a CPU: the corrected command may use the same --out
+        raise
     except TrainingInterrupted as stopped:
         if main_process:
             print(f"ban train: interrupted: {stopped}", file=sys.stderr)

@@ -96,7 +96,8 @@ def start_run(run_dir: str | Path, run: RunConfig, resume: bool) -> None:
 
     A new run refuses a directory that already holds a run; ``resume`` refuses a different config (except
     ``train.epochs``, which may be raised to train longer, ``train.skip_nonfinite``, to get past a batch that made
-    the run stop, and ``train.cuda_graphs``, which changes how a step runs, not what it computes).
+    the run stop, and ``train.cuda_graphs`` and ``train.compile``, which change how a step runs, not what it
+    computes).
     """
     run_dir = Path(run_dir)
     if resume:
@@ -104,11 +105,23 @@ def start_run(run_dir: str | Path, run: RunConfig, resume: bool) -> None:
         changed = [name for name in stored.differences(run) if name not in RESUME_CHANGEABLE]
         if changed:
             raise ConfigError(f"cannot resume {run_dir} with a different configuration: {', '.join(changed)} "
-                              "differ from its config.json")
+                              f"{'differs' if len(changed) == 1 else 'differ'} from its config.json")
     elif (run_dir / CONFIG_FILE).exists() or (run_dir / CHECKPOINT_FILE).exists():
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG_FILE, run.to_dict())
+
+
+def abandon_new_run(run_dir: str | Path) -> None:
+    """Undo :func:`start_run` for a new run refused before it trained (a setting it cannot run with): its
+    config.json goes, and the directory if that leaves it empty, so the corrected command can start it afresh.
+    A directory holding a checkpoint is left as it is."""
+    run_dir = Path(run_dir)
+    if (run_dir / CHECKPOINT_FILE).exists():
+        return
+    (run_dir / CONFIG_FILE).unlink(missing_ok=True)
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 def check_data(run: RunConfig, data_dir: str | Path) -> None:

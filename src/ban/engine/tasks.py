@@ -222,7 +222,11 @@ class VQATask(Task):
         from ban.metrics.vqa import load_annotations
 
         if split not in self._annotations:
-            self._annotations[split] = load_annotations(self.data_dir / f"{split}_annotations.json")
+            path = self.data_dir / f"{split}_annotations.json"
+            if not path.is_file():
+                raise DataError(f"split {split!r} has no annotations to score against (test splits have none: "
+                                "`ban predict` writes their answers for the evaluation server)", path=path)
+            self._annotations[split] = load_annotations(path)
         return self._annotations[split]
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
@@ -231,6 +235,7 @@ class VQATask(Task):
         of the arg-max answer) and ``upperBound`` (mean best soft target), all in %."""
         from ban.metrics.vqa import vqa_accuracy
 
+        annotations = self.annotations(split)  # first: a split without them fails before the predictions
         labels = self.answers()
         predictions: dict[int, str] = {}
         sums = torch.zeros(3, dtype=torch.float64)
@@ -241,7 +246,7 @@ class VQATask(Task):
             sums += torch.tensor([targets.gather(1, best[:, None]).sum().item(),
                                   targets.max(dim=1).values.sum().item(), len(best)], dtype=torch.float64)
             predictions.update(zip(batch["question_ids"].tolist(), (labels[i] for i in best.tolist()), strict=True))
-        result = vqa_accuracy(self.annotations(split), predictions)
+        result = vqa_accuracy(annotations, predictions)
         result["trainingScore"] = 100 * sums[0].item() / sums[2].item()
         result["upperBound"] = 100 * sums[1].item() / sums[2].item()
         return result
