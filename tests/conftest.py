@@ -1,9 +1,12 @@
 """Shared test helpers: where the reference fixtures live; ban's compiled CPU kernels; a small prepared synthetic VQA
-dataset."""
+dataset; the benchmark scripts as modules."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -13,6 +16,16 @@ from ban.data.vqa2 import prepare_vqa2
 
 # CI clones the repo next to a copy of shared/; a developer checkout has it beside the repo too.
 OFFICIAL_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """The script ``benchmarks/<name>.py`` (benchmarks/ is not a package) loaded as a module from its path."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the script runs
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

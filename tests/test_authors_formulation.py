@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import torch
+from conftest import load_benchmark
 
 import ban
 from ban.benchmark import BenchSettings, synthetic_batches
@@ -16,18 +15,7 @@ from ban.models import preset
 
 TOLERANCE = 1e-5
 FIXTURE = "ban_vqa_g4_h32_c"
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "authors_formulation.py"
-
-
-def _load_benchmark() -> ModuleType:
-    """benchmarks/ is not a package: load the script as a module from its path."""
-    spec = importlib.util.spec_from_file_location("authors_formulation", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-authors = _load_benchmark()
+authors = load_benchmark("authors_formulation")
 
 
 def _fixture_io(fixtures: Path) -> dict[str, torch.Tensor]:

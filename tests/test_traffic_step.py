@@ -1,0 +1,46 @@
+"""benchmarks/traffic_step.py's counts, checked on operators whose traffic and FLOPs are known by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import load_benchmark
+
+traffic = load_benchmark("traffic_step")
+
+
+def test_a_matrix_product_reads_its_operands_writes_its_result_and_counts_its_flops():
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    with traffic.TrafficRecorder() as recorder:
+        (a @ b).t().unsqueeze(0).view(4, 8)  # views of the result are not kernels
+    assert list(recorder.records) == [("forward", "mm")]
+    record = recorder.records[("forward", "mm")]
+    assert (record.kernels, record.read, record.written, record.flops) == (1, (8 * 16 + 16 * 4) * 4, 8 * 4 * 4,
+                                                                           2 * 8 * 16 * 4)
+
+
+def test_in_place_and_broadcast_operands_and_the_backward_phase():
+    x = torch.randn(32, 10, requires_grad=True)
+    bias = torch.randn(10)
+    with traffic.TrafficRecorder() as recorder:
+        y = x * 2
+        y.add_(bias.expand(32, 10))  # in place: writes y; the stride-0 expansion reads the 10 values once
+        y.sum().backward()
+    assert recorder.records[("forward", "add_")].read == (32 * 10 + 10) * 4
+    assert recorder.records[("forward", "add_")].written == 32 * 10 * 4
+    assert any(phase == "backward" for phase, _ in recorder.records)
+    assert x.grad is not None
+
+
+def test_the_card_prices_an_operator_at_its_bound_plus_the_gap():
+    card = traffic.Card(bandwidth=1e12, flop_rate=1e15, gap=1e-6)
+    record = traffic.OpRecord(kernels=2, read=3 * 10**9, written=10**9, flops=10**12)
+    assert card.seconds(record) == pytest.approx(4e-3 + 2e-6)  # memory-bound: 4 GB at 1 TB/s
+    assert card.seconds(traffic.OpRecord(kernels=1, flops=5e15)) == pytest.approx(5 + 1e-6)  # compute-bound
+
+
+def test_dropout_takes_the_fused_route_a_gpu_takes():
+    x = torch.randn(64, 32)
+    with traffic.TrafficRecorder() as recorder:
+        traffic.gpu_like_dropout(x, 0.2, True)
+    assert [name for _, name in recorder.records] == ["native_dropout"]
