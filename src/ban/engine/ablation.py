@@ -188,17 +188,21 @@ def summary_rows(result: AblationResult) -> list[dict[str, Any]]:
 def markdown_table(result: AblationResult) -> str:
     """The table (mean ± std over the seeds, VQA accuracy in % on val) with a line saying how it was made."""
     settings = result.settings
+    several = len(settings.seeds) > 1
     lines = ["| model | counting | parameters | overall | yes/no | number | other |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for row in summary_rows(result):
         counting = "–" if row["counting"] is None else ("yes" if row["counting"] else "no")
-        cells = [f"{mean:.2f} ± {std:.2f}" for mean, std in (row[k] for k in ("overall", *ANSWER_TYPES))]
+        cells = [f"{mean:.2f} ± {std:.2f}" if several else f"{mean:.2f}"
+                 for mean, std in (row[k] for k in ("overall", *ANSWER_TYPES))]
         lines.append(f"| {row['model']} | {counting} | {row['parameters']:,} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"VQA accuracy (%) on the synthetic val split, mean ± std over seeds "
-                 f"{', '.join(str(s) for s in settings.seeds)}; synthetic scenes seed {settings.data_seed}, "
+    seeds = ", ".join(str(s) for s in settings.seeds)
+    over = f"mean ± std over seeds {seeds}" if several else f"seed {seeds}"
+    epochs = f"{settings.epochs} epoch{'s' if settings.epochs != 1 else ''}"
+    lines.append(f"VQA accuracy (%) on the synthetic val split, {over}; synthetic scenes seed {settings.data_seed}, "
                  f"{settings.num_images} images, {settings.feature_dim}-d features; hidden {settings.hidden_dim}, "
-                 f"{settings.epochs} epochs, batch {settings.batch_size}, lr {settings.lr:g}, precision "
+                 f"{epochs}, batch {settings.batch_size}, lr {settings.lr:g}, precision "
                  f"{settings.precision}. Machine: {result.machine}. Training time summed over the runs "
                  f"{sum(run.seconds for run in result.runs) / 60:.1f} min (this invocation {result.seconds / 60:.1f} "
                  f"min; finished runs are reused).")

@@ -87,7 +87,7 @@ def attention_figure(example: AttentionExample) -> Figure:
         heat.set_xticks(range(0, num_boxes, step), labels[::step], fontsize=7)
         heat.set_yticks(range(num_words), example.words, fontsize=8)
         heat.set_xlabel("box", fontsize=8)
-        heat.set_title(f"glimpse {glimpse + 1}: bilinear attention (tokens × boxes)", fontsize=9)
+        heat.set_title(f"glimpse {glimpse + 1}: attention map (tokens × boxes)", fontsize=9)
         figure.colorbar(shown, ax=heat, fraction=0.04, pad=0.02)
     figure.suptitle(f"Q{example.question_id} (image {example.image_id}): {example.question}\n"
                     f"predicted: {example.predicted}    ground truth: {answer_summary(example.answers)}",
