@@ -157,3 +157,14 @@ def test_grounding_train_and_evaluate(tmp_path, capsys):
     assert metrics["recall@1"] <= metrics["recall@5"] <= metrics["recall@10"] <= metrics["upperBound"] <= 100
     assert set(metrics["perType"]) <= {"people", "clothing", "bodyparts", "animals", "vehicles", "instruments",
                                        "scene", "other"}
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
+    """`ban synth --json | head -1`: the closed pipe ends the command with the shell's SIGPIPE status, no traceback."""
+    command = [sys.executable, "-m", "ban.cli", "synth", "--out", str(tmp_path / "scenes"), "--images", "20",
+               "--flickr-images", "0", "--no-png", "--json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before anything is written
+    errors = process.stderr.read().decode()
+    assert process.wait() == 141
+    assert "Traceback" not in errors and "BrokenPipeError" not in errors

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ban.errors import BanError
@@ -44,10 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # a training step re-allocates the same blocks: reuse them (ban.heap)
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a reader that stopped early shows up below
+        return code
     except BanError as error:
         print(f"ban {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # stdout's reader stopped early (`ban synth --json | head -1`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere
+        return 141  # 128 + SIGPIPE, as a shell reports it
 
 
 if __name__ == "__main__":
