@@ -122,31 +122,41 @@ def gpu_like_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inp
     return torch.native_dropout(x, p, True)[0]
 
 
-def paper_step(settings: BenchSettings, precision: str, compile: bool) -> tuple[Callable[[], object], float]:
-    """The graphed training step (paper-best BAN, one synthetic batch of ``settings``) as a callable, with the
-    batch's real box count; ``compile``: the forward pass and the update through ``torch.compile`` (the bench's
-    "compiled" path)."""
+@dataclass
+class Workload:
+    """The step that is counted: the bench's settings, the precision, the dtype the features arrive in (bf16: as
+    ``ban train --set resident=true`` holds them when training in bf16)."""
+
+    settings: BenchSettings
+    precision: str
+    feature_dtype: torch.dtype = torch.float32
+
+
+def paper_step(workload: Workload, compile: bool) -> tuple[Callable[[], object], float]:
+    """The graphed training step (paper-best BAN, one synthetic batch) as a callable, with the batch's real box
+    count; ``compile``: the forward pass and the update through ``torch.compile`` (the bench's "compiled" path)."""
+    settings = workload.settings
     torch.manual_seed(settings.seed)
     config = preset(settings.preset, num_tokens=settings.num_tokens, num_answers=settings.num_answers)
     model = build_model(config).train()
     batch = synthetic_batches(settings, config, torch.device("cpu"), count=1)[0]
     real_boxes = float(batch.pop("real_boxes"))
-    inputs = static_batch(batch)
+    inputs = static_batch({**batch, "features": batch["features"].to(workload.feature_dtype)})
     optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3, foreach=True)
     initialise_optimizer(optimizer)
     update = AdamaxUpdate(optimizer, 0.25, compile=compile)
     forward = compiled_forward(model) if compile else None
 
     def step() -> object:
-        return training_step(model, optimizer, inputs, precision, cast_cache=False, forward=forward,
+        return training_step(model, optimizer, inputs, workload.precision, cast_cache=False, forward=forward,
                              update=update)
 
     return step, real_boxes
 
 
-def record_step(settings: BenchSettings, precision: str) -> tuple[TrafficRecorder, float]:
+def record_step(workload: Workload) -> tuple[TrafficRecorder, float]:
     """The graphed training step's operators, recorded once after a warm-up step → (recorder, real boxes)."""
-    step, real_boxes = paper_step(settings, precision, compile=False)
+    step, real_boxes = paper_step(workload, compile=False)
     recorder = TrafficRecorder()
     with kernels.enabled(False), capture_safe(), mock.patch.object(F, "dropout", gpu_like_dropout):
         step()  # warm-up: the optimizer's lazily made tensors
@@ -155,7 +165,7 @@ def record_step(settings: BenchSettings, precision: str) -> tuple[TrafficRecorde
     return recorder, real_boxes
 
 
-def compiled_kernels(settings: BenchSettings, precision: str) -> list[tuple[str, int]]:
+def compiled_kernels(workload: Workload) -> list[tuple[str, int]]:
     """The kernels Inductor makes for the compiled step (forward, backward, update), compiled afresh on the CPU:
     [(kind, bytes read and written)], kind "extern" for library calls (matrix products), "fused" for generated
     kernels (Inductor's own count, ``GraphLowering.count_bytes``)."""
@@ -168,7 +178,7 @@ def compiled_kernels(settings: BenchSettings, precision: str) -> list[tuple[str,
     quiet.setLevel(logging.INFO)
     quiet.propagate = False
     quiet.addHandler(logging.NullHandler())
-    step, _ = paper_step(settings, precision, compile=True)
+    step, _ = paper_step(workload, compile=True)
     metrics.reset()
     with (mock.patch.object(compile_fx, "inductor_metrics_log", quiet),
           inductor_config.patch(fx_graph_cache=False), functorch_config.patch(enable_autograd_cache=False),
@@ -221,6 +231,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--boxes", default="adaptive", help="a fixed count or 'adaptive' (10–100, mean ≈ 32)")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--feature-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="the features' dtype as the batch brings them (bfloat16: `ban train --set "
+                             "resident=true` in bf16; default: float32, as `ban bench` makes them)")
     parser.add_argument("--bandwidth", type=float, default=4.8e12 * 0.8, help="bytes/s (default: H200 at 80 %%)")
     parser.add_argument("--flop-rate", type=float, default=989e12 * 0.6,
                         help="matrix FLOP/s (default: H200 dense bf16 at 60 %%)")
@@ -230,9 +243,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=25, help="operators to list")
     parser.add_argument("--json-out")
     args = parser.parse_args()
-    settings = BenchSettings(batch_size=args.batch_size, boxes=args.boxes)
+    workload = Workload(BenchSettings(batch_size=args.batch_size, boxes=args.boxes), args.precision,
+                        getattr(torch, args.feature_dtype))
     card = Card(args.bandwidth, args.flop_rate, args.gap_us * 1e-6)
-    recorder, real_boxes = record_step(settings, args.precision)
+    recorder, real_boxes = record_step(workload)
     phases = phase_totals(recorder)
     phase_seconds: dict[str, float] = defaultdict(float)
     for (phase, _), record in recorder.records.items():
@@ -241,7 +255,8 @@ def main() -> None:
     rows = sorted(recorder.records.items(), key=lambda item: -card.seconds(item[1]))
 
     print(f"{describe_machine(torch.device('cpu'))}")
-    print(f"paper-best BAN-8, batch {args.batch_size}, boxes {args.boxes} ({real_boxes:.0f} real), {args.precision}; "
+    print(f"paper-best BAN-8, batch {args.batch_size}, boxes {args.boxes} ({real_boxes:.0f} real), {args.precision}, "
+          f"{args.feature_dtype} features; "
           f"card model: {args.bandwidth / 1e12:.2f} TB/s, {args.flop_rate / 1e12:.0f} TFLOP/s, {args.gap_us} µs/kernel")
     print("\n| eager graphed step | kernels | GB moved | TFLOP | modelled ms |\n| --- | ---: | ---: | ---: | ---: |")
     for phase, record in phases.items():
@@ -263,7 +278,7 @@ def main() -> None:
                                  "modelled_ms": 1e3 * card.seconds(r)} for (phase, name), r in rows]},
     }
     if args.compiled:
-        compiled = compiled_estimate(compiled_kernels(settings, args.precision), recorder, card)
+        compiled = compiled_estimate(compiled_kernels(workload), recorder, card)
         report["compiled"] = {**compiled, "modelled_questions_per_s": args.batch_size / compiled["modelled_ms"] * 1e3}
         print(f"\ncompiled (Inductor, CPU codegen): {compiled['kernels']} kernels ({compiled['fused_kernels']} "
               f"generated, moving {compiled['fused_bytes'] / 1e9:.2f} GB; the rest library calls priced as the "
