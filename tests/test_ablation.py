@@ -59,8 +59,12 @@ def test_ablate_command_on_a_minuscule_configuration(tmp_path: Path, monkeypatch
         assert config["model"]["use_counting"] == run["variant"].endswith("counting")
         assert f"| {run['overall']:.2f} |" in table  # one seed: no spread to show
     # a second call reuses the finished runs instead of training them again
-    before = {run["run_dir"]: (Path(run["run_dir"]) / "checkpoint.safetensors").stat().st_mtime_ns
-              for run in result["runs"]}
+    def written(run_dir: str) -> dict[str, int]:  # the checkpoint and the report's pictures
+        files = [Path(run_dir) / "checkpoint.safetensors", *sorted((Path(run_dir) / "report").glob("*.png"))]
+        return {str(path): path.stat().st_mtime_ns for path in files}
+
+    before = {run["run_dir"]: written(run["run_dir"]) for run in result["runs"]}
+    assert all(len(files) > 1 for files in before.values())  # pictures were drawn the first time
     assert main(["ablate", "--out", str(out), "--glimpses", "1", "--seeds", "3", "--epochs", "1", "--images", "20",
                  "--hidden", "16", "--feature-dim", "16"]) == 0
-    assert {path: (Path(path) / "checkpoint.safetensors").stat().st_mtime_ns for path in before} == before
+    assert {run_dir: written(run_dir) for run_dir in before} == before  # nothing trained or drawn again

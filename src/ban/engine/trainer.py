@@ -245,7 +245,9 @@ class Trainer:
             if graphed else None
 
     def fit(self) -> list[dict[str, Any]]:
-        """Run the remaining epochs; a checkpoint and a metrics line after each."""
+        """Run the remaining epochs; a checkpoint and a metrics line after each; then the report's attention
+        pictures (unless nothing was left to train and they are there already)."""
+        trains = self.position["epoch"] < self.config.epochs
         with stop_on_signals() as stop, kernels.enabled(self.use_kernels):
             for epoch in range(self.position["epoch"], self.config.epochs):
                 resumed = epoch == self.position["epoch"] and self.position["step"] > 0
@@ -263,11 +265,12 @@ class Trainer:
                     report_epoch(self.run_dir, self.history)
                     tqdm.write(summarise(record))
         if self.context.is_main and self.history:
-            from ban.viz.report import write_report_pictures  # matplotlib only once training is over
+            from ban.viz.report import REPORT_DIR, write_report_pictures  # matplotlib only once training is over
 
-            pictures = write_report_pictures(self.run_dir, self.model, self.run, device=self.context.device)
-            if pictures:
-                tqdm.write(f"attention pictures: {pictures[0].parent}")
+            if trains or not (self.run_dir / REPORT_DIR).is_dir():
+                pictures = write_report_pictures(self.run_dir, self.model, self.run, device=self.context.device)
+                if pictures:
+                    tqdm.write(f"attention pictures: {pictures[0].parent}")
         return self.history
 
     def keep_if_best(self, record: dict[str, Any]) -> None:
