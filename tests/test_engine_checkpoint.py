@@ -81,6 +81,9 @@ def test_file_is_plain_safetensors(tmp_path):
     names = set(header) - {"__metadata__"}
     assert {f"model/{k}" for k in model.state_dict()} <= names
     assert any(n.startswith("optimizer/") and n.endswith("/exp_inf") for n in names)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # not private: shared like the run's files
 
 
 def test_bad_files_are_reported(tmp_path):

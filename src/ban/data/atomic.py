@@ -82,6 +82,15 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
 
 
 def write_with(path: str | os.PathLike[str], writer: Callable[[Path], object]) -> None:
-    """Call ``writer(temp_path)`` and move the result to ``path`` atomically."""
+    """Call ``writer(temp_path)`` and move the result to ``path`` atomically, with the permissions a newly
+    created file gets here (safetensors' writer, for one, makes its files private to the owner)."""
     with atomic_path(path) as temp:
         writer(temp)
+        if temp.is_file():
+            temp.chmod(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the process umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
