@@ -36,8 +36,12 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
+PLOTTED_APART = ("val/perQuestionType", "val/perType")  # a curve per question / entity type: too many to read
+
+
 def plot_learning_curves(history: list[dict[str, Any]], path: Path) -> None:
-    """Loss (left) and scores in % (right) per epoch, as a PNG."""
+    """Loss (left) and scores in % (right: the training score and every validation score but the per-question-
+    and per-entity-type ones, which stay in metrics.jsonl and TensorBoard) per epoch, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,22 +49,21 @@ def plot_learning_curves(history: list[dict[str, Any]], path: Path) -> None:
 
     rows = [scalars(record) for record in history]
     epochs = [row["epoch"] for row in rows]
-    figure, (loss_axes, score_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (loss_axes, score_axes) = plt.subplots(1, 2, figsize=(12, 4))
     loss_axes.plot(epochs, [row["train_loss"] for row in rows], marker="o", label="train loss")
     loss_axes.set_xlabel("epoch")
     loss_axes.set_ylabel("loss")
     loss_axes.legend()
     score_keys = ["train_score"] + sorted({k for row in rows for k in row if k.startswith("val/")
-                                           and not k.startswith("val/perAnswerType")
-                                           and not k.startswith("val/perType")})
+                                           and not k.startswith(PLOTTED_APART)})
     for key in score_keys:
         points = [(row["epoch"], row[key]) for row in rows if key in row]
         score_axes.plot(*zip(*points, strict=True), marker="o", label=key)
     score_axes.set_xlabel("epoch")
     score_axes.set_ylabel("%")
-    score_axes.legend()
+    score_axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)  # beside the curves
     figure.tight_layout()
-    write_with(path, lambda temp: figure.savefig(temp, format="png", dpi=100))
+    write_with(path, lambda temp: figure.savefig(temp, format="png", dpi=100, bbox_inches="tight"))
     plt.close(figure)
 
 
