@@ -109,15 +109,16 @@ def test_resume_needs_an_existing_run(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("data_path", ["loader", "resident"])
-def test_torchrun_two_processes_equal_one_process_on_the_same_global_batch(data_dir, tmp_path, data_path):
+@pytest.mark.parametrize(("data_path", "counting"), [("loader", False), ("resident", True)])
+def test_torchrun_two_processes_equal_one_process_on_the_same_global_batch(data_dir, tmp_path, data_path, counting):
     # Dropout off: the processes draw different dropout noise than one process would (per-sample noise is not
     # tied to the sample), so only the dropout-free computation can be compared. One epoch = 4 steps of 64
     # (the last global batch, 25 questions, is split 13 / 12). Over more steps Adamax amplifies float
     # summation-order noise in near-zero gradient entries (its update is ≈ lr × sign there): after 8 steps the
     # largest weight difference grew to ≈ 2e-4, so a tight comparison needs a short run.
     common = ["train", "--data", str(data_dir), "--epochs", "1", *SMALL, "--set", "precision=fp32",
-              "--set", "model.dropout=0", "--set", "model.attention_dropout=0", "--set", "model.classifier_dropout=0"]
+              "--set", "model.dropout=0", "--set", "model.attention_dropout=0", "--set", "model.classifier_dropout=0",
+              "--set", f"model.use_counting={str(counting).lower()}"]  # with counting, parameters without gradients
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single, parallel = tmp_path / "single", tmp_path / "parallel"
     subprocess.run([sys.executable, "-m", "ban.cli", *common, "--out", str(single)], check=True, env=env,
@@ -127,6 +128,7 @@ def test_torchrun_two_processes_equal_one_process_on_the_same_global_batch(data_
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ban.cli",
          *common, *resident, "--out", str(parallel)], env=env, capture_output=True, text=True)
     assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "find_unused_parameters" not in launched.stderr  # no false alarm about DDP's settings
     one, two = Checkpoint(single / CHECKPOINT_FILE), Checkpoint(parallel / CHECKPOINT_FILE)
     for name, tensor in one.model.items():
         torch.testing.assert_close(two.model[name], tensor, rtol=1e-4, atol=1e-5, msg=name)

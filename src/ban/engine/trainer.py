@@ -225,9 +225,9 @@ class Trainer:
                 report_epoch(run_dir, self.position["history"])
         self.history: list[dict[str, Any]] = self.position["history"]
         self.trained: nn.Module = self.model
-        if context.distributed:  # unused parameters: the counting module's functions f8…f15 get no gradients
+        if context.distributed:  # every trainable parameter gets a gradient in every step (test_models)
             device_ids = [context.device] if context.device.type == "cuda" else None
-            self.trained = DistributedDataParallel(self.model, device_ids=device_ids, find_unused_parameters=True)
+            self.trained = DistributedDataParallel(self.model, device_ids=device_ids)
         self.data = task.dataset(self.config.train_splits)
         self.resident = task.resident(self.data, context.device, self.precision, context.is_main) \
             if self.config.resident else None

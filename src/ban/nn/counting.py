@@ -90,13 +90,18 @@ def soft_one_hot(count: Tensor, num_classes: int) -> Tensor:
 class CountingModule(nn.Module):
     """Counts from attention scores over boxes, de-duplicating overlapping proposals.
 
-    16 piecewise-linear functions f₀…f₁₅ are kept (as in the reference checkpoints); f₀…f₇ are used.
+    16 piecewise-linear functions f₀…f₁₅ are kept (as in the reference checkpoints); f₀…f₇ are used, the rest
+    are frozen (``requires_grad`` off): no gradient ever reaches them, and so every trainable parameter of a
+    model gets one in every step (what DDP without ``find_unused_parameters`` needs).
     """
+
+    USED_FUNCTIONS = 8
 
     def __init__(self, num_objects: int = 10, num_functions: int = 16, num_segments: int = 16) -> None:
         super().__init__()
         self.num_objects = num_objects
         self.functions = nn.ModuleList(PiecewiseLinear(num_segments) for _ in range(num_functions))
+        self.functions[self.USED_FUNCTIONS:].requires_grad_(False)
 
     def forward(self, boxes: Tensor, scores: Tensor) -> Tensor:
         """boxes [B, N, 4] normalised x1, y1, x2, y2; scores [B, N] pre-sigmoid (−inf for padded boxes)
