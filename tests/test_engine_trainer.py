@@ -201,8 +201,13 @@ def test_data_with_another_vocabulary_is_refused(data_dir, tmp_path):
     start_run(run_dir, run, resume=False)
     train(run_dir, run, VQATask(data_dir))
     other = make_dataset(tmp_path / "other", seed=1, min_answer_count=5)  # same questions, more answers
-    with pytest.raises(DataError, match="answers.json"):
+    with pytest.raises(DataError, match="answers.json: differs from the answers.json the run was trained with"):
         load_run(run_dir, other)
+    (other / "answers.json").unlink()
+    with pytest.raises(DataError, match="answers.json: missing: the run was trained with one"):
+        load_run(run_dir, other)
+    with pytest.raises(DataError, match="not there .moved or deleted.*--data"):
+        load_run(run_dir, tmp_path / "gone")
     moved = RunConfig("vqa", str(other), run.model, run.train, fingerprint(other))
     with pytest.raises(ConfigError, match="fingerprint"):
         start_run(run_dir, moved, resume=True)

@@ -49,6 +49,17 @@ def test_under_bf16_autocast_it_is_as_close_to_float64_as_nn_gru():
         assert my_error < 2e-2 and my_error <= 1.5 * reference_error + 1e-4, (name, my_error, reference_error)
 
 
+def test_a_gru_cast_to_bf16_gives_bf16_states_as_nn_gru_does():
+    torch.manual_seed(2)
+    rnn = nn.GRU(12, 10, batch_first=True).to(torch.bfloat16)
+    x = torch.randn(4, 6, 12, dtype=torch.bfloat16)
+    ours, theirs = gru_sequence(rnn, x), rnn(x)[0]
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    torch.testing.assert_close(ours, theirs, rtol=2e-2, atol=2e-2)
+    ours.float().sum().backward()
+    assert all(parameter.grad.dtype == torch.bfloat16 for parameter in rnn.parameters())
+
+
 def test_the_question_encoder_takes_it_only_when_training_inside_enabled(kernel, monkeypatch):
     encoder = QuestionEncoder(6, 5)
     x = torch.randn(2, 3, 6)

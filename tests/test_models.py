@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -45,6 +47,53 @@ def test_padded_boxes_get_zero_attention_and_padding_changes_nothing(mask_questi
     assert torch.allclose(padded.logits, out.logits, atol=1e-6)
     assert torch.allclose(padded.attention[:, :, :12], out.attention, atol=1e-7)
     assert torch.all(padded.attention[:, :, 12:] == 0)
+
+
+def test_with_a_box_mask_padded_rows_may_hold_anything():
+    """Features and coordinates of masked boxes change nothing, counting included (an image with fewer real boxes
+    than the counter keeps holds some padded ones among them)."""
+    config = ban.BANConfig(num_glimpses=2, use_counting=True, **SMALL)
+    model = ban.build_model(config).eval()
+    features, spatial, questions = _inputs(config)
+    box_mask = torch.ones(3, 12, dtype=torch.bool)
+    box_mask[1, 4:] = False  # 4 real boxes: 6 of the counter's 10 are padded
+    with torch.no_grad():
+        out = model(features, spatial, questions, box_mask=box_mask)
+        alone = model(features[1:2, :4], spatial[1:2, :4], questions[1:2])
+    assert torch.allclose(out.logits[1], alone.logits[0], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(box_mask=torch.ones(1, 12, dtype=torch.bool)), "box_mask: expected shape [3, 12]"),  # broadcastable
+        (dict(box_mask=torch.ones(3, 12)), "box_mask: expected shape [3, 12] (· any size) with bool values"),
+        (dict(features=torch.randn(3, 12, 25)), "features: expected shape [·, ·, 24]"),
+        (dict(boxes=torch.rand(3, 5, 4)), "boxes: expected shape [3, 12, ·]"),
+        (dict(boxes=torch.rand(3, 12, 2)), "boxes: expected at least 4 coordinates"),
+        (dict(questions=torch.ones(3, 14)), "questions: expected shape [3, ·] (· any size) with integer values"),
+        (dict(questions=torch.ones(2, 14, dtype=torch.long)), "questions: expected shape [3, ·]"),
+    ],
+    ids=["mask-broadcast", "mask-float", "feature-dim", "boxes-count", "boxes-columns", "questions-float",
+         "questions-batch"],
+)
+def test_misshapen_inputs_are_named(change, message):
+    config = ban.BANConfig(num_glimpses=2, **SMALL)
+    model = ban.build_model(config).eval()
+    features, spatial, questions = _inputs(config)
+    inputs = dict(features=features, boxes=spatial, questions=questions, box_mask=None) | change
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model(**inputs)
+
+
+def test_the_attention_layers_name_a_misshapen_mask():
+    v, q, mask = torch.randn(2, 5, 6), torch.randn(2, 3, 4), torch.ones(1, 5, dtype=torch.bool)
+    with pytest.raises(ValueError, match=re.escape("box_mask: expected shape [2, 5]")):
+        ban.nn.BilinearAttentionMap(6, 4, 8, 2)(v, q, mask)
+    with pytest.raises(ValueError, match=re.escape("token_mask: expected shape [2, 3]")):
+        ban.nn.BilinearAttentionMap(6, 4, 8, 2)(v, q, mask.expand(2, -1), torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=re.escape("box_mask: expected shape [2, 5]")):
+        ban.nn.UnitaryAttention(6, 4, 8, 2)(v, q[:, 0], mask)
 
 
 def test_explicit_box_mask_overrides_zero_rows():
@@ -121,6 +170,12 @@ def test_presets_and_config_validation():
         ban.BANConfig.from_dict({"hidden": 3})
     with pytest.raises(ConfigError, match="attention"):
         ban.BANConfig(attention="co")
+    for wrong in (dict(use_counting="no"), dict(hidden_dim=8.5), dict(hidden_dim="8"), dict(num_glimpses=True),
+                  dict(dropout=float("nan"))):  # types as declared, in Python as in config.json
+        with pytest.raises(ConfigError, match=f"model setting '{next(iter(wrong))}'.*does not fit its type"):
+            ban.BANConfig(**wrong)
+    with pytest.raises(ConfigError, match="num_answers must be a positive integer"):
+        ban.BANConfig(task="grounding", num_answers=-5)
     config = ban.preset("tiny", num_tokens=50, num_answers=9)
     assert ban.BANConfig.from_dict(config.to_dict()) == config
 

@@ -75,6 +75,14 @@ def test_sizes_are_inferred_for_any_model_made_the_same_way(overrides):
         assert torch.equal(loaded.state_dict()[key], value)
 
 
+def test_what_the_reference_cannot_hold_is_refused():
+    config = ban.BANConfig(num_tokens=30, num_answers=11, feature_dim=20, hidden_dim=8, num_glimpses=2)
+    with pytest.raises(ValueError, match="does not mask question padding"):
+        ban.to_official_state_dict(ban.build_model(config.replace(mask_question_padding=True)))
+    with pytest.raises(CheckpointError, match="ban's own state dict"):
+        ban.load_official_checkpoint(ban.build_model(config).state_dict())
+
+
 def _reference_state(official_fixtures):
     return torch.load(official_fixtures / "ban_vqa_g4_h32_c.pth", weights_only=True)["model_state"]
 

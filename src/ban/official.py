@@ -80,6 +80,9 @@ def _read_state_dict(source: str | os.PathLike[str] | Mapping[str, object]) -> t
         if not isinstance(key, str) or not isinstance(value, Tensor):
             raise CheckpointError(f"entry is a {type(value).__name__}, not a tensor", path=label, field=str(key))
         tensors[key.removeprefix("module.")] = value
+    if "w_emb.emb.weight" not in tensors and "word_embedding.table.weight" in tensors:
+        raise CheckpointError("this is ban's own state dict (ban's parameter names), not the reference's: give it "
+                              "to model.load_state_dict, or load a run of `ban train` with ban.load_run", path=label)
     return tensors, label
 
 
@@ -153,7 +156,13 @@ def load_official_checkpoint(source: str | os.PathLike[str] | Mapping[str, objec
 
 
 def to_official_state_dict(model: nn.Module) -> OrderedDict[str, Tensor]:
-    """Our model's weights in the reference layout (keys without ``module.``, reference shapes)."""
+    """Our model's weights in the reference layout (keys without ``module.``, reference shapes). A model that
+    masks question padding is refused: the reference does not mask, so these weights would compute another
+    function there. (The authors' scripts build 300-d word tables; other ``word_dim`` load here only.)"""
+    config = getattr(model, "config", None)
+    if config is not None and config.mask_question_padding:
+        raise ValueError("the reference does not mask question padding (mask_question_padding=True): it would "
+                         "compute another function with these weights")
     state: OrderedDict[str, Tensor] = OrderedDict()
     for key, value in model.state_dict().items():
         reference = _translate(key, _OURS_TO_REFERENCE)

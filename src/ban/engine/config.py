@@ -9,12 +9,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from dataclasses import dataclass
 from typing import Any
 
+from ban.config_types import check_types
 from ban.errors import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -61,6 +61,7 @@ class TrainConfig:
     skip_nonfinite: bool = False
 
     def __post_init__(self) -> None:
+        check_types(self, "training")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.lr <= 0 or self.batch_size <= 0 or self.epochs < 0 or self.eval_batch_size <= 0:
@@ -80,7 +81,6 @@ class TrainConfig:
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
-        check_types(cls, data, "training")
         hints = typing.get_type_hints(cls)
         return cls(**{k: tuple(v) if _is_tuple(hints[k]) else v for k, v in data.items()})
 
@@ -91,30 +91,6 @@ class TrainConfig:
 # reaches 81.3 / 81.8 % (seeds 1204 / 2) after 10 epochs. With the recipe's batch 256 and warm-up, or with dropout,
 # it stays at the question-only baseline for many epochs.
 SYNTHETIC_TRAINING: dict[str, Any] = {"batch_size": 32, "epochs": 10, "lr": 2e-3, "warmup": (), "decay_epochs": ()}
-
-
-def check_types(cls: type, values: dict[str, Any], what: str) -> None:
-    """Check JSON ``values`` against the field types of the dataclass ``cls`` (bool is not int; an int is a
-    float; floats must be finite; tuples are lists); :class:`ConfigError` naming the first value that does not fit."""
-    hints = typing.get_type_hints(cls)
-    for key, value in values.items():
-        if key in hints and not _fits(value, hints[key]):
-            raise ConfigError(f"{what} setting {key!r}: {value!r} does not fit its type {hints[key]}")
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, arg) for arg in args)
-    if origin is tuple:
-        return isinstance(value, (list, tuple)) and all(_fits(item, args[0]) for item in value)
-    if hint is type(None):
-        return value is None
-    if isinstance(value, bool):
-        return hint is bool
-    if hint is float:
-        return isinstance(value, (int, float)) and math.isfinite(value)
-    return isinstance(value, hint)
 
 
 def _items(config: Any) -> list[tuple[dataclasses.Field, Any]]:

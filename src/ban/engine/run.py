@@ -17,7 +17,7 @@ from torch import nn
 from ban.data.atomic import write_json
 from ban.data.jsonfile import read_json
 from ban.engine.checkpoint import Checkpoint
-from ban.engine.config import TrainConfig, check_types
+from ban.engine.config import TrainConfig
 from ban.errors import ConfigError, DataError
 from ban.models import BANConfig, build_model
 
@@ -62,7 +62,6 @@ class RunConfig:
         for name, kind in (("task", str), ("data_dir", str), ("model", dict), ("train", dict), ("fingerprint", dict)):
             if not isinstance(data.get(name, {}), kind):
                 raise ConfigError(f"run config field {name!r} must be a {kind.__name__}")
-        check_types(BANConfig, data["model"], "model")
         return cls(data["task"], data["data_dir"], BANConfig.from_dict(data["model"]),
                    TrainConfig.from_dict(data["train"]), dict(data.get("fingerprint", {})))
 
@@ -125,10 +124,17 @@ def abandon_new_run(run_dir: str | Path) -> None:
 
 
 def check_data(run: RunConfig, data_dir: str | Path) -> None:
-    """Refuse a prepared dataset whose vocabulary files differ from the ones the run was trained with."""
+    """Refuse a prepared dataset that is not there, or whose vocabulary files are missing or differ from the ones
+    the run was trained with."""
+    if not Path(data_dir).is_dir():
+        raise DataError("the run's prepared dataset is not there (moved or deleted?): give its place with --data "
+                        "(in Python, load_run's data_dir)", path=data_dir)
     current = fingerprint(data_dir)
     for name, digest in run.fingerprint.items():
-        if current.get(name) != digest:
+        if name not in current:
+            raise DataError("missing: the run was trained with one; this is not the dataset the run was trained on",
+                            path=Path(data_dir) / name)
+        if current[name] != digest:
             raise DataError(f"differs from the {name} the run was trained with (other vocabulary or answer "
                             "list); prepare the data with the same dictionary or train a new run",
                             path=Path(data_dir) / name)

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ban.config_types import check_types
 from ban.errors import ConfigError
 
 TASKS = ("vqa", "grounding")
@@ -47,20 +48,19 @@ class BANConfig:
     fused: bool = False
 
     def __post_init__(self) -> None:
+        check_types(self, "model")
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.attention not in ATTENTIONS:
             raise ConfigError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.task == "grounding" and self.attention != "bilinear":
             raise ConfigError("grounding is defined for bilinear attention only")
-        for name in ("num_tokens", "feature_dim", "word_dim", "hidden_dim", "num_glimpses", "rank_factor",
-                     "num_count_objects"):
-            if int(getattr(self, name)) < 1:
+        for name in ("num_tokens", "num_answers", "feature_dim", "word_dim", "hidden_dim", "num_glimpses",
+                     "rank_factor", "num_count_objects"):
+            if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.task == "vqa" and self.num_answers < 1:
-            raise ConfigError(f"num_answers must be a positive integer, got {self.num_answers!r}")
         for name in ("dropout", "attention_dropout", "classifier_dropout"):
-            if not 0.0 <= float(getattr(self, name)) < 1.0:
+            if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
 
     @property

@@ -10,6 +10,7 @@ from ban.models.outputs import GroundingOutput
 from ban.models.text import TokenEncoderModel
 from ban.nn import BilinearAttentionMap
 from ban.nn.bilinear import box_mask_from_features
+from ban.nn.shapes import expect_shape
 
 MASKED_LOGIT = -99.0  # the reference marks padded boxes and empty entity slots with −99, not −inf
 
@@ -46,6 +47,10 @@ class BanForGrounding(TokenEncoderModel):
         entity_mask: Tensor | None = None,
     ) -> GroundingOutput:
         """→ GroundingOutput(logits [B, G, N, E])."""
+        self.check_inputs(features, boxes, tokens, box_mask, "tokens")
+        expect_shape("entity_positions", entity_positions, (features.shape[0], None), "integer")
+        if entity_mask is not None:
+            expect_shape("entity_mask", entity_mask, tuple(entity_positions.shape), "bool")
         if box_mask is None:
             box_mask = box_mask_from_features(features)
         if entity_mask is None:

@@ -10,7 +10,8 @@ from torch import Tensor
 @dataclass
 class VQAOutput:
     """``logits`` [B, num_answers] (no sigmoid); ``attention`` [B, G, N, L], softmax over each glimpse's N·L
-    grid (the unitary baseline gives [B, G, N, 1]); ``attention_logits`` the same before the softmax."""
+    grid (the unitary baseline gives [B, G, N, 1]); ``attention_logits`` the same before the softmax (−inf at
+    masked places; the unitary baseline gives log ``attention``: its logits shifted by a constant per glimpse)."""
 
     logits: Tensor
     attention: Tensor

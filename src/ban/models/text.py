@@ -9,6 +9,7 @@ from ban import kernels
 from ban.models.config import BANConfig
 from ban.nn import capture
 from ban.nn.gru import gru_sequence
+from ban.nn.shapes import expect_shape
 
 
 class WordEmbedding(nn.Module):
@@ -71,6 +72,19 @@ class TokenEncoderModel(nn.Module):
         self.config = config
         self.word_embedding = WordEmbedding(config.num_tokens, config.word_dim, config.two_word_tables)
         self.question_encoder = QuestionEncoder(config.word_features, config.hidden_dim)
+
+    def check_inputs(self, features: Tensor, boxes: Tensor, tokens: Tensor, box_mask: Tensor | None,
+                     tokens_name: str) -> None:
+        """Raise ValueError naming the argument unless features [B, N, feature_dim] float, boxes [B, N, ≥4] float,
+        tokens [B, L] integer (the argument ``tokens_name``) and box_mask (if given) [B, N] bool."""
+        batch, num_boxes = features.shape[:2]
+        expect_shape("features", features, (None, None, self.config.feature_dim), "float")
+        expect_shape("boxes", boxes, (batch, num_boxes, None), "float")
+        if boxes.shape[2] < 4:
+            raise ValueError(f"boxes: expected at least 4 coordinates per box (x1, y1, x2, y2), got {boxes.shape[2]}")
+        expect_shape(tokens_name, tokens, (batch, None), "integer")
+        if box_mask is not None:
+            expect_shape("box_mask", box_mask, (batch, num_boxes), "bool")
 
     def encode_tokens(self, tokens: Tensor) -> Tensor:
         """tokens [B, L] int64 → token states [B, L, H]."""

@@ -30,6 +30,7 @@ class UnitaryAttentionVQA(TokenEncoderModel):
         self, features: Tensor, boxes: Tensor, questions: Tensor, box_mask: Tensor | None = None
     ) -> VQAOutput:
         """→ VQAOutput(logits [B, A], attention [B, G, N, 1], attention_logits = log attention)."""
+        self.check_inputs(features, boxes, questions, box_mask, "questions")
         if box_mask is None:
             box_mask = box_mask_from_features(features)
         question = masked_last_state(self.encode_tokens(questions), self.token_mask(questions))  # [B, H]

@@ -18,7 +18,9 @@ class BanForVQA(TokenEncoderModel):
 
     Inputs: features [B, N, Dv] (padded boxes are all-zero rows unless ``box_mask`` is given),
     boxes [B, N, ≥4] normalised x1, y1, x2, y2 (…), questions [B, L] int64 padded at the end with
-    ``config.pad_index``, box_mask [B, N] bool (True = real box).
+    ``config.pad_index``, box_mask [B, N] bool (True = real box). Every sample needs a real box: one without has
+    no attention distribution and gets NaN outputs, as in the reference (data preparation refuses images without
+    boxes).
     """
 
     def __init__(self, config: BANConfig) -> None:
@@ -53,6 +55,7 @@ class BanForVQA(TokenEncoderModel):
         them (made on the host by :func:`ban.engine.graphs.packed_rows`, so the pass reads nothing back from the
         device); by default they are found from the box mask.
         """
+        self.check_inputs(features, boxes, questions, box_mask, "questions")
         if box_mask is None:
             box_mask = box_mask_from_features(features)
         token_mask = self.token_mask(questions)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ban.nn.dropout import Dropout
 from ban.nn.fc import FCStack, WeightNormLinear, weight_normalized
+from ban.nn.shapes import expect_shape
 
 
 class LowRankBilinearPooling(nn.Module):
@@ -90,7 +91,7 @@ class BilinearAttentionMap(nn.Module):
 
     ``logits[b,g,i,j] = Σ_k p[g,k] · σ(Uᵀv_i)_k · σ(Vᵀq_j)_k + bias[g]``, with the per-glimpse vectors
     ``p = g_p · p_v / ‖p_v‖_F`` (one gain over all glimpses). Padded boxes get ``mask_value``; the softmax runs
-    over each glimpse's whole N·L grid.
+    over each glimpse's whole N·L grid (a sample without a real box has no distribution: NaN).
 
     Parameters: ``v_proj``, ``q_proj`` (FC → K, ReLU, input dropout), ``glimpse_weight_v`` [G, K],
     ``glimpse_weight_g`` [], ``glimpse_bias`` [G]. Dropout ``attention_dropout`` applies to σ(Uᵀv) only.
@@ -132,6 +133,12 @@ class BilinearAttentionMap(nn.Module):
         ``real_rows``: :func:`real_box_rows` of ``box_mask`` when the caller has them already (or their
         :class:`PackedBoxes` of v).
         """
+        batch, boxes, tokens = v.shape[0], v.shape[1], q.shape[1]
+        expect_shape("v", v, (None, None, self.v_proj.in_features), "float")
+        expect_shape("q", q, (batch, None, self.q_proj.in_features), "float")
+        expect_shape("box_mask", box_mask, (batch, boxes), "bool")
+        if token_mask is not None:
+            expect_shape("token_mask", token_mask, (batch, tokens), "bool")
         rows = real_box_rows(box_mask) if real_rows is None else real_rows
         v_rank = project_real_boxes(lambda real: self.attention_dropout(self.v_proj(real)), v, rows)  # [B, N, K]
         q_rank = self.q_proj(q)  # [B, L, K]

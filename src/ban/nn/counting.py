@@ -127,14 +127,15 @@ class CountingModule(nn.Module):
         return one_hot * confidence[:, None]
 
     def _keep_top_scoring(self, boxes: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
-        """Keep the n best boxes; fewer than n are padded with empty boxes of score −inf (as padded boxes are)."""
+        """Keep the n best boxes; fewer than n are padded with empty boxes of score −inf. A kept box of score −inf
+        (a padded box) is made empty whatever its coordinates: zero boxes, as the reference pads with."""
         missing = self.num_objects - scores.shape[1]
         if missing > 0:
             boxes = F.pad(boxes, (0, 0, 0, missing))
             scores = F.pad(scores, (0, missing), value=float("-inf"))
         scores, index = scores.topk(self.num_objects, dim=1)
         boxes = boxes.gather(1, index[:, :, None].expand(-1, -1, boxes.shape[2]))
-        return boxes, scores
+        return boxes.masked_fill(scores.isneginf().unsqueeze(-1), 0), scores
 
     def _similarity(self, dedup_score: Tensor, attention: Tensor) -> Tensor:
         """``sim[j, k] = Π_i f₂(1 − |E[i, j] − E[i, k]|) · f₂(1 − |a_j − a_k|)`` → [B, n, n]."""

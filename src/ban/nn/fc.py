@@ -169,6 +169,10 @@ class FCStack(nn.Module):
         self.layers = nn.ModuleList(WeightNormLinear(i, o) for i, o in zip(dims[:-1], dims[1:], strict=True))
 
     @property
+    def in_features(self) -> int:
+        return self.layers[0].in_features
+
+    @property
     def out_features(self) -> int:
         return self.layers[-1].out_features
 

@@ -77,7 +77,9 @@ class _GRUSequence(torch.autograd.Function):
 
 def gru_sequence(rnn: nn.GRU, x: Tensor) -> Tensor:
     """Every step's output of ``rnn`` (one layer, unidirectional, batch_first, with biases) from a zero state:
-    x [B, L, D] → [B, L, H] float32. The products run in the autocast dtype of x's device when autocast is on."""
+    x [B, L, D] → [B, L, H] in the GRU's dtype (float32 under autocast; bf16 for a GRU cast to bf16, as ``nn.GRU``
+    gives). The products run in the autocast dtype of x's device when autocast is on, the gates in float32."""
     dtype = kernels.compute_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
-        return _GRUSequence.apply(x, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0, dtype)
+        states = _GRUSequence.apply(x, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0, dtype)
+    return states.to(rnn.weight_hh_l0.dtype)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ban.nn.bilinear import LowRankBilinearPooling
+from ban.nn.shapes import expect_shape
 
 
 class UnitaryAttention(nn.Module):
@@ -19,6 +20,10 @@ class UnitaryAttention(nn.Module):
 
     def forward(self, v: Tensor, q: Tensor, box_mask: Tensor) -> Tensor:
         """v [B, N, Dv], q [B, Dq], box_mask [B, N] bool → attention [B, G, N] (softmax over boxes)."""
+        batch, boxes = v.shape[:2]
+        expect_shape("v", v, (None, None, self.scores.y_proj.in_features), "float")
+        expect_shape("q", q, (batch, self.scores.x_proj.in_features), "float")
+        expect_shape("box_mask", box_mask, (batch, boxes), "bool")
         logits = self.scores(q.unsqueeze(1), v)  # [B, N, G]
         logits = logits.masked_fill(~box_mask.unsqueeze(-1), float("-inf"))
         return F.softmax(logits, dim=1).transpose(1, 2)
