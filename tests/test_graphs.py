@@ -44,13 +44,13 @@ def batch_of(config, batch_size=6, boxes="adaptive", seed=0):
     return batch
 
 
-def test_packed_rows_lists_the_real_boxes_then_no_row_up_to_the_quantum():
+def test_packed_rows_lists_the_real_boxes_then_padded_slots_up_to_the_quantum():
     mask = torch.tensor([[True, True, False], [True, False, False]])
-    assert packed_rows(mask, quantum=4).tolist() == [0, 1, 3, 6]
-    assert packed_rows(mask, quantum=2).tolist() == [0, 1, 3, 6]
-    assert packed_rows(mask, quantum=5).tolist() == [0, 1, 3, 6, 6]
+    assert packed_rows(mask, quantum=4).tolist() == [0, 1, 3, 2]
+    assert packed_rows(mask, quantum=2).tolist() == [0, 1, 3, 2]
+    assert packed_rows(mask, quantum=5).tolist() == [0, 1, 3, 2, 4]
     assert packed_rows(mask, quantum=10).tolist() == [0, 1, 2, 3, 4, 5]  # 10 rows would reach B·N = 6: every row
-    assert packed_rows(torch.zeros(2, 3, dtype=torch.bool), quantum=2).tolist() == [6, 6]
+    assert packed_rows(torch.zeros(2, 3, dtype=torch.bool), quantum=2).tolist() == [0, 1]
 
 
 def test_pad_boxes_rounds_the_box_slots_up_with_padded_boxes():
@@ -65,7 +65,7 @@ def test_pad_boxes_rounds_the_box_slots_up_with_padded_boxes():
     assert with_mask["box_mask"].shape == (6, 16) and with_mask["box_mask"][:, :13].all()
     assert not with_mask["box_mask"][:, 13:].any()
     rows = static_batch({**batch, "box_mask": torch.ones(6, 13, dtype=torch.bool)}, row_quantum=4)["rows"]
-    assert rows.tolist() == [i * 16 + j for i in range(6) for j in range(13)] + [96, 96]  # 78 real → 80 rows
+    assert rows.tolist() == [i * 16 + j for i in range(6) for j in range(13)] + [13, 14]  # 78 real → 80 rows
 
 
 def test_capture_safe_embedding_equals_nn_embedding_with_its_padding_row():

@@ -50,13 +50,14 @@ Update = Callable[[Tensor], None]  # gradient norm [] → the clipped update app
 def packed_rows(box_mask: Tensor, quantum: int = ROW_QUANTUM) -> Tensor:
     """The flat indices of the real boxes, computed on the host, in the form :meth:`BanForVQA.forward`'s
     ``real_rows`` takes: box_mask [B, N] bool on the CPU (True = real) → int64 [R'] with R' the real count rounded
-    up to a multiple of ``quantum``, the extra entries B·N (no row); when R' would reach B·N, every row 0…B·N−1."""
-    total = box_mask.numel()
-    rows = box_mask.reshape(-1).nonzero().squeeze(1)
-    padded = min(math.ceil(max(rows.numel(), 1) / quantum) * quantum, total)
-    if padded == total:
-        return torch.arange(total)
-    return F.pad(rows, (0, padded - rows.numel()), value=total)
+    up to a multiple of ``quantum``, the extra entries the first padded slots (there are enough: R' ≤ B·N); when R'
+    would reach B·N, every row 0…B·N−1."""
+    flat = box_mask.reshape(-1)
+    rows = flat.nonzero().squeeze(1)
+    padded = min(math.ceil(max(rows.numel(), 1) / quantum) * quantum, flat.numel())
+    if padded == flat.numel():
+        return torch.arange(flat.numel())
+    return torch.cat([rows, (~flat).nonzero().squeeze(1)[:padded - rows.numel()]])
 
 
 def pad_boxes(batch: Inputs, quantum: int = BOX_QUANTUM) -> Inputs:

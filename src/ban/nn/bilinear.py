@@ -50,31 +50,30 @@ class PackedBoxes:
     """The real boxes of a padded batch, gathered once for every projection of them.
 
     features [B, N, Dv]; rows [R] = the flat indices of every real box (:func:`real_box_rows` of the box mask),
-    optionally followed by entries equal to B·N (no row: a static length for CUDA graphs, whose projections are
-    computed from row 0 and thrown away). With R = B·N nothing is gathered: every row is projected (then a padded
-    box's row holds its projection, which BAN's zero attention ignores as well).
+    optionally followed by distinct indices of padded boxes (a static length for CUDA graphs). A padded box's row
+    of a projection holds zeros, or its projection when its index is listed (always so with R = B·N, when nothing
+    is gathered and every row is projected): BAN's zero attention ignores padded rows either way.
     """
 
     def __init__(self, features: Tensor, rows: Tensor) -> None:
         self.batch, self.boxes = features.shape[:2]
         self.features, self.rows = features, rows
         total = self.batch * self.boxes
-        self.packed = None if rows.numel() == total else features.flatten(0, 1).index_select(0, rows.clamp(
-            max=total - 1))  # [R, Dv]
+        self.packed = None if rows.numel() == total else features.flatten(0, 1).index_select(0, rows)  # [R, Dv]
 
     def project(self, projection: Callable[[Tensor], Tensor]) -> Tensor:
-        """``projection`` of the real boxes → [B, N, out], the padded rows zero."""
+        """``projection`` of the listed boxes → [B, N, out], the other rows zero."""
         if self.packed is None:
             return projection(self.features)
         packed = projection(self.packed)  # [R, out]
-        total = self.batch * self.boxes
-        projected = packed.new_zeros(total + 1, packed.shape[-1]).index_copy_(0, self.rows, packed)[:total]
+        projected = packed.new_zeros(self.batch * self.boxes, packed.shape[-1]).index_copy_(0, self.rows, packed)
         return projected.unflatten(0, (self.batch, self.boxes))
 
 
 def project_real_boxes(projection: Callable[[Tensor], Tensor], features: Tensor,
                        rows: Tensor | PackedBoxes) -> Tensor:
-    """``projection`` of the real boxes only; the padded rows of the result are zero.
+    """``projection`` of the real boxes only; the rows of padded boxes are zero (or, for padded boxes ``rows``
+    lists, their projection).
 
     features [B, N, Dv], rows: the real boxes' flat indices [R] as :class:`PackedBoxes` takes them, or a
     :class:`PackedBoxes` of these features (gathered already) → [B, N, out]. BAN gives padded boxes zero attention,
