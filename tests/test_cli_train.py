@@ -17,8 +17,9 @@ from PIL import Image
 from ban.cli import main
 from ban.engine.checkpoint import Checkpoint
 from ban.engine.run import CHECKPOINT_FILE, read_run_config
-from ban.engine.tasks import make_task
-from ban.engine.trainer import initial_model
+from ban.engine.tasks import VQATask, make_task
+from ban.engine.trainer import Trainer, TrainingDiverged, initial_model
+from ban.errors import DataError
 
 SMALL = ["--preset", "tiny", "--set", "model.hidden_dim=16", "--set", "model.word_dim=8", "--set", "batch_size=64"]
 
@@ -81,6 +82,13 @@ def test_train_evaluate_predict(data_dir, tmp_path, capsys):
         (["--set", "model.glimpses=2"], "unknown model setting 'glimpses'"),
         (["--set", "model.num_answers=3"], "contradicts the data"),
         (["--task", "grounding"], "not a grounding dataset"),
+        (["--preset", "tiny", "--set", "model.task=grounding"], "model.task=grounding contradicts the task (vqa)"),
+        (["--set", "val_split=vall"], "training setting 'val_split': "),
+        (["--set", "train_splits=train,tran"], "has no split 'tran'; it has train, val, test-dev"),
+        (["--set", "num_workers=-1"], "'num_workers' must be non-negative"),
+        (["--set", "grad_clip=-1"], "'grad_clip' must be positive"),
+        (["--set", "device=tpu"], "'device': 'tpu' is not a device"),
+        ([*SMALL, "--epochs", "0", "--set", "device=cuda:99"], "'device': 'cuda:99' is not on this machine"),
     ],
 )
 def test_bad_arguments_are_clear_errors(data_dir, tmp_path, capsys, arguments, message):
@@ -101,6 +109,50 @@ def test_a_setting_refused_at_the_start_leaves_the_run_dir_free(data_dir, tmp_pa
     (kept / "notes.txt").write_text("mine")
     assert main(["train", "--data", str(data_dir), "--out", str(kept), "--epochs", "0", *SMALL, *refused]) == 2
     assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]  # only what the refused run wrote went
+
+
+def test_an_error_before_the_first_checkpoint_leaves_a_new_run_dir_free(data_dir, tmp_path, capsys, monkeypatch):
+    """Any BanError of a new run's set-up (here a bad GloVe table) undoes start_run; a resumed run keeps its files,
+    and so does a diverged one (its message says how to resume it)."""
+    def bad_table(*args):
+        raise DataError("not a word-vector table", path=data_dir / "glove.npy")
+
+    def command(run_dir):
+        return ["train", "--data", str(data_dir), "--out", str(run_dir), "--epochs", "1", *SMALL]
+
+    resumed = tmp_path / "resumed"  # a run without a checkpoint, as one killed in its first epoch
+    assert main([*command(resumed), "--epochs", "0"]) == 0
+    monkeypatch.setattr(VQATask, "word_vectors", bad_table)
+    assert main(command(tmp_path / "run")) == 2
+    assert "glove.npy: not a word-vector table" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # the command, once the data is fixed, may use the same --out
+    assert main([*command(resumed), "--resume"]) == 2
+    assert sorted(p.name for p in resumed.iterdir()) == ["config.json"]  # a resumed run loses nothing
+    monkeypatch.undo()
+
+    def diverged(self):
+        raise TrainingDiverged("non-finite loss at epoch 1")
+
+    monkeypatch.setattr(Trainer, "fit", diverged)
+    assert main(command(tmp_path / "diverged")) == 2
+    assert (tmp_path / "diverged" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["predict", "--out", "results.json"]])
+@pytest.mark.parametrize("size", ["0", "-3", "many"])
+def test_batch_size_must_be_a_positive_number(tmp_path, capsys, command, size):
+    with pytest.raises(SystemExit) as stopped:  # argparse's usage error, before anything is loaded
+        main([command[0], str(tmp_path), *command[1:], "--batch-size", size])
+    assert stopped.value.code == 2
+    assert "argument --batch-size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["evaluate", "visualize"])
+@pytest.mark.parametrize(("device", "message"), [("tpu", "'tpu' is not a device"),
+                                                 ("cuda:99", "'cuda:99' is not on this machine")])
+def test_unusable_device_is_a_clear_error(tmp_path, capsys, command, device, message):
+    assert main([command, str(tmp_path), "--device", device]) == 2
+    assert f"--device: {message}" in capsys.readouterr().err
 
 
 def test_resume_needs_an_existing_run(tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import pickle
+import re
 from pathlib import Path
 
 import h5py
@@ -126,6 +127,17 @@ def _good_fields(image: dict) -> list[str]:
             base64.b64encode(image["boxes"].tobytes()).decode(), base64.b64encode(image["features"].tobytes()).decode()]
 
 
+def _base64(values) -> str:
+    return base64.b64encode(np.asarray(values, np.float32).tobytes()).decode()
+
+
+def _boxes_with(index: int, box: list[float]) -> np.ndarray:
+    """Ten valid pixel boxes, box ``index`` replaced by ``box``."""
+    boxes = np.tile(np.array([[1, 2, 30, 40]], np.float32), (10, 1))
+    boxes[index] = box
+    return boxes
+
+
 @pytest.mark.parametrize(
     ("mutate", "field", "message"),
     [
@@ -142,6 +154,12 @@ def _good_fields(image: dict) -> list[str]:
         (lambda f: f.__setitem__(4, base64.b64encode(b"\x00\x00\x00").decode()), "boxes", "whole number"),
         (lambda f: f.__setitem__(5, base64.b64encode(np.r_[np.zeros(10 * 16 - 1), np.nan].astype(np.float32)
                                                      .tobytes()).decode()), "features", "value 159 is nan"),
+        (lambda f: f.__setitem__(0, "99999999999999999999999"), "image_id", "does not fit a 64-bit integer"),
+        (lambda f: f.__setitem__(1, "99999999999999999999999"), "image_w", "does not fit a 64-bit integer"),
+        (lambda f: f.__setitem__(5, _base64(np.r_[np.zeros(10 * 16 - 2), 3e38, 1.0])), "features",
+         "value 158 is 3e\\+38: larger than 65504"),
+        (lambda f: f.__setitem__(4, _base64(_boxes_with(3, [50, 50, 10, 60]))), "boxes", "box 3 .* x2 < x1"),
+        (lambda f: f.__setitem__(4, _base64(_boxes_with(0, [1, 50, 30, 40]))), "boxes", "box 0 .* y2 < y1"),
     ],
 )
 def test_bad_tsv_rows_name_file_line_and_field(tmp_path, images, mutate, field, message) -> None:
@@ -307,11 +325,17 @@ def test_union_of_sources_via_features_json(tmp_path, images) -> None:
         UnionFeatureStore([FeatureStore.open(tmp_path / "a"), FeatureStore.open(tmp_path / "a")])
 
 
-def test_hdf5_row_ranges_and_values_are_checked(tmp_path) -> None:
+def _two_images_hdf5(path) -> list[dict]:
+    """An adaptive authors' cache of images 1 and 2 (4 boxes each, 6-d features) with its id map → the images."""
     rng = np.random.default_rng(5)
     images = [random_image(rng, image_id, 4, 6) for image_id in (1, 2)]
-    _write_authors_hdf5(tmp_path / "c.hdf5", images, adaptive=True)
-    (tmp_path / "c_imgid2idx.pkl").write_bytes(pickle.dumps({1: 0, 2: 1}))
+    _write_authors_hdf5(path, images, adaptive=True)
+    path.with_name(f"{path.stem}_imgid2idx.pkl").write_bytes(pickle.dumps({1: 0, 2: 1}))
+    return images
+
+
+def test_hdf5_row_ranges_and_values_are_checked(tmp_path) -> None:
+    images = _two_images_hdf5(tmp_path / "c.hdf5")
     with h5py.File(tmp_path / "c.hdf5", "a") as file:
         file["pos_boxes"][1] = [4, 9]  # past the 8 rows
     with pytest.raises(DataError, match="not a non-empty range inside the 8 rows") as error:
@@ -323,5 +347,91 @@ def test_hdf5_row_ranges_and_values_are_checked(tmp_path) -> None:
     store = FeatureStore.open(tmp_path / "c.hdf5")
     np.testing.assert_array_equal(store.get(1)[0], images[0]["features"])
     with pytest.raises(DataError, match="NaN or infinite") as error:
+        store.get(2)
+    assert error.value.field == "image_bb" and error.value.record == "image_id=2"
+
+
+def _rewrite_npy(path: Path, change) -> None:
+    """Replace the array in ``path`` by ``change(array)``."""
+    np.save(path, change(np.load(path)))
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "message", "record"),
+    [
+        ("offsets.npy", lambda p: _rewrite_npy(p, lambda a: np.r_[a[:2], a[1] - 3, a[3:]]), "does not rise",
+         "image_id=7"),
+        ("offsets.npy", lambda p: _rewrite_npy(p, lambda a: a + 1), "does not start at 0", None),
+        ("offsets.npy", lambda p: p.write_bytes(b"not an npy file"), "not a readable .npy file", None),
+        ("offsets.npy", lambda p: p.unlink(), "missing", None),
+        ("image_ids.npy", lambda p: _rewrite_npy(p, lambda a: np.r_[a[:3], a[0]]), "image 42 appears twice", None),
+        ("image_ids.npy", lambda p: _rewrite_npy(p, lambda a: a[:3]), "shape [3], expected [4]", None),
+        ("image_sizes.npy", lambda p: _rewrite_npy(p, lambda a: a * [1, 0]), "not positive", "image_id=42"),
+        ("image_sizes.npy", lambda p: _rewrite_npy(p, lambda a: a.astype(np.float32)), "integer", None),
+        ("features.npy", lambda p: p.write_bytes(p.read_bytes()[:-100]), "not a readable .npy file", None),
+        ("features.npy", lambda p: _rewrite_npy(p, lambda a: a[:, :15]), "shape [147, 15], expected [147, 16]",
+         None),
+        ("features.npy", lambda p: _rewrite_npy(p, lambda a: a.astype(np.float64)), "float64", None),
+        ("spatial.npy", lambda p: _rewrite_npy(p, lambda a: a[:-1]), "shape [146, 6], expected [147, 6]", None),
+        ("boxes.npy", lambda p: p.write_bytes(p.read_bytes()[:200]), "not a readable .npy file", None),
+        ("store.json", lambda p: p.write_text('{"format_version": 1, "feature_dim": "16"}'), "expected int",
+         None),
+        ("store.json", lambda p: p.write_text(p.read_text().replace('"num_boxes": 147', '"num_boxes": 150')),
+         "offsets end at 147", None),
+        ("store.json", lambda p: p.write_text(p.read_text().replace('"float32"', '"int8"')), "dtype", None),
+        ("store.json", lambda p: p.write_text("[]"), "expected an object", None),
+    ],
+)
+def test_store_structure_is_checked_when_opened(tmp_path, images, name, damage, message, record) -> None:
+    """A damaged store is refused at open, naming the file (and the image), not by a NumPy error or a wrong
+    read later."""
+    write_feature_store((FeatureRecord(**image) for image in images), tmp_path / "store")
+    damage(tmp_path / "store" / name)
+    with pytest.raises(DataError, match=re.escape(message)) as error:
+        FeatureStore.open(tmp_path / "store")
+    assert error.value.path in (str(tmp_path / "store" / name), str(tmp_path / "store" / "offsets.npy"))
+    assert error.value.record == record
+
+
+def test_store_values_are_not_rescanned_on_read(tmp_path, images) -> None:
+    """Values are checked when the store is written; a NaN put into features.npy afterwards is read as it is
+    (the trainer's non-finite check stops such a run): reading stays a plain copy of the rows."""
+    write_feature_store((FeatureRecord(**image) for image in images), tmp_path / "store")
+    features = np.load(tmp_path / "store" / "features.npy", mmap_mode="r+")
+    features[0, 0] = np.nan
+    features.flush()
+    del features
+    assert np.isnan(FeatureStore.open(tmp_path / "store").get(42)[0][0, 0])
+
+
+def test_writer_refuses_an_image_without_boxes(tmp_path, images) -> None:
+    empty = FeatureRecord(5, 10, 10, np.zeros((0, 4), np.float32), np.zeros((0, 16), np.float32))
+    with pytest.raises(DataError, match="no boxes") as error:
+        write_feature_store([FeatureRecord(**images[0]), empty], tmp_path / "store")
+    assert error.value.record == "image_id=5" and error.value.field == "boxes"
+    assert not (tmp_path / "store").exists()
+
+
+def test_boxes_outside_the_image_and_empty_boxes_are_read(tmp_path) -> None:
+    """Real detector files hold boxes reaching slightly past the image and zero-size boxes: both are kept."""
+    boxes = np.array([[-3.5, -1, 644, 481], [10, 20, 10, 20], [0, 0, 640, 480]], np.float32)
+    path = tmp_path / "f.tsv"
+    write_official_tsv(path, [{"image_id": 1, "image_w": 640, "image_h": 480, "boxes": boxes,
+                               "features": np.ones((3, 4), np.float32)}])
+    (record,) = iter_tsv_records(path)
+    np.testing.assert_array_equal(record.boxes, boxes)
+
+
+def test_hdf5_values_beyond_the_limit_and_inverted_boxes(tmp_path) -> None:
+    """The HDF5 reader refuses what the TSV reader refuses: values beyond ±65504, boxes with x2 < x1."""
+    _two_images_hdf5(tmp_path / "c.hdf5")
+    with h5py.File(tmp_path / "c.hdf5", "a") as file:
+        file["image_features"][1, 3] = 3e38
+        file["image_bb"][6] = [50, 50, 10, 60]
+    store = FeatureStore.open(tmp_path / "c.hdf5")
+    with pytest.raises(DataError, match="value 9 is 3e\\+38: larger than 65504") as error:
+        store.get(1)
+    assert error.value.field == "image_features" and error.value.record == "image_id=1"
+    with pytest.raises(DataError, match="box 2 .* x2 < x1") as error:
         store.get(2)
     assert error.value.field == "image_bb" and error.value.record == "image_id=2"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -213,8 +214,9 @@ def test_question_without_annotation(raw) -> None:
     assert error.value.record == "question_id=21"
 
 
-def test_interrupted_prepare_is_not_mistaken_for_complete(raw, tmp_path) -> None:
+def test_a_prepare_failing_half_way_leaves_the_previous_dataset_whole(raw, tmp_path) -> None:
     prepare_vqa2(raw["root"], raw["features"], raw["out"], min_answer_count=1, progress=False)
+    before = {path: path.read_bytes() for path in raw["out"].rglob("*") if path.is_file()}
     bad = tmp_path / "bad.tsv"
     lines = (tmp_path / "trainval.tsv").read_bytes().split(b"\r\n")
     assert lines[2].startswith(b"3\t")
@@ -225,10 +227,9 @@ def test_interrupted_prepare_is_not_mistaken_for_complete(raw, tmp_path) -> None
     with pytest.raises(DataError, match="num_boxes") as error:
         prepare_vqa2(raw["root"], [bad, raw["features"][1]], raw["out"], min_answer_count=1, progress=False)
     assert error.value.record.startswith("line 3") and error.value.field == "boxes"
-    assert not (raw["out"] / "manifest.json").exists()
-    with pytest.raises(DataError, match="no manifest.json"):
-        VQADataset(raw["out"], "train")
-    assert not [p for p in raw["out"].iterdir() if p.name.startswith(".")]  # no temporaries left
+    assert {path: path.read_bytes() for path in raw["out"].rglob("*") if path.is_file()} == before
+    assert VQADataset(raw["out"], "val")[0]["question_id"] == 20
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
 
 
 def test_rerun_reuses_a_finished_conversion(raw) -> None:
@@ -318,6 +319,68 @@ def test_glove_file_with_a_bad_line(raw, tmp_path) -> None:
     with pytest.raises(DataError, match="2 values, expected 3") as error:
         prepare_vqa2(raw["root"], raw["features"], raw["out"], glove=glove, min_answer_count=1, progress=False)
     assert error.value.record == "line 2"
+
+
+@pytest.mark.parametrize("value", ["nan", "-inf", "1e999", "NaN"])
+def test_glove_file_with_a_non_finite_value(raw, tmp_path, value) -> None:
+    glove = tmp_path / "glove.txt"
+    glove.write_text(f"the 1 2 3\ncat 1 {value} 3\n")
+    with pytest.raises(DataError, match=f"'cat': value 2 of 3 is '{value}', not a finite float32") as error:
+        prepare_vqa2(raw["root"], raw["features"], raw["out"], glove=glove, min_answer_count=1, progress=False)
+    assert error.value.path == str(glove) and error.value.record == "line 2" and error.value.field == "vector"
+    assert not (raw["out"] / "manifest.json").exists()
+
+
+def _prepared_with_glove(raw, tmp_path) -> Path:
+    """The raw set prepared with a 3-d GloVe file."""
+    glove = tmp_path / "glove.txt"
+    glove.write_text("the 0.5 -1 2\ncat 1 0 0.25\ndog -2 3 1\n")
+    prepare_vqa2(raw["root"], raw["features"], raw["out"], glove=glove, min_answer_count=1, progress=False)
+    return raw["out"]
+
+
+def test_word_vectors_initialise_the_tables(raw, tmp_path) -> None:
+    from ban.engine.tasks import make_task
+
+    data = _prepared_with_glove(raw, tmp_path)
+    table, second = make_task("vqa", data).word_vectors(3, two_tables=True)
+    np.testing.assert_array_equal(table.numpy(), np.load(data / "glove.npy"))
+    np.testing.assert_array_equal(second.numpy(), np.load(data / "glove_cooccurrence.npy"))
+
+
+def test_word_vectors_of_another_width_are_reported(raw, tmp_path, capsys) -> None:
+    """A 3-d GloVe table cannot initialise 300-d word tables: they start random, and stderr says so."""
+    from ban.engine.tasks import make_task
+
+    data = _prepared_with_glove(raw, tmp_path)
+    capsys.readouterr()
+    assert make_task("vqa", data).word_vectors(300, two_tables=False) is None
+    warning = capsys.readouterr().err
+    assert f"{data / 'glove.npy'} holds 3-d word vectors" in warning and "model.word_dim" in warning
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "message"),
+    [
+        ("glove.npy", lambda p: p.write_bytes(p.read_bytes()[:-20]), "not a readable .npy file"),
+        ("glove.npy", lambda p: np.save(p, np.load(p)[:7]), "7 rows, but dictionary.json has 22 tokens"),
+        ("glove.npy", lambda p: np.save(p, np.load(p)[:, 0]), "float32 array of shape [22]"),
+        ("glove.npy", lambda p: np.save(p, np.load(p) * np.r_[1, 1, np.nan, np.ones(19)][:, None]),
+         "NaN or infinite"),
+        ("glove_cooccurrence.npy", lambda p: np.save(p, np.load(p)[:, :2]), "2-d vectors, but glove.npy's are 3-d"),
+        ("glove_cooccurrence.npy", lambda p: p.write_bytes(b"garbage"), "not a readable .npy file"),
+    ],
+)
+def test_bad_word_vector_files_are_refused(raw, tmp_path, name, damage, message) -> None:
+    from ban.engine.tasks import make_task
+
+    data = _prepared_with_glove(raw, tmp_path)
+    damage(data / name)
+    with pytest.raises(DataError, match=re.escape(message)) as error:
+        make_task("vqa", data).word_vectors(3, two_tables=True)
+    assert error.value.path == str(data / name)
+    if "NaN" in message:
+        assert error.value.record == "row 2 (token 'cat')"
 
 
 def test_command_line(raw, capsys) -> None:

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
+import re
 
-from ban.engine.config import TrainConfig, apply_overrides, parse_assignments, split_overrides, typed_overrides
+import pytest
+import torch
+
+from ban.engine.config import (
+    TrainConfig,
+    apply_overrides,
+    parse_assignments,
+    resolve_device,
+    split_overrides,
+    typed_overrides,
+)
 from ban.engine.schedule import learning_rate
 from ban.errors import ConfigError
 from ban.models import BANConfig
@@ -46,6 +56,35 @@ def test_model_overrides_are_split_and_typed():
 def test_bad_training_settings_are_rejected(assignment):
     with pytest.raises(ConfigError):
         apply_overrides(TrainConfig(), parse_assignments([assignment]))
+
+
+@pytest.mark.parametrize(("assignment", "message"), [
+    ("lr=inf", "'lr'"), ("lr=nan", "'lr'"), ("eps=0", "'eps' must be positive"),
+    ("grad_clip=-1", "'grad_clip' must be positive"), ("grad_clip=0", "'grad_clip' must be positive"),
+    ("decay_rate=0", "'decay_rate' must be positive"), ("num_workers=-1", "'num_workers' must be non-negative"),
+    ("betas=0.9,1", "'betas' needs two values in [0, 1)"), ("betas=-0.1,0.9", "'betas'"), ("betas=0.9", "'betas'"),
+    ("warmup=0.5,0", "'warmup'"), ("device=tpu", "'device': 'tpu' is not a device"),
+    ("device=cuda:x", "'device'"), ("device=meta", "'device'"),
+])
+def test_settings_out_of_range_name_the_setting(assignment, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        apply_overrides(TrainConfig(), parse_assignments([assignment]))
+
+
+def test_devices_resolve_to_ones_this_machine_has(monkeypatch):
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="--device: 'tpu' is not a device"):
+        resolve_device("tpu", "--device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="'cuda:1' is not on this machine, which has no CUDA"):
+        resolve_device("cuda:1")
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match="'cuda:2' is not on this machine, which has 2 CUDA devices"):
+        resolve_device("cuda:2")
 
 
 def test_unknown_model_setting_is_rejected():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -193,6 +194,17 @@ def test_a_run_directory_is_not_overwritten_or_resumed_with_another_config(data_
     other_model = RunConfig("vqa", run.data_dir, run.model.replace(hidden_dim=24), run.train, run.fingerprint)
     with pytest.raises(ConfigError, match="model.hidden_dim"):
         start_run(tmp_path, other_model, resume=True)
+
+
+def test_a_split_the_data_lacks_is_refused_before_training(data_dir, tmp_path):
+    for settings, message in ((dict(val_split="vall"), "'val_split'.*no split 'vall'"),
+                              (dict(train_splits=("train", "vg-train")), "'train_splits'.*no split 'vg-train'")):
+        run = small_run(data_dir, epochs=1, **settings)
+        start_run(tmp_path / "run", run, resume=False)
+        with pytest.raises(ConfigError, match=message):  # in Python as on the command line
+            train(tmp_path / "run", run, VQATask(data_dir))
+        assert not (tmp_path / "run" / CHECKPOINT_FILE).exists()
+        shutil.rmtree(tmp_path / "run")
 
 
 def test_data_with_another_vocabulary_is_refused(data_dir, tmp_path):

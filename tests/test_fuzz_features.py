@@ -1,6 +1,7 @@
 """Property-based corruption of the region-feature readers: bottom-up TSV rows, the authors' HDF5 layouts and
 their image-id pickles. Every corruption gives a DataError naming the file, and whatever is accepted equals an
-independent decoding of the same bytes (nothing silently wrong: no rows read past an image, no NaN passed on).
+independent decoding of the same bytes (nothing silently wrong: no rows read past an image, no NaN, infinite or
+absurdly large value and no box with x2 < x1 or y2 < y1 passed on).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ban.errors import DataError
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                           HealthCheck.too_slow])
 DIM = 3
+LIMIT = 65504  # the largest float16: larger magnitudes are refused
 
 
 def tsv_line(image_id: int, width: int, height: int, boxes: np.ndarray, features: np.ndarray) -> bytes:
@@ -35,9 +37,14 @@ def tsv_line(image_id: int, width: int, height: int, boxes: np.ndarray, features
 
 
 RNG = np.random.default_rng(0)
-IMAGES = [(7 + i, 640, 480, RNG.uniform(0, 400, (n, 4)).astype(np.float32),
-           RNG.normal(size=(n, DIM)).astype(np.float32)) for i, n in enumerate((2, 1, 3))]
+IMAGES = [(7 + i, 640, 480, np.sort(RNG.uniform(0, 400, (n, 2, 2)), axis=1).reshape(n, 4).astype(np.float32),
+           RNG.normal(size=(n, DIM)).astype(np.float32)) for i, n in enumerate((2, 1, 3))]  # x1 ≤ x2, y1 ≤ y2
 TSV = b"".join(tsv_line(*image) + b"\r\n" for image in IMAGES)
+
+
+def sane(values: np.ndarray) -> bool:
+    """Every value finite and within ±LIMIT."""
+    return bool(np.isfinite(values).all() and (np.abs(values) <= LIMIT).all())
 
 
 def naive_records(data: bytes) -> list[tuple] | None:
@@ -58,19 +65,24 @@ def naive_records(data: bytes) -> list[tuple] | None:
             return None
         if min(width, height, count) <= 0 or boxes.size != 4 * count or features.size % count:
             return None
+        if any(not -2**63 <= value < 2**63 for value in (image_id, width, height, count)):
+            return None
         if width_seen is not None and features.size // count != width_seen:
             return None
         width_seen = features.size // count
-        if not (np.isfinite(boxes).all() and np.isfinite(features).all()):
+        if not (sane(boxes) and sane(features)):
             return None
-        records.append((image_id, width, height, boxes.reshape(count, 4), features.reshape(count, -1)))
+        boxes = boxes.reshape(count, 4)
+        if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
+            return None
+        records.append((image_id, width, height, boxes, features.reshape(count, -1)))
     return records
 
 
 @st.composite
 def corrupted_tsv(draw: st.DrawFn) -> bytes:
     data = bytearray(TSV)
-    kind = draw(st.sampled_from(["flip", "cut", "insert", "field", "nan"]))
+    kind = draw(st.sampled_from(["flip", "cut", "insert", "field", "nan", "inverted"]))
     at = draw(st.integers(0, len(data) - 1))
     if kind == "flip":
         data[at] ^= draw(st.sampled_from([1, 2, 4, 8, 16, 32, 64, 128, 0x7F, 0xFF]))
@@ -83,16 +95,22 @@ def corrupted_tsv(draw: st.DrawFn) -> bytes:
         row = draw(st.integers(0, len(IMAGES) - 1))
         fields = lines[row].split(b"\t")
         fields[draw(st.integers(0, 5))] = draw(st.sampled_from([b"", b"-1", b"0", b"1e3", b"x", b"99", b"4", b"AAAA",
-                                                                 b"AAA=", b"A", b"\xff"]))
+                                                                 b"AAA=", b"A", b"\xff", b"9" * 23, b"-" + b"9" * 19]))
         lines[row] = b"\t".join(fields)
         return b"\r\n".join(lines)
     else:
         row = draw(st.integers(0, len(IMAGES) - 1))
         changed = list(IMAGES[row])
-        which = draw(st.sampled_from([3, 4]))  # the boxes or the features
-        changed[which] = changed[which].copy()
-        changed[which].flat[draw(st.integers(0, changed[which].size - 1))] = draw(
-            st.sampled_from([np.nan, np.inf, -np.inf]))
+        if kind == "inverted":  # a box's corners swapped, or moved slightly past the image / made empty (valid)
+            changed[3] = changed[3].copy()
+            box = changed[3][draw(st.integers(0, len(changed[3]) - 1))]
+            axis = draw(st.sampled_from([0, 1]))
+            box[[axis, axis + 2]] = draw(st.sampled_from([box[[axis + 2, axis]], [-2.5, 700.0], [5.0, 5.0]]))
+        else:
+            which = draw(st.sampled_from([3, 4]))  # the boxes or the features
+            changed[which] = changed[which].copy()
+            changed[which].flat[draw(st.integers(0, changed[which].size - 1))] = draw(
+                st.sampled_from([np.nan, np.inf, -np.inf, 3e38, -7e4, 6e4]))
         return b"".join(tsv_line(*(changed if i == row else image)) + b"\r\n" for i, image in enumerate(IMAGES))
     return bytes(data)
 
@@ -160,13 +178,13 @@ def hdf5_change(draw: st.DrawFn, file: h5py.File) -> None:
         file["pos_boxes"][...] = pos
     elif kind == "nan" and file[name].dtype.kind == "f" and file[name].size:
         data = file[name][...]
-        data.flat[draw(st.integers(0, data.size - 1))] = np.nan
+        data.flat[draw(st.integers(0, data.size - 1))] = draw(st.sampled_from([np.nan, 3e38, -1e5, 1e3]))
         file[name][...] = data
 
 
 def valid_layout(path: Path, mapping: dict[int, int]) -> bool:
     """Independent check of the reference layout: datasets present, shapes consistent, row ranges inside
-    the arrays, the map's indices in range, every value finite."""
+    the arrays, the map's indices in range, every value finite and within ±LIMIT, box corners in order."""
     with h5py.File(path, "r") as file:
         names = ("image_features", "image_bb", "spatial_features")
         if any(not isinstance(file.get(n), h5py.Dataset) or file[n].dtype.kind != "f" for n in names):
@@ -175,7 +193,9 @@ def valid_layout(path: Path, mapping: dict[int, int]) -> bool:
         if features.ndim not in (2, 3) or boxes.shape != features.shape[:-1] + (4,) or \
                 spatial.shape != features.shape[:-1] + (6,):
             return False
-        if not all(np.isfinite(a).all() for a in (features, boxes, spatial)):
+        if not all(sane(a) for a in (features, boxes, spatial)):
+            return False
+        if (boxes[..., 2] < boxes[..., 0]).any() or (boxes[..., 3] < boxes[..., 1]).any():
             return False
         if features.ndim == 3:
             return all(0 <= i < len(features) for i in mapping.values())

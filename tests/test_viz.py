@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,23 @@ def test_without_an_image_the_boxes_go_on_a_blank_canvas_of_the_image_size(vqa_r
     assert_real_picture(next(tmp_path.glob("q*.png")))
 
 
+@pytest.mark.parametrize("content", [b"not an image", "half a file"])
+def test_an_unreadable_image_file_is_a_clear_error(vqa_run: Path, scenes: dict[str, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str], content: bytes | str) -> None:
+    rows = val_rows(scenes["vqa"])
+    images = tmp_path / "images"
+    images.mkdir()
+    real = find_coco_image(scenes["raw"] / "images", "val2014", int(rows["image_id"][0]))
+    assert real is not None
+    name = real.name
+    if content == "half a file":
+        content = real.read_bytes()[: real.stat().st_size // 2]
+    (images / name).write_bytes(content)
+    command = ["visualize", str(vqa_run), "--questions", str(rows["question_id"][0]), "--images", str(images)]
+    assert main([*command, "--out", str(tmp_path / "out")]) == 2
+    assert f"{images / name}: cannot read the image" in capsys.readouterr().err
+
+
 def test_chosen_question_ids_and_random_choice(vqa_run: Path, scenes: dict[str, Path], tmp_path: Path) -> None:
     qids = val_rows(scenes["vqa"])["question_id"].tolist()
     assert main(["visualize", str(vqa_run), "--questions", str(qids[-1]), "--out", str(tmp_path / "a")]) == 0
@@ -177,6 +195,20 @@ def test_report_pictures_for_the_trainer(vqa_run: Path) -> None:
     assert len(paths) == 2 and all(path.parent == vqa_run / REPORT_DIR for path in paths)
     for path in paths:
         assert_real_picture(path)
+
+
+def test_a_report_picture_on_an_unreadable_image_is_skipped(scenes: dict[str, Path], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The end of a finished training is not failed by a damaged file in the image folder found for it."""
+    data = tmp_path / "prepared"
+    shutil.copytree(scenes["vqa"], data)
+    images = shutil.copytree(scenes["raw"] / "images", tmp_path / "images")  # DATA/../images: found first
+    for image in images.iterdir():
+        image.write_bytes(b"damaged")
+    run_dir = make_run(tmp_path / "run", "vqa", data, num_glimpses=2)
+    loaded = load_run(run_dir)
+    assert write_report_pictures(run_dir, loaded.model, loaded.config, num=2) == []
+    assert capsys.readouterr().err.count("attention picture skipped: ") == 2
 
 
 def test_box_opacity_follows_the_attention() -> None:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ban import kernels
+from ban.engine.config import resolve_device
 from ban.engine.graphs import (
     compiled_forward,
     forward_logits,
@@ -194,12 +195,6 @@ def measure(settings: BenchSettings, path: str, precision: str, mode: str) -> Be
     work *= 3 if mode == "train" else 1
     return BenchResult(path, precision, mode, 1000 * seconds, settings.batch_size / seconds, work / seconds / 1e12,
                        peak_memory_gib(device))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def run_all(settings: BenchSettings, paths: list[str], precisions: list[str], modes: list[str]) -> list[BenchResult]:

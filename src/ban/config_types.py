@@ -20,7 +20,15 @@ def check_types(config: Any, what: str) -> None:
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         if not _fits(value, hints[field.name]):
-            raise ConfigError(f"{what} setting {field.name!r}: {value!r} does not fit its type {hints[field.name]}")
+            raise ConfigError(f"{what} setting {field.name!r}: {value!r} does not fit its type, "
+                              f"{_describe(hints[field.name])}")
+
+
+def _describe(hint: Any) -> str:
+    """A type hint in words: ``int``, ``finite float``, ``tuple[float, ...]``."""
+    if hint is float:
+        return "finite float"
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def _fits(value: Any, hint: Any) -> bool:

@@ -8,7 +8,8 @@ import json
 
 import torch
 
-from ban.benchmark import BenchSettings, as_json, format_table, resolve_device, run_all
+from ban.benchmark import BenchSettings, as_json, format_table, run_all
+from ban.engine.config import resolve_device
 from ban.machine import describe_machine
 
 
@@ -44,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    on_gpu = resolve_device(args.device).type == "cuda"
+    on_gpu = resolve_device(args.device, "--device").type == "cuda"
     settings = BenchSettings(
         preset=args.preset, num_tokens=args.num_tokens, num_answers=args.num_answers,
         batch_size=args.batch_size or (256 if on_gpu else 32), boxes=args.boxes or ("adaptive" if on_gpu else "36"),

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ban.commands.trained_run import add_run_arguments, load_trained_run
+from ban.commands.trained_run import add_batch_size_argument, add_run_arguments, load_trained_run
 from ban.engine.tasks import make_task
 from ban.engine.trainer import resolve_precision
 
@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory written by `ban train`")
     parser.add_argument("--split", default="val", help="split of the prepared dataset (default: val)")
     add_run_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=512, help="questions per forward pass (default: 512)")
+    add_batch_size_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 

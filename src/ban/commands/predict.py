@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ban.commands.trained_run import add_run_arguments, load_trained_run
-from ban.data.atomic import atomic_path, write_with
+from ban.commands.trained_run import add_batch_size_argument, add_run_arguments, load_trained_run
+from ban.data.atomic import atomic_path, check_file_target, write_with
 from ban.engine.tasks import VQATask, make_task, predict_logits
 from ban.engine.trainer import resolve_precision
 from ban.errors import ConfigError
@@ -26,10 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="results file to write (JSON)")
     parser.add_argument("--logits", type=Path, help="also write the answer logits [Q, A] as a .npy file")
     add_run_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=512, help="questions per forward pass (default: 512)")
+    add_batch_size_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    for target in filter(None, (args.out, args.logits)):
+        check_file_target(target)  # refused now, not after predicting
     loaded, device = load_trained_run(args)
     task = make_task(loaded.config.task, loaded.data_dir)
     if not isinstance(task, VQATask):

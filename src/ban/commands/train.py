@@ -25,9 +25,9 @@ from ban.engine.config import (
 )
 from ban.engine.run import RunConfig, abandon_new_run, fingerprint, read_run_config, start_run
 from ban.engine.synthetic import synthetic_dataset
-from ban.engine.tasks import make_task
-from ban.engine.trainer import TrainingInterrupted, train
-from ban.errors import ConfigError
+from ban.engine.tasks import Task, check_splits, make_task
+from ban.engine.trainer import TrainingDiverged, TrainingInterrupted, train
+from ban.errors import BanError, ConfigError
 from ban.models import BANConfig, preset
 
 DEFAULT_PRESETS = {"vqa": "paper-best", "grounding": "grounding"}
@@ -66,21 +66,34 @@ def build_run(args: argparse.Namespace) -> RunConfig:
     if args.epochs is not None:
         train_overrides["epochs"] = str(args.epochs)
     task = make_task(task_name, data_dir)
+    kept = stored if args.preset is None else None  # --resume keeps the run's model and training settings
+    model = build_model_config(kept.model if kept else None, args.preset, task, synthetic, model_overrides)
+    base = kept.train if kept else TrainConfig(**SYNTHETIC_TRAINING) if synthetic else TrainConfig()
+    training = apply_overrides(base, train_overrides)
+    check_splits(training, task)
+    return RunConfig(task_name, str(data_dir), model, training, fingerprint(data_dir))
+
+
+def build_model_config(stored: BANConfig | None, preset_name: str | None, task: Task, synthetic: bool,
+                       overrides: dict[str, str]) -> BANConfig:
+    """The ``stored`` model (--resume without --preset) or the preset, with the ``model.<field>`` ``overrides``
+    and the sizes the data fixes; an override or a model that contradicts the data or the task is a
+    :class:`ConfigError`."""
+    values = typed_overrides(BANConfig, overrides, "model")
+    if "task" in values and values["task"] != task.name:
+        raise ConfigError(f"model.task={values['task']} contradicts the task ({task.name}); choose it with --task")
     sizes = task.model_sizes()
-    model_values = typed_overrides(BANConfig, model_overrides, "model")
     for name, value in sizes.items():
-        if name in model_values and model_values[name] != value:
-            raise ConfigError(f"model.{name}={model_values[name]} contradicts the data ({name} = {value})")
-    if stored is not None and args.preset is None:
-        model = stored.model.replace(**model_values)
-        base = stored.train
+        if name in values and values[name] != value:
+            raise ConfigError(f"model.{name}={values[name]} contradicts the data ({name} = {value})")
+    if stored is not None:
+        model, source = stored.replace(**values), "the run's stored model"
     else:
-        name = args.preset or ("tiny" if synthetic else DEFAULT_PRESETS[task_name])
-        model = preset(name, **{**model_values, **sizes})
-        base = TrainConfig(**SYNTHETIC_TRAINING) if synthetic else TrainConfig()
-    if model.task != task_name:
-        raise ConfigError(f"preset {args.preset!r} is a {model.task} model, but the task is {task_name}")
-    return RunConfig(task_name, str(data_dir), model, apply_overrides(base, train_overrides), fingerprint(data_dir))
+        name = preset_name or ("tiny" if synthetic else DEFAULT_PRESETS[task.name])
+        model, source = preset(name, **{**values, **sizes}), f"preset {name!r}"
+    if model.task != task.name:
+        raise ConfigError(f"{source} is a {model.task} model, but the task is {task.name}")
+    return model
 
 
 def default_run_dir(run: RunConfig) -> Path:
@@ -101,14 +114,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"run dir: {run_dir}\nmodel: {config.model}\ntraining: {config.train}", file=sys.stderr)
     try:
         history = train(run_dir, config, make_task(config.task, config.data_dir), resume=args.resume)
-    except ConfigError:
-        if main_process and not args.resume:
-            abandon_new_run(run_dir)  # e.g. cuda_graphs on a CPU: the corrected command may use the same --out
-        raise
     except TrainingInterrupted as stopped:
         if main_process:
             print(f"ban train: interrupted: {stopped}", file=sys.stderr)
         return 130
+    except BanError as error:
+        # refused before its first checkpoint (cuda_graphs on a CPU, a bad data file…): the corrected command may
+        # use the same --out. A diverged run stays: its message says how to resume it.
+        if main_process and not args.resume and not isinstance(error, TrainingDiverged):
+            abandon_new_run(run_dir)
+        raise
     if history and main_process:
         last = {k: v for k, v in history[-1].items() if k != "val"}
         print(f"done: {last}" + (f"\nval: {history[-1]['val']}" if "val" in history[-1] else ""))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ban.engine.config import resolve_device
 from ban.engine.run import LoadedRun, load_run
 
 
@@ -20,7 +21,25 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_device: str = "au
                         help=f"auto (CUDA if available), cpu, cuda, cuda:1, … (default: {default_device})")
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a whole number above zero (else argparse's usage error, exit status 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {value}")
+    return value
+
+
+def add_batch_size_argument(parser: argparse.ArgumentParser) -> None:
+    """``--batch-size`` of the forward passes (`evaluate`, `predict`)."""
+    parser.add_argument("--batch-size", type=positive_int, default=512,
+                        help="questions per forward pass (default: 512)")
+
+
 def load_trained_run(args: argparse.Namespace) -> tuple[LoadedRun, torch.device]:
-    """The run named by ``args.run_dir`` with the chosen weights and dataset, and the device to use."""
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    """The run named by ``args.run_dir`` with the chosen weights and dataset, and the device to use (one this
+    machine lacks is a :class:`ban.errors.ConfigError`, said before anything is loaded)."""
+    device = resolve_device(args.device, "--device")
     return load_run(args.run_dir, args.data, args.checkpoint), device

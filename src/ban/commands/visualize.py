@@ -11,7 +11,8 @@ Grounding: per caption, the image with each phrase's top-scoring box, one colour
 
 Images are looked up by the COCO naming convention (``COCO_<subset>_<12-digit id>.jpg|png``; Flickr30k:
 ``<id>.jpg``) in --images, by default in an ``images`` folder next to the prepared dataset (the synthetic
-scenes have one). Without an image file the boxes are drawn on a blank canvas of the image's size.
+scenes have one). Without an image file the boxes are drawn on a blank canvas of the image's size; an image file
+that cannot be read (not an image, truncated) is a :class:`DataError` naming it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ban.commands.trained_run import add_run_arguments, load_trained_run
+from ban.commands.trained_run import add_run_arguments, load_trained_run, positive_int
 from ban.errors import ConfigError, DataError
 from ban.viz.report import default_image_dir, pick, picture_maker
 
@@ -30,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--questions", type=int, nargs="+", metavar="QID", help="VQA question ids to draw")
     parser.add_argument("--captions", type=int, nargs="+", metavar="INDEX",
                         help="grounding: positions of the captions in the split to draw")
-    parser.add_argument("--num", type=int, default=4, help="without --questions/--captions: how many (default 4)")
+    parser.add_argument("--num", type=positive_int, default=4,
+                        help="without --questions/--captions: how many (default 4)")
     parser.add_argument("--random", action="store_true", help="draw --num at random instead of the first ones")
     parser.add_argument("--seed", type=int, default=0, help="seed of --random (default 0)")
     parser.add_argument("--images", type=Path, help="image folder (COCO file names; Flickr30k: <id>.jpg)")
@@ -39,9 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
-    if args.num < 1:
-        raise ConfigError("--num must be positive")
     if args.images is not None and not args.images.is_dir():
         raise DataError("no such image folder", path=args.images)
     loaded, device = load_trained_run(args)

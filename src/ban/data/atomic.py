@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ban.errors import DataError
+
 
 def temporary_sibling(path: str | os.PathLike[str]) -> Path:
     """A hidden, process-unique name next to ``path`` (same directory, so a rename is atomic)."""
@@ -25,15 +27,18 @@ def temporary_sibling(path: str | os.PathLike[str]) -> Path:
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path to write to; on success it replaces ``path``; on error it is removed.
 
-    Works for a file or a directory. An existing directory at ``path`` is replaced only after the new one is
-    complete.
+    Works for a file or a directory; missing parent directories are created. An existing directory at
+    ``path`` is replaced only by a directory, and only after the new one is complete; a file is never put
+    where a directory is, nor a directory where a file is (:class:`DataError`, nothing touched).
     """
     path = Path(path)
+    make_directory(path.parent)
     temp = temporary_sibling(path)
     _remove(temp)
     _remove_stale_siblings(path)
     try:
         yield temp
+        _check_same_kind(temp, path)
         if path.is_dir() and not path.is_symlink():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
@@ -46,11 +51,45 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def make_directory(path: str | os.PathLike[str]) -> Path:
+    """Create the directory ``path`` and its missing parents (as ``mkdir -p``); :class:`DataError` naming the
+    culprit where ``path`` or one of its parents exists and is not a directory. Returns ``path``."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise DataError("exists and is not a directory", path=_first_non_directory(path) or path) from None
+    return path
+
+
+def check_file_target(path: str | os.PathLike[str]) -> None:
+    """Refuse, before any work, a file ``path`` that cannot be written: a directory is there (writing would
+    lose it), or one of its parents is not a directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError("is a directory: give the name of the file to write", path=path)
+    culprit = _first_non_directory(path.parent)
+    if culprit is not None:
+        raise DataError("exists and is not a directory", path=culprit)
+
+
+def _first_non_directory(path: Path) -> Path | None:
+    """The outermost of ``path`` and its parents that exists (or is a dangling link) and is not a directory."""
+    return next((part for part in reversed((path, *path.parents))
+                 if (part.exists() or part.is_symlink()) and not part.is_dir()), None)
+
+
+def _check_same_kind(temp: Path, path: Path) -> None:
+    """The new ``temp`` may replace what is at ``path`` only if both are files or both are directories."""
+    if not temp.is_dir():
+        check_file_target(path)
+    elif path.exists() and not path.is_dir():
+        raise DataError("exists and is not a directory", path=path)
+
+
 def _remove_stale_siblings(path: Path) -> None:
     """Remove the temporaries (``.NAME.tmp-PID``, ``.NAME.old-PID``) that killed processes left next to
     ``path``; those of processes still running are kept."""
-    if not path.parent.is_dir():
-        return
     for sibling in path.parent.iterdir():
         kind, _, pid = sibling.name.removeprefix(f".{path.name}.").rpartition("-")
         if sibling.name.startswith(f".{path.name}.") and kind in ("tmp", "old") and pid.isdigit() \

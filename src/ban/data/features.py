@@ -24,11 +24,15 @@ import numpy as np
 from tqdm import tqdm
 
 from ban.data.atomic import atomic_path, write_json
-from ban.data.jsonfile import read_json
+from ban.data.jsonfile import read_json, require
 from ban.errors import DataError
 
 STORE_FORMAT_VERSION = 1
 FEATURE_DTYPES = ("float32", "float16")
+VALUE_LIMIT = 65504.0
+"""The largest magnitude a feature, spatial feature or box coordinate may have: the largest float16, so a float16
+store holds every accepted value. Detector features and pixel boxes are orders of magnitude smaller; a value
+like 3e38 would only overflow the model's first products into a non-finite loss."""
 
 
 @dataclass
@@ -67,6 +71,31 @@ def spatial_features(boxes: np.ndarray, image_w: int, image_h: int) -> np.ndarra
     scaled_h = (boxes[:, 3] - boxes[:, 1]) / height
     columns = [scaled_x, scaled_y, scaled_x + scaled_w, scaled_y + scaled_h, scaled_w, scaled_h]
     return np.stack(columns, axis=1)
+
+
+def check_values(values: np.ndarray, *, path: str | os.PathLike[str] | None, record: str, field: str) -> None:
+    """A :class:`DataError` naming the first value of ``values`` (by its flat position) that is NaN, infinite or
+    larger than :data:`VALUE_LIMIT` in magnitude."""
+    if not values.size or (values.min() >= -VALUE_LIMIT and values.max() <= VALUE_LIMIT):  # NaN fails both
+        return
+    flat = values.reshape(-1)
+    position = int(np.argmin(np.abs(flat) <= VALUE_LIMIT))
+    value = flat[position]
+    reason = f"larger than {VALUE_LIMIT:g} in magnitude" if np.isfinite(value) else "NaN or infinite"
+    raise DataError(f"value {position} is {value!s}: {reason}", path=path, record=record, field=field)
+
+
+def check_box_corners(boxes: np.ndarray, *, path: str | os.PathLike[str] | None, record: str, field: str) -> None:
+    """A :class:`DataError` naming the first of ``boxes`` ``[n, 4]`` (pixel x1, y1, x2, y2) with x2 < x1 or
+    y2 < y1. Zero-size boxes and boxes reaching past the image, which detector files hold, are accepted."""
+    inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if not inverted.any():
+        return
+    box = int(np.argmax(inverted))
+    x1, y1, x2, y2 = boxes[box].tolist()
+    corner = "x2 < x1" if x2 < x1 else "y2 < y1"
+    raise DataError(f"box {box} ({x1:g}, {y1:g}, {x2:g}, {y2:g}) has {corner} (expected pixel x1, y1, x2, y2)",
+                    path=path, record=record, field=field)
 
 
 class FeatureStore(ABC):
@@ -138,20 +167,85 @@ class FeatureStore(ABC):
 
 
 class NpyFeatureStore(FeatureStore):
-    """Our store directory (docs/data-formats.md), opened memory-mapped."""
+    """Our store directory (docs/data-formats.md), opened memory-mapped.
+
+    Opening checks the structure, which costs a few reads of small arrays and ``.npy`` headers: ``store.json``'s
+    fields; image ids unique; offsets rising from 0 to ``num_boxes``, at least one row per image; image sizes
+    positive; ``features`` / ``spatial`` / ``boxes`` of shape ``[num_boxes, D / 6 / 4]``, of the recorded dtype,
+    with all their rows in the file. Values are not scanned here nor on reads (the loader reads thousands of
+    images a second): they were checked when the store was written from TSV rows.
+    """
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
-        meta_path = self.directory / "store.json"
-        self.meta = read_json(meta_path, missing="not a complete feature store (no store.json): rerun `ban prepare`")
-        self.feature_dim = int(self.meta["feature_dim"])
-        self.offsets = np.load(self.directory / "offsets.npy")
-        self.image_sizes = np.load(self.directory / "image_sizes.npy")
-        super().__init__(np.load(self.directory / "image_ids.npy"))
-        num_boxes = int(self.meta["num_boxes"])
-        if len(self.offsets) != len(self.image_ids) + 1 or int(self.offsets[-1]) != num_boxes:
-            raise DataError("offsets do not match image_ids / num_boxes", path=self.directory / "offsets.npy")
+        self.meta = _read_store_meta(self.directory / "store.json")
+        self.feature_dim = self.meta["feature_dim"]
+        num_images = self.meta["num_images"]
+        super().__init__(self._index_array("image_ids", (num_images,)))
+        self.offsets = self._index_array("offsets", (num_images + 1,))
+        self.image_sizes = self._index_array("image_sizes", (num_images, 2))
+        self._check_index()
+        self._check_row_arrays()
         self._arrays: dict[str, np.ndarray] | None = None
+
+    def _load(self, name: str, mmap: bool = False) -> np.ndarray:
+        """The store's ``<name>.npy`` (memory-mapped if ``mmap``); a :class:`DataError` naming it when it is
+        missing or not a complete ``.npy`` file."""
+        path = self.directory / f"{name}.npy"
+        try:
+            return np.load(path, mmap_mode="r" if mmap else None)
+        except FileNotFoundError:
+            raise DataError("missing: rerun `ban prepare`", path=path) from None
+        except (OSError, ValueError, EOFError) as error:
+            raise DataError(f"not a readable .npy file ({error}): rerun `ban prepare`", path=path) from None
+
+    def _index_array(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """``<name>.npy``: integers of ``shape``, as int64."""
+        array = self._load(name)
+        path = self.directory / f"{name}.npy"
+        if array.dtype.kind not in "iu":
+            raise DataError(f"values of type {array.dtype}, expected integers", path=path)
+        if array.shape != shape:
+            raise DataError(f"shape {list(array.shape)}, expected {list(shape)} (store.json)", path=path)
+        return array.astype(np.int64)
+
+    def _check_index(self) -> None:
+        """Image ids unique, each image's rows a non-empty range ending at ``num_boxes``, sizes positive."""
+        if len(self._index) != len(self.image_ids):
+            values, counts = np.unique(self.image_ids, return_counts=True)
+            raise DataError(f"image {int(values[counts > 1][0])} appears twice", path=self.directory / "image_ids.npy")
+        offsets_path = self.directory / "offsets.npy"
+        if self.offsets[0] != 0:
+            raise DataError(f"does not start at 0 (starts at {int(self.offsets[0])})", path=offsets_path)
+        empty = np.flatnonzero(np.diff(self.offsets) <= 0)
+        if len(empty):
+            position = int(empty[0])
+            start, end = int(self.offsets[position]), int(self.offsets[position + 1])
+            raise DataError(f"does not rise from position {position} to {position + 1} ({start} → {end}: "
+                            f"{end - start} boxes, at least 1 expected)", path=offsets_path,
+                            record=f"image_id={int(self.image_ids[position])}")
+        if self.offsets[-1] != self.meta["num_boxes"]:
+            raise DataError(f"offsets end at {int(self.offsets[-1])}, store.json says num_boxes "
+                            f"{self.meta['num_boxes']}", path=offsets_path)
+        bad_sizes = np.flatnonzero((self.image_sizes <= 0).any(axis=1))
+        if len(bad_sizes):
+            position = int(bad_sizes[0])
+            raise DataError(f"size {self.image_sizes[position].tolist()} is not positive",
+                            path=self.directory / "image_sizes.npy", record=f"image_id={int(self.image_ids[position])}")
+
+    def _check_row_arrays(self) -> None:
+        """``features`` / ``spatial`` / ``boxes``: shape, dtype and a file that holds every row (headers only;
+        the mappings are dropped again, each process maps the files itself)."""
+        widths = {"features": self.feature_dim, "spatial": 6, "boxes": 4}
+        for name, width in widths.items():
+            array = self._load(name, mmap=True)
+            expected_dtype = np.dtype(self.meta["dtype"] if name == "features" else np.float32)
+            path = self.directory / f"{name}.npy"
+            if array.shape != (self.meta["num_boxes"], width):
+                raise DataError(f"shape {list(array.shape)}, expected {[self.meta['num_boxes'], width]} (store.json)",
+                                path=path)
+            if array.dtype != expected_dtype:
+                raise DataError(f"values of type {array.dtype}, expected {expected_dtype}", path=path)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -160,10 +254,7 @@ class NpyFeatureStore(FeatureStore):
 
     def _mapped(self) -> dict[str, np.ndarray]:
         if self._arrays is None:
-            self._arrays = {
-                name: np.load(self.directory / f"{name}.npy", mmap_mode="r")
-                for name in ("features", "spatial", "boxes")
-            }
+            self._arrays = {name: self._load(name, mmap=True) for name in ("features", "spatial", "boxes")}
         return self._arrays
 
     def _row_range(self, position: int) -> tuple[int, int]:
@@ -177,6 +268,23 @@ class NpyFeatureStore(FeatureStore):
             np.array(arrays["spatial"][start:end], dtype=np.float32),
             np.array(arrays["boxes"][start:end], dtype=np.float32),
         )
+
+
+def _read_store_meta(path: Path) -> dict[str, Any]:
+    """``store.json``: an object with this format's version, positive ``feature_dim`` / ``num_images`` /
+    ``num_boxes`` and a ``dtype`` of :data:`FEATURE_DTYPES`."""
+    meta = read_json(path, missing="not a complete feature store (no store.json): rerun `ban prepare`")
+    if not isinstance(meta, dict):
+        raise DataError(f"expected an object, got {type(meta).__name__}", path=path)
+    if meta.get("format_version") != STORE_FORMAT_VERSION:
+        raise DataError(f"format version {meta.get('format_version')!r}, expected {STORE_FORMAT_VERSION}: rerun "
+                        "`ban prepare`", path=path, field="format_version")
+    for name in ("feature_dim", "num_images", "num_boxes"):
+        if require(meta, name, int, path, None) <= 0:
+            raise DataError(f"must be positive, got {meta[name]}", path=path, field=name)
+    if meta.get("dtype") not in FEATURE_DTYPES:
+        raise DataError(f"{meta.get('dtype')!r} is not one of {FEATURE_DTYPES}", path=path, field="dtype")
+    return meta
 
 
 class UnionFeatureStore(FeatureStore):
@@ -344,11 +452,14 @@ def _where(record: FeatureRecord) -> str:
 
 
 def _check_record(record: FeatureRecord, feature_dim: int | None) -> None:
-    """Shapes of one record: boxes ``[n, 4]``, features ``[n, D]`` with ``D == feature_dim`` if given."""
+    """Shapes of one record: boxes ``[n, 4]`` with n ≥ 1, features ``[n, D]`` with ``D == feature_dim`` if
+    given."""
     boxes, features = record.boxes, record.features
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise DataError(f"boxes must be [n, 4], got {list(boxes.shape)}", path=record.path,
                         record=_where(record), field="boxes")
+    if not boxes.shape[0]:
+        raise DataError("no boxes", path=record.path, record=_where(record), field="boxes")
     if features.ndim != 2 or features.shape[0] != boxes.shape[0]:
         raise DataError(f"features {list(features.shape)} do not match {boxes.shape[0]} boxes",
                         path=record.path, record=_where(record), field="features")

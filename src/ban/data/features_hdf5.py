@@ -8,7 +8,10 @@ image-id map ``<stem>_imgid2idx.pkl`` next to it):
 - fixed boxes: ``image_features`` ``[I, n, D]``, ``image_bb`` ``[I, n, 4]``,
   ``spatial_features`` ``[I, n, 6]``.
 
-The map gives each image id its index ``i`` in ``pos_boxes`` (or in the first axis). Rows are read on demand.
+The map gives each image id its index ``i`` in ``pos_boxes`` (or in the first axis). The layout and the row
+ranges are checked when the file is opened; rows are read on demand, and as the cache is read in place (never
+converted), the values of each image read are checked then, as the TSV reader checks them: finite, within
+±:data:`ban.data.features.VALUE_LIMIT`, box corners with x2 ≥ x1 and y2 ≥ y1.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ban.data.features import FeatureStore
+from ban.data.features import FeatureStore, check_box_corners, check_values
 from ban.data.pickle_map import read_int_dict
 from ban.errors import DataError
 
@@ -128,12 +131,12 @@ class Hdf5FeatureStore(FeatureStore):
             rows: slice | int = slice(*self._row_range(position))
         else:
             rows = int(self._h5_index[position])
+        where = f"image_id={int(self.image_ids[position])}"
         arrays = []
         for name in ("image_features", "spatial_features", "image_bb"):
             values = np.asarray(file[name][rows], dtype=np.float32)
-            if not np.isfinite(values).all():
-                raise DataError("NaN or infinite values", path=self.path,
-                                record=f"image_id={int(self.image_ids[position])}", field=name)
+            check_values(values, path=self.path, record=where, field=name)
             arrays.append(values)
         features, spatial, boxes = arrays
+        check_box_corners(boxes, path=self.path, record=where, field="image_bb")
         return features, spatial, boxes

@@ -3,7 +3,9 @@
 Each line (the official files end lines with ``\\r\\n``) holds six tab-separated fields: ``image_id``,
 ``image_w``, ``image_h``, ``num_boxes``, ``boxes`` and ``features``; the last two are base64 of float32
 arrays ``[num_boxes, 4]`` (pixel x1, y1, x2, y2) and ``[num_boxes, D]`` (D = 2048 for the official files).
-Lines are read one at a time, so memory stays at one record however large the file is.
+Lines are read one at a time, so memory stays at one record however large the file is. Every value is
+checked as it is read (:func:`ban.data.features.check_values`, :func:`ban.data.features.check_box_corners`):
+this is where the values of our store are checked, once, when it is written.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ban.data.features import FeatureRecord
+from ban.data.features import FeatureRecord, check_box_corners, check_values
 from ban.errors import DataError
 
 _READ_BUFFER = 1 << 22  # lines are ~0.2–1 MB; a large buffer makes reading them cheap
@@ -44,8 +46,9 @@ def iter_tsv_records(
 
     ``feature_dim`` (if given) is enforced; otherwise the first record's width is, for the rest of the file.
     ``on_progress(nbytes)`` is called with the size of each line read. Raises :class:`DataError` naming the
-    file, the line and the field for a wrong field count, a bad integer, bad base64, a NaN or infinite value,
-    or arrays whose sizes do not match ``num_boxes``.
+    file, the line and the field for a wrong field count, a bad integer or one beyond 64 bits, bad base64, a NaN,
+    infinite or absurdly large value (beyond ±:data:`ban.data.features.VALUE_LIMIT`), a box with x2 < x1 or
+    y2 < y1, or arrays whose sizes do not match ``num_boxes``.
     """
     path = Path(path)
     with open(path, "rb", buffering=_READ_BUFFER) as file:
@@ -92,6 +95,8 @@ def _parse_line(line: bytes, path: Path, line_number: int, feature_dim: int | No
     if boxes.size != num_boxes * 4:
         raise DataError(f"holds {boxes.size} floats, expected num_boxes × 4 = {num_boxes * 4}",
                         path=path, record=where, field="boxes")
+    boxes = boxes.reshape(num_boxes, 4)
+    check_box_corners(boxes, path=path, record=where, field="boxes")
     features = _float32_array(fields[5], path, where, "features")
     if features.size % num_boxes:
         raise DataError(f"holds {features.size} floats, not a multiple of num_boxes = {num_boxes}",
@@ -100,15 +105,20 @@ def _parse_line(line: bytes, path: Path, line_number: int, feature_dim: int | No
     if feature_dim is not None and width != feature_dim:
         raise DataError(f"feature width {width} (= {features.size} floats / {num_boxes} boxes), expected "
                         f"{feature_dim}", path=path, record=where, field="features")
-    return FeatureRecord(image_id, image_w, image_h, boxes.reshape(num_boxes, 4),
-                         features.reshape(num_boxes, width), path=str(path), line=line_number)
+    return FeatureRecord(image_id, image_w, image_h, boxes, features.reshape(num_boxes, width), path=str(path),
+                         line=line_number)
 
 
 def _integer(text: bytes, path: Path, where: str, name: str) -> int:
+    """An integer field; it must fit the store's int64."""
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise DataError(f"not an integer: {text[:40]!r}", path=path, record=where, field=name) from None
+    if not -(2**63) <= value < 2**63:
+        raise DataError(f"{text[:40].decode('ascii', 'replace')} does not fit a 64-bit integer", path=path,
+                        record=where, field=name)
+    return value
 
 
 def _float32_array(text: bytes, path: Path, where: str, name: str) -> np.ndarray:
@@ -120,8 +130,5 @@ def _float32_array(text: bytes, path: Path, where: str, name: str) -> np.ndarray
         raise DataError(f"{len(raw)} bytes is not a whole number of float32 values", path=path, record=where,
                         field=name)
     values = np.frombuffer(raw, dtype=np.float32)
-    if not np.isfinite(values).all():
-        position = int(np.flatnonzero(~np.isfinite(values))[0])
-        raise DataError(f"value {position} is {values[position]} (NaN or infinite)", path=path, record=where,
-                        field=name)
+    check_values(values, path=path, record=where, field=name)
     return values

@@ -34,6 +34,7 @@ from ban.data.dictionary import Dictionary
 from ban.data.features import FeatureStore, write_feature_store, write_sources_file
 from ban.data.features_tsv import iter_tsv_files
 from ban.data.flickr30k_parse import Caption, parse_annotation_file, parse_sentences_file
+from ban.data.prepare_output import checked_output
 from ban.data.tokenizer import tokenize
 from ban.errors import DataError
 from ban.metrics.grounding import ENTITY_TYPES, type_bits
@@ -171,8 +172,10 @@ def prepare_flickr30k(
     feature_dtype: str = "float32",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Build the prepared grounding dataset at ``out`` (atomically: ``out`` appears complete or not at all;
-    ``manifest.json`` is written last) and return its manifest.
+    """Build the prepared grounding dataset at ``out`` (atomically: ``out`` appears complete or not at all, and
+    a previous dataset there stays whole until then; ``manifest.json`` is written last) and return its
+    manifest. ``out`` must be missing, empty or an earlier grounding dataset, with no input inside it
+    (:func:`ban.data.prepare_output.checked_output`).
 
     ``root`` holds ``Sentences/``, ``Annotations/`` and ``<split>.txt``; ``features`` are bottom-up TSV files
     (converted into ``out/features``, keeping only the images of ``splits``) or sources
@@ -181,7 +184,7 @@ def prepare_flickr30k(
     first appearance.
     """
     root = Path(root)
-    _check_sources_outside(features, out)
+    out = checked_output(out, "grounding", {"root": [root], "features": features})
     split_images = {split: read_split(root / f"{split}.txt") for split in splits}
     _check_disjoint(split_images, root)
     sentences, ground_truth, stats = parse_splits(root, split_images, progress)
@@ -194,7 +197,7 @@ def prepare_flickr30k(
     max_entities = max(len(sentence.entity_ids) for sentence in kept)
 
     with atomic_path(out) as temp:
-        temp.mkdir(parents=True)
+        temp.mkdir()
         wanted = set(ground_truth)
         positives: dict[int, dict[int, np.ndarray]] = {}
         for image_id, boxes in _detected_boxes(features, wanted, temp / "features", feature_dtype, progress):
@@ -327,16 +330,6 @@ def _detected_boxes(
     present = [image_id for image_id in store.image_ids.tolist() if image_id in wanted]
     for image_id in tqdm(present, desc="matching boxes", unit="img", disable=not progress):
         yield image_id, store.get(image_id)[2]
-
-
-def _check_sources_outside(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> None:
-    """A referenced source inside ``out`` would vanish when ``out`` is replaced."""
-    out = Path(out).resolve()
-    for source in sources:
-        resolved = Path(source).resolve()
-        if resolved == out or out in resolved.parents:
-            raise DataError("a feature source lies inside --out, which is replaced: move it or choose another "
-                            "--out", path=source, field="features")
 
 
 def _check_disjoint(split_images: dict[str, list[int]], root: Path) -> None:

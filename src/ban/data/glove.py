@@ -32,7 +32,8 @@ def read_glove(
 
     The file is read line by line (memory: one line plus the result). A word listed twice in the file takes
     its last vector, as the reference's dict did. Raises :class:`DataError` (file, line, field) for a line
-    whose vector is not numeric or has another width than the first line.
+    whose vector has another width than the first line, or, on the lines of the words asked for (the only ones
+    parsed), a value that is not a number or not finite in float32 (``nan``, ``inf``, ``1e999``).
     """
     path = Path(path)
     wanted = {word: index for index, word in enumerate(words)}
@@ -53,15 +54,26 @@ def read_glove(
             index = wanted.get(parts[0].decode("utf-8", errors="replace"))
             if index is None:
                 continue
-            try:
-                vectors[index] = np.array(parts[1:], dtype=np.float32)
-            except ValueError:
-                raise DataError("not a list of numbers", path=path, record=f"line {line_number}",
-                                field="vector") from None
+            vectors[index] = _parse_vector(parts, path, line_number)
             found[index] = True
     if vectors is None:
         raise DataError("empty GloVe file", path=path)
     return vectors, int(found.sum())
+
+
+def _parse_vector(parts: list[bytes], path: Path, line_number: int) -> np.ndarray:
+    """The values of a line split into ``[word, v1, …, vD]``: ``[D]`` float32, every one finite."""
+    try:
+        vector = np.array(parts[1:], dtype=np.float32)
+    except ValueError:
+        raise DataError("not a list of numbers", path=path, record=f"line {line_number}", field="vector") from None
+    finite = np.isfinite(vector)
+    if not finite.all():
+        position = int(np.argmin(finite))
+        word, text = (part.decode("utf-8", errors="replace") for part in (parts[0], parts[position + 1]))
+        raise DataError(f"{word!r}: value {position + 1} of {len(vector)} is {text!r}, not a finite float32 number",
+                        path=path, record=f"line {line_number}", field="vector")
+    return vector
 
 
 def cooccurrence_embedding(

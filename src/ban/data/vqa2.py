@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ban.data.answers import select_candidates, soft_score
-from ban.data.atomic import write_json, write_with
+from ban.data.atomic import atomic_path, write_json, write_with
 from ban.data.dictionary import QUESTION_LENGTH, Dictionary
 from ban.data.features import (
     FeatureStore,
@@ -35,6 +35,7 @@ from ban.data.features import (
 from ban.data.features_tsv import iter_tsv_files
 from ban.data.glove import cooccurrence_embedding, read_glove
 from ban.data.jsonfile import require
+from ban.data.prepare_output import checked_output
 from ban.data.tokenizer import tokenize
 from ban.data.visual_genome import VGQuestion, load_visual_genome
 from ban.data.vqa_dataset import MANIFEST, VQADataset
@@ -145,17 +146,19 @@ def prepare_vqa2(
 ) -> dict[str, Any]:
     """Prepare VQA 2.0 from the official files in ``root`` into ``out``; returns the manifest.
 
-    ``features``: TSV files (converted into ``out/features``; a finished conversion of the same files is
-    reused), and/or the authors' ``.hdf5`` caches / existing store directories (referenced, not copied).
-    ``splits`` limits the prepared splits (default: every split whose question file is present); the
-    dictionary always covers every question file present. ``manifest.json`` is removed first and written
-    last, so an interrupted run never leaves a directory that looks complete.
+    ``features``: TSV files (converted into ``out/features``; a finished conversion of the same files already
+    in ``out/features`` is reused), and/or the authors' ``.hdf5`` caches / existing store directories
+    (referenced, not copied). ``splits`` limits the prepared splits (default: every split whose question file
+    is present); the dictionary always covers every question file present. The inputs are checked and read
+    first; the dataset is then built beside ``out`` and swapped in once complete (``manifest.json`` last), so
+    a failed or interrupted run leaves a previous dataset at ``out`` whole. ``out`` must be missing, empty or
+    an earlier VQA dataset, with no input inside it (:func:`ban.data.prepare_output.checked_output`).
     """
     if min_answer_count < 1:
         raise ConfigError(f"--min-answer-count must be at least 1, got {min_answer_count}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)
+    out = checked_output(out, "vqa2", {"root": [root], "features": features, "glove": [glove],
+                                       "vg": [visual_genome]})
+    _check_feature_sources(features)
     present = available_splits(root)
     chosen = present if splits is None else list(splits)
     for split in chosen:
@@ -178,61 +181,81 @@ def prepare_vqa2(
         raise DataError(f"no answer occurs in {min_answer_count} questions (--min-answer-count)", path=root)
     ans2label = {answer: label for label, answer in enumerate(candidates)}
 
-    store = _prepare_features(features, out, feature_dim, feature_dtype, progress)
-    manifest_splits: dict[str, Any] = {}
-    for split in chosen:
-        manifest_splits[split] = _write_official_split(official[split], out, dictionary, ans2label, store, progress)
+    with atomic_path(out) as temp:
+        temp.mkdir()
+        store = _prepare_features(features, out, temp, feature_dim, feature_dtype, progress)
+        manifest_splits: dict[str, Any] = {}
+        for split in chosen:
+            manifest_splits[split] = _write_official_split(official[split], temp, dictionary, ans2label, store,
+                                                           progress)
 
-    vg_texts: list[str] = []
-    if visual_genome is not None:
-        split_images = {VG_SPLITS[s]: {r["image_id"] for r in official[s].questions} for s in chosen if s in VG_SPLITS}
-        vg = load_visual_genome(visual_genome, split_images, ans2label)
-        vg_texts = vg.all_questions
-        for name, questions in vg.kept.items():
-            manifest_splits[name] = _write_vg_split(name, questions, out, dictionary, store, progress)
+        vg_texts: list[str] = []
+        if visual_genome is not None:
+            split_images = {VG_SPLITS[s]: {r["image_id"] for r in official[s].questions}
+                            for s in chosen if s in VG_SPLITS}
+            vg = load_visual_genome(visual_genome, split_images, ans2label)
+            vg_texts = vg.all_questions
+            for name, questions in vg.kept.items():
+                manifest_splits[name] = _write_vg_split(name, questions, temp, dictionary, store, progress)
 
-    if glove is not None:
-        texts = [record["question"] for split in COOCCURRENCE_SPLITS if split in present
-                 for record in official[split].questions]
-        _write_glove(glove, texts + vg_texts, dictionary, out, progress)
+        if glove is not None:
+            texts = [record["question"] for split in COOCCURRENCE_SPLITS if split in present
+                     for record in official[split].questions]
+            _write_glove(glove, texts + vg_texts, dictionary, temp, progress)
 
-    dictionary.save(out / "dictionary.json")
-    write_json(out / "answers.json", candidates)
-    manifest = {
-        "task": "vqa2", "format_version": FORMAT_VERSION, "splits": manifest_splits,
-        "num_tokens": len(dictionary), "padding_index": dictionary.padding_index,
-        "question_length": QUESTION_LENGTH, "num_answers": len(candidates), "min_answer_count": min_answer_count,
-        "feature_dim": store.feature_dim, "num_images": len(store), "features": "features.json",
-        "glove": glove is not None,
-    }
-    write_json(out / MANIFEST, manifest)
+        dictionary.save(temp / "dictionary.json")
+        write_json(temp / "answers.json", candidates)
+        manifest = {
+            "task": "vqa2", "format_version": FORMAT_VERSION, "splits": manifest_splits,
+            "num_tokens": len(dictionary), "padding_index": dictionary.padding_index,
+            "question_length": QUESTION_LENGTH, "num_answers": len(candidates), "min_answer_count": min_answer_count,
+            "feature_dim": store.feature_dim, "num_images": len(store), "features": "features.json",
+            "glove": glove is not None,
+        }
+        write_json(temp / MANIFEST, manifest)
     return manifest
 
 
-def _prepare_features(
-    sources: Sequence[str | os.PathLike[str]], out: Path, feature_dim: int | None, dtype: str, progress: bool
-) -> FeatureStore:
-    """Convert the TSV sources into ``out/features`` (unless already done from the same files), write
-    ``out/features.json`` listing every source, and open them as one store."""
+def _check_feature_sources(sources: Sequence[str | os.PathLike[str]]) -> None:
+    """At least one feature source is given, and each exists."""
     if not sources:
         raise DataError("no feature files given (--features)")
     for source in sources:
         if not Path(source).exists():
             raise DataError("feature file not found", path=source)
+
+
+def _prepare_features(
+    sources: Sequence[str | os.PathLike[str]], out: Path, build: Path, feature_dim: int | None, dtype: str,
+    progress: bool,
+) -> FeatureStore:
+    """Convert the TSV sources into ``build/features`` (or reuse the finished conversion of the same files in
+    ``out/features``), write ``build/features.json`` listing every source, and open them as one store."""
     tsv = [Path(s) for s in sources if not (Path(s).is_dir() or Path(s).suffix in (".hdf5", ".h5", ".json"))]
     listed = [Path(s) for s in sources if Path(s) not in tsv]
     if tsv:
         stamp = fingerprint(tsv)
-        if not is_complete_store(out / "features", stamp):
+        if is_complete_store(out / "features", stamp):
+            shutil.copytree(out / "features", build / "features", copy_function=_link_or_copy)
+        else:
             records = iter_tsv_files(tsv, feature_dim=feature_dim, progress=progress)
-            write_feature_store(records, out / "features", feature_dim=feature_dim, dtype=dtype, sources=stamp)
-        listed.insert(0, out / "features")
-    write_sources_file(out / "features.json", listed)
-    store = FeatureStore.open(out / "features.json")
+            write_feature_store(records, build / "features", feature_dim=feature_dim, dtype=dtype, sources=stamp)
+        listed.insert(0, build / "features")
+    write_sources_file(build / "features.json", listed)
+    store = FeatureStore.open(build / "features.json")
     if feature_dim is not None and store.feature_dim != feature_dim:
         raise DataError(f"features are {store.feature_dim}-d, expected {feature_dim} (--feature-dim)",
                         path=out / "features.json", field="feature_dim")
     return store
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """Hard-link ``source`` as ``target`` (a store's files are never changed in place, so the previous dataset
+    and the new one can share them), copying where the file system has no hard links."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _write_official_split(

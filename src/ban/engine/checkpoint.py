@@ -50,7 +50,6 @@ def save_checkpoint(
     for name, value in (rng or {}).items():
         tensors[f"rng/{name}"] = _cpu(value)
     metadata = {"format": FORMAT, "state": json.dumps(state), "optimizer": json.dumps(optimizer_meta)}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_with(path, lambda temp: save_file(tensors, str(temp), metadata=metadata))
 
 

@@ -14,10 +14,15 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ban.config_types import check_types
 from ban.errors import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp32")
+DEVICE_TYPES = ("cpu", "cuda")
+POSITIVE = ("lr", "batch_size", "eval_batch_size", "eps", "grad_clip", "decay_rate")  # settings that must be > 0
+NON_NEGATIVE = ("epochs", "num_workers")
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,8 @@ class TrainConfig:
 
     The learning rate of epoch ``e`` is ``lr × warmup[e]`` during the warm-up epochs, then ``lr × warmup[-1]``,
     multiplied by ``decay_rate`` at each epoch listed in ``decay_epochs`` (see :mod:`ban.engine.schedule`).
+    ``train_splits`` and ``val_split`` name splits of the prepared dataset; an empty ``val_split`` trains without
+    validation. ``device``: ``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N``.
     ``batch_size`` is the global batch: under ``torchrun`` it is split across the processes. ``resident`` copies
     the training splits onto the training device once and gathers each batch there instead of running a data
     loader (VQA; :mod:`ban.data.resident`). ``bucket_boxes`` batches images of similar box counts together
@@ -64,10 +71,8 @@ class TrainConfig:
         check_types(self, "training")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        if self.lr <= 0 or self.batch_size <= 0 or self.epochs < 0 or self.eval_batch_size <= 0:
-            raise ConfigError("lr, batch_size and eval_batch_size must be positive and epochs non-negative")
-        if len(self.betas) != 2:
-            raise ConfigError(f"betas needs two values, got {self.betas!r}")
+        _check_ranges(self)
+        parse_device(self.device, "training setting 'device'")
         if not self.train_splits:
             raise ConfigError("train_splits must name at least one split")
 
@@ -91,6 +96,53 @@ class TrainConfig:
 # reaches 81.3 / 81.8 % (seeds 1204 / 2) after 10 epochs. With the recipe's batch 256 and warm-up, or with dropout,
 # it stays at the question-only baseline for many epochs.
 SYNTHETIC_TRAINING: dict[str, Any] = {"batch_size": 32, "epochs": 10, "lr": 2e-3, "warmup": (), "decay_epochs": ()}
+
+
+def _check_ranges(config: TrainConfig) -> None:
+    """Refuse a number outside its range, naming the setting: :data:`POSITIVE` ones, :data:`NON_NEGATIVE` ones,
+    the warm-up factors (positive) and Adamax's two ``betas`` (in [0, 1))."""
+    for name in POSITIVE + NON_NEGATIVE:
+        value, positive = getattr(config, name), name in POSITIVE
+        if value < 0 or (positive and value == 0):
+            raise ConfigError(f"training setting {name!r} must be {'positive' if positive else 'non-negative'}, "
+                              f"not {value!r}")
+    if not all(factor > 0 for factor in config.warmup):
+        raise ConfigError(f"training setting 'warmup': the factors must be positive, not {config.warmup!r}")
+    if len(config.betas) != 2 or not all(0 <= beta < 1 for beta in config.betas):
+        raise ConfigError(f"training setting 'betas' needs two values in [0, 1), not {config.betas!r}")
+
+
+def parse_device(name: str, setting: str) -> torch.device | None:
+    """The device ``name`` stands for, None for ``"auto"``; a name other than auto, cpu, cuda or cuda:N is a
+    :class:`ConfigError` naming ``setting`` (e.g. ``"--device"``)."""
+    if name == "auto":
+        return None
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ConfigError(f"{setting}: {name!r} is not a device; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_device(name: str, setting: str = "training setting 'device'") -> torch.device:
+    """The device to run on: ``"auto"`` → CUDA when this machine has it, else the CPU; any other ``name`` (see
+    :func:`parse_device`) must be a device this machine has, else a :class:`ConfigError` naming ``setting``."""
+    device = parse_device(name, setting)
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.type == "cuda" and (device.index or 0) >= count:
+        raise ConfigError(f"{setting}: {name!r} is not on this machine, which has {_cuda_devices(count)}")
+    return device
+
+
+def _cuda_devices(count: int) -> str:
+    """The ``count`` CUDA devices of this machine in words (saying so when torch was built without CUDA)."""
+    if count:
+        return f"{count} CUDA device{'s' * (count != 1)}"
+    return "no CUDA device" if torch.version.cuda else f"no CUDA: this torch ({torch.__version__}) was built without it"
 
 
 def _items(config: Any) -> list[tuple[dataclasses.Field, Any]]:

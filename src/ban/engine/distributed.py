@@ -18,6 +18,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Sampler
 
+from ban.engine.config import resolve_device
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -39,13 +41,12 @@ class DistContext:
 def setup(device: str = "auto") -> DistContext:
     """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); pick the device.
 
-    ``device``: ``"auto"`` (CUDA if available, else CPU), or any ``torch.device`` string. Under torchrun with
-    CUDA each process takes the GPU ``LOCAL_RANK``.
+    ``device``: ``"auto"`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``
+    (:func:`ban.engine.config.resolve_device`: one this machine lacks is a :class:`ConfigError`). Under torchrun
+    with CUDA each process takes the GPU ``LOCAL_RANK``.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    chosen = torch.device(device)
+    chosen = resolve_device(device)
     if world_size > 1:
         if chosen.type == "cuda":
             chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from ban.data.atomic import write_json
+from ban.data.atomic import make_directory, write_json
 from ban.data.jsonfile import read_json
 from ban.engine.checkpoint import Checkpoint
 from ban.engine.config import TrainConfig
@@ -107,14 +107,15 @@ def start_run(run_dir: str | Path, run: RunConfig, resume: bool) -> None:
                               f"{'differs' if len(changed) == 1 else 'differ'} from its config.json")
     elif (run_dir / CONFIG_FILE).exists() or (run_dir / CHECKPOINT_FILE).exists():
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_directory(run_dir)
     write_json(run_dir / CONFIG_FILE, run.to_dict())
 
 
 def abandon_new_run(run_dir: str | Path) -> None:
-    """Undo :func:`start_run` for a new run refused before it trained (a setting it cannot run with): its
-    config.json goes, and the directory if that leaves it empty, so the corrected command can start it afresh.
-    A directory holding a checkpoint is left as it is."""
+    """Undo :func:`start_run` for a new run stopped by an error before its first checkpoint (a setting it cannot
+    run with, a bad data file): its config.json goes, and the directory if that leaves it empty, so the corrected
+    command can start it afresh. A directory holding a checkpoint is left as it is, and so is any file the run did
+    not write; never call it for a resumed run."""
     run_dir = Path(run_dir)
     if (run_dir / CHECKPOINT_FILE).exists():
         return

@@ -7,17 +7,22 @@ this interface, so the loop itself is task-agnostic.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from ban.engine.config import TrainConfig
 from ban.engine.loss import grounding_loss, vqa_loss
 from ban.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from numpy import ndarray
 
 Batch = dict[str, Tensor]
 
@@ -80,13 +85,26 @@ class Task:
         raise NotImplementedError
 
     def word_vectors(self, width: int, two_tables: bool) -> tuple[Tensor, Tensor | None] | None:
-        """GloVe initialisation of the word tables (glove.npy, glove_cooccurrence.npy) when present and of the
-        model's width; None otherwise (the tables keep their random initialisation)."""
-        table = _load_table(self.data_dir / "glove.npy", width)
+        """GloVe initialisation of the word tables (glove.npy, glove_cooccurrence.npy); None when the dataset has
+        none or when its vectors are not ``width``-d (a warning on stderr says so): the tables keep their random
+        initialisation. Raises :class:`DataError` naming the file for one that is not a finite float table with a
+        row per token of dictionary.json, or a second table of another width than glove.npy."""
+        tokens = _tokens(self.data_dir)
+        path = self.data_dir / "glove.npy"
+        table = _load_table(path, tokens)
         if table is None:
             return None
-        second = _load_table(self.data_dir / "glove_cooccurrence.npy", width) if two_tables else None
-        return table, second
+        if table.shape[1] != width:
+            print(f"ban: warning: {path} holds {table.shape[1]}-d word vectors but the model's word tables are "
+                  f"{width}-d (model.word_dim): they start random instead. Train with --set model.word_dim="
+                  f"{table.shape[1]}, or prepare the dataset with {width}-d GloVe vectors.", file=sys.stderr)
+            return None
+        second_path = self.data_dir / "glove_cooccurrence.npy"
+        second = _load_table(second_path, tokens) if two_tables else None
+        if second is not None and second.shape[1] != width:
+            raise DataError(f"{second.shape[1]}-d vectors, but glove.npy's are {width}-d: prepare the dataset again",
+                            path=second_path)
+        return torch.from_numpy(table), None if second is None else torch.from_numpy(second)
 
     def open_split(self, split: str) -> Dataset:
         raise NotImplementedError
@@ -145,16 +163,28 @@ def predict_logits(task: Task, model: nn.Module, dataset: Dataset, batch_size: i
         model.train(was_training)
 
 
-def _load_table(path: Path, width: int) -> Tensor | None:
-    """A word-vector table ``[num_tokens, width]`` from ``path`` if it exists and has that width."""
+def _load_table(path: Path, tokens: list[str]) -> ndarray | None:
+    """The word-vector table in ``path`` as float32 ``[len(tokens), D]``, None if there is no such file; a
+    :class:`DataError` naming it when it is not a readable ``.npy`` of finite floats with one row per token."""
     import numpy as np
 
     if not path.is_file():
         return None
-    table = np.load(path, mmap_mode="r")
-    if table.ndim != 2 or table.shape[1] != width:
-        return None
-    return torch.from_numpy(np.array(table, dtype=np.float32))
+    try:
+        table = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as error:
+        raise DataError(f"not a readable .npy file ({error}): prepare the dataset again", path=path) from None
+    if table.ndim != 2 or table.dtype.kind != "f":
+        raise DataError(f"{table.dtype} array of shape {list(table.shape)}, expected floats [tokens, D]", path=path)
+    if len(table) != len(tokens):
+        raise DataError(f"{len(table)} rows, but dictionary.json has {len(tokens)} tokens: prepare the dataset "
+                        "again", path=path)
+    table = np.array(table, dtype=np.float32)
+    finite = np.isfinite(table).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise DataError("NaN or infinite values", path=path, record=f"row {row} (token {tokens[row]!r})")
+    return table
 
 
 class VQATask(Task):
@@ -325,3 +355,15 @@ def make_task(name: str, data_dir: str | Path) -> Task:
     if name == "grounding":
         return GroundingTask(data_dir)
     raise ConfigError(f"unknown task {name!r}; choose vqa or grounding")
+
+
+def check_splits(training: TrainConfig, task: Task) -> None:
+    """Refuse ``train_splits`` or a ``val_split`` the dataset does not have (an empty val_split: no validation),
+    naming the setting and the splits there are: a misspelt val_split would otherwise train without validation."""
+    available = task.splits()
+    for setting, splits in (("train_splits", training.train_splits), ("val_split", [training.val_split])):
+        for split in filter(None, splits):
+            if split not in available:
+                hint = " (an empty val_split trains without validation)" if setting == "val_split" else ""
+                raise ConfigError(f"training setting {setting!r}: {task.data_dir} has no split {split!r}; it has "
+                                  f"{', '.join(available)}{hint}")

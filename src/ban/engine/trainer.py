@@ -41,7 +41,7 @@ from ban.engine.optim import FusedCPUAdamax, adamax, clipped_step, gradient_norm
 from ban.engine.reporting import report_epoch
 from ban.engine.run import BEST_FILE, CHECKPOINT_FILE, RunConfig
 from ban.engine.schedule import learning_rate, set_learning_rate
-from ban.engine.tasks import Batch, Task, autocast, to_device
+from ban.engine.tasks import Batch, Task, autocast, check_splits, to_device
 from ban.engine.trainer_graphs import TrainingGraphs
 from ban.errors import BanError, CheckpointError, ConfigError
 from ban.models import build_model
@@ -207,6 +207,7 @@ class Trainer:
 
     def __init__(self, run_dir: Path, run: RunConfig, task: Task, context: DistContext, resume: bool) -> None:
         self.run_dir, self.run, self.task, self.context, self.config = run_dir, run, task, context, run.train
+        check_splits(self.config, task)
         self.precision = resolve_precision(self.config.precision, context.device)
         self.model = initial_model(run, task).to(context.device)
         graphed = self.config.cuda_graphs
@@ -232,7 +233,7 @@ class Trainer:
         self.resident = task.resident(self.data, context.device, self.precision, context.is_main) \
             if self.config.resident else None
         self.box_counts = task.box_counts(self.data) if self.config.bucket_boxes else None
-        self.validate = bool(self.config.val_split) and self.config.val_split in task.splits()
+        self.validate = bool(self.config.val_split)
         self.packing: dict[str, int] | None = None  # how the packing rows are padded; None: the model does not pack
         if packs_boxes(run):  # to few shapes for the graphs, not at all for eager steps
             self.packing = (dict(box_quantum=BOX_QUANTUM, row_quantum=ROW_QUANTUM) if graphed

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+
+from ban.errors import DataError
 
 BLANK = (238, 238, 238)
 COCO_PATTERNS = ("COCO_{subset}_{id:012d}.jpg", "COCO_{subset}_{id:012d}.png", "{subset}/COCO_{subset}_{id:012d}.jpg",
@@ -39,11 +41,16 @@ def find_plain_image(image_dir: Path, image_id: int) -> Path | None:
 
 
 def open_or_blank(path: Path | None, size: tuple[int, int]) -> tuple[Image.Image, bool]:
-    """(RGB image, True) from ``path``; (blank canvas of ``size`` = (width, height), False) when path is None."""
+    """(RGB image, True) from ``path``; (blank canvas of ``size`` = (width, height), False) when path is None.
+    A file Pillow cannot read (not an image, truncated, too large) is a :class:`DataError` naming it."""
     if path is None:
         return Image.new("RGB", size, BLANK), False
-    with Image.open(path) as image:
-        return image.convert("RGB"), True
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB"), True
+    except (OSError, Image.DecompressionBombError) as error:
+        reason = "not an image file Pillow can read" if isinstance(error, UnidentifiedImageError) else str(error)
+        raise DataError(f"cannot read the image ({reason}); replace or remove the file", path=path) from None
 
 
 def image_size_from_boxes(pixel_boxes: np.ndarray, spatial: np.ndarray) -> tuple[int, int]:

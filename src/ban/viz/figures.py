@@ -24,7 +24,6 @@ def new_figure(width: float, height: float) -> Figure:
 def save_png(figure: Figure, path: str | Path) -> Path:
     """Write ``figure`` to ``path`` as PNG atomically (temp file + rename); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_with(path, lambda temp: figure.savefig(temp, format="png", dpi=DPI))
     return path
 

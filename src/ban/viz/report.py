@@ -3,6 +3,7 @@ folder, and the loop that writes them."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from ban.engine.run import RunConfig
+from ban.errors import DataError
 from ban.viz.grounding import GroundingPictures
 from ban.viz.vqa import VQAPictures, choose_indices
 
@@ -53,7 +55,8 @@ def write_report_pictures(run_dir: str | Path, model: nn.Module, run: RunConfig,
                           num: int = REPORT_PICTURES, device: torch.device | None = None) -> list[Path]:
     """Write ``num`` attention (VQA) or grounding pictures of ``split`` (default: the run's val split) into
     ``RUN_DIR/report/``, for questions drawn with seed 0; the image folder is found next to the dataset
-    (blank canvases otherwise). Meant for the end of training; returns the paths (none if there is no split)."""
+    (blank canvases otherwise). Meant for the end of training, which an unreadable image file must not fail: its
+    picture is skipped with a line on stderr. Returns the paths written (none if there is no split)."""
     data_dir = Path(run.data_dir)
     split = split or run.train.val_split
     if not split or not (data_dir / f"{split}.npz").is_file():
@@ -62,4 +65,10 @@ def write_report_pictures(run_dir: str | Path, model: nn.Module, run: RunConfig,
         device = next(model.parameters()).device
     maker = picture_maker(model, run, data_dir, split, default_image_dir(data_dir, run.task), device)
     out = Path(run_dir) / REPORT_DIR
-    return [maker.write(index, out, prefix=f"{split}-")[0] for index in pick(maker, None, num, True, 0)]
+    written = []
+    for index in pick(maker, None, num, True, 0):
+        try:
+            written.append(maker.write(index, out, prefix=f"{split}-")[0])
+        except DataError as error:
+            print(f"attention picture skipped: {error}", file=sys.stderr)
+    return written

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ban.data.atomic import make_directory
 from ban.data.synthetic import export_flickr, export_vqa
 from ban.data.synthetic.baselines import blind_baselines
 from ban.data.synthetic.files import atomic_open, write_atomic
@@ -99,8 +100,7 @@ def generate(
     _check(num_images, feature_dim, questions_per_image, annotator_accuracy, seed)
     flickr_images = default_flickr_images(num_images) if flickr_images is None else flickr_images
     plan = plan_images(num_images, flickr_images)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_directory(out_dir)
     (out / STATS_FILE).unlink(missing_ok=True)
     settings = Settings(str(out), seed, feature_dim, questions_per_image, annotator_accuracy, write_images)
     workers = default_workers(num_images + flickr_images) if workers is None else workers

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import IO
 
 from ban.data.atomic import atomic_path
@@ -15,10 +14,8 @@ from ban.data.atomic import atomic_path
 def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
     """Open a temporary sibling of `path` (parents created) for writing; on success it replaces `path`, on
     error it is removed. Text is UTF-8 with newlines written as given."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
-    with atomic_path(target) as temporary, open(temporary, mode, **text) as handle:
+    with atomic_path(path) as temporary, open(temporary, mode, **text) as handle:
         yield handle
 
 
