@@ -321,8 +321,11 @@ def test_union_of_sources_via_features_json(tmp_path, images) -> None:
     store = FeatureStore.open(tmp_path / "features.json")
     assert store.image_ids.tolist() == [42, 7, 123456, 9]
     np.testing.assert_array_equal(store.get(9)[0], images[3]["features"])
-    with pytest.raises(DataError, match="more than one source"):
+    with pytest.raises(DataError, match=f"image 7 appears in more than one source: {tmp_path / 'a'}, "):
         UnionFeatureStore([FeatureStore.open(tmp_path / "a"), FeatureStore.open(tmp_path / "a")])
+    write_feature_store([FeatureRecord(**random_image(np.random.default_rng(0), 99, 2, 5))], tmp_path / "c")
+    with pytest.raises(DataError, match=r"different feature widths: \S*a \(\d+-d\), \S*c \(5-d\)"):
+        UnionFeatureStore([FeatureStore.open(tmp_path / "a"), FeatureStore.open(tmp_path / "c")])
 
 
 def _two_images_hdf5(path) -> list[dict]:

@@ -207,6 +207,17 @@ def test_annotation_for_another_image(raw) -> None:
     assert error.value.field == "image_id" and "question_id=21" in str(error.value.record)
 
 
+def test_a_question_in_two_splits_is_refused(raw) -> None:
+    """Val question 20 renamed 10, a train question's id; test-dev sharing test's ids is the official layout."""
+    write_questions(raw["root"] / "v2_OpenEnded_mscoco_val2014_questions.json", "val2014",
+                    [question(10, 4, "What color is the dog?"), VAL_QUESTIONS[1]])
+    write_annotations(raw["root"] / "v2_mscoco_val2014_annotations.json", "val2014",
+                      [{**VAL_ANNOTATIONS[0], "question_id": 10}, VAL_ANNOTATIONS[1]])
+    with pytest.raises(DataError, match="also in v2_OpenEnded_mscoco_train2014_questions.json") as error:
+        prepare_vqa2(raw["root"], raw["features"], raw["out"], min_answer_count=1, progress=False)
+    assert error.value.record == "question_id=10" and error.value.path.endswith("val2014_questions.json")
+
+
 def test_question_without_annotation(raw) -> None:
     write_annotations(raw["root"] / "v2_mscoco_val2014_annotations.json", "val2014", VAL_ANNOTATIONS[:1])
     with pytest.raises(DataError, match="no annotation") as error:

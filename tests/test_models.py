@@ -96,6 +96,17 @@ def test_the_attention_layers_name_a_misshapen_mask():
         ban.nn.UnitaryAttention(6, 4, 8, 2)(v, q[:, 0], mask)
 
 
+def test_the_attention_layers_take_zero_rows_as_padding_by_default():
+    torch.manual_seed(0)
+    v, q = torch.randn(2, 5, 6), torch.randn(2, 3, 4)
+    v[1, 3:] = 0
+    mask = ban.nn.box_mask_from_features(v)
+    bilinear, unitary = ban.nn.BilinearAttentionMap(6, 4, 8, 2).eval(), ban.nn.UnitaryAttention(6, 4, 8, 2).eval()
+    attention, _ = bilinear(v, q)
+    assert torch.equal(attention, bilinear(v, q, mask)[0]) and torch.all(attention[1, :, 3:] == 0)
+    assert torch.equal(unitary(v, q[:, 0]), unitary(v, q[:, 0], mask))
+
+
 def test_explicit_box_mask_overrides_zero_rows():
     config = ban.BANConfig(num_glimpses=2, **SMALL)
     model = ban.build_model(config).eval()

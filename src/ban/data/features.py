@@ -101,13 +101,15 @@ def check_box_corners(boxes: np.ndarray, *, path: str | os.PathLike[str] | None,
 class FeatureStore(ABC):
     """Read-only access to region features by image id.
 
-    Subclasses provide :attr:`image_ids` (``[I]`` int64, store order), :attr:`feature_dim`, the row range of
-    each image and the reading of rows. Instances are picklable (for DataLoader workers): open file handles
-    and memory maps are dropped and reopened lazily in the receiving process.
+    Subclasses provide :attr:`image_ids` (``[I]`` int64, store order), :attr:`feature_dim`, :attr:`location`
+    (the directory or file read, for messages), the row range of each image and the reading of rows. Instances
+    are picklable (for DataLoader workers): open file handles and memory maps are dropped and reopened lazily in
+    the receiving process.
     """
 
     image_ids: np.ndarray
     feature_dim: int
+    location: Path
 
     def __init__(self, image_ids: np.ndarray) -> None:
         self.image_ids = np.asarray(image_ids, dtype=np.int64)
@@ -177,7 +179,7 @@ class NpyFeatureStore(FeatureStore):
     """
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.directory = Path(directory)
+        self.directory = self.location = Path(directory)
         self.meta = _read_store_meta(self.directory / "store.json")
         self.feature_dim = self.meta["feature_dim"]
         num_images = self.meta["num_images"]
@@ -293,15 +295,21 @@ class UnionFeatureStore(FeatureStore):
     def __init__(self, stores: Sequence[FeatureStore], description: str = "feature sources") -> None:
         if not stores:
             raise DataError("no feature sources given", path=description)
+        self.location = Path(description)
         dims = {store.feature_dim for store in stores}
         if len(dims) != 1:
-            raise DataError(f"sources have different feature widths {sorted(dims)}", path=description,
+            widths = ", ".join(f"{store.location} ({store.feature_dim}-d)" for store in stores)
+            raise DataError(f"sources have different feature widths: {widths}", path=description,
                             field="feature_dim")
         self.stores = list(stores)
         self.feature_dim = dims.pop()
         super().__init__(np.concatenate([store.image_ids for store in stores]))
         if len(self._index) != len(self.image_ids):
-            raise DataError("an image id appears in more than one source", path=description, field="image_id")
+            values, counts = np.unique(self.image_ids, return_counts=True)
+            image_id = int(values[counts > 1][0])
+            holders = ", ".join(str(store.location) for store in stores if image_id in store)
+            raise DataError(f"image {image_id} appears in more than one source: {holders}", path=description,
+                            field="image_id")
         self._where = [(s, p) for s, store in enumerate(stores) for p in range(len(store))]
 
     def _row_range(self, position: int) -> tuple[int, int]:

@@ -42,7 +42,7 @@ class Hdf5FeatureStore(FeatureStore):
     def __init__(
         self, path: str | os.PathLike[str], image_id_map: str | os.PathLike[str] | None = None
     ) -> None:
-        self.path = Path(path)
+        self.path = self.location = Path(path)
         map_path = default_image_id_map(path) if image_id_map is None else Path(image_id_map)
         index_of = read_int_dict(map_path)
         try:

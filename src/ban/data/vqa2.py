@@ -11,6 +11,7 @@ at least ``min_answer_count`` train+val questions, and a question's soft target 
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from collections import Counter
@@ -122,6 +123,18 @@ def read_official_split(root: str | os.PathLike[str], split: str) -> OfficialSpl
     return OfficialSplit(split, records, annotations, q_path, a_path)
 
 
+def _check_splits_disjoint(official: Mapping[str, OfficialSplit]) -> None:
+    """No question id in two splits (a training question scored on val would inflate its score), except that
+    test-dev's questions are test's, as in the official files."""
+    ids = {name: {record["question_id"] for record in split.questions} for name, split in official.items()}
+    for first, second in itertools.combinations(ids, 2):
+        common = ids[first] & ids[second]
+        if common and {first, second} != {"test", "test-dev"}:
+            raise DataError(f"also in {official[first].questions_path.name}: a question in two splits",
+                            path=official[second].questions_path, record=f"question_id={min(common)}",
+                            field="question_id")
+
+
 def soft_targets(answers: Sequence[Mapping[str, Any]], ans2label: Mapping[str, int]) -> tuple[list[int], list[float]]:
     """Labels and soft scores of one question: each candidate given by ≥ 1 annotator, with
     ``soft_score(count)``; labels in order of first appearance among the answers."""
@@ -168,6 +181,7 @@ def prepare_vqa2(
             raise DataError(f"split {split!r} requested but its question file is missing",
                             path=questions_path(root, split))
     official = {split: read_official_split(root, split) for split in present}
+    _check_splits_disjoint(official)
 
     dictionary = Dictionary.build(record["question"] for split in present for record in official[split].questions)
     annotated = [official[split] for split in ANNOTATED_SPLITS if split in present]

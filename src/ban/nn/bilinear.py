@@ -122,19 +122,21 @@ class BilinearAttentionMap(nn.Module):
         return weight_normalized(self.glimpse_weight_v, self.glimpse_weight_g)
 
     def logits(
-        self, v: Tensor, q: Tensor, box_mask: Tensor, token_mask: Tensor | None = None,
+        self, v: Tensor, q: Tensor, box_mask: Tensor | None = None, token_mask: Tensor | None = None,
         mask_value: float = float("-inf"), real_rows: Tensor | PackedBoxes | None = None,
     ) -> Tensor:
         """Masked attention logits.
 
-        v [B, N, Dv], q [B, L, Dq], box_mask [B, N] bool (True = real box),
-        token_mask [B, L] bool or None (True = real token) → logits [B, G, N, L].
+        v [B, N, Dv], q [B, L, Dq], box_mask [B, N] bool (True = real box; default: the boxes whose feature row is
+        not all zeros), token_mask [B, L] bool or None (True = real token) → logits [B, G, N, L].
         ``real_rows``: :func:`real_box_rows` of ``box_mask`` when the caller has them already (or their
         :class:`PackedBoxes` of v).
         """
         batch, boxes, tokens = v.shape[0], v.shape[1], q.shape[1]
         expect_shape("v", v, (None, None, self.v_proj.in_features), "float")
         expect_shape("q", q, (batch, None, self.q_proj.in_features), "float")
+        if box_mask is None:
+            box_mask = box_mask_from_features(v)
         expect_shape("box_mask", box_mask, (batch, boxes), "bool")
         if token_mask is not None:
             expect_shape("token_mask", token_mask, (batch, tokens), "bool")
@@ -155,10 +157,11 @@ class BilinearAttentionMap(nn.Module):
         return logits.masked_fill(invalid, mask_value)
 
     def forward(
-        self, v: Tensor, q: Tensor, box_mask: Tensor, token_mask: Tensor | None = None,
+        self, v: Tensor, q: Tensor, box_mask: Tensor | None = None, token_mask: Tensor | None = None,
         real_rows: Tensor | PackedBoxes | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """v [B, N, Dv], q [B, L, Dq], box_mask [B, N] → (attention [B, G, N, L], logits [B, G, N, L])."""
+        """v [B, N, Dv], q [B, L, Dq], box_mask [B, N] (default: from v's zero rows) → (attention [B, G, N, L],
+        logits [B, G, N, L])."""
         logits = self.logits(v, q, box_mask, token_mask, real_rows=real_rows)
         batch, glimpses, boxes, tokens = logits.shape
         attention = F.softmax(logits.reshape(batch, glimpses, boxes * tokens), dim=-1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ban.nn.bilinear import LowRankBilinearPooling
+from ban.nn.bilinear import LowRankBilinearPooling, box_mask_from_features
 from ban.nn.shapes import expect_shape
 
 
@@ -18,9 +18,12 @@ class UnitaryAttention(nn.Module):
         self.num_glimpses = num_glimpses
         self.scores = LowRankBilinearPooling(q_features, v_features, hidden, num_glimpses, dropout)
 
-    def forward(self, v: Tensor, q: Tensor, box_mask: Tensor) -> Tensor:
-        """v [B, N, Dv], q [B, Dq], box_mask [B, N] bool → attention [B, G, N] (softmax over boxes)."""
+    def forward(self, v: Tensor, q: Tensor, box_mask: Tensor | None = None) -> Tensor:
+        """v [B, N, Dv], q [B, Dq], box_mask [B, N] bool (default: from v's zero rows) → attention [B, G, N]
+        (softmax over boxes)."""
         batch, boxes = v.shape[:2]
+        if box_mask is None:
+            box_mask = box_mask_from_features(v)
         expect_shape("v", v, (None, None, self.scores.y_proj.in_features), "float")
         expect_shape("q", q, (batch, self.scores.x_proj.in_features), "float")
         expect_shape("box_mask", box_mask, (batch, boxes), "bool")
