@@ -67,6 +67,24 @@ def test_a_question_whose_image_has_no_features_is_named(root, tmp_path):
         ResidentVQA(partial, torch.device("cpu"))
 
 
+def test_a_store_damaged_after_preparation_is_named_when_held(root, tmp_path, monkeypatch):
+    """The loader reads stores unchecked (they were checked when written); the resident copy checks them, block
+    by block (small blocks here: the damaged image is not in the first)."""
+    monkeypatch.setattr("ban.data.resident._COPY_ROWS", 16)
+    dataset = VQADataset(root / "prepared", "train")
+    records = list(iter_tsv_files(sorted((root / "raw" / "features").glob("*.tsv")), progress=False))
+    write_feature_store(records, tmp_path / "store")
+    damaged = int(dataset.image_ids[7])
+    store = FeatureStore.open(tmp_path / "store")
+    start = int(store.offsets[store.position(damaged)])
+    features = np.load(tmp_path / "store" / "features.npy", mmap_mode="r+")
+    features[start + 1, 2] = np.nan
+    features.flush()
+    held = VQADataset(root / "prepared", "train", features=FeatureStore.open(tmp_path / "store"))
+    with pytest.raises(DataError, match=rf"store: record image_id={damaged}: field 'features': NaN or infinite"):
+        ResidentVQA(held, torch.device("cpu"))
+
+
 def test_grounding_refuses_resident_data_with_a_clear_message(tmp_path):
     task = GroundingTask.__new__(GroundingTask)  # the check needs no dataset on disk
     with pytest.raises(ConfigError, match="resident=true is implemented for VQA only"):

@@ -100,7 +100,8 @@ class ResidentVQA:
         return torch.from_numpy(np.arange(counts.max())[None, :] < counts[:, None])
 
     def _copy_regions(self, store: FeatureStore, image_ids: np.ndarray, progress: bool) -> None:
-        """Fill rows [0, R) with the images' features and spatial features, staged on the host in blocks."""
+        """Fill rows [0, R) with the images' features and spatial features, staged on the host in blocks; each
+        block is checked where it lands (:meth:`_check_finite`)."""
         staged_features, staged_spatial, first_row, staged = [], [], 0, 0
         for image_id in tqdm(image_ids.tolist(), desc="features → device", unit="image", disable=not progress):
             features, spatial, _ = store.get(image_id)
@@ -108,10 +109,12 @@ class ResidentVQA:
             staged_spatial.append(spatial)
             staged += len(features)
             if staged >= _COPY_ROWS:
-                first_row = self._copy_block(staged_features, staged_spatial, first_row)
-                staged_features, staged_spatial, staged = [], [], 0
+                end = self._copy_block(staged_features, staged_spatial, first_row)
+                self._check_finite(first_row, end, store, image_ids)
+                staged_features, staged_spatial, staged, first_row = [], [], 0, end
         if staged_features:
-            self._copy_block(staged_features, staged_spatial, first_row)
+            end = self._copy_block(staged_features, staged_spatial, first_row)
+            self._check_finite(first_row, end, store, image_ids)
 
     def _copy_block(self, features: list[np.ndarray], spatial: list[np.ndarray], first_row: int) -> int:
         block = torch.from_numpy(np.concatenate(features))
@@ -119,6 +122,18 @@ class ResidentVQA:
         self.features[first_row:end] = block.to(self.device, self.features.dtype)
         self.spatial[first_row:end] = torch.from_numpy(np.concatenate(spatial)).to(self.device)
         return end
+
+    def _check_finite(self, first_row: int, end: int, store: FeatureStore, image_ids: np.ndarray) -> None:
+        """Rows [first_row, end) as held on the device are finite, else a :class:`DataError` naming the image (the
+        store's values are checked when it is written, not when read; this catches a store damaged since). One
+        device read per block of copied regions."""
+        for name, table in (("features", self.features), ("spatial", self.spatial)):
+            finite = torch.isfinite(table[first_row:end]).all(dim=1)
+            if not bool(finite.all()):
+                row = first_row + int((~finite).nonzero()[0])
+                image_id = int(image_ids[np.searchsorted(self.image_start, row, side="right") - 1])
+                raise DataError("NaN or infinite values", path=store.location, record=f"image_id={image_id}",
+                                field=name)
 
     def _check_memory(self, rows: int, width: int, dtype: torch.dtype) -> None:
         """Refuse, before allocating, a set that does not fit in the device's free memory."""
