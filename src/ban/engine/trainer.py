@@ -226,7 +226,9 @@ class Trainer:
                 report_epoch(run_dir, self.position["history"])
         self.history: list[dict[str, Any]] = self.position["history"]
         self.trained: nn.Module = self.model
-        if context.distributed:  # every trainable parameter gets a gradient in every step (test_models)
+        if context.distributed:  # every trainable parameter gets a gradient in every step (test_models), so no
+            # find_unused_parameters; not static_graph either: with the models' dataclass outputs its first step's
+            # gradients were left unaveraged (torch 2.13, gloo; a tensor output was fine)
             device_ids = [context.device] if context.device.type == "cuda" else None
             self.trained = DistributedDataParallel(self.model, device_ids=device_ids)
         self.data = task.dataset(self.config.train_splits)
