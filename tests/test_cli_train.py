@@ -16,7 +16,7 @@ from PIL import Image
 
 from ban.cli import main
 from ban.engine.checkpoint import Checkpoint
-from ban.engine.run import CHECKPOINT_FILE, read_run_config
+from ban.engine.run import CHECKPOINT_FILE, load_run, read_run_config
 from ban.engine.tasks import VQATask, make_task
 from ban.engine.trainer import Trainer, TrainingDiverged, initial_model
 from ban.errors import DataError
@@ -53,7 +53,11 @@ def test_train_evaluate_predict(data_dir, tmp_path, capsys):
 
     assert main(["evaluate", str(run_dir), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
-    assert metrics["overall"] == lines[-1]["val"]["overall"]
+    assert metrics["overall"] == lines[-1]["val"]["overall"]  # the run's precision, as its validation
+    assert main(["evaluate", str(run_dir), "--json", "--precision", "fp32"]) == 0
+    loaded = load_run(run_dir)
+    exact = make_task("vqa", data_dir).evaluate(loaded.model, "val", 512, torch.device("cpu"), "fp32")
+    assert json.loads(capsys.readouterr().out) == exact  # float32 logits on request
     # the best validation epoch's weights are kept beside the last ones
     assert main(["evaluate", str(run_dir), "--json", "--checkpoint", "best"]) == 0
     assert json.loads(capsys.readouterr().out)["overall"] == max(line["val"]["overall"] for line in lines)
@@ -190,6 +194,29 @@ def test_torchrun_two_processes_equal_one_process_on_the_same_global_batch(data_
     history_one, history_two = one.state["history"], two.state["history"]
     assert [h["samples"] for h in history_two] == [h["samples"] for h in history_one]
     assert history_two[-1]["train_loss"] == pytest.approx(history_one[-1]["train_loss"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_torchrun_refuses_a_batch_smaller_than_its_processes(data_dir, tmp_path):
+    """A global batch of 1 split across 2 processes: every batch would be dropped, nothing trained (it exited 0)."""
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ban.cli",
+         "train", "--data", str(data_dir), "--out", str(tmp_path / "run"), *SMALL, "--set", "batch_size=1"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert launched.returncode != 0
+    assert "batch_size 1 is smaller than the number of processes (2)" in launched.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_keeps_the_runs_training_settings_when_a_preset_is_named(data_dir, tmp_path):
+    """`--resume --preset tiny` took the default recipe for the training settings and so refused the run."""
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(data_dir), "--out", str(run_dir), "--epochs", "0", *SMALL,
+                 "--set", "lr=0.002"]) == 0
+    model = ["--preset", "tiny", "--set", "model.hidden_dim=16", "--set", "model.word_dim=8"]
+    assert main(["train", "--out", str(run_dir), "--resume", "--epochs", "0", *model]) == 0
+    assert main(["train", "--out", str(run_dir), "--resume", "--epochs", "0", "--set", "eval_batch_size=16",
+                 "--set", "num_workers=1"]) == 0  # how validation and loading run, not what they compute
 
 
 @pytest.mark.slow

@@ -60,6 +60,8 @@ def test_sentences_file(tmp_path: Path) -> None:
         parse_sentences_file(path)
     with pytest.raises(DataError, match="not found"):
         parse_sentences_file(tmp_path / "missing.txt")
+    path.write_bytes("[/EN#1/people A man] walks \x0c.\r\nA \u2028woman sits .\r\n".encode())
+    assert [caption.text for caption in parse_sentences_file(path)] == ["A man walks \x0c.", "A \u2028woman sits ."]
 
 
 ANNOTATION = """<annotation>

@@ -71,6 +71,18 @@ def test_padded_boxes_never_rank_nor_count() -> None:
     assert masked["recall@10"] == 0.0 and masked["upperBound"] == 0.0
 
 
+def test_tied_scores_rank_in_box_order() -> None:
+    """bf16 logits tie: the ranking must not depend on how a sort happens to break ties."""
+    args = (torch.tensor([[True]]), torch.tensor([[True]]), torch.tensor([[PEOPLE]]))
+    logits = torch.full((1, 40, 1), 0.5)  # every box tied; only box 39 is a positive
+    targets = torch.zeros(1, 40, 1)
+    targets[0, 39, 0] = 1.0
+    assert grounding_recall(logits, targets, *args)["recall@10"] == 0.0
+    targets[0, 9, 0] = 1.0  # the tenth box in box order
+    assert grounding_recall(logits, targets, *args)["recall@10"] == 100.0
+    assert grounding_recall(logits, targets, *args)["recall@5"] == 0.0
+
+
 def test_cutoff_larger_than_box_count_and_numpy_inputs() -> None:
     logits = np.array([[[0.3], [0.2]]], dtype=np.float32)
     targets = np.array([[[0.0], [1.0]]], dtype=np.float32)

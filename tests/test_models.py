@@ -86,6 +86,13 @@ def test_misshapen_inputs_are_named(change, message):
         model(**inputs)
 
 
+def test_grounding_needs_an_entity_slot():
+    config = ban.BANConfig(task="grounding", num_glimpses=1, use_counting=False, **SMALL)
+    features, spatial, tokens = _inputs(config)
+    with pytest.raises(ValueError, match="no entity slot"):
+        ban.build_model(config)(features, spatial, tokens, torch.zeros(3, 0, dtype=torch.long))
+
+
 def test_the_attention_layers_name_a_misshapen_mask():
     v, q, mask = torch.randn(2, 5, 6), torch.randn(2, 3, 4), torch.ones(1, 5, dtype=torch.bool)
     with pytest.raises(ValueError, match=re.escape("box_mask: expected shape [2, 5]")):

@@ -70,6 +70,12 @@ def test_predict_refuses_a_directory_as_out_or_logits(trained, tmp_path, capsys)
     assert snapshot(data_dir) == data_before and not results.exists()
 
 
+def test_predict_refuses_one_file_for_results_and_logits(trained, tmp_path, capsys):
+    same = tmp_path / "same.json"
+    assert main(["predict", str(trained[1]), "--split", "val", "--out", str(same), "--logits", str(same)]) == 2
+    assert "--out and --logits name the same file" in capsys.readouterr().err and not same.exists()
+
+
 def test_predict_creates_the_missing_parents_of_out(trained, tmp_path):
     results = tmp_path / "nodir" / "x" / "y.json"
     assert main(["predict", str(trained[1]), "--split", "val", "--out", str(results)]) == 0

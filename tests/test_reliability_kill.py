@@ -183,3 +183,44 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(data_dir,
     assert all(torch.equal(best[name], tensor) for name, tensor in expected_best.items())
     assert [record["epoch"] for record in metrics(chain)] == list(range(1, EPOCHS + 1))
     assert not [path.name for path in chain.iterdir() if path.name.startswith(".")]  # the kills' leftovers are gone
+
+
+def torchrun(arguments: list[str], kill_at: str | None = None, killer: Path | None = None
+             ) -> subprocess.CompletedProcess:
+    """`ban` under `torchrun` with two processes (gloo); with ``kill_at``, through ``killer`` (KILLER as a file)."""
+    program = [str(killer)] if kill_at else ["-m", "ban.cli"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *program,
+               *arguments]
+    return subprocess.run(command, env=environment(**({"KILL_AT": kill_at} if kill_at else {})),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_a_torchrun_run_stopped_mid_epoch_resumes_with_the_whole_epochs_metrics(data_dir, tmp_path):
+    """Stopped at step 2 of 4, the checkpoint holds both processes' sums so far (it held the main process's only,
+    which the resumed epoch then counted twice and the other's not at all)."""
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER)
+    common = ["train", "--data", str(data_dir), *TRAIN[2:], "--epochs", "1"]
+    straight, chain = tmp_path / "straight", tmp_path / "chain"
+    result = torchrun([*common, "--out", str(straight)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = torchrun([*common, "--out", str(chain)], kill_at="step:2:SIGINT", killer=killer)
+    assert result.returncode != 0 and position(chain) == (0, 2), result.stderr[-2000:]
+    result = torchrun(["train", "--out", str(chain), "--resume"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    (expected,), (got,) = metrics(straight), metrics(chain)
+    assert got["samples"] == expected["samples"] == 211  # every training question once
+    assert got["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-9)
+    assert got["train_score"] == pytest.approx(expected["train_score"], rel=1e-9)
+
+
+@pytest.mark.slow
+def test_resuming_with_fewer_epochs_than_begun_is_refused(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    result = ban_train(["train", "--data", str(data_dir), "--out", str(run_dir), *TRAIN], kill_at="step:6:SIGINT")
+    assert result.returncode == 130 and position(run_dir) == (1, 2), result.stderr[-2000:]  # epoch 2, step 2
+    config = (run_dir / "config.json").read_text()
+    result = ban_train(["train", "--out", str(run_dir), "--resume", "--epochs", "1"])
+    assert result.returncode == 2 and "its checkpoint is in epoch 2; give --epochs 2 or more" in result.stderr
+    assert (run_dir / "config.json").read_text() == config and position(run_dir) == (1, 2)

@@ -11,9 +11,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ban.commands.trained_run import add_batch_size_argument, add_run_arguments, load_trained_run
+from ban.commands.trained_run import (
+    add_batch_size_argument,
+    add_precision_argument,
+    add_run_arguments,
+    forward_precision,
+    load_trained_run,
+)
 from ban.engine.tasks import make_task
-from ban.engine.trainer import resolve_precision
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,13 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="val", help="split of the prepared dataset (default: val)")
     add_run_arguments(parser)
     add_batch_size_argument(parser)
+    add_precision_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     loaded, device = load_trained_run(args)
     task = make_task(loaded.config.task, loaded.data_dir)
-    precision = resolve_precision(loaded.config.train.precision, device)
+    precision = forward_precision(args, loaded, device)
     metrics = task.evaluate(loaded.model.to(device), args.split, args.batch_size, device, precision)
     print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics, args.split))
     return 0

@@ -13,10 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ban.commands.trained_run import add_batch_size_argument, add_run_arguments, load_trained_run
+from ban.commands.trained_run import (
+    add_batch_size_argument,
+    add_precision_argument,
+    add_run_arguments,
+    forward_precision,
+    load_trained_run,
+)
 from ban.data.atomic import atomic_path, check_file_target, write_with
 from ban.engine.tasks import VQATask, make_task, predict_logits
-from ban.engine.trainer import resolve_precision
 from ban.errors import ConfigError
 
 
@@ -27,16 +32,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--logits", type=Path, help="also write the answer logits [Q, A] as a .npy file")
     add_run_arguments(parser)
     add_batch_size_argument(parser)
+    add_precision_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     for target in filter(None, (args.out, args.logits)):
         check_file_target(target)  # refused now, not after predicting
+    if args.logits is not None and args.logits.resolve() == args.out.resolve():
+        raise ConfigError(f"--out and --logits name the same file, {args.out}: the results would overwrite the logits")
     loaded, device = load_trained_run(args)
     task = make_task(loaded.config.task, loaded.data_dir)
     if not isinstance(task, VQATask):
         raise ConfigError("ban predict writes VQA answers; for grounding use `ban evaluate`")
-    precision = resolve_precision(loaded.config.train.precision, device)
+    precision = forward_precision(args, loaded, device)
     labels = task.answers()
     dataset = task.dataset([args.split])
     results: list[dict[str, object]] = []

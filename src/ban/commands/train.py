@@ -66,9 +66,10 @@ def build_run(args: argparse.Namespace) -> RunConfig:
     if args.epochs is not None:
         train_overrides["epochs"] = str(args.epochs)
     task = make_task(task_name, data_dir)
-    kept = stored if args.preset is None else None  # --resume keeps the run's model and training settings
-    model = build_model_config(kept.model if kept else None, args.preset, task, synthetic, model_overrides)
-    base = kept.train if kept else TrainConfig(**SYNTHETIC_TRAINING) if synthetic else TrainConfig()
+    # --resume keeps the run's training settings, and its model unless --preset names one (checked against it)
+    kept_model = stored.model if stored is not None and args.preset is None else None
+    model = build_model_config(kept_model, args.preset, task, synthetic, model_overrides)
+    base = stored.train if stored else TrainConfig(**SYNTHETIC_TRAINING) if synthetic else TrainConfig()
     training = apply_overrides(base, train_overrides)
     check_splits(training, task)
     return RunConfig(task_name, str(data_dir), model, training, fingerprint(data_dir))

@@ -9,6 +9,7 @@ import torch
 
 from ban.engine.config import resolve_device
 from ban.engine.run import LoadedRun, load_run
+from ban.engine.trainer import resolve_precision
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, default_device: str = "auto") -> None:
@@ -30,6 +31,19 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, not {value}")
     return value
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision`` of the forward passes (`evaluate`, `predict`)."""
+    parser.add_argument("--precision", choices=["run", "fp32", "bf16"], default="run",
+                        help="run: the run's training precision, as its validation during training used (default); "
+                             "fp32: float32 logits, as the reference computes the metric (bf16 logits can tie or "
+                             "swap near-ties)")
+
+
+def forward_precision(args: argparse.Namespace, loaded: LoadedRun, device: torch.device) -> str:
+    """The precision ``--precision`` asks for on ``device`` ("bf16" or "fp32")."""
+    return resolve_precision(loaded.config.train.precision if args.precision == "run" else args.precision, device)
 
 
 def add_batch_size_argument(parser: argparse.ArgumentParser) -> None:

@@ -120,7 +120,9 @@ def _check_plain(text: str, path: str | os.PathLike[str] | None, line_number: in
 
 
 def parse_sentences_file(path: str | os.PathLike[str]) -> list[Caption]:
-    """All captions of a ``Sentences/<image>.txt`` file, in line order (blank lines are skipped)."""
+    """All captions of a ``Sentences/<image>.txt`` file, in line order (blank lines are skipped). Lines end at
+    ``\n``, ``\r\n`` or ``\r`` only, as the reference reads the files (``str.splitlines`` would also cut at form
+    feeds, ``\x1c``–``\x1e``, U+0085, U+2028 and U+2029)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -129,7 +131,7 @@ def parse_sentences_file(path: str | os.PathLike[str]) -> list[Caption]:
         raise DataError(f"not UTF-8 text ({error})", path=path) from None
     return [
         parse_caption(line, path=path, line_number=number)
-        for number, line in enumerate(text.splitlines(), start=1)
+        for number, line in enumerate(text.split("\n"), start=1)
         if line.strip()
     ]
 

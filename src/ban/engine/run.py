@@ -28,7 +28,8 @@ CHECKPOINTS = {"last": CHECKPOINT_FILE, "best": BEST_FILE}
 VOCABULARY_FILES = ("dictionary.json", "answers.json")
 FORMAT = "ban-run/1"
 # what a resumed run may change
-RESUME_CHANGEABLE = ("train.epochs", "train.skip_nonfinite", "train.cuda_graphs", "train.compile")
+RESUME_CHANGEABLE = ("train.epochs", "train.eval_batch_size", "train.num_workers", "train.skip_nonfinite",
+                     "train.cuda_graphs", "train.compile")
 
 
 def fingerprint(data_dir: str | Path) -> dict[str, str]:
@@ -93,10 +94,11 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
 def start_run(run_dir: str | Path, run: RunConfig, resume: bool) -> None:
     """Create the run directory with its config, or check that a resumed run has the same config.
 
-    A new run refuses a directory that already holds a run; ``resume`` refuses a different config (except
-    ``train.epochs``, which may be raised to train longer, ``train.skip_nonfinite``, to get past a batch that made
-    the run stop, and ``train.cuda_graphs`` and ``train.compile``, which change how a step runs, not what it
-    computes).
+    A new run refuses a directory that already holds a run; ``resume`` refuses a different config, except
+    ``train.epochs`` (more to train longer; not fewer than the checkpoint has begun, :func:`check_epochs`),
+    ``train.skip_nonfinite`` (to get past a batch that made the run stop) and the settings that change how the
+    run executes, not what it computes: ``train.eval_batch_size``, ``train.num_workers``, ``train.cuda_graphs``,
+    ``train.compile``.
     """
     run_dir = Path(run_dir)
     if resume:
@@ -105,10 +107,22 @@ def start_run(run_dir: str | Path, run: RunConfig, resume: bool) -> None:
         if changed:
             raise ConfigError(f"cannot resume {run_dir} with a different configuration: {', '.join(changed)} "
                               f"{'differs' if len(changed) == 1 else 'differ'} from its config.json")
+        if (run_dir / CHECKPOINT_FILE).exists():
+            check_epochs(Checkpoint(run_dir / CHECKPOINT_FILE).state, run.train.epochs)
     elif (run_dir / CONFIG_FILE).exists() or (run_dir / CHECKPOINT_FILE).exists():
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume or choose another --out")
     make_directory(run_dir)
     write_json(run_dir / CONFIG_FILE, run.to_dict())
+
+
+def check_epochs(position: dict[str, Any], epochs: int) -> None:
+    """Refuse to resume with fewer ``epochs`` than the checkpoint's ``position`` has begun: the run dir would hold
+    weights from an epoch its settings and metrics do not have."""
+    begun = position["epoch"] + (position["step"] > 0)
+    if epochs < begun:
+        where = (f"in epoch {begun}" if position["step"] else f"after epoch {begun}")
+        raise ConfigError(f"epochs={epochs} is fewer than the run has begun: its checkpoint is {where}; give "
+                          f"--epochs {begun} or more")
 
 
 def abandon_new_run(run_dir: str | Path) -> None:

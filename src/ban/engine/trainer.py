@@ -39,7 +39,7 @@ from ban.engine.distributed import DistContext, ShardedBatches
 from ban.engine.graphs import BOX_QUANTUM, ROW_QUANTUM, compiled_forward, static_batch
 from ban.engine.optim import FusedCPUAdamax, adamax, clipped_step, gradient_norm
 from ban.engine.reporting import report_epoch
-from ban.engine.run import BEST_FILE, CHECKPOINT_FILE, RunConfig
+from ban.engine.run import BEST_FILE, CHECKPOINT_FILE, RunConfig, check_epochs
 from ban.engine.schedule import learning_rate, set_learning_rate
 from ban.engine.tasks import Batch, Task, autocast, check_splits, to_device
 from ban.engine.trainer_graphs import TrainingGraphs
@@ -208,6 +208,9 @@ class Trainer:
     def __init__(self, run_dir: Path, run: RunConfig, task: Task, context: DistContext, resume: bool) -> None:
         self.run_dir, self.run, self.task, self.context, self.config = run_dir, run, task, context, run.train
         check_splits(self.config, task)
+        if self.config.batch_size < context.world_size:  # ShardedBatches drops a global batch smaller than that
+            raise ConfigError(f"batch_size {self.config.batch_size} is smaller than the number of processes "
+                              f"({context.world_size}): every batch would be dropped")
         self.precision = resolve_precision(self.config.precision, context.device)
         self.model = initial_model(run, task).to(context.device)
         graphed = self.config.cuda_graphs
@@ -222,6 +225,7 @@ class Trainer:
             resume = False
         if resume:
             self.position = resume_from(Checkpoint(run_dir / CHECKPOINT_FILE), self.model, self.optimizer, context)
+            check_epochs(self.position, self.config.epochs)
             if context.is_main and self.position["history"]:  # a kill may have left metrics.jsonl an epoch behind
                 report_epoch(run_dir, self.position["history"])
         self.history: list[dict[str, Any]] = self.position["history"]
@@ -302,8 +306,10 @@ class Trainer:
             loader = map(self.device_batch, DataLoader(
                 self.data, batch_sampler=batches, collate_fn=self.task.collate, num_workers=config.num_workers,
                 pin_memory=context.device.type == "cuda", generator=torch.Generator().manual_seed(config.seed + epoch)))
-        # running sums of loss, score and samples, kept on the device (no host sync per step)
-        sums = torch.tensor([partial.get(k, 0.0) for k in SUMS], dtype=torch.float64, device=context.device)
+        # running sums of loss, score and samples, kept on the device (no host sync per step); a resumed epoch's
+        # sums so far are every process's together (see the interrupt below): the main process carries them
+        carried = [partial.get(k, 0.0) if context.is_main else 0.0 for k in SUMS]
+        sums = torch.tensor(carried, dtype=torch.float64, device=context.device)
         skipped = int(partial.get("skipped", 0))  # batches with a non-finite loss or gradient (skip_nonfinite)
         began, shown = time.perf_counter() - partial.get("seconds", 0.0), time.perf_counter()
         bar = tqdm(total=start + len(batches), initial=start, desc=f"epoch {epoch + 1}/{config.epochs}",
@@ -325,12 +331,12 @@ class Trainer:
                 shown = time.perf_counter()
             if distributed.any_process(stop[0], context):
                 bar.close()
-                self.save(epoch, step, {**dict(zip(SUMS, sums.tolist(), strict=True)),
+                self.save(epoch, step, {**dict(zip(SUMS, summed(sums, context), strict=True)),
                                         "seconds": time.perf_counter() - began, "skipped": skipped})
                 raise TrainingInterrupted(f"stopped at epoch {epoch + 1}, step {step}; checkpoint saved in "
                                           f"{self.run_dir}. Continue with: ban train --out {self.run_dir} --resume")
         bar.close()
-        loss, score, count = torch.stack(distributed.gather_tensor(sums, context)).sum(0).tolist()
+        loss, score, count = summed(sums, context)
         seconds = time.perf_counter() - began
         record = {"epoch": epoch + 1, "lr": lr, "train_loss": loss / count if count else float("nan"),
                   "train_score": 100 * score / count if count else float("nan"), "samples": int(count),
@@ -399,6 +405,11 @@ class Trainer:
         if self.context.is_main:
             state = {"epoch": epoch, "step": step, "history": self.history, "partial": partial}
             save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.model, self.optimizer, state, rng)
+
+
+def summed(sums: Tensor, context: DistContext) -> list[float]:
+    """The running sums [loss, score, samples] of every process added together (a collective)."""
+    return torch.stack(distributed.gather_tensor(sums, context)).sum(0).tolist()
 
 
 def summarise(record: dict[str, Any]) -> str:

@@ -76,7 +76,8 @@ class GroundingRecall:
         ``targets`` ``[B, N, E]`` > 0 where the box is a positive of the entity; ``entity_mask`` ``[B, E]``
         bool, real entity slots; ``has_ground_truth`` ``[B, E]`` bool, entities with ground-truth boxes (only
         these are scored); ``entity_types`` ``[B, E]`` int64 type bit sets; ``box_mask`` ``[B, N]`` bool, real
-        boxes (default: all) — padded boxes are never ranked above real ones nor count as positives.
+        boxes (default: all) — padded boxes are never ranked above real ones nor count as positives. Boxes of equal
+        score rank in box order (bf16 logits can tie; float32 ones practically never do).
         """
         logits = torch.as_tensor(logits).float()
         batch, num_boxes, num_entities = logits.shape
@@ -89,7 +90,7 @@ class GroundingRecall:
                                                                                  dtype=torch.bool)
         ranked = logits.masked_fill(~box_mask[:, :, None], float("-inf"))
         depth = min(max(self.ks), num_boxes)
-        top = ranked.topk(depth, dim=1).indices  # [B, depth, E]
+        top = ranked.sort(dim=1, descending=True, stable=True).indices[:, :depth]  # [B, depth, E]; ties: box order
         positive_at_rank = positive.gather(1, top)  # [B, depth, E]
         bits = torch.as_tensor(entity_types, dtype=torch.int64)
         of_type = (bits[..., None] >> torch.arange(len(ENTITY_TYPES), device=bits.device)) & 1 == 1  # [B,E,T]

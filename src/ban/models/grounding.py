@@ -24,8 +24,9 @@ def default_entity_mask(entity_positions: Tensor) -> Tensor:
 
 class BanForGrounding(TokenEncoderModel):
     """Inputs: features [B, N, Dv], boxes [B, N, ≥4] (unused by the model; kept for a uniform interface),
-    tokens [B, L] int64 padded with ``config.pad_index``, entity_positions [B, E] int64 (the token index of
-    each phrase's last word), box_mask [B, N] bool, entity_mask [B, E] bool (True = real entity)."""
+    tokens [B, L] int64 padded with ``config.pad_index``, entity_positions [B, E] int64, E ≥ 1 (the token index
+    in [0, L) of each phrase's last word; not checked, as that would wait for the device), box_mask [B, N] bool,
+    entity_mask [B, E] bool (True = real entity)."""
 
     def __init__(self, config: BANConfig) -> None:
         if config.task != "grounding":
@@ -49,6 +50,8 @@ class BanForGrounding(TokenEncoderModel):
         """→ GroundingOutput(logits [B, G, N, E])."""
         self.check_inputs(features, boxes, tokens, box_mask, "tokens")
         expect_shape("entity_positions", entity_positions, (features.shape[0], None), "integer")
+        if entity_positions.shape[1] == 0:
+            raise ValueError("entity_positions: no entity slot (E = 0); a caption needs at least one")
         if entity_mask is not None:
             expect_shape("entity_mask", entity_mask, tuple(entity_positions.shape), "bool")
         if box_mask is None:
