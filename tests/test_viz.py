@@ -24,7 +24,7 @@ from ban.engine.run import CHECKPOINT_FILE, RunConfig, fingerprint, load_run, st
 from ban.engine.tasks import make_task
 from ban.models import build_model, preset
 from ban.viz.attention import attention_figure, box_weights
-from ban.viz.boxes import draw_weighted_boxes, find_coco_image, image_size_from_boxes
+from ban.viz.boxes import draw_colored_boxes, draw_weighted_boxes, find_coco_image, image_size_from_boxes
 from ban.viz.grounding import GroundingPictures, grounding_figure
 from ban.viz.report import REPORT_DIR, write_report_pictures
 from ban.viz.vqa import VQAPictures, choose_indices
@@ -209,6 +209,20 @@ def test_a_report_picture_on_an_unreadable_image_is_skipped(scenes: dict[str, Pa
     loaded = load_run(run_dir)
     assert write_report_pictures(run_dir, loaded.model, loaded.config, num=2) == []
     assert capsys.readouterr().err.count("attention picture skipped: ") == 2
+
+
+def test_labels_of_phrases_sharing_a_box_do_not_cover_each_other() -> None:
+    image, boxes = Image.new("RGB", (480, 320), (255, 255, 255)), np.array([[0.2, 0.2, 0.8, 0.8]] * 2)
+    colors = [(200, 30, 30), (30, 30, 200)]
+
+    def pixels(labels: list[str]) -> np.ndarray:
+        return np.asarray(draw_colored_boxes(image, boxes, colors, labels), dtype=np.int16)
+
+    bare, alone, together = pixels(["", ""]), pixels(["12", ""]), pixels(["12", "34"])
+    first = np.abs(alone - bare).sum(-1) > 0
+    assert first.any()  # the second (inset) box painted over the first label
+    assert np.array_equal(together[first], alone[first])  # "12" whole next to "34"
+    assert (np.abs(together - alone).sum(-1) > 0).any()  # and "34" drawn
 
 
 def test_box_opacity_follows_the_attention() -> None:

@@ -114,7 +114,8 @@ def draw_colored_boxes(image: Image.Image, boxes: np.ndarray, colors: Sequence[t
     """A copy of ``image`` with box i (normalised ``[n, 4]``) outlined in ``colors[i]`` over a light fill.
 
     A box listed again (two phrases on the same box) is drawn inset inside the earlier outlines, so every
-    colour stays visible.
+    colour stays visible, and its label follows the earlier ones along the top edge; the labels are drawn last,
+    so no box covers one.
     """
     base = image.convert("RGBA")
     overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
@@ -122,6 +123,8 @@ def draw_colored_boxes(image: Image.Image, boxes: np.ndarray, colors: Sequence[t
     font = label_font(base.width)
     line = max(2, round(min(base.size) / 100))
     drawn: dict[tuple[float, ...], int] = {}
+    label_at: dict[tuple[float, ...], tuple[float, float]] = {}  # where the next label on a box goes
+    texts = []
     for index, corners in enumerate(to_pixels(boxes, base.size)):
         key = tuple(np.round(corners, 3).tolist())
         repeat = drawn.get(key, 0)
@@ -133,8 +136,11 @@ def draw_colored_boxes(image: Image.Image, boxes: np.ndarray, colors: Sequence[t
         color = tuple(colors[index])
         draw.rectangle((x1, y1, x2, y2), fill=(*color, 50), outline=(*color, 255), width=line)
         if labels is not None:
-            draw.text((x1 + line + 1 + 12 * repeat, y1 + line), labels[index], fill=(255, 255, 255, 255),
-                      font=font, stroke_width=1, stroke_fill=(*color, 255))
+            x, y = label_at.get(key, (x1 + line + 1, y1 + line))
+            texts.append(((x, y), labels[index], color))
+            label_at[key] = (x + draw.textlength(labels[index], font=font) + 2 * line, y)
+    for position, text, color in texts:
+        draw.text(position, text, fill=(255, 255, 255, 255), font=font, stroke_width=1, stroke_fill=(*color, 255))
     return Image.alpha_composite(base, overlay).convert("RGB")
 
 
