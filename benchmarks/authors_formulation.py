@@ -39,11 +39,10 @@ from ban.benchmark import (
     BenchSettings,
     forward_flops,
     peak_memory_gib,
-    resolve_device,
     synchronize,
     synthetic_batches,
 )
-from ban.engine.config import TrainConfig
+from ban.engine.config import TrainConfig, resolve_device
 from ban.heap import keep_freed_memory
 from ban.machine import describe_machine
 from ban.models import BANConfig, preset

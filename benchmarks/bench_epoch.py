@@ -31,13 +31,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ban.benchmark import BenchSettings, measure, resolve_device
+from ban.benchmark import BenchSettings, measure
 from ban.data.resident import ResidentVQA
+from ban.engine.config import resolve_device
 from ban.engine.distributed import ShardedBatches
 from ban.engine.tasks import make_task
 from ban.engine.trainer import resolve_precision
 from ban.heap import keep_freed_memory
-from ban.machine import describe_machine
+from ban.machine import code_version, describe_machine
 
 VQA2_TRAIN_QUESTIONS = 443_757
 VQA2_TRAINVAL_QUESTIONS = 443_757 + 214_354
@@ -123,7 +124,7 @@ def main() -> None:
     keep_freed_memory()  # as `ban` does when it starts
 
     device = resolve_device("auto")
-    results: dict = {"machine": describe_machine(device), "command": " ".join(sys.argv),
+    results: dict = {"machine": describe_machine(device), "code": code_version(), "command": " ".join(sys.argv),
                      "loader": [loader_epoch(d, args.batch_size, w) for d in args.data for w in args.workers]}
     if args.resident:
         results["loader"] += [resident_epoch(d, args.batch_size) for d in args.data]

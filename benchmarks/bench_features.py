@@ -1,4 +1,5 @@
-"""Feature pipeline benchmark: TSV → store conversion (MB/s, peak memory) and store random access (samples/s).
+"""Feature pipeline benchmark: TSV → store conversion (MiB/s, peak memory) and store random access (samples/s).
+Every "mb" in option names and JSON keys is a MiB (2²⁰ bytes).
 
 Writes a synthetic bottom-up TSV of ``--size-gb`` (adaptive 10–100 boxes of ``--dim`` floats, the official
 encoding), converts it in a child process whose address space may grow by at most ``--cap-mb`` after its imports
@@ -161,13 +162,13 @@ def main() -> None:
         "conversion": conversion, "reader": reader,
     }
     rows = [
-        ("TSV size", f"{tsv_mb:,.0f} MB ({images:,} images, {boxes:,} boxes, {args.dim}-d)"),
-        ("conversion throughput", f"{conversion['mb_per_s']:.1f} MB/s of TSV ({conversion['seconds']:.1f} s)"),
-        ("address-space cap after imports", f"{args.cap_mb} MB (TSV is {conversion['tsv_over_cap']:.1f}× larger)"),
-        ("peak RSS of the converter", f"{conversion['peak_rss_mb']:.0f} MB "
-                                      f"(after imports {conversion['baseline_rss_mb']:.0f} MB, "
-                                      f"working {conversion['working_mb']:.0f} MB)"),
-        ("store random access", f"{reader['samples_per_s']:,.0f} images/s ({reader['mb_per_s']:.0f} MB/s, "
+        ("TSV size", f"{tsv_mb:,.0f} MiB ({images:,} images, {boxes:,} boxes, {args.dim}-d)"),
+        ("conversion throughput", f"{conversion['mb_per_s']:.1f} MiB/s of TSV ({conversion['seconds']:.1f} s)"),
+        ("address-space cap after imports", f"{args.cap_mb} MiB (TSV is {conversion['tsv_over_cap']:.1f}× larger)"),
+        ("peak RSS of the converter", f"{conversion['peak_rss_mb']:.0f} MiB "
+                                      f"(after imports {conversion['baseline_rss_mb']:.0f} MiB, "
+                                      f"working {conversion['working_mb']:.0f} MiB)"),
+        ("store random access", f"{reader['samples_per_s']:,.0f} images/s ({reader['mb_per_s']:.0f} MiB/s, "
                                 f"page cache warm)"),
         ("random batches of 256 + collate_vqa",
          f"{reader['batched_samples_per_s']:,.0f} samples/s (1 process, 1 thread, median batch)"),

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ban.data.synthetic import DEFAULT_IMAGES, generate
+from ban.data.synthetic import DEFAULT_IMAGES, default_flickr_images, default_workers, generate
 from ban.machine import cpu_model
 
 
@@ -32,6 +32,7 @@ def directory_bytes(root: Path) -> int:
 def measure(name: str, images: int, feature_dim: int, png: bool, workers: int | None, scratch: Path) -> dict:
     out = scratch / name
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    workers = default_workers(images + default_flickr_images(images)) if workers is None else workers  # generate's
     before, start = os.times(), time.perf_counter()
     stats = generate(out, seed=0, num_images=images, feature_dim=feature_dim, write_images=png, workers=workers)
     wall = time.perf_counter() - start
@@ -46,6 +47,7 @@ def measure(name: str, images: int, feature_dim: int, png: bool, workers: int | 
         "questions": questions,
         "feature_dim": feature_dim,
         "png": png,
+        "workers": workers,
         "wall_s": round(wall, 2),
         "cpu_s": round(cpu, 2),
         "images_per_s": round(all_images / wall, 1),
@@ -69,8 +71,8 @@ def main() -> None:
     parser.add_argument("--scratch", type=Path, default=None,
                         help="the directory (made if missing) under which the runs write; each run's output is "
                              "deleted after it")
-    parser.add_argument("--json-out", type=Path, default=Path(__file__).parent / "bench_synth.json",
-                        help="default: benchmarks/bench_synth.json")
+    parser.add_argument("--json-out", type=Path,
+                        help="write the runs as JSON here (the recorded run: benchmarks/bench_synth.json)")
     args = parser.parse_args()
     runs = [("demo-2048", args.demo_images, 2048), ("demo-256", args.demo_images, 256)]
     if not args.skip_large:
@@ -97,8 +99,10 @@ def main() -> None:
             f"{r['wall_s']:>9}{r['cpu_s']:>9}{r['images_per_s']:>9}{r['questions_per_s']:>10}"
             f"{r['bytes'] / 1e9:>8.2f}{r['load_average_before']:>7}"
         )
-    args.json_out.write_text(json.dumps({"machine": machine, "runs": rows}, indent=2) + "\n")
-    print(f"written to {args.json_out}")
+    if args.json_out is not None:
+        record = {"machine": machine, "runs": rows}
+        args.json_out.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"written to {args.json_out}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ban.benchmark import BenchSettings, resolve_device, step_loop, synthetic_batches
+from ban.benchmark import BenchSettings, step_loop, synthetic_batches
+from ban.engine.config import resolve_device
 from ban.heap import keep_freed_memory
 from ban.machine import describe_machine
 from ban.models import build_model, preset

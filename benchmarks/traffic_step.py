@@ -38,7 +38,7 @@ from ban import kernels
 from ban.benchmark import BenchSettings, synthetic_batches
 from ban.engine.graphs import compiled_forward, initialise_optimizer, static_batch, training_step
 from ban.engine.optim import AdamaxUpdate
-from ban.machine import describe_machine
+from ban.machine import code_version, describe_machine
 from ban.models import build_model, preset
 from ban.nn.capture import capture_safe
 
@@ -270,7 +270,9 @@ def main() -> None:
         print(f"| {phase} | {name} | {record.kernels} | {record.read / 1e9:.3f} | {record.written / 1e9:.3f} | "
               f"{record.flops / 1e9:.1f} | {1e3 * card.seconds(record):.3f} | {shapes} |")
     report = {
-        "machine": describe_machine(torch.device("cpu")), "settings": {**vars(args), "real_boxes": real_boxes},
+        "machine": describe_machine(torch.device("cpu")), "code": code_version(),
+        "card_model": "the --bandwidth, --flop-rate and --gap-us of settings (default: an H200)",
+        "settings": {**vars(args), "real_boxes": real_boxes},
         "eager": {"modelled_ms": 1e3 * step_seconds, "modelled_questions_per_s": args.batch_size / step_seconds,
                   "phases": {phase: {**r.totals(), "modelled_ms": 1e3 * phase_seconds[phase]}
                              for phase, r in phases.items()},

@@ -45,6 +45,20 @@ def test_the_command_runs_with_the_trainers_host_sync(capsys):
                  "--device", "cpu", "--host-sync"]) == 0
     out = capsys.readouterr().out
     assert "finiteness read on the host each step" in out and "| plain | fp32 | train |" in out
+    assert "peak memory: the process's peak RSS so far" in out  # on the CPU the column is cumulative
+
+
+def test_the_json_records_machine_code_and_what_peak_memory_means(capsys):
+    import json
+
+    from ban.cli import main
+
+    assert main(["bench", "--preset", "tiny", "--num-tokens", "30", "--num-answers", "12", "--batch-size", "4",
+                 "--steps", "1", "--warmup", "0", "--paths", "plain", "--precisions", "fp32", "--modes", "infer",
+                 "--device", "cpu", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["code"].startswith(("git ", "ban ")) and "torch" in report["machine"]
+    assert report["peak_memory"].startswith("the process's peak RSS so far")
 
 
 def test_the_compiled_path_runs_on_the_cpu_and_the_graphed_path_asks_for_a_gpu():

@@ -32,7 +32,7 @@ from ban.engine.graphs import (
 from ban.engine.optim import AdamaxUpdate, FusedCPUAdamax, adamax
 from ban.engine.tasks import autocast
 from ban.errors import ConfigError
-from ban.machine import describe_machine
+from ban.machine import code_version, describe_machine
 from ban.models import BANConfig, build_model, preset
 
 ADAPTIVE_MIN, ADAPTIVE_MAX, ADAPTIVE_MEAN = 10, 100, 32.0
@@ -117,7 +117,8 @@ def synchronize(device: torch.device) -> None:
 
 
 def peak_memory_gib(device: torch.device) -> float:
-    """Peak memory so far: the GPU's allocated peak, or the process's peak RSS on the CPU (GiB)."""
+    """Peak memory: the GPU's allocated peak of this measurement (reset before it), or on the CPU the process's
+    peak RSS so far — the maximum over this row and every row measured before it in the process (GiB)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak RSS (KiB → GiB)
@@ -182,6 +183,8 @@ def measure(settings: BenchSettings, path: str, precision: str, mode: str) -> Be
     batches = [static_batch(batch, **quanta) for batch in batches]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    if kernels.wanted(sum(parameter.numel() for parameter in model.parameters()), device):
+        kernels.compiled()  # built (or loaded) now: with --warmup 0 the first-use build was timed as a step
     steps = step_loop(model, batches, mode, precision, device, settings.host_sync, graphed, path == "compiled")
     for _ in range(settings.warmup + (len(batches) if static else 0)):  # every shape captured/compiled first
         next(steps)
@@ -210,7 +213,14 @@ def format_table(results: list[BenchResult]) -> str:
     return "\n".join(lines)
 
 
+def peak_memory_meaning(device: torch.device) -> str:
+    """What the peak-memory column means on ``device`` (see :func:`peak_memory_gib`)."""
+    if device.type == "cuda":
+        return "GPU memory allocated at the peak of each row's measurement"
+    return "the process's peak RSS so far: each row shows the maximum over itself and the rows before it"
+
+
 def as_json(settings: BenchSettings, results: list[BenchResult]) -> dict:
     device = resolve_device(settings.device)
-    return {"machine": describe_machine(device), "settings": dataclasses.asdict(settings),
-            "results": [dataclasses.asdict(r) for r in results]}
+    return {"machine": describe_machine(device), "code": code_version(), "settings": dataclasses.asdict(settings),
+            "peak_memory": peak_memory_meaning(device), "results": [dataclasses.asdict(r) for r in results]}

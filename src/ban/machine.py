@@ -28,3 +28,31 @@ def describe_machine(device: torch.device | None = None) -> str:
     if use_cuda:
         text += f", GPU {torch.cuda.get_device_name(device)}"
     return text
+
+
+def code_version() -> str:
+    """Which code measured: ``git <commit>`` of the checkout ban runs from (read from ``.git``, no git process;
+    uncommitted changes are not seen), or ``ban <version>`` outside a checkout."""
+    for folder in Path(__file__).resolve().parents:
+        if (folder / ".git").is_dir():
+            return f"git {_head_commit(folder / '.git')}"
+    from ban import __version__
+
+    return f"ban {__version__}"
+
+
+def _head_commit(git: Path) -> str:
+    """The commit HEAD names in the ``.git`` directory ``git`` (first 12 hex digits), or "unknown"."""
+    try:
+        head = (git / "HEAD").read_text(encoding="utf-8").strip()
+        if not head.startswith("ref: "):
+            return head[:12]
+        ref = head.removeprefix("ref: ")
+        if (git / ref).is_file():
+            return (git / ref).read_text(encoding="utf-8").strip()[:12]
+        for line in (git / "packed-refs").read_text(encoding="utf-8").splitlines():
+            if line.endswith(f" {ref}"):
+                return line.split()[0][:12]
+    except OSError:
+        pass
+    return "unknown"

@@ -8,7 +8,7 @@ import json
 
 import torch
 
-from ban.benchmark import BenchSettings, as_json, format_table, run_all
+from ban.benchmark import BenchSettings, as_json, format_table, peak_memory_meaning, run_all
 from ban.engine.config import resolve_device
 from ban.machine import describe_machine
 
@@ -62,4 +62,5 @@ def run(args: argparse.Namespace) -> int:
               f"boxes {settings.boxes}, {settings.question_length} tokens"
               + (", finiteness read on the host each step" if settings.host_sync else ""))
         print(format_table(results))
+        print(f"peak memory: {peak_memory_meaning(device)}")
     return 0
