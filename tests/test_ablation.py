@@ -68,3 +68,17 @@ def test_ablate_command_on_a_minuscule_configuration(tmp_path: Path, monkeypatch
     assert main(["ablate", "--out", str(out), "--glimpses", "1", "--seeds", "3", "--epochs", "1", "--images", "20",
                  "--hidden", "16", "--feature-dim", "16"]) == 0
     assert {run_dir: written(run_dir) for run_dir in before} == before  # nothing trained or drawn again
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--seeds", "1", "1"], "--seeds lists a value twice: 1 1"),
+    (["--glimpses", "4", "1", "4"], "--glimpses lists a value twice"),
+    (["--glimpses", "0"], "argument --glimpses: must be positive, not 0"),
+    (["--data-seed", "-1"], "argument --data-seed: must be zero or more, not -1"),
+])
+def test_bad_ablation_arguments_are_refused_before_anything_runs(tmp_path: Path, capsys, arguments, message):
+    try:
+        status = main(["ablate", "--out", str(tmp_path / "out"), *arguments])
+    except SystemExit as usage_error:  # argparse's own
+        status = usage_error.code
+    assert status == 2 and message in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -68,3 +68,22 @@ def test_the_compiled_path_runs_on_the_cpu_and_the_graphed_path_asks_for_a_gpu()
     assert (result.path, result.mode) == ("compiled", "train") and result.ms_per_step > 0
     with pytest.raises(ConfigError, match="needs a GPU"):
         measure(settings, "graphed", "fp32", "train")
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--steps", "0"], "argument --steps: must be positive, not 0"),
+    (["--boxes", "foo"], "argument --boxes: neither 'adaptive' nor a box count"),
+    (["--boxes", "0"], "argument --boxes: neither 'adaptive' nor a box count: must be positive, not 0"),
+    (["--batch-size", "0"], "argument --batch-size: must be positive, not 0"),
+    (["--warmup", "-1"], "argument --warmup: must be zero or more, not -1"),
+    (["--paths", "plain", "graphed"], "--paths graphed replays CUDA graphs: it needs a GPU"),  # before plain runs
+])
+def test_bad_bench_arguments_are_one_line_errors(capsys, arguments, message):
+    from ban.cli import main
+
+    try:
+        status = main(["bench", "--preset", "tiny", "--device", "cpu", *arguments])
+    except SystemExit as usage_error:  # argparse's own
+        status = usage_error.code
+    captured = capsys.readouterr()
+    assert status == 2 and message in captured.err and "|" not in captured.out

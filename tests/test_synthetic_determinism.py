@@ -73,6 +73,25 @@ def test_rerun_into_the_same_directory_overwrites_cleanly(tmp_path: Path) -> Non
     assert tree_digest(tmp_path / "a") == before
 
 
+def test_a_rerun_with_other_settings_leaves_nothing_of_the_earlier_one(tmp_path: Path) -> None:
+    """Seed 1 without Flickr images into seed 0's folder: exactly what seed 1 alone writes (it kept seed 0's
+    PNGs and its whole flickr30k/ tree)."""
+    make(tmp_path / "a", write_images=True)
+    make(tmp_path / "a", write_images=True, seed=1, flickr_images=0)
+    make(tmp_path / "b", write_images=True, seed=1, flickr_images=0)
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
+
+
+def test_the_command_refuses_a_folder_it_did_not_write(tmp_path: Path, capsys) -> None:
+    from ban.cli import main
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("kept")
+    assert main(["synth", "--out", str(tmp_path / "mine"), "--images", "10", "--no-png", "--quiet"]) == 2
+    assert "holds no complete `ban synth` output" in capsys.readouterr().err
+    assert [path.name for path in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
 @pytest.mark.parametrize("kwargs", [{"num_images": 5}, {"feature_dim": 0}, {"flickr_images": 4}, {"seed": -1}])
 def test_bad_settings_are_config_errors(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(ConfigError):

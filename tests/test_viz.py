@@ -276,3 +276,11 @@ def test_grounding_picture_has_one_legend_entry_per_phrase(scenes: dict[str, Pat
     texts = [text.get_text() for text in legend.get_texts()]
     assert len(texts) == len(phrases[: int(used.sum())])
     assert all(phrase in text for phrase, text in zip(example.phrases, texts, strict=True))
+
+
+def test_the_title_counts_answers_as_the_metric_compares_them() -> None:
+    from ban.viz.attention import answer_summary
+
+    assert answer_summary(["0"] * 6 + ["none", "none", "1", "0."]) == "0 (×7), none (×2), 1 (×1)"
+    assert answer_summary(["0."] * 10) == "0. (×10)"  # unanimous answers are compared as given
+    assert answer_summary([]) == "(no annotations for this split)"

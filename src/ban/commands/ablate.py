@@ -16,7 +16,9 @@ import json
 import sys
 from pathlib import Path
 
+from ban.commands.arguments import non_negative_int, positive_int
 from ban.engine.ablation import AblationSettings, markdown_table, run_ablation
+from ban.engine.trainer import TrainingInterrupted
 from ban.errors import ConfigError
 
 DEFAULTS = AblationSettings()
@@ -25,22 +27,22 @@ DEFAULTS = AblationSettings()
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"), help="where the runs and the table "
                         "go (default: runs/ablation)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULTS.seeds),
+    parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=list(DEFAULTS.seeds),
                         help="training seeds, one run per variant and seed (default: 1 2 3)")
-    parser.add_argument("--glimpses", type=int, nargs="+", default=list(DEFAULTS.glimpses),
+    parser.add_argument("--glimpses", type=positive_int, nargs="+", default=list(DEFAULTS.glimpses),
                         help="BAN glimpse counts G (default: 1 4 8)")
-    parser.add_argument("--unitary-glimpses", type=int, default=DEFAULTS.unitary_glimpses,
+    parser.add_argument("--unitary-glimpses", type=positive_int, default=DEFAULTS.unitary_glimpses,
                         help=f"glimpses of the unitary-attention baseline (default: {DEFAULTS.unitary_glimpses})")
-    parser.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help=f"default: {DEFAULTS.epochs}")
-    parser.add_argument("--images", type=int, default=DEFAULTS.num_images,
+    parser.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, help=f"default: {DEFAULTS.epochs}")
+    parser.add_argument("--images", type=positive_int, default=DEFAULTS.num_images,
                         help=f"synthetic images, split into train/val/test-dev (default: {DEFAULTS.num_images})")
-    parser.add_argument("--data-seed", type=int, default=DEFAULTS.data_seed,
+    parser.add_argument("--data-seed", type=non_negative_int, default=DEFAULTS.data_seed,
                         help=f"seed of the synthetic scenes (default: {DEFAULTS.data_seed})")
-    parser.add_argument("--feature-dim", type=int, default=DEFAULTS.feature_dim,
+    parser.add_argument("--feature-dim", type=positive_int, default=DEFAULTS.feature_dim,
                         help=f"width of the synthetic region features (default: {DEFAULTS.feature_dim})")
-    parser.add_argument("--hidden", type=int, default=DEFAULTS.hidden_dim,
+    parser.add_argument("--hidden", type=positive_int, default=DEFAULTS.hidden_dim,
                         help=f"hidden size H of every model (default: {DEFAULTS.hidden_dim})")
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size,
                         help=f"training batch size (default: {DEFAULTS.batch_size})")
     parser.add_argument("--lr", type=float, default=DEFAULTS.lr, help=f"learning rate (default: {DEFAULTS.lr:g})")
     parser.add_argument("--device", default=DEFAULTS.device, help="auto (CUDA if available), cpu, cuda, …")
@@ -50,15 +52,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.epochs < 1 or args.hidden < 1 or args.images < 1 or not args.seeds or not args.glimpses:
-        raise ConfigError("--epochs, --hidden and --images must be positive; --seeds and --glimpses non-empty")
+    for option, values in (("--seeds", args.seeds), ("--glimpses", args.glimpses)):
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{option} lists a value twice: {' '.join(map(str, values))}")
     settings = AblationSettings(
         seeds=tuple(args.seeds), glimpses=tuple(args.glimpses), unitary_glimpses=args.unitary_glimpses,
         epochs=args.epochs, data_seed=args.data_seed, num_images=args.images, feature_dim=args.feature_dim,
         hidden_dim=args.hidden, batch_size=args.batch_size, lr=args.lr, device=args.device,
         precision=args.precision,
     )
-    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        result = run_ablation(args.out, settings)  # the runs' progress lines: on stderr when stdout is the JSON
+    try:
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            result = run_ablation(args.out, settings)  # the runs' progress lines: on stderr when stdout is the JSON
+    except TrainingInterrupted:
+        print(f"ban ablate: interrupted; the finished runs and the stopped one's checkpoint are kept in {args.out}. "
+              "Continue with the same `ban ablate` command.", file=sys.stderr)
+        return 130
     print(json.dumps(result.to_dict(), indent=2) if args.json else markdown_table(result))
     return 0

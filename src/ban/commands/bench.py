@@ -9,33 +9,42 @@ import json
 import torch
 
 from ban.benchmark import BenchSettings, as_json, format_table, peak_memory_meaning, run_all
+from ban.commands.arguments import box_count, distinct, non_negative_int, positive_int
 from ban.engine.config import resolve_device
+from ban.errors import ConfigError
 from ban.machine import describe_machine
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = BenchSettings()
     parser.add_argument("--preset", default=defaults.preset, help="model preset (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="questions per step (default: 256 on a GPU, 32 on the CPU)")
-    parser.add_argument("--boxes", default=None,
+    parser.add_argument("--boxes", type=box_count, default=None,
                         help="'adaptive' (10–100 per image, mean ≈ 32, padded per batch) or a fixed count "
                              "(default: adaptive on a GPU, 36 on the CPU)")
-    parser.add_argument("--question-length", type=int, default=defaults.question_length)
-    parser.add_argument("--num-tokens", type=int, default=defaults.num_tokens)
-    parser.add_argument("--num-answers", type=int, default=defaults.num_answers)
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="timed steps (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed steps first")
+    parser.add_argument("--question-length", type=positive_int, default=defaults.question_length,
+                        help="tokens per question (default: %(default)s)")
+    parser.add_argument("--num-tokens", type=positive_int, default=defaults.num_tokens,
+                        help="dictionary size (default: %(default)s, VQA 2.0's)")
+    parser.add_argument("--num-answers", type=positive_int, default=defaults.num_answers,
+                        help="candidate answers (default: %(default)s, VQA 2.0's)")
+    parser.add_argument("--steps", type=positive_int, default=defaults.steps,
+                        help="timed steps (default: %(default)s)")
+    parser.add_argument("--warmup", type=non_negative_int, default=defaults.warmup,
+                        help="untimed steps first (default: %(default)s)")
     parser.add_argument("--paths", nargs="+", choices=["compiled", "graphed", "fused", "plain"], default=None,
                         help="graphed: the plain model with each step replayed as a CUDA graph (a GPU only); "
                              "compiled: graphed, with the forward pass and the clipped Adamax update through "
                              "torch.compile (minutes of compilation first; on the CPU without graphs); fused: the "
                              "glimpses' box projections in one product; plain: one per glimpse (default: graphed, "
                              "fused and plain on a GPU, fused and plain on the CPU)")
-    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
-    parser.add_argument("--modes", nargs="+", choices=["train", "infer"], default=["train", "infer"])
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"],
+                        help="default: both")
+    parser.add_argument("--modes", nargs="+", choices=["train", "infer"], default=["train", "infer"],
+                        help="train: forward, loss, backward, clip, Adamax; infer: the forward pass (default: both)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--host-sync", action="store_true",
                         help="read the loss's and gradient norm's finiteness on the host before each update, as "
                              "`ban train` does (on a GPU the host then waits for every step)")
@@ -46,14 +55,16 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     on_gpu = resolve_device(args.device, "--device").type == "cuda"
+    paths = distinct(args.paths or (["graphed", "fused", "plain"] if on_gpu else ["fused", "plain"]))
+    if "graphed" in paths and not on_gpu:  # said before minutes of measuring the other paths
+        raise ConfigError("--paths graphed replays CUDA graphs: it needs a GPU")
     settings = BenchSettings(
         preset=args.preset, num_tokens=args.num_tokens, num_answers=args.num_answers,
         batch_size=args.batch_size or (256 if on_gpu else 32), boxes=args.boxes or ("adaptive" if on_gpu else "36"),
         question_length=args.question_length, steps=args.steps, warmup=args.warmup, device=args.device,
         host_sync=args.host_sync,
     )
-    paths = args.paths or (["graphed", "fused", "plain"] if on_gpu else ["fused", "plain"])
-    results = run_all(settings, paths, args.precisions, args.modes)
+    results = run_all(settings, paths, distinct(args.precisions), distinct(args.modes))
     if args.json:
         print(json.dumps(as_json(settings, results), indent=2))
     else:

@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+from ban.commands.arguments import positive_int
 from ban.data.synthetic import (
     ANNOTATOR_ACCURACY,
     DEFAULT_FEATURE_DIM,
@@ -19,12 +20,17 @@ from ban.data.synthetic import (
     QUESTIONS_PER_IMAGE,
     generate,
 )
+from ban.data.synthetic.layout import STATS_FILE
 from ban.data.synthetic.stats import format_stats
+from ban.errors import DataError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, help="output directory (created if missing)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed → byte-identical output")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output directory: created if missing; an earlier `ban synth` output there is "
+                             "replaced; any other non-empty directory is refused")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed; same seed → byte-identical output (default: 0)")
     parser.add_argument(
         "--images",
         type=int,
@@ -41,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--flickr-images",
         type=int,
         default=None,
-        help="Flickr30k-Entities-style images, split 80/10/10 (default 0.384 × --images; 0: none)",
+        help="Flickr30k-Entities-style images, split 80/10/10 (default max(10, 0.384 × --images); 0: none)",
     )
     parser.add_argument(
         "--questions-per-image",
@@ -56,12 +62,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"mean share of annotators giving the true answer (default {ANNOTATOR_ACCURACY})",
     )
     parser.add_argument("--no-png", action="store_true", help="do not render the PNG images")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores, 1 for tiny sets)")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="processes (default: 1 under 400 images in all, else every core, at most 8)")
     parser.add_argument("--json", action="store_true", help="print the statistics as JSON instead of a table")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out.is_dir() and any(args.out.iterdir()) and not (args.out / STATS_FILE).is_file():
+        raise DataError("is not empty and holds no complete `ban synth` output (stats.json), which a new run would "
+                        "replace: choose a new or empty directory", path=args.out)
     start = time.perf_counter()
     stats = generate(
         args.out,

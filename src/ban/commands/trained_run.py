@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ban.commands.arguments import positive_int
 from ban.engine.config import resolve_device
 from ban.engine.run import LoadedRun, load_run
 from ban.engine.trainer import resolve_precision
@@ -20,17 +21,6 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_device: str = "au
                         help="the weights of the last epoch (default) or of the best validation epoch")
     parser.add_argument("--device", default=default_device,
                         help=f"auto (CUDA if available), cpu, cuda, cuda:1, … (default: {default_device})")
-
-
-def positive_int(text: str) -> int:
-    """An argparse ``type``: a whole number above zero (else argparse's usage error, exit status 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {value}")
-    return value
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:

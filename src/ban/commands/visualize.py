@@ -20,7 +20,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ban.commands.trained_run import add_run_arguments, load_trained_run, positive_int
+from ban.commands.arguments import positive_int
+from ban.commands.trained_run import add_run_arguments, load_trained_run
 from ban.errors import ConfigError, DataError
 from ban.viz.report import default_image_dir, pick, picture_maker
 

@@ -44,13 +44,19 @@ def question_accuracy(predicted: str, answers: Sequence[Record]) -> float:
     0.9
     """
     result = normalize_answer(predicted)
-    if len({record["answer"] for record in answers}) > 1:
-        answers = [{**record, "answer": process_punctuation(record["answer"])} for record in answers]
+    compared = compared_answers([record["answer"] for record in answers])
+    answers = [{**record, "answer": answer} for record, answer in zip(answers, compared, strict=True)]
     matching = [record for record in answers if record["answer"] == result]
     per_annotator = [
         min(1, float(sum(1 for other in matching if other != left_out)) / 3) for left_out in answers
     ]
     return float(sum(per_annotator)) / len(per_annotator)
+
+
+def compared_answers(answers: Sequence[str]) -> list[str]:
+    """The annotators' answers of one question as the official metric compares them with a prediction: with their
+    punctuation processed when they disagree, as given when they all agree."""
+    return [process_punctuation(answer) for answer in answers] if len(set(answers)) > 1 else list(answers)
 
 
 def vqa_accuracy(

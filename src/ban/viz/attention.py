@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
+from ban.metrics.vqa import compared_answers
 from ban.viz.boxes import draw_weighted_boxes, enlarged
 from ban.viz.figures import new_figure
 
@@ -52,10 +53,11 @@ def box_weights(attention: np.ndarray) -> np.ndarray:
 
 
 def answer_summary(answers: Sequence[str]) -> str:
-    """Ground-truth answers with their annotator counts, most frequent first: ``"2 (×7), 3 (×3)"``."""
+    """Ground-truth answers with their annotator counts, most frequent first, as the official metric compares them
+    (``"0"`` and ``"0."`` count together when the annotators disagree): ``"2 (×7), 3 (×3)"``."""
     if not answers:
-        return "none (no annotations for this split)"
-    return ", ".join(f"{answer} (×{count})" for answer, count in Counter(answers).most_common())
+        return "(no annotations for this split)"
+    return ", ".join(f"{answer} (×{count})" for answer, count in Counter(compared_answers(answers)).most_common())
 
 
 def _tick_step(count: int, room: int = 40) -> int:

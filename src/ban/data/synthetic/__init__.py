@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
@@ -25,6 +26,7 @@ from ban.data.synthetic.layout import (
     FLICKR_DIR,
     FLICKR_FEATURES,
     FLICKR_SPLITS,
+    OUTPUT_ENTRIES,
     STATS_FILE,
     VQA_SPLITS,
     ImageJob,
@@ -94,14 +96,17 @@ def generate(
     """Write a synthetic dataset into `out_dir` and return its statistics (also written to stats.json).
 
     `num_images` VQA images are split 5 : 1.25 : 0.75 into train / val / test-dev; `flickr_images` (default
-    0.384 × num_images, Flickr30k's size relative to VQA 2.0) are split 80 / 10 / 10 %. stats.json is written
-    last and removed first, so its presence marks a complete directory.
+    max(10, 0.384 × num_images), Flickr30k's size relative to VQA 2.0) are split 80 / 10 / 10 %. What an earlier
+    run wrote in ``out_dir`` (:data:`OUTPUT_ENTRIES`) is removed first — stats.json first of all, and it is written
+    last, so its presence marks a complete directory — and nothing of another seed or size stays behind.
     """
     _check(num_images, feature_dim, questions_per_image, annotator_accuracy, seed)
     flickr_images = default_flickr_images(num_images) if flickr_images is None else flickr_images
     plan = plan_images(num_images, flickr_images)
     out = make_directory(out_dir)
-    (out / STATS_FILE).unlink(missing_ok=True)
+    for name in OUTPUT_ENTRIES[::-1]:  # stats.json first
+        entry = out / name
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
     settings = Settings(str(out), seed, feature_dim, questions_per_image, annotator_accuracy, write_images)
     workers = default_workers(num_images + flickr_images) if workers is None else workers
     counters: dict[tuple[str, str], SplitCounter] = {key: SplitCounter() for key in plan}

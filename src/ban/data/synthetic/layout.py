@@ -37,6 +37,7 @@ FLICKR_FEATURES = f"{FLICKR_DIR}/features.tsv"
 FLICKR_ID_BASE = 1_000_000_000  # Flickr-like ids, disjoint from the COCO-like ones
 FLICKR_PER_VQA_IMAGE = 0.384  # Flickr30k has 31,783 images where VQA 2.0 train has 82,783
 STATS_FILE = "stats.json"
+OUTPUT_ENTRIES = ("images", "vqa", "features", FLICKR_DIR, STATS_FILE)  # what a run writes at the top of --out
 MIN_IMAGES = 10
 
 
