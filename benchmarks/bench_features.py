@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ban.machine import cpu_model
+from ban.machine import code_version, describe_machine
 
 
 def machine() -> str:
-    return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}"
+    return f"{describe_machine()}, Python {platform.python_version()}, numpy {np.__version__}, {code_version()}"
 
 
 def write_tsv(path: Path, size_bytes: int, dim: int, seed: int = 0) -> tuple[int, int]:

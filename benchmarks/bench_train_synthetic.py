@@ -20,13 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from ban.machine import cpu_model
+from ban.machine import code_version, describe_machine
 
 
 def machine() -> str:
     load = os.getloadavg()[0]
-    return (f"{cpu_model()}, {os.cpu_count()} cores, load average {load:.1f} at start, "
-            f"Python {platform.python_version()}")
+    return (f"{describe_machine()}, load average {load:.1f} at start, Python {platform.python_version()}, "
+            f"{code_version()}")
 
 
 def main() -> None:
