@@ -7,32 +7,32 @@ Run on the device machine from the repository root (the package need not be inst
 
 Eager work first (a failed CUDA graph capture could leave the device unusable for what follows):
 
-1. Correctness: a paper-best model with random weights, evaluated on the CPU (fp32) and on the GPU (fp32 with
-   TF32 off, and bf16 autocast), fused and plain paths: the max abs difference of the logits.
-2. Throughput: the table of `ban bench` (batch 256, adaptive boxes 10–100, 14 tokens) for the fused and plain
-   paths (a row that fails is reported with its error; the others still run); the graphed step's work run
-   eagerly under torch.profiler (bf16: operators by device time — what a replay still has to do); the bf16 plain
-   training step again with `--host-sync` (what `ban train`'s per-step finiteness read costs).
-3. Resident data (`--set resident=true`): a small synthetic prepared VQA set held on the GPU gives the loader's
-   batches exactly; the gather rate of batch-256 rows (adaptive boxes) from a 2,048-d bf16 table of 400k regions.
-   Reported as skipped, with the reason, when the data modules cannot be imported there.
+1. ``parity``: a paper-best model with random weights, evaluated on the CPU (fp32) and on the GPU (fp32 with TF32
+   off, and bf16 autocast), fused and plain paths: the max abs difference of the logits.
+2. ``bench``: the table of `ban bench` (batch 256, adaptive boxes 10–100, 14 tokens) for the fused and plain paths
+   (a row that fails is reported with its error; the others still run); ``profile``: the graphed step's work run
+   eagerly under torch.profiler (bf16: operators by device time — what a replay still has to do); ``host_sync``:
+   the bf16 plain training step again with `--host-sync` (what `ban train`'s per-step finiteness read costs).
+3. ``resident``: a small synthetic prepared VQA set held on the GPU gives the loader's batches exactly; the gather
+   rate of batch-256 rows (adaptive boxes) from a 2,048-d bf16 table of 400k regions.
 
 Then CUDA graphs (:mod:`ban.engine.graphs`):
 
-4. A dropout-free paper-best model trained 3 steps (batch 32, adaptive boxes, fp32 without TF32) eagerly, eagerly
-   with the static inputs and capture-safe layers, and replayed as graphs: the losses and the parameters' largest
-   differences; then the graphed rows of the table.
-5. If less than ``--trainer-before`` seconds (330) have passed: ``ban train`` eager and with ``cuda_graphs=true``
-   (resident data, synthetic sets): a dropout-free tiny BAN's losses and weights, both ways (fp32, TF32 off);
-   the paper-best BAN's samples/s per epoch, both ways (bf16, batch 256, 2,000 images). Skipped, with the reason,
-   when the training modules cannot be imported there. (The sets are generated at the start, before CUDA.)
-6. If less than ``--compile-before`` seconds (420) have passed: "compiled" (graphed, with the forward pass and the
-   clipped Adamax update through torch.compile): the parity run of 4., then the bf16 training row, with the
-   compilation time; then, if less than ``--trainer-compiled-before`` seconds (440) have passed, the paper-best
-   ``ban train`` of 5. with ``cuda_graphs=true`` and ``compile=true`` (samples/s per epoch, weights against
-   nothing: its eager twin ran in 5.).
-7. Whether cuDNN's GRU (forward + backward) can be captured (to choose it over ``gru_sequence`` later).
+4. ``graphs``: a dropout-free paper-best model trained 3 steps (batch 32, adaptive boxes padded to 100, fp32
+   without TF32) eagerly, eagerly with the static inputs and capture-safe layers, and replayed as graphs: the
+   losses and the parameters' largest differences; ``graphed_rows``: the graphed rows of the table;
+   ``cudnn_gru_capture``: whether cuDNN's GRU (forward + backward) can be captured (to choose it over
+   ``gru_sequence`` later).
+5. ``compiled_row`` (if under ``--compile-before`` seconds, 360, have passed): the bf16 training row of "compiled"
+   (graphed, with the forward pass and the clipped Adamax update through torch.compile), compiled first;
+   ``compiled_parity`` (under 420 s): the check of 4. for it. Dynamo's caches are emptied before each.
+6. ``trainer`` (under 430 s): ``ban train`` eager and with ``cuda_graphs=true`` (resident data, synthetic sets): a
+   dropout-free tiny BAN's losses and weights, both ways (fp32, TF32 off); the paper-best BAN's samples/s per
+   epoch, both ways (bf16, batch 256, 2,000 images); ``trainer_compiled`` (under 400 s): the paper-best run with
+   ``compile=true`` too. (The sets are generated at the start, before CUDA.)
 
+Each part is guarded: one that raises is reported with its error and the next still runs; ``part_seconds`` gives
+each part's duration, to plan the next run. Without a GPU (a dry run) the GPU-only parts say so.
 The JSON is rewritten after every part, so a run cut short still leaves what it measured.
 """
 
@@ -46,6 +46,7 @@ import shutil
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -57,10 +58,10 @@ from ban.benchmark import (
     box_counts,
     format_table,
     measure,
-    run_all,
     synchronize,
     synthetic_batches,
 )
+from ban.engine.config import TrainConfig
 from ban.engine.graphs import graphed_training, static_batch, training_step
 from ban.engine.optim import adamax
 from ban.models import build_model, preset
@@ -106,11 +107,11 @@ def graph_parity(device: torch.device, candidate: str = "graphed", steps: int = 
     initial = build_model(config).to(device)
     batches = [{key: value for key, value in batch.items() if key != "real_boxes"}
                for batch in synthetic_batches(BenchSettings(batch_size=32), config, device, count=steps)]
-    static = [static_batch(batch, row_quantum=256) for batch in batches]
+    static = [static_batch(batch, box_quantum=100, row_quantum=256) for batch in batches]  # one shape: one compilation
     runs = {}
     for name in ("eager", "static eager", candidate):
         model = copy.deepcopy(initial)
-        optimizer = adamax(model.parameters(), device, lr=1e-3, capturable=name == candidate)
+        optimizer = adamax(model.parameters(), device, lr=TrainConfig.lr, capturable=name == candidate)
         losses = []
         try:
             if name == candidate:
@@ -171,7 +172,7 @@ def step_profile(device: torch.device, precision: str = "bf16", rows: int = 30) 
     model = build_model(config).to(device)
     batches = [static_batch({key: value for key, value in batch.items() if key != "real_boxes"})
                for batch in synthetic_batches(settings, config, device, count=2)]
-    optimizer = adamax(model.parameters(), device, lr=1e-3, capturable=device.type == "cuda")
+    optimizer = adamax(model.parameters(), device, lr=TrainConfig.lr, capturable=device.type == "cuda")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with capture_safe():
         for index in range(3):
@@ -320,8 +321,62 @@ def trainer_check(device: torch.device, data: dict[str, Path] | str, root: Path,
     return report
 
 
-def save(out: Path, report: dict) -> None:
-    (out / "device_check.json").write_text(json.dumps(report, indent=2))
+class Parts:
+    """The check's parts run in order into one report, ``out/device_check.json``, rewritten after every part: a part
+    that raises is reported with its error and the next one still runs; each part's seconds are recorded."""
+
+    def __init__(self, out: Path, started: float) -> None:
+        self.out, self.started, self.report = out, started, {"part_seconds": {}}
+
+    def run(self, name: str, part: Callable[[], object], before: float | None = None,
+            needs_gpu: str | None = None) -> object:
+        """Run ``part`` into ``report[name]`` unless more than ``before`` seconds have passed since the start or
+        ``needs_gpu`` says why it cannot run on this device; → what it returned (None if it did not)."""
+        elapsed = time.perf_counter() - self.started
+        value = None
+        if needs_gpu is not None:
+            self.report[name] = f"not measured: {needs_gpu}"
+        elif before is not None and elapsed > before:
+            self.report[name] = f"not measured: {elapsed:.0f} s used, the limit for this part is {before:.0f} s"
+        else:
+            try:
+                value = self.report[name] = part()
+            except Exception as error:  # report it: the other parts still run
+                self.report[name] = {"error": failure(error)}
+            self.report["part_seconds"][name] = time.perf_counter() - self.started - elapsed
+        shown = self.report[name]
+        print(f"== {name}:", shown if isinstance(shown, str) else json.dumps(shown, indent=2, default=str)[:6000])
+        self.report["seconds"] = time.perf_counter() - self.started
+        (self.out / "device_check.json").write_text(json.dumps(self.report, indent=2, default=str))
+        return value
+
+
+def bench_part(settings: BenchSettings, paths: list[str], **kinds: tuple[str, ...]) -> dict:
+    """:func:`bench_rows` as a report part: the `ban bench` JSON of the rows that ran, with the errors of the others."""
+    results, errors = bench_rows(settings, paths, **kinds)
+    print(format_table(results))
+    return {**as_json(settings, results), "errors": errors}
+
+
+def compiled_afresh(part: Callable[[], object]) -> Callable[[], object]:
+    """``part`` after Dynamo's caches are emptied: every :func:`ban.engine.graphs.compiled_forward` shares one code
+    object, so an earlier part's compilations (other shapes, other precisions) would otherwise count towards the
+    recompile limit and make this part's compiled function one with symbolic sizes, not `ban bench`'s."""
+
+    def run() -> object:
+        torch._dynamo.reset()
+        return part()
+
+    return run
+
+
+# the parts that run only while time is left: --<part>-before → (default seconds, what the part does)
+TIME_LIMITS = {
+    "compile": (360.0, "measure the compiled training row (bf16)"),
+    "compiled-parity": (420.0, "check the compiled step against the eager one"),
+    "trainer": (430.0, "run ban train eager and with cuda_graphs"),
+    "trainer-compiled": (400.0, "run ban train with cuda_graphs and compile (paper-best, bf16)"),
+}
 
 
 def main() -> None:
@@ -330,89 +385,42 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cuda", help="cuda (default); cpu for a dry run of the script")
-    parser.add_argument("--compile-before", type=float, default=420.0,
-                        help="measure the compiled rows (bf16) only if the script has run less than this many "
-                             "seconds by then (default: %(default)s)")
-    parser.add_argument("--trainer-before", type=float, default=330.0,
-                        help="run ban train eager and with cuda_graphs only if the script has run less than this "
-                             "many seconds by then (default: %(default)s)")
-    parser.add_argument("--trainer-compiled-before", type=float, default=440.0,
-                        help="run ban train with cuda_graphs and compile (paper-best, bf16) only if the script has "
-                             "run less than this many seconds by then (default: %(default)s)")
+    for part, (default, what) in TIME_LIMITS.items():
+        parser.add_argument(f"--{part}-before", type=float, default=default,
+                            help=f"{what} only if the script has run less than this many seconds by then "
+                                 "(default: %(default)s)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
-    started = time.perf_counter()
+    no_gpu = None if device.type == "cuda" else "no GPU"
+    parts = Parts(args.out, time.perf_counter())
     scratch = Path(tempfile.mkdtemp(prefix="device-check-"))  # the synthetic sets of part 5, made before CUDA starts
     data = trainer_data(scratch, images=56 if device.type == "cpu" else 2000)
-    # eager work first: a failed CUDA graph capture could leave the device unusable for what follows
-    report: dict = {"parity": parity(device)}
-    for row in report["parity"]:
-        print(row)
     settings = BenchSettings(batch_size=args.batch_size, steps=args.steps, warmup=min(5, args.steps),
                              device=args.device)
-    results, errors = bench_rows(settings, ["fused", "plain"])
-    print(format_table(results))
-    report.update(as_json(settings, results), bench_errors=errors)
-    save(args.out, report)
-    report["profile"] = step_profile(device)
-    print(report["profile"]["table"])
-    print({key: value for key, value in report["profile"].items() if key != "table"})
-    save(args.out, report)
+    # eager work first: a failed CUDA graph capture could leave the device unusable for what follows
+    parts.run("parity", lambda: parity(device))
+    parts.run("bench", lambda: bench_part(settings, ["fused", "plain"]))
+    parts.run("profile", lambda: step_profile(device))
     synced = dataclasses.replace(settings, host_sync=True)
-    report["host_sync"] = as_json(synced, run_all(synced, ["plain"], ["bf16"], ["train"]))["results"]
-    print("with the trainer's host sync:", report["host_sync"])
-    report["resident"] = resident_check(device)
-    print(report["resident"])
-    save(args.out, report)
-    if device.type != "cuda":
-        report["graphs"] = {"parity": graph_parity(device), "rows": "not measured: no GPU"}
-        report["trainer"] = trainer_check(device, data, scratch)  # the graphed runs report train()'s refusal
-        report["trainer_compiled"] = trainer_check(device, data, scratch, variants=("compiled",), parts=("speed",))
-        print(json.dumps(report["trainer"], indent=2))
-        report["compiled"] = "not measured: no GPU"
-    else:
-        report["graphs"] = {"parity": graph_parity(device)}
-        print(json.dumps(report["graphs"], indent=2))
-        save(args.out, report)
-        graphed, graph_errors = bench_rows(settings, ["graphed"])
-        report["results"] += [dataclasses.asdict(r) for r in graphed]
-        report["bench_errors"] += graph_errors
-        print(format_table(results + graphed))
-        save(args.out, report)
-        elapsed = time.perf_counter() - started
-        if elapsed > args.trainer_before:
-            report["trainer"] = f"not measured: {elapsed:.0f} s used"
-        else:
-            exact_float32()
-            report["trainer"] = trainer_check(device, data, scratch)
-        print(json.dumps(report["trainer"], indent=2))
-        save(args.out, report)
-        elapsed = time.perf_counter() - started
-        if elapsed > args.compile_before:
-            report["compiled"] = f"not measured: {elapsed:.0f} s used"
-        else:
-            report["compiled"] = {"parity": graph_parity(device, "compiled")}
-            print(json.dumps(report["compiled"], indent=2))
-            save(args.out, report)
-            compiled, compile_errors = bench_rows(settings, ["compiled"], precisions=("bf16",), modes=("train",))
-            report["compiled"].update(results=[dataclasses.asdict(r) for r in compiled], errors=compile_errors,
-                                      seconds_with_compilation=time.perf_counter() - started - elapsed)
-            print(format_table(compiled))
-        elapsed = time.perf_counter() - started
-        if elapsed > args.trainer_compiled_before:
-            report["trainer_compiled"] = f"not measured: {elapsed:.0f} s used"
-        else:
-            report["trainer_compiled"] = trainer_check(device, data, scratch, variants=("compiled",),
-                                                       parts=("speed",))
-        save(args.out, report)
-    print(report["compiled"])
-    print("ban train, cuda_graphs + compile:", report.get("trainer_compiled"))
-    report["cudnn_gru_capture"] = cudnn_gru_capture(device)
-    print("cuDNN GRU capture:", report["cudnn_gru_capture"])
-    report["seconds"] = time.perf_counter() - started
-    save(args.out, report)
+    parts.run("host_sync", lambda: bench_part(synced, ["plain"], precisions=("bf16",), modes=("train",)))
+    parts.run("resident", lambda: resident_check(device))
+    parts.run("graphs", lambda: graph_parity(device))
+    parts.run("graphed_rows", lambda: bench_part(settings, ["graphed"]), needs_gpu=no_gpu)
+    parts.run("cudnn_gru_capture", lambda: cudnn_gru_capture(device), needs_gpu=no_gpu)
+    parts.run("compiled_row", compiled_afresh(lambda: bench_part(settings, ["compiled"], precisions=("bf16",),
+                                                                 modes=("train",))),
+              before=args.compile_before, needs_gpu=no_gpu)
+    parts.run("compiled_parity", compiled_afresh(lambda: graph_parity(device, "compiled")),
+              before=args.compiled_parity_before, needs_gpu=no_gpu)
+    exact_float32()
+    parts.run("trainer", lambda: trainer_check(device, data, scratch),  # on the CPU: train()'s refusal of graphs
+              before=args.trainer_before)
+    parts.run("trainer_compiled", compiled_afresh(lambda: trainer_check(device, data, scratch, variants=("compiled",),
+                                                                       parts=("speed",))),
+              before=args.trainer_compiled_before)
     shutil.rmtree(scratch, ignore_errors=True)
+
 
 if __name__ == "__main__":
     main()

@@ -284,3 +284,17 @@ def test_the_title_counts_answers_as_the_metric_compares_them() -> None:
     assert answer_summary(["0"] * 6 + ["none", "none", "1", "0."]) == "0 (×7), none (×2), 1 (×1)"
     assert answer_summary(["0."] * 10) == "0. (×10)"  # unanimous answers are compared as given
     assert answer_summary([]) == "(no annotations for this split)"
+
+
+def test_a_vqa_run_needs_nothing_of_the_grounding_readers(monkeypatch):
+    """The GPU machine's image has no defusedxml: a VQA run's end-of-training pictures must not import the
+    Flickr30k XML readers (they made every `ban train` there fail after training)."""
+    import importlib
+    import sys
+
+    for name in ("ban.viz.report", "ban.viz.grounding", "ban.data.flickr30k_parse", "defusedxml",
+                 "defusedxml.ElementTree"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, "defusedxml", None)  # an import of it raises ImportError
+    report = importlib.import_module("ban.viz.report")
+    assert callable(report.write_report_pictures) and "ban.viz.grounding" not in sys.modules

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,8 +14,10 @@ from torch import nn
 
 from ban.engine.run import RunConfig
 from ban.errors import DataError
-from ban.viz.grounding import GroundingPictures
 from ban.viz.vqa import VQAPictures, choose_indices
+
+if TYPE_CHECKING:
+    from ban.viz.grounding import GroundingPictures
 
 REPORT_DIR = "report"
 REPORT_PICTURES = 4
@@ -36,7 +39,9 @@ def default_image_dir(data_dir: Path, task: str) -> Path | None:
 def picture_maker(model: nn.Module, run: RunConfig, data_dir: Path, split: str, image_dir: Path | None,
                   device: torch.device | None = None) -> VQAPictures | GroundingPictures:
     """The picture writer of the run's task on ``split``."""
-    if run.task == "grounding":
+    if run.task == "grounding":  # imported here: a VQA run needs nothing of grounding's readers (their XML parser)
+        from ban.viz.grounding import GroundingPictures
+
         return GroundingPictures(model, data_dir, split, image_dir, device)
     return VQAPictures(model, data_dir, split, image_dir, device)
 
