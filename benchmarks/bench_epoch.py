@@ -35,8 +35,8 @@ from ban.benchmark import BenchSettings, measure
 from ban.data.resident import ResidentVQA
 from ban.engine.config import resolve_device
 from ban.engine.distributed import ShardedBatches
+from ban.engine.precision import resolve_precision
 from ban.engine.tasks import make_task
-from ban.engine.trainer import resolve_precision
 from ban.heap import keep_freed_memory
 from ban.machine import code_version, describe_machine
 

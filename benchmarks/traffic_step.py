@@ -36,6 +36,7 @@ from torch.utils.flop_counter import flop_registry
 
 from ban import kernels
 from ban.benchmark import BenchSettings, synthetic_batches
+from ban.engine.config import TrainConfig
 from ban.engine.graphs import compiled_forward, initialise_optimizer, static_batch, training_step
 from ban.engine.optim import AdamaxUpdate
 from ban.machine import code_version, describe_machine
@@ -142,9 +143,9 @@ def paper_step(workload: Workload, compile: bool) -> tuple[Callable[[], object],
     batch = synthetic_batches(settings, config, torch.device("cpu"), count=1)[0]
     real_boxes = float(batch.pop("real_boxes"))
     inputs = static_batch({**batch, "features": batch["features"].to(workload.feature_dtype)})
-    optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3, foreach=True)
+    optimizer = torch.optim.Adamax(model.parameters(), lr=TrainConfig.lr, foreach=True)
     initialise_optimizer(optimizer)
-    update = AdamaxUpdate(optimizer, 0.25, compile=compile)
+    update = AdamaxUpdate(optimizer, TrainConfig.grad_clip, compile=compile)
     forward = compiled_forward(model) if compile else None
 
     def step() -> object:

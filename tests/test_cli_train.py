@@ -58,6 +58,8 @@ def test_train_evaluate_predict(data_dir, tmp_path, capsys):
     loaded = load_run(run_dir)
     exact = make_task("vqa", data_dir).evaluate(loaded.model, "val", 512, torch.device("cpu"), "fp32")
     assert json.loads(capsys.readouterr().out) == exact  # float32 logits on request
+    assert make_task("vqa", data_dir).evaluate(loaded.model, "val", 512, torch.device("cpu"), "fp32",
+                                               num_workers=2) == exact  # the same batches, loaded by workers
     # the best validation epoch's weights are kept beside the last ones
     assert main(["evaluate", str(run_dir), "--json", "--checkpoint", "best"]) == 0
     assert json.loads(capsys.readouterr().out)["overall"] == max(line["val"]["overall"] for line in lines)

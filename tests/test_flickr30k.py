@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ban.commands import prepare_flickr30k as command
+from ban.data.collate import collate_grounding
 from ban.data.dictionary import Dictionary
 from ban.data.features import FeatureStore
-from ban.data.flickr30k import GroundingDataset, collate_grounding
+from ban.data.flickr30k import GroundingDataset
 from ban.data.flickr30k_parse import parse_caption
 from ban.data.flickr30k_prepare import ParseStats, box_iou, ground_caption, positive_boxes, prepare_flickr30k
 from ban.data.tokenizer import tokenize
@@ -306,3 +308,17 @@ def test_a_source_inside_the_output_is_refused(prepared: tuple[Path, dict]) -> N
     with pytest.raises(DataError, match="inside --out"):
         prepare_flickr30k(data_dir.parent / "raw", [data_dir / "features"], data_dir, progress=False)
     assert json.loads((data_dir / "manifest.json").read_text()) == manifest
+
+
+@pytest.mark.parametrize("position", [-1, 10_000])
+def test_entity_positions_outside_the_caption_are_refused(prepared: tuple[Path, dict], tmp_path: Path,
+                                                          position: int) -> None:
+    data_dir = tmp_path / "damaged"
+    shutil.copytree(prepared[0], data_dir)
+    with np.load(data_dir / "train.npz") as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    arrays["entity_positions"][1, 0] = position
+    np.savez(data_dir / "train.npz", **arrays)
+    with pytest.raises(DataError, match=f"position {position} of entity slot 0 is outside") as caught:
+        GroundingDataset(data_dir, "train")
+    assert caught.value.record == "sentence 1" and caught.value.field == "entity_positions"

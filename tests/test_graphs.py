@@ -15,6 +15,8 @@ from ban.benchmark import BenchSettings, synthetic_batches
 from ban.engine.graphs import (
     compiled_forward,
     forward_logits,
+    graphed_inference,
+    graphed_training,
     initialise_optimizer,
     packed_rows,
     pad_boxes,
@@ -175,6 +177,15 @@ def test_initialise_optimizer_creates_fresh_adamax_state_without_moving_a_parame
 def test_initialise_optimizer_refuses_other_optimizers():
     with pytest.raises(TypeError, match="Adamax"):
         initialise_optimizer(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1))
+
+
+def test_graphs_of_a_model_off_the_gpu_are_refused_with_the_reason():
+    """On the CPU the capturable optimizer used to stop at its first step with torch's bare AssertionError."""
+    model = build_model(small_config())
+    with pytest.raises(ValueError, match="graphed training replays CUDA graphs: the model must be on a GPU, not on"):
+        graphed_training(model, torch.optim.Adamax(model.parameters(), capturable=True), "fp32")
+    with pytest.raises(ValueError, match="graphed inference replays CUDA graphs"):
+        graphed_inference(model, "fp32")
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])

@@ -184,7 +184,7 @@ def test_presets_and_config_validation():
     assert ban.preset("grounding").task == "grounding"
     with pytest.raises(ConfigError, match="unknown preset"):
         ban.preset("paper-worst")
-    with pytest.raises(ConfigError, match="unknown model config keys"):
+    with pytest.raises(ConfigError, match="unknown model setting"):
         ban.BANConfig.from_dict({"hidden": 3})
     with pytest.raises(ConfigError, match="attention"):
         ban.BANConfig(attention="co")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ban import kernels
-from ban.engine.config import resolve_device
+from ban.engine.config import TrainConfig, resolve_device
 from ban.engine.graphs import (
     compiled_forward,
     forward_logits,
@@ -30,7 +30,7 @@ from ban.engine.graphs import (
     training_step,
 )
 from ban.engine.optim import AdamaxUpdate, FusedCPUAdamax, adamax
-from ban.engine.tasks import autocast
+from ban.engine.precision import autocast
 from ban.errors import ConfigError
 from ban.machine import code_version, describe_machine
 from ban.models import BANConfig, build_model, preset
@@ -128,13 +128,16 @@ def step_loop(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: st
               device: torch.device, host_sync: bool = False, graphed: bool = False,
               compile: bool = False) -> Iterator[None]:
     """One step per ``next()``, cycling through ``batches`` (dicts with features, boxes, questions, targets, as
-    :func:`synthetic_batches` or the VQA collate make them): a training step (``mode="train"``: forward, BCE,
-    backward, clip 0.25, Adamax as `ban train` builds it) or an inference forward pass. ``host_sync``: before the
-    update, read on the host whether the loss and the gradient norm are finite, as `ban train` does (on a GPU: waits
-    for the step). ``graphed``: each step replayed as a CUDA graph (:mod:`ban.engine.graphs`; the batches must be
-    :func:`ban.engine.graphs.static_batch`'s); ``compile``: with the forward pass and the update through
-    ``torch.compile`` (without ``graphed``: the compiled functions run as they are, e.g. on the CPU)."""
-    optimizer = adamax(model.parameters(), device, lr=1e-3, capturable=graphed)
+    :func:`synthetic_batches` or the VQA collate make them): a training step (``mode="train"``: the recipe's
+    forward, BCE, backward, clipping and Adamax, :func:`ban.engine.graphs.training_step`) or an inference forward
+    pass. ``host_sync``: before the update, read on the host whether the loss and the gradient norm are finite, as
+    `ban train` does (on a GPU: waits for the step). ``graphed``: each step replayed as one CUDA graph
+    (:func:`ban.engine.graphs.graphed_training`; the batches must be :func:`ban.engine.graphs.static_batch`'s) —
+    `ban train --set cuda_graphs=true` replays two, with its finiteness read between them
+    (:mod:`ban.engine.trainer_graphs`; benchmarks/device_check.py times both); ``compile``: with the forward pass
+    and the update through ``torch.compile`` (without ``graphed``: the compiled functions run as they are, e.g. on
+    the CPU)."""
+    optimizer = adamax(model.parameters(), device, lr=TrainConfig.lr, capturable=graphed)
     use_kernels = isinstance(optimizer, FusedCPUAdamax) and not compile  # adamax() decided: a large CPU model
     model.train(mode == "train")
     forward, update = functools.partial(forward_logits, model), None
@@ -143,7 +146,7 @@ def step_loop(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: st
                 else graphed_inference(model, precision, compile=compile))
     elif compile:
         initialise_optimizer(optimizer)
-        forward, update = compiled_forward(model), AdamaxUpdate(optimizer, 0.25)
+        forward, update = compiled_forward(model), AdamaxUpdate(optimizer, TrainConfig.grad_clip)
     index = 0
     while True:
         batch = batches[index % len(batches)]
@@ -165,7 +168,7 @@ def measure(settings: BenchSettings, path: str, precision: str, mode: str) -> Be
     "plain", "graphed" (the plain model, each step replayed as a CUDA graph; a GPU only) and "compiled" (graphed,
     with the forward pass and the clipped Adamax update through ``torch.compile``; on the CPU without graphs;
     compiled before timing)."""
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, "bench setting 'device'")
     if path == "graphed" and device.type != "cuda":
         raise ConfigError(f"the graphed path replays CUDA graphs: it needs a GPU, not {device}")
     graphed = path == "graphed" or (path == "compiled" and device.type == "cuda")
@@ -221,6 +224,6 @@ def peak_memory_meaning(device: torch.device) -> str:
 
 
 def as_json(settings: BenchSettings, results: list[BenchResult]) -> dict:
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, "bench setting 'device'")
     return {"machine": describe_machine(device), "code": code_version(), "settings": dataclasses.asdict(settings),
             "peak_memory": peak_memory_meaning(device), "results": [dataclasses.asdict(r) for r in results]}

@@ -24,6 +24,15 @@ def check_types(config: Any, what: str) -> None:
                               f"{_describe(hints[field.name])}")
 
 
+def check_known(cls: type, names: typing.Iterable[str], what: str) -> None:
+    """:class:`ConfigError` naming the first of ``names`` that is not a field of the dataclass ``cls`` (as
+    ``{what} setting 'name'``) and the fields there are."""
+    known = {field.name for field in dataclasses.fields(cls)}
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"unknown {what} setting {name!r}; known: {', '.join(sorted(known))}")
+
+
 def _describe(hint: Any) -> str:
     """A type hint in words: ``int``, ``finite float``, ``tuple[float, ...]``."""
     if hint is float:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ban.data.atomic import write_with
 from ban.errors import CheckpointError
 from ban.models import BANConfig, build_model
 
@@ -177,7 +178,5 @@ def to_official_state_dict(model: nn.Module) -> OrderedDict[str, Tensor]:
 def save_official_checkpoint(model: nn.Module, path: str | os.PathLike[str], epoch: int = 0) -> None:
     """Write ``{'epoch', 'model_state', 'optimizer_state'}`` as the reference's ``utils.save_model`` does
     (keys without ``module.``; an empty optimizer state)."""
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save({"epoch": epoch, "model_state": to_official_state_dict(model), "optimizer_state": {}}, temporary)
-    os.replace(temporary, path)
+    checkpoint = {"epoch": epoch, "model_state": to_official_state_dict(model), "optimizer_state": {}}
+    write_with(path, lambda temporary: torch.save(checkpoint, temporary))

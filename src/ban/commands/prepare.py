@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ban.commands import prepare_flickr30k
+from ban.commands.arguments import positive_int
 from ban.data.features import FEATURE_DTYPES
 
 
@@ -39,12 +40,12 @@ def add_vqa2_arguments(parser: argparse.ArgumentParser) -> None:
                         "the word embeddings")
     parser.add_argument("--vg", metavar="DIR", help="Visual Genome folder with question_answers.json and "
                         "image_data.json (adds the vg-train / vg-val splits)")
-    parser.add_argument("--min-answer-count", type=int, default=9, metavar="N",
+    parser.add_argument("--min-answer-count", type=positive_int, default=9, metavar="N",
                         help="candidate answers: those given as multiple-choice answer of at least N train+val "
                              "questions (default: %(default)s)")
     parser.add_argument("--splits", nargs="+", metavar="SPLIT", choices=["train", "val", "test-dev", "test"],
                         help="prepare only these splits (default: every split whose question file is present)")
-    parser.add_argument("--feature-dim", type=int, metavar="D",
+    parser.add_argument("--feature-dim", type=positive_int, metavar="D",
                         help="expected feature width (default: that of the first record)")
     parser.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default="float32",
                         help="storage type of converted TSV features (default: %(default)s)")

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from ban.commands.arguments import positive_int
+from ban.commands.arguments import non_negative_int, positive_int
 from ban.data.synthetic import (
     ANNOTATOR_ACCURACY,
     DEFAULT_FEATURE_DIM,
@@ -29,23 +29,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True,
                         help="output directory: created if missing; an earlier `ban synth` output there is "
                              "replaced; any other non-empty directory is refused")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="random seed; same seed → byte-identical output (default: 0)")
     parser.add_argument(
         "--images",
-        type=int,
+        type=positive_int,
         default=DEFAULT_IMAGES,
         help=f"VQA images over train / val / test-dev, 5 : 1.25 : 0.75 (default {DEFAULT_IMAGES})",
     )
     parser.add_argument(
         "--feature-dim",
-        type=int,
+        type=positive_int,
         default=DEFAULT_FEATURE_DIM,
         help=f"width of the region features (default {DEFAULT_FEATURE_DIM}, as bottom-up features)",
     )
     parser.add_argument(
         "--flickr-images",
-        type=int,
+        type=non_negative_int,
         default=None,
         help="Flickr30k-Entities-style images, split 80/10/10 (default max(10, 0.384 × --images); 0: none)",
     )

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from ban.commands.arguments import non_negative_int
 from ban.engine.config import (
     SYNTHETIC_TRAINING,
     TrainConfig,
@@ -41,8 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "tiny on the synthetic scenes, paper-best for VQA data, grounding for Flickr30k)")
     parser.add_argument("--out", type=Path,
                         help="run directory (default: runs/<task>-h<hidden>-g<glimpses>-<date>-<time>)")
-    parser.add_argument("--epochs", type=int, help="number of epochs (default: 13 as the paper's recipe; 10 on the "
-                        "synthetic scenes)")
+    parser.add_argument("--epochs", type=non_negative_int,
+                        help="number of epochs (default: 13 as the paper's recipe; 10 on the synthetic scenes)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a training setting (lr, batch_size, seed, precision, …) or a model "
                         "field as model.<field> (e.g. model.num_glimpses=4); repeatable")

@@ -9,8 +9,8 @@ import torch
 
 from ban.commands.arguments import positive_int
 from ban.engine.config import resolve_device
+from ban.engine.precision import resolve_precision
 from ban.engine.run import LoadedRun, load_run
-from ban.engine.trainer import resolve_precision
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, default_device: str = "auto") -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ban.commands.arguments import positive_int
+from ban.commands.arguments import non_negative_int, positive_int
 from ban.commands.trained_run import add_run_arguments, load_trained_run
 from ban.errors import ConfigError, DataError
 from ban.viz.report import default_image_dir, pick, picture_maker
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num", type=positive_int, default=4,
                         help="without --questions/--captions: how many (default 4)")
     parser.add_argument("--random", action="store_true", help="draw --num at random instead of the first ones")
-    parser.add_argument("--seed", type=int, default=0, help="seed of --random (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of --random (default 0)")
     parser.add_argument("--images", type=Path, help="image folder (COCO file names; Flickr30k: <id>.jpg)")
     parser.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/attention/<split>)")
     add_run_arguments(parser, default_device="cpu")

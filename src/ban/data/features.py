@@ -98,6 +98,14 @@ def check_box_corners(boxes: np.ndarray, *, path: str | os.PathLike[str] | None,
                     path=path, record=record, field=field)
 
 
+def is_tsv_source(path: str | os.PathLike[str]) -> bool:
+    """Whether a feature source given to ``ban prepare`` is a bottom-up TSV file to convert (any file, whatever
+    its name, e.g. ``….tsv.1``), rather than one :meth:`FeatureStore.open` reads as it is: a store directory, an
+    ``.hdf5`` / ``.h5`` cache or a ``.json`` list of sources."""
+    path = Path(path)
+    return not (path.is_dir() or path.suffix in (".hdf5", ".h5", ".json"))
+
+
 class FeatureStore(ABC):
     """Read-only access to region features by image id.
 
@@ -479,7 +487,7 @@ def _check_record(record: FeatureRecord, feature_dim: int | None) -> None:
                         record=_where(record), field="image_w" if record.image_w <= 0 else "image_h")
 
 
-def fingerprint(paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]]:
+def source_stamps(paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]]:
     """Identity of input files (absolute path, size, modification time) recorded in ``store.json``."""
     result = []
     for path in paths:
@@ -489,7 +497,7 @@ def fingerprint(paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]]
 
 
 def is_complete_store(out_dir: str | os.PathLike[str], sources: Sequence[dict[str, Any]]) -> bool:
-    """Whether ``out_dir`` holds a finished store built from exactly ``sources`` (see :func:`fingerprint`),
+    """Whether ``out_dir`` holds a finished store built from exactly ``sources`` (see :func:`source_stamps`),
     so a rerun can skip the conversion."""
     try:
         meta = json.loads((Path(out_dir) / "store.json").read_text(encoding="utf-8"))

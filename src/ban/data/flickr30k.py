@@ -1,5 +1,5 @@
-"""Reading a prepared grounding dataset (``ban prepare flickr30k``): :class:`GroundingDataset` and
-:func:`collate_grounding`.
+"""Reading a prepared grounding dataset (``ban prepare flickr30k``): :class:`GroundingDataset` (batched by
+:func:`ban.data.collate.collate_grounding`).
 
 Each example is one caption with E entity slots (slot 0 always used; empty slots have position 0 and are
 masked). Targets are rebuilt per example from the sparse positive-box lists of the split's ``.npz``.
@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ban.data.features import FeatureStore
-from ban.data.jsonfile import read_json
+from ban.data.prepared import check_split, read_manifest
 from ban.errors import DataError
 
 _SPLIT_ARRAYS = (
@@ -27,14 +25,20 @@ _SPLIT_ARRAYS = (
 )
 
 
-def read_grounding_manifest(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of a prepared grounding dataset; :class:`DataError` if it is missing or not one."""
-    path = Path(data_dir) / "manifest.json"
-    manifest = read_json(path, missing="no manifest.json: not a complete prepared dataset "
-                                       "(run `ban prepare flickr30k`)")
-    if not isinstance(manifest, dict) or manifest.get("task") != "grounding":
-        raise DataError("not a grounding dataset", path=path, field="task")
-    return manifest
+def check_entity_positions(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """:class:`DataError` unless ``entity_positions [S, E]`` matches ``entity_ids [S, E]`` and every position
+    is a token index in [0, L) of ``tokens [S, L]`` (checked here, once, because the model does not: a wrong
+    index would fail inside a gather, on a GPU as a device-side assert)."""
+    positions, tokens = arrays["entity_positions"], arrays["tokens"]
+    if positions.shape != arrays["entity_ids"].shape or positions.dtype.kind not in "iu":
+        raise DataError(f"expected integers of shape {list(arrays['entity_ids'].shape)} like entity_ids, got "
+                        f"{positions.dtype} of shape {list(positions.shape)}", path=path, field="entity_positions")
+    outside = (positions < 0) | (positions >= tokens.shape[1])
+    if outside.any():
+        sentence, slot = (int(i) for i in np.argwhere(outside)[0])
+        raise DataError(f"position {int(positions[sentence, slot])} of entity slot {slot} is outside the "
+                        f"{tokens.shape[1]} tokens", path=path, record=f"sentence {sentence}",
+                        field="entity_positions")
 
 
 class GroundingDataset(Dataset):
@@ -49,10 +53,8 @@ class GroundingDataset(Dataset):
 
     def __init__(self, data_dir: str | os.PathLike[str], split: str) -> None:
         self.data_dir = Path(data_dir)
-        self.manifest = read_grounding_manifest(self.data_dir)
-        if split not in self.manifest.get("splits", {}):
-            raise DataError(f"no split {split!r} (have: {', '.join(self.manifest.get('splits', {}))})",
-                            path=self.data_dir / "manifest.json", field="splits")
+        self.manifest = read_manifest(self.data_dir, "grounding")
+        check_split(self.data_dir, self.manifest, split)
         path = self.data_dir / f"{split}.npz"
         try:
             with np.load(path) as archive:
@@ -68,6 +70,7 @@ class GroundingDataset(Dataset):
         if len(self.arrays["positive_offsets"]) != len(self) * self.num_entities + 1:
             raise DataError("positive_offsets does not match sentences × entity slots", path=path,
                             field="positive_offsets")
+        check_entity_positions(self.arrays, path)
         self.store = FeatureStore.open(self.data_dir / "features")
 
     def __len__(self) -> int:
@@ -100,38 +103,3 @@ class GroundingDataset(Dataset):
             "targets": targets,
             "image_id": torch.tensor(image_id),
         }
-
-
-def collate_grounding(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Batch :class:`GroundingDataset` items, padding boxes to the largest count N of the batch.
-
-    Returns ``features [B, N, D]`` (zero rows for padding), ``boxes [B, N, 6]``, ``box_mask [B, N]`` bool,
-    ``tokens [B, L]`` int64, ``entity_positions [B, E]`` int64, ``entity_mask [B, E]`` bool,
-    ``targets [B, N, E]`` float32 (0 at padded boxes), ``entity_types [B, E]`` int64,
-    ``has_ground_truth [B, E]`` bool and ``image_ids [B]`` int64.
-    """
-    if not samples:
-        raise ValueError("cannot collate an empty batch")
-    counts = [sample["features"].shape[0] for sample in samples]
-    num_boxes = max(counts)
-    batch = len(samples)
-    first = samples[0]
-    features = first["features"].new_zeros(batch, num_boxes, first["features"].shape[1])
-    boxes = first["boxes"].new_zeros(batch, num_boxes, first["boxes"].shape[1])
-    targets = first["targets"].new_zeros(batch, num_boxes, first["targets"].shape[1])
-    for row, (sample, count) in enumerate(zip(samples, counts, strict=True)):
-        features[row, :count] = sample["features"]
-        boxes[row, :count] = sample["boxes"]
-        targets[row, :count] = sample["targets"]
-    stacked = {
-        name: torch.stack([sample[name] for sample in samples])
-        for name in ("tokens", "entity_positions", "entity_mask", "entity_types", "has_ground_truth")
-    }
-    return {
-        "features": features,
-        "boxes": boxes,
-        "box_mask": torch.arange(num_boxes)[None, :] < torch.tensor(counts)[:, None],
-        **stacked,
-        "targets": targets,
-        "image_ids": torch.stack([sample["image_id"] for sample in samples]),
-    }

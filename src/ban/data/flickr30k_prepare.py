@@ -31,10 +31,11 @@ from tqdm import tqdm
 
 from ban.data.atomic import atomic_path, write_json
 from ban.data.dictionary import Dictionary
-from ban.data.features import FeatureStore, write_feature_store, write_sources_file
+from ban.data.features import FeatureStore, is_tsv_source, write_feature_store, write_sources_file
 from ban.data.features_tsv import iter_tsv_files
 from ban.data.flickr30k_parse import Caption, parse_annotation_file, parse_sentences_file
 from ban.data.prepare_output import checked_output
+from ban.data.prepared import MANIFEST
 from ban.data.tokenizer import tokenize
 from ban.errors import DataError
 from ban.metrics.grounding import ENTITY_TYPES, type_bits
@@ -42,7 +43,6 @@ from ban.metrics.grounding import ENTITY_TYPES, type_bits
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 IOU_THRESHOLD = 0.5
 FORMAT_VERSION = 1
-_STORE_SUFFIXES = (".hdf5", ".h5", ".json")
 
 Box = tuple[float, float, float, float]
 
@@ -234,7 +234,7 @@ def prepare_flickr30k(
             },
             "captions": stats.captions,
         }
-        write_json(temp / "manifest.json", manifest)
+        write_json(temp / MANIFEST, manifest)
     return manifest
 
 
@@ -307,7 +307,7 @@ def _detected_boxes(
     paths = [Path(source) for source in sources]
     if not paths:
         raise DataError("no feature sources given", field="features")
-    tsv = [not (path.is_dir() or path.suffix in _STORE_SUFFIXES) for path in paths]
+    tsv = [is_tsv_source(path) for path in paths]
     if any(tsv) and not all(tsv):
         raise DataError("give either TSV files or other feature sources, not a mix",
                         path=", ".join(map(str, paths)), field="features")

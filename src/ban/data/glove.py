@@ -151,3 +151,26 @@ class _PairCounter:
         """``(pair codes, pair counts, occurrences per token)``."""
         self._merge()
         return self.codes, self.counts, self.df
+
+
+def load_word_vectors(path: Path, tokens: list[str]) -> np.ndarray | None:
+    """A prepared dataset's word-vector table (``glove.npy``, ``glove_cooccurrence.npy``) in ``path`` as float32
+    ``[len(tokens), D]``, None if there is no such file; a :class:`DataError` naming it when it is not a readable
+    ``.npy`` of finite floats with one row per token."""
+    if not path.is_file():
+        return None
+    try:
+        table = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as error:
+        raise DataError(f"not a readable .npy file ({error}): prepare the dataset again", path=path) from None
+    if table.ndim != 2 or table.dtype.kind != "f":
+        raise DataError(f"{table.dtype} array of shape {list(table.shape)}, expected floats [tokens, D]", path=path)
+    if len(table) != len(tokens):
+        raise DataError(f"{len(table)} rows, but dictionary.json has {len(tokens)} tokens: prepare the dataset "
+                        "again", path=path)
+    table = np.array(table, dtype=np.float32)
+    finite = np.isfinite(table).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise DataError("NaN or infinite values", path=path, record=f"row {row} (token {tokens[row]!r})")
+    return table

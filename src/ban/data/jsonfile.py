@@ -47,5 +47,5 @@ def require_list(data: Any, field: str, path: str | os.PathLike[str]) -> list[An
     """``data[field]`` of a top-level object, checked to be a list."""
     value = data.get(field) if isinstance(data, dict) else None
     if not isinstance(value, list):
-        raise DataError("expected an object with a list under this key", path=path, field=field)
+        raise DataError("expected an object with a list of records under this key", path=path, field=field)
     return value

@@ -9,12 +9,11 @@ inside it.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from ban.data.vqa_dataset import MANIFEST
+from ban.data.prepared import MANIFEST, read_manifest
 from ban.errors import DataError
 
 
@@ -49,10 +48,9 @@ def _check_replaceable(out: Path, task: str) -> None:
 def _manifest_task(data_dir: Path) -> object:
     """The ``"task"`` of ``data_dir``'s manifest, or None where there is no readable manifest."""
     try:
-        manifest = json.loads((data_dir / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return read_manifest(data_dir).get("task")
+    except DataError:
         return None
-    return manifest.get("task") if isinstance(manifest, dict) else None
 
 
 def _check_outside(path: Path, out: Path, option: str) -> None:

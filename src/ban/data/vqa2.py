@@ -28,8 +28,9 @@ from ban.data.atomic import atomic_path, write_json, write_with
 from ban.data.dictionary import QUESTION_LENGTH, Dictionary
 from ban.data.features import (
     FeatureStore,
-    fingerprint,
     is_complete_store,
+    is_tsv_source,
+    source_stamps,
     write_feature_store,
     write_sources_file,
 )
@@ -37,9 +38,10 @@ from ban.data.features_tsv import iter_tsv_files
 from ban.data.glove import cooccurrence_embedding, read_glove
 from ban.data.jsonfile import require
 from ban.data.prepare_output import checked_output
+from ban.data.prepared import MANIFEST
 from ban.data.tokenizer import tokenize
 from ban.data.visual_genome import VGQuestion, load_visual_genome
-from ban.data.vqa_dataset import MANIFEST, VQADataset
+from ban.data.vqa_dataset import VQADataset
 from ban.errors import ConfigError, DataError
 from ban.metrics.vqa import load_annotations, load_questions
 
@@ -245,10 +247,10 @@ def _prepare_features(
 ) -> FeatureStore:
     """Convert the TSV sources into ``build/features`` (or reuse the finished conversion of the same files in
     ``out/features``), write ``build/features.json`` listing every source, and open them as one store."""
-    tsv = [Path(s) for s in sources if not (Path(s).is_dir() or Path(s).suffix in (".hdf5", ".h5", ".json"))]
+    tsv = [Path(s) for s in sources if is_tsv_source(s)]
     listed = [Path(s) for s in sources if Path(s) not in tsv]
     if tsv:
-        stamp = fingerprint(tsv)
+        stamp = source_stamps(tsv)
         if is_complete_store(out / "features", stamp):
             shutil.copytree(out / "features", build / "features", copy_function=_link_or_copy)
         else:

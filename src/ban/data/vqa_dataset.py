@@ -6,7 +6,6 @@ the memory-mapped feature store one image at a time, so memory does not grow wit
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,17 +15,8 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from ban.data.features import FeatureStore
-from ban.data.jsonfile import read_json
+from ban.data.prepared import check_split, manifest_size, read_answers, read_manifest
 from ban.errors import ConfigError, DataError
-
-MANIFEST = "manifest.json"
-
-
-def load_manifest(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of a prepared directory; :class:`DataError` if it is missing (an unfinished prepare)."""
-    return read_json(Path(data_dir) / MANIFEST,
-                     missing="not a complete prepared dataset (no manifest.json): run `ban prepare` (again)")
-
 
 # array → (dtype kinds allowed, number of dimensions)
 _SPLIT_ARRAYS: dict[str, tuple[str, int]] = {
@@ -71,10 +61,8 @@ class VQADataset(Dataset):
 
     def __init__(self, data_dir: str | os.PathLike[str], split: str, features: FeatureStore | None = None) -> None:
         self.data_dir = Path(data_dir)
-        self.manifest = load_manifest(self.data_dir)
-        if split not in self.manifest["splits"]:
-            raise DataError(f"no split {split!r}; prepared splits: {sorted(self.manifest['splits'])}",
-                            path=self.data_dir / MANIFEST, field="splits")
+        self.manifest = read_manifest(self.data_dir, "vqa2")
+        check_split(self.data_dir, self.manifest, split)
         self.split = split
         self.annotated = bool(self.manifest["splits"][split]["annotated"])
         arrays = load_split_arrays(self.data_dir / f"{split}.npz")
@@ -94,19 +82,19 @@ class VQADataset(Dataset):
 
     @property
     def num_answers(self) -> int:
-        return int(self.manifest["num_answers"])
+        return manifest_size(self.data_dir, self.manifest, "num_answers")
 
     @property
     def padding_index(self) -> int:
-        return int(self.manifest["padding_index"])
+        return manifest_size(self.data_dir, self.manifest, "padding_index")
 
     @property
     def feature_dim(self) -> int:
-        return int(self.manifest["feature_dim"])
+        return manifest_size(self.data_dir, self.manifest, "feature_dim")
 
     def answers(self) -> list[str]:
         """The candidate answers in label order."""
-        return json.loads((self.data_dir / "answers.json").read_text(encoding="utf-8"))
+        return read_answers(self.data_dir)
 
     def box_counts(self) -> np.ndarray:
         """Number of regions of each question's image, ``[Q]`` int64 (for batching by size)."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ban.config_types import check_types
+from ban.config_types import check_known, check_types
 from ban.errors import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -83,9 +83,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
+        check_known(cls, data, "training")
         hints = typing.get_type_hints(cls)
         return cls(**{k: tuple(v) if _is_tuple(hints[k]) else v for k, v in data.items()})
 
@@ -193,14 +191,9 @@ def coerce(text: str, hint: Any, key: str) -> Any:
 
 def typed_overrides(cls: type, overrides: dict[str, str], what: str) -> dict[str, Any]:
     """Coerce string ``overrides`` to the field types of the dataclass ``cls``; unknown names are rejected."""
+    check_known(cls, overrides, what)
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    typed = {}
-    for key, text in overrides.items():
-        if key not in names:
-            raise ConfigError(f"unknown {what} setting {key!r}; known: {', '.join(sorted(names))}")
-        typed[key] = coerce(text, hints[key], key)
-    return typed
+    return {key: coerce(text, hints[key], key) for key, text in overrides.items()}
 
 
 def apply_overrides(config: TrainConfig, overrides: dict[str, str]) -> TrainConfig:

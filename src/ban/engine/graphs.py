@@ -33,9 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ban.data.transfer import host_to_device
+from ban.engine.config import TrainConfig
 from ban.engine.loss import vqa_loss
 from ban.engine.optim import AdamaxUpdate, clipped_step, gradient_norm
-from ban.engine.tasks import autocast
+from ban.engine.precision import autocast
+from ban.engine.tasks import vqa_outputs
 from ban.nn.bilinear import box_mask_from_features
 from ban.nn.capture import capture_safe
 
@@ -91,8 +93,7 @@ def static_batch(batch: Inputs, box_quantum: int = BOX_QUANTUM, row_quantum: int
 def forward_logits(model: nn.Module, inputs: Inputs) -> Tensor:
     """The VQA model's answer logits [B, A] for ``inputs`` (with their box_mask and host-made ``rows`` when
     present)."""
-    return model(inputs["features"], inputs["boxes"], inputs["questions"], box_mask=inputs.get("box_mask"),
-                 real_rows=inputs.get("rows")).logits
+    return vqa_outputs(model, inputs).logits
 
 
 def compiled_forward(model: nn.Module) -> Forward:
@@ -122,7 +123,7 @@ def compiled_forward(model: nn.Module) -> Forward:
 
 
 def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: Inputs, precision: str,
-                  max_grad_norm: float = 0.25, host_sync: bool = False, cast_cache: bool = True,
+                  max_grad_norm: float = TrainConfig.grad_clip, host_sync: bool = False, cast_cache: bool = True,
                   forward: Forward | None = None, update: Update | None = None) -> tuple[Tensor, Tensor]:
     """One step of the recipe on ``inputs`` (features, boxes, questions, targets [B, A], optionally rows):
     forward, BCE summed over answers ÷ B, backward, gradient norm, clipping at ``max_grad_norm``, the optimizer's
@@ -249,13 +250,14 @@ class StepGraphs:
 
 
 def graphed_training(model: nn.Module, optimizer: torch.optim.Optimizer, precision: str,
-                     max_grad_norm: float = 0.25, compile: bool = False) -> StepGraphs:
+                     max_grad_norm: float = TrainConfig.grad_clip, compile: bool = False) -> StepGraphs:
     """The recipe's training step on a GPU as :class:`StepGraphs`: call it with :func:`static_batch`'s inputs →
     (loss [], gradient norm []). ``optimizer``: ``torch.optim.Adamax(capturable=True)`` (``adamax(…,
     capturable=True)``), whose state :class:`ban.engine.optim.AdamaxUpdate` updates (clipping + Adamax, as ``ban
     train``'s graphs do), first warmed up on scratch copies of the parameters that received gradients.
     ``compile``: the forward pass (and so its backward) through :func:`compiled_forward`, and the update through
     ``torch.compile``, both compiled during the first warm-up."""
+    _require_gpu(model, "graphed training")
     if not (isinstance(optimizer, torch.optim.Adamax) and all(g["capturable"] for g in optimizer.param_groups)):
         raise ValueError("graphed training needs torch.optim.Adamax(capturable=True)")
     forward = compiled_forward(model) if compile else functools.partial(forward_logits, model)
@@ -285,6 +287,7 @@ def graphed_training(model: nn.Module, optimizer: torch.optim.Optimizer, precisi
 def graphed_inference(model: nn.Module, precision: str, compile: bool = False) -> StepGraphs:
     """The forward pass (no gradients) as :class:`StepGraphs` → (logits [B, A],); ``compile``: through
     :func:`compiled_forward`."""
+    _require_gpu(model, "graphed inference")
     forward = compiled_forward(model) if compile else functools.partial(forward_logits, model)
 
     def infer(inputs: Inputs) -> tuple[Tensor]:
@@ -292,3 +295,10 @@ def graphed_inference(model: nn.Module, precision: str, compile: bool = False) -
             return (forward(inputs),)
 
     return StepGraphs(infer)
+
+
+def _require_gpu(model: nn.Module, what: str) -> None:
+    """:class:`ValueError` unless ``model``'s parameters are on a CUDA device: ``what`` replays CUDA graphs."""
+    where = next(model.parameters()).device
+    if where.type != "cuda":
+        raise ValueError(f"{what} replays CUDA graphs: the model must be on a GPU, not on {where}")

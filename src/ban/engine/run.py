@@ -67,7 +67,8 @@ class RunConfig:
                    TrainConfig.from_dict(data["train"]), dict(data.get("fingerprint", {})))
 
     def differences(self, other: RunConfig) -> list[str]:
-        """Names of the settings that differ (``model.<field>``, ``train.<field>``, ``task``, ``data``)."""
+        """Names of the settings that differ (``model.<field>``, ``train.<field>``, ``task``, and ``fingerprint``
+        for other vocabulary files; ``data_dir``, where the dataset lies, is not compared: it may move)."""
         mine, theirs = self.to_dict(), other.to_dict()
         names = [k for k in ("task", "fingerprint") if mine[k] != theirs[k]]
         for part in ("model", "train"):

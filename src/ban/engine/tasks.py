@@ -6,46 +6,28 @@ this interface, so the loop itself is task-agnostic.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from ban.data.glove import load_word_vectors
+from ban.data.prepared import check_split, manifest_size, read_answers, read_manifest, read_tokens
 from ban.engine.config import TrainConfig
 from ban.engine.loss import grounding_loss, vqa_loss
+from ban.engine.precision import autocast
 from ban.errors import ConfigError, DataError
 
-if TYPE_CHECKING:
-    from numpy import ndarray
-
 Batch = dict[str, Tensor]
-
-
-def read_manifest(data_dir: str | Path) -> dict[str, Any]:
-    """The prepared dataset's manifest.json (its presence marks a complete dataset)."""
-    path = Path(data_dir) / "manifest.json"
-    if not path.is_file():
-        raise DataError("not a prepared dataset (no manifest.json); run `ban prepare …` first", path=path)
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
     """Move every tensor of ``batch`` to ``device``."""
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
-
-
-def autocast(device: torch.device, precision: str, cast_cache: bool = True) -> Any:
-    """The autocast context of ``precision`` ("bf16" or "fp32") on ``device``. ``cast_cache=False`` turns off
-    autocast's cache of weight casts, which a captured CUDA graph would reuse stale."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cast_cache)
-    return nullcontext()
 
 
 class Task:
@@ -56,23 +38,19 @@ class Task:
 
     def __init__(self, data_dir: str | Path) -> None:
         self.data_dir = Path(data_dir)
-        self.manifest = read_manifest(self.data_dir)
-        if self.manifest.get("task") != self.manifest_task:
-            raise DataError(f"not a {self.name} dataset (its task is {self.manifest.get('task')!r}, expected "
-                            f"{self.manifest_task!r})", path=self.data_dir / "manifest.json", field="task")
+        self.manifest = read_manifest(self.data_dir, self.manifest_task)
 
     def splits(self) -> list[str]:
         """Splits the prepared dataset holds."""
-        splits = self.manifest.get("splits", [])
-        return list(splits) if isinstance(splits, (list, tuple)) else list(splits.keys())
+        return list(self.manifest["splits"])
 
     def dataset(self, splits: Iterable[str]) -> Dataset:
-        """The samples of one or more splits (concatenated in order)."""
-        parts = []
+        """The samples of one or more splits (concatenated in order); :class:`DataError` for a split the dataset
+        does not have."""
+        splits = list(splits)
         for split in splits:
-            if split not in self.splits():
-                raise ConfigError(f"split {split!r} is not in {self.data_dir} (it has: {', '.join(self.splits())})")
-            parts.append(self.open_split(split))
+            check_split(self.data_dir, self.manifest, split)
+        parts = [self.open_split(split) for split in splits]
         return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
     def loader(self, dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
@@ -89,9 +67,9 @@ class Task:
         none or when its vectors are not ``width``-d (a warning on stderr says so): the tables keep their random
         initialisation. Raises :class:`DataError` naming the file for one that is not a finite float table with a
         row per token of dictionary.json, or a second table of another width than glove.npy."""
-        tokens = _tokens(self.data_dir)
+        tokens = read_tokens(self.data_dir)
         path = self.data_dir / "glove.npy"
-        table = _load_table(path, tokens)
+        table = load_word_vectors(path, tokens)
         if table is None:
             return None
         if table.shape[1] != width:
@@ -100,7 +78,7 @@ class Task:
                   f"{table.shape[1]}, or prepare the dataset with {width}-d GloVe vectors.", file=sys.stderr)
             return None
         second_path = self.data_dir / "glove_cooccurrence.npy"
-        second = _load_table(second_path, tokens) if two_tables else None
+        second = load_word_vectors(second_path, tokens) if two_tables else None
         if second is not None and second.shape[1] != width:
             raise DataError(f"{second.shape[1]}-d vectors, but glove.npy's are {width}-d: prepare the dataset again",
                             path=second_path)
@@ -119,12 +97,17 @@ class Task:
 
     collate: Callable[[list[Any]], Batch]
 
-    def forward(self, model: nn.Module, batch: Batch) -> Tensor:
-        """The model's logits for ``batch``."""
+    def outputs(self, model: nn.Module, batch: Batch) -> Any:
+        """The model's output for ``batch`` (:mod:`ban.models.outputs`: logits, and attention maps for VQA)."""
         raise NotImplementedError
 
+    def forward(self, model: nn.Module, batch: Batch) -> Tensor:
+        """The model's logits for ``batch`` (VQA: [B, A]; grounding: [B, G, N, E])."""
+        return self.outputs(model, batch).logits
+
     def loss_sum(self, logits: Tensor, batch: Batch) -> Tensor:
-        """The training loss summed over the samples of ``batch`` (the trainer normalises it)."""
+        """The training loss summed over the samples of ``batch`` → [] (the trainer normalises it); ``logits`` as
+        :meth:`forward` gives them."""
         raise NotImplementedError
 
     def selection_score(self, metrics: dict[str, Any]) -> float:
@@ -132,26 +115,43 @@ class Task:
         raise NotImplementedError
 
     def score_sum(self, logits: Tensor, batch: Batch) -> Tensor:
-        """The training-time score summed over the samples of ``batch`` (VQA: soft target of the arg-max)."""
+        """The training-time score summed over the samples of ``batch`` → [] (VQA: soft target of the arg-max;
+        grounding: the fraction of a caption's entities whose top-scored box is a positive)."""
         raise NotImplementedError
 
     def batch_size(self, batch: Batch) -> int:
         return int(batch["features"].shape[0])
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
-                 precision: str) -> dict[str, Any]:
-        """The official metrics of ``model`` on ``split``."""
+                 precision: str, num_workers: int = 0) -> dict[str, Any]:
+        """The official metrics of ``model`` on ``split``, its batches loaded by ``num_workers`` worker processes
+        (0: in this one)."""
         raise NotImplementedError
 
 
+def vqa_outputs(model: nn.Module, batch: Batch) -> Any:
+    """A VQA model's output for a batch of :func:`ban.data.collate.collate_vqa` (features [B, N, Dv], boxes
+    [B, N, 6], questions [B, L], box_mask [B, N] when given) and, for a packing model, the host-made ``rows``
+    of :func:`ban.engine.graphs.static_batch`."""
+    packing = {"real_rows": batch["rows"]} if "rows" in batch else {}  # made on the host: static_batch()
+    return model(batch["features"], batch["boxes"], batch["questions"], box_mask=batch.get("box_mask"), **packing)
+
+
+def grounding_outputs(model: nn.Module, batch: Batch) -> Any:
+    """A grounding model's output for a batch of :func:`ban.data.collate.collate_grounding`."""
+    return model(batch["features"], batch["boxes"], batch["tokens"], batch["entity_positions"],
+                 box_mask=batch["box_mask"], entity_mask=batch["entity_mask"])
+
+
 def predict_logits(task: Task, model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
-                   precision: str, progress: str | None = None) -> Iterator[tuple[Batch, Tensor]]:
-    """(batch, float32 logits) for every batch of ``dataset`` in order; the model runs in eval mode."""
+                   precision: str, progress: str | None = None, num_workers: int = 0) -> Iterator[tuple[Batch, Tensor]]:
+    """(batch, float32 logits [B, …] as ``task.forward`` gives them) for every batch of ``dataset`` in order,
+    loaded by ``num_workers`` worker processes (0: in this one); the model runs in eval mode."""
     from tqdm import tqdm
 
     was_training = model.training
     model.eval()
-    loader = task.loader(dataset, batch_size)
+    loader = task.loader(dataset, batch_size, num_workers)
     try:
         with torch.no_grad():
             for batch in tqdm(loader, desc=progress, disable=progress is None, leave=False):
@@ -161,30 +161,6 @@ def predict_logits(task: Task, model: nn.Module, dataset: Dataset, batch_size: i
                 yield batch, logits.float()
     finally:
         model.train(was_training)
-
-
-def _load_table(path: Path, tokens: list[str]) -> ndarray | None:
-    """The word-vector table in ``path`` as float32 ``[len(tokens), D]``, None if there is no such file; a
-    :class:`DataError` naming it when it is not a readable ``.npy`` of finite floats with one row per token."""
-    import numpy as np
-
-    if not path.is_file():
-        return None
-    try:
-        table = np.load(path, mmap_mode="r")
-    except (OSError, ValueError, EOFError) as error:
-        raise DataError(f"not a readable .npy file ({error}): prepare the dataset again", path=path) from None
-    if table.ndim != 2 or table.dtype.kind != "f":
-        raise DataError(f"{table.dtype} array of shape {list(table.shape)}, expected floats [tokens, D]", path=path)
-    if len(table) != len(tokens):
-        raise DataError(f"{len(table)} rows, but dictionary.json has {len(tokens)} tokens: prepare the dataset "
-                        "again", path=path)
-    table = np.array(table, dtype=np.float32)
-    finite = np.isfinite(table).all(axis=1)
-    if not finite.all():
-        row = int(np.argmin(finite))
-        raise DataError("NaN or infinite values", path=path, record=f"row {row} (token {tokens[row]!r})")
-    return table
 
 
 class VQATask(Task):
@@ -203,12 +179,11 @@ class VQATask(Task):
 
     def answers(self) -> list[str]:
         """The candidate answers in label order (answers.json)."""
-        data = json.loads((self.data_dir / "answers.json").read_text(encoding="utf-8"))
-        return list(data["answers"] if isinstance(data, dict) else data)
+        return read_answers(self.data_dir)
 
     def model_sizes(self) -> dict[str, int]:
-        return {"num_tokens": len(_tokens(self.data_dir)), "num_answers": len(self.answers()),
-                "feature_dim": _feature_dim(self)}
+        return {"num_tokens": len(read_tokens(self.data_dir)), "num_answers": len(self.answers()),
+                "feature_dim": manifest_size(self.data_dir, self.manifest, "feature_dim")}
 
     def open_split(self, split: str) -> Dataset:
         from ban.data.features import FeatureStore
@@ -233,10 +208,8 @@ class VQATask(Task):
 
         return np.concatenate([part.box_counts() for part in vqa_parts(dataset)])
 
-    def forward(self, model: nn.Module, batch: Batch) -> Tensor:
-        packing = {"real_rows": batch["rows"]} if "rows" in batch else {}  # made on the host: static_batch()
-        return model(batch["features"], batch["boxes"], batch["questions"], box_mask=batch["box_mask"],
-                     **packing).logits
+    def outputs(self, model: nn.Module, batch: Batch) -> Any:
+        return vqa_outputs(model, batch)
 
     def loss_sum(self, logits: Tensor, batch: Batch) -> Tensor:
         return vqa_loss(logits, batch["targets"], 1)
@@ -260,7 +233,7 @@ class VQATask(Task):
         return self._annotations[split]
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
-                 precision: str) -> dict[str, Any]:
+                 precision: str, num_workers: int = 0) -> dict[str, Any]:
         """Official accuracy (overall, perAnswerType, perQuestionType) plus ``trainingScore`` (mean soft target
         of the arg-max answer) and ``upperBound`` (mean best soft target), all in %."""
         from ban.metrics.vqa import vqa_accuracy
@@ -270,7 +243,7 @@ class VQATask(Task):
         predictions: dict[int, str] = {}
         sums = torch.zeros(3, dtype=torch.float64)
         for batch, logits in predict_logits(self, model, self.dataset([split]), batch_size, device, precision,
-                                            progress=f"evaluating {split}"):
+                                            progress=f"evaluating {split}", num_workers=num_workers):
             best = logits.argmax(dim=1)
             targets = batch["targets"].float()
             sums += torch.tensor([targets.gather(1, best[:, None]).sum().item(),
@@ -290,21 +263,21 @@ class GroundingTask(Task):
 
     def __init__(self, data_dir: str | Path) -> None:
         super().__init__(data_dir)
-        from ban.data.flickr30k import collate_grounding
+        from ban.data.collate import collate_grounding
 
         self.collate = collate_grounding
 
     def model_sizes(self) -> dict[str, int]:
-        return {"num_tokens": len(_tokens(self.data_dir)), "feature_dim": _feature_dim(self)}
+        return {"num_tokens": len(read_tokens(self.data_dir)),
+                "feature_dim": manifest_size(self.data_dir, self.manifest, "feature_dim")}
 
     def open_split(self, split: str) -> Dataset:
         from ban.data.flickr30k import GroundingDataset
 
         return GroundingDataset(self.data_dir, split)
 
-    def forward(self, model: nn.Module, batch: Batch) -> Tensor:
-        return model(batch["features"], batch["boxes"], batch["tokens"], batch["entity_positions"],
-                     box_mask=batch["box_mask"], entity_mask=batch["entity_mask"]).logits
+    def outputs(self, model: nn.Module, batch: Batch) -> Any:
+        return grounding_outputs(model, batch)
 
     def loss_sum(self, logits: Tensor, batch: Batch) -> Tensor:
         # entities without a ground-truth box take no part in the loss, as in the reference
@@ -321,31 +294,16 @@ class GroundingTask(Task):
         return ((hit * scored).sum(1) / scored.sum(1).clamp(min=1)).sum()
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
-                 precision: str) -> dict[str, Any]:
+                 precision: str, num_workers: int = 0) -> dict[str, Any]:
         """Recall@1/5/10, upper bound and per-type breakdown, in % (``ban.metrics.grounding``)."""
         from ban.metrics.grounding import GroundingRecall
 
         metric = GroundingRecall()
         for batch, logits in predict_logits(self, model, self.dataset([split]), batch_size, device, precision,
-                                            progress=f"evaluating {split}"):
+                                            progress=f"evaluating {split}", num_workers=num_workers):
             metric.update(logits[:, 0], batch["targets"], batch["entity_mask"], batch["has_ground_truth"],
                           batch["entity_types"], batch["box_mask"])
         return metric.compute()
-
-
-def _tokens(data_dir: Path) -> list[str]:
-    return json.loads((data_dir / "dictionary.json").read_text(encoding="utf-8"))["tokens"]
-
-
-def _feature_dim(task: Task) -> int:
-    """Feature width: the manifest's ``feature_dim``, else the feature store's store.json."""
-    if "feature_dim" in task.manifest:
-        return int(task.manifest["feature_dim"])
-    store = task.data_dir / "features" / "store.json"
-    if not store.is_file():
-        raise DataError("neither manifest.json nor features/store.json gives the feature width",
-                        path=task.data_dir / "manifest.json", field="feature_dim")
-    return int(json.loads(store.read_text(encoding="utf-8"))["feature_dim"])
 
 
 def make_task(name: str, data_dir: str | Path) -> Task:

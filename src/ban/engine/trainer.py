@@ -38,10 +38,11 @@ from ban.engine.checkpoint import Checkpoint, save_checkpoint
 from ban.engine.distributed import DistContext, ShardedBatches
 from ban.engine.graphs import BOX_QUANTUM, ROW_QUANTUM, compiled_forward, static_batch
 from ban.engine.optim import FusedCPUAdamax, adamax, clipped_step, gradient_norm
+from ban.engine.precision import autocast, resolve_precision
 from ban.engine.reporting import report_epoch
 from ban.engine.run import BEST_FILE, CHECKPOINT_FILE, RunConfig, check_epochs
 from ban.engine.schedule import learning_rate, set_learning_rate
-from ban.engine.tasks import Batch, Task, autocast, check_splits, to_device
+from ban.engine.tasks import Batch, Task, check_splits, to_device
 from ban.engine.trainer_graphs import TrainingGraphs
 from ban.errors import BanError, CheckpointError, ConfigError
 from ban.models import build_model
@@ -64,15 +65,6 @@ class NonFiniteStep(Exception):
     def __init__(self, what: str) -> None:
         super().__init__(what)
         self.what = what
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"`` → ``"bf16"`` on a CPU or a CUDA device with bf16 support, else ``"fp32"``."""
-    if precision != "auto":
-        return precision
-    if device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
-        return "bf16"
-    return "fp32"
 
 
 def initial_model(run: RunConfig, task: Task) -> nn.Module:
@@ -263,7 +255,7 @@ class Trainer:
                 if self.validate and self.context.is_main:
                     record["val"] = self.task.evaluate(self.model, self.config.val_split,
                                                        self.config.eval_batch_size, self.context.device,
-                                                       self.precision)
+                                                       self.precision, self.config.num_workers)
                 distributed.barrier(self.context)
                 self.keep_if_best(record)  # before the checkpoint: a kill in between redoes the epoch and this
                 self.history.append(record)

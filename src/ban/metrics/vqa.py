@@ -23,7 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ban.data.answers import normalize_answer, process_punctuation
-from ban.data.jsonfile import read_json, require
+from ban.data.jsonfile import read_json, require, require_list
 from ban.errors import DataError
 
 PathLike = str | os.PathLike[str]
@@ -118,9 +118,7 @@ def load_annotations(path: PathLike) -> list[dict[str, Any]]:
     validated: each needs an int ``question_id`` (unique) and ``image_id``, str ``question_type`` and
     ``answer_type``, and a non-empty list of ``answers`` records with a str ``answer``."""
     data = read_json(path)
-    records = data.get("annotations") if isinstance(data, dict) else None
-    if not isinstance(records, list):
-        raise DataError("expected an object with a list of records", path=path, field="annotations")
+    records = require_list(data, "annotations", path)
     seen: set[int] = set()
     for index, record in enumerate(records):
         if not isinstance(record, dict):
@@ -148,9 +146,7 @@ def load_annotations(path: PathLike) -> list[dict[str, Any]]:
 def load_questions(path: PathLike) -> dict[int, dict[str, Any]]:
     """Question id → record of an official questions file (``v2_OpenEnded_mscoco_*_questions.json``)."""
     data = read_json(path)
-    records = data.get("questions") if isinstance(data, dict) else None
-    if not isinstance(records, list):
-        raise DataError("expected an object with a list of records", path=path, field="questions")
+    records = require_list(data, "questions", path)
     questions: dict[int, dict[str, Any]] = {}
     for index, record in enumerate(records):
         if not isinstance(record, dict):

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ban.config_types import check_types
+from ban.config_types import check_known, check_types
 from ban.errors import ConfigError
 
 TASKS = ("vqa", "grounding")
@@ -78,10 +78,7 @@ class BANConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> BANConfig:
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
+        check_known(cls, values, "model")
         return cls(**values)
 
     def replace(self, **changes: Any) -> BANConfig:

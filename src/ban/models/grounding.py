@@ -25,7 +25,8 @@ def default_entity_mask(entity_positions: Tensor) -> Tensor:
 class BanForGrounding(TokenEncoderModel):
     """Inputs: features [B, N, Dv], boxes [B, N, ≥4] (unused by the model; kept for a uniform interface),
     tokens [B, L] int64 padded with ``config.pad_index``, entity_positions [B, E] int64, E ≥ 1 (the token index
-    in [0, L) of each phrase's last word; not checked, as that would wait for the device), box_mask [B, N] bool,
+    in [0, L) of each phrase's last word; not checked here, as that would wait for the device:
+    :class:`~ban.data.flickr30k.GroundingDataset` checks its data once at load), box_mask [B, N] bool,
     entity_mask [B, E] bool (True = real entity)."""
 
     def __init__(self, config: BANConfig) -> None:

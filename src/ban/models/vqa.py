@@ -78,9 +78,7 @@ class BanForVQA(TokenEncoderModel):
         counts = self._counts(boxes, logits) if self.config.use_counting else None
         for glimpse in range(self.config.num_glimpses):
             joint = self.pooling[glimpse](features, states, attention[:, glimpse], real_boxes)  # [B, H]
-            states = states + self.residual_proj[glimpse](joint).unsqueeze(1)
-            if counts is not None:
-                states = states + self.count_proj[glimpse](counts[:, glimpse]).unsqueeze(1)
+            states = self._add_glimpse(states, glimpse, joint, counts)
         return states
 
     def _glimpses_fused(self, features: Tensor, boxes: Tensor, states: Tensor, attention: Tensor,
@@ -90,9 +88,15 @@ class BanForVQA(TokenEncoderModel):
         counts = self._counts(boxes, logits) if self.config.use_counting else None
         for glimpse in range(self.config.num_glimpses):
             joint = self.pooling[glimpse].pool(boxes_hidden[glimpse], states, attention[:, glimpse])  # [B, H]
-            states = states + self.residual_proj[glimpse](joint).unsqueeze(1)
-            if counts is not None:
-                states = states + self.count_proj[glimpse](counts[:, glimpse]).unsqueeze(1)
+            states = self._add_glimpse(states, glimpse, joint, counts)
+        return states
+
+    def _add_glimpse(self, states: Tensor, glimpse: int, joint: Tensor, counts: Tensor | None) -> Tensor:
+        """Residual learning of one glimpse: states [B, L, H] + its projection of joint [B, H] (+ that of its
+        count, counts [B, G, n + 1]) added to every token → [B, L, H]."""
+        states = states + self.residual_proj[glimpse](joint).unsqueeze(1)
+        if counts is not None:
+            states = states + self.count_proj[glimpse](counts[:, glimpse]).unsqueeze(1)
         return states
 
     def _counts(self, boxes: Tensor, logits: Tensor) -> Tensor:

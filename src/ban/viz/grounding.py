@@ -18,10 +18,12 @@ from matplotlib.patches import Patch
 from PIL import Image
 from torch import nn
 
+from ban.data.collate import collate_grounding
 from ban.data.dictionary import Dictionary
-from ban.data.flickr30k import GroundingDataset, collate_grounding
+from ban.data.flickr30k import GroundingDataset
 from ban.data.flickr30k_parse import parse_sentences_file
 from ban.data.tokenizer import tokenize
+from ban.engine.tasks import grounding_outputs, to_device
 from ban.errors import DataError
 from ban.viz.boxes import draw_colored_boxes, enlarged, find_plain_image, image_size_from_boxes, open_or_blank
 from ban.viz.figures import evaluating, new_figure, save_png
@@ -119,10 +121,8 @@ class GroundingPictures:
             raise DataError(f"caption index {index} is outside the split (0–{len(self.dataset) - 1})",
                             path=self.dataset.data_dir)
         sample = self.dataset[index]
-        batch = {k: v.to(self.device) for k, v in collate_grounding([sample]).items()}
         with evaluating(self.model):
-            out = self.model(batch["features"], batch["boxes"], batch["tokens"], batch["entity_positions"],
-                             box_mask=batch["box_mask"], entity_mask=batch["entity_mask"])
+            out = grounding_outputs(self.model, to_device(collate_grounding([sample]), self.device))
         used = sample["entity_mask"].numpy()
         positions = sample["entity_positions"].numpy()[used].tolist()
         caption, phrases = self.texts(index, positions)

@@ -19,6 +19,7 @@ from ban.data.collate import collate_vqa
 from ban.data.dictionary import Dictionary
 from ban.data.tokenizer import tokenize
 from ban.data.vqa_dataset import VQADataset
+from ban.engine.tasks import to_device, vqa_outputs
 from ban.errors import DataError
 from ban.metrics.vqa import load_annotations, load_questions
 from ban.viz.attention import AttentionExample, attention_figure
@@ -85,9 +86,8 @@ class VQAPictures:
     def example(self, index: int) -> AttentionExample:
         """The attention picture's content for the question at ``index`` of the split."""
         sample = self.dataset[index]
-        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in collate_vqa([sample]).items()}
         with evaluating(self.model):
-            out = self.model(batch["features"], batch["boxes"], batch["questions"], box_mask=batch["box_mask"])
+            out = vqa_outputs(self.model, to_device(collate_vqa([sample]), self.device))
         question_id = int(sample["question_id"])
         image_id = int(self.dataset.image_ids[index])
         question, words = self.words(question_id, sample["question"].numpy())

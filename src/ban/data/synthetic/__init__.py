@@ -69,7 +69,8 @@ def _chunks(jobs: list[ImageJob]) -> list[list[ImageJob]]:
     return [jobs[i : i + CHUNK_SIZE] for i in range(0, len(jobs), CHUNK_SIZE)]
 
 
-def _check(num_images: int, feature_dim: int, questions_per_image: float, annotator_accuracy: float, seed: int) -> None:
+def _check(feature_dim: int, questions_per_image: float, annotator_accuracy: float, seed: int) -> None:
+    """The settings :func:`generate` checks itself (the image count: :func:`~ban.data.synthetic.layout.plan_images`)."""
     if feature_dim < 1:
         raise ConfigError(f"--feature-dim must be positive, got {feature_dim}")
     if not 1.0 <= questions_per_image <= 20.0:
@@ -100,7 +101,7 @@ def generate(
     run wrote in ``out_dir`` (:data:`OUTPUT_ENTRIES`) is removed first — stats.json first of all, and it is written
     last, so its presence marks a complete directory — and nothing of another seed or size stays behind.
     """
-    _check(num_images, feature_dim, questions_per_image, annotator_accuracy, seed)
+    _check(feature_dim, questions_per_image, annotator_accuracy, seed)
     flickr_images = default_flickr_images(num_images) if flickr_images is None else flickr_images
     plan = plan_images(num_images, flickr_images)
     out = make_directory(out_dir)

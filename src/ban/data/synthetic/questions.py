@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ban.data.dictionary import QUESTION_LENGTH
 from ban.data.synthetic.scenes import (
     ATTRIBUTE_NAMES,
     ATTRIBUTE_VALUES,
@@ -23,8 +24,8 @@ from ban.data.synthetic.scenes import (
     SIZE,
     Scene,
 )
+from ban.data.tokenizer import tokenize
 
-MAX_TOKENS = 14
 YES_NO, NUMBER, OTHER = "yes/no", "number", "other"
 
 
@@ -94,16 +95,10 @@ COUNT_FILTERS: tuple[tuple[int, ...], ...] = (
 EXIST_FILTERS = tuple(f for f in COUNT_FILTERS if int(np.prod([NUM_VALUES[c] for c in f])) >= 8)
 COUNT_TARGETS = np.arange(11)
 COUNT_WEIGHTS = np.array([0.12, 0.16, 0.16, 0.15, 0.13, 0.11, 0.08, 0.05, 0.02, 0.01, 0.01])
-FAMILY_NAMES = ("exist", "count", "query", "relate", "compare")
 FAMILY_WEIGHTS = np.array([0.15, 0.26, 0.33, 0.14, 0.12])
 # Attribute asked by query and relation questions (size, color, material, shape): mostly the many-valued ones.
 ASKED_WEIGHTS = np.array([0.15, 0.35, 0.15, 0.35])
 RELATION_MARGIN = 0.1  # fraction of the image width: objects closer than this in x are neither left nor right
-
-
-def num_tokens(text: str) -> int:
-    """Tokens as the reference tokeniser counts them (lower case, ',' and '?' deleted, whitespace split)."""
-    return len(text.lower().replace(",", "").replace("?", "").replace("'s", " 's").split())
 
 
 def _article(phrase: str) -> str:
@@ -326,7 +321,7 @@ def sample_questions(rng: np.random.Generator, scene: Scene, count: int) -> list
             break
         family = FAMILIES[int(rng.choice(len(FAMILIES), p=FAMILY_WEIGHTS))]
         question = family(rng, scene, table)
-        if question is None or question.text in seen or num_tokens(question.text) > MAX_TOKENS:
+        if question is None or question.text in seen or len(tokenize(question.text)) > QUESTION_LENGTH:
             continue
         seen.add(question.text)
         questions.append(question)

@@ -11,7 +11,6 @@ import base64
 
 import numpy as np
 
-FIELDNAMES: tuple[str, ...] = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
 LINE_END = "\r\n"
 
 

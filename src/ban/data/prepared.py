@@ -1,0 +1,58 @@
+"""The files that describe a prepared dataset directory (``ban prepare vqa2`` / ``ban prepare flickr30k``):
+``manifest.json`` (written last: its presence marks a complete dataset), ``dictionary.json`` and, for VQA,
+``answers.json``, read with errors that name the file and the field."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ban.data.dictionary import Dictionary
+from ban.data.jsonfile import read_json
+from ban.errors import DataError
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(data_dir: str | os.PathLike[str], task: str | None = None) -> dict[str, Any]:
+    """``data_dir``'s manifest: a JSON object whose ``"splits"`` is an object (split name → summary) and, when
+    ``task`` is given, whose ``"task"`` is ``task`` ("vqa2" or "grounding"); :class:`DataError` otherwise."""
+    path = Path(data_dir) / MANIFEST
+    manifest = read_json(path, missing=f"not a complete prepared dataset (no {MANIFEST}): run `ban prepare` (again)")
+    if not isinstance(manifest, dict):
+        raise DataError(f"expected a JSON object, got {type(manifest).__name__}", path=path)
+    if task is not None and manifest.get("task") != task:
+        raise DataError(f"not a {task} dataset (its task is {manifest.get('task')!r})", path=path, field="task")
+    if not isinstance(manifest.get("splits"), dict):
+        raise DataError("expected an object of splits", path=path, field="splits")
+    return manifest
+
+
+def check_split(data_dir: str | os.PathLike[str], manifest: dict[str, Any], split: str) -> None:
+    """:class:`DataError` unless the manifest of ``data_dir`` lists ``split``."""
+    if split not in manifest["splits"]:
+        raise DataError(f"no split {split!r} (it has: {', '.join(manifest['splits'])})",
+                        path=Path(data_dir) / MANIFEST, field="splits")
+
+
+def manifest_size(data_dir: str | os.PathLike[str], manifest: dict[str, Any], field: str) -> int:
+    """The manifest's ``field``, checked to be a positive integer (a count or a width)."""
+    value = manifest.get(field)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise DataError(f"expected a positive integer, got {value!r}", path=Path(data_dir) / MANIFEST, field=field)
+    return value
+
+
+def read_tokens(data_dir: str | os.PathLike[str]) -> list[str]:
+    """The question/caption vocabulary of ``data_dir`` (``dictionary.json``), in index order."""
+    return Dictionary.load(Path(data_dir) / "dictionary.json").tokens
+
+
+def read_answers(data_dir: str | os.PathLike[str]) -> list[str]:
+    """The candidate answers of a prepared VQA dataset in label order (``answers.json``: a list of strings)."""
+    path = Path(data_dir) / "answers.json"
+    answers = read_json(path, missing="no answers.json: not a complete prepared VQA dataset")
+    if not isinstance(answers, list) or not all(isinstance(answer, str) for answer in answers):
+        raise DataError("expected a list of answer strings", path=path)
+    return answers
