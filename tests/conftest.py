@@ -1,5 +1,5 @@
 """Shared test helpers: where the reference fixtures live; ban's compiled CPU kernels; a small prepared synthetic VQA
-dataset; the benchmark scripts as modules."""
+dataset and a way to poison it with NaN; the benchmark scripts as modules."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 from ban import kernels
@@ -51,3 +52,15 @@ def make_dataset(root: Path, seed: int, min_answer_count: int = 9) -> Path:
     prepare_vqa2(root / "raw" / "vqa", sorted((root / "raw" / "features").glob("*.tsv")), root / "prepared",
                  min_answer_count=min_answer_count, progress=False)
     return root / "prepared"
+
+
+def poison(data_dir: Path, question: int) -> int:
+    """Overwrite the region features of training question ``question``'s image with NaN; return the image id."""
+    image_id = int(np.load(data_dir / "train.npz")["image_id"][question])
+    store = data_dir / "features"
+    image_ids, offsets = np.load(store / "image_ids.npy"), np.load(store / "offsets.npy")
+    position = int(np.flatnonzero(image_ids == image_id)[0])
+    features = np.load(store / "features.npy", mmap_mode="r+")
+    features[offsets[position]:offsets[position + 1]] = np.nan
+    features.flush()
+    return image_id

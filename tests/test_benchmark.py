@@ -7,7 +7,7 @@ import torch
 
 from ban.benchmark import BenchSettings, box_counts, forward_flops, measure, run_all
 from ban.errors import ConfigError
-from ban.models import preset
+from ban.models import build_model, preset
 
 
 def test_training_work_matches_the_known_figure_for_paper_best():
@@ -15,6 +15,23 @@ def test_training_work_matches_the_known_figure_for_paper_best():
     config = preset("paper-best")
     train_flops = 3 * forward_flops(config, batch_size=256, real_boxes=256 * 32, tokens=14)
     assert 1.9e12 < train_flops < 2.3e12
+
+
+@pytest.mark.parametrize("counting", [False, True])
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_work_formula_counts_every_matrix_product_of_the_forward_pass(counting, fused):
+    """Against torch's own FLOP counter on a real forward pass with every box real (nothing packed away)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = preset("paper-best", num_tokens=50, num_answers=30, feature_dim=48, hidden_dim=16, num_glimpses=3,
+                    word_dim=12, use_counting=counting, fused=fused)
+    model = build_model(config).eval()
+    generator = torch.Generator().manual_seed(0)
+    features = torch.rand(5, 7, 48, generator=generator) + 0.1
+    boxes, questions = torch.rand(5, 7, 6, generator=generator), torch.randint(0, 50, (5, 14), generator=generator)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(features, boxes, questions)
+    assert counter.get_total_flops() == forward_flops(config, batch_size=5, real_boxes=5 * 7, tokens=14)
 
 
 def test_adaptive_box_counts_look_like_bottom_up_features():

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ban.cli import main
-from ban.data.answers import normalize_answer
+from ban.data.answers import normalize_answer, process_punctuation
 from ban.data.collate import collate_vqa
 from ban.data.synthetic import generate
 from ban.data.vqa2 import VQADataset
@@ -96,6 +96,19 @@ def test_synthetic_scenes_prepare_end_to_end(synthetic, tmp_path, capsys) -> Non
                for i in range(len(val))]
     (tmp_path / "results.json").write_text(json.dumps(results))
     scores = score_files(data / "val_questions.json", data / "val_annotations.json", tmp_path / "results.json")
+    # the official rule computed by hand: min(1, matching humans among the other 9 / 3), averaged over the 10
+    # leave-one-out subsets; the prediction normalised, the humans' answers only punctuation-processed and only
+    # when they disagree, as vqaEval.py does (both normalisations are tested on their own in test_answers)
+    predicted = {r["question_id"]: normalize_answer(r["answer"]) for r in results}
+    annotations = json.loads((data / "val_annotations.json").read_text())["annotations"]
+    by_hand = []
+    for record in annotations:
+        given = [a["answer"] for a in record["answers"]]
+        humans = [process_punctuation(a) for a in given] if len(set(given)) > 1 else given
+        by_hand.append(np.mean([min(1.0, sum(other == predicted[record["question_id"]]
+                                             for j, other in enumerate(humans) if j != i) / 3)
+                                for i in range(len(humans))]))
+    assert scores["overall"] == pytest.approx(100 * np.mean(by_hand), abs=0.005)  # the metric rounds to 0.01
     assert scores["overall"] > 50
     test_dev = VQADataset(data, "test-dev")
     assert all(test_dev[i]["target"].sum() == 0 for i in range(len(test_dev)))

@@ -101,3 +101,28 @@ def test_unscaled_dropout_under_autocast_is_in_bfloat16_and_the_identity_in_eval
     kept = zeroed != 0
     assert torch.equal(zeroed[kept], x.to(torch.bfloat16)[kept])
     assert layer.eval().unscaled(x) == (x, 1.0)
+
+
+@pytest.mark.parametrize("form", ["capture-safe", "compiled"])
+def test_the_form_graphs_and_torch_compile_take_is_dropout_too(form):
+    """Under capture (CUDA graphs) and torch.compile the layer is F.dropout, not the seeded CPU masks: the same
+    distribution — kept elements scaled by 1 / (1 − p), the others exactly 0, the gradient through the same mask."""
+    from contextlib import nullcontext
+
+    from ban.nn import capture
+
+    torch.manual_seed(0)
+    layer = Dropout(0.2).train()
+    x = torch.randn(200, 500, requires_grad=True)
+    if form == "compiled":
+        torch._dynamo.reset()
+        run = torch.compile(layer, fullgraph=True)
+    else:
+        run = layer
+    with capture.capture_safe() if form == "capture-safe" else nullcontext():
+        out = run(x)
+    kept = out != 0
+    assert torch.allclose(out[kept], x[kept] / 0.8)
+    assert abs(kept.float().mean().item() - 0.8) < 5 * math.sqrt(0.8 * 0.2 / x.numel())
+    out.backward(torch.ones_like(out))
+    assert torch.allclose(x.grad, kept.float() / 0.8)

@@ -231,20 +231,25 @@ def test_corrupted_hdf5_layouts(adaptive, data, tmp_path):
 
 
 @FUZZ
-@given(cut=st.integers(0, 4000), garbage=st.binary(max_size=16), at=st.integers(0, 4000))
-def test_truncated_or_garbled_hdf5_files(cut, garbage, at, tmp_path):
+@given(truncate=st.booleans(), cut=st.integers(0, 4000), garbage=st.binary(min_size=1, max_size=16),
+       at=st.integers(0, 4500))
+def test_truncated_or_garbled_hdf5_files(truncate, cut, garbage, at, tmp_path):
     path = Path(tempfile.mkdtemp(dir=tmp_path)) / "val.hdf5"
-    write_hdf5(path, IMAGES, adaptive=True)
+    mapping = write_hdf5(path, IMAGES, adaptive=True)
     data = path.read_bytes()
-    data = data[:at] + garbage + data[at + len(garbage):] if cut >= len(data) else data[:cut]
-    path.write_bytes(data)
+    path.write_bytes(data[:cut] if truncate else data[:at] + garbage + data[at + len(garbage):])
     try:
         store = FeatureStore.open(path)
-        for image_id in store.image_ids.tolist():
-            features, spatial, boxes = store.get(image_id)
-            assert np.isfinite(features).all() and features.shape[1] == DIM
+        read = {image_id: store.get(image_id) for image_id in mapping}
     except DataError as error:
         assert "val" in str(error)
+        return
+    with h5py.File(path, "r") as file:  # what loads is what the (possibly garbled) file holds, checked values
+        for image_id, index in mapping.items():
+            rows = slice(*file["pos_boxes"][index])
+            np.testing.assert_array_equal(read[image_id][0], file["image_features"][rows])
+            np.testing.assert_array_equal(read[image_id][2], file["image_bb"][rows])
+            assert np.isfinite(read[image_id][0]).all() and read[image_id][0].shape[1] == DIM
 
 
 class Refuse(pickle.Unpickler):

@@ -55,11 +55,15 @@ def test_corrupted_state_dicts_give_checkpoint_errors(changes):
     if state is REFERENCE["model_state"]:
         return
     try:
-        ban.load_official_checkpoint({"epoch": 0, "model_state": state, "optimizer_state": {}})
+        model = ban.load_official_checkpoint({"epoch": 0, "model_state": state, "optimizer_state": {}})
     except CheckpointError as error:
         assert str(error)  # a message that names the problem
     else:  # the only corruptions that may load are those that leave a valid checkpoint (e.g. a no-op rename)
         assert set(state) == set(REFERENCE["model_state"])
+        exported = ban.to_official_state_dict(model)  # what was loaded, in the reference's layout
+        for key, value in state.items():
+            assert value.is_floating_point() and bool(torch.isfinite(value).all()), key
+            assert torch.equal(exported[key.removeprefix("module.")].reshape(-1), value.reshape(-1)), key
 
 
 @settings(max_examples=40, deadline=None)

@@ -191,9 +191,15 @@ def test_garbled_bytes_give_data_errors(which, data, tmp_path):
     paths_ = {name: write(tmp_path / f"{name}.json", garbage if name == which else value)
               for name, value in files.items()}
     try:
-        score_files(paths_["questions"], paths_["annotations"], paths_["results"])
+        scores = score_files(paths_["questions"], paths_["annotations"], paths_["results"])
     except DataError as error:
-        assert str(error)
+        assert any(f"{name}.json" in str(error) for name in files)  # names the file (or the one it contradicts)
+        return
+    accepted = json.loads(garbage.decode("utf-8"))  # accepted bytes must be JSON of the official schema
+    files[which] = accepted
+    assert valid_questions(files["questions"]) and valid_annotations(files["annotations"])
+    assert valid_results(files["results"], files["annotations"])
+    assert 0.0 <= scores["overall"] <= 100.0
 
 
 @pytest.mark.parametrize("text", [

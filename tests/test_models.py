@@ -12,6 +12,12 @@ from ban.errors import ConfigError
 from ban.models import PRESETS
 
 
+@pytest.fixture(autouse=True)
+def _seeded_initialisation():
+    """Every model built here starts from the same weights, whatever ran before."""
+    torch.manual_seed(0)
+
+
 def _inputs(config, batch=3, boxes=12, tokens=14, seed=0):
     generator = torch.Generator().manual_seed(seed)
     features = torch.randn(batch, boxes, config.feature_dim, generator=generator)
@@ -176,6 +182,12 @@ def test_model_runs_under_bfloat16_autocast_on_cpu():
     assert torch.isfinite(out.logits.float()).all()
     out.logits.float().sum().backward()
     assert torch.isfinite(model.attention.glimpse_weight_v.grad).all()
+    model.eval()  # the same function as in float32, to bf16's precision (8 bits of mantissa)
+    with torch.no_grad():
+        exact = model(features, spatial, questions).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            rounded = model(features, spatial, questions).logits.float()
+    torch.testing.assert_close(rounded, exact, rtol=0.05, atol=0.05 * exact.abs().max().item())
 
 
 def test_presets_and_config_validation():

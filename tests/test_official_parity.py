@@ -108,6 +108,20 @@ def test_misshapen_tensor_is_named(official_fixtures):
         ban.load_official_checkpoint(state)
 
 
+@pytest.mark.parametrize(("value", "message"), [
+    (lambda t: t.index_fill(0, torch.tensor([0]), float("nan")), "NaN or infinite"),
+    (lambda t: t.index_fill(0, torch.tensor([0]), float("inf")), "NaN or infinite"),
+    (lambda t: t.long(), "expected a floating-point tensor, found torch.int64"),
+])
+def test_a_tensor_with_bad_values_is_named(official_fixtures, value, message):
+    state = dict(_reference_state(official_fixtures))
+    key = "module.classifier.main.3.weight_v"
+    state[key] = value(state[key])
+    with pytest.raises(CheckpointError, match=message) as caught:
+        ban.load_official_checkpoint(state)
+    assert caught.value.field == key.removeprefix("module.")  # DataParallel's prefix is read past
+
+
 def test_file_that_is_not_a_checkpoint(tmp_path):
     path = tmp_path / "notes.pth"
     path.write_text("these are not weights")

@@ -79,7 +79,9 @@ def test_predict_refuses_one_file_for_results_and_logits(trained, tmp_path, caps
 def test_predict_creates_the_missing_parents_of_out(trained, tmp_path):
     results = tmp_path / "nodir" / "x" / "y.json"
     assert main(["predict", str(trained[1]), "--split", "val", "--out", str(results)]) == 0
-    assert json.loads(results.read_text())
+    questions = json.loads((trained[0] / "val_questions.json").read_text())["questions"]
+    assert sorted(r["question_id"] for r in json.loads(results.read_text())) == sorted(
+        q["question_id"] for q in questions)
 
 
 @pytest.mark.parametrize("command", ["synth", "prepare vqa2", "prepare flickr30k", "train", "visualize", "predict"])

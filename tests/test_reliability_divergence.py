@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import poison
 from test_engine_trainer import make_dataset, small_run
 
 from ban.cli import main
@@ -30,18 +31,6 @@ BATCH = 16  # about 14 batches an epoch: the poisoned image's few questions leav
 @pytest.fixture(scope="module")
 def clean_data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("clean"), seed=5)
-
-
-def poison(data_dir: Path, question: int) -> int:
-    """Overwrite the region features of training question ``question``'s image with NaN; return the image id."""
-    image_id = int(np.load(data_dir / "train.npz")["image_id"][question])
-    store = data_dir / "features"
-    image_ids, offsets = np.load(store / "image_ids.npy"), np.load(store / "offsets.npy")
-    position = int(np.flatnonzero(image_ids == image_id)[0])
-    features = np.load(store / "features.npy", mmap_mode="r+")
-    features[offsets[position]:offsets[position + 1]] = np.nan
-    features.flush()
-    return image_id
 
 
 def poisoned_batches(data_dir: Path, image_id: int, seed: int, epoch: int) -> list[tuple[int, int]]:

@@ -144,7 +144,7 @@ def test_xml_entity_expansion_and_external_entities_are_refused(tmp_path):
         started = time.perf_counter()
         with pytest.raises(DataError, match="1000.xml") as caught:
             parse_annotation_file(path)
-        assert time.perf_counter() - started < 2.0, name
+        assert time.perf_counter() - started < 10.0, name  # refused, not expanded (expansion takes minutes)
         assert "TOP SECRET" not in str(caught.value), name
 
 

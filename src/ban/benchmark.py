@@ -106,6 +106,8 @@ def forward_flops(config: BANConfig, batch_size: int, real_boxes: int, tokens: i
     flops += glimpses * (real_boxes * config.feature_dim * hidden + token_rows * hidden * hidden)  # pooling projections
     flops += glimpses * tokens * real_boxes * hidden  # attention-weighted box sums
     flops += glimpses * batch_size * hidden * hidden  # residual projections
+    if config.use_counting:
+        flops += glimpses * batch_size * (config.num_count_objects + 1) * hidden  # count projections
     flops += batch_size * (hidden * 2 * hidden + 2 * hidden * config.num_answers)  # classifier
     return 2.0 * flops
 
