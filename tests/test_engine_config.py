@@ -97,3 +97,12 @@ def test_round_trip_through_dict():
     assert TrainConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ConfigError):
         TrainConfig.from_dict({**config.to_dict(), "momentum": 0.9})
+
+
+@pytest.mark.parametrize(("setting", "value"), [("decay_epochs", {}), ("warmup", None), ("train_splits", "train"),
+                                                ("betas", {"0.9": 0.999})])
+def test_a_tuple_setting_read_from_json_must_be_a_list(setting, value):
+    """config.json holds tuples as lists: an object, a string or null there was turned into a tuple of its keys or
+    letters (or a TypeError), not refused (found by the config.json fuzz test)."""
+    with pytest.raises(ConfigError, match=f"training setting '{setting}': .* does not fit its type, tuple"):
+        TrainConfig.from_dict({**TrainConfig().to_dict(), setting: value})

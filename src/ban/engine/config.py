@@ -82,10 +82,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
+        """Inverse of :meth:`to_dict` (JSON lists become tuples); unknown keys and values that do not fit their
+        setting's type (a tuple given as an object, a string or null, too) are a :class:`ConfigError`."""
         check_known(cls, data, "training")
         hints = typing.get_type_hints(cls)
-        return cls(**{k: tuple(v) if _is_tuple(hints[k]) else v for k, v in data.items()})
+        return cls(**{k: tuple(v) if _is_tuple(hints[k]) and isinstance(v, list) else v for k, v in data.items()})
 
 
 # The synthetic scenes run (`ban train` with no --data), tuned to finish in minutes on a 2-core CPU. Measured: on
