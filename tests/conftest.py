@@ -10,10 +10,17 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from ban import kernels
 from ban.data.synthetic import generate
 from ban.data.vqa2 import prepare_vqa2
+
+# Property-based tests draw the same cases on every run, so a run's result depends on the code alone (CI cannot
+# fail by chance); `pytest --hypothesis-profile=explore` draws new ones, as a deliberate search.
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("repeatable")
 
 # CI clones the repo next to a copy of shared/; a developer checkout has it beside the repo too.
 OFFICIAL_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official"
