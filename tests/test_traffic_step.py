@@ -47,3 +47,21 @@ def test_dropout_takes_the_fused_route_a_gpu_takes():
     with traffic.TrafficRecorder() as recorder:
         traffic.gpu_like_dropout(x, 0.2, True)
     assert [name for _, name in recorder.records] == ["native_dropout"]
+
+
+def test_compiled_kernels_are_counted_by_phase_and_by_the_line_of_ban_they_compute():
+    """A weight-normalised layer of ban compiled and trained one step: its generated kernels come from nn/fc.py, in
+    the forward and the backward graph, and none touches more bytes than Inductor charges it."""
+    from ban.nn.fc import FCStack
+
+    torch.manual_seed(0)
+    layer = FCStack([24, 16], dropout=0.0)
+    x = torch.randn(40, 24)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer)
+    found = traffic.record_compiled(lambda: compiled(x).sum().backward())
+    fused = [kernel for kernel in found if kernel.kind == "fused"]
+    assert {kernel.phase for kernel in fused} == {"forward", "backward"}
+    assert any(kernel.source.startswith("nn/fc.py:") for kernel in fused)
+    assert all(0 < kernel.touched <= kernel.bytes for kernel in fused)
+    assert any(kernel.kind == "extern" for kernel in found)  # the matrix products: library calls

@@ -77,7 +77,8 @@ def box_counts(settings: BenchSettings, generator: torch.Generator) -> torch.Ten
 def synthetic_batches(settings: BenchSettings, config: BANConfig, device: torch.device,
                       count: int) -> list[dict[str, torch.Tensor]]:
     """``count`` batches already on ``device``: features [B, N, Dv] (zero rows past each image's count),
-    boxes [B, N, 6], questions [B, L], targets [B, A]."""
+    boxes [B, N, 6], box_mask [B, N] (True for the real boxes: a loader's batches bring it, so the model need
+    not find it in the features), questions [B, L], targets [B, A]."""
     generator = torch.Generator().manual_seed(settings.seed)
     batches = []
     for _ in range(count):
@@ -91,7 +92,8 @@ def synthetic_batches(settings: BenchSettings, config: BANConfig, device: torch.
         questions = torch.randint(0, config.num_tokens, (settings.batch_size, settings.question_length),
                                   generator=generator)
         targets = (torch.rand(settings.batch_size, config.num_answers, generator=generator) > 0.999).float()
-        batch = dict(features=features, boxes=boxes, questions=questions, targets=targets, real_boxes=counts.sum())
+        batch = dict(features=features, boxes=boxes, box_mask=real, questions=questions, targets=targets,
+                     real_boxes=counts.sum())
         batches.append({key: value.to(device) for key, value in batch.items()})
     return batches
 
