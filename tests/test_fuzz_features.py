@@ -252,6 +252,18 @@ def test_truncated_or_garbled_hdf5_files(truncate, cut, garbage, at, tmp_path):
             assert np.isfinite(read[image_id][0]).all() and read[image_id][0].shape[1] == DIM
 
 
+@pytest.mark.parametrize("garbage", [b"\x00", b"\x00@"])
+def test_a_garbled_datatype_is_a_data_error(garbage, tmp_path):
+    """Bytes of image_features' float type overwritten: h5py raised ValueError / RuntimeError reading the dtype
+    (found by a seed sweep of the test above)."""
+    path = tmp_path / "val.hdf5"
+    write_hdf5(path, IMAGES, adaptive=True)
+    data = path.read_bytes()
+    path.write_bytes(data[:1760] + garbage + data[1760 + len(garbage):])
+    with pytest.raises(DataError, match="val.hdf5: cannot read as HDF5"):
+        FeatureStore.open(path)
+
+
 class Refuse(pickle.Unpickler):
     """The standard unpickler with every global refused: a safe reference for what a pickle holds."""
 

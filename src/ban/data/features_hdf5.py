@@ -36,6 +36,11 @@ def default_image_id_map(path: str | os.PathLike[str]) -> Path:
     return path.with_name(f"{path.stem}_imgid2idx.pkl")
 
 
+# what h5py raises for a damaged file: a bad superblock or storage (OSError), a datatype it cannot map to numpy
+# (ValueError, RuntimeError, TypeError), a damaged object header (KeyError)
+H5PY_ERRORS = (OSError, ValueError, RuntimeError, TypeError, KeyError)
+
+
 class Hdf5FeatureStore(FeatureStore):
     """The authors' HDF5 cache (adaptive or fixed layout) plus its image-id pickle, read lazily."""
 
@@ -58,7 +63,7 @@ class Hdf5FeatureStore(FeatureStore):
                 else:
                     self.boxes_per_image = int(features.shape[1])
                     num_images = int(features.shape[0])
-        except OSError as error:
+        except H5PY_ERRORS as error:
             raise DataError(f"cannot read as HDF5 ({error})", path=self.path) from None
         pairs = sorted(index_of.items(), key=lambda item: item[1])
         indices = np.array([index for _, index in pairs], dtype=np.int64)
@@ -134,7 +139,10 @@ class Hdf5FeatureStore(FeatureStore):
         where = f"image_id={int(self.image_ids[position])}"
         arrays = []
         for name in ("image_features", "spatial_features", "image_bb"):
-            values = np.asarray(file[name][rows], dtype=np.float32)
+            try:
+                values = np.asarray(file[name][rows], dtype=np.float32)
+            except H5PY_ERRORS as error:
+                raise DataError(f"cannot read ({error})", path=self.path, record=where, field=name) from None
             check_values(values, path=self.path, record=where, field=name)
             arrays.append(values)
         features, spatial, boxes = arrays
