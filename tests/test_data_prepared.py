@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ban.data.flickr30k import GroundingDataset
+from ban.data.npyfile import read_npy
 from ban.data.prepared import read_answers, read_manifest, read_tokens
-from ban.data.vqa_dataset import VQADataset
+from ban.data.vqa_dataset import VQADataset, load_split_arrays
 from ban.engine.tasks import make_task
 from ban.errors import DataError
 
@@ -84,4 +86,37 @@ def test_damaged_vocabularies(tmp_path: Path, name: str, text: str, message: str
     path = write(tmp_path, name, text)
     with pytest.raises(DataError, match=message) as caught:
         make_task("vqa", tmp_path).model_sizes()
+    assert caught.value.path == str(path)
+
+
+def _npz_bytes(tmp_path: Path) -> bytes:
+    np.savez(tmp_path / "made.npz", question_id=np.arange(3))
+    return (tmp_path / "made.npz").read_bytes()
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("archive", "an .npz archive, not a .npy file: make it again"),
+    ("truncated archive", "not a readable .npy file \\(File is not a zip file\\): make it again"),
+    ("pickled objects", "not a readable .npy file .*: make it again"),
+])
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_damaged_npy_file_is_named(tmp_path: Path, content: str, message: str, mmap: bool) -> None:
+    """A store's arrays and glove.npy are read by read_npy: an .npz under the name (np.load gave an archive
+    object, not an array) or a truncated one (zipfile.BadZipFile) passed as the array or as a traceback."""
+    path = tmp_path / "features.npy"
+    if content == "pickled objects":
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    else:
+        data = _npz_bytes(tmp_path)
+        path.write_bytes(data if content == "archive" else data[:40])
+    with pytest.raises(DataError, match=message) as caught:
+        read_npy(path, mmap=mmap, advice=": make it again")
+    assert caught.value.path == str(path)
+
+
+def test_a_truncated_split_archive_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "train.npz"
+    path.write_bytes(_npz_bytes(tmp_path)[:40])
+    with pytest.raises(DataError, match="not a valid prepared split") as caught:
+        load_split_arrays(path)
     assert caught.value.path == str(path)

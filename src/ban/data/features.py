@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ban.data.atomic import atomic_path, write_json
 from ban.data.jsonfile import read_json, require
+from ban.data.npyfile import read_npy
 from ban.errors import DataError
 
 STORE_FORMAT_VERSION = 1
@@ -201,13 +202,8 @@ class NpyFeatureStore(FeatureStore):
     def _load(self, name: str, mmap: bool = False) -> np.ndarray:
         """The store's ``<name>.npy`` (memory-mapped if ``mmap``); a :class:`DataError` naming it when it is
         missing or not a complete ``.npy`` file."""
-        path = self.directory / f"{name}.npy"
-        try:
-            return np.load(path, mmap_mode="r" if mmap else None)
-        except FileNotFoundError:
-            raise DataError("missing: rerun `ban prepare`", path=path) from None
-        except (OSError, ValueError, EOFError) as error:
-            raise DataError(f"not a readable .npy file ({error}): rerun `ban prepare`", path=path) from None
+        return read_npy(self.directory / f"{name}.npy", mmap=mmap, missing="missing: rerun `ban prepare`",
+                        advice=": rerun `ban prepare`")
 
     def _index_array(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """``<name>.npy``: integers of ``shape``, as int64."""

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ban.data.npyfile import read_npy
 from ban.errors import DataError
 
 _PAIR_CHUNK = 2_000_000  # co-occurrence codes gathered before they are merged into the running counts
@@ -159,10 +160,7 @@ def load_word_vectors(path: Path, tokens: list[str]) -> np.ndarray | None:
     ``.npy`` of finite floats with one row per token."""
     if not path.is_file():
         return None
-    try:
-        table = np.load(path, mmap_mode="r")
-    except (OSError, ValueError, EOFError) as error:
-        raise DataError(f"not a readable .npy file ({error}): prepare the dataset again", path=path) from None
+    table = read_npy(path, mmap=True, advice=": prepare the dataset again")
     if table.ndim != 2 or table.dtype.kind != "f":
         raise DataError(f"{table.dtype} array of shape {list(table.shape)}, expected floats [tokens, D]", path=path)
     if len(table) != len(tokens):

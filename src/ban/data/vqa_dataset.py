@@ -7,6 +7,7 @@ the memory-mapped feature store one image at a time, so memory does not grow wit
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def load_split_arrays(path: Path) -> dict[str, np.ndarray]:
             arrays = {name: npz[name] for name in _SPLIT_ARRAYS if name in npz.files}
     except FileNotFoundError:
         raise DataError("split file missing: rerun `ban prepare`", path=path) from None
-    except (ValueError, OSError, EOFError) as error:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise DataError(f"not a valid prepared split ({error})", path=path) from None
     for name, (kinds, ndim) in _SPLIT_ARRAYS.items():
         array = arrays.get(name)

@@ -1,0 +1,27 @@
+"""Reading a ``.npy`` file of a prepared dataset with errors that name it."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+import numpy as np
+
+from ban.errors import DataError
+
+
+def read_npy(path: str | os.PathLike[str], *, mmap: bool = False, missing: str = "file not found",
+             advice: str = "") -> np.ndarray:
+    """The array in ``path`` (memory-mapped read-only if ``mmap``; pickled objects are never loaded); a
+    :class:`DataError` naming the file when it is missing (``missing``), not a complete ``.npy`` file, or an
+    archive of several (``.npz``) instead. ``advice`` ends the message (e.g. how to make the file again)."""
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(missing, path=path) from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise DataError(f"not a readable .npy file ({error}){advice}", path=path) from None
+    if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
+        array.close()
+        raise DataError(f"an .npz archive, not a .npy file{advice}", path=path)
+    return array
