@@ -12,7 +12,6 @@ several sources. Readers open their files lazily in each process and never hold 
 from __future__ import annotations
 
 import array
-import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -496,7 +495,7 @@ def is_complete_store(out_dir: str | os.PathLike[str], sources: Sequence[dict[st
     """Whether ``out_dir`` holds a finished store built from exactly ``sources`` (see :func:`source_stamps`),
     so a rerun can skip the conversion."""
     try:
-        meta = json.loads((Path(out_dir) / "store.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        meta = read_json(Path(out_dir) / "store.json")
+    except DataError:  # missing or damaged: convert again
         return False
     return isinstance(meta, dict) and meta.get("sources") == list(sources)

@@ -37,8 +37,9 @@ def default_image_id_map(path: str | os.PathLike[str]) -> Path:
 
 
 # what h5py raises for a damaged file: a bad superblock or storage (OSError), a datatype it cannot map to numpy
-# (ValueError, RuntimeError, TypeError), a damaged object header (KeyError)
-H5PY_ERRORS = (OSError, ValueError, RuntimeError, TypeError, KeyError)
+# (ValueError, RuntimeError, TypeError), a damaged object header (KeyError), a shape declaring more than memory
+# holds (MemoryError)
+H5PY_ERRORS = (OSError, ValueError, RuntimeError, TypeError, KeyError, MemoryError)
 
 
 class Hdf5FeatureStore(FeatureStore):

@@ -8,7 +8,6 @@ masked). Targets are rebuilt per example from the sparse positive-box lists of t
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ban.data.features import FeatureStore
+from ban.data.npyfile import NPZ_ERRORS
 from ban.data.prepared import check_split, read_manifest
 from ban.errors import DataError
 
@@ -64,7 +64,7 @@ class GroundingDataset(Dataset):
                 self.arrays = {name: archive[name] for name in _SPLIT_ARRAYS}
         except FileNotFoundError:
             raise DataError("split file not found", path=path) from None
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # not an .npz, object arrays (pickles)
+        except NPZ_ERRORS as error:  # not an .npz, object arrays (pickles), a damaged archive
             raise DataError(f"not a readable .npz of plain arrays ({error})", path=path) from None
         self.num_entities = int(self.arrays["entity_ids"].shape[1])
         if len(self.arrays["positive_offsets"]) != len(self) * self.num_entities + 1:

@@ -20,11 +20,11 @@ import os
 import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import defusedxml
 import defusedxml.ElementTree as SafeElementTree
 
+from ban.data.textfile import read_text
 from ban.errors import DataError
 from ban.metrics.grounding import ENTITY_TYPES
 
@@ -97,6 +97,9 @@ def parse_caption(line: str, *, path: str | os.PathLike[str] | None = None, line
         if not words:
             raise DataError("phrase has no words", path=path,
                             record=f"line {line_number}, column {match.start() + 1}", field="phrase")
+        if len(match.group(1)) > 18:  # the prepared arrays hold entity ids as 64-bit integers
+            raise DataError(f"entity id of {len(match.group(1))} digits (at most 18)", path=path,
+                            record=f"line {line_number}, column {match.start() + 1}", field="entity_id")
         pieces.append(plain)
         length += len(plain)
         phrases.append(Phrase(int(match.group(1)), types, length, length + len(words)))
@@ -123,12 +126,7 @@ def parse_sentences_file(path: str | os.PathLike[str]) -> list[Caption]:
     """All captions of a ``Sentences/<image>.txt`` file, in line order (blank lines are skipped). Lines end at
     ``\n``, ``\r\n`` or ``\r`` only, as the reference reads the files (``str.splitlines`` would also cut at form
     feeds, ``\x1c``–``\x1e``, U+0085, U+2028 and U+2029)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError("captions file not found", path=path) from None
-    except UnicodeDecodeError as error:
-        raise DataError(f"not UTF-8 text ({error})", path=path) from None
+    text = read_text(path, missing="captions file not found")
     return [
         parse_caption(line, path=path, line_number=number)
         for number, line in enumerate(text.split("\n"), start=1)
@@ -147,6 +145,10 @@ def parse_annotation_file(path: str | os.PathLike[str]) -> ImageAnnotation:
                         "not allowed", path=path) from None
     except ElementTree.ParseError as error:
         raise DataError(f"not well-formed XML ({error})", path=path) from None
+    except (LookupError, ValueError) as error:  # an encoding the XML declaration names that expat cannot read
+        raise DataError(f"unsupported XML encoding ({error})", path=path) from None
+    except OSError as error:  # a directory, a symlink loop
+        raise DataError(f"cannot read ({error.strerror or error})", path=path) from None
     if root.tag != "annotation":
         raise DataError(f"root element is <{root.tag}>, expected <annotation>", path=path)
     annotation = ImageAnnotation(

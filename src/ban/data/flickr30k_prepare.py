@@ -36,6 +36,7 @@ from ban.data.features_tsv import iter_tsv_files
 from ban.data.flickr30k_parse import Caption, parse_annotation_file, parse_sentences_file
 from ban.data.prepare_output import checked_output
 from ban.data.prepared import MANIFEST
+from ban.data.textfile import read_text
 from ban.data.tokenizer import tokenize
 from ban.errors import DataError
 from ban.metrics.grounding import ENTITY_TYPES, type_bits
@@ -122,10 +123,7 @@ def ground_caption(caption: Caption, image_id: int, caption_index: int, has_boxe
 
 def read_split(path: str | os.PathLike[str]) -> list[int]:
     """Image ids of a split list (``train.txt``: one id a line)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError("split list not found", path=path) from None
+    lines = read_text(path, missing="split list not found").split("\n")
     ids = []
     for number, line in enumerate(lines, start=1):
         if line.strip():

@@ -33,13 +33,16 @@ def read_json(path: str | os.PathLike[str], *, missing: str = "file not found") 
 
 
 def require(record: Mapping[str, Any], field: str, kind: type, path: str | os.PathLike[str], where: object) -> Any:
-    """``record[field]`` checked to be a ``kind`` (bools are not ints); :class:`DataError` otherwise."""
+    """``record[field]`` checked to be a ``kind`` (bools are not ints; ints are 64-bit, as the prepared arrays
+    hold them); :class:`DataError` otherwise."""
     if not isinstance(record, Mapping):
         raise DataError(f"expected an object, got {type(record).__name__}", path=path, record=where)
     value = record.get(field)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         found = type(value).__name__ if field in record else "nothing"
         raise DataError(f"expected {kind.__name__}, got {found}", path=path, record=where, field=field)
+    if kind is int and not -(2**63) <= value < 2**63:
+        raise DataError(f"integer {value} outside the 64-bit range", path=path, record=where, field=field)
     return value
 
 

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 
 import numpy as np
 
 from ban.errors import DataError
+
+# what np.load raises for a damaged .npy / .npz: a bad header or truncated data (ValueError, EOFError, OSError), a
+# damaged archive (BadZipFile; RuntimeError for an "encrypted" member, NotImplementedError for an unknown
+# compression, zlib.error for garbled deflated bytes), a header declaring more than memory holds (MemoryError)
+NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, RuntimeError, NotImplementedError, zlib.error,
+              MemoryError)
 
 
 def read_npy(path: str | os.PathLike[str], *, mmap: bool = False, missing: str = "file not found",
@@ -19,7 +26,7 @@ def read_npy(path: str | os.PathLike[str], *, mmap: bool = False, missing: str =
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except FileNotFoundError:
         raise DataError(missing, path=path) from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    except NPZ_ERRORS as error:
         raise DataError(f"not a readable .npy file ({error}){advice}", path=path) from None
     if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
         array.close()

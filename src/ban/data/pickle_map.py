@@ -12,6 +12,7 @@ import os
 import pickletools
 from pathlib import Path
 
+from ban.data.textfile import read_bytes
 from ban.errors import DataError
 
 _INT_OPCODES = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}
@@ -23,11 +24,8 @@ _IGNORED_OPCODES = {"PROTO", "FRAME"}
 def read_int_dict(path: str | os.PathLike[str]) -> dict[int, int]:
     """The ``dict[int, int]`` pickled in ``path``; :class:`DataError` if the pickle holds anything else."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError("image-id map not found (the pickle written next to the HDF5 cache by the reference "
-                        "pipeline)", path=path) from None
+    data = read_bytes(path, missing="image-id map not found (the pickle written next to the HDF5 cache by the "
+                                    "reference pipeline)")
     try:
         result = _interpret(data)
     except DataError as error:
@@ -36,6 +34,8 @@ def read_int_dict(path: str | os.PathLike[str]) -> dict[int, int]:
         raise DataError(f"not a pickled dict of ints ({error})", path=path) from None
     if not isinstance(result, dict) or not all(_is_int(k) and _is_int(v) for k, v in result.items()):
         raise DataError("the pickle does not hold a dict of ints", path=path)
+    if not all(-(2**63) <= number < 2**63 for item in result.items() for number in item):
+        raise DataError("the pickle holds ids outside the 64-bit range", path=path)
     return result
 
 

@@ -174,6 +174,8 @@ def prepare_vqa2(
     out = checked_output(out, "vqa2", {"root": [root], "features": features, "glove": [glove],
                                        "vg": [visual_genome]})
     _check_feature_sources(features)
+    if glove is not None and not Path(glove).is_file():
+        raise DataError("GloVe file not found (or not a file)", path=glove, field="glove")
     present = available_splits(root)
     chosen = present if splits is None else list(splits)
     for split in chosen:

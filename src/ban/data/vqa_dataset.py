@@ -7,7 +7,6 @@ the memory-mapped feature store one image at a time, so memory does not grow wit
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from ban.data.features import FeatureStore
+from ban.data.npyfile import NPZ_ERRORS
 from ban.data.prepared import check_split, manifest_size, read_answers, read_manifest
 from ban.errors import ConfigError, DataError
 
@@ -34,7 +34,7 @@ def load_split_arrays(path: Path) -> dict[str, np.ndarray]:
             arrays = {name: npz[name] for name in _SPLIT_ARRAYS if name in npz.files}
     except FileNotFoundError:
         raise DataError("split file missing: rerun `ban prepare`", path=path) from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+    except NPZ_ERRORS as error:
         raise DataError(f"not a valid prepared split ({error})", path=path) from None
     for name, (kinds, ndim) in _SPLIT_ARRAYS.items():
         array = arrays.get(name)

@@ -140,3 +140,26 @@ def _check_finite(tensor: torch.Tensor, path: Path, name: str) -> None:
 
 def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+# the numbers every epoch record of a checkpoint's history holds
+HISTORY_NUMBERS = ("epoch", "lr", "train_loss", "train_score", "samples", "seconds", "samples_per_s")
+
+
+def read_position(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The training position a checkpoint holds (``epoch``, ``step``, ``history``, ``partial``), checked."""
+    state = checkpoint.state
+    history, partial = state.get("history"), state.get("partial")
+    valid = (all(_is_number(state.get(k)) and isinstance(state[k], int) and state[k] >= 0 for k in ("epoch", "step"))
+             and isinstance(history, list) and len(history) == state["epoch"]
+             and all(isinstance(r, dict) and all(_is_number(r.get(k)) for k in HISTORY_NUMBERS) for r in history)
+             and isinstance(partial, dict) and all(_is_number(v) for v in partial.values()))
+    if not valid:
+        raise CheckpointError("malformed training position: expected epoch and step counts, one metrics record "
+                              "per finished epoch and the partial sums of the current one", path=checkpoint.path,
+                              field="state")
+    return state
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -16,7 +16,7 @@ from torch import nn
 
 from ban.data.atomic import make_directory, write_json
 from ban.data.jsonfile import read_json
-from ban.engine.checkpoint import Checkpoint
+from ban.engine.checkpoint import Checkpoint, read_position
 from ban.engine.config import TrainConfig
 from ban.errors import ConfigError, DataError
 from ban.models import BANConfig, build_model
@@ -109,7 +109,7 @@ def start_run(run_dir: str | Path, run: RunConfig, resume: bool) -> None:
             raise ConfigError(f"cannot resume {run_dir} with a different configuration: {', '.join(changed)} "
                               f"{'differs' if len(changed) == 1 else 'differ'} from its config.json")
         if (run_dir / CHECKPOINT_FILE).exists():
-            check_epochs(Checkpoint(run_dir / CHECKPOINT_FILE).state, run.train.epochs)
+            check_epochs(read_position(Checkpoint(run_dir / CHECKPOINT_FILE)), run.train.epochs)
     elif (run_dir / CONFIG_FILE).exists() or (run_dir / CHECKPOINT_FILE).exists():
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume or choose another --out")
     make_directory(run_dir)

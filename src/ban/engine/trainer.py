@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from ban import kernels
 from ban.engine import distributed
-from ban.engine.checkpoint import Checkpoint, save_checkpoint
+from ban.engine.checkpoint import Checkpoint, read_position, save_checkpoint
 from ban.engine.distributed import DistContext, ShardedBatches
 from ban.engine.graphs import BOX_QUANTUM, ROW_QUANTUM, compiled_forward, static_batch
 from ban.engine.optim import FusedCPUAdamax, adamax, clipped_step, gradient_norm
@@ -48,7 +48,6 @@ from ban.errors import BanError, CheckpointError, ConfigError
 from ban.models import build_model
 
 SUMS = ("loss", "score", "count")  # what an epoch accumulates over its batches
-HISTORY_NUMBERS = ("epoch", "lr", "train_loss", "train_score", "samples", "seconds", "samples_per_s")
 
 
 class TrainingInterrupted(BanError):
@@ -115,25 +114,6 @@ def restore_rng(states: dict[str, torch.Tensor], context: DistContext) -> None:
         torch.set_rng_state(states[f"torch_cpu/{context.rank}"])
     if context.device.type == "cuda" and f"torch_cuda/{context.rank}" in states:
         torch.cuda.set_rng_state(states[f"torch_cuda/{context.rank}"], context.device)
-
-
-def read_position(checkpoint: Checkpoint) -> dict[str, Any]:
-    """The training position a checkpoint holds (``epoch``, ``step``, ``history``, ``partial``), checked."""
-    state = checkpoint.state
-    history, partial = state.get("history"), state.get("partial")
-    valid = (all(_is_number(state.get(k)) and isinstance(state[k], int) and state[k] >= 0 for k in ("epoch", "step"))
-             and isinstance(history, list) and len(history) == state["epoch"]
-             and all(isinstance(r, dict) and all(_is_number(r.get(k)) for k in HISTORY_NUMBERS) for r in history)
-             and isinstance(partial, dict) and all(_is_number(v) for v in partial.values()))
-    if not valid:
-        raise CheckpointError("malformed training position: expected epoch and step counts, one metrics record "
-                              "per finished epoch and the partial sums of the current one", path=checkpoint.path,
-                              field="state")
-    return state
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def resume_from(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -6,6 +6,7 @@ image's pixel size here, so the same boxes fit the real image or a blank canvas 
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def open_or_blank(path: Path | None, size: tuple[int, int]) -> tuple[Image.Image
     try:
         with Image.open(path) as image:
             return image.convert("RGB"), True
-    except (OSError, Image.DecompressionBombError) as error:
+    except (OSError, Image.DecompressionBombError, ValueError, TypeError, SyntaxError, EOFError,
+            struct.error) as error:  # what Pillow's decoders raise for damaged files of their formats
         reason = "not an image file Pillow can read" if isinstance(error, UnidentifiedImageError) else str(error)
         raise DataError(f"cannot read the image ({reason}); replace or remove the file", path=path) from None
 

@@ -1,0 +1,30 @@
+"""Reading an input file's bytes or UTF-8 text with errors that name it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ban.errors import DataError
+
+
+def read_bytes(path: str | os.PathLike[str], *, missing: str = "file not found") -> bytes:
+    """The bytes of ``path``; a :class:`DataError` naming it: ``missing`` when it does not exist (say there how to
+    make it), or why it cannot be read (a directory, a symlink loop, an I/O error)."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataError(missing, path=path) from None
+    except OSError as error:
+        raise DataError(f"cannot read ({error.strerror or error})", path=path) from None
+
+
+def read_text(path: str | os.PathLike[str], *, missing: str = "file not found") -> str:
+    """The UTF-8 text of ``path`` with its line ends made ``\\n`` (as Python's text mode reads them); errors as
+    :func:`read_bytes`, and a :class:`DataError` for bytes that are not UTF-8."""
+    data = read_bytes(path, missing=missing)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"not UTF-8 text ({error})", path=path) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
