@@ -139,3 +139,34 @@ def test_a_missing_glove_file_is_named_before_any_work(tmp_path):
         with pytest.raises(DataError, match="GloVe file not found") as caught:
             prepare_vqa2(tmp_path / "vqa", [features], tmp_path / "out", glove=glove, progress=False)
         assert caught.value.field == "glove" and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["float8", "sparse", "meta", "empty"])
+def test_authors_checkpoint_tensors_of_a_kind_ban_cannot_read_are_named(official_fixtures, damage):
+    """float8 / sparse tensors raised NotImplementedError from isfinite, a meta tensor RuntimeError, an empty
+    GRU weight ZeroDivisionError while the sizes were inferred."""
+    import torch
+
+    import ban
+
+    state = dict(torch.load(official_fixtures / "ban_vqa_g4_h32_c.pth", weights_only=True)["model_state"])
+    key = "module.q_emb.rnn.weight_hh_l0" if damage == "empty" else "module.classifier.main.3.weight_v"
+    value = state[key]
+    state[key] = {"float8": lambda: value.to(torch.float8_e4m3fn), "sparse": lambda: value.to_sparse(),
+                  "meta": lambda: value.to("meta"), "empty": lambda: torch.zeros(0, 0)}[damage]()
+    with pytest.raises(CheckpointError) as caught:
+        ban.load_official_checkpoint(state)
+    assert caught.value.field == key.removeprefix("module.")
+
+
+def test_our_checkpoint_with_float8_values_is_named(tmp_path):
+    import torch
+
+    from ban.engine.checkpoint import Checkpoint, save_checkpoint
+
+    module = torch.nn.Linear(2, 2)
+    module.register_buffer("extra", torch.zeros(3, dtype=torch.float8_e4m3fn))
+    save_checkpoint(tmp_path / "checkpoint.safetensors", module, None, {})
+    with pytest.raises(CheckpointError, match="float8_e4m3fn, which ban never writes") as caught:
+        Checkpoint(tmp_path / "checkpoint.safetensors").load_model(torch.nn.Linear(2, 2))
+    assert caught.value.field == "extra"

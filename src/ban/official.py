@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ban.data.atomic import write_with
+from ban.engine.checkpoint import WEIGHT_DTYPES
 from ban.errors import CheckpointError
 from ban.models import BANConfig, build_model
 
@@ -91,8 +92,8 @@ def _shape(tensors: Mapping[str, Tensor], key: str, label: str, rank: int) -> tu
     if key not in tensors:
         raise CheckpointError("missing tensor", path=label, field=key)
     shape = tuple(tensors[key].shape)
-    if len(shape) != rank:
-        raise CheckpointError(f"expected a {rank}-d tensor, found shape {shape}", path=label, field=key)
+    if len(shape) != rank or 0 in shape:
+        raise CheckpointError(f"expected a non-empty {rank}-d tensor, found shape {shape}", path=label, field=key)
     return shape
 
 
@@ -141,8 +142,9 @@ def load_official_checkpoint(source: str | os.PathLike[str] | Mapping[str, objec
         ours = _translate(key, _REFERENCE_TO_OURS)
         if ours is None or ours not in expected:
             raise CheckpointError("unexpected tensor for this model", path=label, field=key)
-        if not value.is_floating_point():
-            raise CheckpointError(f"expected a floating-point tensor, found {value.dtype}", path=label, field=key)
+        if value.dtype not in WEIGHT_DTYPES or value.layout != torch.strided or value.is_meta:
+            raise CheckpointError(f"expected a floating-point tensor, found {value.dtype} ({value.layout}"
+                                  f"{', meta' if value.is_meta else ''})", path=label, field=key)
         if not torch.isfinite(value).all():
             raise CheckpointError("tensor holds NaN or infinite values", path=label, field=key)
         if value.numel() != expected[ours].numel():

@@ -25,6 +25,9 @@ from safetensors.torch import save_file
 from ban.data.atomic import write_with
 from ban.errors import CheckpointError
 
+# the float types weights and optimizer state may have in a checkpoint (ours or the authors')
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 FORMAT = "ban-checkpoint/1"
 
 
@@ -133,7 +136,10 @@ def _placed_groups(saved: list[dict[str, Any]], current: list[dict[str, Any]]) -
 
 
 def _check_finite(tensor: torch.Tensor, path: Path, name: str) -> None:
-    """A checkpoint never holds NaN or infinite values (a diverged run stops before writing one)."""
+    """A checkpoint never holds NaN or infinite values (a diverged run stops before writing one), nor floats of a
+    kind ban never writes (float8)."""
+    if tensor.is_floating_point() and tensor.dtype not in WEIGHT_DTYPES:
+        raise CheckpointError(f"values of type {tensor.dtype}, which ban never writes", path=path, field=name)
     if tensor.is_floating_point() and not torch.isfinite(tensor).all():
         raise CheckpointError("holds NaN or infinite values", path=path, field=name)
 
