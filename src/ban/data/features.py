@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ban.data.atomic import atomic_path, write_json
 from ban.data.jsonfile import read_json, require
 from ban.data.npyfile import read_npy
+from ban.data.textfile import resolve_path
 from ban.errors import DataError
 
 STORE_FORMAT_VERSION = 1
@@ -331,9 +332,9 @@ def _open_sources_file(path: Path) -> FeatureStore:
     sources = data.get("sources") if isinstance(data, dict) else None
     if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
         raise DataError("expected a non-empty list of paths", path=path, field="sources")
-    folder = path.parent.resolve()
+    folder = resolve_path(path.parent)
     for source in sources:
-        if not Path(source).is_absolute() and not (folder / source).resolve().is_relative_to(folder):
+        if not Path(source).is_absolute() and not resolve_path(folder / source, "sources").is_relative_to(folder):
             raise DataError(f"relative source {source!r} leads outside {folder}", path=path, field="sources")
     stores = [FeatureStore.open(path.parent / source) for source in sources]
     return stores[0] if len(stores) == 1 else UnionFeatureStore(stores, description=str(path))

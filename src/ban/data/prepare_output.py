@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ban.data.prepared import MANIFEST, read_manifest
+from ban.data.textfile import resolve_path
 from ban.errors import DataError
 
 
@@ -24,7 +25,7 @@ def checked_output(
     none of ``inputs`` (option name without ``--`` → the paths it gives; ``None`` entries are skipped) lies
     inside it. Returns the directory to build: ``out`` with symlinks resolved, so a linked ``--out`` keeps its
     link."""
-    real = _resolved(Path(out), "out")
+    real = resolve_path(Path(out), "out")
     for option, paths in inputs.items():
         for path in paths:
             if path is not None:
@@ -55,15 +56,8 @@ def _manifest_task(data_dir: Path) -> object:
 
 def _check_outside(path: Path, out: Path, option: str) -> None:
     """An input inside ``out`` (resolved) would vanish when ``out`` is replaced."""
-    resolved = _resolved(path, option)
+    resolved = resolve_path(path, option)
     if resolved == out or out in resolved.parents:
         raise DataError("lies inside --out, which is replaced as a whole: move it or choose another --out",
                         path=path, field=option)
 
-
-def _resolved(path: Path, option: str) -> Path:
-    """``path`` with its symlinks resolved; :class:`DataError` naming ``option`` for a symlink loop."""
-    try:
-        return path.resolve()
-    except (RuntimeError, OSError) as error:  # Python 3.11 raises RuntimeError for a loop, 3.13 OSError
-        raise DataError(f"cannot resolve ({error})", path=path, field=option) from None

@@ -1,4 +1,4 @@
-"""Reading an input file's bytes or UTF-8 text with errors that name it."""
+"""Input files: their real path, their bytes or their UTF-8 text, with errors that name them."""
 
 from __future__ import annotations
 
@@ -8,15 +8,32 @@ from pathlib import Path
 from ban.errors import DataError
 
 
+def resolve_path(path: str | os.PathLike[str], field: str | None = None) -> Path:
+    """``path`` with its symlinks resolved; :class:`DataError` naming it (and ``field``) for a symlink loop."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as error:  # Python 3.11 raises RuntimeError for a loop, 3.13 OSError
+        raise DataError(f"cannot resolve ({error})", path=path, field=field) from None
+
+
 def read_bytes(path: str | os.PathLike[str], *, missing: str = "file not found") -> bytes:
     """The bytes of ``path``; a :class:`DataError` naming it: ``missing`` when it does not exist (say there how to
     make it), or why it cannot be read (a directory, a symlink loop, an I/O error)."""
+    check_not_special(path)
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
         raise DataError(missing, path=path) from None
     except OSError as error:
         raise DataError(f"cannot read ({error.strerror or error})", path=path) from None
+
+
+def check_not_special(path: str | os.PathLike[str]) -> None:
+    """:class:`DataError` for a named pipe, socket or device at ``path``: opening one would wait for a writer
+    instead of reading a file."""
+    path = Path(path)
+    if path.is_fifo() or path.is_socket() or path.is_char_device() or path.is_block_device():
+        raise DataError("not a regular file (a pipe, socket or device)", path=path)
 
 
 def read_text(path: str | os.PathLike[str], *, missing: str = "file not found") -> str:
