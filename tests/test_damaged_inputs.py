@@ -172,21 +172,6 @@ def test_our_checkpoint_with_float8_values_is_named(tmp_path):
     assert caught.value.field == "extra"
 
 
-def test_a_named_pipe_given_as_an_input_is_refused_not_waited_on(tmp_path):
-    """Opening a FIFO blocks until a writer comes: the readers refuse one before opening it."""
-    from ban.data.features_tsv import iter_tsv_files
-    from ban.data.jsonfile import read_json
-
-    for name, read in (("features.json", read_json), ("train.txt", read_split), ("map.pkl", read_int_dict),
-                       ("features.tsv", lambda path: list(iter_tsv_files([path], progress=False))),
-                       ("val.hdf5", FeatureStore.open)):
-        path = tmp_path / name
-        os.mkfifo(path)
-        with pytest.raises(DataError, match="not a regular file") as caught:
-            read(path)
-        assert caught.value.path == str(path)
-
-
 def test_a_questions_entry_that_is_not_a_file_is_named(tmp_path):
     from ban.data.vqa2 import available_splits, questions_path
 

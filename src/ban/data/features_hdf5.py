@@ -25,7 +25,6 @@ import numpy as np
 
 from ban.data.features import FeatureStore, check_box_corners, check_values
 from ban.data.pickle_map import read_int_dict
-from ban.data.textfile import check_not_special
 from ban.errors import DataError
 
 _WIDTHS = {"image_bb": 4, "spatial_features": 6}
@@ -50,7 +49,6 @@ class Hdf5FeatureStore(FeatureStore):
         self, path: str | os.PathLike[str], image_id_map: str | os.PathLike[str] | None = None
     ) -> None:
         self.path = self.location = Path(path)
-        check_not_special(self.path)
         map_path = default_image_id_map(path) if image_id_map is None else Path(image_id_map)
         index_of = read_int_dict(map_path)
         try:

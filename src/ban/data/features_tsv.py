@@ -21,7 +21,6 @@ import numpy as np
 from tqdm import tqdm
 
 from ban.data.features import FeatureRecord, check_box_corners, check_values
-from ban.data.textfile import check_not_special
 from ban.errors import DataError
 
 _READ_BUFFER = 1 << 22  # lines are ~0.2–1 MB; a large buffer makes reading them cheap
@@ -52,7 +51,6 @@ def iter_tsv_records(
     y2 < y1, or arrays whose sizes do not match ``num_boxes``.
     """
     path = Path(path)
-    check_not_special(path)
     with open(path, "rb", buffering=_READ_BUFFER) as file:
         for line_number, line in enumerate(file, start=1):
             if on_progress is not None:

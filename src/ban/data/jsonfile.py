@@ -8,14 +8,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ban.data.textfile import check_not_special
 from ban.errors import DataError
 
 
 def read_json(path: str | os.PathLike[str], *, missing: str = "file not found") -> Any:
     """Parse ``path``; otherwise a :class:`DataError` naming the file: ``missing`` when it does not exist (say
     there how to make it), the line and column of a syntax error, or why it cannot be read."""
-    check_not_special(path)
     try:
         with Path(path).open(encoding="utf-8") as handle:
             return json.load(handle)

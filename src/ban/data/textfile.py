@@ -19,21 +19,12 @@ def resolve_path(path: str | os.PathLike[str], field: str | None = None) -> Path
 def read_bytes(path: str | os.PathLike[str], *, missing: str = "file not found") -> bytes:
     """The bytes of ``path``; a :class:`DataError` naming it: ``missing`` when it does not exist (say there how to
     make it), or why it cannot be read (a directory, a symlink loop, an I/O error)."""
-    check_not_special(path)
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
         raise DataError(missing, path=path) from None
     except OSError as error:
         raise DataError(f"cannot read ({error.strerror or error})", path=path) from None
-
-
-def check_not_special(path: str | os.PathLike[str]) -> None:
-    """:class:`DataError` for a named pipe, socket or device at ``path``: opening one would wait for a writer
-    instead of reading a file."""
-    path = Path(path)
-    if path.is_fifo() or path.is_socket() or path.is_char_device() or path.is_block_device():
-        raise DataError("not a regular file (a pipe, socket or device)", path=path)
 
 
 def read_text(path: str | os.PathLike[str], *, missing: str = "file not found") -> str:
