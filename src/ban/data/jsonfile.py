@@ -5,27 +5,23 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
+from ban.data.textfile import read_bytes
 from ban.errors import DataError
 
 
 def read_json(path: str | os.PathLike[str], *, missing: str = "file not found") -> Any:
     """Parse ``path``; otherwise a :class:`DataError` naming the file: ``missing`` when it does not exist (say
     there how to make it), the line and column of a syntax error, or why it cannot be read."""
+    data = read_bytes(path, missing=missing)
     try:
-        with Path(path).open(encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise DataError(missing, path=path) from None
+        return json.loads(data.decode("utf-8"))
     except json.JSONDecodeError as error:
         raise DataError(f"not valid JSON: line {error.lineno} column {error.colno}: {error.msg}",
                         path=path) from None
     except UnicodeDecodeError as error:
         raise DataError(f"not valid JSON: not UTF-8 text ({error})", path=path) from None
-    except OSError as error:  # a directory, no permission, an I/O error
-        raise DataError(f"cannot read ({error.strerror or error})", path=path) from None
     except RecursionError:
         raise DataError("not valid JSON: nested too deeply", path=path) from None
     except ValueError as error:  # e.g. an integer of more than 4300 digits

@@ -76,10 +76,11 @@ def annotations_path(root: str | os.PathLike[str], split: str) -> Path:
 
 def available_splits(root: str | os.PathLike[str]) -> list[str]:
     """Splits whose question file is in ``root``, in :data:`DICTIONARY_ORDER`."""
-    for split in DICTIONARY_ORDER:  # an entry there that is not a readable file is named, not passed over
-        if questions_path(root, split).exists() and not questions_path(root, split).is_file():
-            raise DataError("not a file", path=questions_path(root, split))
-    splits = [split for split in DICTIONARY_ORDER if questions_path(root, split).is_file()]
+    paths = {split: questions_path(root, split) for split in DICTIONARY_ORDER}
+    for path in paths.values():  # an entry there that is not a file (a directory) is named, not passed over
+        if path.exists() and not path.is_file():
+            raise DataError("not a file", path=path)
+    splits = [split for split, path in paths.items() if path.is_file()]
     if not splits:
         raise DataError(f"no official question files (v2_OpenEnded_mscoco_*_questions.json; {_WHERE_TO_GET})",
                         path=root)
