@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 
@@ -98,3 +99,39 @@ def test_bad_files_are_reported(tmp_path):
     other = build_model(preset("tiny", num_tokens=20, num_answers=9, feature_dim=16, hidden_dim=8))
     with pytest.raises(CheckpointError, match=r"'classifier.output.bias': shape \[7\], the model's is \[9\]"):
         Checkpoint(path).load_model(other)
+
+
+def test_opening_reads_the_header_only_and_the_tensors_once(tmp_path, monkeypatch):
+    # --resume looks at the training position before config.json is touched, then loads everything: a paper-size
+    # checkpoint (about 1 GB) must not be read twice for that
+    path = tmp_path / "c.safetensors"
+    model = tiny_model()
+    save_checkpoint(path, model, None, {"epoch": 3})
+    import ban.engine.checkpoint as module
+
+    reads = []
+
+    class CountingReads:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def get_tensor(self, key):
+            reads.append(key)
+            return self.handle.get_tensor(key)
+
+    opened = module.safe_open
+
+    @contextlib.contextmanager
+    def counting_open(*args, **kwargs):
+        with opened(*args, **kwargs) as handle:
+            yield CountingReads(handle)
+
+    monkeypatch.setattr(module, "safe_open", counting_open)
+    checkpoint = Checkpoint(path)
+    assert checkpoint.state == {"epoch": 3} and reads == []
+    checkpoint.load_model(build_model(model.config))
+    assert checkpoint.rng == {}
+    assert sorted(reads) == sorted(f"model/{name}" for name in model.state_dict())

@@ -13,8 +13,11 @@ The file is written to a temporary name and renamed, so it is always either the 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,18 +64,18 @@ def _cpu(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class Checkpoint:
-    """A checkpoint file read back: ``model`` and ``rng`` tensors, the ``state`` dict, the optimizer state."""
+    """A checkpoint file read back: ``model`` and ``rng`` tensors, the ``state`` dict, the optimizer state.
+
+    Opening it reads the header only (format, ``state``, optimizer metadata); the tensors are read when first
+    used, so the training position of a paper-size checkpoint (about 1 GB) is cheap to look at.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError("no checkpoint here (was the run trained for at least one step?)", path=path)
-        try:
-            with safe_open(str(self.path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        except Exception as error:  # safetensors raises its own types for malformed files
-            raise CheckpointError(f"not a readable safetensors file ({error})", path=path) from None
+        with self._opened() as handle:
+            metadata = handle.metadata() or {}
         if metadata.get("format") != FORMAT:
             raise CheckpointError(f"format is {metadata.get('format')!r}, expected {FORMAT!r}", path=path)
         try:
@@ -82,9 +85,35 @@ class Checkpoint:
             raise CheckpointError(f"malformed metadata ({type(error).__name__}: {error})", path=path) from None
         if not isinstance(self.state, dict) or not isinstance(self._optimizer_meta, dict):
             raise CheckpointError("malformed metadata: 'state' and 'optimizer' must be JSON objects", path=path)
-        self.model = _with_prefix(tensors, "model/")
-        self.rng = _with_prefix(tensors, "rng/")
-        self._optimizer_tensors = _with_prefix(tensors, "optimizer/")
+
+    @contextlib.contextmanager
+    def _opened(self) -> Iterator[Any]:
+        """The file opened by safetensors; its own error types for a malformed file become a CheckpointError."""
+        try:
+            with safe_open(str(self.path), framework="pt") as handle:
+                yield handle
+        except Exception as error:  # safetensors raises its own types for malformed files
+            raise CheckpointError(f"not a readable safetensors file ({error})", path=self.path) from None
+
+    @functools.cached_property
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        with self._opened() as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}
+
+    @property
+    def model(self) -> dict[str, torch.Tensor]:
+        """The model's state dict."""
+        return _with_prefix(self._tensors, "model/")
+
+    @property
+    def rng(self) -> dict[str, torch.Tensor]:
+        """Random generator states by name (``torch_cpu/<rank>`` …)."""
+        return _with_prefix(self._tensors, "rng/")
+
+    @property
+    def optimizer_tensors(self) -> dict[str, torch.Tensor]:
+        """The optimizer's per-parameter state tensors by ``<param index>/<name>``."""
+        return _with_prefix(self._tensors, "optimizer/")
 
     def load_model(self, model: torch.nn.Module) -> None:
         """Copy the weights into ``model`` (strict: names, shapes and dtypes must match; values must be finite)."""
@@ -108,7 +137,7 @@ class Checkpoint:
             raise CheckpointError("the checkpoint holds no optimizer state", path=self.path)
         state: dict[int, dict[str, Any]] = {}
         try:
-            for key, value in self._optimizer_tensors.items():
+            for key, value in self.optimizer_tensors.items():
                 _check_finite(value, self.path, f"optimizer/{key}")
                 index, name = key.split("/", 1)
                 state.setdefault(int(index), {})[name] = value
