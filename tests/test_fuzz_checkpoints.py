@@ -23,9 +23,9 @@ from test_fuzz_vqa_json import mutated
 from ban.engine.checkpoint import Checkpoint, save_checkpoint
 from ban.engine.config import TrainConfig
 from ban.engine.distributed import DistContext
-from ban.engine.run import CONFIG_FILE, RunConfig, read_run_config
+from ban.engine.run import CONFIG_FILE, RunConfig, load_run, read_run_config
 from ban.engine.trainer import resume_from
-from ban.errors import BanError, CheckpointError
+from ban.errors import BanError, CheckpointError, DataError
 from ban.models import build_model, preset
 
 FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -227,3 +227,11 @@ def test_unreadable_config_json(data, tmp_path):
     (tmp_path / CONFIG_FILE).write_bytes(data)
     with pytest.raises(BanError):
         read_run_config(tmp_path)
+
+
+def test_a_config_json_with_absurd_sizes_is_named(tmp_path):
+    # the sizes pass the type checks, but no machine holds the model: refused before allocating, naming the file
+    absurd = RunConfig("vqa", str(tmp_path), CONFIG.replace(hidden_dim=10**12), RUN.train, {})
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(absurd.to_dict()), encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{CONFIG_FILE}: .*hidden_dim=1000000000000, .* GiB of float32 weights"):
+        load_run(tmp_path)

@@ -37,6 +37,24 @@ def test_paper_best_parameter_count_matches_reference():
     assert sum(p.numel() for p in model.parameters()) == 90_618_566
 
 
+@pytest.mark.parametrize("kind", [dict(), dict(attention="unitary"), dict(task="grounding"),
+                                  dict(two_word_tables=False, use_counting=False)])
+@pytest.mark.parametrize("sizes", [dict(num_glimpses=1), dict(num_glimpses=4, rank_factor=1), dict(hidden_dim=3)])
+def test_the_size_check_bounds_every_model_from_below(kind, sizes):
+    config = ban.BANConfig(**{**SMALL, **kind, **sizes})
+    count = sum(p.numel() for p in ban.build_model(config).parameters())
+    assert ban.models.minimum_parameters(config) <= count
+
+
+@pytest.mark.parametrize("absurd", [dict(hidden_dim=10**12), dict(num_glimpses=10**6), dict(num_tokens=10**11),
+                                    dict(task="grounding", feature_dim=10**12)])
+def test_sizes_beyond_the_machines_memory_are_refused_before_allocating(absurd):
+    # hidden_dim 10^12 used to fail inside torch's allocator; num_glimpses 10^6 built glimpses until memory ran out
+    name = next(iter(set(absurd) - {"task"}))
+    with pytest.raises(ConfigError, match=rf"{name}={absurd[name]}.* GiB of float32 weights, more than this machine"):
+        ban.build_model(ban.BANConfig(**absurd))
+
+
 @pytest.mark.parametrize("mask_question_padding", [False, True])
 def test_padded_boxes_get_zero_attention_and_padding_changes_nothing(mask_question_padding):
     config = ban.BANConfig(num_glimpses=3, mask_question_padding=mask_question_padding, **SMALL)

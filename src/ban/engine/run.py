@@ -176,7 +176,10 @@ def load_run(run_dir: str | Path, data_dir: str | Path | None = None, checkpoint
     run = read_run_config(run_dir)
     data = Path(data_dir if data_dir is not None else run.data_dir)
     check_data(run, data)
-    model = build_model(run.model)
+    try:
+        model = build_model(run.model)
+    except ConfigError as error:  # sizes the run's config.json cannot have been trained with
+        raise DataError(str(error), path=Path(run_dir) / CONFIG_FILE) from None
     Checkpoint(Path(run_dir) / CHECKPOINTS[checkpoint]).load_model(model)
     model.eval()
     return LoadedRun(model, run, data)
