@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -253,3 +257,15 @@ def test_enabled_is_scoped_and_wanted_follows_size_device_and_switch(kernel, mon
     assert not kernels.wanted(kernels.MIN_PARAMETERS, torch.device("meta"))
     monkeypatch.setenv("BAN_CPU_KERNELS", "0")
     assert not kernels.wanted(kernels.MIN_PARAMETERS, cpu)
+
+
+def test_a_build_stopped_midway_does_not_block_the_next(kernel, tmp_path):
+    # a build killed by a signal leaves PyTorch's lock file behind; every later build used to wait for it forever
+    built = kernels.build_directory()
+    leftover = tmp_path / built.name
+    shutil.copytree(built, leftover, ignore=shutil.ignore_patterns("lock"))
+    (leftover / "lock").touch()
+    child = "from ban import kernels\nprint(kernels.compiled() is not None, kernels.build_directory())"
+    done = subprocess.run([sys.executable, "-c", child], env={**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)},
+                          capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.split() == ["True", str(leftover)] and not (leftover / "lock").exists()

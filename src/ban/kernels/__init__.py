@@ -1,7 +1,7 @@
 """Compiled CPU kernels: one pass over memory where PyTorch's CPU operators make several.
 
 The C++ sources beside this file are compiled into one extension module by PyTorch's extension loader on first
-use (≈ 60–70 s on a 2-core machine, then cached under ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``):
+use (≈ 60–70 s on a 2-core machine, then cached per installation: :func:`build_directory`):
 Adamax's update with gradient clipping's factor (``adamax.cpp``), dropout's masks drawn and applied in the same pass
 (``dropout.cpp``), the counting module's piecewise-linear functions (``piecewise.cpp``) and the weight-normalised
 linear map's cast, norm and gradients (``weight_norm.cpp``). Without a compiler, or when the build fails,
@@ -16,6 +16,7 @@ dropout masks are the same either way, the weight-normalised products and the GR
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sys
 import time
@@ -40,9 +41,13 @@ def compiled() -> Any:
 
     began = time.perf_counter()
     here = Path(__file__).parent
+    directory = build_directory()
     try:
-        module = load(name="ban_cpu_kernels", sources=[str(here / name) for name in _SOURCES],
-                      extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"], extra_ldflags=["-fopenmp"])
+        directory.mkdir(parents=True, exist_ok=True)
+        with building(directory):
+            module = load(name="ban_cpu_kernels", sources=[str(here / name) for name in _SOURCES],
+                          extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"], extra_ldflags=["-fopenmp"],
+                          build_directory=str(directory))
     except Exception as error:  # no compiler, no ninja, a failed build: PyTorch's operators still work
         warnings.warn(f"ban's CPU kernels could not be built ({type(error).__name__}: {error}); "
                       "using PyTorch's operators", RuntimeWarning, stacklevel=2)
@@ -51,6 +56,39 @@ def compiled() -> Any:
         print(f"ban: compiled the CPU kernels in {time.perf_counter() - began:.0f} s (cached for later runs)",
               file=sys.stderr)
     return module
+
+
+def build_directory() -> Path:
+    """Where the kernels are built and cached: one folder per Python environment and torch version under
+    PyTorch's extension root (``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``), so two installations
+    never rebuild over each other's objects."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    installation = hashlib.sha256(f"{sys.prefix}\0{torch.__version__}".encode()).hexdigest()[:12]
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / f"ban_cpu_kernels-{installation}"
+
+
+@contextlib.contextmanager
+def building(directory: Path) -> Iterator[None]:
+    """Hold the build of ``directory`` for this process. PyTorch's own lock is a file that a build stopped by a
+    signal or a crash leaves behind, and every later build then waits for it forever; this lock is the kernel's
+    (``flock``), released when its process ends, so PyTorch's file found while holding it is such a leftover."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: PyTorch's lock file only
+        yield
+        return
+    with open(directory.parent / f"{directory.name}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("ban: waiting for another process building the CPU kernels", file=sys.stderr)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            (directory / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def wanted(parameters: int, device: torch.device) -> bool:
