@@ -1,10 +1,16 @@
-"""Batch sharding: the processes' parts of each global batch are exactly the single-process batch."""
+"""Batch sharding: the processes' parts of each global batch are exactly the single-process batch; leaving the
+process group."""
 
 from __future__ import annotations
 
-import torch
+import gc
+import weakref
 
-from ban.engine.distributed import ShardedBatches
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from ban.engine.distributed import ShardedBatches, teardown
 
 
 def test_shards_partition_each_global_batch():
@@ -47,3 +53,23 @@ def test_bucketed_batches_hold_similar_box_counts_and_still_cover_the_epoch_once
     assert [a + b for a, b in zip(*(list(p) for p in parts), strict=True)] == bucketed
     resumed = ShardedBatches(5000, batch_size=32, seed=5, epoch=2, start=7, sizes=sizes)
     assert list(resumed) == bucketed[7:]
+
+
+def test_leaving_the_process_group_first_frees_a_ddp_wrapper_held_in_a_reference_cycle():
+    # freed by the garbage collector during the interpreter's exit instead, the wrapper took the process group and
+    # its pending work with it: the likely cause of a rare SIGABRT at the end of a torchrun run (gloo)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    gc.disable()
+    try:
+        holder = {"model": DistributedDataParallel(torch.nn.Linear(3, 2))}
+        holder["self"] = holder
+        holder["model"](torch.randn(4, 3)).sum().backward()
+        wrapper = weakref.ref(holder["model"])
+        del holder
+        assert wrapper() is not None  # only the garbage collector frees it
+        teardown()
+        assert wrapper() is None and not dist.is_initialized()
+    finally:
+        gc.enable()
+        if dist.is_initialized():
+            dist.destroy_process_group()

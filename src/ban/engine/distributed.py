@@ -9,6 +9,7 @@ summation order). Backend: NCCL on CUDA, gloo on CPU.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -58,8 +59,12 @@ def setup(device: str = "auto") -> DistContext:
 
 
 def teardown() -> None:
-    """Leave the process group, if any."""
+    """Leave the process group, if any, once nothing holds it any more. A DDP wrapper lives in reference cycles:
+    left to the garbage collector, it may be freed during the interpreter's exit, with its process group and that
+    group's last work — the likely cause of gloo's rare abort at exit ("terminate called without an active
+    exception") that ended a torchrun test with SIGABRT after its run had finished. So collect first."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

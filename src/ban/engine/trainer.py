@@ -146,9 +146,7 @@ def train(run_dir: Path, run: RunConfig, task: Task, resume: bool = False) -> li
     try:
         check_step_settings(run, context)
         history = Trainer(run_dir, run, task, context, resume).fit()
-        # the main process still writes the report pictures: leaving the process group before it has finished
-        # sometimes aborted the other processes at exit (gloo, "terminate called without an active exception")
-        distributed.barrier(context)
+        distributed.barrier(context)  # the main process may still be writing the report pictures
         return history
     finally:
         distributed.teardown()
