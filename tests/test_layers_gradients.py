@@ -4,8 +4,9 @@ against autograd through the textbook formulas (float64)."""
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd import gradcheck
-from torch.func import functional_call
+from torch.autograd import gradcheck, gradgradcheck
+from torch.func import functional_call, vmap
+from torch.func import grad as gradient_of
 
 from ban.nn import BilinearAttentionMap, WeightNormLinear
 from ban.nn.fc import norm_scale
@@ -15,6 +16,38 @@ def test_norm_scale_gradient_matches_finite_differences():
     direction = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
     gain = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
     assert gradcheck(norm_scale, (direction, gain))
+
+
+def test_second_derivatives_through_weight_normalisation_match_finite_differences():
+    # a gradient penalty or a Hessian-vector product differentiates the gradient again: it used to miss the norm's
+    # dependence on V without an error
+    torch.manual_seed(0)
+    layer = WeightNormLinear(4, 3).double()
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+
+    def outputs(direction, gain, inputs):
+        return functional_call(layer, {"weight_v": direction, "weight_g": gain, "bias": layer.bias}, (inputs,))
+
+    direction = layer.weight_v.detach().clone().requires_grad_()
+    gain = layer.weight_g.detach().clone().requires_grad_()
+    assert gradgradcheck(outputs, (direction, gain, x))
+
+
+def test_torch_func_per_sample_gradients_are_the_gradients_of_each_sample():
+    torch.manual_seed(0)
+    layer = WeightNormLinear(4, 3).double()
+    params = {name: p.detach() for name, p in layer.named_parameters()}
+    x = torch.randn(5, 4, dtype=torch.float64)
+
+    def loss(weights, sample):
+        return functional_call(layer, weights, (sample,)).square().sum()
+
+    per_sample = vmap(gradient_of(loss), in_dims=(None, 0))(params, x.unsqueeze(1))
+    for index in range(len(x)):
+        expected = torch.autograd.grad(loss(dict(layer.named_parameters()), x[index : index + 1]),
+                                       list(layer.parameters()))
+        for (name, got), want in zip(per_sample.items(), expected, strict=True):
+            assert torch.allclose(got[index], want, atol=1e-12), name
 
 
 def test_weight_norm_linear_equals_the_materialised_weight_with_its_gradients():

@@ -107,6 +107,8 @@ class BilinearAttentionMap(nn.Module):
         attention_dropout: float = 0.5,
     ) -> None:
         super().__init__()
+        if num_glimpses < 1:
+            raise ValueError(f"num_glimpses must be positive, got {num_glimpses}")
         rank = rank_factor * hidden
         self.num_glimpses = num_glimpses
         self.v_proj = FCStack([v_features, rank], "relu", dropout)
@@ -132,9 +134,9 @@ class BilinearAttentionMap(nn.Module):
         ``real_rows``: :func:`real_box_rows` of ``box_mask`` when the caller has them already (or their
         :class:`PackedBoxes` of v).
         """
-        batch, boxes, tokens = v.shape[0], v.shape[1], q.shape[1]
         expect_shape("v", v, (None, None, self.v_proj.in_features), "float")
-        expect_shape("q", q, (batch, None, self.q_proj.in_features), "float")
+        expect_shape("q", q, (v.shape[0], None, self.q_proj.in_features), "float")
+        batch, boxes, tokens = v.shape[0], v.shape[1], q.shape[1]
         if box_mask is None:
             box_mask = box_mask_from_features(v)
         expect_shape("box_mask", box_mask, (batch, boxes), "bool")
@@ -185,11 +187,15 @@ class BilinearAttentionPooling(nn.Module):
         """v [B, N, Dv], q [B, L, Dq], attention [B, N, L] → joint feature [B, H]. With ``real_rows`` (the
         :func:`real_box_rows` of the box mask, or their :class:`PackedBoxes` of v; padded boxes must have zero
         attention) only the real boxes are projected."""
+        expect_shape("v", v, (None, None, self.v_proj.in_features), "float")
         boxes_hidden = self.v_proj(v) if real_rows is None else project_real_boxes(self.v_proj, v, real_rows)
         return self.pool(boxes_hidden, q, attention)
 
     def pool(self, v_hidden: Tensor, q: Tensor, attention: Tensor) -> Tensor:
         """The same from already projected boxes: v_hidden [B, N, H] = σ(Uᵀv) → joint feature [B, H]."""
+        batch, boxes = v_hidden.shape[:2]
+        expect_shape("q", q, (batch, None, self.q_proj.in_features), "float")
+        expect_shape("attention", attention, (batch, boxes, q.shape[1]), "float")
         q_hidden = self.q_proj(q)  # [B, L, H]
         attended = torch.matmul(attention.transpose(1, 2).to(v_hidden.dtype), v_hidden)  # [B, L, H]
         return (attended * q_hidden).sum(dim=1)

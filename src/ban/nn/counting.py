@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ban import kernels
+from ban.nn.shapes import expect_shape
 
 
 class _CompiledPiecewiseLinear(torch.autograd.Function):
@@ -63,7 +64,10 @@ class PiecewiseLinear(nn.Module):
 
 
 def pairwise_iou(boxes: Tensor) -> Tensor:
-    """boxes [B, n, 4] (x1, y1, x2, y2) → IoU [B, n, n] (with 1e-12 in the denominator)."""
+    """boxes [B, n, 4] (x1, y1, x2, y2) → IoU [B, n, n] (with 1e-12 in the denominator; computed in float32 for a
+    dtype where 1e-12 is zero, float16: empty padding boxes would give 0 / 0)."""
+    if torch.finfo(boxes.dtype).tiny > 1e-12:
+        return pairwise_iou(boxes.float()).to(boxes.dtype)
     top_left = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2])
     bottom_right = torch.minimum(boxes[:, :, None, 2:], boxes[:, None, :, 2:])
     sides = (bottom_right - top_left).clamp(min=0)
@@ -104,8 +108,12 @@ class CountingModule(nn.Module):
         self.functions[self.USED_FUNCTIONS:].requires_grad_(False)
 
     def forward(self, boxes: Tensor, scores: Tensor) -> Tensor:
-        """boxes [B, N, 4] normalised x1, y1, x2, y2; scores [B, N] pre-sigmoid (−inf for padded boxes)
+        """boxes [B, N, ≥4] normalised x1, y1, x2, y2 (…); scores [B, N] pre-sigmoid (−inf for padded boxes)
         → [B, num_objects + 1], the confidence-weighted soft one-hot count."""
+        if boxes.dim() != 3 or boxes.shape[-1] < 4:
+            raise ValueError(f"boxes: expected shape [B, N, ≥4] (x1, y1, x2, y2, …), got {list(boxes.shape)}")
+        expect_shape("scores", scores, boxes.shape[:2], "float")
+        boxes = boxes[..., :4]
         f = self.functions
         boxes, scores = self._keep_top_scoring(boxes, scores)
         attention = torch.sigmoid(scores)  # [B, n]

@@ -19,26 +19,37 @@ from ban.nn.dropout import Dropout
 
 class _NormScale(torch.autograd.Function):
     """``s = g / ‖V‖_F`` whose backward is one pass over V: ``∂s/∂V = −s · V / ‖V‖²`` (autograd's norm backward
-    takes three), and ``∂s/∂g = 1 / ‖V‖``."""
+    takes three), and ``∂s/∂g = 1 / ‖V‖``. Differentiable twice (the second time through autograd's norm) and
+    usable under ``torch.func`` transforms."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: Any, direction: Tensor, gain: Tensor) -> Tensor:
+    def forward(direction: Tensor, gain: Tensor) -> tuple[Tensor, Tensor]:
         with torch.autocast(direction.device.type, enabled=False):
             norm = torch.linalg.vector_norm(direction)
-            scale = gain / norm
-        ctx.save_for_backward(direction, norm, scale)
-        return scale
+            return gain / norm, norm
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_scale: Tensor) -> tuple[Tensor, Tensor]:
-        direction, norm, scale = ctx.saved_tensors
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor], output: tuple[Tensor, Tensor]) -> None:
+        direction, gain = inputs
+        scale, norm = output
+        ctx.mark_non_differentiable(norm)
+        ctx.save_for_backward(direction, gain, norm, scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad_scale: Tensor, _: Tensor | None) -> tuple[Tensor, Tensor]:
+        direction, gain, norm, scale = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: this gradient's own graph must reach V through its norm too
+            with torch.autocast(direction.device.type, enabled=False):
+                norm = torch.linalg.vector_norm(direction)
+            scale = gain / norm
         return direction * (-grad_scale * scale / norm.square()), grad_scale / norm
 
 
 def norm_scale(direction: Tensor, gain: Tensor) -> Tensor:
     """The 0-dim factor ``gain / ‖direction‖_F`` of weight normalisation (float32 even under autocast)."""
-    return _NormScale.apply(direction, gain)
+    return _NormScale.apply(direction, gain)[0]
 
 
 class _CompiledWeightNormLinear(torch.autograd.Function):
@@ -105,6 +116,9 @@ class WeightNormLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
+        if min(in_features, out_features) < 1:
+            raise ValueError(f"WeightNormLinear needs positive sizes, got in_features={in_features}, "
+                             f"out_features={out_features}")
         self.in_features = in_features
         self.out_features = out_features
         self.weight_v = nn.Parameter(torch.empty(out_features, in_features))
@@ -129,6 +143,8 @@ class WeightNormLinear(nn.Module):
         """x [..., in] → [..., out], as ``(x Vᵀ) · (g / ‖V‖_F) + b``: the scalar scales the product instead of
         the matrix, so no scaled copy of V (nor its gradient) is made. ``input_scale`` multiplies x first
         (folded into the same scalar: dropout's ``1 / (1 − p)``, see :meth:`Dropout.unscaled`)."""
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"input: expected shape [..., {self.in_features}], got {list(x.shape)}")
         if self._compiled(x):
             x = x.to(kernels.compute_dtype(x))
             with torch.autocast("cpu", enabled=False):

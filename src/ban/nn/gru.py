@@ -78,7 +78,10 @@ class _GRUSequence(torch.autograd.Function):
 def gru_sequence(rnn: nn.GRU, x: Tensor) -> Tensor:
     """Every step's output of ``rnn`` (one layer, unidirectional, batch_first, with biases) from a zero state:
     x [B, L, D] → [B, L, H] in the GRU's dtype (float32 under autocast; bf16 for a GRU cast to bf16, as ``nn.GRU``
-    gives). The products run in the autocast dtype of x's device when autocast is on, the gates in float32."""
+    gives). The products run in the autocast dtype of x's device when autocast is on, the gates in float32 (for a
+    float64 GRU too)."""
+    if rnn.num_layers != 1 or rnn.bidirectional or not rnn.batch_first or not rnn.bias:
+        raise ValueError(f"gru_sequence computes a one-layer, unidirectional, batch_first GRU with biases, not {rnn}")
     dtype = kernels.compute_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
         states = _GRUSequence.apply(x, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0, dtype)

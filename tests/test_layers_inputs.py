@@ -1,0 +1,78 @@
+"""The layers check their inputs against the shapes their docstrings give, so that a model built from them fails
+with the argument's name instead of broadcasting silently or failing inside a product; and they accept what their
+docstrings promise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ban.nn import (
+    BilinearAttentionMap,
+    BilinearAttentionPooling,
+    CountingModule,
+    FCStack,
+    WeightNormLinear,
+    pairwise_iou,
+)
+from ban.nn.gru import gru_sequence
+
+
+def boxes(batch: int, count: int, extra: int = 0, seed: int = 0) -> torch.Tensor:
+    """Random normalised boxes [batch, count, 4 + extra] (x1, y1, x2, y2, then ``extra`` more columns)."""
+    generator = torch.Generator().manual_seed(seed)
+    corner = torch.rand(batch, count, 2, generator=generator) * 0.6
+    side = torch.rand(batch, count, 2, generator=generator) * 0.4 + 0.05
+    return torch.cat([corner, corner + side, torch.rand(batch, count, extra, generator=generator)], dim=-1)
+
+
+POOLING = BilinearAttentionPooling(8, 6, 4)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    # the whole [B, G, N, L] map where one glimpse's [B, N, L] is wanted: with B = G = 1 it used to give [1, 4, 3]
+    (lambda: POOLING(torch.randn(1, 4, 8), torch.randn(1, 4, 6), torch.rand(1, 1, 4, 4)),
+     r"attention: expected shape \[1, 4, 4\]"),
+    (lambda: POOLING(torch.randn(2, 4, 8), torch.randn(2, 4, 6), torch.rand(1, 4, 4)),  # broadcast over B before
+     r"attention: expected shape \[2, 4, 4\]"),
+    (lambda: POOLING(torch.randn(2, 4, 8), torch.randn(2, 4, 6), torch.ones(2, 4, 4, dtype=torch.long)),
+     r"attention: .* with float values"),
+    (lambda: POOLING(torch.randn(2, 4, 7), torch.randn(2, 4, 6), torch.rand(2, 4, 4)),
+     r"v: expected shape \[·, ·, 8\]"),
+    (lambda: POOLING(torch.randn(2, 4, 8), torch.randn(3, 4, 6), torch.rand(2, 4, 4)),
+     r"q: expected shape \[2, ·, 6\]"),
+    (lambda: BilinearAttentionMap(8, 6, 4, 2)(torch.randn(8), torch.randn(2, 3, 6)), r"v: expected shape \[·, ·, 8\]"),
+    (lambda: BilinearAttentionMap(8, 6, 4, 0), "num_glimpses must be positive"),
+    (lambda: CountingModule()(boxes(2, 12), torch.randn(1, 12)), r"scores: expected shape \[2, 12\]"),  # dropped one
+    (lambda: CountingModule()(boxes(2, 12), torch.randn(2, 9)), r"scores: expected shape \[2, 12\]"),
+    (lambda: CountingModule()(boxes(2, 12)[..., :3], torch.randn(2, 12)), r"boxes: expected shape \[B, N, ≥4\]"),
+    (lambda: WeightNormLinear(3, 2)(torch.randn(5, 4)), r"input: expected shape \[\.\.\., 3\], got \[5, 4\]"),
+    (lambda: FCStack([4, 0]), "needs positive sizes"),
+    (lambda: gru_sequence(torch.nn.GRU(3, 4, num_layers=2, batch_first=True), torch.randn(2, 5, 3)), "one-layer"),
+    (lambda: gru_sequence(torch.nn.GRU(3, 4, bidirectional=True, batch_first=True), torch.randn(2, 5, 3)),
+     "unidirectional"),
+    (lambda: gru_sequence(torch.nn.GRU(3, 4), torch.randn(2, 5, 3)), "batch_first"),
+])
+def test_a_wrong_input_is_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_counting_takes_boxes_with_more_than_four_columns_and_uses_the_first_four():
+    torch.manual_seed(0)
+    counter = CountingModule()
+    wide, scores = boxes(2, 12, extra=2), torch.randn(2, 12)
+    assert torch.equal(counter(wide, scores), counter(wide[..., :4], scores))
+
+
+def test_counting_in_float16_with_fewer_boxes_than_it_keeps_is_finite_and_close_to_float32():
+    # its 1e-12 underflowed in float16: the empty padding boxes' IoU was 0 / 0 and every count NaN
+    torch.manual_seed(0)
+    counter = CountingModule()
+    few, scores = boxes(2, 5), torch.randn(2, 5)
+    reference = counter(few, scores)
+    half = counter.half()(few.half(), scores.half())
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+    assert torch.allclose(half.float(), reference, atol=3e-3)
+    padded = torch.cat([few, torch.zeros(2, 3, 4)], dim=1).half()
+    assert torch.isfinite(pairwise_iou(padded)).all()
