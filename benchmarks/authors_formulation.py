@@ -7,7 +7,7 @@ projects the boxes again, the counting module's piecewise-linear functions look 
 in expanded cumulative sums, weight normalisation is the hook-based ``torch.nn.utils.weight_norm``. It is written
 for timing only — do not optimise it. Its parameters carry the official state-dict names (without DataParallel's
 ``module.``), so an official checkpoint loads with ``strict=True``; tests/test_authors_formulation.py proves that
-it computes the authors' outputs (the fixtures under shared/fixtures/official/) and what ``ban`` computes.
+it computes the authors' outputs (their test vectors, tests/fixtures/official/) and what ``ban`` computes.
 
 One timed step is the authors' training step: forward in train mode, BCE with logits × number of answers,
 backward, gradient-norm clipping at 0.25, ``torch.optim.Adamax``, ``zero_grad``. The synthetic batches are the
