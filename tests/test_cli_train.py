@@ -83,7 +83,7 @@ def test_train_evaluate_predict(data_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--preset", "huge"], "unknown preset 'huge'"),
+        (["--preset", "huge"], "unknown preset 'huge'; choose one of grounding, paper-ablation, paper-best, tiny"),
         (["--set", "learning_rate=1"], "unknown training setting 'learning_rate'"),
         (["--set", "model.glimpses=2"], "unknown model setting 'glimpses'"),
         (["--set", "model.num_answers=3"], "contradicts the data"),
@@ -101,6 +101,16 @@ def test_bad_arguments_are_clear_errors(data_dir, tmp_path, capsys, arguments, m
     assert main(["train", "--data", str(data_dir), "--out", str(tmp_path / "run"), *arguments]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_without_validation_says_why_it_has_no_best_checkpoint(data_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(data_dir), "--out", str(run_dir), "--epochs", "1", *SMALL,
+                 "--set", "val_split="]) == 0
+    assert capsys.readouterr().out.endswith(f"done: 1 epoch, every epoch's numbers in {run_dir / 'metrics.jsonl'}\n")
+    assert main(["evaluate", str(run_dir), "--checkpoint", "best"]) != 0
+    assert "no best checkpoint: it trained without validation" in capsys.readouterr().err
+    assert main(["evaluate", str(run_dir), "--checkpoint", "last", "--split", "val"]) == 0
 
 
 def test_a_setting_refused_at_the_start_leaves_the_run_dir_free(data_dir, tmp_path, capsys):
@@ -230,7 +240,8 @@ def test_grounding_train_and_evaluate(tmp_path, capsys):
     flickr = tmp_path / "raw" / "flickr30k"
     prepare_flickr30k(flickr, [flickr / "features.tsv"], tmp_path / "prepared", progress=False)
     run_dir = tmp_path / "run"
-    assert main(["train", "--task", "grounding", "--data", str(tmp_path / "prepared"), "--out", str(run_dir),
+    # no --task: the dataset's manifest says grounding
+    assert main(["train", "--data", str(tmp_path / "prepared"), "--out", str(run_dir),
                  "--epochs", "1", "--set", "model.hidden_dim=16", "--set", "model.word_dim=8"]) == 0
     assert json.loads((run_dir / "config.json").read_text())["model"]["num_glimpses"] == 1  # the grounding preset
     capsys.readouterr()

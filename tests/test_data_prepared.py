@@ -48,6 +48,16 @@ def test_a_missing_manifest_means_an_unfinished_prepare(tmp_path: Path) -> None:
             read()
 
 
+def test_a_dataset_folder_that_is_not_there_or_holds_raw_synthetic_scenes_says_so(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="nowhere: no such directory"):
+        read_manifest(tmp_path / "nowhere")
+    (tmp_path / "vqa").mkdir()
+    (tmp_path / "features").mkdir()
+    with pytest.raises(DataError, match=f"`ban synth` writes.*`ban prepare vqa2 --root {tmp_path / 'vqa'} --features "
+                                        f"{tmp_path / 'features'}/\\*.tsv --out DIR`"):
+        read_manifest(tmp_path)
+
+
 def test_a_missing_split_names_the_splits_there_are(tmp_path: Path) -> None:
     write(tmp_path, "manifest.json", json.dumps(VQA_MANIFEST))
     with pytest.raises(DataError, match="no split 'val' \\(it has: train\\)") as caught:

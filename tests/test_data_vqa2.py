@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -414,6 +415,17 @@ def test_visual_genome_older_keys_and_bad_records(raw, tmp_path) -> None:
         load_visual_genome(tmp_path, {"vg-train": {5}}, {"yes": 0})
     assert error.value.field == "answer" and "qas[1]" in error.value.record
     assert error.value.path == str(tmp_path / "question_answers.json")
+
+
+def test_the_root_of_ban_synths_output_points_to_its_vqa_folder(raw, tmp_path, capsys) -> None:
+    scenes = tmp_path / "scenes"  # `ban synth --out scenes` puts the question files in scenes/vqa
+    shutil.copytree(raw["root"], scenes / "vqa")
+    argv = ["prepare", "vqa2", "--root", str(scenes), "--features", *map(str, raw["features"]), "--out",
+            str(tmp_path / "out")]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "no official question files (" in error and f"they are in {scenes / 'vqa'}: give --root {scenes / 'vqa'}" \
+        in error
 
 
 def test_unknown_split_name(raw) -> None:

@@ -105,9 +105,11 @@ def test_without_a_compiler_training_falls_back_to_torch_adamax(tmp_path):
              "    chosen = adamax([torch.nn.Parameter(torch.zeros(MIN_PARAMETERS))], torch.device('cpu'), 1e-3)\n"
              "print(type(chosen).__name__, '|', caught[0].message)\n")
     env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "build")}
-    out = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, check=True).stdout
-    chosen, message = out.strip().split(" | ", 1)
+    done = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, check=True)
+    chosen, message = done.stdout.strip().split(" | ", 1)
     assert chosen == "Adamax" and message.startswith("ban's CPU kernels could not be built")
+    assert f"ban: building the CPU kernels (first use in this installation, about a minute) in {tmp_path}" \
+        in done.stderr  # said before the minute's wait, not after
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])

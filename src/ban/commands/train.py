@@ -24,9 +24,10 @@ from ban.engine.config import (
     split_overrides,
     typed_overrides,
 )
+from ban.engine.reporting import METRICS_FILE
 from ban.engine.run import RunConfig, abandon_new_run, fingerprint, read_run_config, start_run
 from ban.engine.synthetic import synthetic_dataset
-from ban.engine.tasks import Task, check_splits, make_task
+from ban.engine.tasks import Task, check_splits, dataset_task, make_task
 from ban.engine.trainer import TrainingDiverged, TrainingInterrupted, train
 from ban.errors import BanError, ConfigError
 from ban.models import BANConfig, preset
@@ -37,7 +38,8 @@ DEFAULT_PRESETS = {"vqa": "paper-best", "grounding": "grounding"}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, help="prepared dataset dir (`ban prepare …`); default: the "
                         "synthetic scenes, generated once into $BAN_CACHE or ~/.cache/ban")
-    parser.add_argument("--task", choices=("vqa", "grounding"), help="default: vqa (on --resume: the run's)")
+    parser.add_argument("--task", choices=("vqa", "grounding"),
+                        help="default: the one --data was prepared for (without --data: vqa; on --resume: the run's)")
     parser.add_argument("--preset", help="model preset: paper-best, paper-ablation, grounding, tiny (default: "
                         "tiny on the synthetic scenes, paper-best for VQA data, grounding for Flickr30k)")
     parser.add_argument("--out", type=Path,
@@ -53,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_run(args: argparse.Namespace) -> RunConfig:
     """The run's complete configuration from the arguments (and, with --resume, the stored config)."""
     stored = read_run_config(args.out) if args.resume else None
-    task_name = args.task or (stored.task if stored else "vqa")
+    task_name = args.task or (stored.task if stored else dataset_task(args.data) if args.data is not None else "vqa")
     if args.data is not None:
         data_dir = args.data.resolve()
     elif stored is not None:
@@ -127,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             abandon_new_run(run_dir)
         raise
     if history and main_process:
-        last = {k: v for k, v in history[-1].items() if k != "val"}
-        print(f"done: {last}" + (f"\nval: {history[-1]['val']}" if "val" in history[-1] else ""))
+        full = f"; the last validation in full: ban evaluate {run_dir} --json" if "val" in history[-1] else ""
+        print(f"done: {len(history)} epoch{'s' * (len(history) != 1)}, every epoch's numbers in {Path(run_dir) / METRICS_FILE}{full}")
     return 0
 

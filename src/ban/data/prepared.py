@@ -19,6 +19,12 @@ def read_manifest(data_dir: str | os.PathLike[str], task: str | None = None) -> 
     """``data_dir``'s manifest: a JSON object whose ``"splits"`` is an object (split name → summary) and, when
     ``task`` is given, whose ``"task"`` is ``task`` ("vqa2" or "grounding"); :class:`DataError` otherwise."""
     path = Path(data_dir) / MANIFEST
+    if not Path(data_dir).is_dir():
+        raise DataError("no such directory (a prepared dataset is the --out folder of `ban prepare`)", path=data_dir)
+    if (Path(data_dir) / "vqa").is_dir() and (Path(data_dir) / "features").is_dir():
+        raise DataError("this is raw data in the layout `ban synth` writes, not a prepared dataset: prepare it with "
+                        f"`ban prepare vqa2 --root {Path(data_dir) / 'vqa'} --features "
+                        f"{Path(data_dir) / 'features'}/*.tsv --out DIR` (docs/synthetic.md)", path=data_dir)
     manifest = read_json(path, missing=f"not a complete prepared dataset (no {MANIFEST}): run `ban prepare` (again)")
     if not isinstance(manifest, dict):
         raise DataError(f"expected a JSON object, got {type(manifest).__name__}", path=path)

@@ -82,7 +82,10 @@ def available_splits(root: str | os.PathLike[str]) -> list[str]:
             raise DataError("not a file", path=path)
     splits = [split for split, path in paths.items() if path.is_file()]
     if not splits:
-        raise DataError(f"no official question files (v2_OpenEnded_mscoco_*_questions.json; {_WHERE_TO_GET})",
+        nested = Path(root) / "vqa"  # where `ban synth` writes them
+        hint = f"; they are in {nested}: give --root {nested}" if any(
+            questions_path(nested, split).is_file() for split in DICTIONARY_ORDER) else ""
+        raise DataError(f"no official question files (v2_OpenEnded_mscoco_*_questions.json; {_WHERE_TO_GET}){hint}",
                         path=root)
     return splits
 

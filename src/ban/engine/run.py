@@ -18,7 +18,7 @@ from ban.data.atomic import make_directory, write_json
 from ban.data.jsonfile import read_json
 from ban.engine.checkpoint import Checkpoint, read_position
 from ban.engine.config import TrainConfig
-from ban.errors import ConfigError, DataError
+from ban.errors import CheckpointError, ConfigError, DataError
 from ban.models import BANConfig, build_model
 
 CONFIG_FILE = "config.json"
@@ -180,6 +180,12 @@ def load_run(run_dir: str | Path, data_dir: str | Path | None = None, checkpoint
         model = build_model(run.model)
     except ConfigError as error:  # sizes the run's config.json cannot have been trained with
         raise DataError(str(error), path=Path(run_dir) / CONFIG_FILE) from None
-    Checkpoint(Path(run_dir) / CHECKPOINTS[checkpoint]).load_model(model)
+    path = Path(run_dir) / CHECKPOINTS[checkpoint]
+    if checkpoint == "best" and not path.exists() and (Path(run_dir) / CHECKPOINT_FILE).exists():
+        why = ("it trained without validation (its val_split is empty)" if not run.train.val_split
+               else "no epoch has finished its validation yet")
+        raise CheckpointError(f"no best checkpoint: {why}; take the last epoch's weights (--checkpoint last)",
+                              path=path)
+    Checkpoint(path).load_model(model)
     model.eval()
     return LoadedRun(model, run, data)

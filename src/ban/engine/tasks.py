@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from ban.data.glove import load_word_vectors
-from ban.data.prepared import check_split, manifest_size, read_answers, read_manifest, read_tokens
+from ban.data.prepared import MANIFEST, check_split, manifest_size, read_answers, read_manifest, read_tokens
 from ban.engine.config import TrainConfig
 from ban.engine.loss import grounding_loss, vqa_loss
 from ban.engine.precision import autocast
@@ -304,6 +304,15 @@ class GroundingTask(Task):
             metric.update(logits[:, 0], batch["targets"], batch["entity_mask"], batch["has_ground_truth"],
                           batch["entity_types"], batch["box_mask"])
         return metric.compute()
+
+
+def dataset_task(data_dir: str | Path) -> str:
+    """The name of the task ("vqa" or "grounding") the prepared dataset ``data_dir`` was prepared for."""
+    manifest = read_manifest(data_dir)
+    for task in (VQATask, GroundingTask):
+        if manifest.get("task") == task.manifest_task:
+            return task.name
+    raise DataError(f"unknown task {manifest.get('task')!r}", path=Path(data_dir) / MANIFEST, field="task")
 
 
 def make_task(name: str, data_dir: str | Path) -> Task:

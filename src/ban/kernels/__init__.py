@@ -42,6 +42,9 @@ def compiled() -> Any:
     began = time.perf_counter()
     here = Path(__file__).parent
     directory = build_directory()
+    if not any(directory.glob("*.so")):
+        print(f"ban: building the CPU kernels (first use in this installation, about a minute) in {directory}",
+              file=sys.stderr)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with building(directory):

@@ -27,5 +27,5 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset(name: str, **overrides: Any) -> BANConfig:
     """The named preset with ``overrides`` applied (e.g. ``num_tokens``, ``num_answers``, ``feature_dim``)."""
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
     return BANConfig.from_dict({**PRESETS[name], **overrides})
