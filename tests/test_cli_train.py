@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from conftest import make_dataset, poison
 from PIL import Image
 
 from ban.cli import main
+from ban.data.features import FeatureStore
 from ban.engine.checkpoint import Checkpoint
 from ban.engine.run import CHECKPOINT_FILE, load_run, read_run_config
 from ban.engine.tasks import make_task
@@ -282,3 +284,17 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
     errors = process.stderr.read().decode()
     assert process.wait() == 141
     assert "Traceback" not in errors and "BrokenPipeError" not in errors
+
+
+def test_the_readmes_question_to_a_trained_run_answers_it(data_dir, tmp_path, capsys, monkeypatch):
+    assert main(["train", "--data", str(data_dir), "--out", str(tmp_path / "runs" / "demo"), "--epochs", "1",
+                 *SMALL]) == 0
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    (code,) = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "ban.load_run(" in block]
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
+    image_id, answer = capsys.readouterr().out.split(maxsplit=1)
+    run = load_run(tmp_path / "runs" / "demo")
+    assert int(image_id) in FeatureStore.open(run.data_dir / "features.json").image_ids.tolist()
+    assert answer.strip() in json.loads((run.data_dir / "answers.json").read_text())

@@ -1,7 +1,7 @@
 """`ban train`: train BAN on a prepared dataset, or on the synthetic scenes when no --data is given.
 
     ban train                                   # tiny BAN on the synthetic scenes (minutes on a laptop CPU)
-    ban train --data prepared/vqa2 --out runs/ban8            # the paper's recipe (PAPER.md §4)
+    ban train --data prepared/vqa2 --out runs/ban8            # the paper's recipe (docs/training.md)
     ban train --data prepared/vqa2 --preset paper-ablation --set model.num_glimpses=1 --set lr=7e-4
     ban train --out runs/ban8 --resume          # continue an interrupted run
     torchrun --nproc_per_node 4 -m ban.cli train --data …     # data parallel, same results as one process
@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 from ban.commands.arguments import non_negative_int
@@ -48,8 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="number of epochs (default: 13 as the paper's recipe; 10 on the synthetic scenes)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a training setting (lr, batch_size, seed, precision, …) or a model "
-                        "field as model.<field> (e.g. model.num_glimpses=4); repeatable")
+                        "field as model.<field> (e.g. model.num_glimpses=4); repeatable; the keys are listed below")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.epilog = (f"training settings (--set KEY=VALUE): {', '.join(f.name for f in fields(TrainConfig))}. "
+                     f"Model fields (--set model.FIELD=VALUE): {', '.join(f.name for f in fields(BANConfig))}. "
+                     "Their defaults and meaning: docs/training.md.")
 
 
 def build_run(args: argparse.Namespace) -> RunConfig:
@@ -130,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     if history and main_process:
         full = f"; the last validation in full: ban evaluate {run_dir} --json" if "val" in history[-1] else ""
-        print(f"done: {len(history)} epoch{'s' * (len(history) != 1)}, every epoch's numbers in {Path(run_dir) / METRICS_FILE}{full}")
+        epochs = f"{len(history)} epoch{'s' * (len(history) != 1)}"
+        print(f"done: {epochs}, every epoch's numbers in {Path(run_dir) / METRICS_FILE}{full}")
     return 0
 
