@@ -115,6 +115,13 @@ def test_a_run_without_validation_says_why_it_has_no_best_checkpoint(data_dir, t
     assert main(["evaluate", str(run_dir), "--checkpoint", "last", "--split", "val"]) == 0
 
 
+def test_a_folder_of_other_files_is_not_made_a_run_dir(data_dir, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")  # e.g. --out runs/, the folder every run lies in
+    assert main(["train", "--data", str(data_dir), "--out", str(tmp_path), "--epochs", "1", *SMALL]) == 2
+    assert "holds other files and no run" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]
+
+
 def test_a_setting_refused_at_the_start_leaves_the_run_dir_free(data_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
     refused = ["--set", "cuda_graphs=true", "--set", "device=cpu"]
