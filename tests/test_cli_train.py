@@ -19,7 +19,7 @@ from PIL import Image
 from ban.cli import main
 from ban.data.features import FeatureStore
 from ban.engine.checkpoint import Checkpoint
-from ban.engine.run import CHECKPOINT_FILE, load_run, read_run_config
+from ban.engine.run import CHECKPOINT_FILE, abandon_new_run, load_run, read_run_config
 from ban.engine.tasks import make_task
 from ban.engine.trainer import initial_model
 
@@ -305,3 +305,14 @@ def test_the_readmes_question_to_a_trained_run_answers_it(data_dir, tmp_path, ca
     run = load_run(tmp_path / "runs" / "demo")
     assert int(image_id) in FeatureStore.open(run.data_dir / "features.json").image_ids.tolist()
     assert answer.strip() in json.loads((run.data_dir / "answers.json").read_text())
+
+
+def test_abandoning_a_new_run_takes_the_best_weights_its_failed_epoch_kept(tmp_path):
+    # keep_if_best writes best.safetensors before the epoch's checkpoint: an error in between left it behind, and
+    # the corrected command was then refused ("holds other files and no run")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("config.json", "best.safetensors"):
+        (run_dir / name).write_text("written by the failed run")
+    abandon_new_run(run_dir)
+    assert not run_dir.exists()

@@ -52,10 +52,12 @@ def test_a_dataset_folder_that_is_not_there_or_holds_raw_synthetic_scenes_says_s
     with pytest.raises(DataError, match="nowhere: no such directory"):
         read_manifest(tmp_path / "nowhere")
     (tmp_path / "vqa").mkdir()
-    (tmp_path / "features").mkdir()
+    (tmp_path / "vqa" / "v2_OpenEnded_mscoco_train2014_questions.json").write_text("{}")
     with pytest.raises(DataError, match=f"`ban synth` writes.*`ban prepare vqa2 --root {tmp_path / 'vqa'} --features "
                                         f"{tmp_path / 'features'}/\\*.tsv --out DIR`"):
         read_manifest(tmp_path)
+    write(tmp_path, "manifest.json", json.dumps(VQA_MANIFEST))  # a prepared dataset may hold such folders too
+    assert read_manifest(tmp_path) == VQA_MANIFEST
 
 
 def test_a_missing_split_names_the_splits_there_are(tmp_path: Path) -> None:

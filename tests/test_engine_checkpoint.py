@@ -101,12 +101,14 @@ def test_bad_files_are_reported(tmp_path):
         Checkpoint(path).load_model(other)
 
 
-def test_opening_reads_the_header_only_and_the_tensors_once(tmp_path, monkeypatch):
+def test_opening_reads_the_header_only_and_each_part_when_used(tmp_path, monkeypatch):
     # --resume looks at the training position before config.json is touched, then loads everything: a paper-size
-    # checkpoint (about 1 GB) must not be read twice for that
+    # checkpoint (about 1 GB) must not be read twice for that; the weights alone (load_run) need no optimizer state
     path = tmp_path / "c.safetensors"
     model = tiny_model()
-    save_checkpoint(path, model, None, {"epoch": 3})
+    optimizer = torch.optim.Adamax(model.parameters())
+    step(model, optimizer, 0)
+    save_checkpoint(path, model, optimizer, {"epoch": 3})
     import ban.engine.checkpoint as module
 
     reads = []
@@ -133,5 +135,25 @@ def test_opening_reads_the_header_only_and_the_tensors_once(tmp_path, monkeypatc
     checkpoint = Checkpoint(path)
     assert checkpoint.state == {"epoch": 3} and reads == []
     checkpoint.load_model(build_model(model.config))
+    checkpoint.load_model(build_model(model.config))
     assert checkpoint.rng == {}
     assert sorted(reads) == sorted(f"model/{name}" for name in model.state_dict())
+    checkpoint.load_optimizer(torch.optim.Adamax(build_model(model.config).parameters()))
+    weights = [f"model/{name}" for name in model.state_dict()]
+    state = [f"optimizer/{index}/{name}" for index, entry in optimizer.state_dict()["state"].items() for name in entry]
+    assert sorted(reads) == sorted(weights + state)
+
+
+def test_a_checkpoint_replaced_while_being_read_is_refused_not_mixed(tmp_path):
+    # evaluating a run while it trains: a new best.safetensors may land between reading the header and the weights
+    path = tmp_path / "best.safetensors"
+    model = tiny_model()
+    save_checkpoint(path, model, None, {"epoch": 1})
+    checkpoint = Checkpoint(path)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    save_checkpoint(path, model, None, {"epoch": 2})
+    with pytest.raises(CheckpointError, match="best.safetensors: replaced by another checkpoint while being read"):
+        checkpoint.load_model(build_model(model.config))
+    assert Checkpoint(path).state == {"epoch": 2}

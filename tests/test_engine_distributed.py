@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ban.engine.distributed import ShardedBatches, teardown
+from ban.engine.distributed import DistContext, ShardedBatches, teardown
 
 
 def test_shards_partition_each_global_batch():
@@ -69,6 +69,37 @@ def test_leaving_the_process_group_first_frees_a_ddp_wrapper_held_in_a_reference
         assert wrapper() is not None  # only the garbage collector frees it
         teardown()
         assert wrapper() is None and not dist.is_initialized()
+    finally:
+        gc.enable()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_a_trainer_lets_go_of_its_ddp_wrapper_even_when_its_run_ends_with_an_error(tmp_path):
+    # an exception's traceback holds the trainer until the process exits: train() releases its wrapper first
+    from conftest import make_dataset
+
+    from ban.engine.config import TrainConfig
+    from ban.engine.run import RunConfig
+    from ban.engine.tasks import VQATask
+    from ban.engine.trainer import Trainer
+    from ban.models import preset
+
+    data_dir = make_dataset(tmp_path, seed=0)
+    task = VQATask(data_dir)
+    model = preset("tiny", **task.model_sizes(), hidden_dim=8, word_dim=4)
+    run = RunConfig("vqa", str(data_dir), model, TrainConfig(batch_size=4, device="cpu"))
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    gc.disable()
+    try:
+        trainer = Trainer(tmp_path / "run", run, task, DistContext(0, 2, torch.device("cpu")), resume=False)
+        wrapper = weakref.ref(trainer.trained)
+        assert isinstance(wrapper(), DistributedDataParallel)
+        gc.collect()
+        assert wrapper() is not None  # the trainer holds it
+        trainer.release_wrapper()
+        teardown()
+        assert wrapper() is None
     finally:
         gc.enable()
         if dist.is_initialized():

@@ -1,11 +1,12 @@
 """Gradients of the layers whose backward is written or arranged for speed, against finite differences and
 against autograd through the textbook formulas (float64)."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
-from torch.func import functional_call, vmap
+from torch.func import functional_call, hessian, vmap
 from torch.func import grad as gradient_of
 
 from ban.nn import BilinearAttentionMap, WeightNormLinear
@@ -31,6 +32,25 @@ def test_second_derivatives_through_weight_normalisation_match_finite_difference
     direction = layer.weight_v.detach().clone().requires_grad_()
     gain = layer.weight_g.detach().clone().requires_grad_()
     assert gradgradcheck(outputs, (direction, gain, x))
+
+
+# torch.func's forward mode scripts a helper with torch.jit.script, which torch 2.13 reports as deprecated
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_the_hessian_through_weight_normalisation_is_the_textbook_formulas():
+    # torch.func.hessian is forward mode over reverse mode: the norm scale's Function has no forward-mode rule
+    torch.manual_seed(0)
+    layer = WeightNormLinear(4, 3).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+
+    def loss(direction):
+        weights = {"weight_v": direction, "weight_g": layer.weight_g, "bias": layer.bias}
+        return functional_call(layer, weights, (x,)).square().sum()
+
+    def textbook(direction):
+        return F.linear(x, layer.weight_g * direction / direction.norm(), layer.bias).square().sum()
+
+    direction = layer.weight_v.detach()
+    assert torch.allclose(hessian(loss)(direction), hessian(textbook)(direction), atol=1e-12)
 
 
 def test_torch_func_per_sample_gradients_are_the_gradients_of_each_sample():

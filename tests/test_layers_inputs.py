@@ -46,6 +46,7 @@ POOLING = BilinearAttentionPooling(8, 6, 4)
     (lambda: CountingModule()(boxes(2, 12), torch.randn(1, 12)), r"scores: expected shape \[2, 12\]"),  # dropped one
     (lambda: CountingModule()(boxes(2, 12), torch.randn(2, 9)), r"scores: expected shape \[2, 12\]"),
     (lambda: CountingModule()(boxes(2, 12)[..., :3], torch.randn(2, 12)), r"boxes: expected shape \[B, N, ≥4\]"),
+    (lambda: CountingModule()(torch.ones(2, 12, 4, dtype=torch.long), torch.randn(2, 12)), r"boxes: .* float values"),
     (lambda: WeightNormLinear(3, 2)(torch.randn(5, 4)), r"input: expected shape \[\.\.\., 3\], got \[5, 4\]"),
     (lambda: FCStack([4, 0]), "needs positive sizes"),
     (lambda: gru_sequence(torch.nn.GRU(3, 4, num_layers=2, batch_first=True), torch.randn(2, 5, 3)), "one-layer"),

@@ -274,3 +274,10 @@ def test_stacked_projection_keeps_independent_dropout_masks():
     for stack in stacks:
         stack.eval()
     assert torch.all(stacked_projection(stacks, torch.ones(5, 64)) == 1)
+
+
+def test_a_system_that_cannot_tell_its_memory_refuses_nothing(monkeypatch):
+    # sysconf answers -1 where the size is indeterminate: that must not make every model "too large"
+    monkeypatch.setattr(ban.models.os, "sysconf", lambda name: -1)
+    assert ban.models.physical_memory() is None
+    ban.build_model(ban.BANConfig(**SMALL))

@@ -79,17 +79,18 @@ def test_a_nan_never_overwrites_the_last_good_checkpoint(clean_data, poisoned, t
 def test_skipping_non_finite_batches_counts_them(poisoned, tmp_path):
     data_dir, image_id = poisoned
     run = small_run(data_dir, epochs=2, precision="fp32", batch_size=BATCH, skip_nonfinite=True)
-    start_run(tmp_path, run, resume=False)
-    history = train(tmp_path, run, VQATask(data_dir))
+    run_dir = tmp_path / "run"
+    start_run(run_dir, run, resume=False)
+    history = train(run_dir, run, VQATask(data_dir))
     for epoch, record in enumerate(history):
         hit = poisoned_batches(data_dir, image_id, run.train.seed, epoch)
         assert record["skipped_batches"] == len(hit) >= 1
         questions = len(np.load(data_dir / "train.npz")["question_id"])
         assert record["samples"] == questions - sum(size for _, size in hit)
         assert np.isfinite(record["train_loss"])
-    weights = Checkpoint(tmp_path / CHECKPOINT_FILE).model
+    weights = Checkpoint(run_dir / CHECKPOINT_FILE).model
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
-    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [line["skipped_batches"] for line in lines] == [r["skipped_batches"] for r in history]
 
 

@@ -133,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
             abandon_new_run(run_dir)
         raise
     if history and main_process:
-        full = f"; the last validation in full: ban evaluate {run_dir} --json" if "val" in history[-1] else ""
+        full = (f"; the last validation in full: ban evaluate {run_dir} --split {config.train.val_split} --json"
+                if "val" in history[-1] else "")
         epochs = f"{len(history)} epoch{'s' * (len(history) != 1)}"
         print(f"done: {epochs}, every epoch's numbers in {Path(run_dir) / METRICS_FILE}{full}")
     return 0

@@ -21,10 +21,8 @@ def read_manifest(data_dir: str | os.PathLike[str], task: str | None = None) -> 
     path = Path(data_dir) / MANIFEST
     if not Path(data_dir).is_dir():
         raise DataError("no such directory (a prepared dataset is the --out folder of `ban prepare`)", path=data_dir)
-    if (Path(data_dir) / "vqa").is_dir() and (Path(data_dir) / "features").is_dir():
-        raise DataError("this is raw data in the layout `ban synth` writes, not a prepared dataset: prepare it with "
-                        f"`ban prepare vqa2 --root {Path(data_dir) / 'vqa'} --features "
-                        f"{Path(data_dir) / 'features'}/*.tsv --out DIR` (docs/synthetic.md)", path=data_dir)
+    if not path.exists():
+        check_not_raw_scenes(Path(data_dir))
     manifest = read_json(path, missing=f"not a complete prepared dataset (no {MANIFEST}): run `ban prepare` (again)")
     if not isinstance(manifest, dict):
         raise DataError(f"expected a JSON object, got {type(manifest).__name__}", path=path)
@@ -33,6 +31,17 @@ def read_manifest(data_dir: str | os.PathLike[str], task: str | None = None) -> 
     if not isinstance(manifest.get("splits"), dict):
         raise DataError("expected an object of splits", path=path, field="splits")
     return manifest
+
+
+def check_not_raw_scenes(data_dir: Path) -> None:
+    """:class:`DataError` with the command to run when ``data_dir`` holds the raw files `ban synth` writes."""
+    from ban.data.synthetic.layout import VQA_SPLITS  # the generator's file plan, read only for this message
+
+    questions, features = (data_dir / VQA_SPLITS[0].questions_file, data_dir / VQA_SPLITS[0].features_file)
+    if questions.is_file():
+        raise DataError("this is raw data in the layout `ban synth` writes, not a prepared dataset: prepare it with "
+                        f"`ban prepare vqa2 --root {questions.parent} --features {features.parent}/*.tsv --out DIR` "
+                        "(docs/synthetic.md)", path=data_dir)
 
 
 def check_split(data_dir: str | os.PathLike[str], manifest: dict[str, Any], split: str) -> None:

@@ -66,8 +66,10 @@ def _cpu(tensor: torch.Tensor) -> torch.Tensor:
 class Checkpoint:
     """A checkpoint file read back: ``model`` and ``rng`` tensors, the ``state`` dict, the optimizer state.
 
-    Opening it reads the header only (format, ``state``, optimizer metadata); the tensors are read when first
-    used, so the training position of a paper-size checkpoint (about 1 GB) is cheap to look at.
+    Opening it reads the header only (format, ``state``, optimizer metadata); each part's tensors are read when
+    first used, so the training position of a paper-size checkpoint (about 1 GB) is cheap to look at and the
+    weights are read without the optimizer state. A part read from a file that another checkpoint has replaced
+    since the header was read is refused: the parts of one object always come from one file.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -75,7 +77,7 @@ class Checkpoint:
         if not self.path.is_file():
             raise CheckpointError("no checkpoint here (was the run trained for at least one step?)", path=path)
         with self._opened() as handle:
-            metadata = handle.metadata() or {}
+            metadata = self._metadata = handle.metadata() or {}
         if metadata.get("format") != FORMAT:
             raise CheckpointError(f"format is {metadata.get('format')!r}, expected {FORMAT!r}", path=path)
         try:
@@ -95,25 +97,28 @@ class Checkpoint:
         except Exception as error:  # safetensors raises its own types for malformed files
             raise CheckpointError(f"not a readable safetensors file ({error})", path=self.path) from None
 
-    @functools.cached_property
-    def _tensors(self) -> dict[str, torch.Tensor]:
+    def _part(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The tensors whose names begin with ``prefix``, by the rest of their names."""
         with self._opened() as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}
+            if (handle.metadata() or {}) != self._metadata:
+                raise CheckpointError("replaced by another checkpoint while being read (a run still writing it?): "
+                                      "read it again", path=self.path)
+            return {key[len(prefix):]: handle.get_tensor(key) for key in handle.keys() if key.startswith(prefix)}
 
-    @property
+    @functools.cached_property
     def model(self) -> dict[str, torch.Tensor]:
         """The model's state dict."""
-        return _with_prefix(self._tensors, "model/")
+        return self._part("model/")
 
-    @property
+    @functools.cached_property
     def rng(self) -> dict[str, torch.Tensor]:
         """Random generator states by name (``torch_cpu/<rank>`` …)."""
-        return _with_prefix(self._tensors, "rng/")
+        return self._part("rng/")
 
-    @property
+    @functools.cached_property
     def optimizer_tensors(self) -> dict[str, torch.Tensor]:
         """The optimizer's per-parameter state tensors by ``<param index>/<name>``."""
-        return _with_prefix(self._tensors, "optimizer/")
+        return self._part("optimizer/")
 
     def load_model(self, model: torch.nn.Module) -> None:
         """Copy the weights into ``model`` (strict: names, shapes and dtypes must match; values must be finite)."""
@@ -171,10 +176,6 @@ def _check_finite(tensor: torch.Tensor, path: Path, name: str) -> None:
         raise CheckpointError(f"values of type {tensor.dtype}, which ban never writes", path=path, field=name)
     if tensor.is_floating_point() and not torch.isfinite(tensor).all():
         raise CheckpointError("holds NaN or infinite values", path=path, field=name)
-
-
-def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 # the numbers every epoch record of a checkpoint's history holds

@@ -143,12 +143,16 @@ def train(run_dir: Path, run: RunConfig, task: Task, resume: bool = False) -> li
     Raises :class:`TrainingInterrupted` after saving a checkpoint when stopped by a signal.
     """
     context = distributed.setup(run.train.device)
+    trainer: Trainer | None = None
     try:
         check_step_settings(run, context)
-        history = Trainer(run_dir, run, task, context, resume).fit()
+        trainer = Trainer(run_dir, run, task, context, resume)
+        history = trainer.fit()
         distributed.barrier(context)  # the main process may still be writing the report pictures
         return history
     finally:
+        if trainer is not None:  # an exception's traceback still holds the trainer: let go of its DDP wrapper
+            trainer.release_wrapper()
         distributed.teardown()
 
 
@@ -199,12 +203,6 @@ class Trainer:
             if context.is_main and self.position["history"]:  # a kill may have left metrics.jsonl an epoch behind
                 report_epoch(run_dir, self.position["history"])
         self.history: list[dict[str, Any]] = self.position["history"]
-        self.trained: nn.Module = self.model
-        if context.distributed:  # every trainable parameter gets a gradient in every step (test_models), so no
-            # find_unused_parameters; not static_graph either: with the models' dataclass outputs its first step's
-            # gradients were left unaveraged (torch 2.13, gloo; a tensor output was fine)
-            device_ids = [context.device] if context.device.type == "cuda" else None
-            self.trained = DistributedDataParallel(self.model, device_ids=device_ids)
         self.data = task.dataset(self.config.train_splits)
         self.resident = task.resident(self.data, context.device, self.precision, context.is_main) \
             if self.config.resident else None
@@ -214,12 +212,23 @@ class Trainer:
         if packs_boxes(run):  # to few shapes for the graphs, not at all for eager steps
             self.packing = (dict(box_quantum=BOX_QUANTUM, row_quantum=ROW_QUANTUM) if graphed
                             else dict(box_quantum=1, row_quantum=1))
+        self.trained: nn.Module = self.model
+        if context.distributed:  # every trainable parameter gets a gradient in every step (test_models), so no
+            # find_unused_parameters; not static_graph either: with the models' dataclass outputs its first step's
+            # gradients were left unaveraged (torch 2.13, gloo; a tensor output was fine)
+            device_ids = [context.device] if context.device.type == "cuda" else None
+            self.trained = DistributedDataParallel(self.model, device_ids=device_ids)
         # on a CPU (tests) the graphs' steps run eagerly: train() refuses cuda_graphs there
         self.forward: Callable[[Batch], Tensor] = (compiled_forward(self.model) if self.config.compile
                                                    else functools.partial(task.forward, self.trained))
         self.graphs = TrainingGraphs(self.graph_gradients, self.model, self.optimizer, self.config.grad_clip,
                                      compile=self.config.compile, capture=context.device.type == "cuda") \
             if graphed else None
+
+    def release_wrapper(self) -> None:
+        """Let go of the DDP wrapper and the forward pass bound to it, so that leaving the process group frees them
+        (:func:`ban.engine.distributed.teardown`); the trainer cannot train after this."""
+        del self.trained, self.forward
 
     def fit(self) -> list[dict[str, Any]]:
         """Run the remaining epochs; a checkpoint and a metrics line after each; then the report's attention

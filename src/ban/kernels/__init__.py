@@ -87,6 +87,9 @@ def building(directory: Path) -> Iterator[None]:
         except BlockingIOError:
             print("ban: waiting for another process building the CPU kernels", file=sys.stderr)
             fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock (some network mounts): PyTorch's lock file only
+            yield
+            return
         try:
             (directory / "lock").unlink(missing_ok=True)
             yield

@@ -44,16 +44,17 @@ def check_fits_in_memory(config: BANConfig) -> None:
     if available is not None and needed > available:
         sizes = ", ".join(f"{name}={getattr(config, name)}" for name in (
             "num_tokens", "word_dim", "feature_dim", "hidden_dim", "num_glimpses"))
-        raise ConfigError(f"a model with {sizes} has at least {needed / 2**30:,.0f} GiB of float32 weights, more "
-                          f"than this machine's {available / 2**30:,.0f} GiB of memory: check these sizes")
+        raise ConfigError(f"a model with {sizes} has at least {needed / 2**30:,.1f} GiB of float32 weights, more "
+                          f"than this machine's {available / 2**30:,.1f} GiB of memory: check these sizes")
 
 
 def physical_memory() -> int | None:
     """This machine's physical memory in bytes (None where the system does not say)."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None
+    return pages * page_size if pages > 0 and page_size > 0 else None  # -1: the system cannot tell
 
 
 __all__ = [

@@ -110,8 +110,9 @@ class CountingModule(nn.Module):
     def forward(self, boxes: Tensor, scores: Tensor) -> Tensor:
         """boxes [B, N, ≥4] normalised x1, y1, x2, y2 (…); scores [B, N] pre-sigmoid (−inf for padded boxes)
         → [B, num_objects + 1], the confidence-weighted soft one-hot count."""
-        if boxes.dim() != 3 or boxes.shape[-1] < 4:
-            raise ValueError(f"boxes: expected shape [B, N, ≥4] (x1, y1, x2, y2, …), got {list(boxes.shape)}")
+        if boxes.dim() != 3 or boxes.shape[-1] < 4 or not boxes.is_floating_point():
+            raise ValueError(f"boxes: expected shape [B, N, ≥4] (x1, y1, x2, y2, …) with float values, got shape "
+                             f"{list(boxes.shape)} of {boxes.dtype}")
         expect_shape("scores", scores, boxes.shape[:2], "float")
         boxes = boxes[..., :4]
         f = self.functions
