@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -9,7 +10,9 @@ import torch
 
 import ban
 from ban.errors import ConfigError
+from ban.machine import physical_memory
 from ban.models import PRESETS
+from ban.models.sizes import minimum_parameters
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +46,7 @@ def test_paper_best_parameter_count_matches_reference():
 def test_the_size_check_bounds_every_model_from_below(kind, sizes):
     config = ban.BANConfig(**{**SMALL, **kind, **sizes})
     count = sum(p.numel() for p in ban.build_model(config).parameters())
-    assert ban.models.minimum_parameters(config) <= count
+    assert minimum_parameters(config) <= count
 
 
 @pytest.mark.parametrize("absurd", [dict(hidden_dim=10**12), dict(num_glimpses=10**6), dict(num_tokens=10**11),
@@ -278,6 +281,6 @@ def test_stacked_projection_keeps_independent_dropout_masks():
 
 def test_a_system_that_cannot_tell_its_memory_refuses_nothing(monkeypatch):
     # sysconf answers -1 where the size is indeterminate: that must not make every model "too large"
-    monkeypatch.setattr(ban.models.os, "sysconf", lambda name: -1)
-    assert ban.models.physical_memory() is None
+    monkeypatch.setattr(os, "sysconf", lambda name: -1)
+    assert physical_memory() is None
     ban.build_model(ban.BANConfig(**SMALL))

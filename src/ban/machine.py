@@ -1,4 +1,4 @@
-"""Where a measurement ran: the line every benchmark and ablation records with its numbers."""
+"""Which machine this is: the line every benchmark and ablation records with its numbers, and its memory."""
 
 from __future__ import annotations
 
@@ -18,6 +18,15 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the system does not say)."""
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return pages * page_size if pages > 0 and page_size > 0 else None  # -1: the system cannot tell
 
 
 def describe_machine(device: torch.device | None = None) -> str:
