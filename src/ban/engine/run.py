@@ -131,9 +131,8 @@ def check_epochs(position: dict[str, Any], epochs: int) -> None:
 def abandon_new_run(run_dir: str | Path) -> None:
     """Undo :func:`start_run` for a new run stopped by an error before its first checkpoint (a setting it cannot
     run with, a bad data file): its config.json goes (with a best.safetensors the failed epoch kept), and the
-    directory if that leaves it empty, so the corrected
-    command can start it afresh. A directory holding a checkpoint is left as it is, and so is any file the run did
-    not write; never call it for a resumed run."""
+    directory if that leaves it empty, so the corrected command can start it afresh. A directory holding a
+    checkpoint is left as it is, and so is any file the run did not write; never call it for a resumed run."""
     run_dir = Path(run_dir)
     if (run_dir / CHECKPOINT_FILE).exists():
         return
