@@ -255,7 +255,7 @@ def test_command_with_a_store_directory_as_source(prepared: tuple[Path, dict], t
                               "--out", str(tmp_path / "again"), "--dictionary", str(data_dir / "dictionary.json"),
                               "--json"])
     assert command.run(args) == 0
-    assert json.loads(capsys.readouterr().out) == manifest
+    assert json.loads(capsys.readouterr().out) == {**manifest, "root": str((tmp_path / "raw").resolve())}
     assert (tmp_path / "again" / "features" / "features.json").is_file()
     for split in ("train", "val", "test"):
         with np.load(data_dir / f"{split}.npz") as first, np.load(tmp_path / "again" / f"{split}.npz") as second:

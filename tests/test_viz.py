@@ -298,3 +298,20 @@ def test_a_vqa_run_needs_nothing_of_the_grounding_readers(monkeypatch):
     monkeypatch.setitem(sys.modules, "defusedxml", None)  # an import of it raises ImportError
     report = importlib.import_module("ban.viz.report")
     assert callable(report.write_report_pictures) and "ban.viz.grounding" not in sys.modules
+
+
+def test_the_images_beside_the_raw_files_are_found_wherever_the_dataset_lies(scenes: dict[str, Path],
+                                                                            tmp_path: Path) -> None:
+    # prepared away from the scenes (`ban prepare vqa2 --root scenes/vqa … --out data/vqa`): the manifest's root
+    # leads to scenes/images and scenes/flickr30k/images, which no folder near the dataset holds
+    from ban.viz.report import default_image_dir
+
+    elsewhere = {task: tmp_path / "data" / task for task in ("vqa", "grounding")}
+    for task, source in (("vqa", scenes["vqa"]), ("grounding", scenes["flickr"])):
+        shutil.copytree(source, elsewhere[task])
+    assert default_image_dir(elsewhere["vqa"], "vqa") == scenes["raw"].resolve() / "images"
+    assert default_image_dir(elsewhere["grounding"], "grounding") == scenes["raw"].resolve() / "flickr30k" / "images"
+    manifest = json.loads((elsewhere["vqa"] / "manifest.json").read_text())
+    del manifest["root"]  # prepared before the root was recorded: nothing found, as before
+    (elsewhere["vqa"] / "manifest.json").write_text(json.dumps(manifest))
+    assert default_image_dir(elsewhere["vqa"], "vqa") is None

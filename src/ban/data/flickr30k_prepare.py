@@ -216,6 +216,7 @@ def prepare_flickr30k(
             "task": "grounding",
             "dataset": "flickr30k_entities",
             "format_version": FORMAT_VERSION,
+            "root": str(Path(root).resolve()),
             "splits": split_summaries,
             "num_tokens": len(dictionary),
             "padding_index": dictionary.padding_index,

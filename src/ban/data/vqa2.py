@@ -235,7 +235,7 @@ def prepare_vqa2(
             "num_tokens": len(dictionary), "padding_index": dictionary.padding_index,
             "question_length": QUESTION_LENGTH, "num_answers": len(candidates), "min_answer_count": min_answer_count,
             "feature_dim": store.feature_dim, "num_images": len(store), "features": "features.json",
-            "glove": glove is not None,
+            "glove": glove is not None, "root": str(Path(root).resolve()),
         }
         write_json(temp / MANIFEST, manifest)
     return manifest

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ban.data.prepared import read_manifest
 from ban.engine.run import RunConfig
 from ban.errors import DataError
 from ban.viz.vqa import VQAPictures, choose_indices
@@ -24,16 +25,30 @@ REPORT_PICTURES = 4
 
 
 def default_image_dir(data_dir: Path, task: str) -> Path | None:
-    """The first existing image folder near the prepared dataset: ``DATA/images``, ``DATA/../images``, and the
+    """The first existing image folder near the prepared dataset: ``DATA/images``, ``DATA/../images``, the
     folders the synthetic scenes write (``DATA/../raw/images`` for VQA, ``DATA/../raw/flickr30k/images`` for
-    grounding); None if there is none."""
+    grounding), then beside the raw files it was prepared from (the manifest's ``root``: ``ROOT/images``, and for
+    VQA ``ROOT/../images``, where `ban synth` writes them); None if there is none."""
     parent = data_dir.parent
     candidates = [data_dir / "images", parent / "images"]
     if task == "grounding":
         candidates += [parent / "raw" / "flickr30k" / "images", parent / "flickr30k" / "images"]
     else:
         candidates += [parent / "raw" / "images"]
+    root = prepared_from(data_dir)
+    if root is not None:
+        candidates += [root / "images"] if task == "grounding" else [root / "images", root.parent / "images"]
     return next((path for path in candidates if path.is_dir()), None)
+
+
+def prepared_from(data_dir: Path) -> Path | None:
+    """The raw files' folder a prepared dataset was made from (its manifest's ``root``; None for datasets
+    prepared before it was recorded)."""
+    try:
+        root = read_manifest(data_dir).get("root")
+    except DataError:
+        return None
+    return Path(root) if isinstance(root, str) else None
 
 
 def picture_maker(model: nn.Module, run: RunConfig, data_dir: Path, split: str, image_dir: Path | None,
