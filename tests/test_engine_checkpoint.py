@@ -154,6 +154,12 @@ def test_a_checkpoint_replaced_while_being_read_is_refused_not_mixed(tmp_path):
         for parameter in model.parameters():
             parameter.add_(1.0)
     save_checkpoint(path, model, None, {"epoch": 2})
-    with pytest.raises(CheckpointError, match="best.safetensors: replaced by another checkpoint while being read"):
+    with pytest.raises(CheckpointError, match="best.safetensors: replaced by another checkpoint while being read") \
+            as refused:
         checkpoint.load_model(build_model(model.config))
+    assert "not a readable" not in str(refused.value)
     assert Checkpoint(path).state == {"epoch": 2}
+    checkpoint = Checkpoint(path)  # the same epoch saved again (a kill between best and last redoes the epoch)
+    save_checkpoint(path, model, None, {"epoch": 2})
+    with pytest.raises(CheckpointError, match="replaced by another checkpoint"):
+        checkpoint.load_model(build_model(model.config))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import weakref
 
+import pytest
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -75,32 +76,49 @@ def test_leaving_the_process_group_first_frees_a_ddp_wrapper_held_in_a_reference
             dist.destroy_process_group()
 
 
-def test_a_trainer_lets_go_of_its_ddp_wrapper_even_when_its_run_ends_with_an_error(tmp_path):
-    # an exception's traceback holds the trainer until the process exits: train() releases its wrapper first
+def test_a_run_ending_in_an_error_in_the_forward_pass_leaves_no_ddp_wrapper_behind(tmp_path, monkeypatch):
+    # the exception's traceback holds the wrapper (DDP's forward frame, the task's) until the process exits: train()
+    # must let go of it before it leaves the process group
     from conftest import make_dataset
 
+    from ban.engine import trainer as trainer_module
     from ban.engine.config import TrainConfig
-    from ban.engine.run import RunConfig
+    from ban.engine.run import RunConfig, start_run
     from ban.engine.tasks import VQATask
-    from ban.engine.trainer import Trainer
-    from ban.models import preset
+    from ban.models import BanForVQA, preset
 
     data_dir = make_dataset(tmp_path, seed=0)
     task = VQATask(data_dir)
     model = preset("tiny", **task.model_sizes(), hidden_dim=8, word_dim=4)
-    run = RunConfig("vqa", str(data_dir), model, TrainConfig(batch_size=4, device="cpu"))
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    gc.disable()
-    try:
-        trainer = Trainer(tmp_path / "run", run, task, DistContext(0, 2, torch.device("cpu")), resume=False)
-        wrapper = weakref.ref(trainer.trained)
-        assert isinstance(wrapper(), DistributedDataParallel)
+    run = RunConfig("vqa", str(data_dir), model, TrainConfig(batch_size=4, device="cpu", epochs=1, val_split=""))
+    start_run(tmp_path / "run", run, resume=False)
+    wrappers, alive_at_teardown = [], []
+
+    class RecordedDDP(DistributedDataParallel):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            wrappers.append(weakref.ref(self))
+
+    def one_process_standing_for_two(device):
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        return DistContext(0, 2, torch.device(device))
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("out of memory (raised by the test)")
+
+    def recorded_teardown():
         gc.collect()
-        assert wrapper() is not None  # the trainer holds it
-        trainer.release_wrapper()
-        teardown()
-        assert wrapper() is None
+        alive_at_teardown.append(wrappers[0]() is not None)
+        dist.destroy_process_group()
+
+    monkeypatch.setattr(trainer_module, "DistributedDataParallel", RecordedDDP)
+    monkeypatch.setattr(trainer_module.distributed, "setup", one_process_standing_for_two)
+    monkeypatch.setattr(trainer_module.distributed, "teardown", recorded_teardown)
+    monkeypatch.setattr(BanForVQA, "forward", out_of_memory)
+    try:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            trainer_module.train(tmp_path / "run", run, task)
     finally:
-        gc.enable()
         if dist.is_initialized():
             dist.destroy_process_group()
+    assert len(wrappers) == 1 and alive_at_teardown == [False]

@@ -269,3 +269,18 @@ def test_a_build_stopped_midway_does_not_block_the_next(kernel, tmp_path):
     done = subprocess.run([sys.executable, "-c", child], env={**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)},
                           capture_output=True, text=True, timeout=300, check=True)
     assert done.stdout.split() == ["True", str(leftover)] and not (leftover / "lock").exists()
+
+
+def test_a_file_system_without_flock_builds_with_pytorchs_lock_only(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "lock").touch()  # PyTorch's: without our lock nothing tells a leftover from a live build
+    with kernels.building(tmp_path / "build"):
+        entered = True
+    assert entered and (tmp_path / "build" / "lock").exists()

@@ -70,6 +70,13 @@ def test_torch_func_per_sample_gradients_are_the_gradients_of_each_sample():
             assert torch.allclose(got[index], want, atol=1e-12), name
 
 
+def test_outside_torch_func_the_scale_takes_its_one_pass_backward():
+    # the autograd.Function whose backward is one pass over V, not autograd's norm (benchmarks/norm_scale_forms.py)
+    direction = torch.randn(5, 7, requires_grad=True)
+    scale = norm_scale(direction, torch.tensor(2.0, requires_grad=True))
+    assert type(scale.grad_fn).__name__ == "_NormScaleBackward"
+
+
 def test_weight_norm_linear_equals_the_materialised_weight_with_its_gradients():
     torch.manual_seed(0)
     layer = WeightNormLinear(6, 4).double()

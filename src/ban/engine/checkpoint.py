@@ -5,8 +5,8 @@ Layout of the file (no pickle anywhere):
 - tensors ``model/<name>`` — the model's state dict;
 - tensors ``optimizer/<param index>/<name>`` — per-parameter optimizer state (Adamax: step, exp_avg, exp_inf);
 - tensors ``rng/<name>`` — random generator states (one per process under torchrun);
-- metadata ``format``, ``optimizer`` (JSON: param groups and non-tensor state) and ``state`` (JSON: epoch, step,
-  history … whatever the trainer passes).
+- metadata ``format``, ``optimizer`` (JSON: param groups and non-tensor state), ``state`` (JSON: epoch, step,
+  history … whatever the trainer passes) and ``written`` (a random id of this save).
 
 The file is written to a temporary name and renamed, so it is always either the old or the new checkpoint.
 """
@@ -17,6 +17,7 @@ import contextlib
 import functools
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,8 @@ def save_checkpoint(
                     optimizer_meta["scalars"].setdefault(str(index), {})[name] = value
     for name, value in (rng or {}).items():
         tensors[f"rng/{name}"] = _cpu(value)
-    metadata = {"format": FORMAT, "state": json.dumps(state), "optimizer": json.dumps(optimizer_meta)}
+    metadata = {"format": FORMAT, "state": json.dumps(state), "optimizer": json.dumps(optimizer_meta),
+                "written": uuid.uuid4().hex}  # tells two saves of the same state apart (Checkpoint._part)
     write_with(path, lambda temp: save_file(tensors, str(temp), metadata=metadata))
 
 
@@ -94,6 +96,8 @@ class Checkpoint:
         try:
             with safe_open(str(self.path), framework="pt") as handle:
                 yield handle
+        except CheckpointError:  # raised while reading it, with its own message
+            raise
         except Exception as error:  # safetensors raises its own types for malformed files
             raise CheckpointError(f"not a readable safetensors file ({error})", path=self.path) from None
 

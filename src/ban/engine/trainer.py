@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import signal
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -150,8 +151,11 @@ def train(run_dir: Path, run: RunConfig, task: Task, resume: bool = False) -> li
         history = trainer.fit()
         distributed.barrier(context)  # the main process may still be writing the report pictures
         return history
+    except BaseException as error:  # its traceback's frames hold the DDP wrapper (e.g. an error in the forward
+        traceback.clear_frames(error.__traceback__)  # pass): their locals go, the lines stay for the report
+        raise
     finally:
-        if trainer is not None:  # an exception's traceback still holds the trainer: let go of its DDP wrapper
+        if trainer is not None:
             trainer.release_wrapper()
         distributed.teardown()
 

@@ -82,12 +82,15 @@ def building(directory: Path) -> Iterator[None]:
         yield
         return
     with open(directory.parent / f"{directory.name}.lock", "a") as handle:
+        locked = True
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             print("ban: waiting for another process building the CPU kernels", file=sys.stderr)
             fcntl.flock(handle, fcntl.LOCK_EX)
         except OSError:  # a file system without flock (some network mounts): PyTorch's lock file only
+            locked = False
+        if not locked:
             yield
             return
         try:
