@@ -410,7 +410,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--feature-dim", type=int, default=2048)
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="use ban.heap.keep_freed_memory (off: glibc's defaults, as the authors ran)")
-    parser.add_argument("--out", type=Path, help="write the results here as JSON")
+    parser.add_argument("--json", type=Path, help="write the results here as JSON")
     return parser.parse_args(argv)
 
 
@@ -427,10 +427,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     machine = describe_machine(resolve_device(settings.device))
     print(f"machine: {machine}; glibc malloc {'keeps freed memory' if kept_freed_memory else 'defaults'}")
     print(format_rows(results))
-    if args.out:
+    if args.json:
         report = {"machine": machine, "keep_freed_memory": kept_freed_memory, "settings": dataclasses.asdict(settings),
                   "model": config.to_dict(), "results": results}
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
     return results
 
 

@@ -1,6 +1,6 @@
 """End-to-end epoch time from a prepared store, and the projected time of the paper's schedule (issue 7).
 
-    python benchmarks/bench_epoch.py --data DATA_DIR [DATA_DIR ...] --json-out benchmarks/bench_epoch.json
+    python benchmarks/bench_epoch.py --data DATA_DIR [DATA_DIR ...] --json benchmarks/bench_epoch.json
 
 For every prepared VQA dataset given (make a VQA-2.0-sized one with `ban synth --images 115896 --flickr-images 0
 --no-png --feature-dim 256` and `ban prepare vqa2`: its train split is 82,783 images and ≈ 444k questions):
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--resident", action="store_true", help="also the epoch from resident=true's copy")
     parser.add_argument("--train-epoch", action="store_true", help="also run one `ban train` epoch (tiny preset)")
     parser.add_argument("--step-batches", type=int, default=3, help="timed paper-best steps (after one warm-up)")
-    parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
     keep_freed_memory()  # as `ban` does when it starts
 
@@ -149,8 +149,8 @@ def main() -> None:
           f"{plan['vqa2_train_epoch_hours']:.1f} h, the paper's {PAPER_EPOCHS} epochs on train+val "
           f"{plan['paper_schedule_trainval_hours']:.1f} h")
     print(results["machine"])
-    if args.json_out:
-        args.json_out.write_text(json.dumps(results, indent=2) + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     python benchmarks/bench_synth.py                          # demo (2,800 images) at 2048-d and 256-d,
                                                               # and 82,783 images (≈ 440k questions) at 256-d
     python benchmarks/bench_synth.py --images 10000           # a smaller "large" run
-    python benchmarks/bench_synth.py --json-out results.json
+    python benchmarks/bench_synth.py --json results.json
 
 Prints a table (wall time, CPU time of all processes, images/s, questions/s, bytes written) and writes JSON.
 The machine (CPU count, model, load average before each run) is recorded: on a shared machine the load
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--scratch", type=Path, default=None,
                         help="the directory (made if missing) under which the runs write; each run's output is "
                              "deleted after it")
-    parser.add_argument("--json-out", type=Path,
+    parser.add_argument("--json", type=Path,
                         help="write the runs as JSON here (the recorded run: benchmarks/bench_synth.json)")
     args = parser.parse_args()
     runs = [("demo-2048", args.demo_images, 2048), ("demo-256", args.demo_images, 256)]
@@ -99,10 +99,10 @@ def main() -> None:
             f"{r['wall_s']:>9}{r['cpu_s']:>9}{r['images_per_s']:>9}{r['questions_per_s']:>10}"
             f"{r['bytes'] / 1e9:>8.2f}{r['load_average_before']:>7}"
         )
-    if args.json_out is not None:
+    if args.json is not None:
         record = {"machine": machine, "runs": rows}
-        args.json_out.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"written to {args.json_out}")
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"written to {args.json}")
 
 
 if __name__ == "__main__":

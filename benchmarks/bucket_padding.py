@@ -1,6 +1,6 @@
 """Padded box slots per question with and without `bucket_boxes` (issue 7): no model, only the batches.
 
-    python benchmarks/bucket_padding.py [--data PREPARED_VQA_DIR ...] [--batch-size 256] [--json-out FILE]
+    python benchmarks/bucket_padding.py [--data PREPARED_VQA_DIR ...] [--batch-size 256] [--json FILE]
 
 For each prepared dataset's train split, and for 443,757 questions drawn from the adaptive law of `ban bench`
 (10–100 boxes, mean ≈ 32, as bottom-up features), one epoch of batches as `ban train` cuts them (seed 1204,
@@ -34,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, nargs="*", default=[])
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
     tasks = {str(d): make_task("vqa", d) for d in args.data}
     sources = {name: task.box_counts(task.dataset(["train"])) for name, task in tasks.items()}
@@ -47,8 +47,8 @@ def main() -> None:
     for row in rows:
         print(f"| {row['data']} | {row['bucketed']} | {row['real_per_question']:.1f} | "
               f"{row['padded_per_question']:.1f} | {row['padded_over_real']:.2f} | {row['distinct_shapes']} |")
-    if args.json_out:
-        args.json_out.write_text(json.dumps({"batch_size": args.batch_size, "rows": rows}, indent=2) + "\n")
+    if args.json:
+        args.json.write_text(json.dumps({"batch_size": args.batch_size, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

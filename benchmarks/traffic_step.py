@@ -1,6 +1,6 @@
 """What one graphed paper-best training step asks of a GPU's memory and matrix units, counted on the CPU (issue 7).
 
-    python benchmarks/traffic_step.py --json-out benchmarks/traffic_step.json
+    python benchmarks/traffic_step.py --json benchmarks/traffic_step.json
     python benchmarks/traffic_step.py --batch-size 32 --boxes 36 --precision fp32 --rows 20
 
 Without a GPU the step's time cannot be measured, but its work can be counted. This runs the step `ban train
@@ -309,7 +309,7 @@ def main() -> None:
     parser.add_argument("--compiled", action="store_true",
                         help="also compile the step afresh (minutes) and price Inductor's kernels")
     parser.add_argument("--rows", type=int, default=25, help="operators to list")
-    parser.add_argument("--json-out")
+    parser.add_argument("--json", help="write the results here as JSON")
     args = parser.parse_args()
     workload = Workload(BenchSettings(batch_size=args.batch_size, boxes=args.boxes), args.precision,
                         getattr(torch, args.feature_dtype))
@@ -365,8 +365,8 @@ def main() -> None:
         for group in report["compiled"]["by_source"][: args.rows]:
             print(f"| {group['phase']} | {group['source']} | {group['kernels']} | {group['bytes'] / 1e9:.3f} | "
                   f"{group['touched'] / 1e9:.3f} |")
-    if args.json_out:
-        with open(args.json_out, "w", encoding="utf-8") as handle:
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=1)
 
 

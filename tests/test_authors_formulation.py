@@ -83,7 +83,7 @@ def test_cli_writes_a_timing(tmp_path):
     out = tmp_path / "authors.json"
     authors.main(["--hidden-dim", "32", "--glimpses", "2", "--feature-dim", "64", "--num-tokens", "20",
                   "--num-answers", "10", "--batch-size", "2", "--boxes", "12", "--steps", "1", "--warmup", "0",
-                  "--precision", "fp32", "bf16", "--threads", str(torch.get_num_threads()), "--out", str(out)])
+                  "--precision", "fp32", "bf16", "--threads", str(torch.get_num_threads()), "--json", str(out)])
     report = json.loads(out.read_text())
     assert [r["precision"] for r in report["results"]] == ["fp32", "bf16"]
     assert all(r["ms_per_step_median"] > 0 and r["questions_per_s"] > 0 for r in report["results"])
