@@ -48,6 +48,24 @@ def test_official_checkpoint_reproduces_the_reference_outputs(official_fixtures)
     assert (attention - io["attention"]).abs().max() <= TOLERANCE
 
 
+def test_ban_export_loads_in_the_reference_scripts_way(official_fixtures, tmp_path):
+    """The reference's test.py wraps its model in nn.DataParallel, then loads ``model_state`` strictly."""
+    ban.save_official_checkpoint(ban.load_official_checkpoint(official_fixtures / f"{FIXTURE}.pth"),
+                                 tmp_path / "exported.pth", epoch=12)
+    checkpoint = torch.load(tmp_path / "exported.pth", weights_only=True)
+    assert set(checkpoint) == {"epoch", "model_state"} and checkpoint["epoch"] == 12
+    reference = authors.load_official(official_fixtures / f"{FIXTURE}.pth")
+    wrapped = torch.nn.DataParallel(authors.AuthorsBanVQA(
+        num_tokens=reference.w_emb.emb.weight.shape[0] - 1, num_answers=reference.classifier.main[3].bias.shape[0],
+        feature_dim=reference.v_att.logits.v_net.main[1].weight_v.shape[1],
+        hidden_dim=reference.v_att.logits.q_net.main[1].weight_v.shape[0] // 3, glimpses=4))
+    wrapped.load_state_dict(checkpoint.get("model_state", checkpoint))  # strict, as the reference's test.py does
+    io = _fixture_io(official_fixtures)
+    with torch.no_grad():
+        logits, _ = wrapped.eval()(io["v"], io["b"], io["q"])
+    assert (logits - io["logits"]).abs().max() <= TOLERANCE
+
+
 def test_agrees_with_ban_on_fresh_inputs_with_padded_boxes(official_fixtures):
     path = official_fixtures / f"{FIXTURE}.pth"
     reference, ours = authors.load_official(path).eval(), ban.load_official_checkpoint(path).eval()

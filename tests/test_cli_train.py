@@ -93,6 +93,8 @@ def test_train_evaluate_predict(data_dir, tmp_path, capsys):
         (["--preset", "tiny", "--set", "model.task=grounding"], "model.task=grounding contradicts the task (vqa)"),
         (["--set", "val_split=vall"], "training setting 'val_split': "),
         (["--set", "train_splits=train,tran"], "has no split 'tran'; it has train, val, test-dev"),
+        (["--set", "train_splits=train,test-dev"], "has no training targets; splits that have: train, val"),
+        (["--set", "val_split=test-dev"], "has no annotations to score against; splits that have: train, val (an "),
         (["--set", "num_workers=-1"], "'num_workers' must be non-negative"),
         (["--set", "grad_clip=-1"], "'grad_clip' must be positive"),
         (["--set", "device=tpu"], "'device': 'tpu' is not a device"),
@@ -278,6 +280,13 @@ def test_grounding_train_and_evaluate(tmp_path, capsys):
     assert metrics["upperBound"] == pytest.approx(100 * reachable / scored)
     for k, hit in hits.items():
         assert metrics[f"recall@{k}"] == pytest.approx(100 * hit / scored)
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--split", "test", "--precision", "fp32"]) == 0  # the table
+    table = capsys.readouterr().out
+    assert f"recall@1                   {metrics['recall@1']:6.2f}" in table
+    assert f"count                      {metrics['count']:6d}" in table
+    kind, figures = next(iter(metrics["perType"].items()))
+    assert f"  {kind:<24} recall@1 {figures['recall@1']:6.2f}  recall@5" in table
     untrained = initial_model(run.config, make_task("grounding", tmp_path / "prepared")).state_dict()
     assert any(not torch.equal(value, untrained[name]) for name, value in run.model.state_dict().items())
 

@@ -15,7 +15,9 @@ from test_data_features import expected_spatial, random_image, write_official_ts
 from ban.cli import main
 from ban.data.collate import collate_vqa
 from ban.data.vqa2 import VQADataset, prepare_vqa2
-from ban.errors import DataError
+from ban.engine.config import TrainConfig
+from ban.engine.tasks import VQATask, check_splits
+from ban.errors import ConfigError, DataError
 
 INFO = {"description": "test", "version": "2.0", "year": 2017}
 LICENSE = {"name": "CC", "url": "http://creativecommons.org"}
@@ -294,6 +296,15 @@ def test_visual_genome_augmentation(raw, tmp_path) -> None:
         assert split["tokens"][0].tolist()[:5] == [6, 7, 0, 1, 21]
     dataset = VQADataset(raw["out"], "vg-val")
     assert len(dataset) == 1 and dataset[0]["target"].tolist() == [0.0, 0.0, 0.0, 1.0, 0.0]
+    task = VQATask(raw["out"])  # Visual Genome QA trains, but has no official annotations to score
+    assert task.splits_with_targets() == ["train", "val", "vg-train", "vg-val"]
+    assert task.scored_splits() == ["train", "val"]
+    check_splits(TrainConfig(train_splits=("train", "vg-train"), val_split="val"), task)
+    with pytest.raises(ConfigError, match="'val_split': split 'vg-val' of .* has no annotations to score against; "
+                                          "splits that have: train, val"):
+        check_splits(TrainConfig(train_splits=("train", "vg-train"), val_split="vg-val"), task)
+    with pytest.raises(DataError, match="'vg-val' has training targets but no official annotations"):
+        task.annotations("vg-val")
 
 
 def test_glove_initialisation(raw, tmp_path) -> None:

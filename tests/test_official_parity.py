@@ -108,6 +108,43 @@ def test_misshapen_tensor_is_named(official_fixtures):
         ban.load_official_checkpoint(state)
 
 
+def test_a_transposed_tensor_is_refused(official_fixtures):
+    """[32, 96] holds as many values as the expected [96, 32]: the shape itself is compared."""
+    state = dict(_reference_state(official_fixtures))
+    key = "module.v_att.logits.q_net.main.1.weight_v"
+    state[key] = state[key].t().contiguous()
+    with pytest.raises(CheckpointError, match=r"shape \(32, 96\), expected \(96, 32\)") as caught:
+        ban.load_official_checkpoint(state)
+    assert caught.value.field == key.removeprefix("module.")
+
+
+def test_a_gain_saved_as_one_element_vector_loads(official_fixtures):
+    state = dict(_reference_state(official_fixtures))
+    reference = ban.load_official_checkpoint(state).state_dict()
+    state["module.classifier.main.0.weight_g"] = state["module.classifier.main.0.weight_g"].reshape(1)
+    loaded = ban.load_official_checkpoint(state).state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in reference.items())
+
+
+@pytest.mark.parametrize("part", ["counter.", "c_prj."])
+def test_half_a_counting_module_is_named_missing(official_fixtures, part):
+    state = {key: value for key, value in _reference_state(official_fixtures).items()
+             if not key.startswith(f"module.{part}")}
+    with pytest.raises(CheckpointError, match="missing tensor") as caught:
+        ban.load_official_checkpoint(state)
+    assert caught.value.field.startswith(part)  # not "unexpected" for the part that is there
+
+
+def test_a_ban_run_checkpoint_or_a_dict_without_model_state_is_explained(official_fixtures):
+    model = ban.load_official_checkpoint(_reference_state(official_fixtures))
+    run_layout = {f"model/{key}": value for key, value in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match="ban's own state dict"):
+        ban.load_official_checkpoint(run_layout)
+    with pytest.raises(CheckpointError, match="without 'model_state'") as caught:
+        ban.load_official_checkpoint({"epoch": 3, "model": _reference_state(official_fixtures)})
+    assert caught.value.field == "model_state"
+
+
 @pytest.mark.parametrize(("value", "message"), [
     (lambda t: t.index_fill(0, torch.tensor([0]), float("nan")), "NaN or infinite"),
     (lambda t: t.index_fill(0, torch.tensor([0]), float("inf")), "NaN or infinite"),

@@ -1,8 +1,8 @@
 """Import and export of the reference code's checkpoints (jnhwkim/ban-vqa).
 
 A reference checkpoint is ``{'epoch', 'model_state', 'optimizer_state'}`` (keys with ``module.`` when saved
-from DataParallel) or a bare state dict. Every size is inferred from the tensor shapes; pickles are read only
-with ``torch.load(weights_only=True)``.
+from DataParallel, as the reference's training script does) or a bare state dict. Every size is inferred from
+the tensor shapes; pickles are read only with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -52,6 +52,13 @@ _OURS_TO_REFERENCE = [(_template_regex(ours), theirs) for theirs, ours in _KEY_T
 _PADDED_SHAPE_KEYS = ("attention.glimpse_weight_v", "attention.glimpse_bias")
 
 
+def _reference_shape(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The reference's shape of our tensor ``key`` of shape ``shape``."""
+    if key in _PADDED_SHAPE_KEYS:
+        return (1, shape[0], 1, shape[1] if len(shape) > 1 else 1)
+    return shape
+
+
 def _translate(key: str, rules: list[tuple[re.Pattern[str], str]]) -> str | None:
     for regex, template in rules:
         match = regex.fullmatch(key)
@@ -74,6 +81,10 @@ def _read_state_dict(source: str | os.PathLike[str] | Mapping[str, object]) -> t
                                   path=label) from error
     if not isinstance(source, Mapping):
         raise CheckpointError(f"expected a dict, found {type(source).__name__}", path=label)
+    if "model_state" not in source and "epoch" in source:
+        raise CheckpointError("a checkpoint dict without 'model_state' (the reference's are {'epoch', "
+                              "'model_state', 'optimizer_state'}; a bare state dict holds only tensors)", path=label,
+                              field="model_state")
     state = source.get("model_state", source)
     if not isinstance(state, Mapping):
         raise CheckpointError("'model_state' is not a dict of tensors", path=label, field="model_state")
@@ -82,7 +93,7 @@ def _read_state_dict(source: str | os.PathLike[str] | Mapping[str, object]) -> t
         if not isinstance(key, str) or not isinstance(value, Tensor):
             raise CheckpointError(f"entry is a {type(value).__name__}, not a tensor", path=label, field=str(key))
         tensors[key.removeprefix("module.")] = value
-    if "w_emb.emb.weight" not in tensors and "word_embedding.table.weight" in tensors:
+    if "w_emb.emb.weight" not in tensors and any(key.endswith("word_embedding.table.weight") for key in tensors):
         raise CheckpointError("this is ban's own state dict (ban's parameter names), not the reference's: give it "
                               "to model.load_state_dict, or load a run of `ban train` with ban.load_run", path=label)
     return tensors, label
@@ -107,7 +118,7 @@ def infer_config(tensors: Mapping[str, Tensor], label: str = "state dict") -> BA
         raise CheckpointError(f"attention rank {rank} is not a multiple of the hidden size {hidden}",
                               path=label, field="v_att.logits.h_mat_v")
     is_vqa = "classifier.main.3.weight_v" in tensors
-    use_counting = "counter.f.0.weight" in tensors
+    use_counting = any(key.startswith(("counter.", "c_prj.")) for key in tensors)  # one part alone: the rest is missing
     num_count_objects = 10
     if use_counting:
         num_count_objects = _shape(tensors, "c_prj.0.main.0.weight_v", label, 2)[1] - 1
@@ -147,9 +158,10 @@ def load_official_checkpoint(source: str | os.PathLike[str] | Mapping[str, objec
                                   f"{', meta' if value.is_meta else ''})", path=label, field=key)
         if not torch.isfinite(value).all():
             raise CheckpointError("tensor holds NaN or infinite values", path=label, field=key)
-        if value.numel() != expected[ours].numel():
-            raise CheckpointError(f"shape {tuple(value.shape)} does not fit {tuple(expected[ours].shape)}",
-                                  path=label, field=key)
+        shape = _reference_shape(ours, tuple(expected[ours].shape))
+        scalar = value.numel() == 1 and value.dim() <= 1 and len(shape) == 0  # a gain saved as [] or [1]
+        if tuple(value.shape) != shape and not scalar:
+            raise CheckpointError(f"shape {tuple(value.shape)}, expected {shape}", path=label, field=key)
         converted[ours] = value.reshape(expected[ours].shape)
     missing = sorted(str(_translate(key, _OURS_TO_REFERENCE)) for key in set(expected) - set(converted))
     if missing:
@@ -171,14 +183,15 @@ def to_official_state_dict(model: nn.Module) -> OrderedDict[str, Tensor]:
         reference = _translate(key, _OURS_TO_REFERENCE)
         if reference is None:
             raise ValueError(f"parameter {key!r} has no counterpart in the reference model")
-        if key in _PADDED_SHAPE_KEYS:
-            value = value.reshape(1, value.shape[0], 1, -1)
-        state[reference] = value.detach().clone()
+        state[reference] = value.detach().reshape(_reference_shape(key, tuple(value.shape))).clone()
     return state
 
 
 def save_official_checkpoint(model: nn.Module, path: str | os.PathLike[str], epoch: int = 0) -> None:
-    """Write ``{'epoch', 'model_state', 'optimizer_state'}`` as the reference's ``utils.save_model`` does
-    (keys without ``module.``; an empty optimizer state)."""
-    checkpoint = {"epoch": epoch, "model_state": to_official_state_dict(model), "optimizer_state": {}}
+    """Write ``{'epoch', 'model_state'}`` as the reference's ``utils.save_model`` does when given no optimizer:
+    keys with DataParallel's ``module.``, since the reference's scripts wrap the model in ``nn.DataParallel``
+    before loading (its ``test.py`` and ``evaluate.py`` load this file; resuming training there with ``--input``
+    needs an optimizer state, which ban cannot give)."""
+    state = OrderedDict((f"module.{key}", value) for key, value in to_official_state_dict(model).items())
+    checkpoint = {"epoch": epoch, "model_state": state}
     write_with(path, lambda temporary: torch.save(checkpoint, temporary))

@@ -40,12 +40,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_metrics(metrics: dict[str, Any], split: str) -> str:
-    """A readable table: top-level numbers, then each per-type breakdown."""
+    """A readable table: top-level numbers, then each per-type breakdown (a number or, for grounding's per-type
+    figures, a row of named numbers per type)."""
     lines = [f"split {split}"]
     for key, value in metrics.items():
         if isinstance(value, dict):
             lines.append(f"{key}:")
-            lines += [f"  {name:<24} {number:6.2f}" for name, number in value.items()]
+            lines += [f"  {name:<24} {_cell(number)}" for name, number in value.items()]
         else:
-            lines.append(f"{key:<26} {value:6.2f}")
+            lines.append(f"{key:<26} {_cell(value)}")
     return "\n".join(lines)
+
+
+def _cell(value: float | int | dict[str, float | int]) -> str:
+    """A percentage with two decimals, a count as an integer, a dict as ``name value`` pairs."""
+    if isinstance(value, dict):
+        return "  ".join(f"{name} {_cell(number)}" for name, number in value.items())
+    return f"{value:6d}" if isinstance(value, int) else f"{value:6.2f}"

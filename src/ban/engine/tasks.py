@@ -44,6 +44,14 @@ class Task:
         """Splits the prepared dataset holds."""
         return list(self.manifest["splits"])
 
+    def splits_with_targets(self) -> list[str]:
+        """Splits whose samples carry training targets (every split, unless the task says otherwise)."""
+        return self.splits()
+
+    def scored_splits(self) -> list[str]:
+        """Splits :meth:`evaluate` can score (every split, unless the task says otherwise)."""
+        return self.splits()
+
     def dataset(self, splits: Iterable[str]) -> Dataset:
         """The samples of one or more splits (concatenated in order); :class:`DataError` for a split the dataset
         does not have."""
@@ -181,6 +189,14 @@ class VQATask(Task):
         """The candidate answers in label order (answers.json)."""
         return read_answers(self.data_dir)
 
+    def splits_with_targets(self) -> list[str]:
+        """The annotated splits: VQA 2.0's train and val, Visual Genome QA (test splits have zero targets)."""
+        return [split for split, summary in self.manifest["splits"].items() if summary.get("annotated")]
+
+    def scored_splits(self) -> list[str]:
+        """The splits with official annotation records: annotated and from VQA 2.0's official files."""
+        return [split for split in self.splits_with_targets() if self.manifest["splits"][split].get("official_files")]
+
     def model_sizes(self) -> dict[str, int]:
         return {"num_tokens": len(read_tokens(self.data_dir)), "num_answers": len(self.answers()),
                 "feature_dim": manifest_size(self.data_dir, self.manifest, "feature_dim")}
@@ -226,6 +242,9 @@ class VQATask(Task):
 
         if split not in self._annotations:
             path = self.data_dir / f"{split}_annotations.json"
+            if split in self.splits_with_targets() and split not in self.scored_splits():
+                raise DataError(f"split {split!r} has training targets but no official annotations to score against "
+                                f"(splits that can be scored: {', '.join(self.scored_splits())})", path=path)
             if not path.is_file():
                 raise DataError(f"split {split!r} has no annotations to score against (test splits have none: "
                                 "`ban predict` writes their answers for the evaluation server)", path=path)
@@ -325,12 +344,18 @@ def make_task(name: str, data_dir: str | Path) -> Task:
 
 
 def check_splits(training: TrainConfig, task: Task) -> None:
-    """Refuse ``train_splits`` or a ``val_split`` the dataset does not have (an empty val_split: no validation),
-    naming the setting and the splits there are: a misspelt val_split would otherwise train without validation."""
-    available = task.splits()
-    for setting, splits in (("train_splits", training.train_splits), ("val_split", [training.val_split])):
+    """Refuse, before anything trains, ``train_splits`` the dataset does not have or that have no targets (a test
+    split would train on all-zero targets) and a ``val_split`` it does not have or cannot score (the run would fail
+    after its first epoch); an empty val_split means no validation. The error names the setting and the splits that
+    would do: a misspelt val_split would otherwise train without validation."""
+    hint = " (an empty val_split trains without validation)"
+    for setting, splits, usable, what, setting_hint in (
+            ("train_splits", training.train_splits, task.splits_with_targets(), "training targets", ""),
+            ("val_split", [training.val_split], task.scored_splits(), "annotations to score against", hint)):
         for split in filter(None, splits):
-            if split not in available:
-                hint = " (an empty val_split trains without validation)" if setting == "val_split" else ""
+            if split not in task.splits():
                 raise ConfigError(f"training setting {setting!r}: {task.data_dir} has no split {split!r}; it has "
-                                  f"{', '.join(available)}{hint}")
+                                  f"{', '.join(task.splits())}{setting_hint}")
+            if split not in usable:
+                raise ConfigError(f"training setting {setting!r}: split {split!r} of {task.data_dir} has no {what}; "
+                                  f"splits that have: {', '.join(usable)}{setting_hint}")
