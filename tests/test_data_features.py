@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import gzip
 import pickle
 import re
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from ban.data.features import FeatureRecord, FeatureStore, UnionFeatureStore, write_feature_store
-from ban.data.features_tsv import iter_tsv_files, iter_tsv_records
+from ban.data.features_tsv import iter_tsv_files, iter_tsv_image_ids, iter_tsv_records
 from ban.data.pickle_map import read_int_dict
 from ban.errors import DataError
 
@@ -138,6 +139,37 @@ def _boxes_with(index: int, box: list[float]) -> np.ndarray:
     return boxes
 
 
+def test_image_sizes_written_as_whole_floats_are_read(tmp_path, images) -> None:
+    """The reference reads image_w / image_h as floats; some extractors write "640.0"."""
+    fields = _good_fields(images[0])
+    width, height = int(fields[1]), int(fields[2])
+    fields[1], fields[2] = f"{width}.0", f"{height}.000"
+    path = tmp_path / "float_sizes.tsv"
+    path.write_text(_tsv_line(fields), newline="")
+    (record,) = iter_tsv_records(path)
+    assert (record.image_w, record.image_h) == (width, height)
+
+
+def test_image_ids_are_read_without_decoding_the_arrays(tmp_path, images) -> None:
+    path = tmp_path / "two.tsv"
+    path.write_text(_tsv_line(_good_fields(images[0])) + "\r\n" + _tsv_line(_good_fields(images[1])), newline="")
+    expected = [record.image_id for record in iter_tsv_records(path)]
+    assert list(iter_tsv_image_ids(path)) == [(1, expected[0]), (3, expected[1])]  # line 2 is empty
+    path.write_text("abc\t1\t2\n", newline="")
+    with pytest.raises(DataError, match="not an integer: 'abc'") as error:
+        list(iter_tsv_image_ids(path))
+    assert (error.value.field, error.value.record) == ("image_id", "line 1")
+
+
+def test_a_compressed_tsv_file_is_named_as_such(tmp_path, images) -> None:
+    path = tmp_path / "trainval.tsv.gz"
+    path.write_bytes(gzip.compress(_tsv_line(_good_fields(images[0])).encode()))
+    for read in (iter_tsv_records, iter_tsv_image_ids):
+        with pytest.raises(DataError, match="gzip-compressed file: decompress it first") as error:
+            list(read(path))
+        assert error.value.path == str(path)
+
+
 @pytest.mark.parametrize(
     ("mutate", "field", "message"),
     [
@@ -148,7 +180,10 @@ def _boxes_with(index: int, box: list[float]) -> np.ndarray:
          "features", "not a multiple of num_boxes"),
         (lambda f: f.__setitem__(5, base64.b64encode(np.zeros(10 * 8, np.float32).tobytes()).decode()),
          "features", "feature width 8"),
-        (lambda f: f.__setitem__(0, "abc"), "image_id", "not an integer"),
+        (lambda f: f.__setitem__(0, "abc"), "image_id", "not an integer: 'abc'"),
+        (lambda f: f.__setitem__(1, "640.5"), "image_w", "not a whole number of pixels: '640.5'"),
+        (lambda f: f.__setitem__(2, "nan"), "image_h", "not a whole number of pixels: 'nan'"),
+        (lambda f: f.__setitem__(2, "wide"), "image_h", "not a number: 'wide'"),
         (lambda f: f.__setitem__(3, "0"), "num_boxes", "must be positive"),
         (lambda f: f.__setitem__(2, "0"), "image_h", "must be positive"),
         (lambda f: f.__setitem__(4, base64.b64encode(b"\x00\x00\x00").decode()), "boxes", "whole number"),

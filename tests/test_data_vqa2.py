@@ -193,6 +193,31 @@ def test_question_without_features(raw, tmp_path) -> None:
     assert not (raw["out"] / "manifest.json").exists()
 
 
+def test_inputs_are_checked_before_the_features_are_converted(raw, tmp_path) -> None:
+    """A conversion takes minutes on real data: a bad --features list, --vg folder or GloVe file is reported
+    first. The TSV here is damaged in its last record, so an error about anything else proves the order."""
+    lines = raw["features"][0].read_bytes().split(b"\r\n")
+    fields = lines[-2].split(b"\t")
+    lines[-2] = b"\t".join(fields[:5] + [b"*" + fields[5][1:]])
+    damaged = tmp_path / "damaged.tsv"
+    damaged.write_bytes(b"\r\n".join(lines))
+    test2015 = raw["features"][1]
+    write_official_tsv(tmp_path / "again.tsv", [raw["images"][5]])
+    (tmp_path / "vg").mkdir()
+    (tmp_path / "glove.txt").write_text("what 0.1 0.2\nis 0.3\n")
+    for features, options, message in [
+        ([damaged], {}, "image 5 has no region features in the given --features"),
+        ([damaged, test2015, tmp_path / "again.tsv"], {}, f"image 5 appears in more than one source: {test2015}, "
+                                                          f"{tmp_path / 'again.tsv'}"),
+        ([damaged, test2015], {"visual_genome": tmp_path / "vg"}, "image_data.json: file not found"),
+        ([damaged, test2015], {"glove": tmp_path / "glove.txt"}, "glove.txt: record line 2: field 'vector'"),
+        ([damaged, test2015], {}, "damaged.tsv: record line 5 .*: field 'features': bad base64"),  # then converted
+    ]:
+        with pytest.raises(DataError, match=message):
+            prepare_vqa2(raw["root"], features, raw["out"], min_answer_count=1, progress=False, **options)
+        assert not raw["out"].exists()
+
+
 def test_malformed_json_names_file_and_line(raw) -> None:
     path = raw["root"] / "v2_mscoco_val2014_annotations.json"
     path.write_text('{"annotations": [\n  {"question_id": 20,\n  oops}\n]}')
@@ -334,6 +359,18 @@ def test_glove_initialisation(raw, tmp_path) -> None:
     weights /= weights.sum(axis=1, keepdims=True)
     expected = weights @ table.astype(np.float64)
     np.testing.assert_allclose(np.load(raw["out"] / "glove_cooccurrence.npy"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_glove_file_with_a_word2vec_header_gives_the_same_tables(raw, tmp_path) -> None:
+    lines = "the 0.5 -1 2\ncat 1 0 0.25\nzebra 9 9 9\n"
+    (tmp_path / "glove.txt").write_text(lines)
+    (tmp_path / "glove.w2v.txt").write_text("3 3\n" + lines)  # gensim's glove2word2vec adds "count width"
+    for name in ("glove.txt", "glove.w2v.txt"):
+        prepare_vqa2(raw["root"], raw["features"], tmp_path / name.replace(".txt", ""), glove=tmp_path / name,
+                     min_answer_count=1, progress=False)
+    for table in ("glove.npy", "glove_cooccurrence.npy"):
+        np.testing.assert_array_equal(np.load(tmp_path / "glove" / table), np.load(tmp_path / "glove.w2v" / table))
+    assert np.load(tmp_path / "glove" / "glove.npy").any()
 
 
 def test_glove_file_with_a_bad_line(raw, tmp_path) -> None:

@@ -266,6 +266,21 @@ def test_command_with_a_store_directory_as_source(prepared: tuple[Path, dict], t
                        GroundingDataset(data_dir, "train")[0]["features"])
 
 
+def test_missing_features_are_found_before_the_conversion(tmp_path: Path) -> None:
+    """The last record is damaged: had the TSV been converted first, its bad base64 would be the error."""
+    features = write_raw(tmp_path / "raw")
+    lines = features[0].read_bytes().split(b"\r\n")
+    last = max(i for i, line in enumerate(lines) if line)
+    lines[last] = lines[last][:-9] + b"*" + lines[last][-8:]
+    features[0].write_bytes(b"\r\n".join(line for line in lines if not line.startswith(b"303\t")))
+    with pytest.raises(DataError, match="1 images of the splits have no features .e.g. 303"):
+        prepare_flickr30k(tmp_path / "raw", features, tmp_path / "out", progress=False)
+    features[0].write_bytes(b"\r\n".join(lines))  # image 303 back: now the conversion finds the damage
+    with pytest.raises(DataError, match="field 'features': bad base64"):
+        prepare_flickr30k(tmp_path / "raw", features, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_errors_leave_no_output(tmp_path: Path) -> None:
     features = write_raw(tmp_path / "raw")
     lines = features[0].read_bytes().split(b"\r\n")

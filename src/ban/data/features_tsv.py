@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from tqdm import tqdm
@@ -51,7 +52,7 @@ def iter_tsv_records(
     y2 < y1, or arrays whose sizes do not match ``num_boxes``.
     """
     path = Path(path)
-    with open(path, "rb", buffering=_READ_BUFFER) as file:
+    with _open_tsv(path) as file:
         for line_number, line in enumerate(file, start=1):
             if on_progress is not None:
                 on_progress(len(line))
@@ -61,6 +62,33 @@ def iter_tsv_records(
             record = _parse_line(line, path, line_number, feature_dim)
             feature_dim = record.features.shape[1]
             yield record
+
+
+def iter_tsv_image_ids(
+    path: str | os.PathLike[str], *, on_progress: Callable[[int], object] | None = None
+) -> Iterator[tuple[int, int]]:
+    """``(line number, image_id)`` of each record of one TSV file, read from the first field alone: nothing is
+    decoded, so this pass runs at the speed of reading the file (several times the conversion's), and what the
+    features must cover can be checked before converting them. The image id is checked as
+    :func:`iter_tsv_records` checks it."""
+    path = Path(path)
+    with _open_tsv(path) as file:
+        for line_number, line in enumerate(file, start=1):
+            if on_progress is not None:
+                on_progress(len(line))
+            if line in (b"\n", b"\r\n"):
+                continue
+            first_field = line[:line.find(b"\t", 0, 64)] if b"\t" in line[:64] else line[:64]
+            yield line_number, _integer(first_field, path, f"line {line_number}", "image_id")
+
+
+def _open_tsv(path: Path) -> BinaryIO:
+    """The file opened for reading, with a large buffer; :class:`DataError` for a compressed file."""
+    file = open(path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115 - returned to the caller's with block
+    if file.peek(2)[:2] == b"\x1f\x8b":
+        file.close()
+        raise DataError("a gzip-compressed file: decompress it first (gunzip)", path=path)
+    return file
 
 
 def iter_tsv_files(
@@ -82,9 +110,8 @@ def _parse_line(line: bytes, path: Path, line_number: int, feature_dim: int | No
     if len(fields) != len(TSV_FIELDS):
         raise DataError(f"expected {len(TSV_FIELDS)} tab-separated fields {TSV_FIELDS}, got {len(fields)}",
                         path=path, record=where)
-    image_id, image_w, image_h, num_boxes = (
-        _integer(fields[i], path, where, TSV_FIELDS[i]) for i in range(4)
-    )
+    image_id, num_boxes = (_integer(fields[i], path, where, TSV_FIELDS[i]) for i in (0, 3))
+    image_w, image_h = (_pixels(fields[i], path, where, TSV_FIELDS[i]) for i in (1, 2))
     where = f"line {line_number} (image_id={image_id})"
     if num_boxes <= 0:
         raise DataError(f"must be positive, got {num_boxes}", path=path, record=where, field="num_boxes")
@@ -114,11 +141,30 @@ def _integer(text: bytes, path: Path, where: str, name: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise DataError(f"not an integer: {text[:40]!r}", path=path, record=where, field=name) from None
+        raise DataError(f"not an integer: {_shown(text)}", path=path, record=where, field=name) from None
     if not -(2**63) <= value < 2**63:
         raise DataError(f"{text[:40].decode('ascii', 'replace')} does not fit a 64-bit integer", path=path,
                         record=where, field=name)
     return value
+
+
+def _pixels(text: bytes, path: Path, where: str, name: str) -> int:
+    """An image size in pixels: an integer, or a number with no fraction ("640.0": the reference reads these
+    fields as floats, and some extractors write them so)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"not a number: {_shown(text)}", path=path, record=where, field=name) from None
+    if not value.is_integer():
+        raise DataError(f"not a whole number of pixels: {_shown(text)}", path=path, record=where, field=name)
+    if abs(value) >= 2**63:
+        raise DataError(f"{_shown(text)} does not fit a 64-bit integer", path=path, record=where, field=name)
+    return int(value)
+
+
+def _shown(text: bytes) -> str:
+    """The start of a field's text, quoted, for a message."""
+    return repr(text[:40].decode("ascii", "replace"))
 
 
 def _float32_array(text: bytes, path: Path, where: str, name: str) -> np.ndarray:

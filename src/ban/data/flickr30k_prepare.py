@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from ban.data.atomic import atomic_path, write_json
 from ban.data.dictionary import Dictionary
+from ban.data.feature_sources import images_of_sources
 from ban.data.features import FeatureStore, is_tsv_source, write_feature_store, write_sources_file
 from ban.data.features_tsv import iter_tsv_files
 from ban.data.flickr30k_parse import Caption, parse_annotation_file, parse_sentences_file
@@ -194,17 +195,13 @@ def prepare_flickr30k(
     length = max(len(sentence.tokens) for sentence in kept)
     max_entities = max(len(sentence.entity_ids) for sentence in kept)
 
+    wanted = set(ground_truth)
+    _check_images_have_features(features, wanted, progress)  # before the conversion, which takes minutes
     with atomic_path(out) as temp:
         temp.mkdir()
-        wanted = set(ground_truth)
         positives: dict[int, dict[int, np.ndarray]] = {}
         for image_id, boxes in _detected_boxes(features, wanted, temp / "features", feature_dtype, progress):
             positives[image_id] = positive_boxes(ground_truth[image_id], boxes)
-        missing = sorted(wanted.difference(positives))
-        if missing:
-            shown = ", ".join(str(image_id) for image_id in missing[:5])
-            raise DataError(f"{len(missing)} images of the splits have no features (e.g. {shown})",
-                            path=", ".join(os.fspath(path) for path in features), field="image_id")
         split_summaries = {}
         for split in splits:
             arrays = encode_split(sentences[split], positives, dictionary, length, max_entities)
@@ -292,6 +289,23 @@ def _split_summary(arrays: dict[str, np.ndarray], num_images: int) -> dict[str, 
     }
 
 
+def _check_images_have_features(sources: Sequence[str | os.PathLike[str]], wanted: set[int], progress: bool) -> None:
+    """:class:`DataError` unless ``sources`` are TSV files or other sources (not a mix) holding every image of
+    ``wanted``, each once; read from the sources' image ids alone (:mod:`ban.data.feature_sources`)."""
+    paths = [Path(source) for source in sources]
+    if not paths:
+        raise DataError("no feature sources given", field="features")
+    tsv = [is_tsv_source(path) for path in paths]
+    if any(tsv) and not all(tsv):
+        raise DataError("give either TSV files or other feature sources, not a mix",
+                        path=", ".join(map(str, paths)), field="features")
+    missing = sorted(wanted.difference(images_of_sources(paths, progress=progress)))
+    if missing:
+        shown = ", ".join(str(image_id) for image_id in missing[:5])
+        raise DataError(f"{len(missing)} images of the splits have no features (e.g. {shown})",
+                        path=", ".join(map(str, paths)), field="image_id")
+
+
 def _detected_boxes(
     sources: Sequence[str | os.PathLike[str]], wanted: set[int], store_dir: Path, dtype: str, progress: bool
 ) -> Iterator[tuple[int, np.ndarray]]:
@@ -301,16 +315,10 @@ def _detected_boxes(
     Directories and ``.hdf5``/``.h5``/``.json`` files are sources :meth:`FeatureStore.open` reads: they are
     referenced from ``store_dir/features.json`` and read back image by image. Any other file is a bottom-up
     TSV file (whatever its name, e.g. ``….tsv.1``): converted (only the wanted images), its boxes yielded as
-    they stream past.
+    they stream past. The sources are all TSV files or none (:func:`_check_images_have_features`).
     """
     paths = [Path(source) for source in sources]
-    if not paths:
-        raise DataError("no feature sources given", field="features")
-    tsv = [is_tsv_source(path) for path in paths]
-    if any(tsv) and not all(tsv):
-        raise DataError("give either TSV files or other feature sources, not a mix",
-                        path=", ".join(map(str, paths)), field="features")
-    if all(tsv):
+    if is_tsv_source(paths[0]):
         found: list[tuple[int, np.ndarray]] = []
 
         def records() -> Iterator[Any]:

@@ -31,7 +31,8 @@ def read_glove(
 ) -> tuple[np.ndarray, int]:
     """GloVe vectors of ``words``: ``([len(words), D] float32, number of words found)``.
 
-    The file is read line by line (memory: one line plus the result). A word listed twice in the file takes
+    The file is read line by line (memory: one line plus the result); a first line of two integers (word2vec's
+    header) is skipped. A word listed twice in the file takes
     its last vector, as the reference's dict did. Raises :class:`DataError` (file, line, field) for a line
     whose vector has another width than the first line, or, on the lines of the words asked for (the only ones
     parsed), a value that is not a number or not finite in float32 (``nan``, ``inf``, ``1e999``).
@@ -45,6 +46,8 @@ def read_glove(
         for line_number, line in enumerate(file, start=1):
             bar.update(len(line))
             parts = line.rstrip(b"\r\n").split(b" ")
+            if line_number == 1 and len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+                continue  # word2vec's "count width" header (a GloVe file converted by gensim)
             if vectors is None:
                 if len(parts) < 2:
                     raise DataError("expected 'word v1 … vD'", path=path, record=f"line {line_number}")

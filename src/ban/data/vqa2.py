@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ban.data.answers import select_candidates, soft_score
 from ban.data.atomic import atomic_path, write_json, write_with
 from ban.data.dictionary import QUESTION_LENGTH, Dictionary
+from ban.data.feature_sources import images_of_sources
 from ban.data.features import (
     FeatureStore,
     is_complete_store,
@@ -206,27 +207,31 @@ def prepare_vqa2(
         raise DataError(f"no answer occurs in {min_answer_count} questions (--min-answer-count)", path=root)
     ans2label = {answer: label for label, answer in enumerate(candidates)}
 
+    # Everything but the features is read, and what the features must cover is checked, before the conversion:
+    # a bad --vg folder, GloVe file or --features list must not cost it.
+    vg = None
+    if visual_genome is not None:
+        vg = load_visual_genome(visual_genome, {VG_SPLITS[s]: {r["image_id"] for r in official[s].questions}
+                                                for s in chosen if s in VG_SPLITS}, ans2label)
+    word_tables = None
+    if glove is not None:
+        texts = [record["question"] for split in COOCCURRENCE_SPLITS if split in present
+                 for record in official[split].questions]
+        word_tables = _glove_tables(glove, texts + (vg.all_questions if vg else []), dictionary, progress)
+    _check_questions_have_features([official[split] for split in chosen], features, out, progress)
+
     with atomic_path(out) as temp:
         temp.mkdir()
         store = _prepare_features(features, out, temp, feature_dim, feature_dtype, progress)
         manifest_splits: dict[str, Any] = {}
         for split in chosen:
-            manifest_splits[split] = _write_official_split(official[split], temp, dictionary, ans2label, store,
-                                                           progress)
-
-        vg_texts: list[str] = []
-        if visual_genome is not None:
-            split_images = {VG_SPLITS[s]: {r["image_id"] for r in official[s].questions}
-                            for s in chosen if s in VG_SPLITS}
-            vg = load_visual_genome(visual_genome, split_images, ans2label)
-            vg_texts = vg.all_questions
+            manifest_splits[split] = _write_official_split(official[split], temp, dictionary, ans2label, progress)
+        if vg is not None:
             for name, questions in vg.kept.items():
                 manifest_splits[name] = _write_vg_split(name, questions, temp, dictionary, store, progress)
-
-        if glove is not None:
-            texts = [record["question"] for split in COOCCURRENCE_SPLITS if split in present
-                     for record in official[split].questions]
-            _write_glove(glove, texts + vg_texts, dictionary, temp, progress)
+        if word_tables is not None:
+            for name, table in zip(("glove.npy", "glove_cooccurrence.npy"), word_tables, strict=True):
+                write_with(temp / name, lambda temporary, table=table: _save_npy(temporary, table))
 
         dictionary.save(temp / "dictionary.json")
         write_json(temp / "answers.json", candidates)
@@ -248,6 +253,24 @@ def _check_feature_sources(sources: Sequence[str | os.PathLike[str]]) -> None:
     for source in sources:
         if not Path(source).exists():
             raise DataError("feature file not found", path=source)
+
+
+def _check_questions_have_features(
+    splits: Sequence[OfficialSplit], features: Sequence[str | os.PathLike[str]], out: Path, progress: bool
+) -> None:
+    """:class:`DataError` naming the first question (file, question id) whose image no feature source holds, or an
+    image two sources hold; read from the sources' image ids alone (:mod:`ban.data.feature_sources`)."""
+    tsv = [Path(s) for s in features if is_tsv_source(s)]
+    converted = None
+    if tsv and is_complete_store(out / "features", source_stamps(tsv)):
+        converted = FeatureStore.open(out / "features")
+    holders = images_of_sources(features, converted=converted, progress=progress)
+    for split in splits:
+        for record in split.questions:
+            if record["image_id"] not in holders:
+                raise DataError(f"image {record['image_id']} has no region features in the given --features",
+                                path=split.questions_path, record=f"question_id={record['question_id']}",
+                                field="image_id")
 
 
 def _prepare_features(
@@ -284,15 +307,10 @@ def _link_or_copy(source: str, target: str) -> None:
 
 
 def _write_official_split(
-    split: OfficialSplit, out: Path, dictionary: Dictionary, ans2label: Mapping[str, int], store: FeatureStore,
-    progress: bool,
+    split: OfficialSplit, out: Path, dictionary: Dictionary, ans2label: Mapping[str, int], progress: bool
 ) -> dict[str, Any]:
-    """Write ``<split>.npz`` and copies of the official files; return the split's manifest entry."""
-    for record in split.questions:
-        if record["image_id"] not in store:
-            raise DataError(f"image {record['image_id']} has no region features in the given --features",
-                            path=split.questions_path, record=f"question_id={record['question_id']}",
-                            field="image_id")
+    """Write ``<split>.npz`` and copies of the official files; return the split's manifest entry (every image
+    has features: :func:`_check_questions_have_features`)."""
     labels: list[list[int]] = []
     scores: list[list[float]] = []
     answer_types: list[str] = []
@@ -362,10 +380,11 @@ def _write_split_arrays(
     write_with(path, save)
 
 
-def _write_glove(
-    glove: str | os.PathLike[str], texts: Sequence[str], dictionary: Dictionary, out: Path, progress: bool
-) -> None:
-    """``glove.npy`` ``[num_tokens, D]`` and ``glove_cooccurrence.npy`` ``[num_tokens, D]`` (option c)."""
+def _glove_tables(
+    glove: str | os.PathLike[str], texts: Sequence[str], dictionary: Dictionary, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The contents of ``glove.npy`` ``[num_tokens, D]`` and ``glove_cooccurrence.npy`` ``[num_tokens, D]``
+    (option c's second table, mixed from the words each word co-occurs with in ``texts``)."""
     words = list(dictionary.tokens)
     index = {word: i for i, word in enumerate(words)}
     token_lists = []
@@ -377,9 +396,7 @@ def _write_glove(
                 words.append(token)
         token_lists.append([index[token] for token in tokens])
     vectors, _ = read_glove(glove, words, progress=progress)
-    mixed = cooccurrence_embedding(token_lists, len(dictionary), vectors)
-    write_with(out / "glove.npy", lambda temp: _save_npy(temp, vectors[: len(dictionary)]))
-    write_with(out / "glove_cooccurrence.npy", lambda temp: _save_npy(temp, mixed))
+    return vectors[: len(dictionary)], cooccurrence_embedding(token_lists, len(dictionary), vectors)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
