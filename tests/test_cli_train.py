@@ -20,7 +20,7 @@ from ban.cli import main
 from ban.data.features import FeatureStore
 from ban.engine.checkpoint import Checkpoint
 from ban.engine.run import CHECKPOINT_FILE, abandon_new_run, load_run, read_run_config
-from ban.engine.tasks import make_task
+from ban.engine.tasks import VQATask, make_task
 from ban.engine.trainer import initial_model
 
 SMALL = ["--preset", "tiny", "--set", "model.hidden_dim=16", "--set", "model.word_dim=8", "--set", "batch_size=64"]
@@ -162,6 +162,17 @@ def test_an_error_before_the_first_checkpoint_leaves_a_new_run_dir_free(data_dir
     assert main([*command(tmp_path / "diverged", poisoned), "--set", "precision=fp32"]) == 2
     assert "non-finite loss at epoch 1" in capsys.readouterr().err
     assert (tmp_path / "diverged" / "config.json").is_file()
+
+
+def test_a_crash_in_the_first_epoch_leaves_a_new_run_dir_free(data_dir, tmp_path, monkeypatch):
+    """Not only ban's own errors: an out-of-memory (injected here into the loss) before the first checkpoint."""
+    def out_of_memory(*arguments):
+        raise RuntimeError("out of memory (injected)")
+
+    monkeypatch.setattr(VQATask, "loss_sum", out_of_memory)
+    with pytest.raises(RuntimeError, match="injected"):
+        main(["train", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--epochs", "1", *SMALL])
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("command", [["evaluate"], ["predict", "--out", "results.json"]])

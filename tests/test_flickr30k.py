@@ -266,6 +266,17 @@ def test_command_with_a_store_directory_as_source(prepared: tuple[Path, dict], t
                        GroundingDataset(data_dir, "train")[0]["features"])
 
 
+def test_a_split_with_nothing_to_score_is_refused(tmp_path: Path) -> None:
+    """Image 303's car marked nobndbox: the test split keeps no caption; training or evaluating on it would fail
+    only when used (after a whole epoch, for a val_split)."""
+    images = {**IMAGES, 303: (64, 64, ["[/EN#7/vehicles A car] ."], [([7], None)], [(0, 0, 10, 10)])}
+    features = write_raw(tmp_path / "raw", images)
+    with pytest.raises(DataError, match="no caption of split 'test' has a phrase with ground-truth boxes") as error:
+        prepare_flickr30k(tmp_path / "raw", features, tmp_path / "out", progress=False)
+    assert error.value.path == str(tmp_path / "raw" / "test.txt")
+    prepare_flickr30k(tmp_path / "raw", features, tmp_path / "out", splits=("train", "val"), progress=False)
+
+
 def test_missing_features_are_found_before_the_conversion(tmp_path: Path) -> None:
     """The last record is damaged: had the TSV been converted first, its bad base64 would be the error."""
     features = write_raw(tmp_path / "raw")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from ban.errors import DataError
 from ban.metrics.grounding import ENTITY_TYPES, GroundingRecall, grounding_recall, type_bits
 
 PEOPLE, CLOTHING, OTHER = type_bits(["people"]), type_bits(["clothing"]), type_bits(["other"])
@@ -143,7 +144,7 @@ def test_matches_naive_loop_over_batches() -> None:
 
 
 def test_nothing_scored_is_an_error() -> None:
-    with pytest.raises(ValueError, match="no entities"):
+    with pytest.raises(DataError, match="no entities"):
         GroundingRecall().compute()
     with pytest.raises(ValueError, match="positive"):
         GroundingRecall(ks=(0,))

@@ -30,7 +30,7 @@ from ban.engine.run import RunConfig, abandon_new_run, fingerprint, read_run_con
 from ban.engine.synthetic import synthetic_dataset
 from ban.engine.tasks import Task, check_splits, dataset_task, make_task
 from ban.engine.trainer import TrainingDiverged, TrainingInterrupted, train
-from ban.errors import BanError, ConfigError
+from ban.errors import ConfigError
 from ban.models import BANConfig, preset
 
 DEFAULT_PRESETS = {"vqa": "paper-best", "grounding": "grounding"}
@@ -126,9 +126,9 @@ def run(args: argparse.Namespace) -> int:
         if main_process:
             print(f"ban train: interrupted: {stopped}", file=sys.stderr)
         return 130
-    except BanError as error:
-        # refused before its first checkpoint (cuda_graphs on a CPU, a bad data file…): the corrected command may
-        # use the same --out. A diverged run stays: its message says how to resume it.
+    except Exception as error:  # noqa: BLE001 - re-raised; only the run dir is tidied
+        # stopped before its first checkpoint (cuda_graphs on a CPU, a bad data file, a crash…): the corrected
+        # command may use the same --out. A diverged run stays: its message says how to resume it.
         if main_process and not args.resume and not isinstance(error, TrainingDiverged):
             abandon_new_run(run_dir)
         raise

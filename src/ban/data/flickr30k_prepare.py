@@ -187,9 +187,11 @@ def prepare_flickr30k(
     split_images = {split: read_split(root / f"{split}.txt") for split in splits}
     _check_disjoint(split_images, root)
     sentences, ground_truth, stats = parse_splits(root, split_images, progress)
+    for split in splits:  # a split with nothing to train on or score would fail only when used
+        if not sentences[split]:
+            raise DataError(f"no caption of split {split!r} has a phrase with ground-truth boxes",
+                            path=root / f"{split}.txt")
     kept = [sentence for split in splits for sentence in sentences[split]]
-    if not kept:
-        raise DataError("no caption has a phrase with ground-truth boxes", path=root)
     if dictionary is None:
         dictionary = Dictionary(token for sentence in kept for token in sentence.tokens)
     length = max(len(sentence.tokens) for sentence in kept)

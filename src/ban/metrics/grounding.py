@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ban.errors import DataError
+
 ENTITY_TYPES: tuple[str, ...] = (
     "people", "clothing", "bodyparts", "animals", "vehicles", "instruments", "scene", "other",
 )
@@ -109,9 +111,9 @@ class GroundingRecall:
     def compute(self) -> dict[str, Any]:
         """``{"recall@1": %, "recall@5": %, "recall@10": %, "upperBound": %, "count": n,
         "perType": {type: {"recall@1": %, …, "upperBound": %, "count": n}}}``; types without scored entities
-        are left out. Raises ``ValueError`` if nothing was scored."""
+        are left out. Raises :class:`DataError` if nothing was scored."""
         if self.count == 0:
-            raise ValueError("no entities with ground-truth boxes were scored")
+            raise DataError("no entities with ground-truth boxes were scored")
         result = _summary(self.ks, self.hits, self.reachable, self.count)
         result["perType"] = {
             name: _summary(self.ks, self.type_hits[:, t], int(self.type_reachable[t]), int(self.type_count[t]))
