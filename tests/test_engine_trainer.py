@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -221,8 +222,40 @@ def test_data_with_another_vocabulary_is_refused(data_dir, tmp_path):
     with pytest.raises(DataError, match="not there .moved or deleted.*--data"):
         load_run(run_dir, tmp_path / "gone")
     moved = RunConfig("vqa", str(other), run.model, run.train, fingerprint(other))
-    with pytest.raises(ConfigError, match="fingerprint"):
+    with pytest.raises(ConfigError, match="not the prepared dataset the run trained on .answers.json, manifest.json "
+                                          "differ"):
         start_run(run_dir, moved, resume=True)
+
+
+def test_resuming_on_other_data_with_the_same_vocabulary_is_refused(data_dir, tmp_path):
+    """A train-only dataset from the same raw files has the same dictionary and answers, not the same data: a run
+    may be evaluated on it, not resumed on it. The same dataset copied elsewhere resumes."""
+    from ban.data.vqa2 import prepare_vqa2
+
+    run = small_run(data_dir, epochs=1)
+    run_dir = tmp_path / "run"
+    start_run(run_dir, run, resume=False)
+    train(run_dir, run, VQATask(data_dir))
+    raw = data_dir.parent / "raw"
+    subset = tmp_path / "train-only"
+    prepare_vqa2(raw / "vqa", sorted((raw / "features").glob("*.tsv")), subset, splits=["train"], progress=False)
+    assert {name: fingerprint(subset)[name] for name in ("dictionary.json", "answers.json")} == {
+        name: run.fingerprint[name] for name in ("dictionary.json", "answers.json")}
+    longer = dataclasses.replace(run.train, epochs=2)
+    on_subset = RunConfig("vqa", str(subset), run.model, longer, fingerprint(subset))
+    with pytest.raises(ConfigError, match=f"cannot resume {run_dir} on {subset}: it is not the prepared dataset the "
+                                          f"run trained on \\(manifest.json differs; it trained on {data_dir}\\)"):
+        start_run(run_dir, on_subset, resume=True)
+    assert load_run(run_dir, subset).data_dir == subset  # evaluating on it is fine
+    moved = tmp_path / "moved"
+    shutil.copytree(data_dir, moved)
+    start_run(run_dir, RunConfig("vqa", str(moved), run.model, longer, fingerprint(moved)),
+              resume=True)
+    config = json.loads((run_dir / "config.json").read_text())  # as written before manifests were fingerprinted
+    del config["fingerprint"]["manifest.json"]
+    (run_dir / "config.json").write_text(json.dumps(config))
+    start_run(run_dir, RunConfig("vqa", str(moved), run.model, longer, fingerprint(moved)),
+              resume=True)
 
 
 def test_synthetic_dataset_is_generated_once_and_cached(tmp_path):

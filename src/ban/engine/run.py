@@ -2,12 +2,14 @@
 
 ``config.json`` records the task, the prepared dataset it was trained on, the model and training configs, and
 SHA-256 fingerprints of the dataset's vocabulary files (dictionary.json, answers.json): a checkpoint is only
-meaningful with the same token and answer indices, so using it with other data is an error.
+meaningful with the same token and answer indices, so using it with other data is an error. A fingerprint of
+the dataset's manifest (its splits and their sizes) makes sure a resumed run goes on training on the same data.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from torch import nn
 
 from ban.data.atomic import make_directory, write_json
 from ban.data.jsonfile import read_json
+from ban.data.prepared import MANIFEST
 from ban.engine.checkpoint import Checkpoint, read_position
 from ban.engine.config import TrainConfig
 from ban.errors import CheckpointError, ConfigError, DataError
@@ -33,12 +36,18 @@ RESUME_CHANGEABLE = ("train.epochs", "train.eval_batch_size", "train.num_workers
 
 
 def fingerprint(data_dir: str | Path) -> dict[str, str]:
-    """SHA-256 of each vocabulary file present in the prepared dataset ``data_dir``."""
+    """SHA-256 of each vocabulary file present in the prepared dataset ``data_dir`` and of its manifest (without
+    ``root``, where the raw files lay: the same data prepared again elsewhere is the same data)."""
     prints = {}
     for name in VOCABULARY_FILES:
         path = Path(data_dir) / name
         if path.is_file():
             prints[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    if (Path(data_dir) / MANIFEST).is_file():
+        manifest = read_json(Path(data_dir) / MANIFEST)
+        if isinstance(manifest, dict):
+            manifest.pop("root", None)
+        prints[MANIFEST] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     return prints
 
 
@@ -68,9 +77,12 @@ class RunConfig:
 
     def differences(self, other: RunConfig) -> list[str]:
         """Names of the settings that differ (``model.<field>``, ``train.<field>``, ``task``, and ``fingerprint``
-        for other vocabulary files; ``data_dir``, where the dataset lies, is not compared: it may move)."""
+        for another dataset: the files this config has fingerprints of, so a run from before a file was
+        fingerprinted still compares; ``data_dir``, where the dataset lies, is not compared: it may move)."""
         mine, theirs = self.to_dict(), other.to_dict()
-        names = [k for k in ("task", "fingerprint") if mine[k] != theirs[k]]
+        names = ["task"] if mine["task"] != theirs["task"] else []
+        if any(theirs["fingerprint"].get(name) != digest for name, digest in mine["fingerprint"].items()):
+            names.append("fingerprint")
         for part in ("model", "train"):
             names += [f"{part}.{k}" for k in mine[part] if mine[part][k] != theirs[part].get(k)]
         return names
@@ -105,6 +117,11 @@ def start_run(run_dir: str | Path, run: RunConfig, resume: bool) -> None:
     if resume:
         stored = read_run_config(run_dir)
         changed = [name for name in stored.differences(run) if name not in RESUME_CHANGEABLE]
+        if "fingerprint" in changed:
+            files = sorted(name for name, digest in stored.fingerprint.items() if run.fingerprint.get(name) != digest)
+            raise ConfigError(f"cannot resume {run_dir} on {run.data_dir}: it is not the prepared dataset the run "
+                              f"trained on ({', '.join(files)} differ{'s' * (len(files) == 1)}; it trained on "
+                              f"{stored.data_dir}): resume it on that dataset or start a new run")
         if changed:
             raise ConfigError(f"cannot resume {run_dir} with a different configuration: {', '.join(changed)} "
                               f"{'differs' if len(changed) == 1 else 'differ'} from its config.json")
@@ -150,6 +167,8 @@ def check_data(run: RunConfig, data_dir: str | Path) -> None:
                         "(in Python, load_run's data_dir)", path=data_dir)
     current = fingerprint(data_dir)
     for name, digest in run.fingerprint.items():
+        if name not in VOCABULARY_FILES:  # another split list or size is fine for evaluating
+            continue
         if name not in current:
             raise DataError("missing: the run was trained with one; this is not the dataset the run was trained on",
                             path=Path(data_dir) / name)
