@@ -266,6 +266,10 @@ def test_grounding_train_and_evaluate(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "prepared"), "--out", str(run_dir),
                  "--epochs", "1", "--set", "model.hidden_dim=16", "--set", "model.word_dim=8"]) == 0
     assert json.loads((run_dir / "config.json").read_text())["model"]["num_glimpses"] == 1  # the grounding preset
+    assert main(["train", "--data", str(tmp_path / "prepared"), "--out", str(tmp_path / "tiny"), "--preset", "tiny",
+                 "--epochs", "1"]) == 2
+    assert "preset 'tiny' is a vqa model, but the task is grounding (presets for grounding: grounding)" in (
+        capsys.readouterr().err)
     capsys.readouterr()
     assert main(["evaluate", str(run_dir), "--split", "test", "--json", "--precision", "fp32"]) == 0
     metrics = json.loads(capsys.readouterr().out)

@@ -20,7 +20,7 @@ from ban.engine.checkpoint import Checkpoint
 from ban.engine.config import TrainConfig
 from ban.engine.run import CHECKPOINT_FILE, RunConfig, fingerprint, load_run, start_run
 from ban.engine.tasks import VQATask
-from ban.engine.trainer import TrainingInterrupted, train
+from ban.engine.trainer import TrainingInterrupted, summarise, train
 from ban.errors import ConfigError, DataError
 from ban.metrics.vqa import score_files
 from ban.models import preset
@@ -268,3 +268,9 @@ def test_synthetic_dataset_is_generated_once_and_cached(tmp_path):
     assert synthetic_dataset(seed=3, num_images=10, feature_dim=8, root=tmp_path) == prepared
     assert (prepared / "manifest.json").stat().st_mtime_ns == stamp  # reused, not prepared again
     assert (prepared.parent / "raw" / "stats.json").is_file()  # the generator's baselines stay available
+
+
+def test_the_epoch_line_prints_counts_as_integers():
+    record = {"epoch": 3, "train_loss": 0.5, "train_score": 80.0, "lr": 1e-3, "samples_per_s": 1500.0,
+              "val": {"recall@1": 77.891, "count": 859, "perType": {"people": {"count": 3}}}}
+    assert summarise(record).endswith("val recall@1 77.89  count 859")

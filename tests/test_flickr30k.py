@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -264,6 +265,27 @@ def test_command_with_a_store_directory_as_source(prepared: tuple[Path, dict], t
                 assert np.array_equal(first[name], second[name]), name
     assert torch.equal(GroundingDataset(tmp_path / "again", "train")[0]["features"],
                        GroundingDataset(data_dir, "train")[0]["features"])
+
+
+def test_the_references_dictionary_pickle_gives_its_token_ids(prepared, tmp_path) -> None:
+    """``--dictionary dictionary.pkl``: the reference's [word2idx, idx2word], here ours reversed plus a word the
+    captions lack; every caption is encoded with the reference's ids."""
+    data_dir, _ = prepared
+    ours = Dictionary.load(data_dir / "dictionary.json")
+    idx2word = [*reversed(ours.tokens), "zeppelin"]
+    (tmp_path / "dictionary.pkl").write_bytes(pickle.dumps([{w: i for i, w in enumerate(idx2word)}, idx2word], 3))
+    write_raw(tmp_path / "raw")
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args(["--root", str(tmp_path / "raw"), "--features", str(data_dir / "features"),
+                              "--out", str(tmp_path / "theirs"), "--dictionary", str(tmp_path / "dictionary.pkl")])
+    assert command.run(args) == 0
+    assert Dictionary.load(tmp_path / "theirs" / "dictionary.json").tokens == idx2word
+    with np.load(data_dir / "train.npz") as first, np.load(tmp_path / "theirs" / "train.npz") as second:
+        words = lambda tokens, table: [table[t] if t < len(table) else "<pad>" for t in tokens]  # noqa: E731
+        for mine, theirs in zip(first["tokens"].tolist(), second["tokens"].tolist(), strict=True):
+            assert words(theirs, idx2word) == words(mine, ours.tokens)
+            assert theirs != mine
 
 
 def test_a_split_with_nothing_to_score_is_refused(tmp_path: Path) -> None:

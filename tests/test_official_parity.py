@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
 
 import ban
-from ban.errors import CheckpointError
+from ban.errors import CheckpointError, DataError
 from ban.official import infer_config
 
 TOLERANCE = 1e-5
@@ -189,3 +191,43 @@ def test_loaded_model_can_be_fine_tuned(official_fixtures):
     loss.backward()
     optimizer.step()
     assert not torch.equal(before, model.classifier.output.weight_v)
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 3, 4, 5])
+def test_reference_answer_list_and_dictionary_are_read_from_their_pickles(tmp_path, protocol):
+    """What the reference's create_dictionary.py / compute_softscore.py pickle: [word2idx, idx2word] and
+    label2ans, the strings shared between the two halves as pickle memo references."""
+    idx2word = ["what", "is", "the", "man's", "colour", "café"]
+    (tmp_path / "dictionary.pkl").write_bytes(
+        pickle.dumps([{word: index for index, word in enumerate(idx2word)}, idx2word], protocol=protocol))
+    label2ans = ["yes", "no", "2", "red", "t-shirt"]
+    (tmp_path / "label2ans.pkl").write_bytes(pickle.dumps(label2ans, protocol=protocol))
+    assert ban.read_reference_answers(tmp_path / "label2ans.pkl") == label2ans
+    dictionary = ban.read_reference_dictionary(tmp_path / "dictionary.pkl")
+    assert dictionary.tokens == idx2word
+    # the reference's Dictionary.tokenize: unknown words → ntoken - 1, padded at the end with ntoken
+    assert dictionary.encode("What is the zebra?", length=6) == [0, 1, 2, 5, 6, 6]
+
+
+def test_python2_pickles_of_the_reference_files_are_read(tmp_path):
+    # protocol 0 from Python 2's cPickle: a list of str (S'…') and of unicode (V…), with APPEND and memo PUT/GET
+    data = b"(lp0\nS'yes'\np1\naVno\np2\nag1\na."
+    assert pickle.loads(data) == ["yes", "no", "yes"]  # the standard unpickler agrees on what it holds
+    (tmp_path / "label2ans.pkl").write_bytes(data)
+    assert ban.read_reference_answers(tmp_path / "label2ans.pkl") == ["yes", "no", "yes"]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ([{"a": 0, "b": 2}, ["a", "b"]], "word2idx and idx2word disagree"),
+    ([{"a": 0}, ["a", "a"]], "idx2word is not a non-empty list of distinct strings"),
+    ({"a": 0}, "expected a pickled \\[word2idx, idx2word\\]"),
+])
+def test_a_damaged_reference_dictionary_is_named(tmp_path, content, message):
+    path = tmp_path / "dictionary.pkl"
+    path.write_bytes(pickle.dumps(content, protocol=3))
+    with pytest.raises(DataError, match=message) as error:
+        ban.read_reference_dictionary(path)
+    assert error.value.path == str(path)
+    (tmp_path / "answers.pkl").write_bytes(pickle.dumps({"yes": 0}, protocol=3))
+    with pytest.raises(DataError, match="expected a pickled non-empty list of answer strings"):
+        ban.read_reference_answers(tmp_path / "answers.pkl")

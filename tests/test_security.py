@@ -66,6 +66,18 @@ def test_malicious_image_id_pickles_are_refused_without_running(tmp_path):
         assert not marker.exists(), name
 
 
+def test_malicious_reference_answer_and_dictionary_pickles_are_refused_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+    for name, data in malicious_pickles(marker).items():
+        for read, file_name in ((ban.read_reference_answers, "trainval_label2ans.pkl"),
+                                (ban.read_reference_dictionary, "dictionary.pkl")):
+            path = tmp_path / file_name
+            path.write_bytes(data)
+            with pytest.raises(DataError, match=file_name):
+                read(path)
+            assert not marker.exists(), name
+
+
 def test_malicious_official_checkpoint_is_refused_without_running(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "model_epoch12.pth"

@@ -7,7 +7,13 @@
 
 from ban.engine.run import LoadedRun, load_run
 from ban.models import BANConfig, BanForGrounding, BanForVQA, UnitaryAttentionVQA, build_model, preset
-from ban.official import load_official_checkpoint, save_official_checkpoint, to_official_state_dict
+from ban.official import (
+    load_official_checkpoint,
+    read_reference_answers,
+    read_reference_dictionary,
+    save_official_checkpoint,
+    to_official_state_dict,
+)
 
 __version__ = "0.1.0"
 
@@ -21,6 +27,8 @@ __all__ = [
     "load_official_checkpoint",
     "load_run",
     "preset",
+    "read_reference_answers",
+    "read_reference_dictionary",
     "save_official_checkpoint",
     "to_official_state_dict",
 ]

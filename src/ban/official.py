@@ -2,7 +2,9 @@
 
 A reference checkpoint is ``{'epoch', 'model_state', 'optimizer_state'}`` (keys with ``module.`` when saved
 from DataParallel, as the reference's training script does) or a bare state dict. Every size is inferred from
-the tensor shapes; pickles are read only with ``torch.load(weights_only=True)``.
+the tensor shapes; pickles are read only with ``torch.load(weights_only=True)``. The reference's answer list and
+dictionary (pickles too) are read without running pickled code, so its checkpoints' classifier rows and token ids
+can be named.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from ban.data.atomic import write_with
+from ban.data.dictionary import Dictionary
+from ban.data.pickle_map import read_plain_pickle
 from ban.engine.checkpoint import WEIGHT_DTYPES
-from ban.errors import CheckpointError
+from ban.errors import CheckpointError, DataError
 from ban.models import BANConfig, build_model
 
 # (reference key template, our key template): {i} is a glimpse or function index, {p} a parameter name.
@@ -195,3 +199,28 @@ def save_official_checkpoint(model: nn.Module, path: str | os.PathLike[str], epo
     state = OrderedDict((f"module.{key}", value) for key, value in to_official_state_dict(model).items())
     checkpoint = {"epoch": epoch, "model_state": state}
     write_with(path, lambda temporary: torch.save(checkpoint, temporary))
+
+
+def read_reference_answers(path: str | os.PathLike[str]) -> list[str]:
+    """The answers of the reference's classifier rows, in label order, from its ``cache/trainval_label2ans.pkl``
+    (a pickled list of str): ``answers[logits.argmax(-1)]`` names a reference checkpoint's predictions. (ban's
+    own ``answers.json`` orders the same answers differently.)"""
+    answers = read_plain_pickle(path, missing="answer list not found (the reference's cache/trainval_label2ans.pkl)")
+    if not isinstance(answers, list) or not answers or not all(isinstance(answer, str) for answer in answers):
+        raise DataError("expected a pickled non-empty list of answer strings", path=path)
+    return answers
+
+
+def read_reference_dictionary(path: str | os.PathLike[str]) -> Dictionary:
+    """The reference's question dictionary from its ``dictionary.pkl`` (a pickled ``[word2idx, idx2word]``), as
+    a :class:`ban.data.dictionary.Dictionary` that encodes questions to the reference's token ids (unknown words
+    → ``num_tokens - 1``, padding ``num_tokens``, as the reference)."""
+    data = read_plain_pickle(path, missing="dictionary not found (the reference's data/dictionary.pkl)")
+    if not (isinstance(data, list) and len(data) == 2 and isinstance(data[0], dict) and isinstance(data[1], list)):
+        raise DataError("expected a pickled [word2idx, idx2word]", path=path)
+    word2idx, idx2word = data
+    if not idx2word or not all(isinstance(word, str) for word in idx2word) or len(set(idx2word)) != len(idx2word):
+        raise DataError("idx2word is not a non-empty list of distinct strings", path=path, field="idx2word")
+    if word2idx != {word: index for index, word in enumerate(idx2word)}:
+        raise DataError("word2idx and idx2word disagree", path=path, field="word2idx")
+    return Dictionary(idx2word)

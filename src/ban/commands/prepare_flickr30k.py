@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ban.data.dictionary import Dictionary
 from ban.data.features import FEATURE_DTYPES
 from ban.data.flickr30k_prepare import SPLITS, prepare_flickr30k
+from ban.official import read_reference_dictionary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,14 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), metavar="SPLIT",
                         help="splits to prepare (default: %(default)s)")
     parser.add_argument("--dictionary", metavar="FILE",
-                        help="an existing dictionary.json to encode with (default: built from the captions)")
+                        help="a dictionary to encode with: ban's dictionary.json, or the reference's dictionary.pkl "
+                             "(its token ids, as its checkpoints expect) (default: built from the captions)")
     parser.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default="float32",
                         help="storage type of converted TSV features (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
 
 
 def run(args: argparse.Namespace) -> int:
-    dictionary = None if args.dictionary is None else Dictionary.load(args.dictionary)
+    dictionary = None
+    if args.dictionary is not None:
+        read = read_reference_dictionary if Path(args.dictionary).suffix == ".pkl" else Dictionary.load
+        dictionary = read(args.dictionary)
     manifest = prepare_flickr30k(args.root, args.features, args.out, splits=args.splits, dictionary=dictionary,
                                  feature_dtype=args.feature_dtype, progress=not args.json)
     if args.json:

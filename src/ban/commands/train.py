@@ -31,7 +31,7 @@ from ban.engine.synthetic import synthetic_dataset
 from ban.engine.tasks import Task, check_splits, dataset_task, make_task
 from ban.engine.trainer import TrainingDiverged, TrainingInterrupted, train
 from ban.errors import ConfigError
-from ban.models import BANConfig, preset
+from ban.models import PRESETS, BANConfig, preset
 
 DEFAULT_PRESETS = {"vqa": "paper-best", "grounding": "grounding"}
 
@@ -100,7 +100,9 @@ def build_model_config(stored: BANConfig | None, preset_name: str | None, task: 
         name = preset_name or ("tiny" if synthetic else DEFAULT_PRESETS[task.name])
         model, source = preset(name, **{**values, **sizes}), f"preset {name!r}"
     if model.task != task.name:
-        raise ConfigError(f"{source} is a {model.task} model, but the task is {task.name}")
+        fitting = ", ".join(name for name in PRESETS if preset(name).task == task.name)
+        raise ConfigError(f"{source} is a {model.task} model, but the task is {task.name} (presets for "
+                          f"{task.name}: {fitting})")
     return model
 
 

@@ -1,9 +1,10 @@
-"""Reading the authors' image-id → index pickles without executing anything.
+"""Reading the authors' pickles of plain data without executing anything.
 
-The reference pipeline stores ``{image_id: index}`` as a pickle (protocol 0 from Python 2, or a newer
-protocol). Unpickling runs arbitrary code, so instead the opcode stream is parsed with
-:func:`pickletools.genops` (which only decodes) and interpreted here for the handful of opcodes that build a
-dict of ints. Anything else — a class, a global, a function call — is refused.
+The reference pipeline stores ``{image_id: index}`` maps, its answer list (``trainval_label2ans.pkl``: a list
+of str) and its dictionary (``dictionary.pkl``: ``[word2idx, idx2word]``) as pickles (protocol 0 from Python
+2, or a newer protocol). Unpickling runs arbitrary code, so instead the opcode stream is parsed with
+:func:`pickletools.genops` (which only decodes) and interpreted here for the handful of opcodes that build
+ints, strings, lists and dicts. Anything else — a class, a global, a function call — is refused.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from ban.data.textfile import read_bytes
 from ban.errors import DataError
 
 _INT_OPCODES = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}
+# text: Python 3's str, and Python 2's str (genops decodes protocol 0's quoted STRING to str; the binary forms
+# to bytes, read here as UTF-8)
+_TEXT_OPCODES = {"UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "STRING", "SHORT_BINSTRING",
+                 "BINSTRING"}
 _PUT_OPCODES = {"PUT", "BINPUT", "LONG_BINPUT"}
 _GET_OPCODES = {"GET", "BINGET", "LONG_BINGET"}
 _IGNORED_OPCODES = {"PROTO", "FRAME"}
@@ -24,14 +29,8 @@ _IGNORED_OPCODES = {"PROTO", "FRAME"}
 def read_int_dict(path: str | os.PathLike[str]) -> dict[int, int]:
     """The ``dict[int, int]`` pickled in ``path``; :class:`DataError` if the pickle holds anything else."""
     path = Path(path)
-    data = read_bytes(path, missing="image-id map not found (the pickle written next to the HDF5 cache by the "
-                                    "reference pipeline)")
-    try:
-        result = _interpret(data)
-    except DataError as error:
-        raise DataError(error.message, path=path, record=error.record) from None
-    except (ValueError, TypeError, IndexError, KeyError) as error:
-        raise DataError(f"not a pickled dict of ints ({error})", path=path) from None
+    result = read_plain_pickle(path, missing="image-id map not found (the pickle written next to the HDF5 cache "
+                                             "by the reference pipeline)")
     if not isinstance(result, dict) or not all(_is_int(k) and _is_int(v) for k, v in result.items()):
         raise DataError("the pickle does not hold a dict of ints", path=path)
     if not all(-(2**63) <= number < 2**63 for item in result.items() for number in item):
@@ -39,12 +38,25 @@ def read_int_dict(path: str | os.PathLike[str]) -> dict[int, int]:
     return result
 
 
+def read_plain_pickle(path: str | os.PathLike[str], missing: str) -> object:
+    """The ints, strings, lists and dicts pickled in ``path``, built without running the pickle's code;
+    :class:`DataError` (``missing`` if there is no file) for anything else."""
+    path = Path(path)
+    data = read_bytes(path, missing=missing)
+    try:
+        return _interpret(data)
+    except DataError as error:
+        raise DataError(error.message, path=path, record=error.record) from None
+    except (ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError) as error:
+        raise DataError(f"not a pickle of plain data ({type(error).__name__}: {error})", path=path) from None
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _interpret(data: bytes) -> object:
-    """Run the dict-of-ints subset of the pickle machine over ``data``'s opcodes."""
+    """Run the plain-data subset of the pickle machine (ints, strings, lists, dicts) over ``data``'s opcodes."""
     stack: list[object] = []
     marks: list[int] = []
     memo: dict[int, object] = {}
@@ -54,8 +66,27 @@ def _interpret(data: bytes) -> object:
             if not _is_int(arg):
                 raise DataError(f"a {type(arg).__name__} where an int is expected", record=f"byte {position}")
             stack.append(arg)
+        elif name in _TEXT_OPCODES:
+            stack.append(arg.decode("utf-8") if isinstance(arg, bytes) else arg)
         elif name == "EMPTY_DICT":
             stack.append({})
+        elif name == "EMPTY_LIST":
+            stack.append([])
+        elif name in ("LIST", "APPENDS"):
+            start = marks.pop()
+            items = stack[start:]
+            del stack[start:]
+            target = [] if name == "LIST" else stack[-1]
+            if not isinstance(target, list):
+                raise DataError("APPENDS on something that is not a list", record=f"byte {position}")
+            target.extend(items)
+            if name == "LIST":
+                stack.append(target)
+        elif name == "APPEND":
+            value = stack.pop()
+            if not isinstance(stack[-1], list):
+                raise DataError("APPEND on something that is not a list", record=f"byte {position}")
+            stack[-1].append(value)
         elif name == "MARK":
             marks.append(len(stack))
         elif name in ("DICT", "SETITEMS"):
@@ -88,6 +119,6 @@ def _interpret(data: bytes) -> object:
         elif name == "FRAME" and position + 9 + arg > len(data):
             raise DataError(f"frame of {arg} bytes runs past the end of the file", record=f"byte {position}")
         elif name not in _IGNORED_OPCODES:
-            raise DataError(f"pickle opcode {name} is not allowed: only a dict of ints is accepted",
+            raise DataError(f"pickle opcode {name} is not allowed: only ints, strings, lists and dicts are accepted",
                             record=f"byte {position}")
     raise DataError("pickle has no STOP opcode (truncated file?)")

@@ -402,5 +402,5 @@ def summarise(record: dict[str, Any]) -> str:
     val = record.get("val")
     if val:
         main = {k: v for k, v in val.items() if isinstance(v, (int, float))}
-        text += "  val " + "  ".join(f"{k} {v:.2f}" for k, v in main.items())
+        text += "  val " + "  ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.2f}" for k, v in main.items())
     return text
