@@ -1,4 +1,5 @@
-"""Feature pipeline benchmark: TSV → store conversion (MiB/s, peak memory) and store random access (samples/s).
+"""Feature pipeline benchmark: TSV → store conversion (MiB/s, peak memory), the image-id pass ``ban prepare``
+makes before it (MiB/s), and store random access (samples/s).
 Every "mb" in option names and JSON keys is a MiB (2²⁰ bytes).
 
 Writes a synthetic bottom-up TSV of ``--size-gb`` (adaptive 10–100 boxes of ``--dim`` floats, the official
@@ -75,6 +76,25 @@ def child_convert(tsv: Path, store: Path, cap_mb: int) -> None:
     }))
 
 
+def drop_page_cache() -> None:
+    """Empty the kernel's page cache (root only), so that the next read of the TSV comes from the disk."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1")
+    except OSError as error:
+        sys.exit(f"--cold needs to write /proc/sys/vm/drop_caches (root): {error}")
+
+
+def bench_image_id_pass(tsv: Path) -> dict:
+    """The pass over the TSV's first fields that ``ban prepare`` makes before converting."""
+    from ban.data.feature_sources import images_of_sources
+
+    start = time.perf_counter()
+    images = len(images_of_sources([tsv], progress=False))
+    elapsed = time.perf_counter() - start
+    return {"seconds": elapsed, "images": images, "mb_per_s": tsv.stat().st_size / 2**20 / elapsed}
+
+
 def bench_reader(store_path: Path, samples: int, seed: int = 0) -> dict:
     from ban.data.features import FeatureStore
 
@@ -127,6 +147,9 @@ def main() -> None:
                         help="address space the converter may add after its imports (default: %(default)s)")
     parser.add_argument("--samples", type=int, default=20000, help="random reads from the store")
     parser.add_argument("--workdir", type=Path, help="where to write the TSV and store (default: a temp dir)")
+    parser.add_argument("--cold", action="store_true",
+                        help="empty the page cache before the image-id pass and before the conversion (root), so "
+                             "both read the TSV from the disk (default: both find it cached, just written)")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--child", nargs=3, metavar=("TSV", "STORE", "CAP_MB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -142,6 +165,11 @@ def main() -> None:
         images, boxes = write_tsv(tsv, int(args.size_gb * 2**30), args.dim)
         generated = time.perf_counter() - start
         tsv_mb = tsv.stat().st_size / 2**20
+        if args.cold:
+            drop_page_cache()
+        image_id_pass = bench_image_id_pass(tsv)
+        if args.cold:
+            drop_page_cache()
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         child = subprocess.run([sys.executable, __file__, "--child", str(tsv), str(store), str(args.cap_mb)],
                                capture_output=True, text=True, env=env, check=False)
@@ -157,12 +185,16 @@ def main() -> None:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     results = {
-        "machine": machine(), "load_average": os.getloadavg()[0],
+        "machine": machine(), "load_average": os.getloadavg()[0], "page_cache": "cold" if args.cold else "warm",
         "tsv": {"images": images, "boxes": boxes, "mb": tsv_mb, "generate_seconds": generated},
-        "conversion": conversion, "reader": reader,
+        "image_id_pass": image_id_pass, "conversion": conversion, "reader": reader,
     }
     rows = [
         ("TSV size", f"{tsv_mb:,.0f} MiB ({images:,} images, {boxes:,} boxes, {args.dim}-d)"),
+        ("image-id pass (before converting)", f"{image_id_pass['mb_per_s']:.0f} MiB/s of TSV "
+                                              f"({image_id_pass['seconds']:.1f} s, "
+                                              f"{image_id_pass['seconds'] / conversion['seconds']:.0%} of the "
+                                              "conversion's time)"),
         ("conversion throughput", f"{conversion['mb_per_s']:.1f} MiB/s of TSV ({conversion['seconds']:.1f} s)"),
         ("address-space cap after imports", f"{args.cap_mb} MiB (TSV is {conversion['tsv_over_cap']:.1f}× larger)"),
         ("peak RSS of the converter", f"{conversion['peak_rss_mb']:.0f} MiB "
@@ -174,7 +206,8 @@ def main() -> None:
          f"{reader['batched_samples_per_s']:,.0f} samples/s (1 process, 1 thread, median batch)"),
     ]
     width = max(len(name) for name, _ in rows)
-    print(f"machine: {results['machine']}, load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"machine: {results['machine']}, load average {os.getloadavg()[0]:.1f} at the end; TSV read "
+          f"{'from the disk (page cache emptied)' if args.cold else 'from the page cache'}")
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     if args.json:

@@ -161,6 +161,35 @@ def test_image_ids_are_read_without_decoding_the_arrays(tmp_path, images) -> Non
     assert (error.value.field, error.value.record) == ("image_id", "line 1")
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_the_image_id_pass_agrees_with_reading_every_line(tmp_path, seed) -> None:
+    """The pass jumps over lines by their computed length: on files with both line ends, blank lines, box counts
+    up to 250 (the boxes outgrow its 4 KB probe), a record of another width, a damaged num_boxes and a last
+    line without its line end, it finds exactly the ids a line-by-line reading finds."""
+    rng = np.random.default_rng(seed)
+    line_end = [b"\r\n", b"\n"][seed % 2]
+    lines = []
+    for image_id in rng.choice(10**9, size=40, replace=False).tolist():
+        boxes = int(rng.choice([1, 2, 3, 36, 100, 250]))
+        width = 8 if rng.random() > 0.05 else 5  # now and then a record of another width
+        fields = [str(image_id).encode(), b"640", b"480", str(boxes).encode(),
+                  base64.b64encode(rng.random((boxes, 4), dtype=np.float32).tobytes()),
+                  base64.b64encode(rng.random((boxes, width), dtype=np.float32).tobytes())]
+        if rng.random() < 0.05:
+            fields[3] = b"many"
+        lines.append(b"\t".join(fields))
+        if rng.random() < 0.1:
+            lines.append(b"")
+    data = line_end.join(lines) + (line_end if seed % 3 else b"")
+    path = tmp_path / "random.tsv"
+    path.write_bytes(data)
+    expected = [(number, int(line.split(b"\t")[0])) for number, line in enumerate(data.split(b"\n"), start=1)
+                if line.rstrip(b"\r")]
+    passed: list[int] = []
+    assert list(iter_tsv_image_ids(path, on_progress=passed.append)) == expected
+    assert sum(passed) == len(data)
+
+
 def test_a_compressed_tsv_file_is_named_as_such(tmp_path, images) -> None:
     path = tmp_path / "trainval.tsv.gz"
     path.write_bytes(gzip.compress(_tsv_line(_good_fields(images[0])).encode()))

@@ -15,6 +15,7 @@ import binascii
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -67,27 +68,118 @@ def iter_tsv_records(
 def iter_tsv_image_ids(
     path: str | os.PathLike[str], *, on_progress: Callable[[int], object] | None = None
 ) -> Iterator[tuple[int, int]]:
-    """``(line number, image_id)`` of each record of one TSV file, read from the first field alone: nothing is
-    decoded, so this pass runs at the speed of reading the file (several times the conversion's), and what the
-    features must cover can be checked before converting them. The image id is checked as
-    :func:`iter_tsv_records` checks it."""
+    """``(line number, image_id)`` of each record of one TSV file, with nothing decoded, so that what the features
+    must cover can be checked before converting them.
+
+    The first record is read in full. Its feature width and line end give every later line's length from that
+    line's ``num_boxes`` (the two base64 fields' lengths follow from them), so the pass jumps from line start to
+    line start with one read of a few KB per line (the next line's start, with the line end before it), and
+    checks each jump: the tab after the boxes, and that line end. A line where a check fails is read in full,
+    so a file that does not keep to the first record's layout is read right, only slower. ``on_progress(nbytes)``
+    is called with the size of each line passed. The image id is checked as :func:`iter_tsv_records` checks it.
+    """
     path = Path(path)
-    with _open_tsv(path) as file:
-        for line_number, line in enumerate(file, start=1):
+    size = path.stat().st_size
+    with open(path, "rb", buffering=0) as file:
+        _refuse_compressed(file.read(2), path)
+        if hasattr(os, "posix_fadvise"):  # no read-ahead: each read is a few KB far from the last (not on macOS)
+            os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+        layout: _Layout | None = None
+        position = line_number = 0
+        probe = b""  # the start of the line at ``position``, when the previous jump read it
+        while position < size:
+            line_number += 1
+            jump = None
+            if layout is not None:
+                jump = _jump(file.fileno(), position, probe or os.pread(file.fileno(), _PROBE_BYTES, position),
+                             layout, size)
+            if jump is None:
+                line = _read_line(file.fileno(), position)
+                first_field, end, probe = line.rstrip(b"\r\n").split(b"\t", 1)[0][:64], position + len(line), b""
+                layout = layout or _layout(line)
+            else:
+                first_field, end, probe = jump
             if on_progress is not None:
-                on_progress(len(line))
-            if line in (b"\n", b"\r\n"):
-                continue
-            first_field = line[:line.find(b"\t", 0, 64)] if b"\t" in line[:64] else line[:64]
-            yield line_number, _integer(first_field, path, f"line {line_number}", "image_id")
+                on_progress(end - position)
+            if first_field:  # not a blank line
+                yield line_number, _integer(first_field, path, f"line {line_number}", "image_id")
+            position = end
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What the first record says of every line: its line end and feature width."""
+
+    line_end: bytes
+    feature_dim: int
+
+
+_PROBE_BYTES = 4096  # read at a line start: the four integer fields, boxes (≤ ~190) and the tab after them
+
+
+def _base64_length(num_bytes: int) -> int:
+    return 4 * ((num_bytes + 2) // 3)
+
+
+def _layout(line: bytes) -> _Layout | None:
+    """The layout of a full record line (None if it is not a well-formed record with a line end)."""
+    record = line.rstrip(b"\r\n")
+    fields = record.split(b"\t")
+    if len(fields) != len(TSV_FIELDS) or len(record) == len(line) or not fields[3].isdigit():
+        return None
+    num_boxes = int(fields[3])
+    feature_bytes = len(fields[5]) // 4 * 3 - fields[5][-2:].count(b"=")
+    if (num_boxes == 0 or len(fields[4]) != _base64_length(16 * num_boxes) or feature_bytes % (4 * num_boxes)
+            or len(fields[5]) != _base64_length(feature_bytes)):
+        return None
+    return _Layout(line[len(record):], feature_bytes // (4 * num_boxes))
+
+
+def _jump(descriptor: int, position: int, probe: bytes, layout: _Layout, size: int) -> tuple[bytes, int, bytes] | None:
+    """``(image_id field, end, the next line's probe)`` of the line starting at ``position`` (``probe``: its first
+    bytes), its end computed from its num_boxes and ``layout`` and checked (the tab after the boxes, the line end
+    before ``end``); None where a check fails."""
+    fields = probe.split(b"\t", 4)
+    if len(fields) < 5 or not fields[0].lstrip(b"-").isdigit() or not fields[3].isdigit() or int(fields[3]) == 0:
+        return None  # not a record's start (a blank line, a damaged field): read the line in full
+    num_boxes = int(fields[3])
+    boxes_end = sum(len(field) + 1 for field in fields[:4]) + _base64_length(16 * num_boxes)
+    if probe[boxes_end:boxes_end + 1] != b"\t":
+        return None
+    end = position + boxes_end + 1 + _base64_length(4 * num_boxes * layout.feature_dim) + len(layout.line_end)
+    after = os.pread(descriptor, len(layout.line_end) + _PROBE_BYTES, end - len(layout.line_end))
+    if end > size or not after.startswith(layout.line_end):
+        return None
+    return fields[0][:64], end, after[len(layout.line_end):]
+
+
+def _read_line(descriptor: int, position: int) -> bytes:
+    """The line starting at ``position`` with its line end (a last line without one: to the end of the file)."""
+    parts = []
+    while chunk := os.pread(descriptor, _READ_BUFFER, position):
+        cut = chunk.find(b"\n")
+        if cut >= 0:
+            parts.append(chunk[:cut + 1])
+            break
+        parts.append(chunk)
+        position += len(chunk)
+    return b"".join(parts)
+
+
+def _refuse_compressed(start: bytes, path: Path) -> None:
+    """:class:`DataError` if the file starts with gzip's magic bytes."""
+    if start[:2] == b"\x1f\x8b":
+        raise DataError("a gzip-compressed file: decompress it first (gunzip)", path=path)
 
 
 def _open_tsv(path: Path) -> BinaryIO:
     """The file opened for reading, with a large buffer; :class:`DataError` for a compressed file."""
     file = open(path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115 - returned to the caller's with block
-    if file.peek(2)[:2] == b"\x1f\x8b":
+    try:
+        _refuse_compressed(file.peek(2), path)
+    except DataError:
         file.close()
-        raise DataError("a gzip-compressed file: decompress it first (gunzip)", path=path)
+        raise
     return file
 
 
