@@ -15,7 +15,7 @@ ones `ban bench` makes (``ban.benchmark.synthetic_batches``), so the two measure
 keeps its defaults, as in the authors' runs, unless ``--keep-freed-memory`` asks for ``ban.heap``'s setting.
 
     python benchmarks/authors_formulation.py                      # paper-best size, batch 32, 36 boxes, fp32
-    python benchmarks/authors_formulation.py --precision fp32 bf16 --out authors.json
+    python benchmarks/authors_formulation.py --precision fp32 bf16 --json authors.json
 
 This file is a benchmark, not part of the ``ban`` package.
 """

@@ -270,6 +270,9 @@ def test_grounding_train_and_evaluate(tmp_path, capsys):
                  "--epochs", "1"]) == 2
     assert "preset 'tiny' is a vqa model, but the task is grounding (presets for grounding: grounding)" in (
         capsys.readouterr().err)
+    assert main(["train", "--data", str(tmp_path / "prepared"), "--out", str(tmp_path / "g2"), "--epochs", "1",
+                 "--set", "model.num_glimpses=2"]) == 2
+    assert "grounding trains one glimpse (G = 1, as the reference" in capsys.readouterr().err
     capsys.readouterr()
     assert main(["evaluate", str(run_dir), "--split", "test", "--json", "--precision", "fp32"]) == 0
     metrics = json.loads(capsys.readouterr().out)

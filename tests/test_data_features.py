@@ -7,6 +7,7 @@ import csv
 import gzip
 import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -155,17 +156,22 @@ def test_image_ids_are_read_without_decoding_the_arrays(tmp_path, images) -> Non
     path.write_text(_tsv_line(_good_fields(images[0])) + "\r\n" + _tsv_line(_good_fields(images[1])), newline="")
     expected = [record.image_id for record in iter_tsv_records(path)]
     assert list(iter_tsv_image_ids(path)) == [(1, expected[0]), (3, expected[1])]  # line 2 is empty
-    path.write_text("abc\t1\t2\n", newline="")
+    path.write_text("abc\t1\t2\t3\tAAAA\tAAAA\n", newline="")
     with pytest.raises(DataError, match="not an integer: 'abc'") as error:
         list(iter_tsv_image_ids(path))
     assert (error.value.field, error.value.record) == ("image_id", "line 1")
+    path.write_text("7\t640\t48", newline="")  # a download cut short
+    with pytest.raises(DataError, match="expected 6 tab-separated fields .*, got 3") as error:
+        list(iter_tsv_image_ids(path))
+    assert error.value.record == "line 1"
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_the_image_id_pass_agrees_with_reading_every_line(tmp_path, seed) -> None:
     """The pass jumps over lines by their computed length: on files with both line ends, blank lines, box counts
-    up to 250 (the boxes outgrow its 4 KB probe), a record of another width, a damaged num_boxes and a last
-    line without its line end, it finds exactly the ids a line-by-line reading finds."""
+    up to 250 (the boxes outgrow its 4 KB probe), records of another width (here their wrong jumps land
+    mid-line and are caught; one that lands on a later line end: test_feature_sources.py), a damaged num_boxes
+    and a last line without its line end, it finds exactly the ids a line-by-line reading finds."""
     rng = np.random.default_rng(seed)
     line_end = [b"\r\n", b"\n"][seed % 2]
     lines = []
@@ -191,12 +197,25 @@ def test_the_image_id_pass_agrees_with_reading_every_line(tmp_path, seed) -> Non
 
 
 def test_a_compressed_tsv_file_is_named_as_such(tmp_path, images) -> None:
-    path = tmp_path / "trainval.tsv.gz"
-    path.write_bytes(gzip.compress(_tsv_line(_good_fields(images[0])).encode()))
-    for read in (iter_tsv_records, iter_tsv_image_ids):
-        with pytest.raises(DataError, match="gzip-compressed file: decompress it first") as error:
-            list(read(path))
-        assert error.value.path == str(path)
+    line = _tsv_line(_good_fields(images[0])).encode()
+    (tmp_path / "trainval.tsv.gz").write_bytes(gzip.compress(line))
+    with zipfile.ZipFile(tmp_path / "trainval.zip", "w") as archive:
+        archive.writestr("trainval.tsv", line)
+    for name, message in (("trainval.tsv.gz", "gzip-compressed file: decompress it first"),
+                          ("trainval.zip", "a zip archive: extract its TSV files first")):
+        for read in (iter_tsv_records, iter_tsv_image_ids):
+            with pytest.raises(DataError, match=message) as error:
+                list(read(tmp_path / name))
+            assert error.value.path == str(tmp_path / name)
+
+
+def test_an_image_id_longer_than_any_probe_is_read_whole(tmp_path, images) -> None:
+    fields = _good_fields(images[0])
+    fields[0] = "0" * 70 + "1"
+    path = tmp_path / "long_id.tsv"
+    path.write_text(_tsv_line(fields) + _tsv_line(_good_fields(images[1])), newline="")
+    assert [image_id for _, image_id in iter_tsv_image_ids(path)] == [1, images[1]["image_id"]]
+    assert [record.image_id for record in iter_tsv_records(path)] == [1, images[1]["image_id"]]
 
 
 @pytest.mark.parametrize(

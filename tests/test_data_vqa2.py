@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -216,6 +218,25 @@ def test_inputs_are_checked_before_the_features_are_converted(raw, tmp_path) -> 
         with pytest.raises(DataError, match=message):
             prepare_vqa2(raw["root"], features, raw["out"], min_answer_count=1, progress=False, **options)
         assert not raw["out"].exists()
+
+
+def test_features_from_pipes_are_prepared(raw, tmp_path) -> None:
+    """A pipe (``--features <(zcat trainval.tsv.gz)``) can be read once, by the conversion: the questions'
+    images are then checked after it."""
+    def pipe_of(path: Path, name: str) -> Path:
+        pipe = tmp_path / name
+        os.mkfifo(pipe)
+        threading.Thread(target=pipe.write_bytes, args=(path.read_bytes(),), daemon=True).start()
+        return pipe
+
+    pipes = [pipe_of(path, f"{path.name}.pipe") for path in raw["features"]]
+    prepare_vqa2(raw["root"], pipes, raw["out"], min_answer_count=1, progress=False)
+    item = VQADataset(raw["out"], "train")[3]  # question 13, image 3
+    torch.testing.assert_close(item["features"], torch.from_numpy(raw["images"][3]["features"]))
+    with pytest.raises(DataError, match="image 5 has no region features"):  # test2015's features not given
+        prepare_vqa2(raw["root"], [pipe_of(raw["features"][0], "only.pipe")], tmp_path / "other",
+                     min_answer_count=1, progress=False)
+    assert not (tmp_path / "other").exists()
 
 
 def test_malformed_json_names_file_and_line(raw) -> None:

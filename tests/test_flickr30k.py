@@ -299,6 +299,19 @@ def test_a_split_with_nothing_to_score_is_refused(tmp_path: Path) -> None:
     prepare_flickr30k(tmp_path / "raw", features, tmp_path / "out", splits=("train", "val"), progress=False)
 
 
+def test_an_image_outside_the_splits_may_be_in_two_files(tmp_path: Path) -> None:
+    """Only the splits' images are converted, so only they must be held once (image 999 is in no split)."""
+    features = write_raw(tmp_path / "raw")
+    extra = tmp_path / "extra.tsv"
+    extra.write_bytes(next(line for line in features[0].read_bytes().split(b"\r\n") if line.startswith(b"999\t"))
+                      + b"\r\n")
+    prepare_flickr30k(tmp_path / "raw", [*features, extra], tmp_path / "out", progress=False)
+    lines = features[0].read_bytes().split(b"\r\n")
+    extra.write_bytes(next(line for line in lines if line.startswith(b"303\t")) + b"\r\n")
+    with pytest.raises(DataError, match=f"image 303 appears in more than one source: {features[0]}, {extra}"):
+        prepare_flickr30k(tmp_path / "raw", [*features, extra], tmp_path / "again", progress=False)
+
+
 def test_missing_features_are_found_before_the_conversion(tmp_path: Path) -> None:
     """The last record is damaged: had the TSV been converted first, its bad base64 would be the error."""
     features = write_raw(tmp_path / "raw")

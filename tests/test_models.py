@@ -44,16 +44,16 @@ def test_paper_best_parameter_count_matches_reference():
                                   dict(two_word_tables=False, use_counting=False)])
 @pytest.mark.parametrize("sizes", [dict(num_glimpses=1), dict(num_glimpses=4, rank_factor=1), dict(hidden_dim=3)])
 def test_the_size_check_bounds_every_model_from_below(kind, sizes):
-    config = ban.BANConfig(**{**SMALL, **sizes, **kind, **({"num_glimpses": 1} if "task" in kind else {})})
+    config = ban.BANConfig(**{**SMALL, **kind, **sizes})
     count = sum(p.numel() for p in ban.build_model(config).parameters())
     assert minimum_parameters(config) <= count
 
 
 @pytest.mark.parametrize("absurd", [dict(hidden_dim=10**12), dict(num_glimpses=10**6), dict(num_tokens=10**11),
-                                    dict(task="grounding", num_glimpses=1, feature_dim=10**12)])
+                                    dict(task="grounding", feature_dim=10**12)])
 def test_sizes_beyond_the_machines_memory_are_refused_before_allocating(absurd):
     # hidden_dim 10^12 used to fail inside torch's allocator; num_glimpses 10^6 built glimpses until memory ran out
-    name = next(iter(set(absurd) - {"task", "num_glimpses"} if "task" in absurd else set(absurd)))
+    name = next(iter(set(absurd) - {"task"}))
     with pytest.raises(ConfigError, match=rf"{name}={absurd[name]}.* GiB of float32 weights, more than this machine"):
         ban.build_model(ban.BANConfig(**absurd))
 
@@ -226,9 +226,7 @@ def test_presets_and_config_validation():
         with pytest.raises(ConfigError, match=f"model setting '{next(iter(wrong))}'.*does not fit its type"):
             ban.BANConfig(**wrong)
     with pytest.raises(ConfigError, match="num_answers must be a positive integer"):
-        ban.BANConfig(task="grounding", num_glimpses=1, num_answers=-5)
-    with pytest.raises(ConfigError, match="grounding uses one glimpse .G = 1, as the reference., got num_glimpses=2"):
-        ban.preset("grounding", num_glimpses=2)  # its logits are the one glimpse's: others would train nothing
+        ban.BANConfig(task="grounding", num_answers=-5)
     config = ban.preset("tiny", num_tokens=50, num_answers=9)
     assert ban.BANConfig.from_dict(config.to_dict()) == config
 

@@ -209,6 +209,15 @@ def test_reference_answer_list_and_dictionary_are_read_from_their_pickles(tmp_pa
     assert dictionary.encode("What is the zebra?", length=6) == [0, 1, 2, 5, 6, 6]
 
 
+def test_python2_byte_strings_are_read_as_utf8(tmp_path):
+    """Python 2's str is bytes: pickled by its binary protocols, a UTF-8 word reads back as that word."""
+    word = "café".encode()
+    data = b"\x80\x02]q\x00(U" + bytes([len(word)]) + word + b"q\x01e."  # [str] from Python 2's cPickle, protocol 2
+    assert pickle.loads(data, encoding="utf-8") == ["café"]
+    (tmp_path / "label2ans.pkl").write_bytes(data)
+    assert ban.read_reference_answers(tmp_path / "label2ans.pkl") == ["café"]
+
+
 def test_python2_pickles_of_the_reference_files_are_read(tmp_path):
     # protocol 0 from Python 2's cPickle: a list of str (S'…') and of unicode (V…), with APPEND and memo PUT/GET
     data = b"(lp0\nS'yes'\np1\naVno\np2\nag1\na."

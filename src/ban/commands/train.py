@@ -76,6 +76,9 @@ def build_run(args: argparse.Namespace) -> RunConfig:
     # --resume keeps the run's training settings, and its model unless --preset names one (checked against it)
     kept_model = stored.model if stored is not None and args.preset is None else None
     model = build_model_config(kept_model, args.preset, task, synthetic, model_overrides)
+    if stored is None and model.task == "grounding" and model.num_glimpses != 1:  # (runs from before may resume)
+        raise ConfigError(f"grounding trains one glimpse (G = 1, as the reference: its logits are that glimpse's "
+                          f"attention, so others would learn nothing), got model.num_glimpses={model.num_glimpses}")
     base = stored.train if stored else TrainConfig(**SYNTHETIC_TRAINING) if synthetic else TrainConfig()
     training = apply_overrides(base, train_overrides)
     check_splits(training, task)

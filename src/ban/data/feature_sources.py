@@ -1,14 +1,15 @@
 """Which images a ``--features`` list holds, found before anything is converted.
 
-``ban prepare`` converts TSV files at tens of MB/s, so tens of GB take many minutes. A question whose image no
-source holds, or an image held by two sources, is found first from what can be read quickly: the TSV files' first
-field (:func:`ban.data.features_tsv.iter_tsv_image_ids`, nothing decoded) and the indexes of the other sources.
+``ban prepare`` converts TSV files at tens to hundreds of MB/s, so tens of GB take minutes. A question whose image no
+source holds, or an image held twice, is found first from what can be read quickly: the TSV files' image ids
+(:func:`ban.data.features_tsv.iter_tsv_image_ids`, nothing decoded) and the indexes of the other sources.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+import stat
+from collections.abc import Iterable, Sequence, Set
 from pathlib import Path
 
 from tqdm import tqdm
@@ -19,30 +20,51 @@ from ban.errors import DataError
 
 
 def images_of_sources(
-    sources: Sequence[str | os.PathLike[str]], *, converted: FeatureStore | None = None, progress: bool = True
-) -> dict[int, str]:
-    """``{image_id: the source holding it}`` for feature sources as ``ban prepare`` takes them: TSV files and
-    sources :meth:`FeatureStore.open` reads. ``converted``, a finished conversion of exactly these TSV files, is
-    read instead of them. :class:`DataError` naming both sources for an image that two of them hold."""
+    sources: Sequence[str | os.PathLike[str]], wanted: Set[int], *, converted: FeatureStore | None = None,
+    progress: bool = True,
+) -> dict[int, str] | None:
+    """``{image_id: the source holding it}`` for the images of ``wanted`` in feature sources as ``ban prepare``
+    takes them: TSV files and sources :meth:`FeatureStore.open` reads. ``converted``, a finished conversion of
+    exactly these TSV files, is read instead of them. None when a TSV source is not a regular file (a pipe: the
+    conversion is the only reading it allows). :class:`DataError` naming the sources of an image of ``wanted``
+    held twice.
+
+    The TSV files are read by jumping from line to line; if an image of ``wanted`` is then missing, they are read
+    again line by line, so that a file whose records do not all keep the first one's layout cannot make an image
+    look missing.
+    """
     tsv = [Path(source) for source in sources if is_tsv_source(source)]
-    holders: dict[int, str] = {}
-    if converted is not None:
-        _add(holders, converted.image_ids.tolist(), f"the conversion of {', '.join(map(str, tsv))}")
-    elif tsv:
-        total = sum(path.stat().st_size for path in tsv)
-        with tqdm(total=total, desc="reading TSV image ids", unit="B", unit_scale=True, disable=not progress) as bar:
-            for path in tsv:
-                _add(holders, (image_id for _, image_id in iter_tsv_image_ids(path, on_progress=bar.update)),
-                     str(path))
-    for source in sources:
-        if not is_tsv_source(source):
-            _add(holders, FeatureStore.open(source).image_ids.tolist(), str(source))
+    if converted is None and not all(stat.S_ISREG(path.stat().st_mode) for path in tsv):
+        return None
+    holders = _holders(sources, tsv, wanted, converted, jump=True, progress=progress)
+    if converted is None and tsv and not wanted <= holders.keys():
+        holders = _holders(sources, tsv, wanted, converted, jump=False, progress=progress)
     return holders
 
 
-def _add(holders: dict[int, str], image_ids: Iterable[int], source: str) -> None:
+def _holders(sources: Sequence[str | os.PathLike[str]], tsv: list[Path], wanted: Set[int],
+             converted: FeatureStore | None, jump: bool, progress: bool) -> dict[int, str]:
+    holders: dict[int, str] = {}
+    if converted is not None:
+        _add(holders, converted.image_ids.tolist(), f"the conversion of {', '.join(map(str, tsv))}", wanted)
+    elif tsv:
+        with tqdm(total=sum(path.stat().st_size for path in tsv), desc="reading TSV image ids", unit="B",
+                  unit_scale=True, disable=not progress) as bar:
+            for path in tsv:
+                ids = (image_id for _, image_id in iter_tsv_image_ids(path, jump=jump, on_progress=bar.update))
+                _add(holders, ids, str(path), wanted)
+    for source in sources:
+        if not is_tsv_source(source):
+            _add(holders, FeatureStore.open(source).image_ids.tolist(), str(source), wanted)
+    return holders
+
+
+def _add(holders: dict[int, str], image_ids: Iterable[int], source: str, wanted: Set[int]) -> None:
     for image_id in image_ids:
-        holder = holders.setdefault(image_id, source)
-        if holder != source:
-            raise DataError(f"image {image_id} appears in more than one source: {holder}, {source}", path=source,
-                            field="image_id")
+        if image_id not in wanted:
+            continue
+        if image_id in holders:
+            holder = holders[image_id]
+            where = f"twice in {source}" if holder == source else f"in more than one source: {holder}, {source}"
+            raise DataError(f"image {image_id} appears {where}", path=source, field="image_id")
+        holders[image_id] = source

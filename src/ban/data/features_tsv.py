@@ -66,7 +66,7 @@ def iter_tsv_records(
 
 
 def iter_tsv_image_ids(
-    path: str | os.PathLike[str], *, on_progress: Callable[[int], object] | None = None
+    path: str | os.PathLike[str], *, jump: bool = True, on_progress: Callable[[int], object] | None = None
 ) -> Iterator[tuple[int, int]]:
     """``(line number, image_id)`` of each record of one TSV file, with nothing decoded, so that what the features
     must cover can be checked before converting them.
@@ -75,34 +75,40 @@ def iter_tsv_image_ids(
     line's ``num_boxes`` (the two base64 fields' lengths follow from them), so the pass jumps from line start to
     line start with one read of a few KB per line (the next line's start, with the line end before it), and
     checks each jump: the tab after the boxes, and that line end. A line where a check fails is read in full,
-    so a file that does not keep to the first record's layout is read right, only slower. ``on_progress(nbytes)``
-    is called with the size of each line passed. The image id is checked as :func:`iter_tsv_records` checks it.
+    so a file that does not keep to the first record's layout is read right, only slower — except where a wrong
+    jump lands exactly on a later line end (records of other widths): ``jump=False`` reads every line, exactly.
+    ``on_progress(nbytes)`` is called with the size of each line passed. The image id, and the number of fields
+    of each line read in full, are checked as :func:`iter_tsv_records` checks them.
     """
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb", buffering=0) as file:
-        _refuse_compressed(file.read(2), path)
-        if hasattr(os, "posix_fadvise"):  # no read-ahead: each read is a few KB far from the last (not on macOS)
+        _refuse_compressed(file.read(4), path)
+        if jump and hasattr(os, "posix_fadvise"):  # no read-ahead: each read is a few KB far from the last
             os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
         layout: _Layout | None = None
         position = line_number = 0
         probe = b""  # the start of the line at ``position``, when the previous jump read it
         while position < size:
             line_number += 1
-            jump = None
+            landing = None
             if layout is not None:
-                jump = _jump(file.fileno(), position, probe or os.pread(file.fileno(), _PROBE_BYTES, position),
-                             layout, size)
-            if jump is None:
+                landing = _jump(file.fileno(), position, probe or os.pread(file.fileno(), _PROBE_BYTES, position),
+                                layout, size)
+            where = f"line {line_number}"
+            if landing is None:
                 line = _read_line(file.fileno(), position)
-                first_field, end, probe = line.rstrip(b"\r\n").split(b"\t", 1)[0][:64], position + len(line), b""
-                layout = layout or _layout(line)
+                record, end, probe = line.rstrip(b"\r\n"), position + len(line), b""
+                if record:
+                    _check_field_count(record.count(b"\t") + 1, path, where)
+                first_field = record.split(b"\t", 1)[0]
+                layout = layout or (_layout(line) if jump else None)
             else:
-                first_field, end, probe = jump
+                first_field, end, probe = landing
             if on_progress is not None:
                 on_progress(end - position)
             if first_field:  # not a blank line
-                yield line_number, _integer(first_field, path, f"line {line_number}", "image_id")
+                yield line_number, _integer(first_field, path, where, "image_id")
             position = end
 
 
@@ -150,7 +156,7 @@ def _jump(descriptor: int, position: int, probe: bytes, layout: _Layout, size: i
     after = os.pread(descriptor, len(layout.line_end) + _PROBE_BYTES, end - len(layout.line_end))
     if end > size or not after.startswith(layout.line_end):
         return None
-    return fields[0][:64], end, after[len(layout.line_end):]
+    return fields[0], end, after[len(layout.line_end):]
 
 
 def _read_line(descriptor: int, position: int) -> bytes:
@@ -167,16 +173,18 @@ def _read_line(descriptor: int, position: int) -> bytes:
 
 
 def _refuse_compressed(start: bytes, path: Path) -> None:
-    """:class:`DataError` if the file starts with gzip's magic bytes."""
+    """:class:`DataError` if the file starts with gzip's or zip's magic bytes."""
     if start[:2] == b"\x1f\x8b":
         raise DataError("a gzip-compressed file: decompress it first (gunzip)", path=path)
+    if start[:4] == b"PK\x03\x04":
+        raise DataError("a zip archive: extract its TSV files first (unzip)", path=path)
 
 
 def _open_tsv(path: Path) -> BinaryIO:
     """The file opened for reading, with a large buffer; :class:`DataError` for a compressed file."""
     file = open(path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115 - returned to the caller's with block
     try:
-        _refuse_compressed(file.peek(2), path)
+        _refuse_compressed(file.peek(4), path)
     except DataError:
         file.close()
         raise
@@ -199,9 +207,7 @@ def iter_tsv_files(
 def _parse_line(line: bytes, path: Path, line_number: int, feature_dim: int | None) -> FeatureRecord:
     fields = line.split(b"\t")
     where = f"line {line_number}"
-    if len(fields) != len(TSV_FIELDS):
-        raise DataError(f"expected {len(TSV_FIELDS)} tab-separated fields {TSV_FIELDS}, got {len(fields)}",
-                        path=path, record=where)
+    _check_field_count(len(fields), path, where)
     image_id, num_boxes = (_integer(fields[i], path, where, TSV_FIELDS[i]) for i in (0, 3))
     image_w, image_h = (_pixels(fields[i], path, where, TSV_FIELDS[i]) for i in (1, 2))
     where = f"line {line_number} (image_id={image_id})"
@@ -226,6 +232,12 @@ def _parse_line(line: bytes, path: Path, line_number: int, feature_dim: int | No
                         f"{feature_dim}", path=path, record=where, field="features")
     return FeatureRecord(image_id, image_w, image_h, boxes, features.reshape(num_boxes, width), path=str(path),
                          line=line_number)
+
+
+def _check_field_count(count: int, path: Path, where: str) -> None:
+    if count != len(TSV_FIELDS):
+        raise DataError(f"expected {len(TSV_FIELDS)} tab-separated fields {TSV_FIELDS}, got {count}", path=path,
+                        record=where)
 
 
 def _integer(text: bytes, path: Path, where: str, name: str) -> int:

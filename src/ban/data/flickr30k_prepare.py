@@ -21,7 +21,7 @@ What an example is (as the reference pipeline, with one fix):
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,12 +198,16 @@ def prepare_flickr30k(
     max_entities = max(len(sentence.entity_ids) for sentence in kept)
 
     wanted = set(ground_truth)
-    _check_images_have_features(features, wanted, progress)  # before the conversion, which takes minutes
+    paths = _checked_sources(features)
+    holders = images_of_sources(paths, wanted, progress=progress)  # before the conversion, which takes minutes
+    if holders is not None:
+        _check_images_have_features(wanted, holders, paths)
     with atomic_path(out) as temp:
         temp.mkdir()
         positives: dict[int, dict[int, np.ndarray]] = {}
-        for image_id, boxes in _detected_boxes(features, wanted, temp / "features", feature_dtype, progress):
+        for image_id, boxes in _detected_boxes(paths, wanted, temp / "features", feature_dtype, progress):
             positives[image_id] = positive_boxes(ground_truth[image_id], boxes)
+        _check_images_have_features(wanted, positives, paths)  # a TSV source read only once (a pipe): now
         split_summaries = {}
         for split in splits:
             arrays = encode_split(sentences[split], positives, dictionary, length, max_entities)
@@ -291,9 +295,8 @@ def _split_summary(arrays: dict[str, np.ndarray], num_images: int) -> dict[str, 
     }
 
 
-def _check_images_have_features(sources: Sequence[str | os.PathLike[str]], wanted: set[int], progress: bool) -> None:
-    """:class:`DataError` unless ``sources`` are TSV files or other sources (not a mix) holding every image of
-    ``wanted``, each once; read from the sources' image ids alone (:mod:`ban.data.feature_sources`)."""
+def _checked_sources(sources: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """``sources`` as paths: :class:`DataError` unless they are TSV files or other sources, not a mix."""
     paths = [Path(source) for source in sources]
     if not paths:
         raise DataError("no feature sources given", field="features")
@@ -301,7 +304,12 @@ def _check_images_have_features(sources: Sequence[str | os.PathLike[str]], wante
     if any(tsv) and not all(tsv):
         raise DataError("give either TSV files or other feature sources, not a mix",
                         path=", ".join(map(str, paths)), field="features")
-    missing = sorted(wanted.difference(images_of_sources(paths, progress=progress)))
+    return paths
+
+
+def _check_images_have_features(wanted: set[int], holders: Container[int], paths: Sequence[Path]) -> None:
+    """:class:`DataError` naming up to five images of ``wanted`` not in ``holders``."""
+    missing = sorted(image_id for image_id in wanted if image_id not in holders)
     if missing:
         shown = ", ".join(str(image_id) for image_id in missing[:5])
         raise DataError(f"{len(missing)} images of the splits have no features (e.g. {shown})",
@@ -309,7 +317,7 @@ def _check_images_have_features(sources: Sequence[str | os.PathLike[str]], wante
 
 
 def _detected_boxes(
-    sources: Sequence[str | os.PathLike[str]], wanted: set[int], store_dir: Path, dtype: str, progress: bool
+    paths: Sequence[Path], wanted: set[int], store_dir: Path, dtype: str, progress: bool
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Set up ``store_dir`` from the feature sources and yield ``(image_id, boxes [n, 4] pixels)`` of every
     image of ``wanted`` that has features.
@@ -317,9 +325,8 @@ def _detected_boxes(
     Directories and ``.hdf5``/``.h5``/``.json`` files are sources :meth:`FeatureStore.open` reads: they are
     referenced from ``store_dir/features.json`` and read back image by image. Any other file is a bottom-up
     TSV file (whatever its name, e.g. ``….tsv.1``): converted (only the wanted images), its boxes yielded as
-    they stream past. The sources are all TSV files or none (:func:`_check_images_have_features`).
+    they stream past. The sources are all TSV files or none (:func:`_checked_sources`).
     """
-    paths = [Path(source) for source in sources]
     if is_tsv_source(paths[0]):
         found: list[tuple[int, np.ndarray]] = []
 

@@ -17,10 +17,10 @@ from ban.data.textfile import read_bytes
 from ban.errors import DataError
 
 _INT_OPCODES = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}
-# text: Python 3's str, and Python 2's str (genops decodes protocol 0's quoted STRING to str; the binary forms
-# to bytes, read here as UTF-8)
-_TEXT_OPCODES = {"UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "STRING", "SHORT_BINSTRING",
-                 "BINSTRING"}
+_UNICODE_OPCODES = {"UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"}  # Python 3's str
+# Python 2's str (bytes): genops gives them as latin-1 text (protocol 0's only if ASCII); read here as UTF-8
+_BYTE_STRING_OPCODES = {"STRING", "SHORT_BINSTRING", "BINSTRING"}
+_INT64 = range(-(2**63), 2**63)
 _PUT_OPCODES = {"PUT", "BINPUT", "LONG_BINPUT"}
 _GET_OPCODES = {"GET", "BINGET", "LONG_BINGET"}
 _IGNORED_OPCODES = {"PROTO", "FRAME"}
@@ -33,8 +33,6 @@ def read_int_dict(path: str | os.PathLike[str]) -> dict[int, int]:
                                              "by the reference pipeline)")
     if not isinstance(result, dict) or not all(_is_int(k) and _is_int(v) for k, v in result.items()):
         raise DataError("the pickle does not hold a dict of ints", path=path)
-    if not all(-(2**63) <= number < 2**63 for item in result.items() for number in item):
-        raise DataError("the pickle holds ids outside the 64-bit range", path=path)
     return result
 
 
@@ -65,9 +63,13 @@ def _interpret(data: bytes) -> object:
         if name in _INT_OPCODES:
             if not _is_int(arg):
                 raise DataError(f"a {type(arg).__name__} where an int is expected", record=f"byte {position}")
+            if arg not in _INT64:  # (also keeps dict keys from being crafted to collide in one hash bucket)
+                raise DataError("an integer outside the 64-bit range", record=f"byte {position}")
             stack.append(arg)
-        elif name in _TEXT_OPCODES:
-            stack.append(arg.decode("utf-8") if isinstance(arg, bytes) else arg)
+        elif name in _UNICODE_OPCODES:
+            stack.append(arg)
+        elif name in _BYTE_STRING_OPCODES:
+            stack.append(arg.encode("latin-1").decode("utf-8"))
         elif name == "EMPTY_DICT":
             stack.append({})
         elif name == "EMPTY_LIST":

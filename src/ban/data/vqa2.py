@@ -15,7 +15,7 @@ import itertools
 import os
 import shutil
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,11 +218,15 @@ def prepare_vqa2(
         texts = [record["question"] for split in COOCCURRENCE_SPLITS if split in present
                  for record in official[split].questions]
         word_tables = _glove_tables(glove, texts + (vg.all_questions if vg else []), dictionary, progress)
-    _check_questions_have_features([official[split] for split in chosen], features, out, progress)
+    holders = _images_with_features([official[split] for split in chosen], features, out, progress)
+    if holders is not None:
+        _check_questions_have_features([official[split] for split in chosen], holders)
 
     with atomic_path(out) as temp:
         temp.mkdir()
         store = _prepare_features(features, out, temp, feature_dim, feature_dtype, progress)
+        if holders is None:  # a TSV source read only once (a pipe): its images are known now
+            _check_questions_have_features([official[split] for split in chosen], store)
         manifest_splits: dict[str, Any] = {}
         for split in chosen:
             manifest_splits[split] = _write_official_split(official[split], temp, dictionary, ans2label, progress)
@@ -255,16 +259,21 @@ def _check_feature_sources(sources: Sequence[str | os.PathLike[str]]) -> None:
             raise DataError("feature file not found", path=source)
 
 
-def _check_questions_have_features(
+def _images_with_features(
     splits: Sequence[OfficialSplit], features: Sequence[str | os.PathLike[str]], out: Path, progress: bool
-) -> None:
-    """:class:`DataError` naming the first question (file, question id) whose image no feature source holds, or an
-    image two sources hold; read from the sources' image ids alone (:mod:`ban.data.feature_sources`)."""
+) -> dict[int, str] | None:
+    """The questions' images the feature sources hold (:func:`ban.data.feature_sources.images_of_sources`; a
+    finished conversion of the same TSV files in ``out/features`` is read instead of them); None for a pipe."""
     tsv = [Path(s) for s in features if is_tsv_source(s)]
     converted = None
     if tsv and is_complete_store(out / "features", source_stamps(tsv)):
         converted = FeatureStore.open(out / "features")
-    holders = images_of_sources(features, converted=converted, progress=progress)
+    wanted = {record["image_id"] for split in splits for record in split.questions}
+    return images_of_sources(features, wanted, converted=converted, progress=progress)
+
+
+def _check_questions_have_features(splits: Sequence[OfficialSplit], holders: Container[int]) -> None:
+    """:class:`DataError` naming the first question (file, question id) whose image is not in ``holders``."""
     for split in splits:
         for record in split.questions:
             if record["image_id"] not in holders:

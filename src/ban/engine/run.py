@@ -3,7 +3,8 @@
 ``config.json`` records the task, the prepared dataset it was trained on, the model and training configs, and
 SHA-256 fingerprints of the dataset's vocabulary files (dictionary.json, answers.json): a checkpoint is only
 meaningful with the same token and answer indices, so using it with other data is an error. A fingerprint of
-the dataset's manifest (its splits and their sizes) makes sure a resumed run goes on training on the same data.
+the dataset's manifest (its splits and their sizes) catches a resumed run pointed at another dataset; the
+features themselves are not fingerprinted.
 """
 
 from __future__ import annotations

@@ -55,9 +55,6 @@ class BANConfig:
             raise ConfigError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.task == "grounding" and self.attention != "bilinear":
             raise ConfigError("grounding is defined for bilinear attention only")
-        if self.task == "grounding" and self.num_glimpses != 1:  # its logits are the one glimpse's attention
-            raise ConfigError(f"grounding uses one glimpse (G = 1, as the reference), got num_glimpses="
-                              f"{self.num_glimpses!r}")
         for name in ("num_tokens", "num_answers", "feature_dim", "word_dim", "hidden_dim", "num_glimpses",
                      "rank_factor", "num_count_objects"):
             if getattr(self, name) < 1:
