@@ -288,6 +288,34 @@ def test_the_references_dictionary_pickle_gives_its_token_ids(prepared, tmp_path
             assert theirs != mine
 
 
+def test_glove_initialises_the_grounding_word_table(prepared, tmp_path) -> None:
+    """--glove writes glove.npy (a GloVe row per token, zeros for the words GloVe lacks), and a grounding run's
+    word table starts from it, as the reference's does."""
+    from ban.engine.config import TrainConfig
+    from ban.engine.run import RunConfig
+    from ban.engine.tasks import make_task
+    from ban.engine.trainer import initial_model
+    from ban.models import preset
+
+    data_dir, _ = prepared
+    tokens = Dictionary.load(data_dir / "dictionary.json").tokens
+    vectors = {token: [index + 0.5, -index, 2.0] for index, token in enumerate(tokens[:3])}
+    (tmp_path / "glove.txt").write_text("zebra 9 9 9\n" + "".join(f"{word} {' '.join(map(str, v))}\n"
+                                                               for word, v in vectors.items()))
+    write_raw(tmp_path / "raw")
+    manifest = prepare_flickr30k(tmp_path / "raw", [data_dir / "features"], tmp_path / "out",
+                                 glove=tmp_path / "glove.txt", progress=False)
+    assert manifest["glove"] is True
+    table = np.load(tmp_path / "out" / "glove.npy")
+    assert table.shape == (len(tokens), 3)
+    for index, token in enumerate(tokens):
+        np.testing.assert_array_equal(table[index], vectors.get(token, [0.0, 0.0, 0.0]))
+    task = make_task("grounding", tmp_path / "out")
+    config = preset("grounding", hidden_dim=8, word_dim=3, **task.model_sizes())
+    model = initial_model(RunConfig("grounding", str(tmp_path / "out"), config, TrainConfig()), task)
+    torch.testing.assert_close(model.word_embedding.table.weight[:len(tokens)], torch.from_numpy(table))
+
+
 def test_a_split_with_nothing_to_score_is_refused(tmp_path: Path) -> None:
     """Image 303's car marked nobndbox: the test split keeps no caption; training or evaluating on it would fail
     only when used (after a whole epoch, for a val_split)."""

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dictionary", metavar="FILE",
                         help="a dictionary to encode with: ban's dictionary.json, or the reference's dictionary.pkl "
                              "(its token ids, as its checkpoints expect) (default: built from the captions)")
+    parser.add_argument("--glove", metavar="FILE",
+                        help="GloVe text file (e.g. glove.6B.300d.txt): glove.npy initialises the word table, as "
+                             "the reference does (default: none, the table starts random)")
     parser.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default="float32",
                         help="storage type of converted TSV features (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         read = read_reference_dictionary if Path(args.dictionary).suffix == ".pkl" else Dictionary.load
         dictionary = read(args.dictionary)
     manifest = prepare_flickr30k(args.root, args.features, args.out, splits=args.splits, dictionary=dictionary,
-                                 feature_dtype=args.feature_dtype, progress=not args.json)
+                                 glove=args.glove, feature_dtype=args.feature_dtype, progress=not args.json)
     if args.json:
         print(json.dumps(manifest, indent=2))
         return 0

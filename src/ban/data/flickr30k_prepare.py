@@ -35,6 +35,8 @@ from ban.data.feature_sources import images_of_sources
 from ban.data.features import FeatureStore, is_tsv_source, write_feature_store, write_sources_file
 from ban.data.features_tsv import iter_tsv_files
 from ban.data.flickr30k_parse import Caption, parse_annotation_file, parse_sentences_file
+from ban.data.glove import read_glove
+from ban.data.npyfile import write_npy
 from ban.data.prepare_output import checked_output
 from ban.data.prepared import MANIFEST
 from ban.data.textfile import read_text
@@ -168,6 +170,7 @@ def prepare_flickr30k(
     *,
     splits: Sequence[str] = SPLITS,
     dictionary: Dictionary | None = None,
+    glove: str | os.PathLike[str] | None = None,
     feature_dtype: str = "float32",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -180,10 +183,11 @@ def prepare_flickr30k(
     (converted into ``out/features``, keeping only the images of ``splits``) or sources
     :meth:`FeatureStore.open` reads (the authors' HDF5 caches, our store directories), referenced from
     ``out/features/features.json``. ``dictionary`` defaults to the tokens of the kept captions in order of
-    first appearance.
+    first appearance. ``glove`` (a GloVe text file) gives ``glove.npy``, the word table's initialisation (the
+    reference starts its grounding model from GloVe). Everything but the features is read first.
     """
     root = Path(root)
-    out = checked_output(out, "grounding", {"root": [root], "features": features})
+    out = checked_output(out, "grounding", {"root": [root], "features": features, "glove": [glove]})
     split_images = {split: read_split(root / f"{split}.txt") for split in splits}
     _check_disjoint(split_images, root)
     sentences, ground_truth, stats = parse_splits(root, split_images, progress)
@@ -196,6 +200,7 @@ def prepare_flickr30k(
         dictionary = Dictionary(token for sentence in kept for token in sentence.tokens)
     length = max(len(sentence.tokens) for sentence in kept)
     max_entities = max(len(sentence.entity_ids) for sentence in kept)
+    word_vectors = None if glove is None else read_glove(glove, dictionary.tokens, progress=progress)[0]
 
     wanted = set(ground_truth)
     paths = _checked_sources(features)
@@ -215,6 +220,8 @@ def prepare_flickr30k(
                 np.savez(handle, **arrays)
             split_summaries[split] = _split_summary(arrays, len(split_images[split]))
         dictionary.save(temp / "dictionary.json")
+        if word_vectors is not None:
+            write_npy(temp / "glove.npy", word_vectors)
         manifest = {
             "task": "grounding",
             "dataset": "flickr30k_entities",
@@ -226,6 +233,7 @@ def prepare_flickr30k(
             "sentence_length": length,
             "max_entities": max_entities,
             "feature_dim": FeatureStore.open(temp / "features").feature_dim,
+            "glove": glove is not None,
             "entity_types": list(ENTITY_TYPES),
             "iou_threshold": IOU_THRESHOLD,
             "entity_position": "last token of the phrase in the tokenised caption",

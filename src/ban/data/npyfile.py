@@ -1,4 +1,4 @@
-"""Reading a ``.npy`` file of a prepared dataset with errors that name it."""
+"""Reading a ``.npy`` file of a prepared dataset with errors that name it; writing one atomically."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import zlib
 
 import numpy as np
 
+from ban.data.atomic import write_with
 from ban.errors import DataError
 
 # what np.load raises for a damaged .npy / .npz: a bad header or truncated data (ValueError, EOFError, OSError), a
@@ -32,3 +33,12 @@ def read_npy(path: str | os.PathLike[str], *, mmap: bool = False, missing: str =
         array.close()
         raise DataError(f"an .npz archive, not a .npy file{advice}", path=path)
     return array
+
+
+def write_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
+    """Write ``array`` as a ``.npy`` file at ``path`` atomically (temp file in the same directory, then rename)."""
+    def save(temporary: os.PathLike[str]) -> None:
+        with open(temporary, "wb") as file:  # a handle: np.save adds no ".npy" to the temporary's name
+            np.save(file, array)
+
+    write_with(path, save)

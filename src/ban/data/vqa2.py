@@ -38,6 +38,7 @@ from ban.data.features import (
 from ban.data.features_tsv import iter_tsv_files
 from ban.data.glove import cooccurrence_embedding, read_glove
 from ban.data.jsonfile import require
+from ban.data.npyfile import write_npy
 from ban.data.prepare_output import checked_output
 from ban.data.prepared import MANIFEST
 from ban.data.tokenizer import tokenize
@@ -235,7 +236,7 @@ def prepare_vqa2(
                 manifest_splits[name] = _write_vg_split(name, questions, temp, dictionary, store, progress)
         if word_tables is not None:
             for name, table in zip(("glove.npy", "glove_cooccurrence.npy"), word_tables, strict=True):
-                write_with(temp / name, lambda temporary, table=table: _save_npy(temporary, table))
+                write_npy(temp / name, table)
 
         dictionary.save(temp / "dictionary.json")
         write_json(temp / "answers.json", candidates)
@@ -407,7 +408,3 @@ def _glove_tables(
     vectors, _ = read_glove(glove, words, progress=progress)
     return vectors[: len(dictionary)], cooccurrence_embedding(token_lists, len(dictionary), vectors)
 
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as file:
-        np.save(file, array)
