@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 
 import numpy as np
 import pytest
 from test_data_features import _write_authors_hdf5, random_image, write_official_tsv
 
-from ban.data.feature_sources import images_of_sources
+from ban.data.feature_sources import check_feature_sources, images_of_sources
 from ban.data.features_tsv import iter_tsv_image_ids
 from ban.errors import DataError
 
@@ -38,19 +39,26 @@ def test_an_image_held_twice_is_named_with_its_sources(tmp_path):
     _write_authors_hdf5(tmp_path / "val.hdf5", [images[2]], adaptive=True)
     (tmp_path / "val_imgid2idx.pkl").write_bytes(b"(dp0\nI2\nI0\ns.")
     a, repeated, hdf5 = (str(tmp_path / name) for name in ("a.tsv", "repeated.tsv", "val.hdf5"))
-    for sources, wanted, message in [
-        ([a, a], {1}, f"image 1 appears twice in {a}"),  # the same file given twice
-        ([repeated], {3}, f"image 3 appears twice in {repeated}"),
-        ([a, hdf5], {2}, f"image 2 appears in more than one source: {a}, {hdf5}"),
+    for sources, message in [
+        ([repeated], f"image 3 appears twice in {repeated}"),
+        ([a, hdf5], f"image 2 appears in more than one source: {a}, {hdf5}"),
+        ([a, repeated], f"image 1 appears in more than one source: {a}, {repeated}"),  # though no question uses it
     ]:
         with pytest.raises(DataError, match=message):
-            images_of_sources(sources, wanted, progress=False)
-    # an image nobody wants may be held twice: only the wanted ones are converted (Flickr30k)
-    assert images_of_sources([a, repeated], {2}, progress=False) == {2: a}
+            images_of_sources(sources, {2}, progress=False)  # VQA: every record is converted
+    # where only the wanted images are converted (Flickr30k's TSV files), only they must be held once
+    assert images_of_sources([a, repeated], {2}, held_once={2}, progress=False) == {1: a, 2: a, 3: repeated}
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(DataError, match="given twice in --features"):
+        check_feature_sources([a, str(tmp_path / "sub" / ".." / "a.tsv")])  # the same file, however it is written
+    with pytest.raises(DataError, match="missing.tsv: field 'features': feature file not found"):
+        check_feature_sources([a, str(tmp_path / "missing.tsv")])
 
 
 def test_a_pipe_is_left_to_the_conversion(tmp_path):
-    """A pipe can be read once, by the conversion: no reading before it (None)."""
+    """A pipe can be read once, by the conversion: no reading before it (None). (A writer feeds it, so that a
+    reading would not block the test.)"""
     fifo = tmp_path / "features.tsv"
     os.mkfifo(fifo)
+    threading.Thread(target=fifo.write_bytes, args=(_record(1, 2, 8),), daemon=True).start()
     assert images_of_sources([fifo], {1}, progress=False) is None

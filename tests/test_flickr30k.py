@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import pickle
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -288,7 +290,7 @@ def test_the_references_dictionary_pickle_gives_its_token_ids(prepared, tmp_path
             assert theirs != mine
 
 
-def test_glove_initialises_the_grounding_word_table(prepared, tmp_path) -> None:
+def test_glove_initialises_the_grounding_word_table(prepared, tmp_path, capsys) -> None:
     """--glove writes glove.npy (a GloVe row per token, zeros for the words GloVe lacks), and a grounding run's
     word table starts from it, as the reference's does."""
     from ban.engine.config import TrainConfig
@@ -303,9 +305,14 @@ def test_glove_initialises_the_grounding_word_table(prepared, tmp_path) -> None:
     (tmp_path / "glove.txt").write_text("zebra 9 9 9\n" + "".join(f"{word} {' '.join(map(str, v))}\n"
                                                                for word, v in vectors.items()))
     write_raw(tmp_path / "raw")
-    manifest = prepare_flickr30k(tmp_path / "raw", [data_dir / "features"], tmp_path / "out",
-                                 glove=tmp_path / "glove.txt", progress=False)
-    assert manifest["glove"] is True
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    arguments = ["--root", str(tmp_path / "raw"), "--features", str(data_dir / "features"), "--out"]
+    with pytest.raises(DataError, match="nowhere.txt: field 'glove': GloVe file not found"):  # before any parsing
+        command.run(parser.parse_args([*arguments, str(tmp_path / "out"), "--glove", str(tmp_path / "nowhere.txt")]))
+    assert command.run(parser.parse_args([*arguments, str(tmp_path / "out"), "--glove", str(tmp_path / "glove.txt"),
+                                          "--json"])) == 0
+    assert json.loads(capsys.readouterr().out)["glove"] is True
     table = np.load(tmp_path / "out" / "glove.npy")
     assert table.shape == (len(tokens), 3)
     for index, token in enumerate(tokens):
@@ -325,6 +332,19 @@ def test_a_split_with_nothing_to_score_is_refused(tmp_path: Path) -> None:
         prepare_flickr30k(tmp_path / "raw", features, tmp_path / "out", progress=False)
     assert error.value.path == str(tmp_path / "raw" / "test.txt")
     prepare_flickr30k(tmp_path / "raw", features, tmp_path / "out", splits=("train", "val"), progress=False)
+
+
+def test_features_from_a_pipe_are_checked_after_the_conversion(tmp_path: Path) -> None:
+    """A pipe is read once, by the conversion; image 303's record left out, the error comes after it."""
+    features = write_raw(tmp_path / "raw")
+    lines = features[0].read_bytes().split(b"\r\n")
+    pipe = tmp_path / "features.pipe"
+    os.mkfifo(pipe)
+    data = b"\r\n".join(line for line in lines if not line.startswith(b"303\t"))
+    threading.Thread(target=pipe.write_bytes, args=(data,), daemon=True).start()
+    with pytest.raises(DataError, match="1 images of the splits have no features .e.g. 303"):
+        prepare_flickr30k(tmp_path / "raw", [pipe], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_image_outside_the_splits_may_be_in_two_files(tmp_path: Path) -> None:

@@ -135,7 +135,7 @@ def test_a_refused_vqa_prepare_leaves_the_previous_dataset_whole(raw, prepared, 
     shutil.copytree(raw / "vqa", root)
     if problem == "missing feature file":
         features = [tmp_path / "nope.tsv"]
-        message = "nope.tsv: feature file not found"
+        message = "nope.tsv: field 'features': feature file not found"
     else:
         (root / "v2_OpenEnded_mscoco_val2014_questions.json").write_text('{"questions": [')
         message = "v2_OpenEnded_mscoco_val2014_questions.json"

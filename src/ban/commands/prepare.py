@@ -32,9 +32,10 @@ def add_vqa2_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder with the official v2_OpenEnded_mscoco_*_questions.json and "
                              "v2_mscoco_*_annotations.json files (every split present is prepared)")
     parser.add_argument("--features", required=True, nargs="+", metavar="FILE",
-                        help="bottom-up TSV files (converted into OUT/features), or the authors' HDF5 caches "
-                             "(<name>.hdf5 with <name>_imgid2idx.pkl beside it) / feature store directories "
-                             "(used in place)")
+                        help="bottom-up TSV files (converted into OUT/features; their image ids are checked "
+                             "first, except for a pipe such as <(zcat f.tsv.gz), checked after converting), or the "
+                             "authors' HDF5 caches (<name>.hdf5 with <name>_imgid2idx.pkl beside it) / feature store "
+                             "directories (used in place)")
     parser.add_argument("--out", required=True, metavar="DATA_DIR", help="prepared dataset directory to write")
     parser.add_argument("--glove", metavar="FILE", help="GloVe text vectors (glove.6B.300d.txt) to initialise "
                         "the word embeddings")

@@ -16,8 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True,
                         help="folder with the official Sentences/, Annotations/ and train.txt, val.txt, test.txt")
     parser.add_argument("--features", required=True, nargs="+", metavar="FILE",
-                        help="bottom-up TSV files (converted into OUT/features), or the authors' .hdf5 caches "
-                             "/ feature store directories (referenced, not copied)")
+                        help="bottom-up TSV files (converted into OUT/features; their image ids are checked "
+                             "first, except for a pipe such as <(zcat f.tsv.gz), checked after converting), or the "
+                             "authors' .hdf5 caches / feature store directories (referenced, not copied)")
     parser.add_argument("--out", required=True, help="prepared dataset directory to write")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), metavar="SPLIT",
                         help="splits to prepare (default: %(default)s)")

@@ -121,6 +121,7 @@ class _Layout:
 
 
 _PROBE_BYTES = 4096  # read at a line start: the four integer fields, boxes (≤ ~190) and the tab after them
+_LINE_CHUNK = 1 << 16  # a line read in full is read in chunks of this size, read-ahead on
 
 
 def _base64_length(num_bytes: int) -> int:
@@ -162,7 +163,7 @@ def _jump(descriptor: int, position: int, probe: bytes, layout: _Layout, size: i
 def _read_line(descriptor: int, position: int) -> bytes:
     """The line starting at ``position`` with its line end (a last line without one: to the end of the file)."""
     parts = []
-    while chunk := os.pread(descriptor, _READ_BUFFER, position):
+    while chunk := os.pread(descriptor, _LINE_CHUNK, position):
         cut = chunk.find(b"\n")
         if cut >= 0:
             parts.append(chunk[:cut + 1])

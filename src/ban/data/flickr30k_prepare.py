@@ -31,11 +31,11 @@ from tqdm import tqdm
 
 from ban.data.atomic import atomic_path, write_json
 from ban.data.dictionary import Dictionary
-from ban.data.feature_sources import images_of_sources
+from ban.data.feature_sources import check_feature_sources, images_of_sources
 from ban.data.features import FeatureStore, is_tsv_source, write_feature_store, write_sources_file
 from ban.data.features_tsv import iter_tsv_files
 from ban.data.flickr30k_parse import Caption, parse_annotation_file, parse_sentences_file
-from ban.data.glove import read_glove
+from ban.data.glove import check_glove_file, read_glove
 from ban.data.npyfile import write_npy
 from ban.data.prepare_output import checked_output
 from ban.data.prepared import MANIFEST
@@ -188,6 +188,9 @@ def prepare_flickr30k(
     """
     root = Path(root)
     out = checked_output(out, "grounding", {"root": [root], "features": features, "glove": [glove]})
+    paths = _checked_sources(features)
+    if glove is not None:
+        check_glove_file(glove)
     split_images = {split: read_split(root / f"{split}.txt") for split in splits}
     _check_disjoint(split_images, root)
     sentences, ground_truth, stats = parse_splits(root, split_images, progress)
@@ -203,8 +206,9 @@ def prepare_flickr30k(
     word_vectors = None if glove is None else read_glove(glove, dictionary.tokens, progress=progress)[0]
 
     wanted = set(ground_truth)
-    paths = _checked_sources(features)
-    holders = images_of_sources(paths, wanted, progress=progress)  # before the conversion, which takes minutes
+    # before the conversion, which takes minutes; TSV files are converted for the wanted images only
+    holders = images_of_sources(paths, wanted, held_once=wanted if is_tsv_source(paths[0]) else None,
+                                progress=progress)
     if holders is not None:
         _check_images_have_features(wanted, holders, paths)
     with atomic_path(out) as temp:
@@ -304,10 +308,10 @@ def _split_summary(arrays: dict[str, np.ndarray], num_images: int) -> dict[str, 
 
 
 def _checked_sources(sources: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """``sources`` as paths: :class:`DataError` unless they are TSV files or other sources, not a mix."""
+    """``sources`` as paths: :class:`DataError` unless they exist, are given once, and are TSV files or other
+    sources, not a mix."""
+    check_feature_sources(sources)
     paths = [Path(source) for source in sources]
-    if not paths:
-        raise DataError("no feature sources given", field="features")
     tsv = [is_tsv_source(path) for path in paths]
     if any(tsv) and not all(tsv):
         raise DataError("give either TSV files or other feature sources, not a mix",

@@ -26,6 +26,12 @@ from ban.errors import DataError
 _PAIR_CHUNK = 2_000_000  # co-occurrence codes gathered before they are merged into the running counts
 
 
+def check_glove_file(path: str | os.PathLike[str]) -> None:
+    """:class:`DataError` unless ``path`` is a regular file (checked before anything else is read)."""
+    if not Path(path).is_file():
+        raise DataError("GloVe file not found (or not a file)", path=path, field="glove")
+
+
 def read_glove(
     path: str | os.PathLike[str], words: Sequence[str], *, progress: bool = True
 ) -> tuple[np.ndarray, int]:

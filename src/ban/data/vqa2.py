@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ban.data.answers import select_candidates, soft_score
 from ban.data.atomic import atomic_path, write_json, write_with
 from ban.data.dictionary import QUESTION_LENGTH, Dictionary
-from ban.data.feature_sources import images_of_sources
+from ban.data.feature_sources import check_feature_sources, images_of_sources
 from ban.data.features import (
     FeatureStore,
     is_complete_store,
@@ -36,7 +36,7 @@ from ban.data.features import (
     write_sources_file,
 )
 from ban.data.features_tsv import iter_tsv_files
-from ban.data.glove import cooccurrence_embedding, read_glove
+from ban.data.glove import check_glove_file, cooccurrence_embedding, read_glove
 from ban.data.jsonfile import require
 from ban.data.npyfile import write_npy
 from ban.data.prepare_output import checked_output
@@ -182,9 +182,9 @@ def prepare_vqa2(
         raise ConfigError(f"--min-answer-count must be at least 1, got {min_answer_count}")
     out = checked_output(out, "vqa2", {"root": [root], "features": features, "glove": [glove],
                                        "vg": [visual_genome]})
-    _check_feature_sources(features)
-    if glove is not None and not Path(glove).is_file():
-        raise DataError("GloVe file not found (or not a file)", path=glove, field="glove")
+    check_feature_sources(features)
+    if glove is not None:
+        check_glove_file(glove)
     present = available_splits(root)
     chosen = present if splits is None else list(splits)
     for split in chosen:
@@ -251,15 +251,6 @@ def prepare_vqa2(
     return manifest
 
 
-def _check_feature_sources(sources: Sequence[str | os.PathLike[str]]) -> None:
-    """At least one feature source is given, and each exists."""
-    if not sources:
-        raise DataError("no feature files given (--features)")
-    for source in sources:
-        if not Path(source).exists():
-            raise DataError("feature file not found", path=source)
-
-
 def _images_with_features(
     splits: Sequence[OfficialSplit], features: Sequence[str | os.PathLike[str]], out: Path, progress: bool
 ) -> dict[int, str] | None:
@@ -270,7 +261,7 @@ def _images_with_features(
     if tsv and is_complete_store(out / "features", source_stamps(tsv)):
         converted = FeatureStore.open(out / "features")
     wanted = {record["image_id"] for split in splits for record in split.questions}
-    return images_of_sources(features, wanted, converted=converted, progress=progress)
+    return images_of_sources(features, wanted, converted=converted, progress=progress)  # every image converted
 
 
 def _check_questions_have_features(splits: Sequence[OfficialSplit], holders: Container[int]) -> None:
