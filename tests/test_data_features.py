@@ -209,6 +209,18 @@ def test_a_compressed_tsv_file_is_named_as_such(tmp_path, images) -> None:
             assert error.value.path == str(tmp_path / name)
 
 
+def test_a_file_cut_short_is_named_by_the_image_id_pass(tmp_path, images) -> None:
+    """A download interrupted inside the last record's features: found before the conversion of all else."""
+    data = (_tsv_line(_good_fields(images[0])) + _tsv_line(_good_fields(images[1]))).encode()
+    path = tmp_path / "cut.tsv"
+    path.write_bytes(data[:-40])
+    with pytest.raises(DataError, match="is the file cut short .an interrupted download.") as error:
+        list(iter_tsv_image_ids(path))
+    assert error.value.record == "line 2"
+    path.write_bytes(data.rstrip(b"\r\n"))  # whole, only the last line end missing
+    assert [image_id for _, image_id in iter_tsv_image_ids(path)] == [images[0]["image_id"], images[1]["image_id"]]
+
+
 def test_an_image_id_longer_than_any_probe_is_read_whole(tmp_path, images) -> None:
     fields = _good_fields(images[0])
     fields[0] = "0" * 70 + "1"

@@ -101,6 +101,8 @@ def iter_tsv_image_ids(
                 record, end, probe = line.rstrip(b"\r\n"), position + len(line), b""
                 if record:
                     _check_field_count(record.count(b"\t") + 1, path, where)
+                if layout is not None and not line.endswith(b"\n"):  # the last line, without a line end
+                    _check_not_cut_short(line, layout, path, where)
                 first_field = record.split(b"\t", 1)[0]
                 layout = layout or (_layout(line) if jump else None)
             else:
@@ -142,22 +144,41 @@ def _layout(line: bytes) -> _Layout | None:
     return _Layout(line[len(record):], feature_bytes // (4 * num_boxes))
 
 
-def _jump(descriptor: int, position: int, probe: bytes, layout: _Layout, size: int) -> tuple[bytes, int, bytes] | None:
-    """``(image_id field, end, the next line's probe)`` of the line starting at ``position`` (``probe``: its first
-    bytes), its end computed from its num_boxes and ``layout`` and checked (the tab after the boxes, the line end
-    before ``end``); None where a check fails."""
-    fields = probe.split(b"\t", 4)
+def _record_length(head: bytes, layout: _Layout) -> tuple[bytes, int] | None:
+    """``(image_id field, length without the line end)`` of the record ``head`` begins, from its num_boxes and
+    ``layout``; None unless ``head`` begins a record (digits where the integers go, a tab after the boxes)."""
+    fields = head.split(b"\t", 4)
     if len(fields) < 5 or not fields[0].lstrip(b"-").isdigit() or not fields[3].isdigit() or int(fields[3]) == 0:
-        return None  # not a record's start (a blank line, a damaged field): read the line in full
+        return None  # not a record's start (a blank line, a damaged field)
     num_boxes = int(fields[3])
     boxes_end = sum(len(field) + 1 for field in fields[:4]) + _base64_length(16 * num_boxes)
-    if probe[boxes_end:boxes_end + 1] != b"\t":
+    if head[boxes_end:boxes_end + 1] != b"\t":
         return None
-    end = position + boxes_end + 1 + _base64_length(4 * num_boxes * layout.feature_dim) + len(layout.line_end)
+    return fields[0], boxes_end + 1 + _base64_length(4 * num_boxes * layout.feature_dim)
+
+
+def _jump(descriptor: int, position: int, probe: bytes, layout: _Layout, size: int) -> tuple[bytes, int, bytes] | None:
+    """``(image_id field, end, the next line's probe)`` of the line starting at ``position`` (``probe``: its first
+    bytes), its end computed by :func:`_record_length` and checked (the line end before ``end``); None where a
+    check fails (the line is then read in full)."""
+    record = _record_length(probe, layout)
+    if record is None:
+        return None
+    end = position + record[1] + len(layout.line_end)
     after = os.pread(descriptor, len(layout.line_end) + _PROBE_BYTES, end - len(layout.line_end))
     if end > size or not after.startswith(layout.line_end):
         return None
-    return fields[0], end, after[len(layout.line_end):]
+    return record[0], end, after[len(layout.line_end):]
+
+
+def _check_not_cut_short(line: bytes, layout: _Layout, path: Path, where: str) -> None:
+    """:class:`DataError` if the file's last line is shorter than its record must be: a download cut short shows
+    here, before the conversion of everything before it."""
+    record = _record_length(line, layout)
+    if record is not None and record[1] > len(line):
+        raise DataError(f"the last record holds {len(line)} bytes where its num_boxes and the first record's feature "
+                        f"width give {record[1]}: is the file cut short (an interrupted download)?", path=path,
+                        record=where)
 
 
 def _read_line(descriptor: int, position: int) -> bytes:
