@@ -269,8 +269,7 @@ def _integer(text: bytes, path: Path, where: str, name: str) -> int:
     except ValueError:
         raise DataError(f"not an integer: {_shown(text)}", path=path, record=where, field=name) from None
     if not -(2**63) <= value < 2**63:
-        raise DataError(f"{text[:40].decode('ascii', 'replace')} does not fit a 64-bit integer", path=path,
-                        record=where, field=name)
+        raise DataError(f"{_shown(text)} does not fit a 64-bit integer", path=path, record=where, field=name)
     return value
 
 

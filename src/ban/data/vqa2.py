@@ -219,15 +219,16 @@ def prepare_vqa2(
         texts = [record["question"] for split in COOCCURRENCE_SPLITS if split in present
                  for record in official[split].questions]
         word_tables = _glove_tables(glove, texts + (vg.all_questions if vg else []), dictionary, progress)
-    holders = _images_with_features([official[split] for split in chosen], features, out, progress)
+    prepared_splits = [official[split] for split in chosen]
+    holders = _images_with_features(prepared_splits, features, out, progress)
     if holders is not None:
-        _check_questions_have_features([official[split] for split in chosen], holders)
+        _check_questions_have_features(prepared_splits, holders)
 
     with atomic_path(out) as temp:
         temp.mkdir()
         store = _prepare_features(features, out, temp, feature_dim, feature_dtype, progress)
         if holders is None:  # a TSV source read only once (a pipe): its images are known now
-            _check_questions_have_features([official[split] for split in chosen], store)
+            _check_questions_have_features(prepared_splits, store)
         manifest_splits: dict[str, Any] = {}
         for split in chosen:
             manifest_splits[split] = _write_official_split(official[split], temp, dictionary, ans2label, progress)
