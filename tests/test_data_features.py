@@ -398,15 +398,17 @@ def test_pickle_with_code_is_refused_without_running_it(tmp_path) -> None:
 def test_pickle_of_something_else_is_refused(tmp_path, value) -> None:
     path = tmp_path / "m.pkl"
     path.write_bytes(pickle.dumps(value, protocol=2))
-    with pytest.raises(DataError):
+    with pytest.raises(DataError) as error:
         read_int_dict(path)
+    assert error.value.path == str(path)
 
 
 def test_truncated_pickle(tmp_path) -> None:
     path = tmp_path / "m.pkl"
     path.write_bytes(pickle.dumps({1: 2, 3: 4}, protocol=0)[:-1])
-    with pytest.raises(DataError):
+    with pytest.raises(DataError) as error:
         read_int_dict(path)
+    assert error.value.path == str(path)
 
 
 def test_union_of_sources_via_features_json(tmp_path, images) -> None:

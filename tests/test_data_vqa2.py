@@ -251,9 +251,18 @@ def test_annotation_for_another_image(raw) -> None:
     records = [dict(r) for r in VAL_ANNOTATIONS]
     records[1]["image_id"] = 3
     write_annotations(raw["root"] / "v2_mscoco_val2014_annotations.json", "val2014", records)
-    with pytest.raises(DataError, match="about image 4") as error:
+    with pytest.raises(DataError, match="differs from the questions file's 4") as error:
         prepare_vqa2(raw["root"], raw["features"], raw["out"], min_answer_count=1, progress=False)
     assert error.value.field == "image_id" and "question_id=21" in str(error.value.record)
+    assert error.value.path.endswith("v2_mscoco_val2014_annotations.json")
+
+
+def test_annotation_of_a_question_the_questions_file_lacks(raw) -> None:
+    write_annotations(raw["root"] / "v2_mscoco_val2014_annotations.json", "val2014",
+                      [*VAL_ANNOTATIONS, {**VAL_ANNOTATIONS[0], "question_id": 77}])
+    with pytest.raises(DataError, match="not in the questions file .*val2014_questions.json") as error:
+        prepare_vqa2(raw["root"], raw["features"], raw["out"], min_answer_count=1, progress=False)
+    assert error.value.field == "question_id" and error.value.record == "2 (question_id=77)"
 
 
 def test_a_question_in_two_splits_is_refused(raw) -> None:

@@ -7,9 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from ban.nn.dropout import Dropout, keep_mask
+from ban.nn.dropout import Dropout, draw_seed, keep_threshold, seeded_mask
 
 COUNT = 2_000_000
+
+
+def keep_mask(shape, keep, generator=None):
+    """A mask of ``shape`` as Dropout draws it: each element True with probability ``keep``."""
+    return seeded_mask(shape, draw_seed(generator), keep_threshold(keep))
 
 
 @pytest.mark.parametrize("keep", [0.8, 0.5, 0.1, 0.999])

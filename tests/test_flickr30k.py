@@ -16,17 +16,24 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_metrics_grounding import grounding_recall
 
 from ban.commands import prepare_flickr30k as command
+from ban.data.boxes import box_iou
 from ban.data.collate import collate_grounding
 from ban.data.dictionary import Dictionary
 from ban.data.features import FeatureStore
 from ban.data.flickr30k import GroundingDataset
 from ban.data.flickr30k_parse import parse_caption
-from ban.data.flickr30k_prepare import ParseStats, box_iou, ground_caption, positive_boxes, prepare_flickr30k
+from ban.data.flickr30k_prepare import ParseStats, ground_caption, positive_boxes, prepare_flickr30k
 from ban.data.tokenizer import tokenize
+from ban.engine.config import TrainConfig
+from ban.engine.run import RunConfig
+from ban.engine.tasks import make_task
+from ban.engine.trainer import initial_model
 from ban.errors import DataError
-from ban.metrics.grounding import grounding_recall, type_bits
+from ban.metrics.grounding import type_bits
+from ban.models import preset
 
 FEATURE_DIM = 3
 
@@ -106,9 +113,11 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 
 def test_box_iou_by_hand() -> None:
-    iou = box_iou(np.array([[10, 10, 50, 50]]), np.array([[10, 10, 31, 50], [30, 30, 70, 70], [50, 50, 60, 60]]))
+    first = np.array([[10.0, 10, 50, 50]])
+    second = np.array([[10.0, 10, 31, 50], [30, 30, 70, 70], [50, 50, 60, 60]])
     # 840 / 1600; 400 / (1600 + 1600 - 400); touching corners: 0
-    assert iou[0] == pytest.approx([840 / 1600, 400 / 2800, 0.0])
+    assert box_iou(first, second)[0].tolist() == [840 / 1600, 400 / 2800, 0.0]
+    assert box_iou(first, second, eps=1e-6)[0].tolist() == [840 / (1600 + 1e-6), 400 / (2800 + 1e-6), 0.0]
 
 
 def test_positive_boxes_union_over_an_entitys_boxes() -> None:
@@ -293,11 +302,6 @@ def test_the_references_dictionary_pickle_gives_its_token_ids(prepared, tmp_path
 def test_glove_initialises_the_grounding_word_table(prepared, tmp_path, capsys) -> None:
     """--glove writes glove.npy (a GloVe row per token, zeros for the words GloVe lacks), and a grounding run's
     word table starts from it, as the reference's does."""
-    from ban.engine.config import TrainConfig
-    from ban.engine.run import RunConfig
-    from ban.engine.tasks import make_task
-    from ban.engine.trainer import initial_model
-    from ban.models import preset
 
     data_dir, _ = prepared
     tokens = Dictionary.load(data_dir / "dictionary.json").tokens
@@ -332,6 +336,22 @@ def test_a_split_with_nothing_to_score_is_refused(tmp_path: Path) -> None:
         prepare_flickr30k(tmp_path / "raw", features, tmp_path / "out", progress=False)
     assert error.value.path == str(tmp_path / "raw" / "test.txt")
     prepare_flickr30k(tmp_path / "raw", features, tmp_path / "out", splits=("train", "val"), progress=False)
+
+
+def test_evaluating_a_split_left_without_ground_truth_names_its_file(prepared: tuple[Path, dict],
+                                                                       tmp_path: Path) -> None:
+    data_dir = tmp_path / "damaged"
+    shutil.copytree(prepared[0], data_dir)
+    with np.load(data_dir / "val.npz") as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    arrays["has_ground_truth"][:] = False
+    np.savez(data_dir / "val.npz", **arrays)
+    task = make_task("grounding", data_dir)
+    config = preset("grounding", hidden_dim=8, word_dim=3, **task.model_sizes())
+    model = initial_model(RunConfig("grounding", str(data_dir), config, TrainConfig()), task)
+    with pytest.raises(DataError, match="split 'val' has no entity with a ground-truth box") as error:
+        task.evaluate(model, "val", 4, torch.device("cpu"), "fp32")
+    assert error.value.path == str(data_dir / "val.npz")
 
 
 def test_features_from_a_pipe_are_checked_after_the_conversion(tmp_path: Path) -> None:
@@ -417,6 +437,28 @@ def test_a_source_inside_the_output_is_refused(prepared: tuple[Path, dict]) -> N
     with pytest.raises(DataError, match="inside --out"):
         prepare_flickr30k(data_dir.parent / "raw", [data_dir / "features"], data_dir, progress=False)
     assert json.loads((data_dir / "manifest.json").read_text()) == manifest
+
+
+@pytest.mark.parametrize(("damage", "field", "message"), [
+    (lambda a: a.update(entity_ids=a["entity_ids"][:, 0]), "entity_ids", "expected a 2-d array"),
+    (lambda a: a.update(tokens=a["tokens"].astype(np.float32)), "tokens", "of kind 'iu', got float32"),
+    (lambda a: a.pop("caption_index"), "caption_index", "got nothing"),
+    (lambda a: a.update(image_id=a["image_id"][1:]), "image_id", "does not fit entity_ids'"),
+    (lambda a: a.update(has_ground_truth=a["has_ground_truth"][:, :1]), "has_ground_truth", "does not fit"),
+    (lambda a: a.update(positive_offsets=a["positive_offsets"][:-1]), "positive_offsets", "do not fit"),
+    (lambda a: a.update(positive_boxes=a["positive_boxes"] - 100), "positive_boxes", "negative box index"),
+], ids=["entity-ids-1d", "tokens-float", "missing-array", "rows", "slots", "offsets", "negative-box"])
+def test_a_damaged_split_names_the_file_and_array(prepared: tuple[Path, dict], tmp_path: Path, damage, field,
+                                                  message) -> None:
+    data_dir = tmp_path / "damaged"
+    shutil.copytree(prepared[0], data_dir)
+    with np.load(data_dir / "train.npz") as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    damage(arrays)
+    np.savez(data_dir / "train.npz", **arrays)
+    with pytest.raises(DataError, match=message) as caught:
+        GroundingDataset(data_dir, "train")
+    assert caught.value.path == str(data_dir / "train.npz") and caught.value.field == field
 
 
 @pytest.mark.parametrize("position", [-1, 10_000])

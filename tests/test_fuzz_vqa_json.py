@@ -243,8 +243,10 @@ def test_visual_genome_corruptions_give_data_errors(which, data, tmp_path):
         write(tmp_path / name, value)
     try:
         found = load_visual_genome(tmp_path, {"vg-train": {1, 2}}, {"red": 0, "2": 1})
-    except BanError as error:
-        assert isinstance(error, DataError) and str(error)
+    except BanError as error:  # names the file it found wrong (the other may be where it showed)
+        assert isinstance(error, DataError) and error.path is not None
+        assert Path(error.path).parent == tmp_path and Path(error.path).name in files
+        assert str(error).startswith(error.path)
         return
     for question in found.kept["vg-train"]:
         assert isinstance(question.question_id, int) and question.coco_image_id in {1, 2}

@@ -9,9 +9,16 @@ import pytest
 import torch
 
 from ban.errors import DataError
-from ban.metrics.grounding import ENTITY_TYPES, GroundingRecall, grounding_recall, type_bits
+from ban.metrics.grounding import ENTITY_TYPES, GroundingRecall, type_bits
 
 PEOPLE, CLOTHING, OTHER = type_bits(["people"]), type_bits(["clothing"]), type_bits(["other"])
+
+
+def grounding_recall(logits, targets, entity_mask, has_ground_truth, entity_types, box_mask=None, ks=(1, 5, 10)):
+    """Recall@K of one batch (arguments as :meth:`GroundingRecall.update`)."""
+    metric = GroundingRecall(ks)
+    metric.update(logits, targets, entity_mask, has_ground_truth, entity_types, box_mask)
+    return metric.compute()
 
 
 def test_type_bits() -> None:

@@ -244,3 +244,7 @@ def test_score_command_reports_bad_files(tmp_path: Path, capsys: pytest.CaptureF
     (tmp_path / "questions.json").write_text(json.dumps(questions))
     assert main(["score", *options]) == 2
     assert "field 'image_id'" in capsys.readouterr().err
+
+    options = write_official_files(tmp_path, [], [])
+    assert main(["score", *options]) == 2
+    assert f"{tmp_path / 'annotations.json'}: field 'annotations': no annotated questions" in capsys.readouterr().err

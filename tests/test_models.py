@@ -40,7 +40,8 @@ def test_paper_best_parameter_count_matches_reference():
     assert sum(p.numel() for p in model.parameters()) == 90_618_566
 
 
-@pytest.mark.parametrize("kind", [dict(), dict(attention="unitary"), dict(task="grounding"),
+@pytest.mark.parametrize("kind", [dict(), dict(attention="unitary", use_counting=False),
+                                  dict(task="grounding", use_counting=False),
                                   dict(two_word_tables=False, use_counting=False)])
 @pytest.mark.parametrize("sizes", [dict(num_glimpses=1), dict(num_glimpses=4, rank_factor=1), dict(hidden_dim=3)])
 def test_the_size_check_bounds_every_model_from_below(kind, sizes):
@@ -50,10 +51,10 @@ def test_the_size_check_bounds_every_model_from_below(kind, sizes):
 
 
 @pytest.mark.parametrize("absurd", [dict(hidden_dim=10**12), dict(num_glimpses=10**6), dict(num_tokens=10**11),
-                                    dict(task="grounding", feature_dim=10**12)])
+                                    dict(task="grounding", use_counting=False, feature_dim=10**12)])
 def test_sizes_beyond_the_machines_memory_are_refused_before_allocating(absurd):
     # hidden_dim 10^12 used to fail inside torch's allocator; num_glimpses 10^6 built glimpses until memory ran out
-    name = next(iter(set(absurd) - {"task"}))
+    name = next(iter(set(absurd) - {"task", "use_counting"}))
     with pytest.raises(ConfigError, match=rf"{name}={absurd[name]}.* GiB of float32 weights, more than this machine"):
         ban.build_model(ban.BANConfig(**absurd))
 
@@ -98,19 +99,88 @@ def test_with_a_box_mask_padded_rows_may_hold_anything():
         (dict(features=torch.randn(3, 12, 25)), "features: expected shape [·, ·, 24]"),
         (dict(boxes=torch.rand(3, 5, 4)), "boxes: expected shape [3, 12, ·]"),
         (dict(boxes=torch.rand(3, 12, 2)), "boxes: expected at least 4 coordinates"),
-        (dict(questions=torch.ones(3, 14)), "questions: expected shape [3, ·] (· any size) with integer values"),
+        (dict(questions=torch.ones(3, 14)), "questions: expected shape [3, ·] (· any size) with index values"),
+        (dict(questions=torch.ones(3, 14, dtype=torch.uint8)), "with index values"),  # the embedding takes int64/32
         (dict(questions=torch.ones(2, 14, dtype=torch.long)), "questions: expected shape [3, ·]"),
+        (dict(features=torch.randn(3, 12, 24, dtype=torch.float64)),
+         "features: torch.float64 values meet torch.float32 weights"),
+        (dict(features=torch.randn(12, 24)), "features: expected shape [·, ·, 24]"),  # unpacked B, N before
+        (dict(features=torch.randn(3, 0, 24), boxes=torch.rand(3, 0, 4)), "features: no box slot (N = 0)"),
+        (dict(boxes=None), "boxes: the counting module needs them"),
     ],
     ids=["mask-broadcast", "mask-float", "feature-dim", "boxes-count", "boxes-columns", "questions-float",
-         "questions-batch"],
+         "questions-uint8", "questions-batch", "features-float64", "features-2d", "no-boxes", "boxes-none"],
 )
 def test_misshapen_inputs_are_named(change, message):
-    config = ban.BANConfig(num_glimpses=2, **SMALL)
+    config = ban.BANConfig(num_glimpses=2, use_counting=True, **SMALL)
     model = ban.build_model(config).eval()
     features, spatial, questions = _inputs(config)
     inputs = dict(features=features, boxes=spatial, questions=questions, box_mask=None) | change
     with pytest.raises(ValueError, match=re.escape(message)):
         model(**inputs)
+
+
+def test_inputs_of_other_dtypes_and_sizes_that_fit_are_taken():
+    """float64 boxes (numpy's default) with counting, int32 questions, an empty batch, no boxes without counting;
+    float64 features under autocast are refused (autocast leaves them float64), bf16 ones taken."""
+    config = ban.BANConfig(num_glimpses=2, use_counting=True, **SMALL)
+    model = ban.build_model(config).eval()
+    features, spatial, questions = _inputs(config)
+    with torch.no_grad():
+        expected = model(features, spatial, questions).logits
+        torch.testing.assert_close(model(features, spatial.double(), questions.int()).logits, expected)
+        assert model(features[:0], spatial[:0], questions[:0]).logits.shape == (0, 17)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model(features.bfloat16(), spatial, questions).logits.shape == (3, 17)
+            with pytest.raises(ValueError, match="features: torch.float64 values"):
+                model(features.double(), spatial, questions)
+        uncounted = ban.build_model(config.replace(use_counting=False)).eval()
+        torch.testing.assert_close(uncounted(features, None, questions).logits,
+                                   uncounted(features, spatial, questions).logits)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_non_finite_values_in_masked_boxes_change_nothing(fused):
+    """With an explicit box mask a padded row may hold NaN or inf: the fused execution, which projects every row,
+    zeroes them first (0 · NaN would be NaN)."""
+    config = ban.BANConfig(num_glimpses=2, use_counting=True, fused=fused, **SMALL)
+    model = ban.build_model(config).eval()
+    features, spatial, questions = _inputs(config)
+    box_mask = torch.ones(3, 12, dtype=torch.bool)
+    box_mask[1, 6:] = False
+    with torch.no_grad():
+        expected = model(features, spatial, questions, box_mask=box_mask).logits
+        features[1, 6:8], features[1, 8:] = float("nan"), float("inf")
+        spatial[1, 6:] = float("nan")
+        torch.testing.assert_close(model(features, spatial, questions, box_mask=box_mask).logits, expected)
+
+
+@pytest.mark.parametrize("kind", [dict(attention="unitary"), dict(task="grounding", num_glimpses=1)])
+@pytest.mark.parametrize("option", ["use_counting", "fused"])
+def test_options_of_bilinear_vqa_are_refused_where_they_would_be_ignored(kind, option):
+    """The config describes the model: counting or the fused execution on a model without them is an error."""
+    settings = {**SMALL, **kind, "use_counting": False, option: True}
+    with pytest.raises(ConfigError, match=f"{option}=True applies to BAN for VQA only"):
+        ban.BANConfig(**settings)
+
+
+@pytest.mark.parametrize("attention", ["bilinear", "unitary"])
+def test_attention_logits_are_the_attention_before_its_softmax(attention):
+    """−inf at padded boxes (and, with masked question padding, at padded tokens)."""
+    config = ban.BANConfig(num_glimpses=2, attention=attention, use_counting=False, mask_question_padding=True,
+                           **SMALL)
+    model = ban.build_model(config).eval()
+    features, spatial, questions = _inputs(config)
+    features[1, 8:] = 0
+    with torch.no_grad():
+        out = model(features, spatial, questions)
+    batch, glimpses, boxes, tokens = out.attention_logits.shape
+    assert out.attention_logits.shape == out.attention.shape
+    torch.testing.assert_close(out.attention_logits.reshape(batch, glimpses, -1).softmax(-1),
+                               out.attention.reshape(batch, glimpses, -1))
+    assert out.attention_logits[1, :, 8:].isneginf().all()
+    if attention == "bilinear":
+        assert out.attention_logits[0, :, :, 9:].isneginf().all() and out.attention_logits[0, :, :, :9].isfinite().all()
 
 
 def test_grounding_needs_an_entity_slot():
@@ -226,7 +296,7 @@ def test_presets_and_config_validation():
         with pytest.raises(ConfigError, match=f"model setting '{next(iter(wrong))}'.*does not fit its type"):
             ban.BANConfig(**wrong)
     with pytest.raises(ConfigError, match="num_answers must be a positive integer"):
-        ban.BANConfig(task="grounding", num_answers=-5)
+        ban.BANConfig(task="grounding", use_counting=False, num_answers=-5)
     config = ban.preset("tiny", num_tokens=50, num_answers=9)
     assert ban.BANConfig.from_dict(config.to_dict()) == config
 

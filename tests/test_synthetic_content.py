@@ -7,7 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from ban.data.synthetic.detections import BACKGROUND, DUPLICATE, OBJECT, PARTIAL, box_iou, sample_detections
+from ban.data.boxes import box_iou
+from ban.data.synthetic.detections import BACKGROUND, DUPLICATE, OBJECT, PARTIAL, sample_detections
 from ban.data.synthetic.features import projection_matrix, region_features
 from ban.data.synthetic.questions import sample_questions
 from ban.data.synthetic.scenes import COLORS, MATERIALS, SHAPE_PLURALS, SHAPES, SIZES, sample_scene

@@ -15,30 +15,54 @@ import torch
 from torch.utils.data import Dataset
 
 from ban.data.features import FeatureStore
-from ban.data.npyfile import NPZ_ERRORS
+from ban.data.npyfile import read_split_npz
 from ban.data.prepared import check_split, read_manifest
 from ban.errors import DataError
 
-_SPLIT_ARRAYS = (
-    "image_id", "caption_index", "tokens", "entity_positions", "entity_ids", "entity_types", "has_ground_truth",
-    "positive_offsets", "positive_boxes",
-)
+# array → (dtype kinds allowed, number of dimensions); S sentences, L tokens, E entity slots, P positives
+_SPLIT_ARRAYS: dict[str, tuple[str, int]] = {
+    "image_id": ("iu", 1), "caption_index": ("iu", 1), "tokens": ("iu", 2), "entity_positions": ("iu", 2),
+    "entity_ids": ("iu", 2), "entity_types": ("iu", 2), "has_ground_truth": ("b", 2), "positive_offsets": ("iu", 1),
+    "positive_boxes": ("iu", 1),
+}
 
 
 def check_entity_positions(arrays: dict[str, np.ndarray], path: Path) -> None:
-    """:class:`DataError` unless ``entity_positions [S, E]`` matches ``entity_ids [S, E]`` and every position
-    is a token index in [0, L) of ``tokens [S, L]`` (checked here, once, because the model does not: a wrong
-    index would fail inside a gather, on a GPU as a device-side assert)."""
+    """:class:`DataError` unless every entity position [S, E] is a token index in [0, L) of ``tokens [S, L]``
+    (checked here, once, because the model does not: a wrong index would fail inside a gather, on a GPU as a
+    device-side assert)."""
     positions, tokens = arrays["entity_positions"], arrays["tokens"]
-    if positions.shape != arrays["entity_ids"].shape or positions.dtype.kind not in "iu":
-        raise DataError(f"expected integers of shape {list(arrays['entity_ids'].shape)} like entity_ids, got "
-                        f"{positions.dtype} of shape {list(positions.shape)}", path=path, field="entity_positions")
     outside = (positions < 0) | (positions >= tokens.shape[1])
     if outside.any():
         sentence, slot = (int(i) for i in np.argwhere(outside)[0])
         raise DataError(f"position {int(positions[sentence, slot])} of entity slot {slot} is outside the "
                         f"{tokens.shape[1]} tokens", path=path, record=f"sentence {sentence}",
                         field="entity_positions")
+
+
+def load_split_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a prepared grounding ``<split>.npz``, checked: no pickled objects (never unpickled), the
+    expected names, types and dimensions, S rows in each per-sentence array (tokens [S, L]; the entity arrays
+    [S, E], E ≥ 1), positive offsets [S·E + 1] that fit the positive boxes [P] (box indices ≥ 0; their bound is
+    the image's box count, checked per item) and entity positions inside the caption."""
+    arrays = read_split_npz(path, _SPLIT_ARRAYS)
+    count, entities = arrays["entity_ids"].shape
+    for name in ("image_id", "caption_index", "tokens", "entity_positions", "entity_types", "has_ground_truth"):
+        if len(arrays[name]) != count or (arrays[name].ndim == 2 and name != "tokens"
+                                          and arrays[name].shape[1] != entities):
+            raise DataError(f"shape {list(arrays[name].shape)} does not fit entity_ids' {[count, entities]}",
+                            path=path, field=name)
+    if entities == 0:
+        raise DataError("no entity slot (E = 0)", path=path, field="entity_ids")
+    offsets = arrays["positive_offsets"]
+    if len(offsets) != count * entities + 1 or offsets[0] != 0 or offsets[-1] != len(arrays["positive_boxes"]) \
+            or (np.diff(offsets) < 0).any():
+        raise DataError("positive offsets do not fit sentences × entity slots and the positive boxes", path=path,
+                        field="positive_offsets")
+    if (arrays["positive_boxes"] < 0).any():
+        raise DataError("negative box index", path=path, field="positive_boxes")
+    check_entity_positions(arrays, path)
+    return arrays
 
 
 class GroundingDataset(Dataset):
@@ -55,22 +79,9 @@ class GroundingDataset(Dataset):
         self.data_dir = Path(data_dir)
         self.manifest = read_manifest(self.data_dir, "grounding")
         check_split(self.data_dir, self.manifest, split)
-        path = self.data_dir / f"{split}.npz"
-        try:
-            with np.load(path) as archive:
-                missing = [name for name in _SPLIT_ARRAYS if name not in archive.files]
-                if missing:
-                    raise DataError(f"missing arrays {missing}", path=path)
-                self.arrays = {name: archive[name] for name in _SPLIT_ARRAYS}
-        except FileNotFoundError:
-            raise DataError("split file not found", path=path) from None
-        except NPZ_ERRORS as error:  # not an .npz, object arrays (pickles), a damaged archive
-            raise DataError(f"not a readable .npz of plain arrays ({error})", path=path) from None
+        self.path = self.data_dir / f"{split}.npz"
+        self.arrays = load_split_arrays(self.path)
         self.num_entities = int(self.arrays["entity_ids"].shape[1])
-        if len(self.arrays["positive_offsets"]) != len(self) * self.num_entities + 1:
-            raise DataError("positive_offsets does not match sentences × entity slots", path=path,
-                            field="positive_offsets")
-        check_entity_positions(self.arrays, path)
         self.store = FeatureStore.open(self.data_dir / "features")
 
     def __len__(self) -> int:
@@ -87,7 +98,7 @@ class GroundingDataset(Dataset):
         if len(boxes) and boxes.max() >= len(features):
             raise DataError(
                 f"positive box {int(boxes.max())} but the image has {len(features)} boxes: the prepared data "
-                "does not match its feature store", path=self.data_dir, record=f"sentence {index}",
+                "does not match its feature store", path=self.path, record=f"sentence {index}",
                 field="positive_boxes",
             )
         targets = torch.zeros(len(features), entities)
@@ -96,9 +107,9 @@ class GroundingDataset(Dataset):
             "features": torch.from_numpy(features),
             "boxes": torch.from_numpy(spatial),
             "tokens": torch.from_numpy(arrays["tokens"][index].astype(np.int64)),
-            "entity_positions": torch.from_numpy(arrays["entity_positions"][index]),
+            "entity_positions": torch.from_numpy(arrays["entity_positions"][index].astype(np.int64)),
             "entity_mask": torch.from_numpy(arrays["entity_ids"][index] > 0),
-            "entity_types": torch.from_numpy(arrays["entity_types"][index]),
+            "entity_types": torch.from_numpy(arrays["entity_types"][index].astype(np.int64)),
             "has_ground_truth": torch.from_numpy(arrays["has_ground_truth"][index]),
             "targets": targets,
             "image_id": torch.tensor(image_id),

@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ban.data.atomic import atomic_path, write_json
+from ban.data.boxes import box_iou
 from ban.data.dictionary import Dictionary
 from ban.data.feature_sources import check_feature_sources, images_of_sources
 from ban.data.features import FeatureStore, is_tsv_source, write_feature_store, write_sources_file
@@ -75,23 +76,6 @@ class ParseStats:
     captions_without_grounded_entities: int = 0
 
 
-def box_iou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``first`` ``[G, 4]`` with every box of ``second`` ``[N, 4]`` (x1, y1, x2, y2) →
-    ``[G, N]`` float64, as the reference: ``intersection / (area1 + area2 − intersection + 1e-6)``.
-
-    >>> box_iou(np.array([[0, 0, 10, 10]]), np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]])).round(4)
-    array([[1.    , 0.3333, 0.    ]])
-    """
-    first = np.asarray(first, dtype=np.float64)[:, None, :]
-    second = np.asarray(second, dtype=np.float64)[None, :, :]
-    low = np.maximum(first[..., :2], second[..., :2])
-    high = np.minimum(first[..., 2:], second[..., 2:])
-    intersection = np.clip(high - low, 0, None).prod(-1)
-    area_first = (first[..., 2] - first[..., 0]) * (first[..., 3] - first[..., 1])
-    area_second = (second[..., 2] - second[..., 0]) * (second[..., 3] - second[..., 1])
-    return intersection / (area_first + area_second - intersection + 1e-6)
-
-
 def positive_boxes(ground_truth: dict[int, list[Box]], detected: np.ndarray) -> dict[int, np.ndarray]:
     """Entity id → indices of the ``detected`` boxes ``[N, 4]`` with IoU ≥ 0.5 to any of its ground-truth
     boxes (int64, ascending)."""
@@ -99,7 +83,7 @@ def positive_boxes(ground_truth: dict[int, list[Box]], detected: np.ndarray) -> 
         return {entity_id: np.zeros(0, dtype=np.int64) for entity_id in ground_truth}
     owners = np.array([entity_id for entity_id, boxes in ground_truth.items() for _ in boxes])
     rows = np.array([box for boxes in ground_truth.values() for box in boxes], dtype=np.float64)
-    matches = box_iou(rows, detected) >= IOU_THRESHOLD  # [G, N]
+    matches = box_iou(rows, np.asarray(detected, dtype=np.float64), eps=1e-6) >= IOU_THRESHOLD  # [G, N]
     return {entity_id: np.flatnonzero(matches[owners == entity_id].any(0)) for entity_id in ground_truth}
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from ban.data.textfile import read_bytes
 from ban.errors import DataError
+from ban.numbers import is_int
 
 
 def read_json(path: str | os.PathLike[str], *, missing: str = "file not found") -> Any:
@@ -34,7 +35,7 @@ def require(record: Mapping[str, Any], field: str, kind: type, path: str | os.Pa
     if not isinstance(record, Mapping):
         raise DataError(f"expected an object, got {type(record).__name__}", path=path, record=where)
     value = record.get(field)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if not (is_int(value) if kind is int else isinstance(value, kind)):
         found = type(value).__name__ if field in record else "nothing"
         raise DataError(f"expected {kind.__name__}, got {found}", path=path, record=where, field=field)
     if kind is int and not -(2**63) <= value < 2**63:

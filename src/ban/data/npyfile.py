@@ -1,10 +1,12 @@
-"""Reading a ``.npy`` file of a prepared dataset with errors that name it; writing one atomically."""
+"""Reading a ``.npy`` file or a split's ``.npz`` archive of a prepared dataset with errors that name it and the
+array; writing a ``.npy`` file atomically."""
 
 from __future__ import annotations
 
 import os
 import zipfile
 import zlib
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -33,6 +35,26 @@ def read_npy(path: str | os.PathLike[str], *, mmap: bool = False, missing: str =
         array.close()
         raise DataError(f"an .npz archive, not a .npy file{advice}", path=path)
     return array
+
+
+def read_split_npz(path: str | os.PathLike[str], spec: Mapping[str, tuple[str, int]]) -> dict[str, np.ndarray]:
+    """The arrays of a prepared split's ``.npz`` that ``spec`` names (name → (dtype kinds as ``np.dtype.kind``
+    letters, number of dimensions)), each checked; pickled objects are never loaded. A :class:`DataError` names the
+    file, and the array that is missing or of another kind or dimension; one row per sample is the caller's
+    check."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in spec if name in npz.files}
+    except FileNotFoundError:
+        raise DataError("split file missing: rerun `ban prepare`", path=path) from None
+    except NPZ_ERRORS as error:
+        raise DataError(f"not a valid prepared split ({error})", path=path) from None
+    for name, (kinds, ndim) in spec.items():
+        array = arrays.get(name)
+        if array is None or array.dtype.kind not in kinds or array.ndim != ndim:
+            found = "nothing" if array is None else f"{array.dtype} array of {array.ndim} dimensions"
+            raise DataError(f"expected a {ndim}-d array of kind {kinds!r}, got {found}", path=path, field=name)
+    return arrays
 
 
 def write_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:

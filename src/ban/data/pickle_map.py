@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ban.data.textfile import read_bytes
 from ban.errors import DataError
+from ban.numbers import is_int
 
 _INT_OPCODES = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}
 _UNICODE_OPCODES = {"UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"}  # Python 3's str
@@ -31,7 +32,7 @@ def read_int_dict(path: str | os.PathLike[str]) -> dict[int, int]:
     path = Path(path)
     result = read_plain_pickle(path, missing="image-id map not found (the pickle written next to the HDF5 cache "
                                              "by the reference pipeline)")
-    if not isinstance(result, dict) or not all(_is_int(k) and _is_int(v) for k, v in result.items()):
+    if not isinstance(result, dict) or not all(is_int(k) and is_int(v) for k, v in result.items()):
         raise DataError("the pickle does not hold a dict of ints", path=path)
     return result
 
@@ -49,10 +50,6 @@ def read_plain_pickle(path: str | os.PathLike[str], missing: str) -> object:
         raise DataError(f"not a pickle of plain data ({type(error).__name__}: {error})", path=path) from None
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _interpret(data: bytes) -> object:
     """Run the plain-data subset of the pickle machine (ints, strings, lists, dicts) over ``data``'s opcodes."""
     stack: list[object] = []
@@ -61,7 +58,7 @@ def _interpret(data: bytes) -> object:
     for opcode, arg, position in pickletools.genops(data):
         name = opcode.name
         if name in _INT_OPCODES:
-            if not _is_int(arg):
+            if not is_int(arg):
                 raise DataError(f"a {type(arg).__name__} where an int is expected", record=f"byte {position}")
             if arg not in _INT64:  # (also keeps dict keys from being crafted to collide in one hash bucket)
                 raise DataError("an integer outside the 64-bit range", record=f"byte {position}")

@@ -11,6 +11,7 @@ from typing import Any
 from ban.data.dictionary import Dictionary
 from ban.data.jsonfile import read_json
 from ban.errors import DataError
+from ban.numbers import is_int
 
 MANIFEST = "manifest.json"
 
@@ -54,7 +55,7 @@ def check_split(data_dir: str | os.PathLike[str], manifest: dict[str, Any], spli
 def manifest_size(data_dir: str | os.PathLike[str], manifest: dict[str, Any], field: str) -> int:
     """The manifest's ``field``, checked to be a positive integer (a count or a width)."""
     value = manifest.get(field)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not is_int(value) or value < 1:
         raise DataError(f"expected a positive integer, got {value!r}", path=Path(data_dir) / MANIFEST, field=field)
     return value
 

@@ -1,6 +1,6 @@
 """Question tokenisation exactly as the reference VQA pipeline does it.
 
-Rules (PAPER.md §3): lower-case; delete ``,`` and ``?``; ``'s`` becomes `` 's`` (a separate token); split on
+The reference's rules: lower-case; delete ``,`` and ``?``; ``'s`` becomes `` 's`` (a separate token); split on
 whitespace. Nothing else is touched, so ``"what's"`` gives ``["what", "'s"]`` and ``"don't"`` stays one token.
 """
 

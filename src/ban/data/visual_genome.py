@@ -16,6 +16,7 @@ from pathlib import Path
 from ban.data.answers import preprocess_answer
 from ban.data.jsonfile import read_json, require
 from ban.errors import DataError
+from ban.numbers import is_int
 
 QUESTIONS_FILE = "question_answers.json"
 IMAGES_FILE = "image_data.json"
@@ -44,7 +45,7 @@ def coco_ids_of_vg_images(path: str | os.PathLike[str]) -> dict[int, int]:
         coco_id = record.get("coco_id")
         if coco_id is None:
             continue
-        if not isinstance(coco_id, int) or isinstance(coco_id, bool):
+        if not is_int(coco_id):
             raise DataError(f"expected int or null, got {type(coco_id).__name__}", path=path,
                             record=f"{index} (image_id={image_id})", field="coco_id")
         mapping[image_id] = coco_id

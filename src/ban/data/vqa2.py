@@ -2,7 +2,7 @@
 
 ``prepare_vqa2`` turns the official question/annotation JSON files (under their official names in one
 folder), region features (bottom-up TSV files, the authors' HDF5 cache, or an existing store), optionally
-GloVe text vectors and Visual Genome QA, into the layout of docs/data-formats.md. Facts followed (PAPER.md §3):
+GloVe text vectors and Visual Genome QA, into the layout of docs/data-formats.md. The reference's facts followed:
 the dictionary covers the four question files in the reference's order (train, val, test, test-dev),
 questions are 14 tokens padded at the end, candidates are the normalised ``multiple_choice_answer`` values of
 at least ``min_answer_count`` train+val questions, and a question's soft target for a candidate is
@@ -45,7 +45,7 @@ from ban.data.tokenizer import tokenize
 from ban.data.visual_genome import VGQuestion, load_visual_genome
 from ban.data.vqa_dataset import VQADataset
 from ban.errors import ConfigError, DataError
-from ban.metrics.vqa import load_annotations, load_questions
+from ban.metrics.vqa import check_annotated_questions, load_annotations, load_questions
 
 # Our split name → the official name inside the file names.
 OFFICIAL_NAMES: dict[str, str] = {
@@ -115,18 +115,12 @@ def read_official_split(root: str | os.PathLike[str], split: str) -> OfficialSpl
     a_path = annotations_path(root, split)
     if not a_path.is_file():
         raise DataError(f"annotation file of split {split!r} is missing ({_WHERE_TO_GET})", path=a_path)
+    annotated = load_annotations(a_path)
+    check_annotated_questions(annotated, a_path, questions, q_path)
     annotations: dict[int, dict[str, Any]] = {}
-    for index, record in enumerate(load_annotations(a_path)):
-        question_id = record["question_id"]
-        where = f"{index} (question_id={question_id})"
-        question = questions.get(question_id)
-        if question is None:
-            raise DataError(f"no such question in {q_path.name}", path=a_path, record=where, field="question_id")
-        if record["image_id"] != question["image_id"]:
-            raise DataError(f"image {record['image_id']} but the question is about image {question['image_id']}",
-                            path=a_path, record=where, field="image_id")
-        require(record, "multiple_choice_answer", str, a_path, where)
-        annotations[question_id] = record
+    for index, record in enumerate(annotated):
+        require(record, "multiple_choice_answer", str, a_path, f"{index} (question_id={record['question_id']})")
+        annotations[record["question_id"]] = record
     for record in records:
         if record["question_id"] not in annotations:
             raise DataError(f"question has no annotation in {a_path.name}", path=q_path,

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from ban.data.features import FeatureStore
-from ban.data.npyfile import NPZ_ERRORS
+from ban.data.npyfile import read_split_npz
 from ban.data.prepared import check_split, manifest_size, read_answers, read_manifest
 from ban.errors import ConfigError, DataError
 
@@ -29,18 +29,7 @@ _SPLIT_ARRAYS: dict[str, tuple[str, int]] = {
 def load_split_arrays(path: Path) -> dict[str, np.ndarray]:
     """The arrays of a prepared ``<split>.npz``, checked: no pickled objects (never unpickled), the expected
     names, types and dimensions, one row per question and target offsets that fit the labels."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in _SPLIT_ARRAYS if name in npz.files}
-    except FileNotFoundError:
-        raise DataError("split file missing: rerun `ban prepare`", path=path) from None
-    except NPZ_ERRORS as error:
-        raise DataError(f"not a valid prepared split ({error})", path=path) from None
-    for name, (kinds, ndim) in _SPLIT_ARRAYS.items():
-        array = arrays.get(name)
-        if array is None or array.dtype.kind not in kinds or array.ndim != ndim:
-            found = "nothing" if array is None else f"{array.dtype} array of {array.ndim} dimensions"
-            raise DataError(f"expected a {ndim}-d array of kind {kinds!r}, got {found}", path=path, field=name)
+    arrays = read_split_npz(path, _SPLIT_ARRAYS)
     count = len(arrays["question_id"])
     offsets = arrays["target_offsets"]
     if any(len(arrays[name]) != count for name in ("image_id", "tokens", "answer_type")) or len(offsets) != count + 1:

@@ -27,7 +27,7 @@ NON_NEGATIVE = ("epochs", "num_workers")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything about training that is not the model (PAPER.md §4 by default).
+    """Everything about training that is not the model (by default the reference's recipe for the published model).
 
     The learning rate of epoch ``e`` is ``lr × warmup[e]`` during the warm-up epochs, then ``lr × warmup[-1]``,
     multiplied by ``decay_rate`` at each epoch listed in ``decay_epochs`` (see :mod:`ban.engine.schedule`).

@@ -142,8 +142,9 @@ BUCKET_BATCHES = 64  # batches whose samples are sorted by size together
 
 
 def bucketed_batches(order: Tensor, sizes: Tensor, batch_size: int, generator: torch.Generator) -> list[Tensor]:
-    """``order`` cut into runs of :data:`BUCKET_BATCHES` batches, each run stably sorted by ``sizes`` and cut into
-    batches; the batches then in a seeded random order (a run's last, smaller batch included)."""
+    """``order`` [S] int64 (sample indices) cut into runs of :data:`BUCKET_BATCHES` batches, each run stably sorted
+    by ``sizes`` [len(dataset)] (each sample's box count) and cut into batches of ``batch_size`` → int64 index
+    tensors, in a seeded random order (a run's last, smaller batch included)."""
     batches = []
     for run in order.split(BUCKET_BATCHES * batch_size):
         by_size = run[torch.sort(sizes[run], stable=True).indices]

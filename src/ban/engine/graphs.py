@@ -1,6 +1,6 @@
 """BAN's training step and forward pass replayed as CUDA graphs: one launch per step instead of about a thousand.
 
-PERF-NOTES.md found a third of an eager paper-size step on an H100 spent launching kernels, and the packing of
+A profile found a third of an eager paper-size step on an H100 spent launching kernels, and the packing of
 real boxes waiting for the device (its row count is read back on the host). Here the host supplies what the
 device would otherwise report: :func:`packed_rows` makes the real boxes' indices from the loader's box mask, padded
 to a multiple of ``quantum`` rows (so few distinct shapes occur), and :func:`pad_boxes` rounds the box count up

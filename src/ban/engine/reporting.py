@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ban.data.atomic import write_with
+from ban.numbers import is_number
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "learning_curves.png"
@@ -31,7 +32,7 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
     for key, value in record.items():
         if isinstance(value, dict):
             flat.update({f"{key}/{k}": v for k, v in scalars(value).items()})
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        elif is_number(value):
             flat[key] = float(value)
     return flat
 

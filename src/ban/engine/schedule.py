@@ -1,4 +1,4 @@
-"""The epoch-wise learning-rate schedule of the reference code (PAPER.md §4).
+"""The epoch-wise learning-rate schedule of the reference code.
 
 Epoch ``e`` (counted from 0) trains at ``lr × multiplier(e)``: the warm-up factors for the first epochs, then the
 last warm-up factor, multiplied by ``decay_rate`` once for every decay epoch already reached.

@@ -322,6 +322,9 @@ class GroundingTask(Task):
                                             progress=f"evaluating {split}", num_workers=num_workers):
             metric.update(logits[:, 0], batch["targets"], batch["entity_mask"], batch["has_ground_truth"],
                           batch["entity_types"], batch["box_mask"])
+        if metric.count == 0:
+            raise DataError(f"split {split!r} has no entity with a ground-truth box to score",
+                            path=self.data_dir / f"{split}.npz", field="has_ground_truth")
         return metric.compute()
 
 

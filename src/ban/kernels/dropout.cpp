@@ -3,8 +3,8 @@
 // Element i of a mask with seed s is kept when 32 bits of SplitMix64's word i / 2 fall under the threshold
 // round(keep · 2³²): word w = mix(s + (w + 1) · γ), its low half for even i, its high half for odd i. That is the
 // SplitMix64 sequence seeded with s, computed from the word's index, so any range of elements is drawn on any
-// thread and the result does not depend on the thread count. ban.nn.dropout.keep_mask computes the same bits with
-// NumPy (ban.nn.dropout.seeded_mask); the backward pass draws the mask again from the seed instead of storing it.
+// thread and the result does not depend on the thread count. ban.nn.dropout.seeded_mask computes the same bits with
+// NumPy; the backward pass draws the mask again from the seed instead of storing it.
 
 #include "kernels.h"
 

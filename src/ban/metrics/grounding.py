@@ -123,21 +123,6 @@ class GroundingRecall:
         return result
 
 
-def grounding_recall(
-    logits: TensorLike,
-    targets: TensorLike,
-    entity_mask: TensorLike,
-    has_ground_truth: TensorLike,
-    entity_types: TensorLike,
-    box_mask: TensorLike | None = None,
-    ks: Sequence[int] = RECALL_AT,
-) -> dict[str, Any]:
-    """Recall@K of one batch (arguments as :meth:`GroundingRecall.update`)."""
-    metric = GroundingRecall(ks)
-    metric.update(logits, targets, entity_mask, has_ground_truth, entity_types, box_mask)
-    return metric.compute()
-
-
 def _summary(ks: Sequence[int], hits: np.ndarray, reachable: int, count: int) -> dict[str, Any]:
     summary: dict[str, Any] = {f"recall@{k}": 100.0 * int(hits[i]) / count for i, k in enumerate(ks)}
     summary["upperBound"] = 100.0 * reachable / count

@@ -95,22 +95,26 @@ def score_files(
 ) -> dict[str, Any]:
     """Official VQA accuracy of a results file (see :func:`vqa_accuracy`), with every file validated."""
     annotations = load_annotations(annotations_path)
-    questions = load_questions(questions_path)
+    if not annotations:
+        raise DataError("no annotated questions to score", path=annotations_path, field="annotations")
+    check_annotated_questions(annotations, annotations_path, load_questions(questions_path), questions_path)
+    predictions = load_results(results_path, [record["question_id"] for record in annotations])
+    return vqa_accuracy(annotations, predictions, progress=progress)
+
+
+def check_annotated_questions(annotations: Sequence[Record], annotations_path: PathLike,
+                              questions: Mapping[int, Record], questions_path: PathLike) -> None:
+    """Raise :class:`DataError` naming the annotation record unless each annotated question is in ``questions``
+    (question id → record of the questions file) and about the same image."""
     for index, record in enumerate(annotations):
         question = questions.get(record["question_id"])
         where = f"{index} (question_id={record['question_id']})"
         if question is None:
-            raise DataError(
-                f"question is not in the questions file {os.fspath(questions_path)}",
-                path=annotations_path, record=where, field="question_id",
-            )
+            raise DataError(f"question is not in the questions file {os.fspath(questions_path)}",
+                            path=annotations_path, record=where, field="question_id")
         if question["image_id"] != record["image_id"]:
-            raise DataError(
-                f"image_id {record['image_id']} differs from the questions file's {question['image_id']}",
-                path=annotations_path, record=where, field="image_id",
-            )
-    predictions = load_results(results_path, [record["question_id"] for record in annotations])
-    return vqa_accuracy(annotations, predictions, progress=progress)
+            raise DataError(f"image_id {record['image_id']} differs from the questions file's {question['image_id']}",
+                            path=annotations_path, record=where, field="image_id")
 
 
 def load_annotations(path: PathLike) -> list[dict[str, Any]]:

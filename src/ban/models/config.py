@@ -15,11 +15,12 @@ ATTENTIONS = ("bilinear", "unitary")
 
 @dataclass
 class BANConfig:
-    """Sizes and options of a BAN model (defaults: the paper's best VQA model, PAPER.md §2/§4).
+    """Sizes and options of a BAN model (defaults: the paper's best VQA model).
 
     ``num_tokens`` is the dictionary size without padding; the padding index is ``num_tokens``.
     ``two_word_tables`` is the reference's option ``c`` (a second 300-d table, concatenated).
     ``attention="unitary"`` builds the paper's unitary-attention baseline instead of BAN (VQA only).
+    ``use_counting`` and ``fused`` apply to BAN for VQA only: set them False for unitary attention and grounding.
     ``mask_question_padding`` keeps padded tokens out of attention and the classifier's sum; the reference
     does not mask them, so official checkpoints need it off.
     ``fused`` chooses how BAN for VQA is executed, not what it computes: the box projections of all glimpses
@@ -55,6 +56,11 @@ class BANConfig:
             raise ConfigError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.task == "grounding" and self.attention != "bilinear":
             raise ConfigError("grounding is defined for bilinear attention only")
+        if self.task != "vqa" or self.attention != "bilinear":
+            model = "grounding" if self.task == "grounding" else "unitary attention"
+            for option in ("use_counting", "fused"):
+                if getattr(self, option):
+                    raise ConfigError(f"{option}=True applies to BAN for VQA only, not to {model}: set {option}=False")
         for name in ("num_tokens", "num_answers", "feature_dim", "word_dim", "hidden_dim", "num_glimpses",
                      "rank_factor", "num_count_objects"):
             if getattr(self, name) < 1:

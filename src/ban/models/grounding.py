@@ -1,4 +1,4 @@
-"""BAN for phrase grounding on Flickr30k Entities (PAPER.md §2, last bullet): token states gathered at each
+"""BAN for phrase grounding on Flickr30k Entities (as the reference code builds it): token states gathered at each
 entity's position, one bilinear attention map over boxes × entities, no classifier."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def default_entity_mask(entity_positions: Tensor) -> Tensor:
 
 
 class BanForGrounding(TokenEncoderModel):
-    """Inputs: features [B, N, Dv], boxes [B, N, ≥4] (unused by the model; kept for a uniform interface),
+    """Inputs: features [B, N, Dv], boxes [B, N, ≥4] or None (unused by the model; kept for a uniform interface),
     tokens [B, L] int64 padded with ``config.pad_index``, entity_positions [B, E] int64, E ≥ 1 (the token index
     in [0, L) of each phrase's last word; not checked here, as that would wait for the device:
     :class:`~ban.data.flickr30k.GroundingDataset` checks its data once at load), box_mask [B, N] bool,
@@ -42,7 +42,7 @@ class BanForGrounding(TokenEncoderModel):
     def forward(
         self,
         features: Tensor,
-        boxes: Tensor,
+        boxes: Tensor | None,
         tokens: Tensor,
         entity_positions: Tensor,
         box_mask: Tensor | None = None,
@@ -50,7 +50,7 @@ class BanForGrounding(TokenEncoderModel):
     ) -> GroundingOutput:
         """→ GroundingOutput(logits [B, G, N, E])."""
         self.check_inputs(features, boxes, tokens, box_mask, "tokens")
-        expect_shape("entity_positions", entity_positions, (features.shape[0], None), "integer")
+        expect_shape("entity_positions", entity_positions, (features.shape[0], None), "int64")
         if entity_positions.shape[1] == 0:
             raise ValueError("entity_positions: no entity slot (E = 0); a caption needs at least one")
         if entity_mask is not None:

@@ -8,9 +8,9 @@ from ban.errors import ConfigError
 from ban.models.config import BANConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's best single model: BAN-8, H 1280, GloVe + option c, counting (PAPER.md §4–5).
+    # The paper's best single model: BAN-8, H 1280, GloVe + option c, counting.
     "paper-best": dict(hidden_dim=1280, num_glimpses=8, two_word_tables=True, use_counting=True),
-    # The validation ablations (PAPER.md §5): H 1024, one GloVe table, no counting; G is the user's choice
+    # The paper's validation ablations: H 1024, one GloVe table, no counting; G is the user's choice
     # (``preset("paper-ablation", num_glimpses=G)``; 4 unless given).
     "paper-ablation": dict(hidden_dim=1024, num_glimpses=4, two_word_tables=False, use_counting=False),
     # Flickr30k Entities phrase grounding: one glimpse, one word table.

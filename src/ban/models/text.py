@@ -9,7 +9,7 @@ from ban import kernels
 from ban.models.config import BANConfig
 from ban.nn import capture
 from ban.nn.gru import gru_sequence
-from ban.nn.shapes import expect_shape
+from ban.nn.shapes import expect_dtype_fits, expect_shape
 
 
 class WordEmbedding(nn.Module):
@@ -73,16 +73,26 @@ class TokenEncoderModel(nn.Module):
         self.word_embedding = WordEmbedding(config.num_tokens, config.word_dim, config.two_word_tables)
         self.question_encoder = QuestionEncoder(config.word_features, config.hidden_dim)
 
-    def check_inputs(self, features: Tensor, boxes: Tensor, tokens: Tensor, box_mask: Tensor | None,
+    def check_inputs(self, features: Tensor, boxes: Tensor | None, tokens: Tensor, box_mask: Tensor | None,
                      tokens_name: str) -> None:
-        """Raise ValueError naming the argument unless features [B, N, feature_dim] float, boxes [B, N, ≥4] float,
-        tokens [B, L] integer (the argument ``tokens_name``) and box_mask (if given) [B, N] bool."""
-        batch, num_boxes = features.shape[:2]
+        """Raise ValueError naming the argument unless features [B, N ≥ 1, feature_dim] float of the weights' dtype
+        (any but float64 under autocast), boxes [B, N, ≥4] float (or None in a model without counting), tokens
+        [B, L] int64 or int32 (the argument ``tokens_name``) and box_mask (if given) [B, N] bool."""
         expect_shape("features", features, (None, None, self.config.feature_dim), "float")
-        expect_shape("boxes", boxes, (batch, num_boxes, None), "float")
-        if boxes.shape[2] < 4:
-            raise ValueError(f"boxes: expected at least 4 coordinates per box (x1, y1, x2, y2), got {boxes.shape[2]}")
-        expect_shape(tokens_name, tokens, (batch, None), "integer")
+        expect_dtype_fits("features", features, self.word_embedding.table.weight.dtype)
+        batch, num_boxes = features.shape[:2]
+        if num_boxes == 0:
+            raise ValueError("features: no box slot (N = 0); every sample needs a real box")
+        if boxes is None:
+            if self.config.use_counting:
+                raise ValueError("boxes: the counting module needs them (use_counting=True); None is for models "
+                                 "without it")
+        else:
+            expect_shape("boxes", boxes, (batch, num_boxes, None), "float")
+            if boxes.shape[2] < 4:
+                raise ValueError(f"boxes: expected at least 4 coordinates per box (x1, y1, x2, y2), got "
+                                 f"{boxes.shape[2]}")
+        expect_shape(tokens_name, tokens, (batch, None), "index")
         if box_mask is not None:
             expect_shape("box_mask", box_mask, (batch, num_boxes), "bool")
 

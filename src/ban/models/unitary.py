@@ -1,4 +1,4 @@
-"""The unitary-attention baseline for VQA (PAPER.md §1): attention over boxes from one question vector, the
+"""The unitary-attention baseline for VQA: attention over boxes from one question vector, the
 attended glimpses fused with the question by low-rank bilinear pooling, then the classifier."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class UnitaryAttentionVQA(TokenEncoderModel):
         self.classifier = Classifier(hidden, 2 * hidden, config.num_answers, config.classifier_dropout)
 
     def forward(
-        self, features: Tensor, boxes: Tensor, questions: Tensor, box_mask: Tensor | None = None
+        self, features: Tensor, boxes: Tensor | None, questions: Tensor, box_mask: Tensor | None = None
     ) -> VQAOutput:
         """→ VQAOutput(logits [B, A], attention [B, G, N, 1], attention_logits = log attention)."""
         self.check_inputs(features, boxes, questions, box_mask, "questions")

@@ -1,5 +1,5 @@
-"""BAN for visual question answering (PAPER.md §2): bilinear attention, residual learning of attention over
-G glimpses, optional counting, and the answer classifier."""
+"""BAN for visual question answering, as the reference code builds it: bilinear attention, residual learning of
+attention over G glimpses, optional counting, and the answer classifier."""
 
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ class BanForVQA(TokenEncoderModel):
     """Bilinear Attention Network for VQA.
 
     Inputs: features [B, N, Dv] (padded boxes are all-zero rows unless ``box_mask`` is given),
-    boxes [B, N, ≥4] normalised x1, y1, x2, y2 (…), questions [B, L] int64 padded at the end with
-    ``config.pad_index``, box_mask [B, N] bool (True = real box). Every sample needs a real box: one without has
-    no attention distribution and gets NaN outputs, as in the reference (data preparation refuses images without
-    boxes).
+    boxes [B, N, ≥4] normalised x1, y1, x2, y2 (…; None is accepted without counting), questions [B, L] int64
+    padded at the end with ``config.pad_index``, box_mask [B, N] bool (True = real box). Every sample needs a real
+    box: one without has no attention distribution and gets NaN outputs, as in the reference (data preparation
+    refuses images without boxes). With ``config.mask_question_padding``, so does a question of padding only.
+    NaN or inf in a sample's padded boxes (with an explicit ``box_mask``) change nothing, on either execution
+    (``config.fused``).
     """
 
     def __init__(self, config: BANConfig) -> None:
@@ -46,7 +48,7 @@ class BanForVQA(TokenEncoderModel):
         self.classifier = Classifier(hidden, 2 * hidden, config.num_answers, config.classifier_dropout)
 
     def forward(
-        self, features: Tensor, boxes: Tensor, questions: Tensor, box_mask: Tensor | None = None,
+        self, features: Tensor, boxes: Tensor | None, questions: Tensor, box_mask: Tensor | None = None,
         real_rows: Tensor | None = None,
     ) -> VQAOutput:
         """→ VQAOutput(logits [B, A], attention [B, G, N, L], attention_logits [B, G, N, L]).
@@ -65,7 +67,7 @@ class BanForVQA(TokenEncoderModel):
         states = self.encode_tokens(questions)  # [B, L, H]
         attention, logits = self.attention(features, states, box_mask, token_mask, real_boxes)
         if self.config.fused:
-            states = self._glimpses_fused(features, boxes, states, attention, logits)
+            states = self._glimpses_fused(features, boxes, box_mask, states, attention, logits)
         else:
             states = self._glimpses_plain(features, boxes, states, attention, logits, real_boxes)
         if token_mask is not None:
@@ -81,9 +83,11 @@ class BanForVQA(TokenEncoderModel):
             states = self._add_glimpse(states, glimpse, joint, counts)
         return states
 
-    def _glimpses_fused(self, features: Tensor, boxes: Tensor, states: Tensor, attention: Tensor,
-                        logits: Tensor) -> Tensor:
-        """The same function with the box projections of all glimpses computed up front in one product."""
+    def _glimpses_fused(self, features: Tensor, boxes: Tensor, box_mask: Tensor, states: Tensor,
+                        attention: Tensor, logits: Tensor) -> Tensor:
+        """The same function with the box projections of all glimpses computed up front in one product (of every
+        box: the padded ones are zeroed first, so that their zero attention ignores whatever they held)."""
+        features = features.masked_fill(~box_mask.unsqueeze(-1), 0)
         boxes_hidden = stacked_projection([pooling.v_proj for pooling in self.pooling], features)  # [G, B, N, H]
         counts = self._counts(boxes, logits) if self.config.use_counting else None
         for glimpse in range(self.config.num_glimpses):
@@ -105,4 +109,4 @@ class BanForVQA(TokenEncoderModel):
         batch, glimpses, num_boxes, _ = logits.shape
         box_scores = logits.max(dim=3).values.reshape(batch * glimpses, num_boxes)  # [B·G, N]
         all_boxes = boxes[:, None, :, :4].expand(-1, glimpses, -1, -1).reshape(batch * glimpses, num_boxes, 4)
-        return self.counter(all_boxes, box_scores).reshape(batch, glimpses, -1)
+        return self.counter(all_boxes, box_scores).reshape(batch, glimpses, self.counter.num_objects + 1)

@@ -1,4 +1,4 @@
-"""Reusable layers with the paper's math (PAPER.md §1–2)."""
+"""Reusable layers with the paper's math (Kim, Jun & Zhang, NeurIPS 2018, arXiv 1805.07932)."""
 
 from ban.nn.bilinear import (
     BilinearAttentionMap,

@@ -1,4 +1,5 @@
-"""Low-rank bilinear pooling, bilinear attention maps and bilinear attention pooling (PAPER.md §1).
+"""Low-rank bilinear pooling, bilinear attention maps and bilinear attention pooling (Kim, Jun & Zhang,
+NeurIPS 2018, arXiv 1805.07932).
 
 Notation of the docstrings: B batch, N boxes, L tokens, G glimpses, K rank of the attention's bilinear form
 (``rank_factor · hidden``), H hidden size, Dv box-feature width, Dq token-state width.
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 
 from ban.nn.dropout import Dropout
 from ban.nn.fc import FCStack, WeightNormLinear, weight_normalized
-from ban.nn.shapes import expect_shape
+from ban.nn.shapes import expect_dtype_fits, expect_shape
 
 
 class LowRankBilinearPooling(nn.Module):
@@ -30,7 +31,17 @@ class LowRankBilinearPooling(nn.Module):
         self.pool = WeightNormLinear(rank, out_features)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        """x [..., Dx], y [..., Dy] (broadcastable) → [..., out_features]."""
+        """x [..., Dx], y [..., Dy] (leading dimensions broadcastable) → [..., out_features]."""
+        for name, tensor, projection in (("x", x, self.x_proj), ("y", y, self.y_proj)):
+            if tensor.dim() == 0 or tensor.shape[-1] != projection.in_features or not tensor.is_floating_point():
+                raise ValueError(f"{name}: expected shape [..., {projection.in_features}] with float values, got "
+                                 f"shape {list(tensor.shape)} of {tensor.dtype}")
+            expect_dtype_fits(name, tensor, projection.dtype)
+        try:
+            torch.broadcast_shapes(x.shape[:-1], y.shape[:-1])
+        except RuntimeError:
+            raise ValueError(f"x {list(x.shape)} and y {list(y.shape)}: the leading dimensions do not "
+                             "broadcast") from None
         return self.pool(self.x_proj(x) * self.y_proj(y))
 
 
@@ -86,7 +97,7 @@ def project_real_boxes(projection: Callable[[Tensor], Tensor], features: Tensor,
 
 
 class BilinearAttentionMap(nn.Module):
-    """G bilinear attention maps sharing U and V (PAPER.md §1, the reference's ``BiAttention``).
+    """G bilinear attention maps sharing U and V (the reference code's ``BiAttention``).
 
     ``logits[b,g,i,j] = Σ_k p[g,k] · σ(Uᵀv_i)_k · σ(Vᵀq_j)_k + bias[g]``, with the per-glimpse vectors
     ``p = g_p · p_v / ‖p_v‖_F`` (one gain over all glimpses). Padded boxes get ``mask_value``; the softmax runs
@@ -136,6 +147,8 @@ class BilinearAttentionMap(nn.Module):
         """
         expect_shape("v", v, (None, None, self.v_proj.in_features), "float")
         expect_shape("q", q, (v.shape[0], None, self.q_proj.in_features), "float")
+        expect_dtype_fits("v", v, self.v_proj.dtype)
+        expect_dtype_fits("q", q, self.q_proj.dtype)
         batch, boxes, tokens = v.shape[0], v.shape[1], q.shape[1]
         if box_mask is None:
             box_mask = box_mask_from_features(v)
@@ -162,8 +175,10 @@ class BilinearAttentionMap(nn.Module):
         self, v: Tensor, q: Tensor, box_mask: Tensor | None = None, token_mask: Tensor | None = None,
         real_rows: Tensor | PackedBoxes | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """v [B, N, Dv], q [B, L, Dq], box_mask [B, N] (default: from v's zero rows) → (attention [B, G, N, L],
-        logits [B, G, N, L])."""
+        """v [B, N, Dv], q [B, L, Dq], box_mask [B, N] bool (True = real box; default: the boxes whose feature row
+        is not all zeros), token_mask [B, L] bool or None (True = real token; None: every token attends) →
+        (attention [B, G, N, L], softmax over each glimpse's N·L grid, zero at masked places; logits [B, G, N, L],
+        −inf at masked places). ``real_rows``: as in :meth:`logits`."""
         logits = self.logits(v, q, box_mask, token_mask, real_rows=real_rows)
         batch, glimpses, boxes, tokens = logits.shape
         attention = F.softmax(logits.reshape(batch, glimpses, boxes * tokens), dim=-1)
@@ -188,6 +203,7 @@ class BilinearAttentionPooling(nn.Module):
         :func:`real_box_rows` of the box mask, or their :class:`PackedBoxes` of v; padded boxes must have zero
         attention) only the real boxes are projected."""
         expect_shape("v", v, (None, None, self.v_proj.in_features), "float")
+        expect_dtype_fits("v", v, self.v_proj.dtype)
         boxes_hidden = self.v_proj(v) if real_rows is None else project_real_boxes(self.v_proj, v, real_rows)
         return self.pool(boxes_hidden, q, attention)
 
@@ -196,6 +212,7 @@ class BilinearAttentionPooling(nn.Module):
         batch, boxes = v_hidden.shape[:2]
         expect_shape("q", q, (batch, None, self.q_proj.in_features), "float")
         expect_shape("attention", attention, (batch, boxes, q.shape[1]), "float")
+        expect_dtype_fits("q", q, self.q_proj.dtype)
         q_hidden = self.q_proj(q)  # [B, L, H]
         attended = torch.matmul(attention.transpose(1, 2).to(v_hidden.dtype), v_hidden)  # [B, L, H]
         return (attended * q_hidden).sum(dim=1)

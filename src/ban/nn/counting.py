@@ -1,4 +1,4 @@
-"""The counting module of Zhang, Hare & Prügel-Bennett (ICLR 2018), as BAN uses it (PAPER.md §2).
+"""The counting module of Zhang, Hare & Prügel-Bennett (ICLR 2018), as BAN's reference code uses it.
 
 n = ``num_objects`` (10): the n highest-scoring boxes are kept; the output is an (n + 1)-way soft one-hot of
 the count, times a confidence.
@@ -40,7 +40,7 @@ class PiecewiseLinear(nn.Module):
     ``weight`` [num_segments + 1] starts as ones with entry 0 set to 0; ``ŵ = |w| / Σ|w|`` are the segment
     slopes (entry 0 an offset), so f(0) = ŵ₀ = 0 and f(1) = 1. Written densely,
     ``f(x) = ŵ₀ + Σ_{k=1..n} ŵ_k · clamp(n·x − (k − 1), 0, 1)``, which equals the look-up formulation on
-    [0, 1] but has no gather from a 17-entry table on the backward pass (see PERF-NOTES). Inside
+    [0, 1] but has no gather from a 17-entry table on the backward pass, which was slow on GPUs. Inside
     :func:`ban.kernels.enabled` a float32 CPU input takes a compiled kernel with the same gradients instead (no
     [..., n] tensor of ramps).
     """
@@ -114,7 +114,7 @@ class CountingModule(nn.Module):
             raise ValueError(f"boxes: expected shape [B, N, ≥4] (x1, y1, x2, y2, …) with float values, got shape "
                              f"{list(boxes.shape)} of {boxes.dtype}")
         expect_shape("scores", scores, boxes.shape[:2], "float")
-        boxes = boxes[..., :4]
+        boxes = boxes[..., :4].to(scores.dtype)  # boxes made in numpy are float64
         f = self.functions
         boxes, scores = self._keep_top_scoring(boxes, scores)
         attention = torch.sigmoid(scores)  # [B, n]

@@ -65,11 +65,6 @@ def seeded_mask(shape: torch.Size | tuple[int, ...], seed: int, threshold: int) 
     return torch.from_numpy(mask).view(shape)
 
 
-def keep_mask(shape: torch.Size | tuple[int, ...], keep: float, generator: torch.Generator | None = None) -> Tensor:
-    """A CPU bool tensor of ``shape``, each element independently True with probability ``keep`` ∈ (0, 1)."""
-    return seeded_mask(shape, draw_seed(generator), keep_threshold(keep))
-
-
 class _CompiledDropout(torch.autograd.Function):
     """``(x · mask · scale)`` in ``dtype``, one compiled pass; the backward draws the same mask again."""
 

@@ -103,7 +103,8 @@ class _CompiledWeightNormLinear(torch.autograd.Function):
 
 
 def weight_normalized(direction: Tensor, gain: Tensor) -> Tensor:
-    """``gain · direction / ‖direction‖_F`` — one scalar gain for the whole tensor."""
+    """``gain · direction / ‖direction‖_F``: direction [out, in], gain [] (one scalar for the whole tensor) →
+    [out, in]."""
     return direction * norm_scale(direction, gain)
 
 
@@ -191,6 +192,11 @@ class FCStack(nn.Module):
     @property
     def out_features(self) -> int:
         return self.layers[-1].out_features
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype."""
+        return self.layers[0].weight_v.dtype
 
     def forward(self, x: Tensor) -> Tensor:
         """x [..., dims[0]] → [..., dims[-1]]."""

@@ -10,15 +10,25 @@ import torch
 from torch import Tensor
 
 KINDS = {"float": torch.is_floating_point, "bool": lambda t: t.dtype == torch.bool,
-         "integer": lambda t: not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool}
+         "index": lambda t: t.dtype in (torch.int64, torch.int32), "int64": lambda t: t.dtype == torch.int64}
 
 
 def expect_shape(name: str, tensor: Tensor, shape: Sequence[int | None], kind: str) -> None:
     """Raise ValueError unless ``tensor`` has ``len(shape)`` dimensions of the given sizes (None: any size) and a
-    dtype of ``kind`` ("float", "bool" or "integer")."""
+    dtype of ``kind``: "float", "bool", "index" (int64 or int32: what an embedding looks up) or "int64" (what a
+    gather takes)."""
     fits = tensor.dim() == len(shape) and all(want is None or have == want
                                               for have, want in zip(tensor.shape, shape, strict=True))
     if not (fits and KINDS[kind](tensor)):
         wanted = ", ".join("·" if size is None else str(size) for size in shape)
         raise ValueError(f"{name}: expected shape [{wanted}] (· any size) with {kind} values, "
                          f"got shape {list(tensor.shape)} of {tensor.dtype}")
+
+
+def expect_dtype_fits(name: str, tensor: Tensor, weight_dtype: torch.dtype) -> None:
+    """Raise ValueError unless the float ``tensor`` can meet weights of ``weight_dtype`` in a matrix product: the
+    same dtype, or any but float64 under autocast on the tensor's device (autocast casts both)."""
+    autocast = torch.is_autocast_enabled(tensor.device.type)
+    if tensor.dtype != weight_dtype and not (autocast and torch.float64 not in (tensor.dtype, weight_dtype)):
+        raise ValueError(f"{name}: {tensor.dtype} values meet {weight_dtype} weights; cast the input "
+                         f"(.to({weight_dtype})) or the module")

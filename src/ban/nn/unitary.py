@@ -1,4 +1,4 @@
-"""Unitary attention (the baseline that BAN generalises, PAPER.md §1): attention over boxes from one
+"""Unitary attention (the baseline that BAN generalises): attention over boxes from one
 question vector, ``α = softmax(Pᵀ(σ(Uᵀx·1ᵀ) ∘ σ(VᵀY)))``, with G glimpses."""
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ class UnitaryAttention(nn.Module):
     def forward(self, v: Tensor, q: Tensor, box_mask: Tensor | None = None) -> Tensor:
         """v [B, N, Dv], q [B, Dq], box_mask [B, N] bool (default: from v's zero rows) → attention [B, G, N]
         (softmax over boxes)."""
+        expect_shape("v", v, (None, None, self.scores.y_proj.in_features), "float")
         batch, boxes = v.shape[:2]
+        expect_shape("q", q, (batch, self.scores.x_proj.in_features), "float")
         if box_mask is None:
             box_mask = box_mask_from_features(v)
-        expect_shape("v", v, (None, None, self.scores.y_proj.in_features), "float")
-        expect_shape("q", q, (batch, self.scores.x_proj.in_features), "float")
         expect_shape("box_mask", box_mask, (batch, boxes), "bool")
         logits = self.scores(q.unsqueeze(1), v)  # [B, N, G]
         logits = logits.masked_fill(~box_mask.unsqueeze(-1), float("-inf"))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ban.data.boxes import box_iou
 from ban.data.synthetic.scenes import Scene
 
 OBJECT, DUPLICATE, PARTIAL, BACKGROUND = 0, 1, 2, 3
@@ -37,16 +38,6 @@ class Detections:
     boxes: np.ndarray
     source: np.ndarray
     kind: np.ndarray
-
-
-def box_iou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Intersection over union of `[A, 4]` and `[B, 4]` boxes (x1, y1, x2, y2) → `[A, B]`."""
-    top_left = np.maximum(first[:, None, :2], second[None, :, :2])
-    bottom_right = np.minimum(first[:, None, 2:], second[None, :, 2:])
-    intersection = np.prod(np.clip(bottom_right - top_left, 0.0, None), axis=2)
-    area_first = np.prod(first[:, 2:] - first[:, :2], axis=1)
-    area_second = np.prod(second[:, 2:] - second[:, :2], axis=1)
-    return intersection / (area_first[:, None] + area_second[None, :] - intersection)
 
 
 def _jitter(rng: np.random.Generator, boxes: np.ndarray, scale: float) -> np.ndarray:
