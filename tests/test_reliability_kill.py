@@ -205,6 +205,7 @@ def test_a_torchrun_run_stopped_mid_epoch_resumes_with_the_whole_epochs_metrics(
     assert result.returncode == 0, result.stderr[-2000:]
     result = torchrun([*common, "--out", str(chain)], kill_at="step:2:SIGINT", killer=killer)
     assert result.returncode != 0 and position(chain) == (0, 2), result.stderr[-2000:]
+    assert f"Continue with: torchrun --nproc_per_node 2 -m ban.cli train --out {chain} --resume" in result.stderr
     result = torchrun(["train", "--out", str(chain), "--resume"])
     assert result.returncode == 0, result.stderr[-2000:]
     (expected,), (got,) = metrics(straight), metrics(chain)

@@ -4,7 +4,7 @@
     ban train --data prepared/vqa2 --out runs/ban8            # the paper's recipe (docs/training.md)
     ban train --data prepared/vqa2 --preset paper-ablation --set model.num_glimpses=1 --set lr=7e-4
     ban train --out runs/ban8 --resume          # continue an interrupted run
-    torchrun --nproc_per_node 4 -m ban.cli train --data …     # data parallel, same results as one process
+    torchrun --nproc_per_node 4 -m ban.cli train --data …     # data parallel: one process's steps (own dropout)
 """
 
 from __future__ import annotations

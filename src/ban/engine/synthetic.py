@@ -4,13 +4,16 @@ Layout: ``<cache>/synthetic-seed<S>-images<N>-dim<D>/raw`` (the official-format 
 stats.json and its question-only baseline) and ``…/prepared`` (``ban prepare vqa2`` of them).
 
 Cache location: ``$BAN_CACHE`` or ``~/.cache/ban``; each (seed, images, feature width) gets its own directory,
-complete only once its marker file exists (stats.json, manifest.json), so an interrupted run is redone.
+complete only once its marker file exists (stats.json, manifest.json), so an interrupted run is redone; a lock file
+beside it lets one process at a time build it.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from ban.filelock import held
 
 SEED = 0
 NUM_IMAGES = 5600  # 4,000 train / 1,000 val / 600 test-dev images: about 21.6k / 5.4k / 3.2k questions
@@ -33,8 +36,12 @@ def synthetic_dataset(seed: int = SEED, num_images: int = NUM_IMAGES, feature_di
     if (prepared / "manifest.json").is_file():
         return prepared
     home.mkdir(parents=True, exist_ok=True)
-    raw = home / "raw"
-    if not (raw / "stats.json").is_file():  # stats.json is written last: its presence marks a complete set
-        generate(raw, seed=seed, num_images=num_images, feature_dim=feature_dim)
-    prepare_vqa2(raw / "vqa", sorted((raw / "features").glob("*.tsv")), prepared)  # manifest.json comes last
+    # one process builds it (the ranks of `torchrun` all start here); the others wait, then find it complete
+    with held(home.parent / f"{home.name}.lock", f"ban: waiting for another process preparing {home}"):
+        if (prepared / "manifest.json").is_file():
+            return prepared
+        raw = home / "raw"
+        if not (raw / "stats.json").is_file():  # stats.json is written last: its presence marks a complete set
+            generate(raw, seed=seed, num_images=num_images, feature_dim=feature_dim)
+        prepare_vqa2(raw / "vqa", sorted((raw / "features").glob("*.tsv")), prepared)  # manifest.json comes last
     return prepared

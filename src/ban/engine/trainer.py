@@ -129,13 +129,21 @@ def resume_from(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim
     return read_position(checkpoint)
 
 
-def divergence_message(what: str, epoch: int, step: int, steps: int, batch: dict[str, Any], run_dir: Path) -> str:
+def resume_command(run_dir: Path, world_size: int) -> str:
+    """The command that continues the run in ``run_dir`` with the same number of processes (resuming with
+    another is allowed, but each process's dropout generator state is restored only for the same count)."""
+    launcher = "ban" if world_size == 1 else f"torchrun --nproc_per_node {world_size} -m ban.cli"
+    return f"{launcher} train --out {run_dir} --resume"
+
+
+def divergence_message(what: str, epoch: int, step: int, steps: int, batch: dict[str, Any], run_dir: Path,
+                       world_size: int) -> str:
     """Where a non-finite ``what`` appeared, and what to do about it."""
     key = "question_ids" if "question_ids" in batch else "image_ids" if "image_ids" in batch else None
     ids = f"; its {key.replace('_', ' ')} begin {batch[key][:5].tolist()}" if key else ""
     return (f"non-finite {what} at epoch {epoch + 1}, step {step} (batch {step} of {steps} in the epoch's order"
             f"{ids}); nothing was updated and the last checkpoint is unchanged. Lower the learning rate, check the "
-            f"data, or skip such batches: ban train --out {run_dir} --resume --set skip_nonfinite=true")
+            f"data, or skip such batches: {resume_command(run_dir, world_size)} --set skip_nonfinite=true")
 
 
 def train(run_dir: Path, run: RunConfig, task: Task, resume: bool = False) -> list[dict[str, Any]]:
@@ -304,7 +312,7 @@ class Trainer:
                 if not config.skip_nonfinite:
                     bar.close()
                     raise TrainingDiverged(divergence_message(problem.what, epoch, step, start + len(batches), batch,
-                                                              self.run_dir)) from None
+                                                              self.run_dir, context.world_size)) from None
                 skipped += 1
             bar.update(1)
             if time.perf_counter() - shown > 0.5:
@@ -317,7 +325,8 @@ class Trainer:
                 self.save(epoch, step, {**dict(zip(SUMS, summed(sums, context), strict=True)),
                                         "seconds": time.perf_counter() - began, "skipped": skipped})
                 raise TrainingInterrupted(f"stopped at epoch {epoch + 1}, step {step}; checkpoint saved in "
-                                          f"{self.run_dir}. Continue with: ban train --out {self.run_dir} --resume")
+                                          f"{self.run_dir}. Continue with: "
+                                          f"{resume_command(self.run_dir, context.world_size)}")
         bar.close()
         loss, score, count = summed(sums, context)
         seconds = time.perf_counter() - began

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from ban.filelock import held
+
 MIN_PARAMETERS = 10_000_000
 _SOURCES = ("adamax.cpp", "dropout.cpp", "piecewise.cpp", "weight_norm.cpp", "bindings.cpp")
 _ENABLED: ContextVar[Any] = ContextVar("ban_cpu_kernels", default=None)
@@ -75,29 +77,13 @@ def build_directory() -> Path:
 def building(directory: Path) -> Iterator[None]:
     """Hold the build of ``directory`` for this process. PyTorch's own lock is a file that a build stopped by a
     signal or a crash leaves behind, and every later build then waits for it forever; this lock is the kernel's
-    (``flock``), released when its process ends, so PyTorch's file found while holding it is such a leftover."""
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system: PyTorch's lock file only
-        yield
-        return
-    with open(directory.parent / f"{directory.name}.lock", "a") as handle:
-        locked = True
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print("ban: waiting for another process building the CPU kernels", file=sys.stderr)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:  # a file system without flock (some network mounts): PyTorch's lock file only
-            locked = False
-        if not locked:
-            yield
-            return
-        try:
+    (:func:`ban.filelock.held`), released when its process ends, so PyTorch's file found while holding it is such
+    a leftover."""
+    with held(directory.parent / f"{directory.name}.lock",
+              "ban: waiting for another process building the CPU kernels") as locked:
+        if locked:
             (directory / "lock").unlink(missing_ok=True)
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
 def wanted(parameters: int, device: torch.device) -> bool:
