@@ -37,8 +37,9 @@ from torch import Tensor, nn
 
 from ban.benchmark import (
     BenchSettings,
-    forward_flops,
     peak_memory_gib,
+    reset_peak_memory,
+    step_flops,
     synchronize,
     synthetic_batches,
 )
@@ -359,13 +360,14 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dic
 def time_steps(settings: BenchSettings, config: BANConfig, precision: str) -> dict[str, Any]:
     """Build the authors' model, run ``settings.warmup`` then ``settings.steps`` timed training steps.
 
-    ``peak_memory_gib`` is the process's peak RSS so far on the CPU (so it covers earlier precisions of the same
-    run too), the peak of allocated memory on a GPU."""
+    ``peak_memory_gib``: the process's peak RSS during the steps on the CPU (model and batches included), the peak
+    of allocated memory on a GPU (:func:`ban.benchmark.peak_memory_gib`)."""
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
     model = AuthorsBanVQA.from_config(config).to(device).train()
     optimizer = torch.optim.Adamax(model.parameters(), lr=TrainConfig().lr)
     batches = synthetic_batches(settings, config, device, count=min(settings.steps, 4))
+    reset_peak_memory(device)
     step_ms = []
     for index in range(settings.warmup + settings.steps):
         started = time.perf_counter()
@@ -375,7 +377,7 @@ def time_steps(settings: BenchSettings, config: BANConfig, precision: str) -> di
     step_ms = step_ms[settings.warmup:]
     median_ms = statistics.median(step_ms)
     real_boxes = statistics.mean(int(batches[i % len(batches)]["real_boxes"]) for i in range(settings.steps))
-    work = 3 * forward_flops(config, settings.batch_size, int(real_boxes), settings.question_length)
+    work = step_flops(config, settings.batch_size, int(real_boxes), settings.question_length, "train")
     return {"formulation": "authors", "precision": precision, "ms_per_step_median": median_ms,
             "ms_per_step_min": min(step_ms), "questions_per_s": settings.batch_size / median_ms * 1000,
             "tflops": work / median_ms / 1e9, "peak_memory_gib": peak_memory_gib(device), "step_ms": step_ms}

@@ -12,7 +12,9 @@ For every prepared VQA dataset given (make a VQA-2.0-sized one with `ban synth -
    subprocess, the epoch's own time and samples/s from its metrics.jsonl (data loading included);
 3. the paper-best training step at ``--batch-size`` (synthetic tensors at paper vocabulary sizes, adaptive
    boxes, `ban train`'s default precision on this machine), and from it and (1) the projected time of one epoch
-   of VQA 2.0 train and of the paper's 13 epochs on train+val (Visual Genome not counted).
+   of VQA 2.0 train and of the paper's 13 epochs on train+val, and on train+val+Visual Genome with
+   ``--vg-questions N`` (the vg-train and vg-val question counts of a `ban prepare vqa2 --vg` manifest). The
+   loader row projected with is the first of the paper's feature width (2,048) with no workers, else the first.
 
 Prints a table and writes JSON. Every number carries the machine it ran on.
 """
@@ -43,6 +45,7 @@ from ban.machine import code_version, describe_machine
 VQA2_TRAIN_QUESTIONS = 443_757
 VQA2_TRAINVAL_QUESTIONS = 443_757 + 214_354
 PAPER_EPOCHS = 13
+PAPER_FEATURE_DIM = 2048
 
 
 def loader_epoch(data_dir: Path, batch_size: int, workers: int) -> dict:
@@ -103,12 +106,25 @@ def paper_best_step(batch_size: int, steps: int, precision: str) -> dict:
             "questions_per_s": result.questions_per_s}
 
 
-def projection(step: dict, loader: dict) -> dict:
-    """Epoch and schedule times when each step waits for its batch (``num_workers=0``: the two add up)."""
+def projection(step: dict, loader: dict, vg_questions: int | None) -> dict:
+    """Epoch and schedule times when each step waits for its batch (``num_workers=0``: the two add up); with
+    ``vg_questions``, also the schedule on train+val+Visual Genome."""
     seconds_per_question = step["ms_per_step"] / 1000 / step["batch_size"] + 1 / loader["questions_per_s"]
-    return {"seconds_per_question": seconds_per_question,
+    plan = {"loader": loader["data"], "loader_feature_dim": loader["feature_dim"],
+            "seconds_per_question": seconds_per_question,
             "vqa2_train_epoch_hours": VQA2_TRAIN_QUESTIONS * seconds_per_question / 3600,
             "paper_schedule_trainval_hours": PAPER_EPOCHS * VQA2_TRAINVAL_QUESTIONS * seconds_per_question / 3600}
+    if vg_questions is not None:
+        plan["vg_questions"] = vg_questions
+        plan["paper_schedule_trainval_vg_hours"] = (PAPER_EPOCHS * (VQA2_TRAINVAL_QUESTIONS + vg_questions)
+                                                    * seconds_per_question / 3600)
+    return plan
+
+
+def projection_loader(rows: list[dict]) -> dict:
+    """The loader row to project with: the first of the paper's 2,048-d features read without workers (what the
+    projection assumes: each step waits for its batch), else the first row."""
+    return next((row for row in rows if row["feature_dim"] == PAPER_FEATURE_DIM and row["workers"] == 0), rows[0])
 
 
 def main() -> None:
@@ -119,6 +135,8 @@ def main() -> None:
     parser.add_argument("--resident", action="store_true", help="also the epoch from resident=true's copy")
     parser.add_argument("--train-epoch", action="store_true", help="also run one `ban train` epoch (tiny preset)")
     parser.add_argument("--step-batches", type=int, default=3, help="timed paper-best steps (after one warm-up)")
+    parser.add_argument("--vg-questions", type=int, help="Visual Genome questions of the schedule (vg-train + vg-val "
+                        "of a `ban prepare vqa2 --vg` manifest): also project train+val+VG")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
     keep_freed_memory()  # as `ban` does when it starts
@@ -140,14 +158,18 @@ def main() -> None:
               f"{row['samples_per_s']:,.0f} q/s); command wall {row['wall_seconds']:.1f} s")
     precision = resolve_precision("auto", device)
     results["paper_best_step"] = paper_best_step(args.batch_size, args.step_batches, precision)
-    first = results["loader"][0]
-    results["projection"] = projection(results["paper_best_step"], first)
+    loader = projection_loader(results["loader"])
+    results["projection"] = projection(results["paper_best_step"], loader, args.vg_questions)
     step, plan = results["paper_best_step"], results["projection"]
     print(f"paper-best step, batch {step['batch_size']}, {precision}: {step['ms_per_step']:,.0f} ms "
           f"({step['questions_per_s']:,.1f} q/s)")
-    print(f"projected with the loader of {first['data']}: one VQA 2.0 train epoch "
+    with_vg = " (give --vg-questions for train+val+VG)"
+    if args.vg_questions is not None:
+        with_vg = (f", on train+val+VG ({args.vg_questions:,} VG questions) "
+                   f"{plan['paper_schedule_trainval_vg_hours']:.1f} h")
+    print(f"projected with the loader of {loader['data']} ({loader['feature_dim']}-d): one VQA 2.0 train epoch "
           f"{plan['vqa2_train_epoch_hours']:.1f} h, the paper's {PAPER_EPOCHS} epochs on train+val "
-          f"{plan['paper_schedule_trainval_hours']:.1f} h")
+          f"{plan['paper_schedule_trainval_hours']:.1f} h{with_vg}")
     print(results["machine"])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -9,9 +9,10 @@ Eager work first (a failed CUDA graph capture could leave the device unusable fo
 
 1. ``parity``: a paper-best model with random weights, evaluated on the CPU (fp32) and on the GPU (fp32 with TF32
    off, and bf16 autocast), fused and plain paths: the max abs difference of the logits.
-2. ``bench``: the table of `ban bench` (batch 256, adaptive boxes 10–100, 14 tokens) for the fused and plain paths
-   (a row that fails is reported with its error; the others still run); ``profile``: the graphed step's work run
-   eagerly under torch.profiler (bf16: operators by device time — what a replay still has to do); ``host_sync``:
+2. ``bench``: the table of `ban bench` (batch 256, adaptive boxes 10–100, 14 tokens) for the fused, plain and
+   straightforward paths (a row that fails is reported with its error; the others still run); ``profile``: the
+   graphed step's work run eagerly under torch.profiler (bf16: operators by device time — what a replay still has
+   to do); ``host_sync``:
    the bf16 plain training step again with `--host-sync` (what `ban train`'s per-step finiteness read costs).
 3. ``resident``: a small synthetic prepared VQA set held on the GPU gives the loader's batches exactly; the gather
    rate of batch-256 rows (adaptive boxes) from a 2,048-d bf16 table of 400k regions.
@@ -21,8 +22,7 @@ Then CUDA graphs (:mod:`ban.engine.graphs`):
 4. ``graphs``: a dropout-free paper-best model trained 3 steps (batch 32, adaptive boxes padded to 100, fp32
    without TF32) eagerly, eagerly with the static inputs and capture-safe layers, and replayed as graphs: the
    losses and the parameters' largest differences; ``graphed_rows``: the graphed rows of the table;
-   ``cudnn_gru_capture``: whether cuDNN's GRU (forward + backward) can be captured (to choose it over
-   ``gru_sequence`` later).
+   ``graph_dropout``: replays of a captured forward pass draw fresh dropout masks in train mode (none in eval).
 5. ``compiled_row`` (if under ``--compile-before`` seconds, 360, have passed): the bf16 training row of "compiled"
    (graphed, with the forward pass and the clipped Adamax update through torch.compile), compiled first;
    ``compiled_parity`` (under 420 s): the check of 4. for it. Dynamo's caches are emptied before each.
@@ -30,9 +30,12 @@ Then CUDA graphs (:mod:`ban.engine.graphs`):
    dropout-free tiny BAN's losses and weights, both ways (fp32, TF32 off); the paper-best BAN's samples/s per
    epoch, both ways (bf16, batch 256, 2,000 images); ``trainer_compiled`` (under 400 s): the paper-best run with
    ``compile=true`` too. (The sets are generated at the start, before CUDA.)
+7. ``cudnn_gru_capture``, last: whether cuDNN's GRU (forward + backward) can be captured (to choose it over
+   ``gru_sequence`` later).
 
 Each part is guarded: one that raises is reported with its error and the next still runs; ``part_seconds`` gives
-each part's duration, to plan the next run. Without a GPU (a dry run) the GPU-only parts say so.
+each part's duration, to plan the next run. Without a GPU (a dry run) the GPU-only parts say so, and the time
+limits are lifted, so that every other part runs.
 The JSON is rewritten after every part, so a run cut short still leaves what it measured.
 """
 
@@ -62,7 +65,7 @@ from ban.benchmark import (
     synthetic_batches,
 )
 from ban.engine.config import TrainConfig
-from ban.engine.graphs import graphed_training, static_batch, training_step
+from ban.engine.graphs import graphed_inference, graphed_training, static_batch, training_step
 from ban.engine.optim import adamax
 from ban.models import build_model, preset
 from ban.nn.capture import capture_safe
@@ -139,6 +142,30 @@ def graph_parity(device: torch.device, candidate: str = "graphed", steps: int = 
     return report
 
 
+def graph_dropout(device: torch.device, replays: int = 3) -> dict:
+    """Dropout inside a replayed CUDA graph: a paper-best model with its dropout, the forward pass captured once
+    (fp32, batch 32) and replayed on the same batch, in train mode (each replay must draw fresh masks: the logits
+    differ between replays) and in eval mode (no dropout: equal)."""
+    exact_float32()
+    torch.manual_seed(0)
+    config = preset("paper-best")
+    model = build_model(config).to(device)
+    batch = {key: value for key, value in synthetic_batches(BenchSettings(batch_size=32), config, device,
+                                                              count=1)[0].items() if key != "real_boxes"}
+    batch = static_batch(batch, box_quantum=100, row_quantum=256)
+    report = {}
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        infer = graphed_inference(model, "fp32")
+        logits = [infer(batch)[0].clone() for _ in range(replays)]
+        differences = [float((a - b).abs().max()) for a, b in zip(logits[:-1], logits[1:], strict=True)]
+        report[mode] = {"max_abs_logit_diff_between_replays": max(differences)}
+    report["fresh masks in train mode, none in eval mode"] = (
+        report["train"]["max_abs_logit_diff_between_replays"] > 0
+        and report["eval"]["max_abs_logit_diff_between_replays"] == 0)
+    return report
+
+
 def cudnn_gru_capture(device: torch.device) -> str:
     """Whether nn.GRU (cuDNN) forward + backward can be captured in a CUDA graph: "captured" or the error."""
     if device.type != "cuda":
@@ -163,11 +190,11 @@ def cudnn_gru_capture(device: torch.device) -> str:
         return failure(error)
 
 
-def step_profile(device: torch.device, precision: str = "bf16", rows: int = 30) -> dict:
-    """The graphed step's work run eagerly (static inputs, capture-safe layers; batch 256, adaptive boxes) under
+def step_profile(device: torch.device, batch_size: int, precision: str = "bf16", rows: int = 30) -> dict:
+    """The graphed step's work run eagerly (static inputs, capture-safe layers; adaptive boxes) under
     torch.profiler: its operators by device time — what a replay still has to do once launching is gone."""
     torch.manual_seed(0)
-    settings = BenchSettings(batch_size=64 if device.type == "cpu" else 256)
+    settings = BenchSettings(batch_size=batch_size)
     config = preset(settings.preset)
     model = build_model(config).to(device)
     batches = [static_batch({key: value for key, value in batch.items() if key != "real_boxes"})
@@ -393,6 +420,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     no_gpu = None if device.type == "cuda" else "no GPU"
+
+    def limit(seconds: float) -> float | None:
+        """A part's time limit: none in a dry run, which is there to run every part."""
+        return seconds if device.type == "cuda" else None
+
     parts = Parts(args.out, time.perf_counter())
     scratch = Path(tempfile.mkdtemp(prefix="device-check-"))  # the synthetic sets of part 5, made before CUDA starts
     data = trainer_data(scratch, images=56 if device.type == "cpu" else 2000)
@@ -400,25 +432,27 @@ def main() -> None:
                              device=args.device)
     # eager work first: a failed CUDA graph capture could leave the device unusable for what follows
     parts.run("parity", lambda: parity(device))
-    parts.run("bench", lambda: bench_part(settings, ["fused", "plain"]))
-    parts.run("profile", lambda: step_profile(device))
+    parts.run("bench", lambda: bench_part(settings, ["fused", "plain", "straightforward"]))
+    parts.run("profile", lambda: step_profile(device, args.batch_size))
     synced = dataclasses.replace(settings, host_sync=True)
     parts.run("host_sync", lambda: bench_part(synced, ["plain"], precisions=("bf16",), modes=("train",)))
     parts.run("resident", lambda: resident_check(device))
     parts.run("graphs", lambda: graph_parity(device))
     parts.run("graphed_rows", lambda: bench_part(settings, ["graphed"]), needs_gpu=no_gpu)
-    parts.run("cudnn_gru_capture", lambda: cudnn_gru_capture(device), needs_gpu=no_gpu)
+    parts.run("graph_dropout", lambda: graph_dropout(device), needs_gpu=no_gpu)
     parts.run("compiled_row", compiled_afresh(lambda: bench_part(settings, ["compiled"], precisions=("bf16",),
                                                                  modes=("train",))),
-              before=args.compile_before, needs_gpu=no_gpu)
+              before=limit(args.compile_before), needs_gpu=no_gpu)
     parts.run("compiled_parity", compiled_afresh(lambda: graph_parity(device, "compiled")),
-              before=args.compiled_parity_before, needs_gpu=no_gpu)
+              before=limit(args.compiled_parity_before), needs_gpu=no_gpu)
     exact_float32()
     parts.run("trainer", lambda: trainer_check(device, data, scratch),  # on the CPU: train()'s refusal of graphs
-              before=args.trainer_before)
+              before=limit(args.trainer_before))
     parts.run("trainer_compiled", compiled_afresh(lambda: trainer_check(device, data, scratch, variants=("compiled",),
                                                                        parts=("speed",))),
-              before=args.trainer_compiled_before)
+              before=limit(args.trainer_compiled_before))
+    # last: an exploratory capture that may leave the device unusable
+    parts.run("cudnn_gru_capture", lambda: cudnn_gru_capture(device), needs_gpu=no_gpu)
     shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -23,7 +23,7 @@ from ban.benchmark import BenchSettings, step_loop, synthetic_batches
 from ban.engine.config import resolve_device
 from ban.heap import keep_freed_memory
 from ban.machine import describe_machine
-from ban.models import build_model, preset
+from ban.models import build_model
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
     device = resolve_device("auto")
     settings = BenchSettings(batch_size=args.batch_size, boxes=args.boxes)
     torch.manual_seed(settings.seed)
-    config = preset(settings.preset, num_tokens=settings.num_tokens, num_answers=settings.num_answers)
+    config = settings.model_config()
     model = build_model(config).to(device)
     steps = step_loop(model, synthetic_batches(settings, config, device, count=2), "train", args.precision, device)
     for _ in range(2):

@@ -41,7 +41,7 @@ from ban.engine.config import TrainConfig
 from ban.engine.graphs import compiled_forward, initialise_optimizer, static_batch, training_step
 from ban.engine.optim import AdamaxUpdate
 from ban.machine import code_version, describe_machine
-from ban.models import build_model, preset
+from ban.models import build_model
 from ban.nn.capture import capture_safe
 
 # operators that only re-describe memory (no kernel on a GPU)
@@ -139,7 +139,7 @@ def paper_step(workload: Workload, compile: bool) -> tuple[Callable[[], object],
     count; ``compile``: the forward pass and the update through ``torch.compile`` (the bench's "compiled" path)."""
     settings = workload.settings
     torch.manual_seed(settings.seed)
-    config = preset(settings.preset, num_tokens=settings.num_tokens, num_answers=settings.num_answers)
+    config = settings.model_config()
     model = build_model(config).train()
     batch = synthetic_batches(settings, config, torch.device("cpu"), count=1)[0]
     real_boxes = float(batch.pop("real_boxes"))

@@ -3,17 +3,22 @@
 A training step is what the reference's loop does per batch: forward, BCE summed over answers, backward,
 gradient clipping at 0.25, Adamax. Boxes are either a fixed count or "adaptive" (10–100 per image, mean ≈ 32,
 padded per batch to the batch's largest count, as bottom-up features are). Useful work is counted over real
-boxes only; a training step counts 3× the forward matrix products (forward + backward).
+boxes only (:func:`step_flops`): a training step counts each matrix product 3× (forward, and the gradients of its
+input and its weight), except the box projections, whose input, the image features, needs no gradient (2×).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import re
 import resource
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,6 +56,15 @@ class BenchSettings:
     device: str = "auto"
     seed: int = 0
     host_sync: bool = False  # read the loss's and gradient norm's finiteness on the host each step (`ban train`)
+    hidden_dim: int | None = None  # None: the preset's
+    num_glimpses: int | None = None
+    feature_dim: int | None = None
+
+    def model_config(self, **changes: Any) -> BANConfig:
+        """The preset with these settings' sizes (and ``changes``) applied."""
+        sizes = {name: getattr(self, name) for name in ("hidden_dim", "num_glimpses", "feature_dim")
+                 if getattr(self, name) is not None}
+        return preset(self.preset, num_tokens=self.num_tokens, num_answers=self.num_answers, **sizes, **changes)
 
 
 @dataclass
@@ -114,23 +128,49 @@ def forward_flops(config: BANConfig, batch_size: int, real_boxes: int, tokens: i
     return 2.0 * flops
 
 
+def step_flops(config: BANConfig, batch_size: int, real_boxes: int, tokens: int, mode: str) -> float:
+    """Matrix-product FLOPs of one inference forward pass (``mode="infer"``) or training step (``"train"``): the
+    forward's 3×, less the input gradients nothing needs: the box projections' (the attention's to rank K and each
+    glimpse's to H, over ``real_boxes`` rows of the image features) and the GRU's first state's (zeros)."""
+    forward = forward_flops(config, batch_size, real_boxes, tokens)
+    if mode == "infer":
+        return forward
+    hidden, rank, glimpses = config.hidden_dim, config.rank_factor * config.hidden_dim, config.num_glimpses
+    box_projections = real_boxes * config.feature_dim * (rank + glimpses * hidden)
+    first_state = batch_size * 3 * hidden * hidden
+    return 3 * forward - 2.0 * (box_projections + first_state)
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (a GPU's); nothing on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory measurement: the GPU's allocator peak, or on Linux the process's peak RSS (VmHWM,
+    reset through ``/proc/self/clear_refs``)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):  # not Linux: the peak stays the process's so far
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def peak_memory_gib(device: torch.device) -> float:
-    """Peak memory: the GPU's allocated peak of this measurement (reset before it), or on the CPU the process's
-    peak RSS so far — the maximum over this row and every row measured before it in the process (GiB)."""
+    """Peak memory since :func:`reset_peak_memory` (GiB): the GPU's allocated peak, or the process's peak RSS on the
+    CPU (Linux's VmHWM; elsewhere the process's peak so far)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak RSS (KiB → GiB)
+    with contextlib.suppress(OSError):
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux, the one RSS unit assumed
 
 
 def step_loop(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: str, precision: str,
               device: torch.device, host_sync: bool = False, graphed: bool = False,
-              compile: bool = False) -> Iterator[None]:
+              compile: bool = False, straightforward: bool = False) -> Iterator[None]:
     """One step per ``next()``, cycling through ``batches`` (dicts with features, boxes, questions, targets, as
     :func:`synthetic_batches` or the VQA collate make them): a training step (``mode="train"``: the recipe's
     forward, BCE, backward, clipping and Adamax, :func:`ban.engine.graphs.training_step`) or an inference forward
@@ -140,8 +180,10 @@ def step_loop(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: st
     `ban train --set cuda_graphs=true` replays two, with its finiteness read between them
     (:mod:`ban.engine.trainer_graphs`; benchmarks/device_check.py times both); ``compile``: with the forward pass
     and the update through ``torch.compile`` (without ``graphed``: the compiled functions run as they are, e.g. on
-    the CPU)."""
-    optimizer = adamax(model.parameters(), device, lr=TrainConfig.lr, capturable=graphed)
+    the CPU); ``straightforward``: PyTorch's operators and ``torch.optim.Adamax`` only, none of ban's CPU
+    kernels."""
+    optimizer = (torch.optim.Adamax(model.parameters(), lr=TrainConfig.lr) if straightforward
+                 else adamax(model.parameters(), device, lr=TrainConfig.lr, capturable=graphed))
     use_kernels = isinstance(optimizer, FusedCPUAdamax) and not compile  # adamax() decided: a large CPU model
     model.train(mode == "train")
     forward, update = functools.partial(forward_logits, model), None
@@ -168,18 +210,20 @@ def step_loop(model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: st
 
 
 def measure(settings: BenchSettings, path: str, precision: str, mode: str) -> BenchResult:
-    """Time ``settings.steps`` steps after ``settings.warmup`` for one (path, precision, mode). Paths: "fused",
-    "plain", "graphed" (the plain model, each step replayed as a CUDA graph; a GPU only) and "compiled" (graphed,
-    with the forward pass and the clipped Adamax update through ``torch.compile``; on the CPU without graphs;
-    compiled before timing)."""
+    """Time ``settings.steps`` steps after ``settings.warmup`` for one (path, precision, mode). Paths:
+    "straightforward" (the plain model executed plainly: every box slot projected, padding included, PyTorch's
+    operators and ``torch.optim.Adamax``), "plain" (``ban train``'s default: the real boxes packed, ban's CPU
+    kernels for a large CPU model, the glimpses one by one), "fused" (the glimpses' box projections in one
+    product), "graphed" (plain, each step replayed as a CUDA graph; a GPU only) and "compiled" (graphed, with the
+    forward pass and the clipped Adamax update through ``torch.compile``; on the CPU without graphs; compiled
+    before timing)."""
     device = resolve_device(settings.device, "bench setting 'device'")
     if path == "graphed" and device.type != "cuda":
         raise ConfigError(f"the graphed path replays CUDA graphs: it needs a GPU, not {device}")
     graphed = path == "graphed" or (path == "compiled" and device.type == "cuda")
     static = path in ("graphed", "compiled")
     torch.manual_seed(settings.seed)
-    config = preset(settings.preset, num_tokens=settings.num_tokens, num_answers=settings.num_answers,
-                    fused=path == "fused")
+    config = settings.model_config(fused=path == "fused")
     model = build_model(config).to(device)
     batches = synthetic_batches(settings, config, device, count=min(settings.steps, 4))
     real_boxes = sum(int(batches[i % len(batches)]["real_boxes"]) for i in range(settings.steps)) / settings.steps
@@ -188,11 +232,13 @@ def measure(settings: BenchSettings, path: str, precision: str, mode: str) -> Be
     # graphs padded to few shapes, for eager steps exact
     quanta = {} if static else dict(box_quantum=1, row_quantum=1)
     batches = [static_batch(batch, **quanta) for batch in batches]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    if path == "straightforward":  # every slot's row, padding included: nothing packed
+        batches = [{**batch, "rows": torch.arange(batch["box_mask"].numel(), device=device)} for batch in batches]
+    reset_peak_memory(device)
     if kernels.wanted(sum(parameter.numel() for parameter in model.parameters()), device):
         kernels.compiled()  # built (or loaded) now: with --warmup 0 the first-use build was timed as a step
-    steps = step_loop(model, batches, mode, precision, device, settings.host_sync, graphed, path == "compiled")
+    steps = step_loop(model, batches, mode, precision, device, settings.host_sync, graphed, path == "compiled",
+                      path == "straightforward")
     for _ in range(settings.warmup + (len(batches) if static else 0)):  # every shape captured/compiled first
         next(steps)
     synchronize(device)
@@ -201,8 +247,7 @@ def measure(settings: BenchSettings, path: str, precision: str, mode: str) -> Be
         next(steps)
     synchronize(device)
     seconds = (time.perf_counter() - start) / settings.steps
-    work = forward_flops(config, settings.batch_size, int(real_boxes), settings.question_length)
-    work *= 3 if mode == "train" else 1
+    work = step_flops(config, settings.batch_size, int(real_boxes), settings.question_length, mode)
     return BenchResult(path, precision, mode, 1000 * seconds, settings.batch_size / seconds, work / seconds / 1e12,
                        peak_memory_gib(device))
 
@@ -224,7 +269,7 @@ def peak_memory_meaning(device: torch.device) -> str:
     """What the peak-memory column means on ``device`` (see :func:`peak_memory_gib`)."""
     if device.type == "cuda":
         return "GPU memory allocated at the peak of each row's measurement"
-    return "the process's peak RSS so far: each row shows the maximum over itself and the rows before it"
+    return "the process's peak RSS during each row's measurement (what was resident already, e.g. the model, included)"
 
 
 def as_json(settings: BenchSettings, results: list[BenchResult]) -> dict:

@@ -1,8 +1,22 @@
-"""argparse ``type``s shared by the commands: a bad value is argparse's one-line usage error (exit status 2)."""
+"""argparse ``type``s and arguments shared by the commands: a bad value is argparse's one-line usage error (exit
+status 2)."""
 
 from __future__ import annotations
 
 import argparse
+
+from ban.data.features import FEATURE_DTYPES
+
+
+def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--features`` and ``--feature-dtype`` of ``ban prepare``'s datasets."""
+    parser.add_argument("--features", required=True, nargs="+", metavar="FILE",
+                        help="bottom-up TSV files (converted into OUT/features; their image ids are checked "
+                             "first, except for a pipe such as <(zcat f.tsv.gz), checked after converting), or the "
+                             "authors' HDF5 caches (<name>.hdf5 with <name>_imgid2idx.pkl beside it) / feature store "
+                             "directories (used in place)")
+    parser.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default="float32",
+                        help="storage type of converted TSV features (default: %(default)s)")
 
 
 def positive_int(text: str) -> int:

@@ -6,8 +6,7 @@ import argparse
 import json
 
 from ban.commands import prepare_flickr30k
-from ban.commands.arguments import positive_int
-from ban.data.features import FEATURE_DTYPES
+from ban.commands.arguments import add_feature_arguments, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,11 +30,7 @@ def add_vqa2_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, metavar="RAW_DIR",
                         help="folder with the official v2_OpenEnded_mscoco_*_questions.json and "
                              "v2_mscoco_*_annotations.json files (every split present is prepared)")
-    parser.add_argument("--features", required=True, nargs="+", metavar="FILE",
-                        help="bottom-up TSV files (converted into OUT/features; their image ids are checked "
-                             "first, except for a pipe such as <(zcat f.tsv.gz), checked after converting), or the "
-                             "authors' HDF5 caches (<name>.hdf5 with <name>_imgid2idx.pkl beside it) / feature store "
-                             "directories (used in place)")
+    add_feature_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DATA_DIR", help="prepared dataset directory to write")
     parser.add_argument("--glove", metavar="FILE", help="GloVe text vectors (glove.6B.300d.txt) to initialise "
                         "the word embeddings")
@@ -48,8 +43,6 @@ def add_vqa2_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prepare only these splits (default: every split whose question file is present)")
     parser.add_argument("--feature-dim", type=positive_int, metavar="D",
                         help="expected feature width (default: that of the first record)")
-    parser.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default="float32",
-                        help="storage type of converted TSV features (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
 
 

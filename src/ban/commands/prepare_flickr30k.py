@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ban.commands.arguments import add_feature_arguments
 from ban.data.dictionary import Dictionary
-from ban.data.features import FEATURE_DTYPES
 from ban.data.flickr30k_prepare import SPLITS, prepare_flickr30k
 from ban.official import read_reference_dictionary
 
@@ -15,10 +15,7 @@ from ban.official import read_reference_dictionary
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True,
                         help="folder with the official Sentences/, Annotations/ and train.txt, val.txt, test.txt")
-    parser.add_argument("--features", required=True, nargs="+", metavar="FILE",
-                        help="bottom-up TSV files (converted into OUT/features; their image ids are checked "
-                             "first, except for a pipe such as <(zcat f.tsv.gz), checked after converting), or the "
-                             "authors' .hdf5 caches / feature store directories (referenced, not copied)")
+    add_feature_arguments(parser)
     parser.add_argument("--out", required=True, help="prepared dataset directory to write")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), metavar="SPLIT",
                         help="splits to prepare (default: %(default)s)")
@@ -28,8 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--glove", metavar="FILE",
                         help="GloVe text file (e.g. glove.6B.300d.txt): glove.npy initialises the word table, as "
                              "the reference does (default: none, the table starts random)")
-    parser.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default="float32",
-                        help="storage type of converted TSV features (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
 
 
