@@ -22,7 +22,8 @@ from ban.commands import prepare_flickr30k as command
 from ban.data.boxes import box_iou
 from ban.data.collate import collate_grounding
 from ban.data.dictionary import Dictionary
-from ban.data.features import FeatureStore
+from ban.data.features import FeatureStore, write_feature_store
+from ban.data.features_tsv import iter_tsv_files
 from ban.data.flickr30k import GroundingDataset
 from ban.data.flickr30k_parse import parse_caption
 from ban.data.flickr30k_prepare import ParseStats, ground_caption, positive_boxes, prepare_flickr30k
@@ -268,7 +269,7 @@ def test_command_with_a_store_directory_as_source(prepared: tuple[Path, dict], t
                               "--json"])
     assert command.run(args) == 0
     assert json.loads(capsys.readouterr().out) == {**manifest, "root": str((tmp_path / "raw").resolve())}
-    assert (tmp_path / "again" / "features" / "features.json").is_file()
+    assert (tmp_path / "again" / "features.json").is_file() and not (tmp_path / "again" / "features").exists()
     for split in ("train", "val", "test"):
         with np.load(data_dir / f"{split}.npz") as first, np.load(tmp_path / "again" / f"{split}.npz") as second:
             assert first.files == second.files
@@ -430,6 +431,54 @@ def test_dataset_refuses_other_directories(tmp_path: Path, prepared: tuple[Path,
         GroundingDataset(tmp_path, "train")
     with pytest.raises(DataError, match="no split 'dev'"):
         GroundingDataset(prepared[0], "dev")
+
+
+def test_a_rerun_reuses_the_finished_conversion_of_the_same_files_and_images(tmp_path: Path) -> None:
+    """As `ban prepare vqa2` does: the same TSV files and the same wanted images are not converted again (the new
+    dataset hard-links the previous one's store); other splits (other images) are."""
+    features = write_raw(tmp_path / "raw")
+    out = tmp_path / "out"
+    first = prepare_flickr30k(tmp_path / "raw", features, out, progress=False)
+    stored = out / "features" / "features.npy"
+    stamp = stored.stat().st_mtime_ns
+    items = [GroundingDataset(out, "train")[i]["targets"] for i in range(2)]
+    assert prepare_flickr30k(tmp_path / "raw", features, out, progress=False) == first
+    assert stored.stat().st_mtime_ns == stamp
+    assert all(torch.equal(GroundingDataset(out, "train")[i]["targets"], items[i]) for i in range(2))
+    converted = len(FeatureStore.open(out / "features"))
+    prepare_flickr30k(tmp_path / "raw", features, out, splits=("train",), progress=False)
+    assert len(FeatureStore.open(out / "features")) < converted  # fewer images kept: converted again
+
+
+def test_a_dataset_prepared_by_an_earlier_version_still_loads(prepared: tuple[Path, dict], tmp_path: Path) -> None:
+    """Earlier versions kept the converted store itself in features/, with no features.json beside it."""
+    data_dir = tmp_path / "earlier"
+    shutil.copytree(prepared[0], data_dir)
+    (data_dir / "features.json").unlink()
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    del manifest["features"]
+    (data_dir / "manifest.json").write_text(json.dumps(manifest))
+    earlier, now = GroundingDataset(data_dir, "val"), GroundingDataset(prepared[0], "val")
+    assert torch.equal(earlier[0]["features"], now[0]["features"])
+
+
+def test_tsv_files_and_a_store_together_give_the_tsv_only_dataset(prepared: tuple[Path, dict],
+                                                                  tmp_path: Path) -> None:
+    """A mix of sources, as `ban prepare vqa2` takes it: image 303 from a store directory, the others from TSV."""
+    data_dir, manifest = prepared
+    features = write_raw(tmp_path / "raw")
+    lines = features[0].read_bytes().split(b"\r\n")
+    rest, alone = tmp_path / "rest.tsv", tmp_path / "alone.tsv"
+    rest.write_bytes(b"\r\n".join(line for line in lines if not line.startswith(b"303\t")))
+    alone.write_bytes(next(line for line in lines if line.startswith(b"303\t")) + b"\r\n")
+    write_feature_store(iter_tsv_files([alone]), tmp_path / "store-303")
+    mixed = prepare_flickr30k(tmp_path / "raw", [rest, tmp_path / "store-303"], tmp_path / "out", progress=False)
+    assert mixed["splits"] == manifest["splits"]
+    for split in ("train", "val", "test"):
+        mine, theirs = GroundingDataset(tmp_path / "out", split), GroundingDataset(data_dir, split)
+        for index in range(len(theirs)):
+            for name, value in theirs[index].items():
+                assert torch.equal(mine[index][name], value), (split, index, name)
 
 
 def test_a_source_inside_the_output_is_refused(prepared: tuple[Path, dict]) -> None:

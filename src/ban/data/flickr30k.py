@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ban.data.feature_setup import CONVERTED, LISTING
 from ban.data.features import FeatureStore
 from ban.data.npyfile import read_split_npz
 from ban.data.prepared import check_split, read_manifest
@@ -82,7 +83,9 @@ class GroundingDataset(Dataset):
         self.path = self.data_dir / f"{split}.npz"
         self.arrays = load_split_arrays(self.path)
         self.num_entities = int(self.arrays["entity_ids"].shape[1])
-        self.store = FeatureStore.open(self.data_dir / "features")
+        # features.json lists every source; datasets prepared by earlier versions hold it, or the store, in features/
+        listing = self.data_dir if (self.data_dir / LISTING).is_file() else self.data_dir / CONVERTED
+        self.store = FeatureStore.open(listing)
 
     def __len__(self) -> int:
         return int(len(self.arrays["image_id"]))

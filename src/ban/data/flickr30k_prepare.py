@@ -21,7 +21,7 @@ What an example is (as the reference pipeline, with one fix):
 from __future__ import annotations
 
 import os
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,9 @@ from tqdm import tqdm
 from ban.data.atomic import atomic_path, write_json
 from ban.data.boxes import box_iou
 from ban.data.dictionary import Dictionary
+from ban.data.feature_setup import LISTING, finished_conversion, set_up_features
 from ban.data.feature_sources import check_feature_sources, images_of_sources
-from ban.data.features import FeatureStore, is_tsv_source, write_feature_store, write_sources_file
-from ban.data.features_tsv import iter_tsv_files
+from ban.data.features import FeatureRecord, is_tsv_source
 from ban.data.flickr30k_parse import Caption, parse_annotation_file, parse_sentences_file
 from ban.data.glove import check_glove_file, read_glove
 from ban.data.npyfile import write_npy
@@ -172,7 +172,7 @@ def prepare_flickr30k(
     """
     root = Path(root)
     out = checked_output(out, "grounding", {"root": [root], "features": features, "glove": [glove]})
-    paths = _checked_sources(features)
+    check_feature_sources(features)
     if glove is not None:
         check_glove_file(glove)
     split_images = {split: read_split(root / f"{split}.txt") for split in splits}
@@ -190,17 +190,28 @@ def prepare_flickr30k(
     word_vectors = None if glove is None else read_glove(glove, dictionary.tokens, progress=progress)[0]
 
     wanted = set(ground_truth)
-    # before the conversion, which takes minutes; TSV files are converted for the wanted images only
-    holders = images_of_sources(paths, wanted, held_once=wanted if is_tsv_source(paths[0]) else None,
-                                progress=progress)
+    # before the conversion, which takes minutes; TSV files are converted for the wanted images only (so an image
+    # they hold twice matters only if wanted), the other sources are referenced whole
+    held_once = wanted if all(is_tsv_source(source) for source in features) else None
+    holders = images_of_sources(features, wanted, held_once=held_once,
+                                converted=finished_conversion(features, out, images=wanted), progress=progress)
     if holders is not None:
-        _check_images_have_features(wanted, holders, paths)
+        _check_images_have_features(wanted, holders, features)
     with atomic_path(out) as temp:
         temp.mkdir()
+        detected: dict[int, np.ndarray] = {}  # image id → its boxes [n, 4] in pixels, as the conversion streams
+
+        def keep_boxes(record: FeatureRecord) -> None:
+            detected[record.image_id] = record.boxes
+
+        store = set_up_features(features, out, temp, dtype=feature_dtype, images=wanted, on_record=keep_boxes,
+                                progress=progress)
         positives: dict[int, dict[int, np.ndarray]] = {}
-        for image_id, boxes in _detected_boxes(paths, wanted, temp / "features", feature_dtype, progress):
+        present = [image_id for image_id in store.image_ids.tolist() if image_id in wanted]
+        for image_id in tqdm(present, desc="matching boxes", unit="img", disable=not progress):
+            boxes = detected[image_id] if image_id in detected else store.get(image_id)[2]
             positives[image_id] = positive_boxes(ground_truth[image_id], boxes)
-        _check_images_have_features(wanted, positives, paths)  # a TSV source read only once (a pipe): now
+        _check_images_have_features(wanted, positives, features)  # a TSV source read only once (a pipe): now
         split_summaries = {}
         for split in splits:
             arrays = encode_split(sentences[split], positives, dictionary, length, max_entities)
@@ -220,7 +231,8 @@ def prepare_flickr30k(
             "padding_index": dictionary.padding_index,
             "sentence_length": length,
             "max_entities": max_entities,
-            "feature_dim": FeatureStore.open(temp / "features").feature_dim,
+            "feature_dim": store.feature_dim,
+            "features": LISTING,
             "glove": glove is not None,
             "entity_types": list(ENTITY_TYPES),
             "iou_threshold": IOU_THRESHOLD,
@@ -291,57 +303,14 @@ def _split_summary(arrays: dict[str, np.ndarray], num_images: int) -> dict[str, 
     }
 
 
-def _checked_sources(sources: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """``sources`` as paths: :class:`DataError` unless they exist, are given once, and are TSV files or other
-    sources, not a mix."""
-    check_feature_sources(sources)
-    paths = [Path(source) for source in sources]
-    tsv = [is_tsv_source(path) for path in paths]
-    if any(tsv) and not all(tsv):
-        raise DataError("give either TSV files or other feature sources, not a mix",
-                        path=", ".join(map(str, paths)), field="features")
-    return paths
-
-
-def _check_images_have_features(wanted: set[int], holders: Container[int], paths: Sequence[Path]) -> None:
+def _check_images_have_features(wanted: set[int], holders: Container[int],
+                                paths: Sequence[str | os.PathLike[str]]) -> None:
     """:class:`DataError` naming up to five images of ``wanted`` not in ``holders``."""
     missing = sorted(image_id for image_id in wanted if image_id not in holders)
     if missing:
         shown = ", ".join(str(image_id) for image_id in missing[:5])
         raise DataError(f"{len(missing)} images of the splits have no features (e.g. {shown})",
                         path=", ".join(map(str, paths)), field="image_id")
-
-
-def _detected_boxes(
-    paths: Sequence[Path], wanted: set[int], store_dir: Path, dtype: str, progress: bool
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Set up ``store_dir`` from the feature sources and yield ``(image_id, boxes [n, 4] pixels)`` of every
-    image of ``wanted`` that has features.
-
-    Directories and ``.hdf5``/``.h5``/``.json`` files are sources :meth:`FeatureStore.open` reads: they are
-    referenced from ``store_dir/features.json`` and read back image by image. Any other file is a bottom-up
-    TSV file (whatever its name, e.g. ``….tsv.1``): converted (only the wanted images), its boxes yielded as
-    they stream past. The sources are all TSV files or none (:func:`_checked_sources`).
-    """
-    if is_tsv_source(paths[0]):
-        found: list[tuple[int, np.ndarray]] = []
-
-        def records() -> Iterator[Any]:
-            for record in iter_tsv_files(paths, progress=progress):
-                if record.image_id in wanted:
-                    found.append((record.image_id, record.boxes))
-                    yield record
-
-        write_feature_store(records(), store_dir, dtype=dtype, sources=[{"path": str(p)} for p in paths],
-                            progress=False)
-        yield from found
-        return
-    store_dir.mkdir()
-    write_sources_file(store_dir / "features.json", paths)
-    store = FeatureStore.open(store_dir)
-    present = [image_id for image_id in store.image_ids.tolist() if image_id in wanted]
-    for image_id in tqdm(present, desc="matching boxes", unit="img", disable=not progress):
-        yield image_id, store.get(image_id)[2]
 
 
 def _check_disjoint(split_images: dict[str, list[int]], root: Path) -> None:

@@ -26,16 +26,9 @@ from tqdm import tqdm
 from ban.data.answers import select_candidates, soft_score
 from ban.data.atomic import atomic_path, write_json, write_with
 from ban.data.dictionary import QUESTION_LENGTH, Dictionary
+from ban.data.feature_setup import LISTING, finished_conversion, set_up_features
 from ban.data.feature_sources import check_feature_sources, images_of_sources
-from ban.data.features import (
-    FeatureStore,
-    is_complete_store,
-    is_tsv_source,
-    source_stamps,
-    write_feature_store,
-    write_sources_file,
-)
-from ban.data.features_tsv import iter_tsv_files
+from ban.data.features import FeatureStore
 from ban.data.glove import check_glove_file, cooccurrence_embedding, read_glove
 from ban.data.jsonfile import require
 from ban.data.npyfile import write_npy
@@ -220,7 +213,8 @@ def prepare_vqa2(
 
     with atomic_path(out) as temp:
         temp.mkdir()
-        store = _prepare_features(features, out, temp, feature_dim, feature_dtype, progress)
+        store = set_up_features(features, out, temp, feature_dim=feature_dim, dtype=feature_dtype,
+                                progress=progress)
         if holders is None:  # a TSV source read only once (a pipe): its images are known now
             _check_questions_have_features(prepared_splits, store)
         manifest_splits: dict[str, Any] = {}
@@ -239,7 +233,7 @@ def prepare_vqa2(
             "task": "vqa2", "format_version": FORMAT_VERSION, "splits": manifest_splits,
             "num_tokens": len(dictionary), "padding_index": dictionary.padding_index,
             "question_length": QUESTION_LENGTH, "num_answers": len(candidates), "min_answer_count": min_answer_count,
-            "feature_dim": store.feature_dim, "num_images": len(store), "features": "features.json",
+            "feature_dim": store.feature_dim, "num_images": len(store), "features": LISTING,
             "glove": glove is not None, "root": str(Path(root).resolve()),
         }
         write_json(temp / MANIFEST, manifest)
@@ -250,13 +244,9 @@ def _images_with_features(
     splits: Sequence[OfficialSplit], features: Sequence[str | os.PathLike[str]], out: Path, progress: bool
 ) -> dict[int, str] | None:
     """The questions' images the feature sources hold (:func:`ban.data.feature_sources.images_of_sources`; a
-    finished conversion of the same TSV files in ``out/features`` is read instead of them); None for a pipe."""
-    tsv = [Path(s) for s in features if is_tsv_source(s)]
-    converted = None
-    if tsv and is_complete_store(out / "features", source_stamps(tsv)):
-        converted = FeatureStore.open(out / "features")
+    finished conversion of the same TSV files in the previous dataset is read instead of them); None for a pipe."""
     wanted = {record["image_id"] for split in splits for record in split.questions}
-    return images_of_sources(features, wanted, converted=converted, progress=progress)  # every image converted
+    return images_of_sources(features, wanted, converted=finished_conversion(features, out), progress=progress)
 
 
 def _check_questions_have_features(splits: Sequence[OfficialSplit], holders: Container[int]) -> None:
@@ -267,39 +257,6 @@ def _check_questions_have_features(splits: Sequence[OfficialSplit], holders: Con
                 raise DataError(f"image {record['image_id']} has no region features in the given --features",
                                 path=split.questions_path, record=f"question_id={record['question_id']}",
                                 field="image_id")
-
-
-def _prepare_features(
-    sources: Sequence[str | os.PathLike[str]], out: Path, build: Path, feature_dim: int | None, dtype: str,
-    progress: bool,
-) -> FeatureStore:
-    """Convert the TSV sources into ``build/features`` (or reuse the finished conversion of the same files in
-    ``out/features``), write ``build/features.json`` listing every source, and open them as one store."""
-    tsv = [Path(s) for s in sources if is_tsv_source(s)]
-    listed = [Path(s) for s in sources if Path(s) not in tsv]
-    if tsv:
-        stamp = source_stamps(tsv)
-        if is_complete_store(out / "features", stamp):
-            shutil.copytree(out / "features", build / "features", copy_function=_link_or_copy)
-        else:
-            records = iter_tsv_files(tsv, feature_dim=feature_dim, progress=progress)
-            write_feature_store(records, build / "features", feature_dim=feature_dim, dtype=dtype, sources=stamp)
-        listed.insert(0, build / "features")
-    write_sources_file(build / "features.json", listed)
-    store = FeatureStore.open(build / "features.json")
-    if feature_dim is not None and store.feature_dim != feature_dim:
-        raise DataError(f"features are {store.feature_dim}-d, expected {feature_dim} (--feature-dim)",
-                        path=out / "features.json", field="feature_dim")
-    return store
-
-
-def _link_or_copy(source: str, target: str) -> None:
-    """Hard-link ``source`` as ``target`` (a store's files are never changed in place, so the previous dataset
-    and the new one can share them), copying where the file system has no hard links."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
 
 
 def _write_official_split(
