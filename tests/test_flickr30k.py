@@ -495,8 +495,11 @@ def test_a_source_inside_the_output_is_refused(prepared: tuple[Path, dict]) -> N
     (lambda a: a.update(image_id=a["image_id"][1:]), "image_id", "does not fit entity_ids'"),
     (lambda a: a.update(has_ground_truth=a["has_ground_truth"][:, :1]), "has_ground_truth", "does not fit"),
     (lambda a: a.update(positive_offsets=a["positive_offsets"][:-1]), "positive_offsets", "do not fit"),
+    (lambda a: a.update(positive_offsets=np.r_[0, a["positive_offsets"][-1] + 1, a["positive_offsets"][2:]].astype(
+        np.uint64)), "positive_offsets", "do not fit"),  # falling: unsigned differences would wrap
     (lambda a: a.update(positive_boxes=a["positive_boxes"] - 100), "positive_boxes", "negative box index"),
-], ids=["entity-ids-1d", "tokens-float", "missing-array", "rows", "slots", "offsets", "negative-box"])
+], ids=["entity-ids-1d", "tokens-float", "missing-array", "rows", "slots", "offsets", "unsigned-falling",
+        "negative-box"])
 def test_a_damaged_split_names_the_file_and_array(prepared: tuple[Path, dict], tmp_path: Path, damage, field,
                                                   message) -> None:
     data_dir = tmp_path / "damaged"

@@ -183,6 +183,18 @@ def test_attention_logits_are_the_attention_before_its_softmax(attention):
         assert out.attention_logits[0, :, :, 9:].isneginf().all() and out.attention_logits[0, :, :, :9].isfinite().all()
 
 
+def test_a_stored_config_with_the_options_earlier_versions_ignored_still_loads():
+    """Runs made before use_counting / fused were refused for unitary attention and grounding stored them True (the
+    default); reading such a config gives the model they trained, not an error."""
+    for kind in (dict(attention="unitary"), dict(task="grounding", num_glimpses=1)):
+        stored = {**ban.BANConfig(**SMALL, **kind, use_counting=False).to_dict(), "use_counting": True, "fused": True}
+        assert ban.BANConfig.from_stored(stored) == ban.BANConfig(**SMALL, **kind, use_counting=False)
+        with pytest.raises(ConfigError, match="applies to BAN for VQA only"):
+            ban.BANConfig.from_dict(stored)
+    vqa = ban.BANConfig(**SMALL, fused=True).to_dict()
+    assert ban.BANConfig.from_stored(vqa).fused and ban.BANConfig.from_stored(vqa).use_counting
+
+
 def test_grounding_needs_an_entity_slot():
     config = ban.BANConfig(task="grounding", num_glimpses=1, use_counting=False, **SMALL)
     features, spatial, tokens = _inputs(config)

@@ -9,7 +9,6 @@ input and its weight), except the box projections, whose input, the image featur
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import re
@@ -149,22 +148,37 @@ def synchronize(device: torch.device) -> None:
 
 def reset_peak_memory(device: torch.device) -> None:
     """Start a new peak-memory measurement: the GPU's allocator peak, or on Linux the process's peak RSS (VmHWM,
-    reset through ``/proc/self/clear_refs``)."""
+    reset through ``/proc/self/clear_refs``; where that cannot be written, the peak stays the process's so far:
+    :func:`peak_memory_meaning` says which)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        return
-    with contextlib.suppress(OSError):  # not Linux: the peak stays the process's so far
+    elif _peak_rss_resets():
         Path("/proc/self/clear_refs").write_text("5")
+
+
+@functools.cache
+def _peak_rss_resets() -> bool:
+    """Whether this process can reset and read its peak RSS (Linux's clear_refs and VmHWM)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _vm_hwm_kib() is not None
+    except OSError:
+        return False
+
+
+def _vm_hwm_kib() -> int | None:
+    """The process's peak RSS since its last reset (KiB), from /proc/self/status; None where it is not there."""
+    match = re.search(r"^VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    return int(match.group(1)) if match else None
 
 
 def peak_memory_gib(device: torch.device) -> float:
     """Peak memory since :func:`reset_peak_memory` (GiB): the GPU's allocated peak, or the process's peak RSS on the
-    CPU (Linux's VmHWM; elsewhere the process's peak so far)."""
+    CPU (elsewhere than Linux: the process's peak so far)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    with contextlib.suppress(OSError):
-        status = Path("/proc/self/status").read_text()
-        return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 2**20
+    if _peak_rss_resets():
+        return _vm_hwm_kib() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux, the one RSS unit assumed
 
 
@@ -269,7 +283,9 @@ def peak_memory_meaning(device: torch.device) -> str:
     """What the peak-memory column means on ``device`` (see :func:`peak_memory_gib`)."""
     if device.type == "cuda":
         return "GPU memory allocated at the peak of each row's measurement"
-    return "the process's peak RSS during each row's measurement (what was resident already, e.g. the model, included)"
+    if _peak_rss_resets():
+        return "the process's peak RSS during each row's measurement (what was resident already included)"
+    return "the process's peak RSS so far: each row shows the maximum over itself and the rows before it"
 
 
 def as_json(settings: BenchSettings, results: list[BenchResult]) -> dict:

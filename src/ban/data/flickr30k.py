@@ -57,7 +57,7 @@ def load_split_arrays(path: Path) -> dict[str, np.ndarray]:
         raise DataError("no entity slot (E = 0)", path=path, field="entity_ids")
     offsets = arrays["positive_offsets"]
     if len(offsets) != count * entities + 1 or offsets[0] != 0 or offsets[-1] != len(arrays["positive_boxes"]) \
-            or (np.diff(offsets) < 0).any():
+            or (offsets[1:] < offsets[:-1]).any():
         raise DataError("positive offsets do not fit sentences × entity slots and the positive boxes", path=path,
                         field="positive_offsets")
     if (arrays["positive_boxes"] < 0).any():

@@ -35,7 +35,7 @@ def load_split_arrays(path: Path) -> dict[str, np.ndarray]:
     if any(len(arrays[name]) != count for name in ("image_id", "tokens", "answer_type")) or len(offsets) != count + 1:
         raise DataError("arrays disagree on the number of questions", path=path)
     if len(arrays["target_labels"]) != len(arrays["target_scores"]) or offsets[0] != 0 or \
-            offsets[-1] != len(arrays["target_labels"]) or (np.diff(offsets) < 0).any():
+            offsets[-1] != len(arrays["target_labels"]) or (offsets[1:] < offsets[:-1]).any():
         raise DataError("target offsets do not fit the labels", path=path, field="target_offsets")
     return arrays
 

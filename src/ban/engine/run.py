@@ -73,7 +73,7 @@ class RunConfig:
         for name, kind in (("task", str), ("data_dir", str), ("model", dict), ("train", dict), ("fingerprint", dict)):
             if not isinstance(data.get(name, {}), kind):
                 raise ConfigError(f"run config field {name!r} must be a {kind.__name__}")
-        return cls(data["task"], data["data_dir"], BANConfig.from_dict(data["model"]),
+        return cls(data["task"], data["data_dir"], BANConfig.from_stored(data["model"]),
                    TrainConfig.from_dict(data["train"]), dict(data.get("fingerprint", {})))
 
     def differences(self, other: RunConfig) -> list[str]:

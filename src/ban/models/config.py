@@ -87,6 +87,16 @@ class BANConfig:
         check_known(cls, values, "model")
         return cls(**values)
 
+    @classmethod
+    def from_stored(cls, values: dict[str, Any]) -> BANConfig:
+        """:meth:`from_dict` of a config a run stored: ``use_counting`` and ``fused`` set on a model without them
+        (unitary attention, grounding), which earlier versions accepted and ignored, are read as False — the same
+        model."""
+        values = dict(values)
+        if values.get("task", "vqa") != "vqa" or values.get("attention", "bilinear") != "bilinear":
+            values.update(use_counting=False, fused=False)
+        return cls.from_dict(values)
+
     def replace(self, **changes: Any) -> BANConfig:
         """A copy with ``changes`` applied (unknown keys → ConfigError)."""
         return BANConfig.from_dict({**self.to_dict(), **changes})

@@ -22,7 +22,7 @@ class BanForVQA(TokenEncoderModel):
     box: one without has no attention distribution and gets NaN outputs, as in the reference (data preparation
     refuses images without boxes). With ``config.mask_question_padding``, so does a question of padding only.
     NaN or inf in a sample's padded boxes (with an explicit ``box_mask``) change nothing, on either execution
-    (``config.fused``).
+    (``config.fused``), unless ``real_rows`` lists padded slots (their zero attention times NaN is NaN).
     """
 
     def __init__(self, config: BANConfig) -> None:
@@ -58,6 +58,7 @@ class BanForVQA(TokenEncoderModel):
         device); by default they are found from the box mask.
         """
         self.check_inputs(features, boxes, questions, box_mask, "questions")
+        given_mask = box_mask  # its padded rows may hold anything; those of a mask found from the features are zeros
         if box_mask is None:
             box_mask = box_mask_from_features(features)
         token_mask = self.token_mask(questions)
@@ -67,7 +68,7 @@ class BanForVQA(TokenEncoderModel):
         states = self.encode_tokens(questions)  # [B, L, H]
         attention, logits = self.attention(features, states, box_mask, token_mask, real_boxes)
         if self.config.fused:
-            states = self._glimpses_fused(features, boxes, box_mask, states, attention, logits)
+            states = self._glimpses_fused(features, boxes, given_mask, states, attention, logits)
         else:
             states = self._glimpses_plain(features, boxes, states, attention, logits, real_boxes)
         if token_mask is not None:
@@ -83,11 +84,13 @@ class BanForVQA(TokenEncoderModel):
             states = self._add_glimpse(states, glimpse, joint, counts)
         return states
 
-    def _glimpses_fused(self, features: Tensor, boxes: Tensor, box_mask: Tensor, states: Tensor,
+    def _glimpses_fused(self, features: Tensor, boxes: Tensor, given_mask: Tensor | None, states: Tensor,
                         attention: Tensor, logits: Tensor) -> Tensor:
         """The same function with the box projections of all glimpses computed up front in one product (of every
-        box: the padded ones are zeroed first, so that their zero attention ignores whatever they held)."""
-        features = features.masked_fill(~box_mask.unsqueeze(-1), 0)
+        box: the padded ones of a ``given_mask`` are zeroed first, so that their zero attention ignores whatever
+        they held)."""
+        if given_mask is not None:
+            features = features.masked_fill(~given_mask.unsqueeze(-1), 0)
         boxes_hidden = stacked_projection([pooling.v_proj for pooling in self.pooling], features)  # [G, B, N, H]
         counts = self._counts(boxes, logits) if self.config.use_counting else None
         for glimpse in range(self.config.num_glimpses):
