@@ -164,11 +164,12 @@ def prepare_flickr30k(
     (:func:`ban.data.prepare_output.checked_output`).
 
     ``root`` holds ``Sentences/``, ``Annotations/`` and ``<split>.txt``; ``features`` are bottom-up TSV files
-    (converted into ``out/features``, keeping only the images of ``splits``) or sources
-    :meth:`FeatureStore.open` reads (the authors' HDF5 caches, our store directories), referenced from
-    ``out/features/features.json``. ``dictionary`` defaults to the tokens of the kept captions in order of
-    first appearance. ``glove`` (a GloVe text file) gives ``glove.npy``, the word table's initialisation (the
-    reference starts its grounding model from GloVe). Everything but the features is read first.
+    (converted into ``out/features``, keeping only the images of ``splits``; a finished conversion of the same
+    files and images is reused) and/or sources :meth:`FeatureStore.open` reads (the authors' HDF5 caches, our
+    store directories), all listed in ``out/features.json`` (:mod:`ban.data.feature_setup`). ``dictionary``
+    defaults to the tokens of the kept captions in order of first appearance. ``glove`` (a GloVe text file) gives
+    ``glove.npy``, the word table's initialisation (the reference starts its grounding model from GloVe).
+    Everything but the features is read first.
     """
     root = Path(root)
     out = checked_output(out, "grounding", {"root": [root], "features": features, "glove": [glove]})
