@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 
 from ban.data.atomic import write_with
 from ban.errors import CheckpointError
-from ban.numbers import is_number
+from ban.numbers import is_int, is_number
 
 # the float types weights and optimizer state may have in a checkpoint (ours or the authors')
 WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -191,7 +191,7 @@ def read_position(checkpoint: Checkpoint) -> dict[str, Any]:
     """The training position a checkpoint holds (``epoch``, ``step``, ``history``, ``partial``), checked."""
     state = checkpoint.state
     history, partial = state.get("history"), state.get("partial")
-    valid = (all(is_number(state.get(k)) and isinstance(state[k], int) and state[k] >= 0 for k in ("epoch", "step"))
+    valid = (all(is_int(state.get(k)) and state[k] >= 0 for k in ("epoch", "step"))
              and isinstance(history, list) and len(history) == state["epoch"]
              and all(isinstance(r, dict) and all(is_number(r.get(k)) for k in HISTORY_NUMBERS) for r in history)
              and isinstance(partial, dict) and all(is_number(v) for v in partial.values()))
