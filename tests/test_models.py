@@ -95,7 +95,7 @@ def test_with_a_box_mask_padded_rows_may_hold_anything():
     ("change", "message"),
     [
         (dict(box_mask=torch.ones(1, 12, dtype=torch.bool)), "box_mask: expected shape [3, 12]"),  # broadcastable
-        (dict(box_mask=torch.ones(3, 12)), "box_mask: expected shape [3, 12] (· any size) with bool values"),
+        (dict(box_mask=torch.ones(3, 12)), "box_mask: expected shape [3, 12] with bool values, got"),
         (dict(features=torch.randn(3, 12, 25)), "features: expected shape [·, ·, 24]"),
         (dict(boxes=torch.rand(3, 5, 4)), "boxes: expected shape [3, 12, ·]"),
         (dict(boxes=torch.rand(3, 12, 2)), "boxes: expected at least 4 coordinates"),
@@ -107,9 +107,13 @@ def test_with_a_box_mask_padded_rows_may_hold_anything():
         (dict(features=torch.randn(12, 24)), "features: expected shape [·, ·, 24]"),  # unpacked B, N before
         (dict(features=torch.randn(3, 0, 24), boxes=torch.rand(3, 0, 4)), "features: no box slot (N = 0)"),
         (dict(boxes=None), "boxes: the counting module needs them"),
+        (dict(questions=torch.full((3, 14), 41)),  # another dictionary's ids (on the CPU; a GPU asserts instead)
+         "tokens: id 41 at [0, 0] is outside this model's vocabulary (ids 0…39, padding 40)"),
+        (dict(questions=torch.full((3, 14), -1)), "tokens: id -1 at [0, 0] is outside"),
     ],
     ids=["mask-broadcast", "mask-float", "feature-dim", "boxes-count", "boxes-columns", "questions-float",
-         "questions-uint8", "questions-batch", "features-float64", "features-2d", "no-boxes", "boxes-none"],
+         "questions-uint8", "questions-batch", "features-float64", "features-2d", "no-boxes", "boxes-none",
+         "token-above", "token-negative"],
 )
 def test_misshapen_inputs_are_named(change, message):
     config = ban.BANConfig(num_glimpses=2, use_counting=True, **SMALL)
@@ -337,6 +341,27 @@ def test_fused_and_plain_execution_compute_the_same_function(use_counting):
         a, b = fused(features, spatial, questions), plain(features, spatial, questions)
     assert torch.allclose(a.logits, b.logits, atol=1e-5)
     assert torch.equal(a.attention, b.attention)
+
+
+@pytest.mark.parametrize("task", ["vqa", "grounding"])
+def test_a_model_exports_whole_and_its_saved_program_computes_the_same(task, tmp_path):
+    """torch.export takes the model with its output dataclass (the real boxes' rows given: finding them reads the
+    device), and the program saved and loaded again gives the eager model's outputs."""
+    from ban.nn.bilinear import box_mask_from_features, real_box_rows
+
+    config = ban.BANConfig(task=task, num_glimpses=1 if task == "grounding" else 2,
+                           use_counting=task == "vqa", **SMALL)
+    model = ban.build_model(config).eval()
+    features, spatial, questions = _inputs(config)
+    features[1, 7:] = 0  # padded boxes
+    inputs = (features, spatial, questions) + ((torch.tensor([[3, 9]] * 3),) if task == "grounding" else ())
+    rows = real_box_rows(box_mask_from_features(features))
+    expected = model(*inputs, real_rows=rows)
+    torch.export.save(torch.export.export(model, inputs, {"real_rows": rows}), tmp_path / "model.pt2")
+    exported = torch.export.load(tmp_path / "model.pt2").module()(*inputs, real_rows=rows)
+    assert type(exported) is type(expected)
+    for name, value in vars(expected).items():
+        torch.testing.assert_close(getattr(exported, name), value, rtol=1e-5, atol=1e-6)
 
 
 def test_stacked_projection_keeps_independent_dropout_masks():

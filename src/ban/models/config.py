@@ -21,6 +21,8 @@ class BANConfig:
     ``two_word_tables`` is the reference's option ``c`` (a second 300-d table, concatenated).
     ``attention="unitary"`` builds the paper's unitary-attention baseline instead of BAN (VQA only).
     ``use_counting`` and ``fused`` apply to BAN for VQA only: set them False for unitary attention and grounding.
+    Fields a model has no part for are not read: ``num_answers`` and ``classifier_dropout`` by grounding (no
+    classifier), ``num_count_objects`` without counting, ``attention_dropout`` by unitary attention.
     ``mask_question_padding`` keeps padded tokens out of attention and the classifier's sum; the reference
     does not mask them, so official checkpoints need it off.
     ``fused`` chooses how BAN for VQA is executed, not what it computes: the box projections of all glimpses

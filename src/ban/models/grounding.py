@@ -47,8 +47,10 @@ class BanForGrounding(TokenEncoderModel):
         entity_positions: Tensor,
         box_mask: Tensor | None = None,
         entity_mask: Tensor | None = None,
+        real_rows: Tensor | None = None,
     ) -> GroundingOutput:
-        """→ GroundingOutput(logits [B, G, N, E])."""
+        """→ GroundingOutput(logits [B, G, N, E]). ``real_rows`` [R]: the flat indices of every real box (as
+        :class:`ban.models.BanForVQA` takes them); by default they are found from the box mask."""
         self.check_inputs(features, boxes, tokens, box_mask, "tokens")
         expect_shape("entity_positions", entity_positions, (features.shape[0], None), "int64")
         if entity_positions.shape[1] == 0:
@@ -62,5 +64,6 @@ class BanForGrounding(TokenEncoderModel):
         states = self.encode_tokens(tokens)  # [B, L, H]
         index = entity_positions.unsqueeze(-1).expand(-1, -1, states.shape[-1])
         entity_states = states.gather(1, index)  # [B, E, H]
-        logits = self.attention.logits(features, entity_states, box_mask, entity_mask, mask_value=MASKED_LOGIT)
+        logits = self.attention.logits(features, entity_states, box_mask, entity_mask, mask_value=MASKED_LOGIT,
+                                       real_rows=real_rows)
         return GroundingOutput(logits)

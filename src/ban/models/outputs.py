@@ -1,9 +1,10 @@
-"""Model outputs as dataclasses with named fields."""
+"""Model outputs as dataclasses with named fields, registered with ``torch.export`` (a model exports whole)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch.export
 from torch import Tensor
 
 
@@ -24,3 +25,7 @@ class GroundingOutput:
     slots (as the reference)."""
 
     logits: Tensor
+
+
+for output in (VQAOutput, GroundingOutput):
+    torch.export.register_dataclass(output, serialized_type_name=f"ban.models.{output.__name__}")

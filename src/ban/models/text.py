@@ -26,8 +26,21 @@ class WordEmbedding(nn.Module):
         if capture.active():
             embedded = [capture.embedding(tokens, table.weight, table.padding_idx) for table in tables]
         else:
-            embedded = [table(tokens) for table in tables]
+            try:
+                embedded = [table(tokens) for table in tables]
+            except IndexError:  # on the CPU (a GPU asserts on the device instead): name the id and the table
+                self._check_ids(tokens)
+                raise
         return embedded[0] if len(embedded) == 1 else torch.cat(embedded, dim=2)
+
+    def _check_ids(self, tokens: Tensor) -> None:
+        """Raise ValueError naming the first id of tokens [B, L] that has no row in the tables."""
+        padding = self.table.padding_idx
+        outside = ((tokens < 0) | (tokens > padding)).nonzero()
+        if len(outside):
+            where = outside[0].tolist()
+            raise ValueError(f"tokens: id {int(tokens[tuple(where)])} at {where} is outside this model's vocabulary "
+                             f"(ids 0…{padding - 1}, padding {padding}): were they encoded with another dictionary?")
 
     @torch.no_grad()
     def load_vectors(self, table: Tensor, second_table: Tensor | None = None) -> None:

@@ -99,12 +99,13 @@ class CountingModule(nn.Module):
     model gets one in every step (what DDP without ``find_unused_parameters`` needs).
     """
 
+    NUM_FUNCTIONS = 16
     USED_FUNCTIONS = 8
 
-    def __init__(self, num_objects: int = 10, num_functions: int = 16, num_segments: int = 16) -> None:
+    def __init__(self, num_objects: int = 10) -> None:
         super().__init__()
         self.num_objects = num_objects
-        self.functions = nn.ModuleList(PiecewiseLinear(num_segments) for _ in range(num_functions))
+        self.functions = nn.ModuleList(PiecewiseLinear(16) for _ in range(self.NUM_FUNCTIONS))
         self.functions[self.USED_FUNCTIONS:].requires_grad_(False)
 
     def forward(self, boxes: Tensor, scores: Tensor) -> Tensor:

@@ -21,7 +21,8 @@ def expect_shape(name: str, tensor: Tensor, shape: Sequence[int | None], kind: s
                                               for have, want in zip(tensor.shape, shape, strict=True))
     if not (fits and KINDS[kind](tensor)):
         wanted = ", ".join("·" if size is None else str(size) for size in shape)
-        raise ValueError(f"{name}: expected shape [{wanted}] (· any size) with {kind} values, "
+        legend = " (· any size)" if None in shape else ""
+        raise ValueError(f"{name}: expected shape [{wanted}]{legend} with {kind} values, "
                          f"got shape {list(tensor.shape)} of {tensor.dtype}")
 
 
