@@ -56,9 +56,9 @@ def kernel():
     return built
 
 
-def make_dataset(root: Path, seed: int, min_answer_count: int = 9) -> Path:
-    """A prepared VQA dataset of 56 synthetic images with 16-d features under ``root / "prepared"``."""
-    generate(root / "raw", seed=seed, num_images=56, feature_dim=16, flickr_images=0, write_images=False,
+def make_dataset(root: Path, seed: int, min_answer_count: int = 9, feature_dim: int = 16) -> Path:
+    """A prepared VQA dataset of 56 synthetic images with ``feature_dim``-d features under ``root / "prepared"``."""
+    generate(root / "raw", seed=seed, num_images=56, feature_dim=feature_dim, flickr_images=0, write_images=False,
              workers=1, progress=False)
     prepare_vqa2(root / "raw" / "vqa", sorted((root / "raw" / "features").glob("*.tsv")), root / "prepared",
                  min_answer_count=min_answer_count, progress=False)

@@ -68,6 +68,8 @@ def test_train_evaluate_predict(data_dir, tmp_path, capsys):
     assert {"perAnswerType", "trainingScore", "upperBound"} <= set(metrics)
     assert main(["evaluate", str(run_dir), "--split", "test-dev"]) == 2  # no annotations: said before predicting
     assert "'test-dev' has no annotations" in capsys.readouterr().err
+    assert main(["evaluate", str(run_dir), "--split", "tset"]) == 2
+    assert "manifest.json: field 'splits': no split 'tset' (it has: train, val, test-dev)" in capsys.readouterr().err
 
     results, logits = tmp_path / "results.json", tmp_path / "logits.npy"
     assert main(["predict", str(run_dir), "--split", "test-dev", "--out", str(results), "--logits", str(logits)]) == 0
@@ -80,6 +82,23 @@ def test_train_evaluate_predict(data_dir, tmp_path, capsys):
     assert table.shape == (len(answers), len(labels))
     assert [labels[i] for i in table.argmax(axis=1)] == [r["answer"] for r in answers]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logits.npy", "results.json", "run"]  # no temp files
+    assert "note:" not in capsys.readouterr().err  # the dataset has no test split to point to
+
+    # with a test split (test2015 ⊇ test-dev), test-dev's answers alone come with the pointer to what EvalAI takes
+    with_test = tmp_path / "with-test"
+    shutil.copytree(data_dir, with_test, ignore=shutil.ignore_patterns("features"))
+    (with_test / "features.json").write_text(json.dumps({"sources": [str(data_dir / "features")]}))
+    for suffix in (".npz", "_questions.json"):
+        shutil.copy(with_test / f"test-dev{suffix}", with_test / f"test{suffix}")
+    manifest = json.loads((with_test / "manifest.json").read_text())
+    manifest["splits"]["test"] = manifest["splits"]["test-dev"]
+    (with_test / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["predict", str(run_dir), "--data", str(with_test), "--out", str(tmp_path / "td.json")]) == 0
+    assert "EvalAI's VQA 2.0 phases, test-dev included, take answers to every test2015 question: `--split test`" in (
+        capsys.readouterr().err)
+    assert main(["predict", str(run_dir), "--data", str(with_test), "--split", "test",
+                 "--out", str(tmp_path / "t.json")]) == 0
+    assert "note:" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -115,6 +134,37 @@ def test_a_run_without_validation_says_why_it_has_no_best_checkpoint(data_dir, t
     assert main(["evaluate", str(run_dir), "--checkpoint", "best"]) != 0
     assert "no best checkpoint: it trained without validation" in capsys.readouterr().err
     assert main(["evaluate", str(run_dir), "--checkpoint", "last", "--split", "val"]) == 0
+
+
+def test_checkpoint_best_takes_the_best_epoch_not_the_last(data_dir, tmp_path, capsys):
+    """A 2-epoch run whose best validation epoch is the first: epoch 1's best.safetensors (written by training,
+    kept aside) put back after epoch 2. `--checkpoint best` then gives epoch 1's weights and score, and `last`
+    epoch 2's."""
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(data_dir), "--out", str(run_dir), "--epochs", "1", *SMALL]) == 0
+    assert Checkpoint(run_dir / "best.safetensors").state["epoch"] == 1
+    shutil.copy(run_dir / "best.safetensors", tmp_path / "epoch1.safetensors")
+    assert main(["train", "--out", str(run_dir), "--resume", "--epochs", "2"]) == 0
+    shutil.copy(tmp_path / "epoch1.safetensors", run_dir / "best.safetensors")
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+
+    epoch1, last = Checkpoint(tmp_path / "epoch1.safetensors").model, Checkpoint(run_dir / CHECKPOINT_FILE).model
+    assert any(not torch.equal(tensor, last[name]) for name, tensor in epoch1.items())  # epoch 2 trained on
+    for checkpoint, expected in (("best", epoch1), ("last", last)):
+        loaded = load_run(run_dir, checkpoint=checkpoint).model.state_dict()
+        assert loaded.keys() == expected.keys()
+        for name, tensor in expected.items():
+            assert torch.equal(loaded[name], tensor), (checkpoint, name)
+    capsys.readouterr()
+    scores = {}
+    for checkpoint in ("best", "last"):
+        assert main(["evaluate", str(run_dir), "--json", "--checkpoint", checkpoint]) == 0
+        scores[checkpoint] = json.loads(capsys.readouterr().out)
+    for checkpoint, line in (("best", lines[0]), ("last", lines[1])):  # each as the run validated it
+        assert {k: scores[checkpoint][k] for k in ("overall", "perAnswerType", "trainingScore")} == \
+               {k: line["val"][k] for k in ("overall", "perAnswerType", "trainingScore")}, checkpoint
+    assert scores["best"] != scores["last"]
 
 
 def test_a_folder_of_other_files_is_not_made_a_run_dir(data_dir, tmp_path, capsys):

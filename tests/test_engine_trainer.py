@@ -230,6 +230,19 @@ def test_data_with_another_vocabulary_is_refused(data_dir, tmp_path):
         start_run(run_dir, moved, resume=True)
 
 
+def test_data_with_other_features_is_refused_by_name(data_dir, tmp_path):
+    """The same questions (dictionary and answers) with 8-d features: the 16-d run's model cannot read them."""
+    run = small_run(data_dir, epochs=1)
+    run_dir = tmp_path / "run"
+    start_run(run_dir, run, resume=False)
+    train(run_dir, run, VQATask(data_dir))
+    other = make_dataset(tmp_path / "other", seed=1, feature_dim=8)
+    assert fingerprint(other)["dictionary.json"] == run.fingerprint["dictionary.json"]
+    with pytest.raises(DataError, match=r"manifest.json: field 'feature_dim': its features are 8-d; the run's model "
+                                        r"reads 16-d ones"):
+        load_run(run_dir, other)
+
+
 def test_resuming_on_other_data_with_the_same_vocabulary_is_refused(data_dir, tmp_path):
     """A train-only dataset from the same raw files has the same dictionary and answers, not the same data: a run
     may be evaluated on it, not resumed on it. The same dataset copied elsewhere resumes."""
@@ -308,3 +321,44 @@ def test_the_epoch_line_prints_counts_as_integers():
     record = {"epoch": 3, "train_loss": 0.5, "train_score": 80.0, "lr": 1e-3, "samples_per_s": 1500.0,
               "val": {"recall@1": 77.891, "count": 859, "perType": {"people": {"count": 3}}}}
     assert summarise(record).endswith("val recall@1 77.89  count 859")
+
+
+def test_best_weights_are_written_only_when_the_score_beats_every_earlier_epoch(data_dir, tmp_path):
+    """keep_if_best on a real trainer with made-up histories: best.safetensors is (re)written for a score above
+    every earlier one; a lower or equal score, or one above some earlier epochs only, leaves it as it is."""
+    from ban.engine.distributed import DistContext
+    from ban.engine.run import BEST_FILE
+    from ban.engine.trainer import Trainer
+
+    run = small_run(data_dir, epochs=1)
+    start_run(tmp_path, run, resume=False)
+    trainer = Trainer(tmp_path, run, VQATask(data_dir), DistContext(0, 1, torch.device("cpu")), resume=False)
+    best = tmp_path / BEST_FILE
+
+    def epoch_with(epoch: int, overall: float, earlier: list[float | None]) -> int | None:
+        """Offer epoch ``epoch`` scoring ``overall`` after epochs scoring ``earlier`` (None: not validated); → the
+        epoch best.safetensors holds after that (None: no file)."""
+        trainer.history = [{"epoch": i + 1, "train_loss": 1.0} if score is None else
+                           {"epoch": i + 1, "train_loss": 1.0, "val": {"overall": score}}
+                           for i, score in enumerate(earlier)]
+        with torch.no_grad():  # other weights each time, to see which were written
+            next(trainer.model.parameters()).fill_(float(epoch))
+        trainer.keep_if_best({"epoch": epoch, "val": {"overall": overall}})
+        if not best.exists():
+            return None
+        stored = Checkpoint(best)
+        first = next(iter(trainer.model.state_dict()))
+        assert float(stored.model[first].flatten()[0]) == stored.state["epoch"]  # the weights of that epoch
+        return stored.state["epoch"]
+
+    assert not best.exists()
+    assert epoch_with(1, 40.0, []) == 1  # the first validated epoch is the best so far
+    assert epoch_with(2, 30.0, [40.0]) == 1  # lower: kept
+    assert epoch_with(3, 40.0, [40.0, 30.0]) == 1  # equal to the best: kept (the earlier epoch stays)
+    assert epoch_with(4, 35.0, [40.0, 30.0, 40.0]) == 1  # above some earlier epochs, not all: kept
+    assert epoch_with(5, 40.5, [40.0, 30.0, 40.0, 35.0]) == 5  # higher than every one: written
+    assert Checkpoint(best).state["val"] == {"overall": 40.5}
+    assert epoch_with(6, 50.0, [None, 30.0, None]) == 6  # epochs without validation do not count
+    trainer.keep_if_best({"epoch": 7, "train_loss": 0.1})  # no validation this epoch: nothing written
+    assert Checkpoint(best).state["epoch"] == 6
+    trainer.release_wrapper()

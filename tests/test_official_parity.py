@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -135,6 +136,28 @@ def test_half_a_counting_module_is_named_missing(official_fixtures, part):
     with pytest.raises(CheckpointError, match="missing tensor") as caught:
         ban.load_official_checkpoint(state)
     assert caught.value.field.startswith(part)  # not "unexpected" for the part that is there
+
+
+@pytest.mark.parametrize(("dropped", "field", "message"), [
+    (("module.classifier.",), "classifier.main.3.weight_v", "missing tensor"),  # still a VQA model: b_net, q_prj…
+    (("module.classifier.main.3.weight_v",), "classifier.main.3.weight_v", "missing tensor"),
+    (("module.w_emb.emb_.weight",), "w_emb.emb_.weight", "the GRU reads two word tables (option c)"),
+])
+def test_a_missing_part_is_named_not_taken_for_another_model(official_fixtures, dropped, field, message):
+    state = {key: value for key, value in _reference_state(official_fixtures).items() if not key.startswith(dropped)}
+    with pytest.raises(CheckpointError, match=re.escape(message)) as caught:
+        ban.load_official_checkpoint(state)
+    assert caught.value.field == field
+
+
+def test_shapes_that_make_no_model_are_named_with_the_file(official_fixtures, tmp_path):
+    state = dict(_reference_state(official_fixtures))
+    state["module.w_emb.emb.weight"] = state["module.w_emb.emb.weight"][:1]  # padding only: no token
+    state["module.w_emb.emb_.weight"] = state["module.w_emb.emb_.weight"][:1]
+    torch.save({"epoch": 0, "model_state": state}, tmp_path / "model.pth")
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'model.pth'}: the tensor shapes give no model: "
+                                                        "num_tokens must be a positive integer, got 0")):
+        ban.load_official_checkpoint(tmp_path / "model.pth")
 
 
 def test_a_ban_run_checkpoint_or_a_dict_without_model_state_is_explained(official_fixtures):

@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("prepare", "raw dataset files (VQA 2.0, Flickr30k Entities) → a prepared dataset directory"),
     "synth": ("synth", "write synthetic scenes in the official VQA 2.0 / bottom-up TSV / Flickr30k Entities formats"),
     "visualize": ("visualize", "attention pictures of a trained run: heatmaps, attended boxes, grounded phrases"),
+    "import": ("import_official", "an authors' checkpoint (jnhwkim/ban-vqa) as a run directory, for evaluate, "
+               "predict and visualize"),
     "ablate": ("ablate", "unitary attention vs BAN-1/4/8 with and without counting on the synthetic scenes"),
 }
 

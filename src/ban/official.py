@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ from ban.data.atomic import write_with
 from ban.data.dictionary import Dictionary
 from ban.data.pickle_map import read_plain_pickle
 from ban.engine.checkpoint import WEIGHT_DTYPES
-from ban.errors import CheckpointError, DataError
+from ban.errors import CheckpointError, ConfigError, DataError
 from ban.models import BANConfig, build_model
 
 # (reference key template, our key template): {i} is a glimpse or function index, {p} a parameter name.
@@ -49,6 +49,9 @@ def _template_regex(template: str) -> re.Pattern[str]:
     pattern = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>\w+)")
     return re.compile(pattern)
 
+
+# Parts only the reference's VQA model has (its grounding model is the word tables, the GRU and v_att).
+_VQA_ONLY_PARTS = ("classifier.", "b_net.", "q_prj.", "c_prj.", "counter.")
 
 _REFERENCE_TO_OURS = [(_template_regex(theirs), ours) for theirs, ours in _KEY_TEMPLATES]
 _OURS_TO_REFERENCE = [(_template_regex(ours), theirs) for theirs, ours in _KEY_TEMPLATES]
@@ -121,24 +124,30 @@ def infer_config(tensors: Mapping[str, Tensor], label: str = "state dict") -> BA
     if rank % hidden:
         raise CheckpointError(f"attention rank {rank} is not a multiple of the hidden size {hidden}",
                               path=label, field="v_att.logits.h_mat_v")
-    is_vqa = "classifier.main.3.weight_v" in tensors
+    is_vqa = any(key.startswith(_VQA_ONLY_PARTS) for key in tensors)  # a missing part is then named below
+    if "w_emb.emb_.weight" not in tensors and _shape(tensors, "q_emb.rnn.weight_ih_l0", label, 2)[1] == 2 * word_dim:
+        raise CheckpointError("missing tensor: the GRU reads two word tables (option c)", path=label,
+                              field="w_emb.emb_.weight")
     use_counting = any(key.startswith(("counter.", "c_prj.")) for key in tensors)  # one part alone: the rest is missing
     num_count_objects = 10
     if use_counting:
         num_count_objects = _shape(tensors, "c_prj.0.main.0.weight_v", label, 2)[1] - 1
-    return BANConfig(
-        task="vqa" if is_vqa else "grounding",
-        num_tokens=num_rows - 1,
-        num_answers=_shape(tensors, "classifier.main.3.weight_v", label, 2)[0] if is_vqa else 1,
-        feature_dim=feature_dim,
-        word_dim=word_dim,
-        two_word_tables="w_emb.emb_.weight" in tensors,
-        hidden_dim=hidden,
-        num_glimpses=glimpses,
-        rank_factor=rank // hidden,
-        use_counting=use_counting,
-        num_count_objects=num_count_objects,
-    )
+    try:
+        return BANConfig(
+            task="vqa" if is_vqa else "grounding",
+            num_tokens=num_rows - 1,
+            num_answers=_shape(tensors, "classifier.main.3.weight_v", label, 2)[0] if is_vqa else 1,
+            feature_dim=feature_dim,
+            word_dim=word_dim,
+            two_word_tables="w_emb.emb_.weight" in tensors,
+            hidden_dim=hidden,
+            num_glimpses=glimpses,
+            rank_factor=rank // hidden,
+            use_counting=use_counting,
+            num_count_objects=num_count_objects,
+        )
+    except ConfigError as error:  # sizes no model has, e.g. an empty vocabulary
+        raise CheckpointError(f"the tensor shapes give no model: {error}", path=label) from None
 
 
 def load_official_checkpoint(source: str | os.PathLike[str] | Mapping[str, object]) -> nn.Module:
@@ -224,3 +233,34 @@ def read_reference_dictionary(path: str | os.PathLike[str]) -> Dictionary:
     if word2idx != {word: index for index, word in enumerate(idx2word)}:
         raise DataError("word2idx and idx2word disagree", path=path, field="word2idx")
     return Dictionary(idx2word)
+
+
+def read_dictionary(path: str | os.PathLike[str]) -> Dictionary:
+    """A dictionary file by its suffix: the reference's ``dictionary.pkl`` (:func:`read_reference_dictionary`)
+    or ban's ``dictionary.json``."""
+    return read_reference_dictionary(path) if Path(path).suffix == ".pkl" else Dictionary.load(path)
+
+
+def reorder_answers(model: nn.Module, rows: Sequence[str], answers: Sequence[str], rows_file: str | os.PathLike[str],
+                    answers_file: str | os.PathLike[str]) -> None:
+    """Put the classifier rows of a VQA ``model``, which answer ``rows`` in order (the reference's
+    ``trainval_label2ans.pkl``, read from ``rows_file``), into the order of ``answers`` (a prepared dataset's
+    ``answers.json``, ``answers_file``): the same answers, each once, in both. Weight normalisation's one gain
+    per matrix is unchanged by a permutation of its rows, so the model computes the same logits, reordered."""
+    output = model.classifier.output
+    if len(rows) != output.out_features:
+        raise DataError(f"lists {len(rows)} answers; the checkpoint's classifier has {output.out_features} rows",
+                        path=rows_file)
+    position = {answer: index for index, answer in enumerate(rows)}
+    if len(position) != len(rows):
+        repeated = next(answer for answer in rows if rows.count(answer) > 1)
+        raise DataError(f"answer {repeated!r} is listed twice", path=rows_file)
+    unknown, unused = [a for a in answers if a not in position], sorted(set(rows) - set(answers))
+    if unknown or unused:
+        raise DataError(f"other answers than the checkpoint's: {len(unknown)} here not in {Path(rows_file).name} "
+                        f"(e.g. {unknown[:3]}), {len(unused)} there not here (e.g. {unused[:3]}); prepare the dataset "
+                        "with the reference's candidates (--min-answer-count 9, train+val)", path=answers_file)
+    order = torch.tensor([position[answer] for answer in answers])
+    with torch.no_grad():
+        output.weight_v.copy_(output.weight_v[order])
+        output.bias.copy_(output.bias[order])

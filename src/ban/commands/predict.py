@@ -1,4 +1,4 @@
-"""`ban predict RUN_DIR --split test-dev --out results.json`: answers in the evaluation server's format.
+"""`ban predict RUN_DIR --split test --out results.json`: answers in the evaluation server's format.
 
 Writes a JSON list of ``{"question_id": int, "answer": str}`` (atomically), and with ``--logits FILE.npy`` the
 raw answer logits ``[Q, A]`` float32, rows in the same order as the results.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -27,7 +28,9 @@ from ban.errors import ConfigError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a VQA run directory written by `ban train`")
-    parser.add_argument("--split", default="test-dev", help="split of the prepared dataset (default: test-dev)")
+    parser.add_argument("--split", default="test-dev",
+                        help="split of the prepared dataset (default: test-dev); EvalAI's VQA 2.0 phases, test-dev "
+                             "included, take answers to every test2015 question: --split test")
     parser.add_argument("--out", type=Path, required=True, help="results file to write (JSON)")
     parser.add_argument("--logits", type=Path, help="also write the answer logits [Q, A] as a .npy file")
     add_run_arguments(parser)
@@ -63,4 +66,7 @@ def run(args: argparse.Namespace) -> int:
             del table
     write_with(args.out, lambda temp: temp.write_text(json.dumps(results), encoding="utf-8"))
     print(f"wrote {len(results)} answers to {args.out}" + (f" and logits to {args.logits}" if args.logits else ""))
+    if args.split == "test-dev" and "test" in task.splits():
+        print("note: these answer test-dev's questions only; EvalAI's VQA 2.0 phases, test-dev included, take "
+              "answers to every test2015 question: `--split test` writes them", file=sys.stderr)
     return 0

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from ban.commands.arguments import add_feature_arguments
-from ban.data.dictionary import Dictionary
 from ban.data.flickr30k_prepare import SPLITS, prepare_flickr30k
-from ban.official import read_reference_dictionary
+from ban.official import read_dictionary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,10 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    dictionary = None
-    if args.dictionary is not None:
-        read = read_reference_dictionary if Path(args.dictionary).suffix == ".pkl" else Dictionary.load
-        dictionary = read(args.dictionary)
+    dictionary = None if args.dictionary is None else read_dictionary(args.dictionary)
     manifest = prepare_flickr30k(args.root, args.features, args.out, splits=args.splits, dictionary=dictionary,
                                  glove=args.glove, feature_dtype=args.feature_dtype, progress=not args.json)
     if args.json:

@@ -190,6 +190,9 @@ HISTORY_NUMBERS = ("epoch", "lr", "train_loss", "train_score", "samples", "secon
 def read_position(checkpoint: Checkpoint) -> dict[str, Any]:
     """The training position a checkpoint holds (``epoch``, ``step``, ``history``, ``partial``), checked."""
     state = checkpoint.state
+    if "imported" in state:
+        raise CheckpointError(f"weights imported from {state['imported']} (`ban import`): no training position or "
+                              "optimizer state to resume; train a new run", path=checkpoint.path, field="state")
     history, partial = state.get("history"), state.get("partial")
     valid = (all(is_int(state.get(k)) and state[k] >= 0 for k in ("epoch", "step"))
              and isinstance(history, list) and len(history) == state["epoch"]

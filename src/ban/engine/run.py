@@ -19,7 +19,7 @@ from torch import nn
 
 from ban.data.atomic import make_directory, write_json
 from ban.data.jsonfile import read_json
-from ban.data.prepared import MANIFEST
+from ban.data.prepared import MANIFEST, manifest_size, read_manifest
 from ban.engine.checkpoint import Checkpoint, read_position
 from ban.engine.config import TrainConfig
 from ban.errors import CheckpointError, ConfigError, DataError
@@ -161,8 +161,8 @@ def abandon_new_run(run_dir: str | Path) -> None:
 
 
 def check_data(run: RunConfig, data_dir: str | Path) -> None:
-    """Refuse a prepared dataset that is not there, or whose vocabulary files are missing or differ from the ones
-    the run was trained with."""
+    """Refuse a prepared dataset that is not there, whose vocabulary files are missing or differ from the ones the
+    run was trained with, or whose features have another width than the run's model reads."""
     if not Path(data_dir).is_dir():
         raise DataError("the run's prepared dataset is not there (moved or deleted?): give its place with --data "
                         "(in Python, load_run's data_dir)", path=data_dir)
@@ -177,6 +177,11 @@ def check_data(run: RunConfig, data_dir: str | Path) -> None:
             raise DataError(f"differs from the {name} the run was trained with (other vocabulary or answer "
                             "list); prepare the data with the same dictionary or train a new run",
                             path=Path(data_dir) / name)
+    manifest = read_manifest(data_dir) if (Path(data_dir) / MANIFEST).is_file() else {}  # (missing: said when read)
+    if "feature_dim" in manifest and manifest_size(data_dir, manifest, "feature_dim") != run.model.feature_dim:
+        raise DataError(f"its features are {manifest['feature_dim']}-d; the run's model reads "
+                        f"{run.model.feature_dim}-d ones (not the features the run was trained on)",
+                        path=Path(data_dir) / MANIFEST, field="feature_dim")
 
 
 @dataclass
@@ -205,7 +210,9 @@ def load_run(run_dir: str | Path, data_dir: str | Path | None = None, checkpoint
         raise DataError(str(error), path=Path(run_dir) / CONFIG_FILE) from None
     path = Path(run_dir) / CHECKPOINTS[checkpoint]
     if checkpoint == "best" and not path.exists() and (Path(run_dir) / CHECKPOINT_FILE).exists():
-        why = ("it trained without validation (its val_split is empty)" if not run.train.val_split
+        imported = Checkpoint(Path(run_dir) / CHECKPOINT_FILE).state.get("imported")
+        why = (f"its weights were imported from {imported} (`ban import`)" if imported
+               else "it trained without validation (its val_split is empty)" if not run.train.val_split
                else "no epoch has finished its validation yet")
         raise CheckpointError(f"no best checkpoint: {why}; take the last epoch's weights (--checkpoint last)",
                               path=path)

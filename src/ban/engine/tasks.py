@@ -238,9 +238,10 @@ class VQATask(Task):
 
     def annotations(self, split: str) -> list[dict[str, Any]]:
         """The official annotation records of ``split`` (read once)."""
-        from ban.metrics.vqa import load_annotations
+        from ban.data.vqa_json import load_annotations
 
         if split not in self._annotations:
+            check_split(self.data_dir, self.manifest, split)
             path = self.data_dir / f"{split}_annotations.json"
             if split in self.splits_with_targets() and split not in self.scored_splits():
                 raise DataError(f"split {split!r} has training targets but no official annotations to score against "
