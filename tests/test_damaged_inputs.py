@@ -18,8 +18,8 @@ from ban.data.flickr30k_prepare import read_split
 from ban.data.npyfile import read_npy
 from ban.data.pickle_map import read_int_dict
 from ban.data.prepare_output import checked_output
+from ban.data.vqa_json import load_questions
 from ban.errors import CheckpointError, DataError
-from ban.metrics.vqa import load_questions
 from ban.viz.boxes import open_or_blank
 
 

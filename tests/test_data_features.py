@@ -5,8 +5,12 @@ from __future__ import annotations
 import base64
 import csv
 import gzip
+import json
+import os
 import pickle
 import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -14,7 +18,14 @@ import h5py
 import numpy as np
 import pytest
 
-from ban.data.features import FeatureRecord, FeatureStore, UnionFeatureStore, write_feature_store
+from ban.data.atomic import atomic_path
+from ban.data.features import (
+    FeatureRecord,
+    FeatureStore,
+    UnionFeatureStore,
+    write_feature_store,
+    write_sources_file,
+)
 from ban.data.features_tsv import iter_tsv_files, iter_tsv_image_ids, iter_tsv_records
 from ban.data.pickle_map import read_int_dict
 from ban.errors import DataError
@@ -131,6 +142,11 @@ def _good_fields(image: dict) -> list[str]:
 
 def _base64(values) -> str:
     return base64.b64encode(np.asarray(values, np.float32).tobytes()).decode()
+
+
+def _float64_base64(field: str) -> str:
+    """A base64 float32 field rewritten as float64 (as a converter that forgot the dtype writes it)."""
+    return base64.b64encode(np.frombuffer(base64.b64decode(field), np.float32).astype(np.float64).tobytes()).decode()
 
 
 def _boxes_with(index: int, box: list[float]) -> np.ndarray:
@@ -255,6 +271,10 @@ def test_an_image_id_longer_than_any_probe_is_read_whole(tmp_path, images) -> No
          "value 158 is 3e\\+38: larger than 65504"),
         (lambda f: f.__setitem__(4, _base64(_boxes_with(3, [50, 50, 10, 60]))), "boxes", "box 3 .* x2 < x1"),
         (lambda f: f.__setitem__(4, _base64(_boxes_with(0, [1, 50, 30, 40]))), "boxes", "box 0 .* y2 < y1"),
+        (lambda f: f.__setitem__(4, _float64_base64(f[4])), "boxes",  # float64 values: the count, not "3.7e+19"
+         r"holds 80 floats, expected num_boxes × 4 = 40 \(twice as many: float64 values\? the format is float32"),
+        (lambda f: f.__setitem__(5, _float64_base64(f[5])), "features",
+         r"feature width 32 .* expected 16 \(twice as many: float64 values\?"),
     ],
 )
 def test_bad_tsv_rows_name_file_line_and_field(tmp_path, images, mutate, field, message) -> None:
@@ -309,6 +329,36 @@ def test_interrupted_write_keeps_the_previous_store(tmp_path, images) -> None:
     assert FeatureStore.open(tmp_path / "store").image_ids.tolist() == [42]
     write_feature_store((FeatureRecord(**image) for image in images), tmp_path / "store")  # replaced
     assert FeatureStore.open(tmp_path / "store").image_ids.tolist() == [42, 7, 123456, 9]
+
+
+def test_an_interrupt_between_the_two_renames_puts_the_previous_store_back(tmp_path, images, monkeypatch) -> None:
+    """The swap moves the previous store aside, then the new one in: a Ctrl-C in between (fault injected into
+    the second rename) moves the previous one back; one left aside by a killed process is moved back by the next
+    run, not deleted."""
+    write_feature_store((FeatureRecord(**image) for image in images[:1]), tmp_path / "store")
+    replace, calls = os.replace, []
+
+    def interrupted_replace(source, target):
+        calls.append(target)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", interrupted_replace)
+    with pytest.raises(KeyboardInterrupt):
+        write_feature_store((FeatureRecord(**image) for image in images), tmp_path / "store")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+    assert FeatureStore.open(tmp_path / "store").image_ids.tolist() == [42]
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    aside = tmp_path / f".store.old-{int(finished.stdout)}"  # as a process killed between the renames leaves it
+    os.replace(tmp_path / "store", aside)
+    with pytest.raises(DataError), atomic_path(tmp_path / "store"):
+        raise DataError("refused")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+    assert FeatureStore.open(tmp_path / "store").image_ids.tolist() == [42]
 
 
 def test_store_without_store_json_is_incomplete(tmp_path, images) -> None:
@@ -423,6 +473,26 @@ def test_union_of_sources_via_features_json(tmp_path, images) -> None:
     write_feature_store([FeatureRecord(**random_image(np.random.default_rng(0), 99, 2, 5))], tmp_path / "c")
     with pytest.raises(DataError, match=r"different feature widths: \S*a \(\d+-d\), \S*c \(5-d\)"):
         UnionFeatureStore([FeatureStore.open(tmp_path / "a"), FeatureStore.open(tmp_path / "c")])
+
+
+def test_sources_read_in_place_are_stamped_and_checked(tmp_path, images) -> None:
+    """A features.json records the identity of each source outside its folder: an HDF5 cache (size, modification
+    time of it and its image-id map) replaced since is refused; a listing written before the stamps still opens."""
+    _write_authors_hdf5(tmp_path / "val.hdf5", images[1:], adaptive=True)
+    (tmp_path / "val_imgid2idx.pkl").write_bytes(pickle.dumps({image["image_id"]: i for i, image in
+                                                               enumerate(images[1:])}))
+    write_feature_store((FeatureRecord(**image) for image in images[:1]), tmp_path / "data" / "inside")
+    listing = tmp_path / "data" / "features.json"
+    write_sources_file(listing, [tmp_path / "data" / "inside", tmp_path / "val.hdf5"])
+    written = json.loads(listing.read_text())
+    assert written["sources"] == ["inside", str(tmp_path / "val.hdf5")] and written["identities"][0] is None
+    assert FeatureStore.open(listing).image_ids.tolist() == [42, 7, 123456, 9]
+    (tmp_path / "val_imgid2idx.pkl").write_bytes(pickle.dumps({7: 0}))
+    with pytest.raises(DataError, match=r"features\.json.*source \S*val\.hdf5 changed since this dataset was "
+                                        r"prepared \(\S*val_imgid2idx\.pkl differs\): prepare it again"):
+        FeatureStore.open(listing)
+    listing.write_text(json.dumps({"sources": written["sources"]}))  # as written before the stamps
+    assert FeatureStore.open(listing).image_ids.tolist() == [42, 7]
 
 
 def _two_images_hdf5(path) -> list[dict]:

@@ -16,6 +16,7 @@ from test_data_features import expected_spatial, random_image, write_official_ts
 
 from ban.cli import main
 from ban.data.collate import collate_vqa
+from ban.data.glove import read_glove
 from ban.data.vqa2 import VQADataset, prepare_vqa2
 from ban.engine.config import TrainConfig
 from ban.engine.tasks import VQATask, check_splits
@@ -276,6 +277,20 @@ def test_a_question_in_two_splits_is_refused(raw) -> None:
     assert error.value.record == "question_id=10" and error.value.path.endswith("val2014_questions.json")
 
 
+@pytest.mark.parametrize(("test_dev", "field", "message"), [
+    ([question(32, 5, "What is the man holding?")], "question_id", "not in v2_OpenEnded_mscoco_test2015_questions"),
+    ([question(30, 6, "What is the man holding?")], "image_id", "image 6, but .*test2015_questions.json asks this "
+                                                                "question about image 5"),
+])
+def test_test_dev_questions_must_be_test_questions(raw, test_dev, field, message) -> None:
+    """test-dev is a subset of test (the server scores it among test's questions)."""
+    write_questions(raw["root"] / "v2_OpenEnded_mscoco_test-dev2015_questions.json", "test-dev2015", test_dev)
+    with pytest.raises(DataError, match=message) as error:
+        prepare_vqa2(raw["root"], raw["features"], raw["out"], min_answer_count=1, progress=False)
+    assert error.value.path.endswith("test-dev2015_questions.json") and error.value.field == field
+    assert error.value.record == f"0 (question_id={test_dev[0]['question_id']})"
+
+
 def test_question_without_annotation(raw) -> None:
     write_annotations(raw["root"] / "v2_mscoco_val2014_annotations.json", "val2014", VAL_ANNOTATIONS[:1])
     with pytest.raises(DataError, match="no annotation") as error:
@@ -409,6 +424,14 @@ def test_glove_file_with_a_bad_line(raw, tmp_path) -> None:
     with pytest.raises(DataError, match="2 values, expected 3") as error:
         prepare_vqa2(raw["root"], raw["features"], raw["out"], glove=glove, min_answer_count=1, progress=False)
     assert error.value.record == "line 2"
+
+
+def test_glove_words_holding_spaces_are_read(tmp_path) -> None:
+    """glove.840B.300d has tokens such as '. . .': the vector is the last D fields, the word all before them."""
+    glove = tmp_path / "glove.840B.3d.txt"
+    glove.write_text("the 1 2 3\n. . . 4 5 6\ncat 7 8 9\n")
+    vectors, found = read_glove(glove, [". . .", "cat", "dog"], progress=False)
+    assert found == 2 and vectors.tolist() == [[4, 5, 6], [7, 8, 9], [0, 0, 0]]
 
 
 @pytest.mark.parametrize("value", ["nan", "-inf", "1e999", "NaN"])

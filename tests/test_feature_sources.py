@@ -39,13 +39,15 @@ def test_an_image_held_twice_is_named_with_its_sources(tmp_path):
     _write_authors_hdf5(tmp_path / "val.hdf5", [images[2]], adaptive=True)
     (tmp_path / "val_imgid2idx.pkl").write_bytes(b"(dp0\nI2\nI0\ns.")
     a, repeated, hdf5 = (str(tmp_path / name) for name in ("a.tsv", "repeated.tsv", "val.hdf5"))
-    for sources, message in [
-        ([repeated], f"image 3 appears twice in {repeated}"),
-        ([a, hdf5], f"image 2 appears in more than one source: {a}, {hdf5}"),
-        ([a, repeated], f"image 1 appears in more than one source: {a}, {repeated}"),  # though no question uses it
+    for sources, message, record in [
+        ([repeated], f"image 3 appears twice in {repeated} \\(lines 1 and 3\\)", "line 3"),
+        ([a, hdf5], f"image 2 appears in more than one source: {a}, {hdf5} \\({a} line 2\\)", None),
+        ([a, repeated], f"image 1 appears in more than one source: {a}, {repeated} \\({a} line 1, {repeated} "
+                        "line 2\\)", "line 2"),  # though no question uses it
     ]:
-        with pytest.raises(DataError, match=message):
+        with pytest.raises(DataError, match=message) as error:
             images_of_sources(sources, {2}, progress=False)  # VQA: every record is converted
+        assert error.value.record == record
     # where only the wanted images are converted (Flickr30k's TSV files), only they must be held once
     assert images_of_sources([a, repeated], {2}, held_once={2}, progress=False) == {1: a, 2: a, 3: repeated}
     (tmp_path / "sub").mkdir()

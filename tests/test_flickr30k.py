@@ -25,7 +25,7 @@ from ban.data.dictionary import Dictionary
 from ban.data.features import FeatureStore, write_feature_store
 from ban.data.features_tsv import iter_tsv_files
 from ban.data.flickr30k import GroundingDataset
-from ban.data.flickr30k_parse import parse_caption
+from ban.data.flickr30k_parse import parse_caption, type_bits
 from ban.data.flickr30k_prepare import ParseStats, ground_caption, positive_boxes, prepare_flickr30k
 from ban.data.tokenizer import tokenize
 from ban.engine.config import TrainConfig
@@ -33,7 +33,6 @@ from ban.engine.run import RunConfig
 from ban.engine.tasks import make_task
 from ban.engine.trainer import initial_model
 from ban.errors import DataError
-from ban.metrics.grounding import type_bits
 from ban.models import preset
 
 FEATURE_DIM = 3
@@ -279,6 +278,31 @@ def test_command_with_a_store_directory_as_source(prepared: tuple[Path, dict], t
                        GroundingDataset(data_dir, "train")[0]["features"])
 
 
+def test_a_store_used_in_place_and_prepared_again_since_is_refused(tmp_path: Path) -> None:
+    """dB reads dA/features in place; preparing dA again from a file with the boxes in another order makes dB's
+    targets (matched against the old boxes) wrong: opening dB says so instead of using the new boxes."""
+    features = write_raw(tmp_path / "raw")
+    first, second = tmp_path / "dA", tmp_path / "dB"
+    prepare_flickr30k(tmp_path / "raw", features, first, progress=False)
+    prepare_flickr30k(tmp_path / "raw", [first / "features"], second, progress=False)
+    assert len(GroundingDataset(second, "train")) > 0
+    moved = tmp_path / "moved"  # a copy of a dataset keeps working: only sources outside it are stamped
+    shutil.copytree(first, moved)
+    reversed_rows = tmp_path / "reversed.tsv"
+    lines = []
+    for line in features[0].read_text().splitlines():
+            fields = line.split("\t")
+            boxes = np.frombuffer(base64.b64decode(fields[4]), np.float32).reshape(-1, 4)[::-1]
+            features_ = np.frombuffer(base64.b64decode(fields[5]), np.float32).reshape(len(boxes), -1)[::-1]
+            lines.append(tsv_line(int(fields[0]), int(fields[1]), int(fields[2]), boxes, features_))
+    reversed_rows.write_text("\n".join(lines) + "\n")
+    prepare_flickr30k(tmp_path / "raw", [reversed_rows], first, progress=False)
+    with pytest.raises(DataError, match=r"features\.json.*source \S*dA/features changed since this dataset was "
+                                        r"prepared \(\S*store\.json differs\): prepare it again"):
+        GroundingDataset(second, "train")
+    assert len(GroundingDataset(first, "train")) > 0 and len(GroundingDataset(moved, "train")) > 0
+
+
 def test_the_references_dictionary_pickle_gives_its_token_ids(prepared, tmp_path) -> None:
     """``--dictionary dictionary.pkl``: the reference's [word2idx, idx2word], here ours reversed plus a word the
     captions lack; every caption is encoded with the reference's ids."""
@@ -410,6 +434,22 @@ def test_errors_leave_no_output(tmp_path: Path) -> None:
         prepare_flickr30k(tmp_path / "raw", features, tmp_path / "out", progress=False)
     assert caught.value.path == str(xml) and caught.value.field == "bndbox/ymin"
     assert not (tmp_path / "out").exists()
+
+
+def test_an_annotation_of_another_image_size_than_the_features_is_refused(prepared: tuple[Path, dict],
+                                                                         tmp_path: Path) -> None:
+    """Ground-truth and detected boxes are both pixels: an XML <size> that is not the size the features were
+    detected on (TSV image_w/image_h, a store's image sizes) would make every IoU wrong."""
+    data_dir, _ = prepared
+    features = write_raw(tmp_path / "raw")
+    width, height, _, objects, _ = IMAGES[202]
+    (tmp_path / "raw" / "Annotations" / "202.xml").write_text(annotation_xml(width * 2, height * 2, objects))
+    for source in (features[0], data_dir / "features"):
+        with pytest.raises(DataError, match=f"image size {width * 2}x{height * 2}, but the features of image 202 "
+                                            f"were detected on {width}x{height}") as error:
+            prepare_flickr30k(tmp_path / "raw", [source], tmp_path / "out", progress=False)
+        assert error.value.path == str(tmp_path / "raw" / "Annotations" / "202.xml")
+        assert error.value.field == "size/width" and not (tmp_path / "out").exists()
 
 
 def test_split_lists_are_checked(tmp_path: Path) -> None:

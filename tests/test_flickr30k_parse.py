@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from ban.data.flickr30k_parse import parse_annotation_file, parse_caption, parse_sentences_file
+from ban.data.flickr30k_prepare import read_split
+from ban.data.tokenizer import tokenize
 from ban.errors import DataError
 
 
@@ -62,6 +64,17 @@ def test_sentences_file(tmp_path: Path) -> None:
         parse_sentences_file(tmp_path / "missing.txt")
     path.write_bytes("[/EN#1/people A man] walks \x0c.\r\nA \u2028woman sits .\r\n".encode())
     assert [caption.text for caption in parse_sentences_file(path)] == ["A man walks \x0c.", "A \u2028woman sits ."]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_word(tmp_path: Path) -> None:
+    """A Sentences file or split list saved by a Windows editor starts with U+FEFF: not text, dropped."""
+    path = tmp_path / "7.txt"
+    path.write_bytes(b"\xef\xbb\xbfa [/EN#1/people man] runs .\r\n")
+    caption, = parse_sentences_file(path)
+    assert caption.text == "a man runs ." and tokenize(caption.text)[0] == "a"
+    assert caption.phrases[0].start == 2
+    (tmp_path / "train.txt").write_bytes(b"\xef\xbb\xbf101\n202\n")
+    assert read_split(tmp_path / "train.txt") == [101, 202]
 
 
 ANNOTATION = """<annotation>

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from ban.data.dictionary import Dictionary
 from ban.data.visual_genome import load_visual_genome
+from ban.data.vqa_json import load_annotations, load_questions
 from ban.errors import BanError, DataError
-from ban.metrics.vqa import load_annotations, load_questions, score_files
+from ban.metrics.vqa import score_files
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                           HealthCheck.too_slow])

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from ban.data.flickr30k_parse import ENTITY_TYPES, type_bits
 from ban.errors import DataError
-from ban.metrics.grounding import ENTITY_TYPES, GroundingRecall, type_bits
+from ban.metrics.grounding import GroundingRecall
 
 PEOPLE, CLOTHING, OTHER = type_bits(["people"]), type_bits(["clothing"]), type_bits(["other"])
 

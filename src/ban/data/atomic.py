@@ -36,17 +36,18 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     temp = temporary_sibling(path)
     _remove(temp)
     _remove_stale_siblings(path)
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
     try:
         yield temp
         _check_same_kind(temp, path)
         if path.is_dir() and not path.is_symlink():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
             os.replace(temp, path)
             _remove(old)
         else:
             os.replace(temp, path)
     except BaseException:
+        _restore(old, path)  # interrupted between the two renames: the previous directory goes back
         _remove(temp)
         raise
 
@@ -89,12 +90,21 @@ def _check_same_kind(temp: Path, path: Path) -> None:
 
 def _remove_stale_siblings(path: Path) -> None:
     """Remove the temporaries (``.NAME.tmp-PID``, ``.NAME.old-PID``) that killed processes left next to
-    ``path``; those of processes still running are kept."""
+    ``path``; those of processes still running are kept. A process killed between moving the previous
+    directory aside and moving the new one in left no ``path``: its ``.old-PID`` is moved back instead."""
     for sibling in path.parent.iterdir():
         kind, _, pid = sibling.name.removeprefix(f".{path.name}.").rpartition("-")
         if sibling.name.startswith(f".{path.name}.") and kind in ("tmp", "old") and pid.isdigit() \
                 and not _running(int(pid)):
+            if kind == "old":
+                _restore(sibling, path)
             _remove(sibling)
+
+
+def _restore(old: Path, path: Path) -> None:
+    """Move the previous directory ``old`` back to ``path`` where nothing is at ``path``."""
+    if (old.exists() or old.is_symlink()) and not (path.exists() or path.is_symlink()):
+        os.replace(old, path)
 
 
 def _running(pid: int) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Sequence, Set
+from collections.abc import Iterable, Iterator, Sequence, Set
 from pathlib import Path
 
 from tqdm import tqdm
@@ -59,25 +59,42 @@ def images_of_sources(
 def _holders(sources: Sequence[str | os.PathLike[str]], tsv: list[Path], held_once: Set[int] | None,
              converted: FeatureStore | None, jump: bool, progress: bool) -> dict[int, str]:
     holders: dict[int, str] = {}
+    lines: dict[int, int] = {}  # image id → the line of its TSV record, for the message naming an image held twice
     if converted is not None:
-        _add(holders, converted.image_ids.tolist(), f"the conversion of {', '.join(map(str, tsv))}", held_once)
+        _add(holders, lines, _unnumbered(converted), f"the conversion of {', '.join(map(str, tsv))}", held_once)
     elif tsv:
         with tqdm(total=sum(path.stat().st_size for path in tsv), desc="reading TSV image ids", unit="B",
                   unit_scale=True, disable=not progress) as bar:
             for path in tsv:
-                ids = (image_id for _, image_id in iter_tsv_image_ids(path, jump=jump, on_progress=bar.update))
-                _add(holders, ids, str(path), held_once)
+                records = iter_tsv_image_ids(path, jump=jump, on_progress=bar.update)
+                _add(holders, lines, records, str(path), held_once)
     for source in sources:
         if not is_tsv_source(source):
-            _add(holders, FeatureStore.open(source).image_ids.tolist(), str(source), held_once)
+            _add(holders, lines, _unnumbered(FeatureStore.open(source)), str(source), held_once)
     return holders
 
 
-def _add(holders: dict[int, str], image_ids: Iterable[int], source: str, held_once: Set[int] | None) -> None:
-    for image_id in image_ids:
+def _unnumbered(store: FeatureStore) -> Iterator[tuple[None, int]]:
+    """``(None, image_id)`` of each image of ``store``: its images have no line numbers."""
+    return ((None, image_id) for image_id in store.image_ids.tolist())
+
+
+def _add(holders: dict[int, str], lines: dict[int, int], records: Iterable[tuple[int | None, int]], source: str,
+         held_once: Set[int] | None) -> None:
+    """Record ``source`` as the holder of each image of ``records`` (``(line number or None, image_id)``)."""
+    for line, image_id in records:
         holder = holders.get(image_id)
         if holder is None:
             holders[image_id] = source
+            if line is not None:
+                lines[image_id] = line
         elif held_once is None or image_id in held_once:
-            where = f"twice in {source}" if holder == source else f"in more than one source: {holder}, {source}"
-            raise DataError(f"image {image_id} appears {where}", path=source, field="image_id")
+            first = lines.get(image_id)
+            if holder == source:
+                where = f"twice in {source}" + (f" (lines {first} and {line})" if line is not None else "")
+            else:
+                known = [f"{name} line {number}" for name, number in ((holder, first), (source, line))
+                         if number is not None]
+                where = f"in more than one source: {holder}, {source}" + (f" ({', '.join(known)})" if known else "")
+            raise DataError(f"image {image_id} appears {where}", path=source,
+                            record=None if line is None else f"line {line}", field="image_id")

@@ -240,8 +240,9 @@ def _parse_line(line: bytes, path: Path, line_number: int, feature_dim: int | No
             raise DataError(f"must be positive, got {value}", path=path, record=where, field=name)
     boxes = _float32_array(fields[4], path, where, "boxes")
     if boxes.size != num_boxes * 4:
-        raise DataError(f"holds {boxes.size} floats, expected num_boxes × 4 = {num_boxes * 4}",
-                        path=path, record=where, field="boxes")
+        raise DataError(f"holds {boxes.size} floats, expected num_boxes × 4 = {num_boxes * 4}"
+                        f"{_float64_hint(boxes.size, num_boxes * 4)}", path=path, record=where, field="boxes")
+    check_values(boxes, path=path, record=where, field="boxes")
     boxes = boxes.reshape(num_boxes, 4)
     check_box_corners(boxes, path=path, record=where, field="boxes")
     features = _float32_array(fields[5], path, where, "features")
@@ -251,7 +252,9 @@ def _parse_line(line: bytes, path: Path, line_number: int, feature_dim: int | No
     width = features.size // num_boxes
     if feature_dim is not None and width != feature_dim:
         raise DataError(f"feature width {width} (= {features.size} floats / {num_boxes} boxes), expected "
-                        f"{feature_dim}", path=path, record=where, field="features")
+                        f"{feature_dim}{_float64_hint(width, feature_dim)}", path=path, record=where,
+                        field="features")
+    check_values(features, path=path, record=where, field="features")
     return FeatureRecord(image_id, image_w, image_h, boxes, features.reshape(num_boxes, width), path=str(path),
                          line=line_number)
 
@@ -293,6 +296,8 @@ def _shown(text: bytes) -> str:
 
 
 def _float32_array(text: bytes, path: Path, where: str, name: str) -> np.ndarray:
+    """The float32 values of a base64 field, flat; their count and values are the caller's to check (the count
+    first: float64 values read as float32 are twice as many, and huge)."""
     try:
         raw = _decode_base64(text)
     except (binascii.Error, ValueError) as error:
@@ -300,6 +305,9 @@ def _float32_array(text: bytes, path: Path, where: str, name: str) -> np.ndarray
     if len(raw) % 4:
         raise DataError(f"{len(raw)} bytes is not a whole number of float32 values", path=path, record=where,
                         field=name)
-    values = np.frombuffer(raw, dtype=np.float32)
-    check_values(values, path=path, record=where, field=name)
-    return values
+    return np.frombuffer(raw, dtype=np.float32)
+
+
+def _float64_hint(count: int, expected: int) -> str:
+    """A hint for a field holding twice the float32 values expected: the bytes of float64 values."""
+    return " (twice as many: float64 values? the format is float32)" if count == 2 * expected else ""

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import defusedxml
@@ -26,10 +27,23 @@ import defusedxml.ElementTree as SafeElementTree
 
 from ban.data.textfile import read_text
 from ban.errors import DataError
-from ban.metrics.grounding import ENTITY_TYPES
 
+ENTITY_TYPES: tuple[str, ...] = (
+    "people", "clothing", "bodyparts", "animals", "vehicles", "instruments", "scene", "other",
+)
 NOT_VISUAL = "notvisual"
 KNOWN_TYPES = frozenset(ENTITY_TYPES) | {NOT_VISUAL}
+
+
+def type_bits(types: Iterable[str]) -> int:
+    """The bit set of a phrase's types: ``type_bits(["people", "other"]) == 0b10000001``; unknown names raise
+    ``KeyError``."""
+    bits = 0
+    for name in types:
+        if name not in ENTITY_TYPES:
+            raise KeyError(f"unknown entity type {name!r}; known: {', '.join(ENTITY_TYPES)}")
+        bits |= 1 << ENTITY_TYPES.index(name)
+    return bits
 
 # "[/EN#123/people/other A young man]": id, "/people/other", the phrase's words.
 _PHRASE = re.compile(r"\[/EN#(\d+)((?:/[^\s/\]]+)+) ([^\[\]]*)\]")

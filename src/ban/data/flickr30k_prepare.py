@@ -35,7 +35,7 @@ from ban.data.dictionary import Dictionary
 from ban.data.feature_setup import LISTING, finished_conversion, set_up_features
 from ban.data.feature_sources import check_feature_sources, images_of_sources
 from ban.data.features import FeatureRecord, is_tsv_source
-from ban.data.flickr30k_parse import Caption, parse_annotation_file, parse_sentences_file
+from ban.data.flickr30k_parse import ENTITY_TYPES, Caption, parse_annotation_file, parse_sentences_file, type_bits
 from ban.data.glove import check_glove_file, read_glove
 from ban.data.npyfile import write_npy
 from ban.data.prepare_output import checked_output
@@ -43,7 +43,6 @@ from ban.data.prepared import MANIFEST
 from ban.data.textfile import read_text
 from ban.data.tokenizer import tokenize
 from ban.errors import DataError
-from ban.metrics.grounding import ENTITY_TYPES, type_bits
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 IOU_THRESHOLD = 0.5
@@ -124,18 +123,21 @@ def read_split(path: str | os.PathLike[str]) -> list[int]:
 
 def parse_splits(
     root: Path, split_images: dict[str, list[int]], progress: bool
-) -> tuple[dict[str, list[GroundedSentence]], dict[int, dict[int, list[Box]]], ParseStats]:
+) -> tuple[dict[str, list[GroundedSentence]], dict[int, dict[int, list[Box]]], dict[int, tuple[int, int]],
+           ParseStats]:
     """Parse the Sentences and Annotations files of every listed image: the kept examples of each split, each
-    image's ground-truth boxes by entity id, and what was left out."""
+    image's ground-truth boxes by entity id, each image's (width, height) and what was left out."""
     stats = ParseStats()
     sentences: dict[str, list[GroundedSentence]] = {split: [] for split in split_images}
     ground_truth: dict[int, dict[int, list[Box]]] = {}
+    sizes: dict[int, tuple[int, int]] = {}
     total = sum(len(images) for images in split_images.values())
     with tqdm(total=total, desc="parsing Flickr30k Entities", unit="img", disable=not progress) as bar:
         for split, images in split_images.items():
             for image_id in images:
                 annotation = parse_annotation_file(root / "Annotations" / f"{image_id}.xml")
                 ground_truth[image_id] = annotation.boxes
+                sizes[image_id] = (annotation.width, annotation.height)
                 captions = parse_sentences_file(root / "Sentences" / f"{image_id}.txt")
                 stats.captions += len(captions)
                 with_boxes = set(annotation.boxes)
@@ -144,7 +146,7 @@ def parse_splits(
                     if sentence is not None:
                         sentences[split].append(sentence)
                 bar.update()
-    return sentences, ground_truth, stats
+    return sentences, ground_truth, sizes, stats
 
 
 def prepare_flickr30k(
@@ -169,7 +171,8 @@ def prepare_flickr30k(
     store directories), all listed in ``out/features.json`` (:mod:`ban.data.feature_setup`). ``dictionary``
     defaults to the tokens of the kept captions in order of first appearance. ``glove`` (a GloVe text file) gives
     ``glove.npy``, the word table's initialisation (the reference starts its grounding model from GloVe).
-    Everything but the features is read first.
+    Everything but the features is read first. Each annotation's ``<size>`` must be the image size the features
+    were detected on (the authors' HDF5 cache keeps no image sizes: its images are not checked).
     """
     root = Path(root)
     out = checked_output(out, "grounding", {"root": [root], "features": features, "glove": [glove]})
@@ -178,7 +181,7 @@ def prepare_flickr30k(
         check_glove_file(glove)
     split_images = {split: read_split(root / f"{split}.txt") for split in splits}
     _check_disjoint(split_images, root)
-    sentences, ground_truth, stats = parse_splits(root, split_images, progress)
+    sentences, ground_truth, sizes, stats = parse_splits(root, split_images, progress)
     for split in splits:  # a split with nothing to train on or score would fail only when used
         if not sentences[split]:
             raise DataError(f"no caption of split {split!r} has a phrase with ground-truth boxes",
@@ -200,17 +203,21 @@ def prepare_flickr30k(
         _check_images_have_features(wanted, holders, features)
     with atomic_path(out) as temp:
         temp.mkdir()
-        detected: dict[int, np.ndarray] = {}  # image id → its boxes [n, 4] in pixels, as the conversion streams
+        # image id → its boxes [n, 4] in pixels, its (width, height) and where it was read, as the conversion streams
+        detected: dict[int, tuple[np.ndarray, tuple[int, int], str]] = {}
 
         def keep_boxes(record: FeatureRecord) -> None:
-            detected[record.image_id] = record.boxes
+            where = f"{record.path} line {record.line}"
+            detected[record.image_id] = record.boxes, (record.image_w, record.image_h), where
 
         store = set_up_features(features, out, temp, dtype=feature_dtype, images=wanted, on_record=keep_boxes,
                                 progress=progress)
         positives: dict[int, dict[int, np.ndarray]] = {}
         present = [image_id for image_id in store.image_ids.tolist() if image_id in wanted]
         for image_id in tqdm(present, desc="matching boxes", unit="img", disable=not progress):
-            boxes = detected[image_id] if image_id in detected else store.get(image_id)[2]
+            boxes, size, where = detected[image_id] if image_id in detected else (
+                store.get(image_id)[2], store.image_size(image_id), ", ".join(map(str, features)))
+            _check_same_size(image_id, sizes[image_id], size, root, where)
             positives[image_id] = positive_boxes(ground_truth[image_id], boxes)
         _check_images_have_features(wanted, positives, features)  # a TSV source read only once (a pipe): now
         split_summaries = {}
@@ -312,6 +319,19 @@ def _check_images_have_features(wanted: set[int], holders: Container[int],
         shown = ", ".join(str(image_id) for image_id in missing[:5])
         raise DataError(f"{len(missing)} images of the splits have no features (e.g. {shown})",
                         path=", ".join(map(str, paths)), field="image_id")
+
+
+def _check_same_size(image_id: int, annotated: tuple[int, int], detected: tuple[int, int] | None, root: Path,
+                     where: str) -> None:
+    """:class:`DataError` naming the annotation file where its image size differs from the one the features (read
+    at ``where``) were detected on: ground-truth and detected boxes are both pixel coordinates, their IoU needs
+    the same image. ``detected`` is None for a source that keeps no image sizes (the authors' HDF5 cache): then
+    nothing can be checked."""
+    if detected is not None and detected != annotated:
+        raise DataError(f"image size {annotated[0]}x{annotated[1]}, but the features of image {image_id} were "
+                        f"detected on {detected[0]}x{detected[1]} ({where}): the boxes cannot be matched",
+                        path=root / "Annotations" / f"{image_id}.xml", record="size", field="size/width"
+                        if detected[0] != annotated[0] else "size/height")
 
 
 def _check_disjoint(split_images: dict[str, list[int]], root: Path) -> None:

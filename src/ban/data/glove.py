@@ -38,10 +38,13 @@ def read_glove(
     """GloVe vectors of ``words``: ``([len(words), D] float32, number of words found)``.
 
     The file is read line by line (memory: one line plus the result); a first line of two integers (word2vec's
-    header) is skipped. A word listed twice in the file takes
-    its last vector, as the reference's dict did. Raises :class:`DataError` (file, line, field) for a line
-    whose vector has another width than the first line, or, on the lines of the words asked for (the only ones
-    parsed), a value that is not a number or not finite in float32 (``nan``, ``inf``, ``1e999``).
+    header) is skipped. The first line gives the width D; on every line the vector is the last D space-separated
+    fields and the word is all before them, so a word holding spaces (``glove.840B.300d``'s ``. . .``) is read
+    whole (the same split makes a line with too many values read as a word with spaces, matching no word asked
+    for). A word listed twice in the file takes its last vector, as the reference's dict did. Raises
+    :class:`DataError` (file, line, field) for a line with fewer than D values, or, on the lines of the words
+    asked for (the only ones parsed), a value that is not a number or not finite in float32 (``nan``, ``inf``,
+    ``1e999``).
     """
     path = Path(path)
     wanted = {word: index for index, word in enumerate(words)}
@@ -58,9 +61,10 @@ def read_glove(
                 if len(parts) < 2:
                     raise DataError("expected 'word v1 … vD'", path=path, record=f"line {line_number}")
                 vectors = np.zeros((len(words), len(parts) - 1), dtype=np.float32)
-            if len(parts) != vectors.shape[1] + 1:
+            if len(parts) < vectors.shape[1] + 1:
                 raise DataError(f"{len(parts) - 1} values, expected {vectors.shape[1]}", path=path,
                                 record=f"line {line_number}", field="vector")
+            parts = [b" ".join(parts[:-vectors.shape[1]]), *parts[-vectors.shape[1]:]]  # a word may hold spaces
             index = wanted.get(parts[0].decode("utf-8", errors="replace"))
             if index is None:
                 continue

@@ -28,11 +28,12 @@ def read_bytes(path: str | os.PathLike[str], *, missing: str = "file not found")
 
 
 def read_text(path: str | os.PathLike[str], *, missing: str = "file not found") -> str:
-    """The UTF-8 text of ``path`` with its line ends made ``\\n`` (as Python's text mode reads them); errors as
-    :func:`read_bytes`, and a :class:`DataError` for bytes that are not UTF-8."""
+    """The UTF-8 text of ``path`` without a leading byte-order mark (as Windows editors write one) and with its
+    line ends made ``\\n`` (as Python's text mode reads them); errors as :func:`read_bytes`, and a
+    :class:`DataError` for bytes that are not UTF-8."""
     data = read_bytes(path, missing=missing)
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise DataError(f"not UTF-8 text ({error})", path=path) from None
     return text.replace("\r\n", "\n").replace("\r", "\n")

@@ -37,8 +37,8 @@ from ban.data.prepared import MANIFEST
 from ban.data.tokenizer import tokenize
 from ban.data.visual_genome import VGQuestion, load_visual_genome
 from ban.data.vqa_dataset import VQADataset
+from ban.data.vqa_json import check_annotated_questions, load_annotations, load_questions
 from ban.errors import ConfigError, DataError
-from ban.metrics.vqa import check_annotated_questions, load_annotations, load_questions
 
 # Our split name → the official name inside the file names.
 OFFICIAL_NAMES: dict[str, str] = {
@@ -123,7 +123,8 @@ def read_official_split(root: str | os.PathLike[str], split: str) -> OfficialSpl
 
 def _check_splits_disjoint(official: Mapping[str, OfficialSplit]) -> None:
     """No question id in two splits (a training question scored on val would inflate its score), except that
-    test-dev's questions are test's, as in the official files."""
+    test-dev's questions are test's, as in the official files: when both are present, each test-dev question
+    must be a test question of the same image."""
     ids = {name: {record["question_id"] for record in split.questions} for name, split in official.items()}
     for first, second in itertools.combinations(ids, 2):
         common = ids[first] & ids[second]
@@ -131,6 +132,19 @@ def _check_splits_disjoint(official: Mapping[str, OfficialSplit]) -> None:
             raise DataError(f"also in {official[first].questions_path.name}: a question in two splits",
                             path=official[second].questions_path, record=f"question_id={min(common)}",
                             field="question_id")
+    if "test" in official and "test-dev" in official:
+        test, test_dev = official["test"], official["test-dev"]
+        images = {record["question_id"]: record["image_id"] for record in test.questions}
+        for index, record in enumerate(test_dev.questions):
+            question_id, image_id = record["question_id"], record["image_id"]
+            where = f"{index} (question_id={question_id})"
+            if question_id not in images:
+                raise DataError(f"not in {test.questions_path.name}: test-dev questions are test questions",
+                                path=test_dev.questions_path, record=where, field="question_id")
+            if images[question_id] != image_id:
+                raise DataError(f"image {image_id}, but {test.questions_path.name} asks this question about image "
+                                f"{images[question_id]}", path=test_dev.questions_path, record=where,
+                                field="image_id")
 
 
 def soft_targets(answers: Sequence[Mapping[str, Any]], ans2label: Mapping[str, int]) -> tuple[list[int], list[float]]:

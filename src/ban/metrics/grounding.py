@@ -7,36 +7,24 @@ the fraction of those entities with at least one positive detected box (≈ 87.4
 bottom-up boxes). Results are percentages, overall and per entity type; a phrase of several types (e.g.
 ``people/other``) counts once for each.
 
-Entity types travel as a bit set per entity: bit t is set when the phrase has type ``ENTITY_TYPES[t]``.
+Entity types travel as a bit set per entity: bit t is set when the phrase has type ``ENTITY_TYPES[t]``
+(:func:`ban.data.flickr30k_parse.type_bits`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from ban.data.flickr30k_parse import ENTITY_TYPES
 from ban.errors import DataError
 
-ENTITY_TYPES: tuple[str, ...] = (
-    "people", "clothing", "bodyparts", "animals", "vehicles", "instruments", "scene", "other",
-)
 RECALL_AT: tuple[int, ...] = (1, 5, 10)
 
 TensorLike = torch.Tensor | np.ndarray
-
-
-def type_bits(types: Iterable[str]) -> int:
-    """The bit set of a phrase's types: ``type_bits(["people", "other"]) == 0b10000001``; unknown names raise
-    ``KeyError``."""
-    bits = 0
-    for name in types:
-        if name not in ENTITY_TYPES:
-            raise KeyError(f"unknown entity type {name!r}; known: {', '.join(ENTITY_TYPES)}")
-        bits |= 1 << ENTITY_TYPES.index(name)
-    return bits
 
 
 class GroundingRecall:

@@ -16,18 +16,15 @@ annotations (Python's ``round``, like the official code).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from tqdm import tqdm
 
 from ban.data.answers import normalize_answer, process_punctuation
-from ban.data.jsonfile import read_json, require, require_list
+from ban.data.jsonfile import read_json, require
+from ban.data.vqa_json import PathLike, Record, check_annotated_questions, load_annotations, load_questions
 from ban.errors import DataError
-
-PathLike = str | os.PathLike[str]
-Record = Mapping[str, Any]
 
 # Decimals of the reported percentages (the official default ``n=2``).
 DECIMALS = 2
@@ -100,69 +97,6 @@ def score_files(
     check_annotated_questions(annotations, annotations_path, load_questions(questions_path), questions_path)
     predictions = load_results(results_path, [record["question_id"] for record in annotations])
     return vqa_accuracy(annotations, predictions, progress=progress)
-
-
-def check_annotated_questions(annotations: Sequence[Record], annotations_path: PathLike,
-                              questions: Mapping[int, Record], questions_path: PathLike) -> None:
-    """Raise :class:`DataError` naming the annotation record unless each annotated question is in ``questions``
-    (question id → record of the questions file) and about the same image."""
-    for index, record in enumerate(annotations):
-        question = questions.get(record["question_id"])
-        where = f"{index} (question_id={record['question_id']})"
-        if question is None:
-            raise DataError(f"question is not in the questions file {os.fspath(questions_path)}",
-                            path=annotations_path, record=where, field="question_id")
-        if question["image_id"] != record["image_id"]:
-            raise DataError(f"image_id {record['image_id']} differs from the questions file's {question['image_id']}",
-                            path=annotations_path, record=where, field="image_id")
-
-
-def load_annotations(path: PathLike) -> list[dict[str, Any]]:
-    """The ``annotations`` records of an official annotation file (``v2_mscoco_*_annotations.json``),
-    validated: each needs an int ``question_id`` (unique) and ``image_id``, str ``question_type`` and
-    ``answer_type``, and a non-empty list of ``answers`` records with a str ``answer``."""
-    data = read_json(path)
-    records = require_list(data, "annotations", path)
-    seen: set[int] = set()
-    for index, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise DataError("expected an object", path=path, record=index)
-        question_id = require(record, "question_id", int, path, index)
-        where = f"{index} (question_id={question_id})"
-        if question_id in seen:
-            raise DataError("question annotated twice", path=path, record=where, field="question_id")
-        seen.add(question_id)
-        require(record, "image_id", int, path, where)
-        require(record, "question_type", str, path, where)
-        require(record, "answer_type", str, path, where)
-        answers = require(record, "answers", list, path, where)
-        if not answers:
-            raise DataError("no annotator answers", path=path, record=where, field="answers")
-        for position, answer in enumerate(answers):
-            if not isinstance(answer, dict) or not isinstance(answer.get("answer"), str):
-                raise DataError(
-                    "expected an object with a string 'answer'", path=path, record=where,
-                    field=f"answers[{position}]",
-                )
-    return records
-
-
-def load_questions(path: PathLike) -> dict[int, dict[str, Any]]:
-    """Question id → record of an official questions file (``v2_OpenEnded_mscoco_*_questions.json``)."""
-    data = read_json(path)
-    records = require_list(data, "questions", path)
-    questions: dict[int, dict[str, Any]] = {}
-    for index, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise DataError("expected an object", path=path, record=index)
-        question_id = require(record, "question_id", int, path, index)
-        where = f"{index} (question_id={question_id})"
-        if question_id in questions:
-            raise DataError("question listed twice", path=path, record=where, field="question_id")
-        require(record, "image_id", int, path, where)
-        require(record, "question", str, path, where)
-        questions[question_id] = record
-    return questions
 
 
 def load_results(path: PathLike, question_ids: Iterable[int]) -> dict[int, str]:

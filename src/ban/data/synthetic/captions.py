@@ -21,9 +21,6 @@ from ban.data.synthetic.questions import combination_counts, decode_combination,
 from ban.data.synthetic.scenes import ATTRIBUTE_NAMES, COLOR, SHAPE, SIZE, Scene
 
 SHAPE_TYPES: tuple[str, ...] = ("vehicles", "animals", "instruments", "people", "clothing")
-ENTITY_TYPES: tuple[str, ...] = (
-    "people", "clothing", "bodyparts", "animals", "vehicles", "instruments", "scene", "other",
-)  # fmt: skip
 CAPTIONS_PER_IMAGE = 5
 COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven")
 PARTS = ("top", "bottom", "left side", "right side")
