@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from ban.cli import main
+from ban.data.dictionary import Dictionary
 from ban.data.features import FeatureStore
 from ban.data.flickr30k_parse import parse_sentences_file
 from ban.data.flickr30k_prepare import prepare_flickr30k
@@ -23,8 +24,9 @@ from ban.engine.config import TrainConfig
 from ban.engine.run import CHECKPOINT_FILE, RunConfig, fingerprint, load_run, start_run
 from ban.engine.tasks import make_task
 from ban.models import build_model, preset
-from ban.viz.attention import attention_figure, box_weights
-from ban.viz.boxes import draw_colored_boxes, draw_weighted_boxes, find_coco_image, image_size_from_boxes
+from ban.viz.attention import AttentionExample, attention_figure, box_weights
+from ban.viz.boxes import box_opacities, draw_colored_boxes, draw_weighted_boxes, find_coco_image, image_size_from_boxes
+from ban.viz.figures import save_png
 from ban.viz.grounding import GroundingPictures, grounding_figure
 from ban.viz.report import REPORT_DIR, write_report_pictures
 from ban.viz.vqa import VQAPictures, choose_indices
@@ -165,14 +167,56 @@ def test_chosen_question_ids_and_random_choice(vqa_run: Path, scenes: dict[str, 
     qids = val_rows(scenes["vqa"])["question_id"].tolist()
     assert main(["visualize", str(vqa_run), "--questions", str(qids[-1]), "--out", str(tmp_path / "a")]) == 0
     assert [p.name for p in (tmp_path / "a").glob("*.png")] == [f"q{qids[-1]}.png"]
-    for name in ("b", "c"):
-        assert main(["visualize", str(vqa_run), "--num", "1", "--random", "--seed", "7", "--out",
-                     str(tmp_path / name)]) == 0
-    assert [p.name for p in (tmp_path / "b").iterdir()] == [p.name for p in (tmp_path / "c").iterdir()]
+    assert len(qids) >= 8  # enough questions that the random pairs below are not the first two
+
+    def drawn_names(name: str, *options: str) -> set[str]:
+        assert main(["visualize", str(vqa_run), "--num", "2", *options, "--out", str(tmp_path / name)]) == 0
+        return {p.name for p in (tmp_path / name).iterdir()}
+
+    first = drawn_names("first")
+    assert first == {f"q{qids[0]}.png", f"q{qids[1]}.png"}
+    seven, seven_again, eight = (drawn_names("b", "--random", "--seed", "7"),
+                                 drawn_names("c", "--random", "--seed", "7"),
+                                 drawn_names("d", "--random", "--seed", "8"))
+    assert seven == seven_again and len(seven) == 2  # the same seed draws the same questions
+    assert seven != first and eight != first and seven != eight  # drawn, not the first ones; the seed matters
     assert choose_indices(np.array(qids), [qids[4], qids[1]], 1, False, 0, tmp_path) == [4, 1]
     assert choose_indices(np.array(qids), None, 3, False, 0, tmp_path) == [0, 1, 2]
-    drawn = choose_indices(np.array(qids), None, 3, True, 7, tmp_path)
-    assert drawn == choose_indices(np.array(qids), None, 3, True, 7, tmp_path) and len(set(drawn)) == 3
+    drawn = choose_indices(np.array(qids), None, 2, True, 7, tmp_path)
+    assert seven == {f"q{qids[i]}.png" for i in drawn}
+    assert drawn == sorted(set(drawn)) and len(drawn) == 2 and all(0 <= i < len(qids) for i in drawn)
+    assert drawn == choose_indices(np.array(qids), None, 2, True, 7, tmp_path)
+    assert drawn != choose_indices(np.array(qids), None, 2, True, 8, tmp_path)
+    picks = {tuple(choose_indices(np.array(qids), None, 2, True, seed, tmp_path)) for seed in range(20)}
+    assert len(picks) > 5 and max(max(pick) for pick in picks) >= len(qids) // 2  # spread over the split
+    assert choose_indices(np.array(qids), None, 99, True, 7, tmp_path) == list(range(len(qids)))  # all there are
+
+
+def with_tokens(npz: Path, row: int, tokens: list[int]) -> None:
+    """Rewrite the token row ``row`` of a prepared split's ``.npz`` to ``tokens``."""
+    with np.load(npz) as arrays:
+        content = {name: arrays[name] for name in arrays.files}
+    content["tokens"][row, : len(tokens)] = tokens
+    np.savez(npz, **content)
+
+
+def test_a_word_the_dictionary_does_not_know_is_labelled_with_what_the_model_read(
+        vqa_run: Path, scenes: dict[str, Path], tmp_path: Path) -> None:
+    data = shutil.copytree(scenes["vqa"], tmp_path / "prepared")
+    content = json.loads((data / "val_questions.json").read_text())
+    content["questions"][0]["question"] = "Are there any zebraish blue objects?"
+    (data / "val_questions.json").write_text(json.dumps(content))
+    dictionary = Dictionary.load(data / "dictionary.json")
+    encoded = dictionary.encode("Are there any zebraish blue objects?")  # as `ban prepare` encodes it
+    assert encoded[3] == dictionary.unknown_index and "zebraish" not in dictionary
+    with_tokens(data / "val.npz", 0, encoded)
+    pictures = VQAPictures(load_run(vqa_run).model, data, "val", None)
+    unknown = dictionary.tokens[-1]  # what the model reads for a word the dictionary does not know
+    path, example = pictures.write(0, tmp_path / "out")
+    assert example.words[:7] == ["are", "there", "any", f"zebraish→{unknown}", "blue", "objects", "<pad>"]
+    heat_axes = [axes for axes in attention_figure(example).axes if axes.get_xlabel() == "box"][0]
+    assert [label.get_text() for label in heat_axes.get_yticklabels()] == example.words
+    assert_real_picture(path)
 
 
 def test_unknown_question_id_is_a_clear_error(vqa_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -227,12 +271,48 @@ def test_labels_of_phrases_sharing_a_box_do_not_cover_each_other() -> None:
 
 def test_box_opacity_follows_the_attention() -> None:
     image = Image.new("RGB", (200, 100), (255, 255, 255))
-    boxes = np.array([[0.05, 0.1, 0.45, 0.9], [0.55, 0.1, 0.95, 0.9]])
-    drawn = np.asarray(draw_weighted_boxes(image, boxes, np.array([0.9, 0.1])), dtype=float)
-    strong, weak = drawn[50, 50], drawn[50, 150]  # the centres of the two boxes
-    assert (255 - strong[1]) > 3 * (255 - weak[1]) > 0  # the attended box is filled much more strongly
+    boxes = np.array([[0.05, 0.1, 0.45, 0.45], [0.55, 0.1, 0.95, 0.45], [0.05, 0.55, 0.45, 0.9],
+                      [0.55, 0.55, 0.95, 0.9]])
+    weights = np.array([0.55, 0.35, 0.05, 0.05])
+    drawn = np.asarray(draw_weighted_boxes(image, boxes, weights), dtype=float)
+    strong, weak = drawn[27, 50], drawn[27, 150]  # the centres of the two most attended boxes
+    assert (255 - strong[1]) > 3 * (255 - weak[1]) > 0  # the most attended box is filled much more strongly
     inverted = boxes[:, [2, 3, 0, 1]]  # corners given the wrong way round still draw the same box
-    np.testing.assert_array_equal(np.asarray(draw_weighted_boxes(image, inverted, np.array([0.9, 0.1]))), drawn)
+    np.testing.assert_array_equal(np.asarray(draw_weighted_boxes(image, inverted, weights)), drawn)
+
+
+def grid_boxes(count: int) -> np.ndarray:
+    """``count`` normalised boxes side by side in rows of 6 (disjoint, so each box's centre shows only it)."""
+    rows = -(-count // 6)
+    return np.array([[(i % 6) / 6 + 0.01, (i // 6) / rows + 0.01, (i % 6 + 1) / 6 - 0.01,
+                      (i // 6 + 1) / rows - 0.01] for i in range(count)])
+
+
+def test_near_uniform_attention_is_drawn_faint_and_peaked_attention_strong(tmp_path: Path) -> None:
+    """Opacity follows the weight above the even share: a unitary run's attention of 0.042–0.044 on every one of
+    24 boxes no longer paints the whole scene (≥ 95 % opaque with weight / max), a box singled out stays opaque."""
+    near_uniform = np.random.default_rng(0).uniform(0.042, 0.044, 24)
+    near_uniform /= near_uniform.sum()
+    opacities = box_opacities(near_uniform)
+    assert opacities.max() < 0.15 and opacities.max() - opacities.min() < 0.07
+    peaked = np.full(24, 0.4 / 23)
+    peaked[5] = 0.6
+    opacities = box_opacities(peaked)
+    assert int(opacities.argmax()) == 5 and opacities[5] == pytest.approx(1.0) and np.delete(opacities, 5).max() < 0.1
+    spread = np.array([0.3, 0.25, 0.2, 0.1, 0.05, 0.05, 0.05])  # ordered weights give ordered opacities
+    assert np.all(np.diff(box_opacities(spread)) <= 0) and box_opacities(spread)[0] == pytest.approx(1.0)
+    # A real picture of the near-uniform attention: the boxes leave the white scene visible, and the box
+    # panel's title gives the scale.
+    boxes, white = grid_boxes(24), Image.new("RGB", (480, 320), (255, 255, 255))
+    covered = np.asarray(draw_weighted_boxes(white, boxes, near_uniform), dtype=float)
+    centres = [(int((y1 + y2) / 2 * 320), int((x1 + x2) / 2 * 480)) for x1, y1, x2, y2 in boxes]
+    assert min(covered[y, x, 1] for y, x in centres) > 240  # the fills are faint (weight / max: about 165)
+    example = AttentionExample(1, 2, "what is it?", ["(question)"], near_uniform[None, :, None], boxes, "ring", [],
+                               white, True)
+    figure = attention_figure(example)
+    title = figure.axes[0].get_title()
+    assert f"weights {near_uniform.min():.3g}–{near_uniform.max():.3g}, even share {1 / 24:.3g}" in title
+    assert_real_picture(save_png(figure, tmp_path / "uniform.png"))
 
 
 def test_image_size_from_boxes_and_coco_names(tmp_path: Path) -> None:
@@ -276,6 +356,31 @@ def test_grounding_picture_has_one_legend_entry_per_phrase(scenes: dict[str, Pat
     texts = [text.get_text() for text in legend.get_texts()]
     assert len(texts) == len(phrases[: int(used.sum())])
     assert all(phrase in text for phrase, text in zip(example.phrases, texts, strict=True))
+
+
+def test_a_phrase_word_the_dictionary_does_not_know_is_named_with_what_the_model_read(
+        scenes: dict[str, Path], tmp_path: Path) -> None:
+    data = shutil.copytree(scenes["flickr"], tmp_path / "flickr")
+    sentences = shutil.copytree(scenes["raw"] / "flickr30k" / "Sentences", tmp_path / "raw" / "Sentences")
+    with np.load(data / "val.npz") as arrays:
+        image_id, caption_index = int(arrays["image_id"][2]), int(arrays["caption_index"][2])
+        tokens = arrays["tokens"][2]
+    path = sentences / f"{image_id}.txt"
+    caption = parse_sentences_file(path)[caption_index]
+    phrase = next(p for p in caption.phrases if p.is_visual)
+    text = caption.text[phrase.start:phrase.end]
+    changed = text.rsplit(" ", 1)[0] + " zebraish"  # the phrase's last word, where the model reads the phrase
+    lines = [line for line in path.read_text().split("\n") if line.strip()]
+    lines[caption_index] = lines[caption_index].replace(f" {text}]", f" {changed}]", 1)
+    path.write_text("\n".join(lines) + "\n")
+    dictionary = Dictionary.load(data / "dictionary.json")
+    position = len(tokenize(caption.text[: phrase.end])) - 1
+    with_tokens(data / "val.npz", 2, [*tokens[:position], dictionary.index_of("zebraish")])
+    run_dir = make_run(tmp_path / "run-grounding", "grounding", data)
+    example = GroundingPictures(load_run(run_dir).model, data, "val", tmp_path / "raw" / "images").example(2)
+    assert example.phrases[0] == f"{changed} (zebraish→{dictionary.tokens[-1]})"
+    assert example.phrases[1:] and all("→" not in phrase for phrase in example.phrases[1:])
+    assert_real_picture(save_png(grounding_figure(example), tmp_path / "grounding.png"))
 
 
 def test_the_title_counts_answers_as_the_metric_compares_them() -> None:

@@ -60,6 +60,13 @@ def answer_summary(answers: Sequence[str]) -> str:
     return ", ".join(f"{answer} (×{count})" for answer, count in Counter(compared_answers(answers)).most_common())
 
 
+def weight_scale(weights: np.ndarray) -> str:
+    """The scale of a box picture, for its title: the range of the box weights ``[N]`` (N ≥ 1) and their even
+    share (the mean, 1/N), at and below which a box is drawn faintest (see ``ban.viz.boxes.box_opacities``)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    return f"weights {weights.min():.3g}–{weights.max():.3g}, even share {weights.mean():.3g}"
+
+
 def _tick_step(count: int, room: int = 40) -> int:
     return max(1, int(np.ceil(count / room)))
 
@@ -82,7 +89,8 @@ def attention_figure(example: AttentionExample) -> Figure:
         picture.set_xticks([])
         picture.set_yticks([])
         canvas = "" if example.image_found else " (no image file: blank canvas of its size)"
-        picture.set_title(f"glimpse {glimpse + 1}: attention per box{canvas}", fontsize=9)
+        picture.set_title(f"glimpse {glimpse + 1}: attention per box{canvas}\n"
+                          f"({weight_scale(weights[glimpse])}; opacity: weight above the even share)", fontsize=9)
         heat = figure.add_subplot(grid[glimpse, 1])
         shown = heat.imshow(maps[glimpse], aspect="auto", cmap="viridis", interpolation="nearest")
         step = _tick_step(num_boxes)

@@ -83,26 +83,41 @@ def label_font(image_width: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont
     return ImageFont.load_default(size=max(10, round(image_width / 30)))
 
 
+def box_opacities(weights: np.ndarray, min_alpha: float = 0.08) -> np.ndarray:
+    """``[n]`` opacities in [min_alpha, 1] of boxes with attention weights ``[n]`` ≥ 0.
+
+    A box's strength is its weight above the even share ``mean`` (1/n for weights that sum to 1), relative to
+    the top box's excess over it, ``(w - mean) / (max - mean)``, or to the even share itself while the top box
+    has less than twice it: ``max(w - mean, 0) / max(max - mean, mean)``. So attention that singles boxes out
+    draws its top box fully opaque, and near-uniform attention (every box about the even share) draws every box
+    faint instead of covering the scene; boxes at or below the even share get ``min_alpha``.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    even = weights.mean() if weights.size else 0.0
+    if even <= 0:
+        return np.full(weights.shape, min_alpha)
+    strength = np.clip(weights - even, 0.0, None) / max(weights.max() - even, even)
+    return min_alpha + (1.0 - min_alpha) * strength
+
+
 def draw_weighted_boxes(image: Image.Image, boxes: np.ndarray, weights: np.ndarray,
                         color: tuple[int, int, int] = (230, 30, 30), labels: Sequence[str] | None = None,
                         min_alpha: float = 0.08) -> Image.Image:
-    """A copy of ``image`` with each box drawn at an opacity proportional to its weight.
+    """A copy of ``image`` with each box drawn at the opacity :func:`box_opacities` gives its weight.
 
-    boxes ``[n, 4]`` normalised x1, y1, x2, y2; weights ``[n]`` ≥ 0, scaled so the largest is fully opaque
-    (outline) and half-transparent (fill). Boxes are drawn from the least to the most attended, so the
-    strongest is on top; ``labels[i]`` (e.g. the box index) is written at each box's corner.
+    boxes ``[n, 4]`` normalised x1, y1, x2, y2; weights ``[n]`` ≥ 0; a fully opaque box has an opaque outline
+    and a half-transparent fill. Boxes are drawn from the least to the most attended, so the strongest is on
+    top; ``labels[i]`` (e.g. the box index) is written at each box's corner.
     """
     base = image.convert("RGBA")
     overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
     font = label_font(base.width)
-    weights = np.asarray(weights, dtype=np.float64)
-    peak = weights.max(initial=0.0)
-    strength = weights / peak if peak > 0 else np.zeros_like(weights)
+    opacities = box_opacities(weights, min_alpha)
     line = max(1, round(min(base.size) / 150))
-    for index in np.argsort(strength, kind="stable"):
+    for index in np.argsort(opacities, kind="stable"):
         x1, y1, x2, y2 = to_pixels(boxes[index : index + 1], base.size)[0]
-        alpha = min_alpha + (1.0 - min_alpha) * float(strength[index])
+        alpha = float(opacities[index])
         draw.rectangle((x1, y1, x2, y2), fill=(*color, int(110 * alpha * alpha)),
                        outline=(*color, int(255 * alpha)), width=line)
         if labels is not None:

@@ -21,12 +21,13 @@ from torch import nn
 from ban.data.collate import collate_grounding
 from ban.data.dictionary import Dictionary
 from ban.data.flickr30k import GroundingDataset
-from ban.data.flickr30k_parse import parse_sentences_file
+from ban.data.flickr30k_parse import Phrase, parse_sentences_file
 from ban.data.tokenizer import tokenize
 from ban.engine.tasks import grounding_outputs, to_device
 from ban.errors import DataError
 from ban.viz.boxes import draw_colored_boxes, enlarged, find_plain_image, image_size_from_boxes, open_or_blank
 from ban.viz.figures import evaluating, new_figure, save_png
+from ban.viz.words import read_labels
 
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (228, 26, 28), (55, 126, 184), (77, 175, 74), (152, 78, 163), (255, 127, 0), (166, 86, 40),
@@ -51,6 +52,18 @@ class GroundingExample:
     def top_boxes(self) -> np.ndarray:
         """``[E]``: the index of the highest-scoring box of each phrase."""
         return self.scores.argmax(axis=0)
+
+
+def phrase_label(text: str, phrase: Phrase, labels: list[str] | None) -> str:
+    """The legend text of ``phrase`` of the caption ``text``: the phrase, followed by those of its words that
+    the model read as another token (``a zebraish dog (zebraish→rings)``); ``labels`` are the caption's token
+    labels by :func:`ban.viz.words.read_labels` (None: not known, the phrase alone)."""
+    if labels is None:
+        return text[phrase.start : phrase.end]
+    first, last = len(tokenize(text[: phrase.start])), len(tokenize(text[: phrase.end]))
+    words = tokenize(text)
+    misread = [labels[i] for i in range(first, last) if labels[i] != words[i]]
+    return text[phrase.start : phrase.end] + (f" ({', '.join(misread)})" if misread else "")
 
 
 def phrase_color(index: int) -> tuple[int, int, int]:
@@ -98,18 +111,23 @@ class GroundingPictures:
         return len(self.dataset)
 
     def texts(self, index: int, positions: list[int]) -> tuple[str, list[str]]:
-        """(caption, the phrase text of each entity slot) of the caption at ``index``."""
+        """(caption, the phrase text of each entity slot) of the caption at ``index``; a phrase with words the
+        dictionary does not know ends with them as the model read them: ``a zebraish dog (zebraish→rings)``."""
         arrays = self.dataset.arrays
         image_id, caption_index = int(arrays["image_id"][index]), int(arrays["caption_index"][index])
         tokens = arrays["tokens"][index].tolist()
         padding = self.dictionary.padding_index
-        words = [self.dictionary.tokens[t] for t in tokens if t != padding]
+        indices = [t for t in tokens if t != padding]
+        words = [self.dictionary.tokens[t] for t in indices]
         if self.sentences_dir is not None:
             path = self.sentences_dir / f"{image_id}.txt"
             captions = parse_sentences_file(path) if path.is_file() else []
             if caption_index < len(captions):
                 caption = captions[caption_index]
-                phrases = [caption.text[p.start:p.end] for p in caption.phrases
+                caption_words = tokenize(caption.text)
+                labels = (read_labels(caption_words, indices, self.dictionary)
+                          if len(caption_words) == len(indices) else None)
+                phrases = [phrase_label(caption.text, p, labels) for p in caption.phrases
                            if p.is_visual and tokenize(caption.text[p.start:p.end])]
                 if len(phrases) >= len(positions):
                     return caption.text, phrases[: len(positions)]

@@ -19,12 +19,13 @@ from ban.data.collate import collate_vqa
 from ban.data.dictionary import Dictionary
 from ban.data.tokenizer import tokenize
 from ban.data.vqa_dataset import VQADataset
+from ban.data.vqa_json import load_annotations, load_questions
 from ban.engine.tasks import to_device, vqa_outputs
 from ban.errors import DataError
-from ban.metrics.vqa import load_annotations, load_questions
 from ban.viz.attention import AttentionExample, attention_figure
 from ban.viz.boxes import find_coco_image, image_size_from_boxes, open_or_blank
 from ban.viz.figures import evaluating, save_png
+from ban.viz.words import read_labels
 
 PAD_LABEL = "<pad>"
 UNITARY_LABEL = "(question)"
@@ -71,15 +72,16 @@ class VQAPictures:
         self.dictionary = Dictionary.load(self.data_dir / "dictionary.json")
 
     def words(self, question_id: int, tokens: np.ndarray) -> tuple[str, list[str]]:
-        """(question text, one label per token position ``[L]``): the tokenised question as the model read it,
-        padding positions labelled ``<pad>``."""
+        """(question text, one label per token position ``[L]``): the tokenised question as the model read it
+        (a word the dictionary does not know as ``word→token read``), padding positions labelled ``<pad>``."""
         padding = self.dictionary.padding_index
         used = int((tokens != padding).sum())
         record = self.questions.get(question_id)
         if record is not None:
             words = tokenize(record["question"])[: len(tokens)]
             if len(words) == used:
-                return record["question"], words + [PAD_LABEL] * (len(tokens) - used)
+                labels = read_labels(words, tokens[:used].tolist(), self.dictionary)
+                return record["question"], labels + [PAD_LABEL] * (len(tokens) - used)
         words = [self.dictionary.tokens[t] if t != padding else PAD_LABEL for t in tokens.tolist()]
         return " ".join(w for w in words if w != PAD_LABEL), words
 
