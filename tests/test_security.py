@@ -42,7 +42,9 @@ class Exploit:
 
 
 def malicious_pickles(marker: Path) -> dict[str, bytes]:
-    """Pickles that execute code, built with every opcode family that can reach a callable."""
+    """Pickles that execute code, built with every opcode family that can reach a callable; each one does run its
+    command under plain ``pickle.loads`` (:func:`test_every_malicious_pickle_runs_its_command_under_plain_pickle`).
+    (EXT1-4 and PERSID cannot: they need an extension registered or a ``persistent_load`` in the victim process.)"""
     command = f"touch {marker}".encode()
     return {
         "GLOBAL+REDUCE (protocol 0)": b"cos\nsystem\n(S'" + command + b"'\ntR.",
@@ -50,10 +52,25 @@ def malicious_pickles(marker: Path) -> dict[str, bytes]:
         "OBJ": b"(cos\nsystem\nS'" + command + b"'\no.",
         "STACK_GLOBAL+REDUCE (protocol 4)": pickle.dumps(Exploit(marker), protocol=4),
         "inside a dict of ints": pickle.dumps({1: 2, 3: Exploit(marker)}, protocol=2),
-        "BUILD": b"\x80\x02}q\x00cos\nsystem\nq\x01b.",
-        "EXT1": b"\x80\x02\x82\x01.",
-        "PERSID": b"P" + command + b"\n.",
+        # NEWOBJ makes a SimpleNamespace, BUILD gives it an attribute __setstate__ = os.system, and a second BUILD
+        # calls that with the command
+        "NEWOBJ+BUILD (__setstate__)": b"\x80\x02ctypes\nSimpleNamespace\n)\x81}X\x0c\x00\x00\x00__setstate__"
+                                       b"cos\nsystem\nsbX" + len(command).to_bytes(4, "little") + command + b"b.",
     }
+
+
+def test_every_malicious_pickle_runs_its_command_under_plain_pickle(tmp_path, monkeypatch):
+    """The control of the tests below: each payload does create the marker when unpickled the unsafe way, so that
+    a marker's absence there means the loader refused it, not that the payload was a dud."""
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "pwned"
+    payloads = malicious_pickles(marker)
+    assert len(payloads) == 6
+    for name, data in payloads.items():
+        assert not marker.exists()
+        pickle.loads(data)  # noqa: S301 - the unsafe load being demonstrated
+        assert marker.exists(), name
+        marker.unlink()
 
 
 def test_malicious_image_id_pickles_are_refused_without_running(tmp_path):

@@ -234,8 +234,9 @@ def test_stats_file_matches_the_files(synth_dir: Path) -> None:
         )
 
 
-def blind_scores(train_q: list, train_a: list, val_q: list, val_a: list, vocabulary: set[str]) -> dict:
-    """Answer prior and question-only predictor, recomputed from the files alone."""
+def blind_predictions(train_q: list, train_a: list, val_q: list, val_a: list, vocabulary: set[str]) -> dict:
+    """The answer prior's and the question-only predictor's answers to the val questions, recomputed from the files
+    alone, as results files: ``{"prior": [{"question_id", "answer"}, …], "question": […]}``."""
 
     def most_frequent(counter: Counter) -> str:
         best = max(counter.values())
@@ -252,7 +253,7 @@ def blind_scores(train_q: list, train_a: list, val_q: list, val_a: list, vocabul
         text = text_of[a["question_id"]]
         by_text.setdefault(text, Counter())[a["multiple_choice_answer"]] += 1
         by_pattern.setdefault(pattern(text), Counter())[a["multiple_choice_answer"]] += 1
-    scores: dict[str, dict[str, list[float]]] = {"prior": {}, "question": {}}
+    results: dict[str, list[dict]] = {"prior": [], "question": []}
     for a in val_a:
         text = text_of[a["question_id"]]
         if text in by_text:
@@ -261,28 +262,33 @@ def blind_scores(train_q: list, train_a: list, val_q: list, val_a: list, vocabul
             guess = most_frequent(by_pattern[pattern(text)])
         else:
             guess = prior
-        counts = Counter(normalise(x["answer"]) for x in a["answers"])
         for name, prediction in (("prior", prior), ("question", guess)):
-            for key in ("overall", a["answer_type"]):
-                scores[name].setdefault(key, []).append(min(1.0, counts[prediction] / 3))
-    return {name: {k: round(100 * sum(v) / len(v), 2) for k, v in s.items()} for name, s in scores.items()}
+            results[name].append({"question_id": a["question_id"], "answer": prediction})
+    return results
 
 
-def test_blind_baselines_recomputed_from_the_files(synth_dir: Path) -> None:
+def test_blind_baselines_are_the_official_scores_of_their_predictions(synth_dir: Path, tmp_path: Path) -> None:
+    """The baselines in stats.json are what `ban score` (the official metric, as `ban evaluate` scores a model)
+    gives the predictors' answers, recomputed from the files."""
     from ban.data.synthetic.scenes import ATTRIBUTE_VALUES, SHAPE_PLURALS
+    from ban.metrics.vqa import score_files
 
     vocabulary = {w for values in ATTRIBUTE_VALUES for w in values} | set(SHAPE_PLURALS)
-    load = lambda name: json.loads((synth_dir / "vqa" / name).read_text())  # noqa: E731
-    expected = blind_scores(
+    files = {name: synth_dir / "vqa" / name for name in (QUESTION_FILES["train2014"], ANNOTATION_FILES["train2014"],
+                                                         QUESTION_FILES["val2014"], ANNOTATION_FILES["val2014"])}
+    load = lambda name: json.loads(files[name].read_text())  # noqa: E731
+    predictions = blind_predictions(
         load(QUESTION_FILES["train2014"])["questions"], load(ANNOTATION_FILES["train2014"])["annotations"],
         load(QUESTION_FILES["val2014"])["questions"], load(ANNOTATION_FILES["val2014"])["annotations"],
         vocabulary,
     )  # fmt: skip
     stats = json.loads((synth_dir / "stats.json").read_text())["baselines"]
     for ours, theirs in (("answer_prior", "prior"), ("question_only", "question")):
-        assert stats[ours]["overall"] == pytest.approx(expected[theirs]["overall"], abs=0.011)
-        for answer_type, value in stats[ours]["perAnswerType"].items():
-            assert value == pytest.approx(expected[theirs][answer_type], abs=0.011)
+        (tmp_path / f"{theirs}.json").write_text(json.dumps(predictions[theirs]))
+        official = score_files(files[QUESTION_FILES["val2014"]], files[ANNOTATION_FILES["val2014"]],
+                               tmp_path / f"{theirs}.json", progress=False)
+        assert stats[ours]["overall"] == official["overall"]
+        assert stats[ours]["perAnswerType"] == dict(sorted(official["perAnswerType"].items()))
     assert stats["answer_prior"]["overall"] < stats["question_only"]["overall"]
 
 

@@ -53,13 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--questions-per-image",
         type=float,
         default=QUESTIONS_PER_IMAGE,
-        help=f"mean questions per VQA image (default {QUESTIONS_PER_IMAGE}, as VQA 2.0 train)",
+        help=f"mean questions per VQA image, in [1, 20] (default {QUESTIONS_PER_IMAGE}, as VQA 2.0 train)",
     )
     parser.add_argument(
         "--annotator-accuracy",
         type=float,
         default=ANNOTATOR_ACCURACY,
-        help=f"mean share of annotators giving the true answer (default {ANNOTATOR_ACCURACY})",
+        help=f"mean share of annotators giving the true answer, in [0.5, 1] (default {ANNOTATOR_ACCURACY})",
     )
     parser.add_argument("--no-png", action="store_true", help="do not render the PNG images")
     parser.add_argument("--workers", type=positive_int, default=None,

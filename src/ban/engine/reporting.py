@@ -43,14 +43,12 @@ PLOTTED_APART = ("val/perQuestionType", "val/perType")  # a curve per question /
 def plot_learning_curves(history: list[dict[str, Any]], path: Path) -> None:
     """Loss (left) and scores in % (right: the training score and every validation score but the per-question-
     and per-entity-type ones, which stay in metrics.jsonl and TensorBoard) per epoch, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from matplotlib.figure import Figure  # outside pyplot: the process's backend and figures are left alone
 
     rows = [scalars(record) for record in history]
     epochs = [row["epoch"] for row in rows]
-    figure, (loss_axes, score_axes) = plt.subplots(1, 2, figsize=(12, 4))
+    figure = Figure(figsize=(12, 4))
+    loss_axes, score_axes = figure.subplots(1, 2)
     loss_axes.plot(epochs, [row["train_loss"] for row in rows], marker="o", label="train loss")
     loss_axes.set_xlabel("epoch")
     loss_axes.set_ylabel("loss")
@@ -65,7 +63,6 @@ def plot_learning_curves(history: list[dict[str, Any]], path: Path) -> None:
     score_axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)  # beside the curves
     figure.tight_layout()
     write_with(path, lambda temp: figure.savefig(temp, format="png", dpi=100, bbox_inches="tight"))
-    plt.close(figure)
 
 
 def log_tensorboard(run_dir: Path, record: dict[str, Any]) -> None:

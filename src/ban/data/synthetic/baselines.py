@@ -1,12 +1,14 @@
-"""Blind baselines on the generated validation split, scored with the simple VQA soft accuracy.
+"""Blind baselines on the generated validation split, scored with the official VQA accuracy.
 
 - answer prior: always the most frequent training answer;
 - question only: for each question the most frequent training answer of the same question text, falling
   back to that of the same pattern (the text with every attribute word blanked, e.g. "how many _ _ are
   there"), then to the answer prior.
 
-Score of a prediction: min(1, annotators who gave it / 3), on canonical (normalised) answers; in percent,
-overall and per answer type.
+Score of a prediction: the official accuracy (:func:`ban.metrics.vqa.question_accuracy`: each annotator left
+out in turn, min(1, matching answers among the other nine / 3), averaged) against the annotators' answers as the
+annotations file holds them — what `ban evaluate` and `ban score` give the same predictions; in percent, overall
+and per answer type.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable, Iterable
 
 from ban.data.synthetic.scenes import ATTRIBUTE_VALUES, SHAPE_PLURALS
 from ban.data.synthetic.worker import QaRecord
+from ban.metrics.vqa import question_accuracy
 
 ATTRIBUTE_WORDS = frozenset(word for values in ATTRIBUTE_VALUES for word in values) | set(SHAPE_PLURALS)
 
@@ -25,9 +28,9 @@ def question_pattern(text: str) -> str:
     return " ".join("_" if word in ATTRIBUTE_WORDS else word for word in text.lower().replace("?", "").split())
 
 
-def soft_score(prediction: str, counts: tuple[tuple[str, int], ...]) -> float:
-    """min(1, #annotators who gave `prediction` / 3)."""
-    return min(1.0, dict(counts).get(prediction, 0) / 3.0)
+def accuracy(prediction: str, answers: tuple[str, ...]) -> float:
+    """The official accuracy in [0, 1] of ``prediction`` against the annotators' raw ``answers``."""
+    return question_accuracy(prediction, [{"answer": answer, "answer_id": i} for i, answer in enumerate(answers, 1)])
 
 
 def _most_frequent(counter: Counter) -> str:
@@ -38,7 +41,7 @@ def _most_frequent(counter: Counter) -> str:
 def _score(records: Iterable[QaRecord], predict: Callable[[QaRecord], str]) -> dict[str, object]:
     total: dict[str, list[float]] = defaultdict(list)
     for record in records:
-        score = soft_score(predict(record), record.counts)
+        score = accuracy(predict(record), record.answers)
         total["overall"].append(score)
         total[record.answer_type].append(score)
     overall = total.pop("overall", [])

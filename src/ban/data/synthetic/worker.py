@@ -48,7 +48,7 @@ class QaRecord:
     family: str
     answer_type: str
     majority: str | None  # None where no annotations are written (test-dev)
-    counts: tuple[tuple[str, int], ...]  # canonical answer → annotators who gave it
+    answers: tuple[str, ...]  # the annotators' answers as the annotations file writes them (raw)
 
 
 @dataclass
@@ -125,7 +125,7 @@ def _add_questions(settings: Settings, job: ImageJob, scene: Scene, result: Imag
         result.question_records.append(
             export_vqa.dump_record(export_vqa.question_record(job.image_id, question_id, question))
         )
-        majority, counts = None, ()
+        majority, raw_answers = None, ()
         if with_answers:
             answers = annotators.annotate(
                 answer_rng, question.answer, question.template.answer_type, settings.annotator_accuracy
@@ -133,9 +133,9 @@ def _add_questions(settings: Settings, job: ImageJob, scene: Scene, result: Imag
             majority = annotators.majority_answer(answers, question.answer)
             record = export_vqa.annotation_record(job.image_id, question_id, question, answers, majority)
             result.annotation_records.append(export_vqa.dump_record(record))
-            counts = tuple(sorted(Counter(a.canonical for a in answers).items()))
+            raw_answers = tuple(a.raw for a in answers)
         template = question.template
-        result.qa.append(QaRecord(question.text, template.family, template.answer_type, majority, counts))
+        result.qa.append(QaRecord(question.text, template.family, template.answer_type, majority, raw_answers))
 
 
 def make_chunk(settings: Settings, jobs: list[ImageJob]) -> list[ImageResult]:
