@@ -316,6 +316,19 @@ def test_grounding_train_and_evaluate(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "prepared"), "--out", str(run_dir),
                  "--epochs", "1", "--set", "model.hidden_dim=16", "--set", "model.word_dim=8"]) == 0
     assert json.loads((run_dir / "config.json").read_text())["model"]["num_glimpses"] == 1  # the grounding preset
+    # the training score counts entities with a ground-truth box, as the reference does (not captions)
+    from ban.data.flickr30k import GroundingDataset
+
+    train_entities = sum(int((s["entity_mask"] & s["has_ground_truth"]).sum())
+                         for s in GroundingDataset(tmp_path / "prepared", "train"))
+    hits = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["train_score"] * train_entities / 100
+    assert hits == pytest.approx(round(hits), abs=1e-6)
+    task = make_task("grounding", tmp_path / "prepared")
+    batch = {"entity_mask": torch.tensor([[True, True, False], [True, False, False]]),
+             "has_ground_truth": torch.tensor([[True, True, True], [True, True, False]])}
+    batch["targets"] = torch.tensor([[[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]], [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]])
+    logits = torch.tensor([[[[2.0, 2.0, 2.0], [1.0, 1.0, 1.0]]], [[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]]])  # [B,1,N,E]
+    assert (task.score_sum(logits, batch), task.score_count(batch)) == (2, 3)  # 2 of 3 entities, not (1/2 + 1) / 2
     assert main(["train", "--data", str(tmp_path / "prepared"), "--out", str(tmp_path / "tiny"), "--preset", "tiny",
                  "--epochs", "1"]) == 2
     assert "preset 'tiny' is a vqa model, but the task is grounding (presets for grounding: grounding)" in (

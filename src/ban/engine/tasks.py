@@ -123,9 +123,15 @@ class Task:
         raise NotImplementedError
 
     def score_sum(self, logits: Tensor, batch: Batch) -> Tensor:
-        """The training-time score summed over the samples of ``batch`` → [] (VQA: soft target of the arg-max;
-        grounding: the fraction of a caption's entities whose top-scored box is a positive)."""
+        """The training-time score summed over the scored units of ``batch`` → [] (VQA: the soft target of the
+        arg-max answer, per question; grounding: 1 for an entity with a ground-truth box whose top-scored box is a
+        positive, as the reference counts it)."""
         raise NotImplementedError
+
+    def score_count(self, batch: Batch) -> Tensor:
+        """How many units :meth:`score_sum` scored in ``batch`` → [] (the training score is their mean): the
+        samples, unless the task says otherwise."""
+        return batch["features"].new_full((), float(self.batch_size(batch)))
 
     def batch_size(self, batch: Batch) -> int:
         return int(batch["features"].shape[0])
@@ -301,17 +307,24 @@ class GroundingTask(Task):
 
     def loss_sum(self, logits: Tensor, batch: Batch) -> Tensor:
         # entities without a ground-truth box take no part in the loss, as in the reference
-        return grounding_loss(logits, batch["targets"], batch["entity_mask"] & batch["has_ground_truth"], 1)
+        return grounding_loss(logits, batch["targets"], self._scored(batch), 1)
 
     def selection_score(self, metrics: dict[str, Any]) -> float:
         return float(metrics["recall@1"])
 
     def score_sum(self, logits: Tensor, batch: Batch) -> Tensor:
-        """Per sample: the fraction of its entities with ground truth whose top box is a positive; summed."""
-        scored = (batch["entity_mask"] & batch["has_ground_truth"]).float()  # [B, E]
+        """The entities with ground truth whose top box is a positive."""
         top = logits[:, 0].argmax(dim=1, keepdim=True)  # [B, 1, E]
-        hit = batch["targets"].gather(1, top)[:, 0].gt(0).float()  # [B, E]
-        return ((hit * scored).sum(1) / scored.sum(1).clamp(min=1)).sum()
+        hit = batch["targets"].gather(1, top)[:, 0].gt(0)  # [B, E]
+        return (hit & self._scored(batch)).sum().float()
+
+    def score_count(self, batch: Batch) -> Tensor:
+        """The entities with a ground-truth box (those the training score counts)."""
+        return self._scored(batch).sum().float()
+
+    @staticmethod
+    def _scored(batch: Batch) -> Tensor:
+        return batch["entity_mask"] & batch["has_ground_truth"]  # [B, E]
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
                  precision: str, num_workers: int = 0) -> dict[str, Any]:

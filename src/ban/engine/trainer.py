@@ -48,7 +48,7 @@ from ban.engine.trainer_graphs import TrainingGraphs
 from ban.errors import BanError, CheckpointError, ConfigError
 from ban.models import build_model
 
-SUMS = ("loss", "score", "count")  # what an epoch accumulates over its batches
+SUMS = ("loss", "score", "count", "scored")  # what an epoch accumulates over its batches (scored: Task.score_count)
 
 
 class TrainingInterrupted(BanError):
@@ -297,9 +297,11 @@ class Trainer:
             loader = map(self.device_batch, DataLoader(
                 self.data, batch_sampler=batches, collate_fn=self.task.collate, num_workers=config.num_workers,
                 pin_memory=context.device.type == "cuda", generator=torch.Generator().manual_seed(config.seed + epoch)))
-        # running sums of loss, score and samples, kept on the device (no host sync per step); a resumed epoch's
-        # sums so far are every process's together (see the interrupt below): the main process carries them
-        carried = [partial.get(k, 0.0) if context.is_main else 0.0 for k in SUMS]
+        # running sums of loss, score, samples and scored units, kept on the device (no host sync per step); a
+        # resumed epoch's sums so far are every process's together (see the interrupt below): the main process
+        # carries them (a checkpoint from before "scored" was summed scored its samples)
+        so_far = {"scored": partial.get("count", 0.0), **partial}
+        carried = [so_far.get(k, 0.0) if context.is_main else 0.0 for k in SUMS]
         sums = torch.tensor(carried, dtype=torch.float64, device=context.device)
         skipped = int(partial.get("skipped", 0))  # batches with a non-finite loss or gradient (skip_nonfinite)
         began, shown = time.perf_counter() - partial.get("seconds", 0.0), time.perf_counter()
@@ -316,7 +318,7 @@ class Trainer:
                 skipped += 1
             bar.update(1)
             if time.perf_counter() - shown > 0.5:
-                loss, _, count = sums.tolist()
+                loss, _, count, _ = sums.tolist()
                 bar.set_postfix(loss=f"{loss / max(count, 1):.3f}", lr=f"{lr:.2e}",
                                 samples_per_s=f"{count * context.world_size / (time.perf_counter() - began):.0f}")
                 shown = time.perf_counter()
@@ -328,10 +330,10 @@ class Trainer:
                                           f"{self.run_dir}. Continue with: "
                                           f"{resume_command(self.run_dir, context.world_size)}")
         bar.close()
-        loss, score, count = summed(sums, context)
+        loss, score, count, scored = summed(sums, context)
         seconds = time.perf_counter() - began
         record = {"epoch": epoch + 1, "lr": lr, "train_loss": loss / count if count else float("nan"),
-                  "train_score": 100 * score / count if count else float("nan"), "samples": int(count),
+                  "train_score": 100 * score / scored if scored else float("nan"), "samples": int(count),
                   "seconds": seconds, "samples_per_s": count / seconds}
         if config.skip_nonfinite:
             record["skipped_batches"] = skipped
@@ -350,7 +352,8 @@ class Trainer:
         return static_batch(batch, **self.packing, host_box_mask=self.resident.box_mask(indices))
 
     def step(self, batch: Batch, global_size: int) -> torch.Tensor:
-        """One optimisation step on this process's part of a global batch; → [loss sum, score sum, samples].
+        """One optimisation step on this process's part of a global batch; → [loss sum, score sum, samples, scored
+        units (:meth:`ban.engine.tasks.Task.score_count`)].
         A non-finite loss or gradient raises :class:`NonFiniteStep` before anything is updated."""
         if self.graphs is None:
             self.optimizer.zero_grad(set_to_none=True)
@@ -366,7 +369,7 @@ class Trainer:
         else:
             self.graphs.apply(grad_norm)
         count = loss_sum.new_full((), float(self.task.batch_size(batch)))  # a fill: no copy that waits for the GPU
-        return torch.stack([loss_sum, score_sum, count]).double()
+        return torch.stack([loss_sum, score_sum, count, self.task.score_count(batch).to(loss_sum)]).double()
 
     def gradients(self, batch: Batch, global_size: int, cast_cache: bool = True) -> tuple[Tensor, Tensor, Tensor]:
         """Forward and backward on this process's part of a global batch → (loss sum [], score sum [], gradient
@@ -400,7 +403,7 @@ class Trainer:
 
 
 def summed(sums: Tensor, context: DistContext) -> list[float]:
-    """The running sums [loss, score, samples] of every process added together (a collective)."""
+    """The running sums (:data:`SUMS`) of every process added together (a collective)."""
     return torch.stack(distributed.gather_tensor(sums, context)).sum(0).tolist()
 
 
