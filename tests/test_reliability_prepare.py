@@ -80,6 +80,38 @@ def test_killed_prepare_leaves_no_half_file_and_reruns_to_the_same_dataset(raw, 
     assert not hidden_files(tmp_path)  # the kill's leftovers are gone
 
 
+def test_ctrl_c_during_prepare_says_so_in_one_line_and_keeps_the_previous_dataset(raw, prepared, tmp_path):
+    """SIGINT while the features stream in from a pipe: exit 130, one line naming the command (no traceback), the
+    previous dataset as it was and no temporary left."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    shutil.copytree(prepared, out)
+    previous = contents(out)
+    pipe = tmp_path / "features.fifo"
+    os.mkfifo(pipe)
+    command = [sys.executable, "-m", "ban.cli", "prepare", "vqa2", "--root", str(raw / "vqa"), "--features",
+               *map(str, tsv_files(raw)[1:]), str(pipe), "--out", str(out)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    with open(pipe, "wb") as writer:  # opens once the command opens the pipe to read it
+        writer.write(tsv_files(raw)[0].read_bytes())
+        writer.flush()
+        deadline = time.monotonic() + 60
+        while not any(path.name.startswith(".out.tmp-") for path in tmp_path.iterdir()):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.5)  # reading the pipe, which stays open
+        process.send_signal(signal.SIGINT)
+        error = process.communicate(timeout=60)[1]
+    assert process.returncode == 130, error
+    assert error.strip().splitlines()[-1] == "ban prepare: interrupted; what was written before is as it was"
+    assert "Traceback" not in error
+    assert contents(out) == previous
+    assert not hidden_files(tmp_path)
+
+
 @pytest.mark.slow
 def test_killed_prepare_leaves_the_previous_dataset_whole(raw, tmp_path):
     reference, out = tmp_path / "reference", tmp_path / "out"
