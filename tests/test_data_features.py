@@ -605,3 +605,28 @@ def test_hdf5_values_beyond_the_limit_and_inverted_boxes(tmp_path) -> None:
     with pytest.raises(DataError, match="box 2 .* x2 < x1") as error:
         store.get(2)
     assert error.value.field == "image_bb" and error.value.record == "image_id=2"
+
+
+def test_sources_of_other_widths_are_named_before_or_as_the_tsv_streams(tmp_path, images) -> None:
+    """Stores read in place of different widths are named before any TSV is converted; a TSV of another width than
+    theirs is refused at its first record, naming its file and line, not the temporary dataset being built."""
+    from ban.data.feature_setup import set_up_features
+
+    write_feature_store((FeatureRecord(**image) for image in images[:2]), tmp_path / "wide")  # 16-d
+    write_feature_store([FeatureRecord(**random_image(np.random.default_rng(0), 99, 2, 5))], tmp_path / "narrow")
+    narrow_tsv = tmp_path / "narrow.tsv"
+    write_official_tsv(narrow_tsv, [random_image(np.random.default_rng(1), 5, 3, 5)])
+    cases = [
+        ([tmp_path / "wide", tmp_path / "narrow"], None,
+         rf"{tmp_path / 'narrow'}: field 'feature_dim': features of another width than 16: \S*wide \(16-d\), "
+         r"\S*narrow \(5-d\)"),
+        ([tmp_path / "wide"], 5, r"\S*wide: field 'feature_dim': features of another width than 5 \(--feature-dim\)"),
+        ([narrow_tsv, tmp_path / "wide"], None,
+         rf"{narrow_tsv}: record line 1 \(image_id=5\): field 'features': feature width 5 .*expected 16"),
+    ]
+    for number, (sources, feature_dim, message) in enumerate(cases):
+        build = tmp_path / f"build{number}"
+        build.mkdir()
+        with pytest.raises(DataError, match=message):
+            set_up_features(sources, tmp_path / "no-previous", build, feature_dim=feature_dim, progress=False)
+        assert not (build / "features").exists()

@@ -60,6 +60,7 @@ def set_up_features(sources: Sequence[str | os.PathLike[str]], previous: Path, b
     when given)."""
     tsv = [Path(source) for source in sources if is_tsv_source(source)]
     listed = [Path(source) for source in sources if not is_tsv_source(source)]
+    feature_dim = _common_width(listed, feature_dim)  # the TSV records must have it too: checked as they stream
     if tsv:
         identity = conversion_identity(tsv, images)
         if is_complete_store(previous / CONVERTED, identity):
@@ -75,6 +76,20 @@ def set_up_features(sources: Sequence[str | os.PathLike[str]], previous: Path, b
         raise DataError(f"features are {store.feature_dim}-d, expected {feature_dim} (--feature-dim)",
                         path=build / LISTING, field="feature_dim")
     return store
+
+
+def _common_width(listed: Sequence[Path], feature_dim: int | None) -> int | None:
+    """The feature width the sources read in place share, and ``feature_dim`` when given (None: no such source
+    and no width given); :class:`DataError` naming the sources of other widths, before any TSV is converted."""
+    widths = {str(source): FeatureStore.open(source).feature_dim for source in listed}
+    expected = feature_dim if feature_dim is not None else next(iter(widths.values()), None)
+    other = {source: width for source, width in widths.items() if width != expected}
+    if other:
+        named = ", ".join(f"{source} ({width}-d)" for source, width in widths.items())
+        wanted = " (--feature-dim)" if feature_dim is not None else ""
+        raise DataError(f"features of another width than {expected}{wanted}: {named}", path=next(iter(other)),
+                        field="feature_dim")
+    return expected
 
 
 def _kept(records: Iterator[FeatureRecord], images: Collection[int] | None,
