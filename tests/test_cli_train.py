@@ -100,6 +100,16 @@ def test_train_evaluate_predict(data_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "t.json")]) == 0
     assert "note:" not in capsys.readouterr().err
 
+    # `ban evaluate`'s table shows the official scores as `ban score` prints them for the same answers
+    assert main(["predict", str(run_dir), "--split", "val", "--out", str(tmp_path / "val.json")]) == 0
+    capsys.readouterr()
+    assert main(["score", "--questions", str(data_dir / "val_questions.json"), "--annotations",
+                 str(data_dir / "val_annotations.json"), "--results", str(tmp_path / "val.json")]) == 0
+    scored = capsys.readouterr().out
+    assert main(["evaluate", str(run_dir)]) == 0
+    evaluated = capsys.readouterr().out
+    assert evaluated.startswith("split val\n" + scored.rstrip("\n") + "\n\n") and "upperBound" in evaluated
+
 
 @pytest.mark.parametrize(
     ("arguments", "message"),

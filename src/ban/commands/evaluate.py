@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ban.commands.score import format_table
 from ban.commands.trained_run import (
     add_batch_size_argument,
     add_precision_argument,
@@ -39,10 +40,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+OFFICIAL_VQA_KEYS = ("overall", "perAnswerType", "perQuestionType")
+
+
 def format_metrics(metrics: dict[str, Any], split: str) -> str:
-    """A readable table: top-level numbers, then each per-type breakdown (a number or, for grounding's per-type
-    figures, a row of named numbers per type)."""
+    """A readable table. VQA: the official scores as `ban score` prints them, then ban's other numbers; grounding:
+    top-level numbers, then each per-type breakdown (a row of named numbers per type)."""
     lines = [f"split {split}"]
+    if all(key in metrics for key in OFFICIAL_VQA_KEYS):
+        lines += [format_table(metrics), ""]
+        metrics = {key: value for key, value in metrics.items() if key not in OFFICIAL_VQA_KEYS}
     for key, value in metrics.items():
         if isinstance(value, dict):
             lines.append(f"{key}:")
