@@ -102,6 +102,12 @@ def test_what_cannot_be_the_checkpoints_vocabulary_is_refused_by_name(data_dir, 
     for extra, message in cases:
         assert main([*importing, *extra]) == 2
         assert message in capsys.readouterr().err
+    narrow = copy.deepcopy(model.config).replace(feature_dim=8)
+    ban.save_official_checkpoint(ban.build_model(narrow), tmp_path / "narrow.pth")
+    assert main(["import", str(tmp_path / "narrow.pth"), "--data", str(data_dir), "--answers", str(answers),
+                 "--out", str(tmp_path / "run")]) == 2
+    assert f"{data_dir / 'manifest.json'}: field 'feature_dim': its features are 16-d; the run's model reads 8-d" in (
+        capsys.readouterr().err)
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 

@@ -235,6 +235,17 @@ def test_a_crash_in_the_first_epoch_leaves_a_new_run_dir_free(data_dir, tmp_path
     assert not (tmp_path / "run").exists()
 
 
+def test_ctrl_c_before_the_training_loop_leaves_a_new_run_dir_free(data_dir, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C while the model or the data are being set up (before the loop turns signals into checkpoints)."""
+    def interrupted(*arguments, **keywords):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ban.engine.trainer.initial_model", interrupted)
+    assert main(["train", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--epochs", "1", *SMALL]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "ban train: interrupted"
+    assert not (tmp_path / "run").exists()  # the same command can start it again
+
+
 @pytest.mark.parametrize("command", [["evaluate"], ["predict", "--out", "results.json"]])
 @pytest.mark.parametrize("size", ["0", "-3", "many"])
 def test_batch_size_must_be_a_positive_number(tmp_path, capsys, command, size):

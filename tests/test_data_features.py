@@ -332,15 +332,15 @@ def test_interrupted_write_keeps_the_previous_store(tmp_path, images) -> None:
 
 
 def test_an_interrupt_between_the_two_renames_puts_the_previous_store_back(tmp_path, images, monkeypatch) -> None:
-    """The swap moves the previous store aside, then the new one in: a Ctrl-C in between (fault injected into
-    the second rename) moves the previous one back; one left aside by a killed process is moved back by the next
-    run, not deleted."""
+    """The swap moves the previous store aside, then the new one in: a Ctrl-C in between (fault injected into the
+    rename onto the store's name, after the previous store went aside) moves the previous one back; one left aside
+    by a killed process is moved back by the next run, not deleted."""
     write_feature_store((FeatureRecord(**image) for image in images[:1]), tmp_path / "store")
-    replace, calls = os.replace, []
+    replace, moves = os.replace, []
 
     def interrupted_replace(source, target):
-        calls.append(target)
-        if len(calls) == 2:
+        moves.append(Path(target).name)
+        if moves[-1] == "store" and len(moves) > 1 and moves[-2].startswith(".store.old-"):  # right after aside
             raise KeyboardInterrupt
         replace(source, target)
 

@@ -432,6 +432,11 @@ def test_glove_words_holding_spaces_are_read(tmp_path) -> None:
     glove.write_text("the 1 2 3\n. . . 4 5 6\ncat 7 8 9\n")
     vectors, found = read_glove(glove, [". . .", "cat", "dog"], progress=False)
     assert found == 2 and vectors.tolist() == [[4, 5, 6], [7, 8, 9], [0, 0, 0]]
+    glove.write_text("the 1 2 3\ncat 7 8 9 10\n")  # a wanted word with one number too many: not a spaced word
+    with pytest.raises(DataError, match="4 values, expected 3") as error:
+        read_glove(glove, ["cat"], progress=False)
+    assert (error.value.record, error.value.field) == ("line 2", "vector")
+    assert read_glove(glove, ["the"], progress=False)[1] == 1  # a line no word asked for is not parsed
 
 
 @pytest.mark.parametrize("value", ["nan", "-inf", "1e999", "NaN"])

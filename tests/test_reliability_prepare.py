@@ -106,7 +106,7 @@ def test_ctrl_c_during_prepare_says_so_in_one_line_and_keeps_the_previous_datase
         process.send_signal(signal.SIGINT)
         error = process.communicate(timeout=60)[1]
     assert process.returncode == 130, error
-    assert error.strip().splitlines()[-1] == "ban prepare: interrupted; what was written before is as it was"
+    assert error.strip().splitlines()[-1] == "ban prepare: interrupted"
     assert "Traceback" not in error
     assert contents(out) == previous
     assert not hidden_files(tmp_path)

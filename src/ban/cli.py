@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ban {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C (`ban train` turns it into a checkpoint and a BanError itself)
-        print(f"ban {args.command}: interrupted; what was written before is as it was", file=sys.stderr)
+        print(f"ban {args.command}: interrupted", file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell reports it
     except BrokenPipeError:  # stdout's reader stopped early (`ban synth --json | head -1`): nothing left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere

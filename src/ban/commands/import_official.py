@@ -15,7 +15,7 @@ from pathlib import Path
 from ban.data.prepared import read_answers, read_tokens
 from ban.engine.checkpoint import save_checkpoint
 from ban.engine.config import TrainConfig
-from ban.engine.run import CHECKPOINT_FILE, RunConfig, abandon_new_run, fingerprint, start_run
+from ban.engine.run import CHECKPOINT_FILE, RunConfig, abandon_new_run, check_data, fingerprint, start_run
 from ban.engine.tasks import dataset_task
 from ban.errors import ConfigError, DataError
 from ban.official import load_official_checkpoint, read_dictionary, read_reference_answers, reorder_answers
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--answers is for VQA checkpoints; a grounding model has no answer classifier")
     data_dir = args.data.resolve()
     run_config = RunConfig(task, str(data_dir), model.config, TrainConfig(precision="fp32"), fingerprint(data_dir))
+    check_data(run_config, data_dir)  # what evaluate, predict and visualize will check: the feature width
     start_run(args.out, run_config, resume=False)
     try:
         save_checkpoint(args.out / CHECKPOINT_FILE, model, None, {"imported": str(args.checkpoint.resolve())})

@@ -131,8 +131,9 @@ def run(args: argparse.Namespace) -> int:
         if main_process:
             print(f"ban train: interrupted: {stopped}", file=sys.stderr)
         return 130
-    except Exception as error:  # noqa: BLE001 - re-raised; only the run dir is tidied
-        # stopped before its first checkpoint (cuda_graphs on a CPU, a bad data file, a crash…): the corrected
+    except BaseException as error:  # noqa: BLE001 - re-raised; only the run dir is tidied
+        # stopped before its first checkpoint (cuda_graphs on a CPU, a bad data file, a crash, Ctrl-C before the
+        # training loop took over the signal…): the corrected
         # command may use the same --out. A diverged run stays: its message says how to resume it.
         if main_process and not args.resume and not isinstance(error, TrainingDiverged):
             abandon_new_run(run_dir)

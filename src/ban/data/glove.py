@@ -40,11 +40,10 @@ def read_glove(
     The file is read line by line (memory: one line plus the result); a first line of two integers (word2vec's
     header) is skipped. The first line gives the width D; on every line the vector is the last D space-separated
     fields and the word is all before them, so a word holding spaces (``glove.840B.300d``'s ``. . .``) is read
-    whole (the same split makes a line with too many values read as a word with spaces, matching no word asked
-    for). A word listed twice in the file takes its last vector, as the reference's dict did. Raises
+    whole. A word listed twice in the file takes its last vector, as the reference's dict did. Raises
     :class:`DataError` (file, line, field) for a line with fewer than D values, or, on the lines of the words
-    asked for (the only ones parsed), a value that is not a number or not finite in float32 (``nan``, ``inf``,
-    ``1e999``).
+    asked for (the only ones parsed), more than D numbers (the "word" would be the word asked for followed by
+    numbers) or a value that is not a number or not finite in float32 (``nan``, ``inf``, ``1e999``).
     """
     path = Path(path)
     wanted = {word: index for index, word in enumerate(words)}
@@ -64,8 +63,12 @@ def read_glove(
             if len(parts) < vectors.shape[1] + 1:
                 raise DataError(f"{len(parts) - 1} values, expected {vectors.shape[1]}", path=path,
                                 record=f"line {line_number}", field="vector")
-            parts = [b" ".join(parts[:-vectors.shape[1]]), *parts[-vectors.shape[1]:]]  # a word may hold spaces
-            index = wanted.get(parts[0].decode("utf-8", errors="replace"))
+            word_fields = parts[:-vectors.shape[1]]  # a word may hold spaces
+            if len(word_fields) > 1 and _decoded(word_fields[0]) in wanted and all(map(_is_number, word_fields[1:])):
+                raise DataError(f"{len(parts) - 1} values, expected {vectors.shape[1]}", path=path,
+                                record=f"line {line_number}", field="vector")  # not a word with spaces
+            parts = [b" ".join(word_fields), *parts[-vectors.shape[1]:]]
+            index = wanted.get(_decoded(parts[0]))
             if index is None:
                 continue
             vectors[index] = _parse_vector(parts, path, line_number)
@@ -73,6 +76,18 @@ def read_glove(
     if vectors is None:
         raise DataError("empty GloVe file", path=path)
     return vectors, int(found.sum())
+
+
+def _decoded(word: bytes) -> str:
+    return word.decode("utf-8", errors="replace")
+
+
+def _is_number(field: bytes) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_vector(parts: list[bytes], path: Path, line_number: int) -> np.ndarray:

@@ -180,7 +180,7 @@ def check_data(run: RunConfig, data_dir: str | Path) -> None:
     manifest = read_manifest(data_dir) if (Path(data_dir) / MANIFEST).is_file() else {}  # (missing: said when read)
     if "feature_dim" in manifest and manifest_size(data_dir, manifest, "feature_dim") != run.model.feature_dim:
         raise DataError(f"its features are {manifest['feature_dim']}-d; the run's model reads "
-                        f"{run.model.feature_dim}-d ones (not the features the run was trained on)",
+                        f"{run.model.feature_dim}-d ones",
                         path=Path(data_dir) / MANIFEST, field="feature_dim")
 
 

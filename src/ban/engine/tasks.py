@@ -131,7 +131,7 @@ class Task:
     def score_count(self, batch: Batch) -> Tensor:
         """How many units :meth:`score_sum` scored in ``batch`` → [] (the training score is their mean): the
         samples, unless the task says otherwise."""
-        return batch["features"].new_full((), float(self.batch_size(batch)))
+        return batch["features"].new_full((), float(self.batch_size(batch)), dtype=torch.float32)  # bf16 rounds counts
 
     def batch_size(self, batch: Batch) -> int:
         return int(batch["features"].shape[0])

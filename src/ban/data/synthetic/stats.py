@@ -118,7 +118,7 @@ def format_stats(stats: dict, seconds: float) -> str:
         )
     baselines = stats["baselines"]
     if baselines:
-        lines.append(f"{'val baseline (soft acc. %)':<30}{'overall':>9}{'yes/no':>9}{'number':>9}{'other':>9}")
+        lines.append(f"{'val baseline (VQA acc. %)':<30}{'overall':>9}{'yes/no':>9}{'number':>9}{'other':>9}")
         for name in ("answer_prior", "question_only"):
             row = baselines[name]
             per = row["perAnswerType"]
