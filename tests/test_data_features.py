@@ -493,6 +493,10 @@ def test_sources_read_in_place_are_stamped_and_checked(tmp_path, images) -> None
         FeatureStore.open(listing)
     listing.write_text(json.dumps({"sources": written["sources"]}))  # as written before the stamps
     assert FeatureStore.open(listing).image_ids.tolist() == [42, 7]
+    os.replace(tmp_path / "val.hdf5", tmp_path / "moved.hdf5")
+    with pytest.raises(DataError, match=r"features\.json: field 'sources': source \S*val\.hdf5 is not there \(moved "
+                                        r"or deleted\?\)"):
+        FeatureStore.open(listing)
 
 
 def _two_images_hdf5(path) -> list[dict]:

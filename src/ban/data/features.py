@@ -354,6 +354,9 @@ def _open_sources_file(path: Path) -> FeatureStore:
     for source in sources:
         if not Path(source).is_absolute() and not resolve_path(folder / source, "sources").is_relative_to(folder):
             raise DataError(f"relative source {source!r} leads outside {folder}", path=path, field="sources")
+        if not (path.parent / source).exists():
+            raise DataError(f"source {source} is not there (moved or deleted?): put it back, or prepare the dataset "
+                            "again", path=path, field="sources")
     _check_identities(path, sources, data.get("identities"))
     stores = [FeatureStore.open(path.parent / source) for source in sources]
     return stores[0] if len(stores) == 1 else UnionFeatureStore(stores, description=str(path))
