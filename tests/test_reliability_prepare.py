@@ -94,7 +94,9 @@ def test_ctrl_c_during_prepare_says_so_in_one_line_and_keeps_the_previous_datase
     os.mkfifo(pipe)
     command = [sys.executable, "-m", "ban.cli", "prepare", "vqa2", "--root", str(raw / "vqa"), "--features",
                *map(str, tsv_files(raw)[1:]), str(pipe), "--out", str(out)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    # as typed in a terminal: SIGINT at its default (a test run in the background inherits it ignored)
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     with open(pipe, "wb") as writer:  # opens once the command opens the pipe to read it
         writer.write(tsv_files(raw)[0].read_bytes())
         writer.flush()
