@@ -62,6 +62,19 @@ def interrupt_at_batch(task: VQATask, batch_number: int) -> VQATask:
     return task
 
 
+def without_scored_sum(path: Path) -> None:
+    """Rewrite a mid-epoch checkpoint as versions before the scored units were summed wrote it: its partial sums
+    without "scored" (tensors and the rest of the metadata as they are)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata, tensors = handle.metadata(), {key: handle.get_tensor(key) for key in handle.keys()}
+    state = json.loads(metadata["state"])
+    del state["partial"]["scored"]
+    save_file(tensors, str(path), metadata={**metadata, "state": json.dumps(state)})
+
+
 @pytest.mark.slow
 def test_interrupted_and_resumed_runs_end_with_the_same_weights(data_dir, tmp_path):
     run = small_run(data_dir)
@@ -76,8 +89,13 @@ def test_interrupted_and_resumed_runs_end_with_the_same_weights(data_dir, tmp_pa
         train(stopped, run, interrupt_at_batch(VQATask(data_dir), 7))
     assert Checkpoint(stopped / CHECKPOINT_FILE).state["epoch"] == 1
     assert Checkpoint(stopped / CHECKPOINT_FILE).state["step"] == 2
+    older = tmp_path / "older"  # the same checkpoint as a version without the "scored" sum wrote it
+    shutil.copytree(stopped, older)
+    without_scored_sum(older / CHECKPOINT_FILE)
     start_run(stopped, run, resume=True)
     resumed_history = train(stopped, run, VQATask(data_dir), resume=True)
+    start_run(older, run, resume=True)
+    older_history = train(older, run, VQATask(data_dir), resume=True)
 
     # stopped after epoch 1, continued with more epochs (the one setting that may change on resume)
     extended = tmp_path / "extended"
@@ -92,8 +110,9 @@ def test_interrupted_and_resumed_runs_end_with_the_same_weights(data_dir, tmp_pa
         for name, tensor in weights(other).items():
             assert torch.equal(tensor, reference[name]), (other.name, name)
     drop = ("seconds", "samples_per_s")
-    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed_history] == \
-           [{k: v for k, v in r.items() if k not in drop} for r in history]
+    for other_history in (resumed_history, older_history):
+        assert [{k: v for k, v in r.items() if k not in drop} for r in other_history] == \
+               [{k: v for k, v in r.items() if k not in drop} for r in history]
     lines = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
     assert (straight / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
