@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ban.data.jsonfile import read_json, require, require_list
@@ -33,17 +33,8 @@ def load_annotations(path: PathLike) -> list[dict[str, Any]]:
     """The ``annotations`` records of an official annotation file (``v2_mscoco_*_annotations.json``),
     validated: each needs an int ``question_id`` (unique) and ``image_id``, str ``question_type`` and
     ``answer_type``, and a non-empty list of ``answers`` records with a str ``answer``."""
-    data = read_json(path)
-    records = require_list(data, "annotations", path)
-    seen: set[int] = set()
-    for index, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise DataError("expected an object", path=path, record=index)
-        question_id = require(record, "question_id", int, path, index)
-        where = f"{index} (question_id={question_id})"
-        if question_id in seen:
-            raise DataError("question annotated twice", path=path, record=where, field="question_id")
-        seen.add(question_id)
+    records = []
+    for where, record in _question_records(path, "annotations", "question annotated twice"):
         require(record, "image_id", int, path, where)
         require(record, "question_type", str, path, where)
         require(record, "answer_type", str, path, where)
@@ -56,22 +47,30 @@ def load_annotations(path: PathLike) -> list[dict[str, Any]]:
                     "expected an object with a string 'answer'", path=path, record=where,
                     field=f"answers[{position}]",
                 )
+        records.append(record)
     return records
 
 
 def load_questions(path: PathLike) -> dict[int, dict[str, Any]]:
     """Question id → record of an official questions file (``v2_OpenEnded_mscoco_*_questions.json``)."""
-    data = read_json(path)
-    records = require_list(data, "questions", path)
     questions: dict[int, dict[str, Any]] = {}
-    for index, record in enumerate(records):
+    for where, record in _question_records(path, "questions", "question listed twice"):
+        require(record, "image_id", int, path, where)
+        require(record, "question", str, path, where)
+        questions[record["question_id"]] = record
+    return questions
+
+
+def _question_records(path: PathLike, key: str, repeated: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The records listed under ``key`` of an official file, each an object with an int ``question_id`` no other
+    record has (else ``repeated`` is the error), with where it is for messages: ``"<index> (question_id=<id>)"``."""
+    seen: set[int] = set()
+    for index, record in enumerate(require_list(read_json(path), key, path)):
         if not isinstance(record, dict):
             raise DataError("expected an object", path=path, record=index)
         question_id = require(record, "question_id", int, path, index)
         where = f"{index} (question_id={question_id})"
-        if question_id in questions:
-            raise DataError("question listed twice", path=path, record=where, field="question_id")
-        require(record, "image_id", int, path, where)
-        require(record, "question", str, path, where)
-        questions[question_id] = record
-    return questions
+        if question_id in seen:
+            raise DataError(repeated, path=path, record=where, field="question_id")
+        seen.add(question_id)
+        yield where, record
