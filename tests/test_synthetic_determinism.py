@@ -92,6 +92,60 @@ def test_the_command_refuses_a_folder_it_did_not_write(tmp_path: Path, capsys) -
     assert [path.name for path in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
+def synth_command(out: Path, *options: str) -> int:
+    from ban.cli import main
+
+    return main(["synth", "--out", str(out), "--images", "10", "--flickr-images", "10", "--feature-dim", "8",
+                 "--no-png", "--quiet", "--workers", "1", *options])
+
+
+def test_the_command_refuses_an_earlier_output_holding_other_files(tmp_path: Path, capsys) -> None:
+    """A new run replaces the whole directory: a file the user put into an earlier output would be lost."""
+    assert synth_command(tmp_path / "out") == 0
+    (tmp_path / "out" / "notes.txt").write_text("kept")
+    before = tree_digest(tmp_path / "out")
+    assert synth_command(tmp_path / "out", "--seed", "1") == 2
+    assert "notes.txt: is not a `ban synth` output" in capsys.readouterr().err
+    assert tree_digest(tmp_path / "out") == before
+
+
+def test_the_command_refuses_a_file_as_output_before_generating(tmp_path: Path, capsys) -> None:
+    (tmp_path / "out").write_text("kept")
+    assert synth_command(tmp_path / "out") == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+    assert (tmp_path / "out").read_text() == "kept" and sorted(path.name for path in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_symlinked_output_keeps_its_link(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert synth_command(tmp_path / "link") == 0
+    assert synth_command(tmp_path / "link", "--seed", "1") == 0
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "stats.json").is_file()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["link", "real"]
+
+
+def test_an_interrupted_rerun_leaves_the_earlier_output_whole(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C while the new scenes are written: the earlier output stays as it was, nothing else is left."""
+    from ban.data.synthetic import export_flickr
+
+    assert synth_command(tmp_path / "out") == 0
+    before = tree_digest(tmp_path / "out")
+
+    def interrupted(*args: object, **kwargs: object) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_flickr, "split_list", interrupted)  # after the VQA splits and Flickr features
+    assert synth_command(tmp_path / "out", "--seed", "1") == 130
+    assert tree_digest(tmp_path / "out") == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
+    monkeypatch.undo()
+    assert synth_command(tmp_path / "out", "--seed", "1") == 0
+    assert tree_digest(tmp_path / "out") != before
+    assert tree_digest(tmp_path / "out") == tree_digest(make(tmp_path / "alone", seed=1, num_images=10,
+                                                              flickr_images=10, feature_dim=8, write_images=False))
+
+
 @pytest.mark.parametrize("kwargs", [{"num_images": 5}, {"feature_dim": 0}, {"flickr_images": 4}, {"seed": -1}])
 def test_bad_settings_are_config_errors(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(ConfigError):

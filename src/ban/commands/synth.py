@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ban.commands.arguments import non_negative_int, positive_int
+from ban.data.atomic import atomic_path
 from ban.data.synthetic import (
     ANNOTATOR_ACCURACY,
     DEFAULT_FEATURE_DIM,
@@ -20,15 +21,17 @@ from ban.data.synthetic import (
     QUESTIONS_PER_IMAGE,
     generate,
 )
-from ban.data.synthetic.layout import STATS_FILE
+from ban.data.synthetic.layout import OUTPUT_ENTRIES, STATS_FILE
 from ban.data.synthetic.stats import format_stats
+from ban.data.textfile import resolve_path
 from ban.errors import DataError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True,
                         help="output directory: created if missing; an earlier `ban synth` output there is "
-                             "replaced; any other non-empty directory is refused")
+                             "replaced once the new one is complete (it is written beside it first, so the disk "
+                             "needs room for both); any other non-empty directory is refused")
     parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="random seed; same seed → byte-identical output (default: 0)")
     parser.add_argument(
@@ -69,12 +72,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.out.is_dir() and any(args.out.iterdir()) and not (args.out / STATS_FILE).is_file():
-        raise DataError("is not empty and holds no complete `ban synth` output (stats.json), which a new run would "
-                        "replace: choose a new or empty directory", path=args.out)
     start = time.perf_counter()
-    stats = generate(
-        args.out,
+    with atomic_path(_replaceable(args.out)) as building:
+        stats = _generate(args, building)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        print(format_stats(stats, time.perf_counter() - start))
+        print(f"written to {args.out}")
+    return 0
+
+
+def _replaceable(out: Path) -> Path:
+    """``out`` with its symlinks resolved (a linked ``--out`` keeps its link), after refusing one that the new
+    output would replace with something lost: a non-empty directory that is not a complete `ban synth` output, or
+    one that holds anything else too."""
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        raise DataError("exists and is not a directory", path=out)
+    entries = sorted(out.iterdir()) if out.is_dir() else []
+    if entries and not (out / STATS_FILE).is_file():
+        raise DataError("is not empty and holds no complete `ban synth` output (stats.json), which a new run would "
+                        "replace: choose a new or empty directory", path=out)
+    foreign = [entry for entry in entries if entry.name not in OUTPUT_ENTRIES]
+    if foreign:
+        raise DataError("is not a `ban synth` output: a new run replaces the whole directory: move it elsewhere "
+                        "or choose a new directory", path=foreign[0])
+    return resolve_path(out, "out")
+
+
+def _generate(args: argparse.Namespace, out: Path) -> dict:
+    return generate(
+        out,
         seed=args.seed,
         num_images=args.images,
         feature_dim=args.feature_dim,
@@ -85,9 +113,3 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.quiet,
     )
-    if args.json:
-        print(json.dumps(stats, indent=2))
-    else:
-        print(format_stats(stats, time.perf_counter() - start))
-        print(f"written to {args.out}")
-    return 0
