@@ -51,7 +51,7 @@ IMAGES = {
     ], [
         (10, 10, 50, 50),  # 0: the shared box itself → positive of 1 and 2
         (60, 60, 90, 90),  # 1: entity 1's second box → positive of 1
-        (10, 10, 30, 50),  # 2: IoU exactly 0.5 with the shared box: the reference's +1e-6 makes it a miss
+        (10, 10, 30, 50),  # 2: IoU exactly 0.5 with the shared box → positive of 1 and 2 (no epsilon)
         (10, 10, 31, 50),  # 3: IoU 0.525 → positive of 1 and 2
         (0, 0, 5, 5),  # 4: nothing
     ]),
@@ -117,13 +117,20 @@ def test_box_iou_by_hand() -> None:
     second = np.array([[10.0, 10, 31, 50], [30, 30, 70, 70], [50, 50, 60, 60]])
     # 840 / 1600; 400 / (1600 + 1600 - 400); touching corners: 0
     assert box_iou(first, second)[0].tolist() == [840 / 1600, 400 / 2800, 0.0]
-    assert box_iou(first, second, eps=1e-6)[0].tolist() == [840 / (1600 + 1e-6), 400 / (2800 + 1e-6), 0.0]
+    # exactly half (the reference has no epsilon, so this is a positive); boxes without area: 0, not NaN
+    assert box_iou(np.array([[10.0, 10, 30, 30]]), np.array([[10.0, 10, 30, 20]]))[0].tolist() == [0.5]
+    assert box_iou(np.array([[5.0, 5, 5, 9]]), np.array([[5.0, 5, 5, 9], [0, 0, 10, 10]]))[0].tolist() == [0.0, 0.0]
+
+
+def test_an_overlap_of_exactly_one_half_is_positive() -> None:
+    found = positive_boxes({1: [(10, 10, 30, 30)]}, np.array([[10, 10, 30, 20], [10, 10, 30, 19.9]], np.float32))
+    assert found[1].tolist() == [0]
 
 
 def test_positive_boxes_union_over_an_entitys_boxes() -> None:
     detected = np.array(IMAGES[101][4], dtype=np.float32)
     found = positive_boxes({1: [(10, 10, 50, 50), (60, 60, 90, 90)], 2: [(10, 10, 50, 50)], 9: []}, detected)
-    assert {key: value.tolist() for key, value in found.items()} == {1: [0, 1, 3], 2: [0, 3], 9: []}
+    assert {key: value.tolist() for key, value in found.items()} == {1: [0, 1, 2, 3], 2: [0, 2, 3], 9: []}
 
 
 def test_entity_position_is_the_phrase_last_token_in_model_tokens() -> None:
@@ -206,7 +213,7 @@ def test_dictionary_and_train_arrays(prepared: tuple[Path, dict]) -> None:
         assert train["has_ground_truth"].tolist() == [[True, True, False], [True, True, False]]
         offsets, boxes = train["positive_offsets"], train["positive_boxes"]
         per_slot = [boxes[offsets[i]:offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
-        assert per_slot == [[0, 1, 3], [0, 3], [], [0, 1, 3], [0, 1, 3], []]
+        assert per_slot == [[0, 1, 2, 3], [0, 2, 3], [], [0, 1, 2, 3], [0, 1, 2, 3], []]
 
 
 def test_feature_store_holds_only_split_images(prepared: tuple[Path, dict]) -> None:
@@ -224,8 +231,8 @@ def test_dataset_items_and_batches(prepared: tuple[Path, dict]) -> None:
     item = train[0]
     assert item["features"].shape == (5, FEATURE_DIM) and item["boxes"].shape == (5, 6)
     expected = torch.zeros(5, 3)
-    expected[[0, 1, 3], 0] = 1
-    expected[[0, 3], 1] = 1
+    expected[[0, 1, 2, 3], 0] = 1
+    expected[[0, 2, 3], 1] = 1
     assert torch.equal(item["targets"], expected)
     assert item["entity_mask"].tolist() == [True, True, True]
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 
-def box_iou(first: np.ndarray, second: np.ndarray, eps: float = 0.0) -> np.ndarray:
+def box_iou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """IoU of every box of ``first`` ``[A, 4]`` with every box of ``second`` ``[B, 4]`` → ``[A, B]``, in the
-    inputs' dtype: ``intersection / (area_first + area_second − intersection + eps)`` (the Flickr30k reference
-    adds ``eps = 1e-6``).
+    inputs' dtype: ``intersection / (area_first + area_second − intersection)``, as the Flickr30k reference
+    computes it (no epsilon, so an overlap of exactly 0.5 is one); 0 where the union is empty (two boxes without
+    area, where the reference divides by zero).
 
     >>> box_iou(np.array([[0., 0, 10, 10]]), np.array([[0., 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]])).round(4)
     array([[1.    , 0.3333, 0.    ]])
@@ -18,4 +19,5 @@ def box_iou(first: np.ndarray, second: np.ndarray, eps: float = 0.0) -> np.ndarr
     intersection = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
     area_first = np.prod(first[:, 2:] - first[:, :2], axis=1)
     area_second = np.prod(second[:, 2:] - second[:, :2], axis=1)
-    return intersection / (area_first[:, None] + area_second[None, :] - intersection + eps)
+    union = area_first[:, None] + area_second[None, :] - intersection
+    return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)

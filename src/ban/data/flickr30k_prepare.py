@@ -15,7 +15,7 @@ What an example is (as the reference pipeline, with one fix):
   position is the token that holds the phrase's last character, found by tokenising the caption up to that
   character (a prefix tokenises to a prefix of the token list), so it is right by construction;
 - targets: the detected boxes with IoU ≥ 0.5 to any ground-truth box of the entity (IoU as the reference:
-  corners used as given, ``intersection / (union + 1e-6)``).
+  corners used as given, ``intersection / union``).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def positive_boxes(ground_truth: dict[int, list[Box]], detected: np.ndarray) -> 
         return {entity_id: np.zeros(0, dtype=np.int64) for entity_id in ground_truth}
     owners = np.array([entity_id for entity_id, boxes in ground_truth.items() for _ in boxes])
     rows = np.array([box for boxes in ground_truth.values() for box in boxes], dtype=np.float64)
-    matches = box_iou(rows, np.asarray(detected, dtype=np.float64), eps=1e-6) >= IOU_THRESHOLD  # [G, N]
+    matches = box_iou(rows, np.asarray(detected, dtype=np.float64)) >= IOU_THRESHOLD  # [G, N]
     return {entity_id: np.flatnonzero(matches[owners == entity_id].any(0)) for entity_id in ground_truth}
 
 

@@ -4,10 +4,13 @@
   keeps only the rows of the words asked for (words missing from GloVe get zeros, as in the reference).
 - :func:`cooccurrence_embedding` builds the initialisation of option ``c``'s second table: each word's row is
   the average of the GloVe rows of the words it co-occurs with in the same question, weighted by co-occurrence
-  count / total count of the other word (a tf-idf weight), normalised per row so the weights sum to 1.
+  count, normalised per row so the weights sum to 1 (a row-normalised co-occurrence matrix).
 
-The reference computed the same row-stochastic mixing but its tf-idf step divided entries by the wrong index
-(``vals[col] /= df[col]``); we apply the weight it intended, count / df[col], to every entry.
+That is the matrix the reference's code computed in effect. Its tf-idf step meant to divide each entry by the
+other word's number of occurrences, but divides by list position instead (``vals[col] /= df[col]``): only the
+first entries of its pair list, as many as there are words (the pairs of its first ~100 training questions),
+are divided — each by ``df[col]`` once per pair having ``col`` as second word, which leaves them ≈ 0 — and every
+other entry keeps weight 1, so the row normalisation that follows turns plain counts into the mixing weights.
 """
 
 from __future__ import annotations
@@ -113,9 +116,8 @@ def cooccurrence_embedding(
     ``token_lists``: each text as indices into ``vectors`` (``[V, D]``, V ≥ ``num_rows``; indices ≥ ``num_rows``
     are extra words that may be mixed in but get no row of their own). For every text and every two positions
     a < b holding tokens s, t: the pair (s, t) is counted if s < ``num_rows`` and (t, s) if t < ``num_rows``.
-    With C[s, t] those counts and df[t] the number of occurrences of t over all texts, row s of the result is
-    Σ_t w[s, t] · vectors[t] with w[s, t] = (C[s, t] / df[t]) / Σ_t' (C[s, t'] / df[t']); rows without any
-    pair are zero.
+    With C[s, t] those counts, row s of the result is Σ_t w[s, t] · vectors[t] with
+    w[s, t] = C[s, t] / Σ_t' C[s, t']; rows without any pair are zero.
     """
     vocabulary = len(vectors)
     counter = _PairCounter(num_rows, vocabulary)
@@ -129,9 +131,9 @@ def cooccurrence_embedding(
     for length, bucket in buckets.items():
         if bucket and length:
             counter.add(np.array(bucket, dtype=np.int64))
-    codes, counts, df = counter.result()
+    codes, counts = counter.result()
     rows, cols = np.divmod(codes, vocabulary)
-    weights = counts / df[cols]
+    weights = counts.astype(np.float64)
     totals = np.bincount(rows, weights=weights, minlength=num_rows)
     nonzero = totals > 0
     weights /= np.where(nonzero, totals, 1.0)[rows]
@@ -143,12 +145,11 @@ def cooccurrence_embedding(
 
 
 class _PairCounter:
-    """Counts ordered token pairs (row token < ``num_rows``) and token occurrences, texts of equal length at a
-    time (vectorised), merging into sorted unique pair codes ``row * vocabulary + col``."""
+    """Counts ordered token pairs (row token < ``num_rows``), texts of equal length at a time (vectorised),
+    merging into sorted unique pair codes ``row * vocabulary + col``."""
 
     def __init__(self, num_rows: int, vocabulary: int) -> None:
         self.num_rows, self.vocabulary = num_rows, vocabulary
-        self.df = np.zeros(vocabulary, dtype=np.int64)
         self.codes = np.zeros(0, dtype=np.int64)
         self.counts = np.zeros(0, dtype=np.int64)
         self.pending: list[tuple[np.ndarray, np.ndarray]] = []
@@ -156,7 +157,6 @@ class _PairCounter:
 
     def add(self, texts: np.ndarray) -> None:
         """Count the texts ``[n, L]`` (token indices, all of length L ≥ 1)."""
-        self.df += np.bincount(texts.ravel(), minlength=self.vocabulary)
         first, second = np.triu_indices(texts.shape[1], k=1)
         s, t = texts[:, first].ravel(), texts[:, second].ravel()
         rows, cols = np.concatenate([s, t]), np.concatenate([t, s])
@@ -176,10 +176,10 @@ class _PairCounter:
         self.counts = np.bincount(inverse, weights=weights, minlength=len(merged)).astype(np.int64)
         self.pending, self.pending_size = [], 0
 
-    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(pair codes, pair counts, occurrences per token)``."""
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(pair codes, pair counts)``."""
         self._merge()
-        return self.codes, self.counts, self.df
+        return self.codes, self.counts
 
 
 def load_word_vectors(path: Path, tokens: list[str]) -> np.ndarray | None:
