@@ -124,7 +124,7 @@ def test_the_compiled_piecewise_linear_function_has_the_dense_forms_values_and_g
     with torch.no_grad():
         function.weight.copy_(torch.rand(17) * 2 - 0.5)  # signed weights: |w| is normalised
     x = torch.rand(40000) * 1.4 - 0.2  # beyond [0, 1] on both sides, several blocks
-    x[:6] = torch.tensor([0.0, 1.0, 0.5, 0.25, 3 / 16, 1 / 16])  # the ends and knots: both ramps pass there
+    x[:6] = torch.tensor([0.0, 1.0, 0.5, 0.25, 3 / 16, 1 / 16])  # the ends and knots (one ramp passes there)
     ours, theirs = _piecewise_run(function, x, True), _piecewise_run(function, x, False)
     _no_worse_than_float32_autograd(ours, theirs, _piecewise_run(function, x, False, torch.float64))
     torch.testing.assert_close(ours[:2], theirs[:2], rtol=1e-6, atol=1e-6)  # element-wise: the same

@@ -101,6 +101,24 @@ def test_piecewise_linear_equals_lookup_formulation():
     assert float(layer(torch.tensor([1.0], dtype=torch.float64))) == 1.0
 
 
+def test_piecewise_linear_has_the_lookup_formulations_gradients_on_the_knots_too():
+    """Autograd through the reference's look-up: on a knot n·x = m only the slope of the segment starting there
+    (at x = 1, the last one); between knots the slope of the segment. Every knot, the ends and random points."""
+    layer = PiecewiseLinear(16).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.rand(17, dtype=torch.float64) + 0.2)
+        layer.weight[0] = 0
+    x = torch.cat([torch.linspace(0, 1, 17, dtype=torch.float64), torch.rand(50, dtype=torch.float64)])
+    grad_out = torch.rand_like(x)
+    reference_weight = layer.weight.detach().clone().requires_grad_()
+    reference_x, ours_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.enable_grad():  # this file's tests run under no_grad
+        torch.autograd.backward(_lookup_piecewise(reference_weight, reference_x), grad_out)
+        torch.autograd.backward(layer(ours_x), grad_out)
+    assert torch.allclose(ours_x.grad, reference_x.grad, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(layer.weight.grad, reference_weight.grad, rtol=1e-12, atol=1e-12)
+
+
 def _naive_count(module: CountingModule, boxes, scores):
     """The counting module of Zhang et al. written loop by loop from PAPER.md §2 (one sample)."""
     f = [lambda x, fn=fn: float(_lookup_piecewise(fn.weight.detach(), torch.tensor(x, dtype=torch.float64)))

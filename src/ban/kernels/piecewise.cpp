@@ -2,8 +2,8 @@
 //
 // f(x) = ŵ₀ + Σ_{k=1..n} ŵ_k · clamp(n·x − (k − 1), 0, 1). With t = n·x in segment m = ⌊t⌋ the terms k ≤ m are 1 and
 // term m + 1 is t − m, so f(x) = ŵ₀ + (ŵ₁ + … + ŵ_m) + ŵ_{m+1}·(t − m): no [..., n] tensor of ramps. The backward
-// follows the dense form's autograd exactly: a ramp passes the gradient where 0 ≤ n·x − (k − 1) ≤ 1 (both ends
-// included, as clamp's backward does), and ∂f/∂ŵ_k = clamp(n·x − (k − 1), 0, 1), summed per fixed block in a
+// follows the dense form's autograd exactly: ramp k passes the gradient where 0 ≤ n·x − (k − 1) < 1 (≤ 1 for the
+// last ramp), as the reference's look-up does, and ∂f/∂ŵ_k = clamp(n·x − (k − 1), 0, 1), summed per fixed block in a
 // histogram over the segments, then in block order (the sum does not depend on the thread count).
 
 #include "kernels.h"
@@ -97,9 +97,7 @@ std::vector<torch::Tensor> piecewise_linear_backward(const torch::Tensor& grad, 
         } else {
           const auto m = static_cast<int64_t>(t);
           const float fraction = t - static_cast<float>(m);
-          float slope = w[m + 1];
-          if (fraction == 0.0f && m >= 1) slope += w[m];  // t on a knot: ramps m (at 1) and m + 1 (at 0) pass
-          grad_input[i] = g * segments * slope;
+          grad_input[i] = g * segments * w[m + 1];  // on a knot (t = m) only ramp m + 1, at 0, passes
           full[m] += g;
           partial[m + 1] += static_cast<double>(g) * fraction;
         }

@@ -40,7 +40,9 @@ class PiecewiseLinear(nn.Module):
     ``weight`` [num_segments + 1] starts as ones with entry 0 set to 0; ``ŵ = |w| / Σ|w|`` are the segment
     slopes (entry 0 an offset), so f(0) = ŵ₀ = 0 and f(1) = 1. Written densely,
     ``f(x) = ŵ₀ + Σ_{k=1..n} ŵ_k · clamp(n·x − (k − 1), 0, 1)``, which equals the look-up formulation on
-    [0, 1] but has no gather from a 17-entry table on the backward pass, which was slow on GPUs. Inside
+    [0, 1] but has no gather from a 17-entry table on the backward pass, which was slow on GPUs. The gradients
+    are the look-up's too: on a knot n·x = m (0 < m < n) only the segment starting there passes it (ramp m + 1 at
+    0), not the one ending there (ramp m, at 1: held constant); at x = 1 the last ramp does. Inside
     :func:`ban.kernels.enabled` a float32 CPU input takes a compiled kernel with the same gradients instead (no
     [..., n] tensor of ramps).
     """
@@ -59,7 +61,9 @@ class PiecewiseLinear(nn.Module):
         if kernels.active() is not None and x.device.type == "cpu" and x.dtype == slopes.dtype == torch.float32:
             return _CompiledPiecewiseLinear.apply(x, slopes)
         steps = torch.arange(self.num_segments, device=x.device, dtype=x.dtype)
-        ramps = (self.num_segments * x.unsqueeze(-1) - steps).clamp(0, 1)  # [..., n]
+        offsets = self.num_segments * x.unsqueeze(-1) - steps  # [..., n]
+        rising = (offsets < 1) | (steps == self.num_segments - 1)
+        ramps = torch.where(rising, offsets.clamp(0, 1), torch.ones_like(offsets))  # a full ramp passes no gradient
         return slopes[0] + torch.matmul(ramps, slopes[1:].to(ramps.dtype))
 
 
