@@ -130,7 +130,27 @@ def test_an_imported_grounding_checkpoint_evaluates_as_the_saved_model(tmp_path,
                  "--out", str(tmp_path / "run")]) == 2
     assert "--answers is for VQA checkpoints" in capsys.readouterr().err
     assert main(["import", str(tmp_path / "flickr.pth"), "--data", str(data_dir), "--out", str(tmp_path / "run")]) == 0
-    capsys.readouterr()
+    note = ("note: the authors' Flickr30k model was trained with the reference's entity positions; "
+            f"{data_dir} was prepared with `--entity-positions tokens`: for their outputs, prepare it again with "
+            "`ban prepare flickr30k … --entity-positions reference`")
+    assert capsys.readouterr().err.strip() == note  # one note, not an error
     assert main(["evaluate", str(tmp_path / "run"), "--split", "test", "--json"]) == 0
     expected = make_task("grounding", data_dir).evaluate(model, "test", 512, torch.device("cpu"), "fp32")
     assert json.loads(capsys.readouterr().out) == expected
+
+    # prepared for the authors' model: no note; its evaluation is the saved model's on those positions
+    reference_dir = tmp_path / "reference"
+    prepare_flickr30k(flickr, [data_dir / "features"], reference_dir, entity_positions="reference", progress=False)
+    assert main(["import", str(tmp_path / "flickr.pth"), "--data", str(reference_dir), "--out",
+                 str(tmp_path / "authors")]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["evaluate", str(tmp_path / "authors"), "--split", "test", "--json"]) == 0
+    expected = make_task("grounding", reference_dir).evaluate(model, "test", 512, torch.device("cpu"), "fp32")
+    assert json.loads(capsys.readouterr().out) == expected
+
+    # a dataset prepared before the choice existed has ban's positions
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    del manifest["entity_positions"]
+    (data_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["import", str(tmp_path / "flickr.pth"), "--data", str(data_dir), "--out", str(tmp_path / "old")]) == 0
+    assert capsys.readouterr().err.strip() == note

@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import pickle
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -26,13 +27,19 @@ from ban.data.features import FeatureStore, write_feature_store
 from ban.data.features_tsv import iter_tsv_files
 from ban.data.flickr30k import GroundingDataset
 from ban.data.flickr30k_parse import parse_caption, type_bits
-from ban.data.flickr30k_prepare import ParseStats, ground_caption, positive_boxes, prepare_flickr30k
+from ban.data.flickr30k_prepare import (
+    ParseStats,
+    entity_positions_of,
+    ground_caption,
+    positive_boxes,
+    prepare_flickr30k,
+)
 from ban.data.tokenizer import tokenize
 from ban.engine.config import TrainConfig
 from ban.engine.run import RunConfig
 from ban.engine.tasks import make_task
 from ban.engine.trainer import initial_model
-from ban.errors import DataError
+from ban.errors import ConfigError, DataError
 from ban.models import preset
 
 FEATURE_DIM = 3
@@ -176,6 +183,176 @@ def test_entity_positions_point_at_each_phrase_last_token(parts: list) -> None:
     assert sentence.positions == sorted(sentence.positions)
 
 
+# --- the reference's entity positions (--entity-positions reference) -------------------------------------
+
+
+def naive_reference_positions(line: str) -> tuple[list[str], list[int], str | None]:
+    """The authors' procedure, done here step by step on the raw line, independently of ban's parser: the line's
+    ends stripped; the caption = the markup removed by their regex; for each bracketed phrase the index of the
+    last word of the first run of its words (split on single spaces) in the caption split on single spaces,
+    searched from each occurrence of its first word, left to right; -1 if none. Returns (the caption's model
+    tokens, the positions of the visual phrases — the slots ban keeps —, the first phrase not found or None)."""
+    line = line.strip()
+    caption = re.sub(r"\[[^ ]+ ", "", line).replace("]", "")
+    words = caption.split(" ")
+    positions, missing = [], None
+    for inside in re.findall(r"\[(.*?)\]", line):
+        head, phrase = inside.split(" ", 1)
+        wanted, found, start = phrase.split(" "), -1, 0
+        while found < 0 and wanted[0] in words[start:]:
+            start = words.index(wanted[0], start)
+            if words[start:start + len(wanted)] == wanted:
+                found = start + len(wanted) - 1
+            start += 1
+        if found < 0 and missing is None:
+            missing = phrase
+        _, entity_id, *types = head.split("/")
+        if entity_id != "EN#0" and "notvisual" not in types:
+            positions.append(found)
+    return tokenize(caption), positions, missing
+
+
+EXAMPLE = "[/EN#1/people A man] , wearing [/EN#2/clothing a red hat] , walks past [/EN#3/other a fence] ."
+
+
+def test_the_references_positions_of_the_example() -> None:
+    """After each " , " (a word to the reference's search, no token to the model) its positions are one further:
+    "a red hat" → 6 ("walks"), "a fence" → 11, past the caption's 11 tokens (a padding state); ban's: 1, 5, 9."""
+    caption = parse_caption(EXAMPLE)
+    tokens = ["a", "man", "wearing", "a", "red", "hat", "walks", "past", "a", "fence", "."]
+    reference = ground_caption(caption, 5, 0, {1, 2, 3}, ParseStats(), entity_positions="reference")
+    assert reference.tokens == tokens and reference.positions == [1, 6, 11]
+    assert naive_reference_positions(EXAMPLE) == (tokens, [1, 6, 11], None)
+    ours = ground_caption(caption, 5, 0, {1, 2, 3}, ParseStats())
+    assert ours.tokens == tokens and ours.positions == [1, 5, 9]
+
+
+HAND_WRITTEN = [
+    EXAMPLE,
+    "[/EN#1/people a man] , [/EN#2/people his dog] sees [/EN#3/people a man] .",  # repeated: the first one
+    "[/EN#1/people A man] with [/EN#0/notvisual nothing] and [/EN#2/people/other his  son] near [/EN#1/people him]",
+    "  [/EN#1/people Two men]   play [/EN#2/other a  game] , [/EN#3/scene outside]  ",  # spaces everywhere
+    "[/EN#1/people The man] 's dog , [/EN#2/animals a dog 's tail] ?",
+    "[/EN#4/other ,] [/EN#5/scene a beach] , right [/EN#6/people ?]",  # phrases with no token: kept
+    "Where is [/EN#7/clothing the U.S.A. T-shirt] , [/EN#8/other it's] [/EN#9/other mine ! ]",
+    "[/EN#1/people man] [/EN#1/people man] [/EN#2/people Man] .",  # case matters to the search, not to tokens
+    "[/EN#3/other a] [/EN#4/other a b] [/EN#5/other b] , , [/EN#6/other a b]",
+    "[/EN#1/other  x] a  y [/EN#0/notvisual z] b[/EN#2/other  y]",  # found at the "" of "  ": the model reads "b y"
+]
+
+
+@pytest.mark.parametrize("line", HAND_WRITTEN)
+def test_reference_positions_equal_the_naive_procedure(line: str) -> None:
+    caption = parse_caption(line)
+    sentence = ground_caption(caption, 1, 0, set(range(1, 10)), ParseStats(), entity_positions="reference")
+    assert (sentence.tokens, sentence.positions, None) == naive_reference_positions(line)
+    assert sentence.entity_ids == [phrase.entity_id for phrase in caption.phrases if phrase.is_visual]
+
+
+SEARCHED = st.sampled_from(["a", "A", "man", "dog", "dog's", "'s", ",", "?", ".", "red", "it's", "--"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.lists(SEARCHED, max_size=3), st.lists(SEARCHED, min_size=1, max_size=3),
+                          st.sampled_from([" ", "  ", " 's ", "'s "]), st.sampled_from(["other", "notvisual"])),
+                min_size=1, max_size=5),
+       st.sampled_from(["", " ", "  "]))
+def test_reference_positions_of_generated_captions(parts: list, edge: str) -> None:
+    """Random captions in the official format (and some beyond it: glued "'s", double spaces): ban's reference
+    positions are the naive procedure's, or a DataError naming the file, the line and the phrase where it finds
+    nothing."""
+    line = edge
+    for number, (before, phrase, after, kind) in enumerate(parts, start=1):
+        entity = 0 if kind == "notvisual" else number
+        line += " ".join(before) + f" [/EN#{entity}/{kind} {' '.join(phrase)}]" + after
+    line += edge
+    caption = parse_caption(line, path="Sentences/9.txt", line_number=4)
+    tokens, expected, missing = naive_reference_positions(line)
+    arguments = (caption, 1, 0, set(range(1, len(parts) + 1)), ParseStats())
+    if missing is not None:
+        with pytest.raises(DataError, match="is not in the caption") as error:
+            ground_caption(*arguments, entity_positions="reference", path="Sentences/9.txt")
+        assert error.value.path == "Sentences/9.txt" and error.value.record == "line 4"
+        assert error.value.field == "phrase" and f"phrase {missing!r} is not" in str(error.value)
+        return
+    sentence = ground_caption(*arguments, entity_positions="reference")
+    if sentence is None:
+        assert not expected
+        return
+    assert (sentence.tokens, sentence.positions) == (tokens, expected)
+
+
+# The reference's search finds every phrase here: "'s" written apart, as the official files have it
+REFERENCE_IMAGES = {
+    **IMAGES,
+    101: (*IMAGES[101][:2], [*IMAGES[101][2][:2], "[/EN#1/people The man] 's dog sees [/EN#1/people him] ."],
+          *IMAGES[101][3:]),
+    202: (*IMAGES[202][:2], ["[/EN#5/animals A dog] runs [/EN#6/other ,] ?"], *IMAGES[202][3:]),
+    303: (*IMAGES[303][:2], ["[/EN#7/vehicles A car] " + ", " * 12 + "[/EN#7/vehicles it]"], *IMAGES[303][3:]),
+}
+
+
+def test_a_dataset_with_the_references_positions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--entity-positions reference: the reference's positions (shifted by each " , ", past the caption's tokens
+    onto padding), rows long enough for them, a phrase of no token kept, the choice in the manifest."""
+    features = write_raw(tmp_path / "raw", REFERENCE_IMAGES)
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    arguments = ["--root", str(tmp_path / "raw"), "--features", str(features[0]), "--json", "--out"]
+    assert parser.parse_args([*arguments, "x"]).entity_positions == "tokens"
+    assert command.run(parser.parse_args([*arguments, str(tmp_path / "ref"), "--entity-positions", "reference"])) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    ours = prepare_flickr30k(tmp_path / "raw", features, tmp_path / "ours", progress=False)
+    assert (manifest["entity_positions"], ours["entity_positions"]) == ("reference", "tokens")
+    assert entity_positions_of(manifest) == "reference" and "reference" in manifest["entity_position"]
+    assert manifest["sentence_length"] == 15 and ours["sentence_length"] == 11  # "a car it": "it" at 14
+    assert manifest["left_out"]["phrases_without_tokens"] == 0 and ours["left_out"]["phrases_without_tokens"] == 1
+    assert manifest["max_entities"] == 3
+    pad = manifest["padding_index"]
+    expected = {  # split → (tokens of each caption, reference positions, ban's positions)
+        "train": ([list(range(11)), [8, 1, 11, 12, 13, 14, 10]], [[1, 4, 10], [1, 5, 0]], [[1, 3, 9], [1, 5, 0]]),
+        "val": ([[0, 12, 15]], [[1, 3, 0]], [[1, 0, 0]]),
+        "test": ([[0, 16, 17]], [[1, 14, 0]], [[1, 2, 0]]),
+    }
+    for split, (tokens, reference, bans) in expected.items():
+        with np.load(tmp_path / "ref" / f"{split}.npz") as theirs, np.load(tmp_path / "ours" / f"{split}.npz") as mine:
+            assert theirs["tokens"].tolist() == [row + [pad] * (15 - len(row)) for row in tokens]
+            assert mine["tokens"].tolist() == [row + [pad] * (11 - len(row)) for row in tokens]
+            assert theirs["entity_positions"].tolist() == reference and mine["entity_positions"].tolist() == bans
+    assert GroundingDataset(tmp_path / "ref", "val")[0]["entity_mask"].tolist() == [True, True, False]
+    assert GroundingDataset(tmp_path / "ref", "val")[0]["has_ground_truth"].tolist() == [True, False, False]
+
+    # the GRU reads left to right: the state at a position is the one the reference's rows of 82 tokens give
+    task = make_task("grounding", tmp_path / "ref")
+    model = initial_model(RunConfig("grounding", str(tmp_path / "ref"), preset(
+        "grounding", hidden_dim=8, word_dim=3, **task.model_sizes()), TrainConfig()), task).eval()
+    for split in ("train", "val", "test"):
+        dataset = GroundingDataset(tmp_path / "ref", split)
+        batch = collate_grounding([dataset[i] for i in range(len(dataset))])
+        padded = torch.nn.functional.pad(batch["tokens"], (0, 82 - 15), value=pad)
+        index = batch["entity_positions"].unsqueeze(-1).expand(-1, -1, 8)
+        with torch.no_grad():
+            ours_states = model.encode_tokens(batch["tokens"]).gather(1, index)
+            theirs_states = model.encode_tokens(padded).gather(1, index)
+        torch.testing.assert_close(ours_states, theirs_states)
+
+
+def test_a_phrase_the_references_search_cannot_find_is_refused(tmp_path: Path) -> None:
+    """"[… The man]'s dog": the caption split on spaces has "man's", not "man" (the reference asserts)."""
+    features = write_raw(tmp_path / "raw")
+    with pytest.raises(DataError, match="phrase 'The man' is not in the caption split on single spaces") as error:
+        prepare_flickr30k(tmp_path / "raw", features, tmp_path / "out", entity_positions="reference", progress=False)
+    assert error.value.path == str(tmp_path / "raw" / "Sentences" / "101.txt")
+    assert (error.value.record, error.value.field) == ("line 3", "phrase")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="unknown entity positions 'words'"):
+        prepare_flickr30k(tmp_path / "raw", features, tmp_path / "out", entity_positions="words", progress=False)
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--root", "r", "--features", "f", "--out", "o", "--entity-positions", "words"])
+
+
 # --- the prepared directory ------------------------------------------------------------------------------
 
 
@@ -193,6 +370,8 @@ def test_manifest(prepared: tuple[Path, dict]) -> None:
     assert manifest["left_out"] == {"non_visual_phrases": 1, "phrases_without_tokens": 0,
                                     "captions_without_grounded_entities": 1}
     assert manifest["captions"] == 5
+    assert manifest["entity_positions"] == "tokens"
+    assert manifest["entity_position"] == "last token of the phrase in the tokenised caption"
 
 
 def test_dictionary_and_train_arrays(prepared: tuple[Path, dict]) -> None:
@@ -504,6 +683,8 @@ def test_a_dataset_prepared_by_an_earlier_version_still_loads(prepared: tuple[Pa
     (data_dir / "features.json").unlink()
     manifest = json.loads((data_dir / "manifest.json").read_text())
     del manifest["features"]
+    del manifest["entity_positions"]  # earlier versions had only ban's positions
+    assert entity_positions_of(manifest) == "tokens"
     (data_dir / "manifest.json").write_text(json.dumps(manifest))
     earlier, now = GroundingDataset(data_dir, "val"), GroundingDataset(prepared[0], "val")
     assert torch.equal(earlier[0]["features"], now[0]["features"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,31 @@ def test_caption_without_phrases_and_glued_suffix() -> None:
     caption = parse_caption("[/EN#1/people The man]'s dog")
     assert caption.text == "The man's dog"
     assert caption.text[caption.phrases[0].start:caption.phrases[0].end] == "The man"
+
+
+def references_text(line: str) -> str:
+    """The authors' caption of a Sentences line: utils.remove_annotations(line.strip())."""
+    return re.sub(r"\[[^ ]+ ", "", line.strip()).replace("]", "")
+
+
+@pytest.mark.parametrize("line", [
+    "[/EN#1/people A man] walks .",  # a phrase at the start
+    "A dog chases [/EN#2/animals a cat]",  # … at the end
+    "[/EN#3/people Two  men]   and  [/EN#4/people/other  a woman ]  talk .  ",  # spaces everywhere
+    "  \t[/EN#5/people The man] 's hat and [/EN#6/people the woman]'s coat\t \r",  # 's after a phrase, glued too
+    "[/EN#7/other a U.S. flag , torn] , [/EN#8/other it's (ok) !] ? [/EN#9/other --] [/EN#10/other ,]",  # punctuation
+    "[/EN#0/notvisual Nothing] but [/EN#11/clothing/other a\tred\u00a0hat]\x0c.",  # other whitespace inside
+    "[/EN#12/people man][/EN#13/people woman]",  # phrases side by side
+    "No phrase at all , just words .",
+    "",
+])
+def test_the_reference_text_is_the_references_regex_result(line: str) -> None:
+    """Each phrase's words as written (spaces kept) and the caption ban splits for the reference's positions are
+    the reference's own, to the byte."""
+    caption = parse_caption(line)
+    assert caption.reference_text == references_text(line)
+    assert [phrase.written for phrase in caption.phrases] == [
+        inside.split(" ", 1)[1] for inside in re.findall(r"\[(.*?)\]", line.strip())]
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,20 @@ def test_random_captions_round_trip(segments):
 
 
 @FUZZ
+@given(st.lists(st.one_of(PLAIN, PHRASE), max_size=6), st.text(" \t\x0b\x0c\xa0\u3000", max_size=3),
+       st.text(" \t\x0b\x0c\xa0\u3000", max_size=3))
+def test_the_reference_text_is_the_references_regex_result(segments, lead, trail):
+    """The text ban splits for --entity-positions reference is utils.remove_annotations(line.strip()) of the
+    authors' code, and each phrase's written words are what their code splits, for any line ban accepts."""
+    line = lead + "".join(segment if isinstance(segment, str) else
+                          f"[/EN#{segment[0]}/{'/'.join(segment[1])} {segment[2]}]" for segment in segments) + trail
+    caption = parse_caption(line)
+    assert caption.reference_text == re.sub(r"\[[^ ]+ ", "", line.strip()).replace("]", "")
+    assert [phrase.written for phrase in caption.phrases] == [
+        inside.split(" ", 1)[1] for inside in re.findall(r"\[(.*?)\]", line.strip())]
+
+
+@FUZZ
 @given(st.text(st.sampled_from("[]/EN#0123 peopl\u00e9xa"), max_size=40))
 def test_random_markup_is_parsed_or_refused(line):
     try:
@@ -54,6 +68,7 @@ def test_random_markup_is_parsed_or_refused(line):
         return
     assert "[" not in caption.text and "]" not in caption.text
     assert len(caption.phrases) == line.count("[")
+    assert caption.reference_text == re.sub(r"\[[^ ]+ ", "", line.strip()).replace("]", "")
 
 
 @FUZZ

@@ -383,6 +383,30 @@ def test_a_phrase_word_the_dictionary_does_not_know_is_named_with_what_the_model
     assert_real_picture(save_png(grounding_figure(example), tmp_path / "grounding.png"))
 
 
+def test_a_reference_positions_dataset_labels_its_tokenless_phrase_slots(scenes: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    """`--entity-positions reference` keeps a visual phrase without tokens (`[… ,]`) as a slot: the legend
+    labels every slot with its own phrase, not the next one's."""
+    raw = shutil.copytree(scenes["raw"] / "flickr30k", tmp_path / "raw")
+    with np.load(scenes["flickr"] / "val.npz") as arrays:
+        image_id, caption_index = int(arrays["image_id"][0]), int(arrays["caption_index"][0])
+    path = raw / "Sentences" / f"{image_id}.txt"
+    lines = [line for line in path.read_text().split("\n") if line.strip()]
+    first = next(p for p in parse_sentences_file(path)[caption_index].phrases if p.is_visual)
+    lines[caption_index] = f"[/EN#{first.entity_id}/other ,] {lines[caption_index]}"
+    path.write_text("\n".join(lines) + "\n")
+    data = tmp_path / "flickr"
+    prepare_flickr30k(raw, [raw / "features.tsv"], data, entity_positions="reference", progress=False)
+    with np.load(data / "val.npz") as arrays:
+        row = int(np.flatnonzero((arrays["image_id"] == image_id) & (arrays["caption_index"] == caption_index))[0])
+    caption = parse_sentences_file(path)[caption_index]
+    visual = [caption.text[p.start:p.end] for p in caption.phrases if p.is_visual]
+    assert visual[0] == ","
+    run_dir = make_run(tmp_path / "run-grounding", "grounding", data)
+    example = GroundingPictures(load_run(run_dir).model, data, "val", raw / "images").example(row)
+    assert example.phrases == visual[: len(example.phrases)] and len(example.phrases) >= 2
+
+
 def test_the_title_counts_answers_as_the_metric_compares_them() -> None:
     from ban.viz.attention import answer_summary
 

@@ -5,14 +5,18 @@ The checkpoint's token ids must be the dataset's: a VQA 2.0 dataset prepared fro
 reference's dictionary, a Flickr30k Entities one prepared with ``--dictionary dictionary.pkl`` too. A VQA
 checkpoint's classifier rows follow the reference's answer list (``--answers trainval_label2ans.pkl``); they are
 put in the order of the dataset's ``answers.json``. The run's precision is fp32, as the reference computes.
+The authors' Flickr30k model was trained and evaluated with the reference's entity positions: a grounding dataset
+prepared with others (the default) gets a note on stderr saying how to prepare it for them.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from ban.data.prepared import read_answers, read_tokens
+from ban.data.flickr30k_prepare import entity_positions_of
+from ban.data.prepared import read_answers, read_manifest, read_tokens
 from ban.engine.checkpoint import save_checkpoint
 from ban.engine.config import TrainConfig
 from ban.engine.run import CHECKPOINT_FILE, RunConfig, abandon_new_run, check_data, fingerprint, start_run
@@ -61,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
         raise
     print(f"wrote {args.out}: {task} BAN with {model.config.num_glimpses} glimpse(s), hidden size "
           f"{model.config.hidden_dim}, from {args.checkpoint}; e.g. `ban evaluate {args.out} --split val`")
+    if task == "grounding":
+        positions = entity_positions_of(read_manifest(data_dir, "grounding"))
+        if positions != "reference":
+            print(f"note: the authors' Flickr30k model was trained with the reference's entity positions; "
+                  f"{args.data} was prepared with `--entity-positions {positions}`: for their outputs, prepare it "
+                  "again with `ban prepare flickr30k … --entity-positions reference`", file=sys.stderr)
     return 0
 
 

@@ -9,6 +9,10 @@
   ``<nobndbox>`` and ``<scene>`` (scene entities). An entity may have several boxes (several objects name it)
   and a box may belong to several entities. Entities named by no box-carrying object have no ground truth.
 
+Each caption also keeps the reference's own view of its line (:attr:`Caption.reference_text`, the words of
+each phrase as written in :attr:`Phrase.written`), which ``ban prepare flickr30k --entity-positions reference``
+splits on single spaces as the authors' code did.
+
 XML is read with :mod:`defusedxml` (no DTDs, no entity expansion). Malformed input raises
 :class:`~ban.errors.DataError` naming the file, the line or element, and the field.
 """
@@ -51,12 +55,15 @@ _PHRASE = re.compile(r"\[/EN#(\d+)((?:/[^\s/\]]+)+) ([^\[\]]*)\]")
 
 @dataclass(frozen=True)
 class Phrase:
-    """One marked phrase of a caption: ``text[start:end]`` of :attr:`Caption.text` is its words."""
+    """One marked phrase of a caption: ``text[start:end]`` of :attr:`Caption.text` is its words; ``written`` is
+    them exactly as the line has them between the type and ``]`` (spaces kept), the phrase the reference splits
+    on single spaces and searches."""
 
     entity_id: int
     types: tuple[str, ...]
     start: int
     end: int
+    written: str = ""
 
     @property
     def is_visual(self) -> bool:
@@ -66,10 +73,17 @@ class Phrase:
 
 @dataclass(frozen=True)
 class Caption:
-    """A caption with its markup removed (``text``) and its phrases in order."""
+    """A caption with its markup removed (``text``: each phrase's words stripped of the spaces around them) and
+    its phrases in order. ``reference_text`` is the line as the reference's ``remove_annotations(line.strip())``
+    gives it, ``re.sub(r'\\[[^ ]+ ', '', s).replace(']', '')``: the line's ends stripped of whitespace, each
+    phrase's ``[/EN#<id>/<type> `` and ``]`` removed, nothing else touched (it differs from ``text`` only in the
+    whitespace at a phrase's edges and the line's ends). ``line_number`` is the caption's line in its Sentences
+    file (1-based)."""
 
     text: str
     phrases: tuple[Phrase, ...]
+    reference_text: str = ""
+    line_number: int = 0
 
 
 @dataclass
@@ -116,14 +130,17 @@ def parse_caption(line: str, *, path: str | os.PathLike[str] | None = None, line
                             record=f"line {line_number}, column {match.start() + 1}", field="entity_id")
         pieces.append(plain)
         length += len(plain)
-        phrases.append(Phrase(int(match.group(1)), types, length, length + len(words)))
+        phrases.append(Phrase(int(match.group(1)), types, length, length + len(words), match.group(3)))
         pieces.append(words)
         length += len(words)
         cursor = match.end()
     rest = line[cursor:].rstrip("\r\n")
     _check_plain(rest, path, line_number, cursor)
     pieces.append(rest)
-    return Caption("".join(pieces), tuple(phrases))
+    # the line's ends stripped first (as the reference strips each line it reads), then each phrase's markup
+    # replaced by its words as written; only whitespace is stripped, never markup, so the phrases are the same
+    reference_text = _PHRASE.sub(lambda found: found.group(3), line.strip())
+    return Caption("".join(pieces), tuple(phrases), reference_text, line_number)
 
 
 def _check_plain(text: str, path: str | os.PathLike[str] | None, line_number: int, offset: int) -> None:

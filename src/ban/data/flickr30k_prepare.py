@@ -16,6 +16,17 @@ What an example is (as the reference pipeline, with one fix):
   character (a prefix tokenises to a prefix of the token list), so it is right by construction;
 - targets: the detected boxes with IoU ≥ 0.5 to any ground-truth box of the entity (IoU as the reference:
   corners used as given, ``intersection / union``).
+
+``entity_positions="reference"`` (``--entity-positions reference``) gives the reference's positions instead, the
+ones the authors' released Flickr30k model was trained and evaluated on (so that ``ban import`` of it computes
+their outputs): the caption is the reference's ``remove_annotations`` text (:attr:`Caption.reference_text`),
+the tokens are that text tokenised, and a phrase's position is the index of the last word of the first run of
+its written words split on single spaces (:attr:`Phrase.written`) in that text split on single spaces
+(:func:`reference_position`). After a `` , `` (a word there, no token) the position is one too far (after a
+glued ``'s``, one word but two tokens, one too near), a repeated phrase points at its first occurrence, and a
+position may fall past the caption's tokens (on a padding token: the arrays are made long enough). A visual
+phrase whose words tokenise to nothing is kept (the authors' model saw it); a phrase not found (which the
+reference asserts never happens, for every phrase, non-visual ones too) is a :class:`DataError`.
 """
 
 from __future__ import annotations
@@ -42,11 +53,16 @@ from ban.data.prepare_output import checked_output
 from ban.data.prepared import MANIFEST
 from ban.data.textfile import read_text
 from ban.data.tokenizer import tokenize
-from ban.errors import DataError
+from ban.errors import ConfigError, DataError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 IOU_THRESHOLD = 0.5
 FORMAT_VERSION = 1
+ENTITY_POSITIONS: tuple[str, ...] = ("tokens", "reference")  # the first is the default
+POSITION_IN_WORDS = {
+    "tokens": "last token of the phrase in the tokenised caption",
+    "reference": "the reference's: last word of the phrase's first occurrence in the caption split on single spaces",
+}
 
 Box = tuple[float, float, float, float]
 
@@ -86,18 +102,53 @@ def positive_boxes(ground_truth: dict[int, list[Box]], detected: np.ndarray) -> 
     return {entity_id: np.flatnonzero(matches[owners == entity_id].any(0)) for entity_id in ground_truth}
 
 
+def entity_positions_of(manifest: dict[str, Any]) -> str:
+    """How a prepared grounding dataset's entity positions were computed: ``"tokens"`` or ``"reference"``
+    (``--entity-positions``); a dataset prepared before the choice existed has no key and is ``"tokens"``."""
+    return str(manifest.get("entity_positions", ENTITY_POSITIONS[0]))
+
+
+def reference_position(words: Sequence[str], phrase: Sequence[str]) -> int:
+    """The reference's entity position: the index in ``words`` of the last word of the first (leftmost) run of
+    ``phrase``'s words, ``-1`` when there is none.
+
+    >>> reference_position("a man , a man .".split(" "), ["a", "man"])
+    1
+    """
+    size = len(phrase)
+    wanted = list(phrase)
+    for start in range(len(words) - size + 1):
+        if list(words[start:start + size]) == wanted:
+            return start + size - 1
+    return -1
+
+
 def ground_caption(caption: Caption, image_id: int, caption_index: int, has_boxes: set[int],
-                   stats: ParseStats) -> GroundedSentence | None:
-    """The example of one caption, or None if none of its phrases has ground-truth boxes."""
-    sentence = GroundedSentence(image_id, caption_index, tokenize(caption.text))
+                   stats: ParseStats, *, entity_positions: str = "tokens",
+                   path: str | os.PathLike[str] | None = None) -> GroundedSentence | None:
+    """The example of one caption, or None if none of its phrases has ground-truth boxes. ``entity_positions``:
+    ``"tokens"`` (ban's positions) or ``"reference"`` (the reference's; see the module docstring; ``path``, the
+    Sentences file, names it in the error for a phrase not found)."""
+    reference = entity_positions == "reference"
+    sentence = GroundedSentence(image_id, caption_index,
+                                tokenize(caption.reference_text if reference else caption.text))
+    words = caption.reference_text.split(" ") if reference else []
     for phrase in caption.phrases:
+        # the reference searched every phrase, non-visual ones too, and asserted it found it
+        position = reference_position(words, phrase.written.split(" ")) if reference else 0
+        if position < 0:
+            raise DataError(f"phrase {phrase.written!r} is not in the caption split on single spaces "
+                            f"({caption.reference_text!r}), where the reference's entity position is searched",
+                            path=path, record=f"line {caption.line_number}", field="phrase")
         if not phrase.is_visual:
             stats.non_visual_phrases += 1
             continue
-        if not tokenize(caption.text[phrase.start:phrase.end]):
-            stats.phrases_without_tokens += 1
-            continue
-        sentence.positions.append(len(tokenize(caption.text[:phrase.end])) - 1)
+        if not reference:  # ban's: the token that holds the phrase's last character; none: no slot
+            if not tokenize(caption.text[phrase.start:phrase.end]):
+                stats.phrases_without_tokens += 1
+                continue
+            position = len(tokenize(caption.text[:phrase.end])) - 1
+        sentence.positions.append(position)
         sentence.entity_ids.append(phrase.entity_id)
         sentence.type_bits.append(type_bits(phrase.types))
         sentence.has_ground_truth.append(phrase.entity_id in has_boxes)
@@ -122,7 +173,7 @@ def read_split(path: str | os.PathLike[str]) -> list[int]:
 
 
 def parse_splits(
-    root: Path, split_images: dict[str, list[int]], progress: bool
+    root: Path, split_images: dict[str, list[int]], progress: bool, entity_positions: str = "tokens"
 ) -> tuple[dict[str, list[GroundedSentence]], dict[int, dict[int, list[Box]]], dict[int, tuple[int, int]],
            ParseStats]:
     """Parse the Sentences and Annotations files of every listed image: the kept examples of each split, each
@@ -138,11 +189,13 @@ def parse_splits(
                 annotation = parse_annotation_file(root / "Annotations" / f"{image_id}.xml")
                 ground_truth[image_id] = annotation.boxes
                 sizes[image_id] = (annotation.width, annotation.height)
-                captions = parse_sentences_file(root / "Sentences" / f"{image_id}.txt")
+                sentences_path = root / "Sentences" / f"{image_id}.txt"
+                captions = parse_sentences_file(sentences_path)
                 stats.captions += len(captions)
                 with_boxes = set(annotation.boxes)
                 for index, caption in enumerate(captions):
-                    sentence = ground_caption(caption, image_id, index, with_boxes, stats)
+                    sentence = ground_caption(caption, image_id, index, with_boxes, stats,
+                                              entity_positions=entity_positions, path=sentences_path)
                     if sentence is not None:
                         sentences[split].append(sentence)
                 bar.update()
@@ -158,6 +211,7 @@ def prepare_flickr30k(
     dictionary: Dictionary | None = None,
     glove: str | os.PathLike[str] | None = None,
     feature_dtype: str = "float32",
+    entity_positions: str = "tokens",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Build the prepared grounding dataset at ``out`` (atomically: ``out`` appears complete or not at all, and
@@ -173,7 +227,11 @@ def prepare_flickr30k(
     ``glove.npy``, the word table's initialisation (the reference starts its grounding model from GloVe).
     Everything but the features is read first. Each annotation's ``<size>`` must be the image size the features
     were detected on (the authors' HDF5 cache keeps no image sizes: its images are not checked).
+    ``entity_positions``: ``"tokens"`` (ban's, the phrase's last token) or ``"reference"`` (the authors' procedure,
+    which their released model needs; see the module docstring), recorded in the manifest.
     """
+    if entity_positions not in ENTITY_POSITIONS:
+        raise ConfigError(f"unknown entity positions {entity_positions!r}; choose {' or '.join(ENTITY_POSITIONS)}")
     root = Path(root)
     out = checked_output(out, "grounding", {"root": [root], "features": features, "glove": [glove]})
     check_feature_sources(features)
@@ -181,7 +239,7 @@ def prepare_flickr30k(
         check_glove_file(glove)
     split_images = {split: read_split(root / f"{split}.txt") for split in splits}
     _check_disjoint(split_images, root)
-    sentences, ground_truth, sizes, stats = parse_splits(root, split_images, progress)
+    sentences, ground_truth, sizes, stats = parse_splits(root, split_images, progress, entity_positions)
     for split in splits:  # a split with nothing to train on or score would fail only when used
         if not sentences[split]:
             raise DataError(f"no caption of split {split!r} has a phrase with ground-truth boxes",
@@ -189,7 +247,9 @@ def prepare_flickr30k(
     kept = [sentence for split in splits for sentence in sentences[split]]
     if dictionary is None:
         dictionary = Dictionary(token for sentence in kept for token in sentence.tokens)
-    length = max(len(sentence.tokens) for sentence in kept)
+    # every position indexes inside the token rows: a reference position may lie past its caption's tokens (the
+    # state there is the GRU's after the caption and padding, as the reference pads its rows to 82 tokens)
+    length = max(max(len(sentence.tokens), max(sentence.positions, default=0) + 1) for sentence in kept)
     max_entities = max(len(sentence.entity_ids) for sentence in kept)
     word_vectors = None if glove is None else read_glove(glove, dictionary.tokens, progress=progress)[0]
 
@@ -244,7 +304,8 @@ def prepare_flickr30k(
             "glove": glove is not None,
             "entity_types": list(ENTITY_TYPES),
             "iou_threshold": IOU_THRESHOLD,
-            "entity_position": "last token of the phrase in the tokenised caption",
+            "entity_position": POSITION_IN_WORDS[entity_positions],
+            "entity_positions": entity_positions,
             "left_out": {
                 "non_visual_phrases": stats.non_visual_phrases,
                 "phrases_without_tokens": stats.phrases_without_tokens,

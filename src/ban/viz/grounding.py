@@ -22,6 +22,7 @@ from ban.data.collate import collate_grounding
 from ban.data.dictionary import Dictionary
 from ban.data.flickr30k import GroundingDataset
 from ban.data.flickr30k_parse import Phrase, parse_sentences_file
+from ban.data.flickr30k_prepare import entity_positions_of
 from ban.data.tokenizer import tokenize
 from ban.engine.tasks import grounding_outputs, to_device
 from ban.errors import DataError
@@ -127,8 +128,9 @@ class GroundingPictures:
                 caption_words = tokenize(caption.text)
                 labels = (read_labels(caption_words, indices, self.dictionary)
                           if len(caption_words) == len(indices) else None)
+                keeps_tokenless = entity_positions_of(self.dataset.manifest) == "reference"  # as prepared
                 phrases = [phrase_label(caption.text, p, labels) for p in caption.phrases
-                           if p.is_visual and tokenize(caption.text[p.start:p.end])]
+                           if p.is_visual and (keeps_tokenless or tokenize(caption.text[p.start:p.end]))]
                 if len(phrases) >= len(positions):
                     return caption.text, phrases[: len(positions)]
         return " ".join(words), [f"…{words[p]}" if p < len(words) else f"token {p}" for p in positions]
