@@ -6,6 +6,7 @@ import base64
 import csv
 import gzip
 import json
+import multiprocessing
 import os
 import pickle
 import re
@@ -368,20 +369,20 @@ def test_store_without_store_json_is_incomplete(tmp_path, images) -> None:
         FeatureStore.open(tmp_path / "store")
 
 
-def _write_authors_hdf5(path: Path, images: list[dict], adaptive: bool) -> None:
-    """The reference converter's layout (see the module docstring of ban.data.features_hdf5)."""
-    with h5py.File(path, "w") as file:
+def _write_authors_hdf5(path: Path, images: list[dict], adaptive: bool, userblock_size: int = 0,
+                        **storage) -> None:
+    """The reference converter's layout (see the module docstring of ban.data.features_hdf5); ``storage``: h5py
+    dataset options (chunks, compression; the converter used none)."""
+    join = np.concatenate if adaptive else np.stack
+    with h5py.File(path, "w", userblock_size=userblock_size) as file:
         if adaptive:
             counts = [len(image["boxes"]) for image in images]
             starts = np.cumsum([0] + counts[:-1])
             file["pos_boxes"] = np.stack([starts, starts + counts], axis=1)
-            file["image_features"] = np.concatenate([image["features"] for image in images])
-            file["image_bb"] = np.concatenate([image["boxes"] for image in images])
-            file["spatial_features"] = np.concatenate([expected_spatial(image) for image in images]).astype("f")
-        else:
-            file["image_features"] = np.stack([image["features"] for image in images])
-            file["image_bb"] = np.stack([image["boxes"] for image in images])
-            file["spatial_features"] = np.stack([expected_spatial(image) for image in images]).astype("f")
+        file.create_dataset("image_features", data=join([image["features"] for image in images]), **storage)
+        file.create_dataset("image_bb", data=join([image["boxes"] for image in images]), **storage)
+        file.create_dataset("spatial_features", data=join([expected_spatial(image) for image in images]).astype("f"),
+                            **storage)
 
 
 @pytest.mark.parametrize("adaptive", [True, False])
@@ -499,11 +500,12 @@ def test_sources_read_in_place_are_stamped_and_checked(tmp_path, images) -> None
         FeatureStore.open(listing)
 
 
-def _two_images_hdf5(path) -> list[dict]:
-    """An adaptive authors' cache of images 1 and 2 (4 boxes each, 6-d features) with its id map → the images."""
+def _two_images_hdf5(path, **storage) -> list[dict]:
+    """An adaptive authors' cache of images 1 and 2 (4 boxes each, 6-d features) with its id map → the images;
+    ``storage``: options of :func:`_write_authors_hdf5`."""
     rng = np.random.default_rng(5)
     images = [random_image(rng, image_id, 4, 6) for image_id in (1, 2)]
-    _write_authors_hdf5(path, images, adaptive=True)
+    _write_authors_hdf5(path, images, adaptive=True, **storage)
     path.with_name(f"{path.stem}_imgid2idx.pkl").write_bytes(pickle.dumps({1: 0, 2: 1}))
     return images
 
@@ -523,6 +525,122 @@ def test_hdf5_row_ranges_and_values_are_checked(tmp_path) -> None:
     with pytest.raises(DataError, match="NaN or infinite") as error:
         store.get(2)
     assert error.value.field == "image_bb" and error.value.record == "image_id=2"
+
+
+# how the cache's datasets are stored: as the reference converter wrote them (memory-mapped), after a userblock,
+# or chunked and compressed (read through h5py)
+HDF5_STORAGE = {"contiguous": {}, "userblock": {"userblock_size": 512},
+                "chunked": {"chunks": True, "compression": "gzip"}}
+
+
+def _nan_in_image_2(path: Path) -> None:
+    """Plant a NaN in the features of image 2 of :func:`_two_images_hdf5` (row 5 of 8)."""
+    with h5py.File(path, "a") as file:
+        file["image_features"][5, 1] = np.nan
+
+
+@pytest.mark.parametrize("storage", HDF5_STORAGE)
+def test_hdf5_values_are_checked_on_the_first_read_of_each_image(tmp_path, storage) -> None:
+    """A NaN in an image's features is reported on the first read of that image, naming it, and on every read
+    after (an image that failed is never taken as checked); the other image reads."""
+    path = tmp_path / "c.hdf5"
+    images = _two_images_hdf5(path, **HDF5_STORAGE[storage])
+    _nan_in_image_2(path)
+    store = FeatureStore.open(path)
+    for _ in range(2):
+        with pytest.raises(DataError, match=r"c\.hdf5: record image_id=2: field 'image_features': value 7 is nan: "
+                                            "NaN or infinite"):
+            store.get(2)
+        np.testing.assert_array_equal(store.get(1)[0], images[0]["features"])
+
+
+def test_hdf5_values_of_an_image_are_checked_once(tmp_path) -> None:
+    """An image whose values passed is not checked again by the same store (reading stays a copy of the rows, as
+    from our store): a NaN written into its rows afterwards is read as it is; a store opened afresh refuses it."""
+    path = tmp_path / "c.hdf5"
+    _two_images_hdf5(path)
+    store = FeatureStore.open(path)
+    store.get(2)
+    with h5py.File(path, "r") as file:
+        offset = file["image_features"].id.get_offset() + (5 * 6 + 1) * 4  # row 5, column 1: image 2's
+    with open(path, "r+b") as file:  # behind h5py's back: the store holds the file open for reading
+        file.seek(offset)
+        file.write(np.float32(np.nan).tobytes())
+    assert np.isnan(store.get(2)[0][1, 1])
+    with pytest.raises(DataError, match="image_id=2: field 'image_features': value 7 is nan"):
+        FeatureStore.open(path).get(2)
+
+
+@pytest.mark.parametrize("storage", HDF5_STORAGE)
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_hdf5_storage_is_read_alike(tmp_path, storage, adaptive) -> None:
+    """Memory-mapped or read through h5py, every image reads as written, bit for bit, in a forked child (a
+    DataLoader worker) too, where the handles of the parent are not used."""
+    rng = np.random.default_rng(11)
+    images = [random_image(rng, image_id, 5 if adaptive else 4, 6) for image_id in (3, 1, 2)]
+    path = tmp_path / "c.hdf5"
+    _write_authors_hdf5(path, images, adaptive, **HDF5_STORAGE[storage])
+    path.with_name("c_imgid2idx.pkl").write_bytes(pickle.dumps({3: 0, 1: 1, 2: 2}))
+    store = FeatureStore.open(path)
+    for image in images:
+        features, spatial, boxes = store.get(image["image_id"])
+        assert features.dtype == spatial.dtype == boxes.dtype == np.float32 and features.flags.owndata
+        np.testing.assert_array_equal(features, image["features"])
+        np.testing.assert_array_equal(boxes, image["boxes"])
+        np.testing.assert_array_equal(spatial, expected_spatial(image).astype(np.float32))
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=_exit_with_read_check, args=(store, images))  # store inherited, not pickled
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+
+
+def _exit_with_read_check(store: FeatureStore, images: list[dict]) -> None:
+    same = all(np.array_equal(store.get(image["image_id"])[0], image["features"]) for image in images)
+    os._exit(0 if same and store._file_pid == os.getpid() else 1)
+
+
+@pytest.mark.parametrize("storage", HDF5_STORAGE)
+def test_boxes_alone_equal_the_boxes_of_a_full_read(tmp_path, images, storage) -> None:
+    """``boxes()`` equals ``get()[2]`` for every image of our store, the authors' cache (adaptive and fixed) and
+    a union of them, and refuses an image a store lacks alike."""
+    write_feature_store((FeatureRecord(**image) for image in images[:2]), tmp_path / "store")
+    fixed = [random_image(np.random.default_rng(1), image_id, 36, 16) for image_id in (11, 12)]
+    for name, held, adaptive in (("adaptive.hdf5", images[2:], True), ("fixed.hdf5", fixed, False)):
+        _write_authors_hdf5(tmp_path / name, held, adaptive, **HDF5_STORAGE[storage])
+        (tmp_path / f"{Path(name).stem}_imgid2idx.pkl").write_bytes(
+            pickle.dumps({image["image_id"]: index for index, image in enumerate(held)}))
+    write_sources_file(tmp_path / "features.json", [tmp_path / name for name in ("store", "adaptive.hdf5",
+                                                                                 "fixed.hdf5")])
+    for source in ("store", "adaptive.hdf5", "fixed.hdf5", "features.json"):
+        store = FeatureStore.open(tmp_path / source)
+        for image_id in store.image_ids.tolist():
+            boxes = FeatureStore.open(tmp_path / source).boxes(image_id)  # first read of the image
+            assert boxes.dtype == np.float32 and boxes.flags.owndata
+            np.testing.assert_array_equal(boxes, store.get(image_id)[2])
+        for read in (store.get, store.boxes):
+            with pytest.raises(KeyError, match="image 5 has no features in this store"):
+                read(5)
+    assert FeatureStore.open(tmp_path / "features.json").image_ids.tolist() == [42, 7, 123456, 9, 11, 12]
+
+
+@pytest.mark.parametrize("storage", HDF5_STORAGE)
+def test_hdf5_boxes_alone_skip_the_features_but_not_the_checks_of_boxes(tmp_path, storage) -> None:
+    """``boxes()`` of the authors' cache reads no features (a NaN there is not seen, and the image's values are
+    still checked by its first ``get()``) and refuses what ``get()`` refuses in the boxes, naming the field."""
+    path = tmp_path / "c.hdf5"
+    images = _two_images_hdf5(path, **HDF5_STORAGE[storage])
+    _nan_in_image_2(path)
+    with h5py.File(path, "a") as file:
+        file["image_bb"][2] = [50, 50, 10, 60]  # image 1, box 2
+    store = FeatureStore.open(path)
+    np.testing.assert_array_equal(store.boxes(2), images[1]["boxes"])
+    with pytest.raises(DataError, match="image_id=2: field 'image_features': value 7 is nan"):
+        store.get(2)
+    for read in (store.boxes, store.get):
+        with pytest.raises(DataError, match=r"record image_id=1: field 'image_bb': box 2 \(50, 50, 10, 60\) has "
+                                            "x2 < x1"):
+            read(1)
 
 
 def _rewrite_npy(path: Path, change) -> None:

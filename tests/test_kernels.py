@@ -271,6 +271,14 @@ def test_a_build_stopped_midway_does_not_block_the_next(kernel, tmp_path):
     assert done.stdout.split() == ["True", str(leftover)] and not (leftover / "lock").exists()
 
 
+def test_two_checkouts_sharing_an_environment_build_in_two_folders(monkeypatch):
+    """A second checkout (a git worktree) in the same venv: its own folder, not a rebuild over the first's."""
+    here = kernels.build_directory()
+    monkeypatch.setattr(kernels, "__file__", "/elsewhere/src/ban/kernels/__init__.py")
+    elsewhere = kernels.build_directory()
+    assert elsewhere != here and elsewhere.parent == here.parent
+
+
 def test_a_file_system_without_flock_builds_with_pytorchs_lock_only(tmp_path, monkeypatch):
     import errno
     import fcntl

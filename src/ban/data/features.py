@@ -169,6 +169,11 @@ class FeatureStore(ABC):
         """``(features [n, D] float32, spatial [n, 6] float32, boxes [n, 4] float32 pixels)`` of one image."""
         return self._read(self.position(image_id))
 
+    def boxes(self, image_id: int) -> np.ndarray:
+        """``boxes [n, 4]`` float32 pixels of one image, equal to ``get(image_id)[2]``, read without its features
+        (for matching boxes, e.g. ``ban prepare flickr30k``); ``KeyError`` if absent, as :meth:`get`."""
+        return self._read_boxes(self.position(image_id))
+
     def image_size(self, image_id: int) -> tuple[int, int] | None:
         """``(width, height)`` in pixels of ``image_id`` as its source records it; None where the source keeps no
         image sizes (the authors' HDF5 cache)."""
@@ -184,6 +189,10 @@ class FeatureStore(ABC):
     @abstractmethod
     def _read(self, position: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Features, spatial features and boxes of the image at ``position`` (owned float32 arrays)."""
+
+    @abstractmethod
+    def _read_boxes(self, position: int) -> np.ndarray:
+        """Boxes ``[n, 4]`` of the image at ``position`` (an owned float32 array), its other rows unread."""
 
 
 class NpyFeatureStore(FeatureStore):
@@ -288,6 +297,10 @@ class NpyFeatureStore(FeatureStore):
             np.array(arrays["boxes"][start:end], dtype=np.float32),
         )
 
+    def _read_boxes(self, position: int) -> np.ndarray:
+        start, end = self._row_range(position)
+        return np.array(self._mapped()["boxes"][start:end], dtype=np.float32)
+
 
 def _read_store_meta(path: Path) -> dict[str, Any]:
     """``store.json``: an object with this format's version, positive ``feature_dim`` / ``num_images`` /
@@ -336,6 +349,10 @@ class UnionFeatureStore(FeatureStore):
     def _read(self, position: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         store, inner = self._where[position]
         return self.stores[store]._read(inner)
+
+    def _read_boxes(self, position: int) -> np.ndarray:
+        store, inner = self._where[position]
+        return self.stores[store]._read_boxes(inner)
 
     def _image_size(self, position: int) -> tuple[int, int] | None:
         store, inner = self._where[position]

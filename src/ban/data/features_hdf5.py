@@ -9,9 +9,13 @@ image-id map ``<stem>_imgid2idx.pkl`` next to it):
   ``spatial_features`` ``[I, n, 6]``.
 
 The map gives each image id its index ``i`` in ``pos_boxes`` (or in the first axis). The layout and the row
-ranges are checked when the file is opened; rows are read on demand, and as the cache is read in place (never
-converted), the values of each image read are checked then, as the TSV reader checks them: finite, within
-±:data:`ban.data.features.VALUE_LIMIT`, box corners with x2 ≥ x1 and y2 ≥ y1.
+ranges are checked when the file is opened; rows are read on demand from datasets opened once per process. A
+dataset stored as the reference converter writes it (one contiguous block of a standard float type: h5py without
+chunks or compression) is memory-mapped and its rows copied out; any other is read through h5py (the same values,
+a few times slower). As the cache is read in place (never converted), the values of an image are checked the
+first time it is read, as the TSV reader checks them: finite, within ±:data:`ban.data.features.VALUE_LIMIT`, box
+corners with x2 ≥ x1 and y2 ≥ y1. An image whose values passed is not checked again by the same store (each
+worker process checks the images it reads); one that failed is checked, and refused, on every read.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from typing import Any
 
 import h5py
 import numpy as np
+from h5py import h5t
 
 from ban.data.features import FeatureStore, check_box_corners, check_values
 from ban.data.pickle_map import read_int_dict
 from ban.errors import DataError
 
 _WIDTHS = {"image_bb": 4, "spatial_features": 6}
+_READ_ORDER = ("image_features", "spatial_features", "image_bb")  # the order of get()'s arrays and of its checks
 
 
 def default_image_id_map(path: str | os.PathLike[str]) -> Path:
@@ -75,7 +81,9 @@ class Hdf5FeatureStore(FeatureStore):
         super().__init__(np.array([image_id for image_id, _ in pairs], dtype=np.int64))
         if self.adaptive:
             self._check_rows(num_rows)
+        self._checked = np.zeros(len(self.image_ids), dtype=bool)  # by position: values read and found valid
         self._file: h5py.File | None = None
+        self._datasets: dict[str, h5py.Dataset | np.ndarray] = {}
         self._file_pid: int | None = None
 
     def _check_layout(self, file: h5py.File) -> None:
@@ -116,14 +124,39 @@ class Hdf5FeatureStore(FeatureStore):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_file"] = state["_file_pid"] = None
+        state["_file"], state["_datasets"], state["_file_pid"] = None, {}, None
         return state
 
-    def _opened(self) -> h5py.File:
+    def _opened(self) -> dict[str, h5py.Dataset | np.ndarray]:
+        """The datasets of :data:`_READ_ORDER` by name (see :meth:`_mapped_or_dataset`), opened once per process:
+        handles opened before a fork (another pid) or in the process that pickled the store are not used."""
         if self._file is None or self._file_pid != os.getpid():
-            self._file = h5py.File(self.path, "r")
-            self._file_pid = os.getpid()
-        return self._file
+            try:
+                file = h5py.File(self.path, "r")
+                self._datasets = {name: self._mapped_or_dataset(file[name]) for name in _READ_ORDER}
+            except H5PY_ERRORS as error:
+                raise DataError(f"cannot read as HDF5 ({error})", path=self.path) from None
+            self._file, self._file_pid = file, os.getpid()
+        return self._datasets
+
+    def _mapped_or_dataset(self, dataset: h5py.Dataset) -> h5py.Dataset | np.ndarray:
+        """``dataset`` as a read-only memory map of the file when its values are one contiguous block of a
+        standard float type that HDF5 reads to its end, inside the file (reading a row then copies the bytes
+        h5py would read); else ``dataset`` itself (chunked, compressed, or damaged: h5py reads it, or says why
+        it cannot, on the read of a row)."""
+        offset = dataset.id.get_offset()  # None unless contiguous, allocated and in this file; counts the userblock
+        if offset is None or not dataset.size or not dataset.id.get_type().equal(h5t.py_create(dataset.dtype)):
+            return dataset
+        if offset + dataset.size * dataset.dtype.itemsize > self.path.stat().st_size:
+            return dataset
+        try:
+            dataset[(-1,) * dataset.ndim]  # HDF5 refuses a block that runs past the file's recorded end
+        except H5PY_ERRORS:
+            return dataset
+        try:
+            return np.memmap(self.path, dtype=dataset.dtype, mode="r", offset=offset, shape=dataset.shape)
+        except (OSError, ValueError):  # no address space for the map (a capped or 32-bit process)
+            return dataset
 
     def _row_range(self, position: int) -> tuple[int, int]:
         index = int(self._h5_index[position])
@@ -132,20 +165,31 @@ class Hdf5FeatureStore(FeatureStore):
         return index * self.boxes_per_image, (index + 1) * self.boxes_per_image
 
     def _read(self, position: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        file = self._opened()
-        if self.adaptive:
-            rows: slice | int = slice(*self._row_range(position))
-        else:
-            rows = int(self._h5_index[position])
-        where = f"image_id={int(self.image_ids[position])}"
-        arrays = []
-        for name in ("image_features", "spatial_features", "image_bb"):
-            try:
-                values = np.asarray(file[name][rows], dtype=np.float32)
-            except H5PY_ERRORS as error:
-                raise DataError(f"cannot read ({error})", path=self.path, record=where, field=name) from None
-            check_values(values, path=self.path, record=where, field=name)
-            arrays.append(values)
-        features, spatial, boxes = arrays
-        check_box_corners(boxes, path=self.path, record=where, field="image_bb")
+        check = not self._checked[position]
+        features, spatial, boxes = (self._read_dataset(position, name, check) for name in _READ_ORDER)
+        self._checked[position] = True
         return features, spatial, boxes
+
+    def _read_boxes(self, position: int) -> np.ndarray:
+        # the image is not marked checked: its features are not read
+        return self._read_dataset(position, "image_bb", check=not self._checked[position])
+
+    def _read_dataset(self, position: int, name: str, check: bool) -> np.ndarray:
+        """The rows ``[n, width]`` float32 of dataset ``name`` for the image at ``position``; if ``check``, their
+        values (and for ``image_bb`` the box corners) checked."""
+        rows = slice(*self._row_range(position)) if self.adaptive else int(self._h5_index[position])
+        try:
+            values = self._opened()[name][rows]
+        except H5PY_ERRORS as error:
+            raise DataError(f"cannot read ({error})", path=self.path, record=self._record(position),
+                            field=name) from None
+        # rows of a memory map are a view of the file: copied (h5py's are already an owned array)
+        values = np.array(values, dtype=np.float32, copy=True if isinstance(values, np.memmap) else None)
+        if check:
+            check_values(values, path=self.path, record=self._record(position), field=name)
+            if name == "image_bb":
+                check_box_corners(values, path=self.path, record=self._record(position), field=name)
+        return values
+
+    def _record(self, position: int) -> str:
+        return f"image_id={int(self.image_ids[position])}"

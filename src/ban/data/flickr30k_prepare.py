@@ -276,7 +276,7 @@ def prepare_flickr30k(
         present = [image_id for image_id in store.image_ids.tolist() if image_id in wanted]
         for image_id in tqdm(present, desc="matching boxes", unit="img", disable=not progress):
             boxes, size, where = detected[image_id] if image_id in detected else (
-                store.get(image_id)[2], store.image_size(image_id), ", ".join(map(str, features)))
+                store.boxes(image_id), store.image_size(image_id), ", ".join(map(str, features)))
             _check_same_size(image_id, sizes[image_id], size, root, where)
             positives[image_id] = positive_boxes(ground_truth[image_id], boxes)
         _check_images_have_features(wanted, positives, features)  # a TSV source read only once (a pipe): now

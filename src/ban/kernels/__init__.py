@@ -41,7 +41,6 @@ def compiled() -> Any:
     """The compiled extension module, or None with a warning when it cannot be built."""
     from torch.utils.cpp_extension import load
 
-    began = time.perf_counter()
     here = Path(__file__).parent
     directory = build_directory()
     if not any(directory.glob("*.so")):
@@ -50,6 +49,7 @@ def compiled() -> Any:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with building(directory):
+            began = time.perf_counter()  # after waiting for another process's build: only a build here is timed
             module = load(name="ban_cpu_kernels", sources=[str(here / name) for name in _SOURCES],
                           extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"], extra_ldflags=["-fopenmp"],
                           build_directory=str(directory))
@@ -64,12 +64,13 @@ def compiled() -> Any:
 
 
 def build_directory() -> Path:
-    """Where the kernels are built and cached: one folder per Python environment and torch version under
-    PyTorch's extension root (``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``), so two installations
-    never rebuild over each other's objects."""
+    """Where the kernels are built and cached: one folder per Python environment, torch version and source folder
+    under PyTorch's extension root (``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``), so two
+    installations — or two checkouts sharing one environment — never rebuild over each other's objects."""
     from torch.utils.cpp_extension import get_default_build_root
 
-    installation = hashlib.sha256(f"{sys.prefix}\0{torch.__version__}".encode()).hexdigest()[:12]
+    sources = Path(__file__).resolve().parent
+    installation = hashlib.sha256(f"{sys.prefix}\0{torch.__version__}\0{sources}".encode()).hexdigest()[:12]
     return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / f"ban_cpu_kernels-{installation}"
 
 
