@@ -102,8 +102,9 @@ class ShardedBatches(Sampler[list[int]]):
 
     With ``sizes`` (each sample's box count), batches are bucketed: the permutation is cut into runs of
     :data:`BUCKET_BATCHES` batches, each run sorted by size and cut into batches, and the batches of the epoch
-    shuffled — so a batch holds images of similar box counts (little padding, few distinct shapes) while every
-    sample still comes once per epoch in a seeded order.
+    shuffled, the one smaller batch last (as unbucketed: the batches before a resume position are the same whatever
+    the number of processes, which drops it or not) — so a batch holds images of similar box counts (little
+    padding, few distinct shapes) while every sample still comes once per epoch in a seeded order.
 
     >>> list(ShardedBatches(6, batch_size=4, seed=0, epoch=0, shuffle=False, rank=1, world_size=2))
     [[2, 3], [5]]
@@ -144,9 +145,10 @@ BUCKET_BATCHES = 64  # batches whose samples are sorted by size together
 def bucketed_batches(order: Tensor, sizes: Tensor, batch_size: int, generator: torch.Generator) -> list[Tensor]:
     """``order`` [S] int64 (sample indices) cut into runs of :data:`BUCKET_BATCHES` batches, each run stably sorted
     by ``sizes`` [len(dataset)] (each sample's box count) and cut into batches of ``batch_size`` → int64 index
-    tensors, in a seeded random order (a run's last, smaller batch included)."""
+    tensors, in a seeded random order but for the last run's last, smaller batch, which comes last."""
     batches = []
     for run in order.split(BUCKET_BATCHES * batch_size):
         by_size = run[torch.sort(sizes[run], stable=True).indices]
         batches.extend(by_size.split(batch_size))
-    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return sorted(shuffled, key=lambda batch: len(batch) < batch_size)  # stable: only the smaller batch moves
