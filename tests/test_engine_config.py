@@ -38,6 +38,12 @@ def test_schedule_with_train_val_lr_and_no_warmup():
     assert [learning_rate(config, e) for e in range(3)] == pytest.approx([7e-4, 3.5e-4, 3.5e-4])
 
 
+def test_a_decay_epoch_inside_the_warm_up_has_no_effect_as_in_the_reference():
+    # the reference's loop: `if epoch < len(warmup): lr = warmup[epoch] elif epoch in decay_epochs: lr *= rate`
+    config = TrainConfig(lr=1.0, warmup=(0.5, 1.0, 1.5, 2.0), decay_epochs=(2, 5, 5), decay_rate=0.25)
+    assert [learning_rate(config, e) for e in range(7)] == [0.5, 1.0, 1.5, 2.0, 2.0, 0.5, 0.5]
+
+
 def test_overrides_are_typed():
     config = apply_overrides(TrainConfig(), parse_assignments(
         ["lr=7e-4", "batch_size=32", "train_splits=train, val", "precision=fp32", "warmup=0.5,1"]))

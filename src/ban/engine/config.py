@@ -30,7 +30,8 @@ class TrainConfig:
     """Everything about training that is not the model (by default the reference's recipe for the published model).
 
     The learning rate of epoch ``e`` is ``lr × warmup[e]`` during the warm-up epochs, then ``lr × warmup[-1]``,
-    multiplied by ``decay_rate`` at each epoch listed in ``decay_epochs`` (see :mod:`ban.engine.schedule`).
+    multiplied by ``decay_rate`` at each epoch listed in ``decay_epochs`` after the warm-up (see
+    :mod:`ban.engine.schedule`).
     ``train_splits`` and ``val_split`` name splits of the prepared dataset; an empty ``val_split`` trains without
     validation. ``device``: ``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N``.
     ``batch_size`` is the global batch: under ``torchrun`` it is split across the processes. ``resident`` copies

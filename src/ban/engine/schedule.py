@@ -1,7 +1,9 @@
 """The epoch-wise learning-rate schedule of the reference code.
 
 Epoch ``e`` (counted from 0) trains at ``lr × multiplier(e)``: the warm-up factors for the first epochs, then the
-last warm-up factor, multiplied by ``decay_rate`` once for every decay epoch already reached.
+last warm-up factor, multiplied by ``decay_rate`` once for every decay epoch already reached. As in the reference's
+loop (the warm-up's learning rate is set, else the rate decays at a decay epoch), a decay epoch inside the warm-up
+has no effect, and an epoch listed twice decays once.
 
 >>> [lr_multiplier(e, (0.5, 1.0, 1.5, 2.0), (10, 12), 0.25) for e in range(13)]
 [0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 0.5, 0.5, 0.125]
@@ -21,7 +23,7 @@ def lr_multiplier(epoch: int, warmup: Sequence[float], decay_epochs: Sequence[in
     if epoch < len(warmup):
         return float(warmup[epoch])
     base = float(warmup[-1]) if warmup else 1.0
-    return base * decay_rate ** sum(1 for d in decay_epochs if d <= epoch)
+    return base * decay_rate ** sum(1 for d in set(decay_epochs) if len(warmup) <= d <= epoch)
 
 
 def learning_rate(config: TrainConfig, epoch: int) -> float:
