@@ -115,6 +115,23 @@ def test_normalize_answer(text: str, expected: str) -> None:
     assert normalize_answer(text) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("x-y\t-z", "xy z"),  # the tab is a space by stage 1: " -" occurs, so every "-" is deleted
+        ("x-y\n-z", "xy z"),
+        ("p/q\t/r", "pq r"),
+        ("x-y-\tz", "xy z"),  # "- " after the tab
+    ],
+)
+def test_tabs_and_newlines_are_spaces_before_the_punctuation_rules(text: str, expected: str) -> None:
+    """vqaEval.py turns '\\n' and '\\t' into spaces and strips BEFORE processPunctuation, so a tab next to a mark
+    makes the mark one "next to a space" (deleted, joining its neighbours) rather than replaced by a space."""
+    official = official_punctuation_transcript(text.replace("\n", " ").replace("\t", " ").strip())
+    assert " ".join(official.lower().split()) == expected  # stage 2: no number word, article or contraction here
+    assert normalize_answer(text) == expected
+
+
 def test_every_contraction_restores_only_apostrophes() -> None:
     """The official map's 120 entries each put back the apostrophes of a contraction written without (some of)
     them — so no entry may change a letter — except its three quirks, kept for the same scores."""

@@ -26,6 +26,16 @@ def test_vqa_loss_sums_answers_and_averages_samples():
     assert vqa_loss(logits, targets, 2).item() == pytest.approx(reference.item())
 
 
+def test_vqa_loss_divides_by_the_denominator_it_is_given():
+    """The trainer passes 1 (a sum) and scales by the global batch itself: the denominator is not the batch's B."""
+    logits = torch.tensor([[0.5, -1.0, 2.0], [0.0, 3.0, -2.0]])
+    targets = torch.tensor([[1.0, 0.3, 0.0], [0.6, 0.9, 0.0]])
+    total = sum(bce(x, t) for row, trow in zip(logits.tolist(), targets.tolist(), strict=True)
+                for x, t in zip(row, trow, strict=True))
+    assert vqa_loss(logits, targets, 1).item() == pytest.approx(total)
+    assert vqa_loss(logits, targets, 4).item() == pytest.approx(total / 4)  # half the per-sample mean (B = 2)
+
+
 def test_grounding_loss_leaves_out_padded_entities():
     # B=1, G=1, N=2 boxes, E=2 entity slots, the second slot padded (its logits are -99 but must not count)
     logits = torch.tensor([[[[1.0, -99.0], [-0.5, -99.0]]]])

@@ -129,6 +129,16 @@ def test_box_iou_by_hand() -> None:
     assert box_iou(np.array([[5.0, 5, 5, 9]]), np.array([[5.0, 5, 5, 9], [0, 0, 10, 10]]))[0].tolist() == [0.0, 0.0]
 
 
+def test_boxes_apart_on_one_or_both_axes_do_not_overlap() -> None:
+    # apart on both axes: the "overlap" would be (-10) × (-10) = +100 without the clip at 0; apart on x only,
+    # level on y: (-10) × 10; both must be an intersection of 0
+    first = np.array([[0.0, 0, 10, 10]])
+    second = np.array([[20.0, 20, 30, 30], [20, 0, 30, 10]])
+    assert box_iou(first, second).tolist() == [[0.0, 0.0]]
+    found = positive_boxes({1: [(0, 0, 10, 10)]}, np.array([[20, 20, 30, 30]], np.float32))
+    assert found[1].tolist() == []
+
+
 def test_an_overlap_of_exactly_one_half_is_positive() -> None:
     found = positive_boxes({1: [(10, 10, 30, 30)]}, np.array([[10, 10, 30, 20], [10, 10, 30, 19.9]], np.float32))
     assert found[1].tolist() == [0]

@@ -12,9 +12,12 @@ from ban.nn import (
     BilinearAttentionPooling,
     CountingModule,
     FCStack,
+    LowRankBilinearPooling,
     PiecewiseLinear,
     WeightNormLinear,
+    box_mask_from_features,
 )
+from ban.nn.dropout import draw_seed, keep_threshold, seeded_mask
 
 
 @pytest.fixture(autouse=True)
@@ -78,6 +81,86 @@ def test_bilinear_attention_pooling_equals_naive_sums():
         for k in range(H):
             naive = sum(float(attention[b, i, j]) * u[i][k] * w[j][k] for i in range(N) for j in range(L))
             assert abs(naive - float(joint[b, k])) < 1e-10
+
+
+def _naive_attention_logits(layer: BilinearAttentionMap, v, q, mask, v_keep=None):
+    """logits[b][g][(i, j)] = Σ_k p[g,k] · u[i,k] · w[j,k] + bias[g] over the real boxes i, with u = σ(Uᵀv_i)
+    times ``v_keep[b][i][k]`` (dropout's kept-and-scaled factor, 1 when None)."""
+    G, K = layer.glimpse_weight_v.shape
+    p_v = layer.glimpse_weight_v.double()
+    p_norm = sum(float(e) ** 2 for e in p_v.flatten()) ** 0.5
+    p = [[float(layer.glimpse_weight_g) * float(p_v[g, k]) / p_norm for k in range(K)] for g in range(G)]
+    out = []
+    for b in range(v.shape[0]):
+        u = [[_relu(x) for x in _linear(layer.v_proj.layers[0], v[b, i])] for i in range(v.shape[1])]
+        if v_keep is not None:
+            u = [[u[i][k] * v_keep[b][i][k] for k in range(K)] for i in range(v.shape[1])]
+        w = [[_relu(x) for x in _linear(layer.q_proj.layers[0], q[b, j])] for j in range(q.shape[1])]
+        out.append([{(i, j): sum(p[g][k] * u[i][k] * w[j][k] for k in range(K)) + float(layer.glimpse_bias[g])
+                     for i, j in itertools.product(range(v.shape[1]), range(q.shape[1])) if mask[b, i]}
+                    for g in range(G)])
+    return out
+
+
+def test_attention_dropout_drops_the_projected_boxes_in_training_only():
+    """Dropout p on σ(Uᵀv) in train mode: logits = the naive sums with u[i,k] · mask[i,k] / (1 − p), the mask
+    drawn (seeded_mask of the seed the global generator gives) over the real boxes' rows in order; the same seed
+    gives the same logits, eval mode (and p = 0) none of it."""
+    B, N, L, Dv, Dq, H, G = 2, 3, 2, 5, 6, 2, 2
+    layer = BilinearAttentionMap(Dv, Dq, H, G, rank_factor=3, dropout=0.0, attention_dropout=0.5).double()
+    K = 3 * H
+    v, q = torch.randn(B, N, Dv, dtype=torch.float64), torch.randn(B, L, Dq, dtype=torch.float64)
+    v[1, 2] = 0  # a padded box: no mask row is drawn for it
+    mask = v.abs().sum(-1) != 0
+    layer.train()
+    torch.manual_seed(7)
+    trained = layer.logits(v, q, mask)
+    torch.manual_seed(7)
+    assert torch.equal(layer.logits(v, q, mask), trained)
+    torch.manual_seed(7)
+    drawn = seeded_mask((int(mask.sum()), K), draw_seed(), keep_threshold(0.5))  # [R, K], the real rows in order
+    assert 0 < int(drawn.sum()) < drawn.numel()
+    real = [(b, i) for b in range(B) for i in range(N) if mask[b, i]]
+    keep = [[[0.0] * K for _ in range(N)] for _ in range(B)]
+    for row, (b, i) in enumerate(real):
+        keep[b][i] = [2.0 * float(drawn[row, k]) for k in range(K)]  # kept elements scaled by 1 / (1 − 0.5)
+    naive = _naive_attention_logits(layer, v, q, mask, keep)
+    for b, g in itertools.product(range(B), range(G)):
+        for (i, j), value in naive[b][g].items():
+            assert abs(value - float(trained[b, g, i, j])) < 1e-10
+    assert bool(trained[1, :, 2].isneginf().all())
+
+    evaluated = layer.eval().logits(v, q, mask)
+    assert not torch.allclose(trained, evaluated)
+    plain = _naive_attention_logits(layer, v, q, mask)
+    for b, g in itertools.product(range(B), range(G)):
+        for (i, j), value in plain[b][g].items():
+            assert abs(value - float(evaluated[b, g, i, j])) < 1e-10
+    layer.attention_dropout.p = 0.0
+    assert torch.equal(layer.train().logits(v, q, mask), evaluated)
+
+
+def test_low_rank_bilinear_pooling_equals_the_naive_product_with_broadcasting():
+    """f = W_P (σ(W_U x) ∘ σ(W_V y)) + b, every W weight-normalised; x [2, 1, 5] and y [1, 3, 4] → [2, 3, 3]."""
+    layer = LowRankBilinearPooling(5, 4, 6, 3).double().eval()
+    x, y = torch.randn(2, 1, 5, dtype=torch.float64), torch.randn(1, 3, 4, dtype=torch.float64)
+    out = layer(x, y)
+    assert out.shape == (2, 3, 3)
+    for a, c in itertools.product(range(2), range(3)):
+        u = [_relu(e) for e in _linear(layer.x_proj.layers[0], x[a, 0])]
+        w = [_relu(e) for e in _linear(layer.y_proj.layers[0], y[0, c])]
+        naive = _linear(layer.pool, [ui * wi for ui, wi in zip(u, w, strict=True)])
+        for o in range(3):
+            assert abs(naive[o] - float(out[a, c, o])) < 1e-10
+
+
+def test_a_box_is_padding_only_when_every_feature_is_zero():
+    """A real box whose signed features sum to zero ([1, −1]) is real; only an all-zero row is padding."""
+    features = torch.tensor([[[1.0, -1.0], [0.0, 0.0], [-0.5, 0.0]], [[0.0, 0.0], [2.0, -2.0], [0.0, 3.0]]])
+    assert box_mask_from_features(features).tolist() == [[True, False, True], [False, True, True]]
+    layer = BilinearAttentionMap(2, 3, 2, 1).eval()  # the default box mask of the attention map is this one
+    logits = layer.logits(features, torch.randn(2, 4, 3))
+    assert logits[:, 0, :, 0].isfinite().tolist() == [[True, False, True], [False, True, True]]
 
 
 def _lookup_piecewise(weight, x):

@@ -85,6 +85,39 @@ def test_groups_it_cannot_fuse_take_torchs_step(kernel):
         assert torch.equal(a, b)  # the very same code ran
 
 
+@pytest.mark.parametrize("case", ["float64", "weight-decay", "non-contiguous"])
+def test_clipped_steps_it_cannot_fuse_still_clip(case):
+    """clipped_step over a FusedCPUAdamax that runs torch.optim.Adamax.step (a float64 or non-contiguous
+    parameter, weight decay; or no kernel at all) is clip_grads_with_norm_ then that step: the same gradients,
+    state and parameters as the twins clipped and stepped by torch over 3 steps whose gradient norm is above
+    max_norm (Adamax's m and u carry the clipped scale, and weight decay adds p to the clipped gradient)."""
+    from ban.engine.optim import clipped_step, gradient_norm
+
+    generator = torch.Generator().manual_seed(6)
+    dtype = torch.float64 if case == "float64" else torch.float32
+    values = [torch.randn(shape, generator=generator, dtype=dtype) for shape in [(6, 5), (7,), ()]]
+    if case == "non-contiguous":
+        values[0] = torch.randn(5, 6, generator=generator).t()  # a transposed view: not contiguous
+    ours, theirs = [nn.Parameter(v.clone()) for v in values], [nn.Parameter(v.clone()) for v in values]
+    assert ours[0].is_contiguous() == (case != "non-contiguous")  # clone keeps the strides
+    settings = {"lr": 0.01, "weight_decay": 0.1 if case == "weight-decay" else 0.0}
+    optimizer = FusedCPUAdamax(ours, **settings)
+    reference = torch.optim.Adamax(theirs, **settings)
+    for _ in range(3):
+        for a, b in zip(ours, theirs, strict=True):
+            grad = torch.randn(a.shape, generator=generator, dtype=dtype) * 5
+            a.grad, b.grad = grad.clone(), grad.clone()
+        norm = gradient_norm(ours)
+        assert norm > 1.0  # clipping to 0.25 scales the gradients by less than a quarter
+        clipped_step(optimizer, ours, 0.25, norm)
+        nn.utils.clip_grads_with_norm_(theirs, 0.25, gradient_norm(theirs))
+        reference.step()
+        for a, b in zip(ours, theirs, strict=True):
+            for key in ("exp_avg", "exp_inf", "step"):
+                torch.testing.assert_close(optimizer.state[a][key], reference.state[b][key], rtol=1e-12, atol=0)
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
 def test_the_fused_update_is_chosen_for_large_cpu_models_only(kernel, monkeypatch):
     small = [nn.Parameter(torch.zeros(10))]
     large = [nn.Parameter(torch.zeros(kernels.MIN_PARAMETERS))]
