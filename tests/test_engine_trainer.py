@@ -116,6 +116,28 @@ def test_interrupted_and_resumed_runs_end_with_the_same_weights(data_dir, tmp_pa
     lines = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
     assert (straight / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert tensorboard_steps(stopped) == tensorboard_steps(extended) == [1, 2]  # each epoch once, resumed or not
+
+
+def tensorboard_steps(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return [event.step for event in events.Scalars("train_loss")]
+
+
+def test_a_resume_reports_the_epoch_a_kill_left_unreported(tmp_path):
+    """Killed between the checkpoint and metrics.jsonl: the resume writes the missing epoch, to TensorBoard too."""
+    from ban.engine.reporting import report_epoch, report_resumed
+
+    history = [{"epoch": 1, "lr": 1e-3, "train_loss": 2.0, "train_score": 10.0},
+               {"epoch": 2, "lr": 1e-3, "train_loss": 1.5, "train_score": 20.0}]
+    report_epoch(tmp_path, history[:1])
+    report_resumed(tmp_path, history)
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    report_resumed(tmp_path, history)
+    assert tensorboard_steps(tmp_path) == [1, 2]
 
 
 def test_with_the_cpu_kernels_training_follows_pytorch_and_resumes_exactly(data_dir, tmp_path, monkeypatch, kernel):

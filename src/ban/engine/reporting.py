@@ -20,6 +20,16 @@ def report_epoch(run_dir: Path, history: list[dict[str, Any]]) -> None:
     log_tensorboard(run_dir, history[-1])
 
 
+def report_resumed(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """On resuming a run with ``history`` [one record per finished epoch]: :func:`report_epoch` if metrics.jsonl
+    misses its last epoch (a kill between the checkpoint and the report), else nothing — TensorBoard, which
+    appends, gets each epoch once."""
+    path = run_dir / METRICS_FILE
+    written = path.read_text(encoding="utf-8").count("\n") if path.is_file() else 0
+    if written < len(history):
+        report_epoch(run_dir, history)
+
+
 def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     """One JSON object per epoch, one per line (rewritten whole, atomically, so a resumed run stays consistent)."""
     text = "".join(json.dumps(record) + "\n" for record in history)

@@ -40,7 +40,7 @@ from ban.engine.distributed import DistContext, ShardedBatches
 from ban.engine.graphs import BOX_QUANTUM, ROW_QUANTUM, compiled_forward, static_batch
 from ban.engine.optim import FusedCPUAdamax, adamax, clipped_step, gradient_norm
 from ban.engine.precision import autocast, resolve_precision
-from ban.engine.reporting import report_epoch
+from ban.engine.reporting import report_epoch, report_resumed
 from ban.engine.run import BEST_FILE, CHECKPOINT_FILE, RunConfig, check_epochs
 from ban.engine.schedule import learning_rate, set_learning_rate
 from ban.engine.tasks import Batch, Task, check_splits, to_device
@@ -213,7 +213,7 @@ class Trainer:
             self.position = resume_from(Checkpoint(run_dir / CHECKPOINT_FILE), self.model, self.optimizer, context)
             check_epochs(self.position, self.config.epochs)
             if context.is_main and self.position["history"]:  # a kill may have left metrics.jsonl an epoch behind
-                report_epoch(run_dir, self.position["history"])
+                report_resumed(run_dir, self.position["history"])
         self.history: list[dict[str, Any]] = self.position["history"]
         self.data = task.dataset(self.config.train_splits)
         self.resident = task.resident(self.data, context.device, self.precision, context.is_main) \
