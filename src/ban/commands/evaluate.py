@@ -16,8 +16,10 @@ from ban.commands.trained_run import (
     add_batch_size_argument,
     add_precision_argument,
     add_run_arguments,
+    add_workers_argument,
     forward_precision,
     load_trained_run,
+    loader_workers,
 )
 from ban.engine.tasks import make_task
 
@@ -28,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
     add_batch_size_argument(parser)
     add_precision_argument(parser)
+    add_workers_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
@@ -35,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     loaded, device = load_trained_run(args)
     task = make_task(loaded.config.task, loaded.data_dir)
     precision = forward_precision(args, loaded, device)
-    metrics = task.evaluate(loaded.model.to(device), args.split, args.batch_size, device, precision)
+    metrics = task.evaluate(loaded.model.to(device), args.split, args.batch_size, device, precision,
+                            loader_workers(args, loaded))
     print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics, args.split))
     return 0
 

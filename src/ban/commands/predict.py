@@ -18,8 +18,10 @@ from ban.commands.trained_run import (
     add_batch_size_argument,
     add_precision_argument,
     add_run_arguments,
+    add_workers_argument,
     forward_precision,
     load_trained_run,
+    loader_workers,
 )
 from ban.data.atomic import atomic_path, check_file_target, write_with
 from ban.engine.tasks import VQATask, make_task, predict_logits
@@ -36,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
     add_batch_size_argument(parser)
     add_precision_argument(parser)
+    add_workers_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,17 +53,18 @@ def run(args: argparse.Namespace) -> int:
     precision = forward_precision(args, loaded, device)
     labels = task.answers()
     dataset = task.dataset([args.split])
-    results: list[dict[str, object]] = []
+    results: list[dict[str, object]] = [{} for _ in range(len(dataset))]  # in the dataset's order
     with atomic_path(args.logits) if args.logits else nullcontext() as logits_path:
         table = (np.lib.format.open_memmap(logits_path, mode="w+", dtype=np.float32,
                                            shape=(len(dataset), len(labels))) if logits_path else None)
-        for batch, logits in predict_logits(task, loaded.model.to(device), dataset, args.batch_size, device,
-                                            precision, progress=f"predicting {args.split}"):
+        for indices, batch, logits in predict_logits(task, loaded.model.to(device), dataset, args.batch_size,
+                                                     device, precision, progress=f"predicting {args.split}",
+                                                     num_workers=loader_workers(args, loaded)):
             if table is not None:
-                table[len(results) : len(results) + len(logits)] = logits.cpu().numpy()
+                table[indices] = logits.cpu().numpy()
             best = logits.argmax(dim=1).tolist()
-            results += [{"question_id": q, "answer": labels[i]}
-                        for q, i in zip(batch["question_ids"].tolist(), best, strict=True)]
+            for index, q, i in zip(indices, batch["question_ids"].tolist(), best, strict=True):
+                results[index] = {"question_id": q, "answer": labels[i]}
         if table is not None:
             table.flush()
             del table

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ban.commands.arguments import positive_int
+from ban.commands.arguments import non_negative_int, positive_int
 from ban.engine.config import resolve_device
 from ban.engine.precision import resolve_precision
 from ban.engine.run import LoadedRun, load_run
@@ -40,6 +40,17 @@ def add_batch_size_argument(parser: argparse.ArgumentParser) -> None:
     """``--batch-size`` of the forward passes (`evaluate`, `predict`)."""
     parser.add_argument("--batch-size", type=positive_int, default=512,
                         help="questions per forward pass (default: 512)")
+
+
+def add_workers_argument(parser: argparse.ArgumentParser) -> None:
+    """``--workers`` loading the batches (`evaluate`, `predict`)."""
+    parser.add_argument("--workers", type=non_negative_int, metavar="N",
+                        help="data-loader processes (default: the run's num_workers setting; 0: load in this one)")
+
+
+def loader_workers(args: argparse.Namespace, loaded: LoadedRun) -> int:
+    """The data-loader processes ``--workers`` asks for (by default the run's ``num_workers`` setting)."""
+    return loaded.config.train.num_workers if args.workers is None else args.workers
 
 
 def load_trained_run(args: argparse.Namespace) -> tuple[LoadedRun, torch.device]:

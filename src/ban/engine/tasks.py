@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
@@ -28,6 +29,21 @@ Batch = dict[str, Tensor]
 def to_device(batch: Batch, device: torch.device) -> Batch:
     """Move every tensor of ``batch`` to ``device``."""
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def dataset_box_counts(dataset: Dataset) -> np.ndarray:
+    """Each sample's box count ``[len(dataset)]`` int64 of a split's dataset (VQA or grounding: its
+    ``box_counts()``, read from the feature store's index, no features) or a ConcatDataset of them."""
+    parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
+    return np.concatenate([part.box_counts() for part in parts])
+
+
+def box_count_batches(counts: np.ndarray, batch_size: int) -> list[list[int]]:
+    """The sample indices ``0 … len(counts) − 1`` stably sorted by ``counts`` [S] (each sample's box count) and cut
+    into batches of ``batch_size``: a batch pads to a box count close to its samples' own. Equal counts keep
+    their order, so a dataset of one box count (fixed 36) is batched in order."""
+    order = np.argsort(counts, kind="stable").tolist()
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 class Task:
@@ -61,10 +77,13 @@ class Task:
         parts = [self.open_split(split) for split in splits]
         return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
-    def loader(self, dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
-        """In-order batches of ``dataset`` for evaluation and prediction."""
-        return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=self.collate,
-                          num_workers=num_workers)
+    def loader(self, dataset: Dataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+        """Batches of ``dataset`` for evaluation and prediction, its samples in box-count order
+        (:func:`box_count_batches`: less padding than the dataset's order); ``loader.batch_sampler`` lists each
+        batch's dataset indices. ``num_workers`` loader processes (0: this one); ``pin_memory`` for a CUDA
+        device."""
+        return DataLoader(dataset, batch_sampler=box_count_batches(dataset_box_counts(dataset), batch_size),
+                          collate_fn=self.collate, num_workers=num_workers, pin_memory=pin_memory)
 
     def model_sizes(self) -> dict[str, int]:
         """Model config fields fixed by the data (vocabulary, answers, feature width)."""
@@ -158,21 +177,25 @@ def grounding_outputs(model: nn.Module, batch: Batch) -> Any:
 
 
 def predict_logits(task: Task, model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
-                   precision: str, progress: str | None = None, num_workers: int = 0) -> Iterator[tuple[Batch, Tensor]]:
-    """(batch, float32 logits [B, …] as ``task.forward`` gives them) for every batch of ``dataset`` in order,
-    loaded by ``num_workers`` worker processes (0: in this one); the model runs in eval mode."""
+                   precision: str, progress: str | None = None,
+                   num_workers: int = 0) -> Iterator[tuple[list[int], Batch, Tensor]]:
+    """(dataset indices of the batch's rows [B], batch, float32 logits [B, …] as ``task.forward`` gives them) for
+    every batch of :meth:`Task.loader` — in box-count order, not the dataset's: the indices put each row back in
+    place — loaded by ``num_workers`` worker processes (0: in this one). The model runs in eval mode, under
+    ``torch.inference_mode`` (the batch and logits are inference tensors: no autograd can use them)."""
     from tqdm import tqdm
 
     was_training = model.training
     model.eval()
-    loader = task.loader(dataset, batch_size, num_workers)
+    loader = task.loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
     try:
-        with torch.no_grad():
-            for batch in tqdm(loader, desc=progress, disable=progress is None, leave=False):
+        with torch.inference_mode():
+            for indices, batch in zip(loader.batch_sampler, tqdm(loader, desc=progress, disable=progress is None,
+                                                                 leave=False), strict=True):
                 batch = to_device(batch, device)
                 with autocast(device, precision):
                     logits = task.forward(model, batch)
-                yield batch, logits.float()
+                yield indices, batch, logits.float()
     finally:
         model.train(was_training)
 
@@ -223,12 +246,8 @@ class VQATask(Task):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         return ResidentVQA(dataset, device, dtype, progress=progress)
 
-    def box_counts(self, dataset: Dataset) -> Any:
-        import numpy as np
-
-        from ban.data.vqa_dataset import vqa_parts
-
-        return np.concatenate([part.box_counts() for part in vqa_parts(dataset)])
+    def box_counts(self, dataset: Dataset) -> np.ndarray:
+        return dataset_box_counts(dataset)
 
     def outputs(self, model: nn.Module, batch: Batch) -> Any:
         return vqa_outputs(model, batch)
@@ -266,18 +285,22 @@ class VQATask(Task):
 
         annotations = self.annotations(split)  # first: a split without them fails before the predictions
         labels = self.answers()
-        predictions: dict[int, str] = {}
-        sums = torch.zeros(3, dtype=torch.float64)
-        for batch, logits in predict_logits(self, model, self.dataset([split]), batch_size, device, precision,
-                                            progress=f"evaluating {split}", num_workers=num_workers):
+        # kept on the device and read once at the end (no host sync per batch); the sums of float32 targets in
+        # float64 are exact, so the same for any batch order
+        sums = torch.zeros(2, dtype=torch.float64, device=device)
+        chosen = [torch.empty(2, 0, dtype=torch.int64, device=device)]  # per batch: question ids, answer labels
+        for _, batch, logits in predict_logits(self, model, self.dataset([split]), batch_size, device, precision,
+                                               progress=f"evaluating {split}", num_workers=num_workers):
             best = logits.argmax(dim=1)
             targets = batch["targets"].float()
-            sums += torch.tensor([targets.gather(1, best[:, None]).sum().item(),
-                                  targets.max(dim=1).values.sum().item(), len(best)], dtype=torch.float64)
-            predictions.update(zip(batch["question_ids"].tolist(), (labels[i] for i in best.tolist()), strict=True))
-        result = vqa_accuracy(annotations, predictions)
-        result["trainingScore"] = 100 * sums[0].item() / sums[2].item()
-        result["upperBound"] = 100 * sums[1].item() / sums[2].item()
+            sums += torch.stack([targets.gather(1, best[:, None]).sum(dtype=torch.float64),
+                                 targets.max(dim=1).values.sum(dtype=torch.float64)])
+            chosen.append(torch.stack([batch["question_ids"], best]))
+        question_ids, best = torch.cat(chosen, dim=1).tolist()
+        result = vqa_accuracy(annotations, dict(zip(question_ids, (labels[i] for i in best), strict=True)))
+        scored, upper = sums.tolist()
+        result["trainingScore"] = 100 * scored / len(best)
+        result["upperBound"] = 100 * upper / len(best)
         return result
 
 
@@ -332,8 +355,8 @@ class GroundingTask(Task):
         from ban.metrics.grounding import GroundingRecall
 
         metric = GroundingRecall()
-        for batch, logits in predict_logits(self, model, self.dataset([split]), batch_size, device, precision,
-                                            progress=f"evaluating {split}", num_workers=num_workers):
+        for _, batch, logits in predict_logits(self, model, self.dataset([split]), batch_size, device, precision,
+                                               progress=f"evaluating {split}", num_workers=num_workers):
             metric.update(logits[:, 0], batch["targets"], batch["entity_mask"], batch["has_ground_truth"],
                           batch["entity_types"], batch["box_mask"])
         if metric.count == 0:
