@@ -119,6 +119,31 @@ def test_interrupted_and_resumed_runs_end_with_the_same_weights(data_dir, tmp_pa
     assert tensorboard_steps(stopped) == tensorboard_steps(extended) == [1, 2]  # each epoch once, resumed or not
 
 
+def test_a_stop_during_validation_saves_the_finished_epoch_and_the_resume_only_validates(data_dir, tmp_path):
+    """Ctrl-C while epoch 1's validation batch is loaded (4 training batches, then it): the validation is given
+    up, the checkpoint holds the whole epoch (step 4 of 4), and the resume validates it and goes on exactly."""
+    run = small_run(data_dir)
+    straight = tmp_path / "straight"
+    start_run(straight, run, resume=False)
+    history = train(straight, run, VQATask(data_dir))
+
+    stopped = tmp_path / "stopped"
+    start_run(stopped, run, resume=False)
+    with pytest.raises(TrainingInterrupted, match="while validating epoch 1.*--resume"):
+        train(stopped, run, interrupt_at_batch(VQATask(data_dir), 5))
+    state = Checkpoint(stopped / CHECKPOINT_FILE).state
+    assert (state["epoch"], state["step"], state["history"]) == (0, 4, [])
+    assert not (stopped / "metrics.jsonl").exists()
+    start_run(stopped, run, resume=True)
+    resumed = train(stopped, run, VQATask(data_dir), resume=True)
+    drop = ("seconds", "samples_per_s")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in history]
+    reference = weights(straight)
+    for name, tensor in weights(stopped).items():
+        assert torch.equal(tensor, reference[name]), name
+
+
 def tensorboard_steps(run_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -31,6 +31,10 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
+class EvaluationStopped(Exception):
+    """An evaluation given up at a stop request (:func:`predict_logits`'s ``stop``)."""
+
+
 def dataset_box_counts(dataset: Dataset) -> np.ndarray:
     """Each sample's box count ``[len(dataset)]`` int64 of a split's dataset (VQA or grounding: its
     ``box_counts()``, read from the feature store's index, no features) or a ConcatDataset of them."""
@@ -156,9 +160,9 @@ class Task:
         return int(batch["features"].shape[0])
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
-                 precision: str, num_workers: int = 0) -> dict[str, Any]:
+                 precision: str, num_workers: int = 0, stop: list[bool] | None = None) -> dict[str, Any]:
         """The official metrics of ``model`` on ``split``, its batches loaded by ``num_workers`` worker processes
-        (0: in this one)."""
+        (0: in this one); :class:`EvaluationStopped` once ``stop[0]`` is set (a training run's stop request)."""
         raise NotImplementedError
 
 
@@ -177,12 +181,13 @@ def grounding_outputs(model: nn.Module, batch: Batch) -> Any:
 
 
 def predict_logits(task: Task, model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
-                   precision: str, progress: str | None = None,
-                   num_workers: int = 0) -> Iterator[tuple[list[int], Batch, Tensor]]:
+                   precision: str, progress: str | None = None, num_workers: int = 0,
+                   stop: list[bool] | None = None) -> Iterator[tuple[list[int], Batch, Tensor]]:
     """(dataset indices of the batch's rows [B], batch, float32 logits [B, …] as ``task.forward`` gives them) for
     every batch of :meth:`Task.loader` — in box-count order, not the dataset's: the indices put each row back in
     place — loaded by ``num_workers`` worker processes (0: in this one). The model runs in eval mode, under
-    ``torch.inference_mode`` (the batch and logits are inference tensors: no autograd can use them)."""
+    ``torch.inference_mode`` (the batch and logits are inference tensors: no autograd can use them). Once
+    ``stop[0]`` is set, the next batch raises :class:`EvaluationStopped` instead."""
     from tqdm import tqdm
 
     was_training = model.training
@@ -192,6 +197,8 @@ def predict_logits(task: Task, model: nn.Module, dataset: Dataset, batch_size: i
         with torch.inference_mode():
             for indices, batch in zip(loader.batch_sampler, tqdm(loader, desc=progress, disable=progress is None,
                                                                  leave=False), strict=True):
+                if stop is not None and stop[0]:
+                    raise EvaluationStopped
                 batch = to_device(batch, device)
                 with autocast(device, precision):
                     logits = task.forward(model, batch)
@@ -278,7 +285,7 @@ class VQATask(Task):
         return self._annotations[split]
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
-                 precision: str, num_workers: int = 0) -> dict[str, Any]:
+                 precision: str, num_workers: int = 0, stop: list[bool] | None = None) -> dict[str, Any]:
         """Official accuracy (overall, perAnswerType, perQuestionType) plus ``trainingScore`` (mean soft target
         of the arg-max answer) and ``upperBound`` (mean best soft target), all in %."""
         from ban.metrics.vqa import vqa_accuracy
@@ -290,7 +297,7 @@ class VQATask(Task):
         sums = torch.zeros(2, dtype=torch.float64, device=device)
         chosen = [torch.empty(2, 0, dtype=torch.int64, device=device)]  # per batch: question ids, answer labels
         for _, batch, logits in predict_logits(self, model, self.dataset([split]), batch_size, device, precision,
-                                               progress=f"evaluating {split}", num_workers=num_workers):
+                                               progress=f"evaluating {split}", num_workers=num_workers, stop=stop):
             best = logits.argmax(dim=1)
             targets = batch["targets"].float()
             sums += torch.stack([targets.gather(1, best[:, None]).sum(dtype=torch.float64),
@@ -350,13 +357,13 @@ class GroundingTask(Task):
         return batch["entity_mask"] & batch["has_ground_truth"]  # [B, E]
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
-                 precision: str, num_workers: int = 0) -> dict[str, Any]:
+                 precision: str, num_workers: int = 0, stop: list[bool] | None = None) -> dict[str, Any]:
         """Recall@1/5/10, upper bound and per-type breakdown, in % (``ban.metrics.grounding``)."""
         from ban.metrics.grounding import GroundingRecall
 
         metric = GroundingRecall()
         for _, batch, logits in predict_logits(self, model, self.dataset([split]), batch_size, device, precision,
-                                               progress=f"evaluating {split}", num_workers=num_workers):
+                                               progress=f"evaluating {split}", num_workers=num_workers, stop=stop):
             metric.update(logits[:, 0], batch["targets"], batch["entity_mask"], batch["has_ground_truth"],
                           batch["entity_types"], batch["box_mask"])
         if metric.count == 0:

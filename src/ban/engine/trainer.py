@@ -43,7 +43,7 @@ from ban.engine.precision import autocast, resolve_precision
 from ban.engine.reporting import report_epoch, report_resumed
 from ban.engine.run import BEST_FILE, CHECKPOINT_FILE, RunConfig, check_epochs
 from ban.engine.schedule import learning_rate, set_learning_rate
-from ban.engine.tasks import Batch, Task, check_splits, to_device
+from ban.engine.tasks import Batch, EvaluationStopped, Task, check_splits, to_device
 from ban.engine.trainer_graphs import TrainingGraphs
 from ban.errors import BanError, CheckpointError, ConfigError
 from ban.models import build_model
@@ -250,12 +250,9 @@ class Trainer:
             for epoch in range(self.position["epoch"], self.config.epochs):
                 resumed = epoch == self.position["epoch"] and self.position["step"] > 0
                 start = self.position["step"] if resumed else 0
-                record = self.epoch(epoch, start, self.position["partial"] if resumed else {}, stop)
-                if self.validate and self.context.is_main:
-                    record["val"] = self.task.evaluate(self.model, self.config.val_split,
-                                                       self.config.eval_batch_size, self.context.device,
-                                                       self.precision, self.config.num_workers)
-                distributed.barrier(self.context)
+                record, steps, partial = self.epoch(epoch, start, self.position["partial"] if resumed else {}, stop)
+                if self.validate:
+                    self.validation(record, stop, epoch, steps, partial)
                 self.keep_if_best(record)  # before the checkpoint: a kill in between redoes the epoch and this
                 self.history.append(record)
                 self.save(epoch + 1, 0, {})
@@ -271,6 +268,27 @@ class Trainer:
                     tqdm.write(f"attention pictures: {pictures[0].parent}")
         return self.history
 
+    def validation(self, record: dict[str, Any], stop: list[bool], epoch: int, steps: int,
+                   partial: dict[str, float]) -> None:
+        """The main process validates into ``record["val"]`` while the others wait. A stop request during it (a
+        long validation outlasts the grace of a scheduler's or torchrun's SIGKILL) gives up the validation and
+        saves the finished epoch's ``steps`` and sums (``partial``), with the random state from before the
+        validation (whose loader draws from it): a resume redoes only the validation, as it was."""
+        before = rng_states(self.context)
+        stopped = False
+        if self.context.is_main:
+            try:
+                record["val"] = self.task.evaluate(self.model, self.config.val_split, self.config.eval_batch_size,
+                                                   self.context.device, self.precision, self.config.num_workers,
+                                                   stop=stop)
+            except EvaluationStopped:
+                stopped = True
+        if distributed.any_process(stopped, self.context):  # also every process's wait for the main one
+            self.save(epoch, steps, partial, before)
+            raise TrainingInterrupted(f"stopped while validating epoch {epoch + 1}; checkpoint saved in "
+                                      f"{self.run_dir}. Continue with: "
+                                      f"{resume_command(self.run_dir, self.context.world_size)}")
+
     def keep_if_best(self, record: dict[str, Any]) -> None:
         """Write the weights to best.safetensors when this epoch's validation score beats every earlier one."""
         if "val" not in record or not self.context.is_main:
@@ -281,8 +299,10 @@ class Trainer:
             state = {"epoch": record["epoch"], "val": record["val"]}
             save_checkpoint(self.run_dir / BEST_FILE, self.model, None, state)
 
-    def epoch(self, epoch: int, start: int, partial: dict[str, float], stop: list[bool]) -> dict[str, Any]:
-        """Train one epoch from batch ``start`` on (``partial``: the sums of the batches before it)."""
+    def epoch(self, epoch: int, start: int, partial: dict[str, float],
+              stop: list[bool]) -> tuple[dict[str, Any], int, dict[str, float]]:
+        """Train one epoch from batch ``start`` on (``partial``: the sums of the batches before it) → (its record,
+        its number of steps, its sums as a checkpoint keeps them)."""
         config, context = self.config, self.context
         lr = learning_rate(config, epoch)
         set_learning_rate(self.optimizer, lr)
@@ -330,14 +350,16 @@ class Trainer:
                                           f"{self.run_dir}. Continue with: "
                                           f"{resume_command(self.run_dir, context.world_size)}")
         bar.close()
-        loss, score, count, scored = summed(sums, context)
+        totals = summed(sums, context)
+        loss, score, count, scored = totals
         seconds = time.perf_counter() - began
         record = {"epoch": epoch + 1, "lr": lr, "train_loss": loss / count if count else float("nan"),
                   "train_score": 100 * score / scored if scored else float("nan"), "samples": int(count),
                   "seconds": seconds, "samples_per_s": count / seconds}
         if config.skip_nonfinite:
             record["skipped_batches"] = skipped
-        return record
+        return record, start + len(batches), {**dict(zip(SUMS, totals, strict=True)), "seconds": seconds,
+                                              "skipped": skipped}
 
     def device_batch(self, batch: Batch) -> Batch:
         """A loader's batch (on the host) on the training device, with the packing rows when the model packs."""
@@ -391,12 +413,13 @@ class Trainer:
         weight-cast cache off (a cached cast would be captured once and reused stale)."""
         return self.gradients(batch, self.task.batch_size(batch), cast_cache=False)
 
-    def save(self, epoch: int, step: int, partial: dict[str, float]) -> None:
-        """Checkpoint: continue at (``epoch``, ``step``). A collective: every process must call it."""
+    def save(self, epoch: int, step: int, partial: dict[str, float], rng: dict[str, Tensor] | None = None) -> None:
+        """Checkpoint: continue at (``epoch``, ``step``), with every process's random state now or ``rng`` (from
+        :func:`rng_states`). A collective: every process must call it."""
         if not all(bool(torch.isfinite(parameter).all()) for parameter in self.model.parameters()):
             raise TrainingDiverged(f"the weights became non-finite at epoch {epoch + 1}, step {step}; the last "
                                    "checkpoint is unchanged. Lower the learning rate.")
-        rng = rng_states(self.context)
+        rng = rng_states(self.context) if rng is None else rng
         if self.context.is_main:
             state = {"epoch": epoch, "step": step, "history": self.history, "partial": partial}
             save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.model, self.optimizer, state, rng)
