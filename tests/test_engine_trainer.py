@@ -97,6 +97,17 @@ def test_interrupted_and_resumed_runs_end_with_the_same_weights(data_dir, tmp_pa
     start_run(older, run, resume=True)
     older_history = train(older, run, VQATask(data_dir), resume=True)
 
+    # Ctrl-C while epoch 1's validation batch is loaded (batch 5): the validation is given up, the checkpoint holds
+    # the whole epoch (step 4 of 4) and the random state from before the validation; the resume validates, goes on
+    in_validation = tmp_path / "in_validation"
+    start_run(in_validation, run, resume=False)
+    with pytest.raises(TrainingInterrupted, match="while validating epoch 1.*--resume"):
+        train(in_validation, run, interrupt_at_batch(VQATask(data_dir), 5))
+    state = Checkpoint(in_validation / CHECKPOINT_FILE).state
+    assert (state["epoch"], state["step"], state["history"]) == (0, 4, [])
+    start_run(in_validation, run, resume=True)
+    validated_history = train(in_validation, run, VQATask(data_dir), resume=True)
+
     # stopped after epoch 1, continued with more epochs (the one setting that may change on resume)
     extended = tmp_path / "extended"
     short = small_run(data_dir, epochs=1)
@@ -106,42 +117,17 @@ def test_interrupted_and_resumed_runs_end_with_the_same_weights(data_dir, tmp_pa
     train(extended, run, VQATask(data_dir), resume=True)
 
     reference = weights(straight)
-    for other in (stopped, extended):
+    for other in (stopped, extended, in_validation):
         for name, tensor in weights(other).items():
             assert torch.equal(tensor, reference[name]), (other.name, name)
     drop = ("seconds", "samples_per_s")
-    for other_history in (resumed_history, older_history):
+    for other_history in (resumed_history, older_history, validated_history):
         assert [{k: v for k, v in r.items() if k not in drop} for r in other_history] == \
                [{k: v for k, v in r.items() if k not in drop} for r in history]
     lines = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
     assert (straight / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert tensorboard_steps(stopped) == tensorboard_steps(extended) == [1, 2]  # each epoch once, resumed or not
-
-
-def test_a_stop_during_validation_saves_the_finished_epoch_and_the_resume_only_validates(data_dir, tmp_path):
-    """Ctrl-C while epoch 1's validation batch is loaded (4 training batches, then it): the validation is given
-    up, the checkpoint holds the whole epoch (step 4 of 4), and the resume validates it and goes on exactly."""
-    run = small_run(data_dir)
-    straight = tmp_path / "straight"
-    start_run(straight, run, resume=False)
-    history = train(straight, run, VQATask(data_dir))
-
-    stopped = tmp_path / "stopped"
-    start_run(stopped, run, resume=False)
-    with pytest.raises(TrainingInterrupted, match="while validating epoch 1.*--resume"):
-        train(stopped, run, interrupt_at_batch(VQATask(data_dir), 5))
-    state = Checkpoint(stopped / CHECKPOINT_FILE).state
-    assert (state["epoch"], state["step"], state["history"]) == (0, 4, [])
-    assert not (stopped / "metrics.jsonl").exists()
-    start_run(stopped, run, resume=True)
-    resumed = train(stopped, run, VQATask(data_dir), resume=True)
-    drop = ("seconds", "samples_per_s")
-    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == \
-           [{k: v for k, v in r.items() if k not in drop} for r in history]
-    reference = weights(straight)
-    for name, tensor in weights(stopped).items():
-        assert torch.equal(tensor, reference[name]), name
 
 
 def tensorboard_steps(run_dir):
