@@ -350,6 +350,11 @@ def test_grounding_train_and_evaluate(tmp_path, capsys):
     batch["targets"] = torch.tensor([[[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]], [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]])
     logits = torch.tensor([[[[2.0, 2.0, 2.0], [1.0, 1.0, 1.0]]], [[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]]])  # [B,1,N,E]
     assert (task.score_sum(logits, batch), task.score_count(batch)) == (2, 3)  # 2 of 3 entities, not (1/2 + 1) / 2
+    bucketed = tmp_path / "bucketed"  # batches of similar box counts, as for VQA: every caption once an epoch
+    assert main(["train", "--data", str(tmp_path / "prepared"), "--out", str(bucketed), "--epochs", "1",
+                 "--set", "model.hidden_dim=16", "--set", "model.word_dim=8", "--set", "bucket_boxes=true"]) == 0
+    assert json.loads((bucketed / "metrics.jsonl").read_text())["samples"] == len(
+        GroundingDataset(tmp_path / "prepared", "train"))
     assert main(["train", "--data", str(tmp_path / "prepared"), "--out", str(tmp_path / "tiny"), "--preset", "tiny",
                  "--epochs", "1"]) == 2
     assert "preset 'tiny' is a vqa model, but the task is grounding (presets for grounding: grounding)" in (

@@ -116,6 +116,26 @@ def test_the_command_refuses_a_file_as_output_before_generating(tmp_path: Path, 
     assert (tmp_path / "out").read_text() == "kept" and sorted(path.name for path in tmp_path.iterdir()) == ["out"]
 
 
+def test_the_working_directory_or_a_mount_point_is_refused_before_anything_is_written(tmp_path: Path, monkeypatch,
+                                                                                      capsys) -> None:
+    """The output is swapped in by renaming --out: `--out .` would leave the shell in a deleted directory."""
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path / "out")
+    assert synth_command(Path(".")) == 2
+    assert "is the working directory or holds it" in capsys.readouterr().err
+    assert not any((tmp_path / "out").iterdir())
+    assert synth_command(tmp_path / "earlier") == 0
+    before = tree_digest(tmp_path / "earlier")
+    monkeypatch.chdir(tmp_path / "earlier" / "vqa")  # inside an earlier output: a rerun would rename it away
+    assert synth_command(tmp_path / "earlier", "--seed", "1") == 2
+    assert "is the working directory or holds it" in capsys.readouterr().err
+    assert tree_digest(tmp_path / "earlier") == before
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("os.path.ismount", lambda path: str(path) == str(tmp_path / "out"))
+    assert synth_command(tmp_path / "out") == 2
+    assert "is a mount point" in capsys.readouterr().err and not any((tmp_path / "out").iterdir())
+
+
 def test_a_symlinked_output_keeps_its_link(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")

@@ -41,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(manifest, indent=2))
         return 0
-    print(f"wrote {args.out}: {manifest['num_tokens']} tokens, captions of up to {manifest['sentence_length']} "
-          f"tokens, up to {manifest['max_entities']} entities"
+    print(f"wrote {args.out}: {manifest['num_tokens']} tokens, token rows of {manifest['sentence_length']} "
+          f"(the longest caption{' or entity position' if manifest['entity_positions'] == 'reference' else ''}), "
+          f"up to {manifest['max_entities']} entities"
           + (", the reference's entity positions" if manifest["entity_positions"] == "reference" else ""))
     for split, summary in manifest["splits"].items():
         print(f"  {split:<6} {summary['images']:>6} images {summary['sentences']:>7} captions "

@@ -29,9 +29,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     Works for a file or a directory; missing parent directories are created. An existing directory at
     ``path`` is replaced only by a directory, and only after the new one is complete; a file is never put
-    where a directory is, nor a directory where a file is (:class:`DataError`, nothing touched).
+    where a directory is, nor a directory where a file is (:class:`DataError`, nothing touched). A directory
+    that cannot be moved aside — the working directory or one holding it, a mount point — is refused first.
     """
     path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        _check_movable(path)
     make_directory(path.parent)
     temp = temporary_sibling(path)
     _remove(temp)
@@ -72,6 +75,18 @@ def check_file_target(path: str | os.PathLike[str]) -> None:
     culprit = _first_non_directory(path.parent)
     if culprit is not None:
         raise DataError("exists and is not a directory", path=culprit)
+
+
+def _check_movable(directory: Path) -> None:
+    """:class:`DataError` for a ``directory`` that a rename cannot replace whole: this process's working directory
+    or one holding it (the shell would be left in a deleted directory), or a mount point."""
+    real, here = directory.resolve(), Path.cwd().resolve()
+    if real == here or real in here.parents:
+        raise DataError("is the working directory or holds it, and is replaced whole by a directory built beside "
+                        "it: run from elsewhere or name a directory inside it", path=directory)
+    if os.path.ismount(real):
+        raise DataError("is a mount point, which cannot be replaced whole by a directory built beside it: name a "
+                        "directory inside it", path=directory)
 
 
 def _first_non_directory(path: Path) -> Path | None:

@@ -15,7 +15,9 @@ chunks or compression) is memory-mapped and its rows copied out; any other is re
 a few times slower). As the cache is read in place (never converted), the values of an image are checked the
 first time it is read, as the TSV reader checks them: finite, within ±:data:`ban.data.features.VALUE_LIMIT`, box
 corners with x2 ≥ x1 and y2 ≥ y1. An image whose values passed is not checked again by the same store (each
-worker process checks the images it reads); one that failed is checked, and refused, on every read.
+worker process checks the images it reads); one that failed is checked, and refused, on every read. As ban's own
+store, a mapped cache must not be rewritten in place while a process reads it (a read past a truncated end is a
+bus error, not an exception); one replaced between runs is refused by name (``features.json``'s identities).
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@
 
 That is the matrix the reference's code computed in effect. Its tf-idf step meant to divide each entry by the
 other word's number of occurrences, but divides by list position instead (``vals[col] /= df[col]``): only the
-first entries of its pair list, as many as there are words (the pairs of its first ~100 training questions),
-are divided — each by ``df[col]`` once per pair having ``col`` as second word, which leaves them ≈ 0 — and every
-other entry keeps weight 1, so the row normalisation that follows turns plain counts into the mixing weights.
+first entries of its pair list, as many as there are words (≈ 20k: the pairs of its first few hundred training
+questions), are divided — each by ``df[col]`` once per pair having ``col`` as second word, which leaves them ≈ 0 —
+and every other entry keeps weight 1, so the row normalisation that follows turns plain counts into the mixing
+weights.
 """
 
 from __future__ import annotations

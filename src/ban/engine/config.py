@@ -37,7 +37,7 @@ class TrainConfig:
     ``batch_size`` is the global batch: under ``torchrun`` it is split across the processes. ``resident`` copies
     the training splits onto the training device once and gathers each batch there instead of running a data
     loader (VQA; :mod:`ban.data.resident`). ``bucket_boxes`` batches images of similar box counts together
-    (:class:`ban.engine.distributed.ShardedBatches`; VQA): less padding and fewer distinct shapes, but batches are
+    (:class:`ban.engine.distributed.ShardedBatches`): less padding and fewer distinct shapes, but batches are
     no longer uniform samples of the data (its accuracy effect is measured in benchmarks/RESULTS.md).
     ``cuda_graphs`` replays each training step as CUDA graphs (:mod:`ban.engine.trainer_graphs`; VQA on one GPU):
     the same computation without the launch of every kernel; a new batch shape costs one capture. ``compile`` runs

@@ -122,9 +122,9 @@ class Task:
         """``dataset`` held on ``device``, with a ``batch(indices)`` method (the ``resident`` training setting)."""
         raise ConfigError(f"resident=true is implemented for VQA only; {self.name} trains from its data loader")
 
-    def box_counts(self, dataset: Dataset) -> Any:
+    def box_counts(self, dataset: Dataset) -> np.ndarray:
         """Each sample's box count ``[len(dataset)]`` (the ``bucket_boxes`` training setting)."""
-        raise ConfigError(f"bucket_boxes=true is implemented for VQA only, not for {self.name}")
+        return dataset_box_counts(dataset)
 
     collate: Callable[[list[Any]], Batch]
 
@@ -252,9 +252,6 @@ class VQATask(Task):
 
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         return ResidentVQA(dataset, device, dtype, progress=progress)
-
-    def box_counts(self, dataset: Dataset) -> np.ndarray:
-        return dataset_box_counts(dataset)
 
     def outputs(self, model: nn.Module, batch: Batch) -> Any:
         return vqa_outputs(model, batch)

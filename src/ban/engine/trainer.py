@@ -283,7 +283,8 @@ class Trainer:
                                                    stop=stop)
             except EvaluationStopped:
                 stopped = True
-        if distributed.any_process(stopped, self.context):  # also every process's wait for the main one
+        # also every process's wait for the main one; a process signalled meanwhile stops the run here too
+        if distributed.any_process(stopped or stop[0], self.context):
             self.save(epoch, steps, partial, before)
             raise TrainingInterrupted(f"stopped while validating epoch {epoch + 1}; checkpoint saved in "
                                       f"{self.run_dir}. Continue with: "
