@@ -190,17 +190,33 @@ def test_with_the_cpu_kernels_training_follows_pytorch_and_resumes_exactly(data_
         assert torch.equal(tensor, ours[name]), name
 
 
-def test_resident_data_trains_to_the_same_weights_as_the_loader(data_dir, tmp_path):
-    """resident=true gathers the same batches on the device: in float32 the run is bit-identical."""
+def test_resident_data_trains_to_the_same_weights_as_the_loader(data_dir, tmp_path, monkeypatch):
+    """resident=true gathers the same batches on the device, for training and for validation (no loader at all):
+    in float32 the run is bit-identical."""
     histories = {}
     for resident in (False, True):
         run = small_run(data_dir, precision="fp32", resident=resident)
         start_run(tmp_path / str(resident), run, resume=False)
+        if resident:
+            monkeypatch.setattr(VQATask, "loader", lambda *args, **kwargs: pytest.fail("validation used a loader"))
         histories[resident] = train(tmp_path / str(resident), run, VQATask(data_dir))
     loader_weights = weights(tmp_path / "False")
     for name, tensor in weights(tmp_path / "True").items():
         assert torch.equal(tensor, loader_weights[name]), name
     assert [r["train_loss"] for r in histories[True]] == [r["train_loss"] for r in histories[False]]
+    assert [r["val"] for r in histories[True]] == [r["val"] for r in histories[False]] and histories[True][0]["val"]
+
+
+def test_validating_or_not_trains_the_same_weights(data_dir, tmp_path):
+    """An evaluation draws nothing from the training's random stream (its dropout masks): with or without the
+    end-of-epoch validation, the weights are bit-identical."""
+    for val_split in ("val", ""):
+        run = small_run(data_dir, val_split=val_split)
+        start_run(tmp_path / (val_split or "none"), run, resume=False)
+        train(tmp_path / (val_split or "none"), run, VQATask(data_dir))
+    unvalidated = weights(tmp_path / "none")
+    for name, tensor in weights(tmp_path / "val").items():
+        assert torch.equal(tensor, unvalidated[name]), name
 
 
 def test_bucketed_batches_train_on_every_question_once_per_epoch(data_dir, tmp_path):

@@ -35,10 +35,11 @@ class TrainConfig:
     ``train_splits`` and ``val_split`` name splits of the prepared dataset; an empty ``val_split`` trains without
     validation. ``device``: ``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N``.
     ``batch_size`` is the global batch: under ``torchrun`` it is split across the processes. ``resident`` copies
-    the training splits onto the training device once and gathers each batch there instead of running a data
-    loader (VQA; :mod:`ban.data.resident`). ``bucket_boxes`` batches images of similar box counts together
-    (:class:`ban.engine.distributed.ShardedBatches`): less padding and fewer distinct shapes, but batches are
-    no longer uniform samples of the data (its accuracy effect is measured in benchmarks/RESULTS.md).
+    the training splits (and the validation split) onto the training device once and gathers each batch there
+    instead of running a data loader (VQA; :mod:`ban.data.resident`). ``bucket_boxes`` batches images of similar
+    box counts together (:class:`ban.engine.distributed.ShardedBatches`): less padding and fewer distinct shapes,
+    but batches are no longer uniform samples of the data (its accuracy effect is measured in
+    benchmarks/RESULTS.md).
     ``cuda_graphs`` replays each training step as CUDA graphs (:mod:`ban.engine.trainer_graphs`; VQA on one GPU):
     the same computation without the launch of every kernel; a new batch shape costs one capture. ``compile`` runs
     the forward pass (and so its backward) through ``torch.compile`` (:func:`ban.engine.graphs.compiled_forward`;

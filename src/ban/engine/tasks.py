@@ -85,9 +85,11 @@ class Task:
         """Batches of ``dataset`` for evaluation and prediction, its samples in box-count order
         (:func:`box_count_batches`: less padding than the dataset's order); ``loader.batch_sampler`` lists each
         batch's dataset indices. ``num_workers`` loader processes (0: this one); ``pin_memory`` for a CUDA
-        device."""
+        device. The loader has its own generator: an evaluation draws nothing from torch's global one, so a
+        training run's random stream (its dropout masks) is the same whether and however it validates."""
         return DataLoader(dataset, batch_sampler=box_count_batches(dataset_box_counts(dataset), batch_size),
-                          collate_fn=self.collate, num_workers=num_workers, pin_memory=pin_memory)
+                          collate_fn=self.collate, num_workers=num_workers, pin_memory=pin_memory,
+                          generator=torch.Generator())
 
     def model_sizes(self) -> dict[str, int]:
         """Model config fields fixed by the data (vocabulary, answers, feature width)."""
@@ -160,9 +162,11 @@ class Task:
         return int(batch["features"].shape[0])
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
-                 precision: str, num_workers: int = 0, stop: list[bool] | None = None) -> dict[str, Any]:
+                 precision: str, num_workers: int = 0, stop: list[bool] | None = None,
+                 resident: Any = None) -> dict[str, Any]:
         """The official metrics of ``model`` on ``split``, its batches loaded by ``num_workers`` worker processes
-        (0: in this one); :class:`EvaluationStopped` once ``stop[0]`` is set (a training run's stop request)."""
+        (0: in this one) or gathered from ``resident`` (:meth:`resident` of the split); :class:`EvaluationStopped`
+        once ``stop[0]`` is set (a training run's stop request)."""
         raise NotImplementedError
 
 
@@ -182,21 +186,27 @@ def grounding_outputs(model: nn.Module, batch: Batch) -> Any:
 
 def predict_logits(task: Task, model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
                    precision: str, progress: str | None = None, num_workers: int = 0,
-                   stop: list[bool] | None = None) -> Iterator[tuple[list[int], Batch, Tensor]]:
+                   stop: list[bool] | None = None, resident: Any = None) -> Iterator[tuple[list[int], Batch, Tensor]]:
     """(dataset indices of the batch's rows [B], batch, float32 logits [B, …] as ``task.forward`` gives them) for
     every batch of :meth:`Task.loader` — in box-count order, not the dataset's: the indices put each row back in
-    place — loaded by ``num_workers`` worker processes (0: in this one). The model runs in eval mode, under
+    place — loaded by ``num_workers`` worker processes (0: in this one), or the same batches gathered on the
+    device from ``resident`` (:meth:`Task.resident` of ``dataset``: no loader). The model runs in eval mode, under
     ``torch.inference_mode`` (the batch and logits are inference tensors: no autograd can use them). Once
     ``stop[0]`` is set, the next batch raises :class:`EvaluationStopped` instead."""
     from tqdm import tqdm
 
     was_training = model.training
     model.eval()
-    loader = task.loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
+    if resident is None:
+        loader = task.loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
+        order, batches = loader.batch_sampler, loader
+    else:
+        order = box_count_batches(dataset_box_counts(dataset), batch_size)
+        batches = map(resident.batch, order)
     try:
         with torch.inference_mode():
-            for indices, batch in zip(loader.batch_sampler, tqdm(loader, desc=progress, disable=progress is None,
-                                                                 leave=False), strict=True):
+            for indices, batch in zip(order, tqdm(batches, total=len(order), desc=progress,
+                                                  disable=progress is None, leave=False), strict=True):
                 if stop is not None and stop[0]:
                     raise EvaluationStopped
                 batch = to_device(batch, device)
@@ -282,7 +292,8 @@ class VQATask(Task):
         return self._annotations[split]
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
-                 precision: str, num_workers: int = 0, stop: list[bool] | None = None) -> dict[str, Any]:
+                 precision: str, num_workers: int = 0, stop: list[bool] | None = None,
+                 resident: Any = None) -> dict[str, Any]:
         """Official accuracy (overall, perAnswerType, perQuestionType) plus ``trainingScore`` (mean soft target
         of the arg-max answer) and ``upperBound`` (mean best soft target), all in %."""
         from ban.metrics.vqa import vqa_accuracy
@@ -294,7 +305,8 @@ class VQATask(Task):
         sums = torch.zeros(2, dtype=torch.float64, device=device)
         chosen = [torch.empty(2, 0, dtype=torch.int64, device=device)]  # per batch: question ids, answer labels
         for _, batch, logits in predict_logits(self, model, self.dataset([split]), batch_size, device, precision,
-                                               progress=f"evaluating {split}", num_workers=num_workers, stop=stop):
+                                               progress=f"evaluating {split}", num_workers=num_workers, stop=stop,
+                                               resident=resident):
             best = logits.argmax(dim=1)
             targets = batch["targets"].float()
             sums += torch.stack([targets.gather(1, best[:, None]).sum(dtype=torch.float64),
@@ -354,13 +366,15 @@ class GroundingTask(Task):
         return batch["entity_mask"] & batch["has_ground_truth"]  # [B, E]
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
-                 precision: str, num_workers: int = 0, stop: list[bool] | None = None) -> dict[str, Any]:
+                 precision: str, num_workers: int = 0, stop: list[bool] | None = None,
+                 resident: Any = None) -> dict[str, Any]:
         """Recall@1/5/10, upper bound and per-type breakdown, in % (``ban.metrics.grounding``)."""
         from ban.metrics.grounding import GroundingRecall
 
         metric = GroundingRecall()
         for _, batch, logits in predict_logits(self, model, self.dataset([split]), batch_size, device, precision,
-                                               progress=f"evaluating {split}", num_workers=num_workers, stop=stop):
+                                               progress=f"evaluating {split}", num_workers=num_workers, stop=stop,
+                                               resident=resident):
             metric.update(logits[:, 0], batch["targets"], batch["entity_mask"], batch["has_ground_truth"],
                           batch["entity_types"], batch["box_mask"])
         if metric.count == 0:

@@ -220,6 +220,10 @@ class Trainer:
             if self.config.resident else None
         self.box_counts = task.box_counts(self.data) if self.config.bucket_boxes else None
         self.validate = bool(self.config.val_split)
+        # the validation split held on the device as well (by the main process, which validates)
+        self.resident_val = task.resident(task.dataset([self.config.val_split]), context.device, self.precision,
+                                          context.is_main) \
+            if self.config.resident and self.validate and context.is_main else None
         self.packing: dict[str, int] | None = None  # how the packing rows are padded; None: the model does not pack
         if packs_boxes(run):  # to few shapes for the graphs, not at all for eager steps
             self.packing = (dict(box_quantum=BOX_QUANTUM, row_quantum=ROW_QUANTUM) if graphed
@@ -280,7 +284,7 @@ class Trainer:
             try:
                 record["val"] = self.task.evaluate(self.model, self.config.val_split, self.config.eval_batch_size,
                                                    self.context.device, self.precision, self.config.num_workers,
-                                                   stop=stop)
+                                                   stop=stop, resident=self.resident_val)
             except EvaluationStopped:
                 stopped = True
         # also every process's wait for the main one; a process signalled meanwhile stops the run here too
