@@ -15,7 +15,9 @@ Eager work first (a failed CUDA graph capture could leave the device unusable fo
    to do); ``host_sync``:
    the bf16 plain training step again with `--host-sync` (what `ban train`'s per-step finiteness read costs).
 3. ``resident``: a small synthetic prepared VQA set held on the GPU gives the loader's batches exactly; the gather
-   rate of batch-256 rows (adaptive boxes) from a 2,048-d bf16 table of 400k regions.
+   rate of batch-256 rows (adaptive boxes) from a 2,048-d bf16 table of 400k regions; ``evaluation``: a paper-best
+   BAN evaluated on the paper-sized set's val split (bf16, box-count order) from the loader with 0 and 4 workers
+   and from a resident copy: questions/s each, and the same metrics.
 
 Then CUDA graphs (:mod:`ban.engine.graphs`):
 
@@ -292,6 +294,34 @@ def trainer_data(root: Path, images: int = 2000) -> dict[str, Path] | str:
     return made
 
 
+def evaluation_check(device: torch.device, data: dict[str, Path] | str) -> dict:
+    """A paper-best BAN (random weights, the synthetic set's answer and token tables) evaluated on the paper-sized
+    set's val split in bf16, batch 256, box-count order, its batches from the data loader (0 and 4 worker processes)
+    and gathered from a resident copy: questions/s of each (the validation of a `resident=true` run) and whether
+    the three give the same metrics."""
+    if isinstance(data, str):
+        return {"skipped": data}
+    from ban.engine.tasks import VQATask
+
+    task = VQATask(data["paper"])
+    model = build_model(preset("paper-best", **task.model_sizes())).to(device)
+    resident = task.resident(task.dataset(["val"]), device, "bf16", progress=False)
+    sources = {"loader, 0 workers": dict(num_workers=0), "loader, 4 workers": dict(num_workers=4),
+               "resident": dict(resident=resident)}
+    report: dict = {"questions": len(task.dataset(["val"]))}
+    metrics = {}
+    for name, source in sources.items():
+        task.evaluate(model, "val", 256, device, "bf16", **source)  # warm-up (and the workers' start)
+        synchronize(device)
+        began = time.perf_counter()
+        metrics[name] = task.evaluate(model, "val", 256, device, "bf16", **source)
+        synchronize(device)
+        report[name] = {"seconds": time.perf_counter() - began,
+                        "questions_per_s": report["questions"] / (time.perf_counter() - began)}
+    report["same_metrics"] = all(value == metrics["resident"] for value in metrics.values())
+    return report
+
+
 TRAINER_VARIANTS = {"eager": {}, "graphed": {"cuda_graphs": True}, "compiled": {"cuda_graphs": True, "compile": True}}
 
 
@@ -437,6 +467,7 @@ def main() -> None:
     synced = dataclasses.replace(settings, host_sync=True)
     parts.run("host_sync", lambda: bench_part(synced, ["plain"], precisions=("bf16",), modes=("train",)))
     parts.run("resident", lambda: resident_check(device))
+    parts.run("evaluation", lambda: evaluation_check(device, data))
     parts.run("graphs", lambda: graph_parity(device))
     parts.run("graphed_rows", lambda: bench_part(settings, ["graphed"]), needs_gpu=no_gpu)
     parts.run("graph_dropout", lambda: graph_dropout(device), needs_gpu=no_gpu)
