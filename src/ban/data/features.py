@@ -165,6 +165,12 @@ class FeatureStore(ABC):
         start, end = self._row_range(self.position(image_id))
         return end - start
 
+    def box_counts(self, image_ids: np.ndarray) -> np.ndarray:
+        """:meth:`num_boxes` of each of ``image_ids`` ``[S]`` (repeats allowed: one look-up per distinct image) →
+        ``[S]`` int64, from the index alone (no rows read)."""
+        unique_ids, of_sample = np.unique(np.asarray(image_ids, dtype=np.int64), return_inverse=True)
+        return np.array([self.num_boxes(image_id) for image_id in unique_ids.tolist()], dtype=np.int64)[of_sample]
+
     def get(self, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(features [n, D] float32, spatial [n, 6] float32, boxes [n, 4] float32 pixels)`` of one image."""
         return self._read(self.position(image_id))

@@ -93,9 +93,7 @@ class GroundingDataset(Dataset):
     def box_counts(self) -> np.ndarray:
         """Number of regions of each caption's image, ``[S]`` int64, from the feature store's index (no features
         read; for batching by size)."""
-        image_ids, of_caption = np.unique(self.arrays["image_id"], return_inverse=True)
-        per_image = np.array([self.store.num_boxes(image_id) for image_id in image_ids.tolist()], dtype=np.int64)
-        return per_image[of_caption]
+        return self.store.box_counts(self.arrays["image_id"])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         arrays = self.arrays

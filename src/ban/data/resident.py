@@ -44,7 +44,7 @@ class ResidentVQA:
             _check_images(part, store)
         image_ids = np.concatenate([part.image_ids for part in parts]).astype(np.int64)
         unique_ids, self.question_image = np.unique(image_ids, return_inverse=True)
-        counts = np.array([store.num_boxes(image_id) for image_id in unique_ids.tolist()], dtype=np.int64)
+        counts = store.box_counts(unique_ids)
         self.image_count = counts
         self.image_start = _starts(counts)
         self.zero_row = int(counts.sum())

@@ -88,8 +88,7 @@ class VQADataset(Dataset):
 
     def box_counts(self) -> np.ndarray:
         """Number of regions of each question's image, ``[Q]`` int64 (for batching by size)."""
-        per_image = {image_id: self.features.num_boxes(image_id) for image_id in np.unique(self.image_ids).tolist()}
-        return np.array([per_image[image_id] for image_id in self.image_ids.tolist()], dtype=np.int64)
+        return self.features.box_counts(self.image_ids)
 
     def __len__(self) -> int:
         return len(self.question_ids)

@@ -42,6 +42,11 @@ def dataset_box_counts(dataset: Dataset) -> np.ndarray:
     return np.concatenate([part.box_counts() for part in parts])
 
 
+def evaluation_batches(dataset: Dataset, batch_size: int) -> list[list[int]]:
+    """The dataset indices of each evaluation batch of ``dataset``: :func:`box_count_batches` of its box counts."""
+    return box_count_batches(dataset_box_counts(dataset), batch_size)
+
+
 def box_count_batches(counts: np.ndarray, batch_size: int) -> list[list[int]]:
     """The sample indices ``0 … len(counts) − 1`` stably sorted by ``counts`` [S] (each sample's box count) and cut
     into batches of ``batch_size``: a batch pads to a box count close to its samples' own. Equal counts keep
@@ -82,14 +87,13 @@ class Task:
         return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
     def loader(self, dataset: Dataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-        """Batches of ``dataset`` for evaluation and prediction, its samples in box-count order
-        (:func:`box_count_batches`: less padding than the dataset's order); ``loader.batch_sampler`` lists each
+        """Batches of ``dataset`` for evaluation and prediction, :func:`evaluation_batches` (less padding than the
+        dataset's order); ``loader.batch_sampler`` lists each
         batch's dataset indices. ``num_workers`` loader processes (0: this one); ``pin_memory`` for a CUDA
         device. The loader has its own generator: an evaluation draws nothing from torch's global one, so a
         training run's random stream (its dropout masks) is the same whether and however it validates."""
-        return DataLoader(dataset, batch_sampler=box_count_batches(dataset_box_counts(dataset), batch_size),
-                          collate_fn=self.collate, num_workers=num_workers, pin_memory=pin_memory,
-                          generator=torch.Generator())
+        return DataLoader(dataset, batch_sampler=evaluation_batches(dataset, batch_size), collate_fn=self.collate,
+                          num_workers=num_workers, pin_memory=pin_memory, generator=torch.Generator())
 
     def model_sizes(self) -> dict[str, int]:
         """Model config fields fixed by the data (vocabulary, answers, feature width)."""
@@ -201,7 +205,7 @@ def predict_logits(task: Task, model: nn.Module, dataset: Dataset, batch_size: i
         loader = task.loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
         order, batches = loader.batch_sampler, loader
     else:
-        order = box_count_batches(dataset_box_counts(dataset), batch_size)
+        order = evaluation_batches(dataset, batch_size)
         batches = map(resident.batch, order)
     try:
         with torch.inference_mode():
