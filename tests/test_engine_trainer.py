@@ -98,7 +98,7 @@ def test_interrupted_and_resumed_runs_end_with_the_same_weights(data_dir, tmp_pa
     older_history = train(older, run, VQATask(data_dir), resume=True)
 
     # Ctrl-C while epoch 1's validation batch is loaded (batch 5): the validation is given up, the checkpoint holds
-    # the whole epoch (step 4 of 4) and the random state from before the validation; the resume validates, goes on
+    # the whole epoch (step 4 of 4) (validation draws no random numbers); the resume validates, goes on
     in_validation = tmp_path / "in_validation"
     start_run(in_validation, run, resume=False)
     with pytest.raises(TrainingInterrupted, match="while validating epoch 1.*--resume"):

@@ -276,9 +276,8 @@ class Trainer:
                    partial: dict[str, float]) -> None:
         """The main process validates into ``record["val"]`` while the others wait. A stop request during it (a
         long validation outlasts the grace of a scheduler's or torchrun's SIGKILL) gives up the validation and
-        saves the finished epoch's ``steps`` and sums (``partial``), with the random state from before the
-        validation (whose loader draws from it): a resume redoes only the validation, as it was."""
-        before = rng_states(self.context)
+        saves the finished epoch's ``steps`` and sums (``partial``): a resume redoes only the validation, which
+        draws nothing from the random state (:meth:`ban.engine.tasks.Task.loader`)."""
         stopped = False
         if self.context.is_main:
             try:
@@ -289,7 +288,7 @@ class Trainer:
                 stopped = True
         # also every process's wait for the main one; a process signalled meanwhile stops the run here too
         if distributed.any_process(stopped or stop[0], self.context):
-            self.save(epoch, steps, partial, before)
+            self.save(epoch, steps, partial)
             raise TrainingInterrupted(f"stopped while validating epoch {epoch + 1}; checkpoint saved in "
                                       f"{self.run_dir}. Continue with: "
                                       f"{resume_command(self.run_dir, self.context.world_size)}")
@@ -418,13 +417,12 @@ class Trainer:
         weight-cast cache off (a cached cast would be captured once and reused stale)."""
         return self.gradients(batch, self.task.batch_size(batch), cast_cache=False)
 
-    def save(self, epoch: int, step: int, partial: dict[str, float], rng: dict[str, Tensor] | None = None) -> None:
-        """Checkpoint: continue at (``epoch``, ``step``), with every process's random state now or ``rng`` (from
-        :func:`rng_states`). A collective: every process must call it."""
+    def save(self, epoch: int, step: int, partial: dict[str, float]) -> None:
+        """Checkpoint: continue at (``epoch``, ``step``). A collective: every process must call it."""
         if not all(bool(torch.isfinite(parameter).all()) for parameter in self.model.parameters()):
             raise TrainingDiverged(f"the weights became non-finite at epoch {epoch + 1}, step {step}; the last "
                                    "checkpoint is unchanged. Lower the learning rate.")
-        rng = rng_states(self.context) if rng is None else rng
+        rng = rng_states(self.context)
         if self.context.is_main:
             state = {"epoch": epoch, "step": step, "history": self.history, "partial": partial}
             save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.model, self.optimizer, state, rng)
