@@ -275,8 +275,10 @@ def test_torchrun_two_processes_equal_one_process_on_the_same_global_batch(data_
     # tied to the sample), so only the dropout-free computation can be compared. One epoch = 4 steps of 64
     # (the last global batch, 25 questions, is split 13 / 12). Over more steps Adamax amplifies float
     # summation-order noise in near-zero gradient entries (its update is ≈ lr × sign there): after 8 steps the
-    # largest weight difference grew to ≈ 2e-4, so a tight comparison needs a short run.
+    # largest weight difference grew to ≈ 2e-4, so a tight comparison needs a short run. Validation: each process
+    # evaluates every other batch of 16 of the val split; the metrics equal one process's evaluation of the weights.
     common = ["train", "--data", str(data_dir), "--epochs", "1", *SMALL, "--set", "precision=fp32",
+              "--set", "eval_batch_size=16",
               "--set", "model.dropout=0", "--set", "model.attention_dropout=0", "--set", "model.classifier_dropout=0",
               "--set", f"model.use_counting={str(counting).lower()}"]  # with counting, parameters without gradients
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -298,6 +300,11 @@ def test_torchrun_two_processes_equal_one_process_on_the_same_global_batch(data_
     history_one, history_two = one.state["history"], two.state["history"]
     assert [h["samples"] for h in history_two] == [h["samples"] for h in history_one]
     assert history_two[-1]["train_loss"] == pytest.approx(history_one[-1]["train_loss"], rel=1e-6)
+    evaluated = subprocess.run([sys.executable, "-m", "ban.cli", "evaluate", str(parallel), "--json",
+                                "--batch-size", "16", "--device", "cpu"], env=env, capture_output=True, text=True)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert history_two[-1]["val"] == json.loads(evaluated.stdout)
+    assert history_two[-1]["val"]["overall"] == pytest.approx(history_one[-1]["val"]["overall"], abs=2.0)
 
 
 @pytest.mark.slow

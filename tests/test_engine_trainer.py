@@ -135,7 +135,9 @@ def tensorboard_steps(run_dir):
 
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
-    return [event.step for event in events.Scalars("train_loss")]
+    # sorted: each epoch's writer has its own event file, read in name order, and two names made within the same
+    # second differ only in a process-wide counter compared as text ("…10" before "…9")
+    return sorted(event.step for event in events.Scalars("train_loss"))
 
 
 def test_a_resume_reports_the_epoch_a_kill_left_unreported(tmp_path):

@@ -87,7 +87,7 @@ def test_evaluate_and_predict_give_what_the_dataset_order_gives(run_dir, data_di
     assert json.loads(capsys.readouterr().out) == metrics
 
 
-def test_grounding_recall_is_the_same_in_box_count_order(tmp_path, monkeypatch):
+def test_grounding_recall_is_the_same_in_box_count_order_and_in_shards(tmp_path, monkeypatch):
     from ban.data.flickr30k_prepare import prepare_flickr30k
     from ban.data.synthetic import generate
     from ban.engine.config import TrainConfig
@@ -106,6 +106,8 @@ def test_grounding_recall_is_the_same_in_box_count_order(tmp_path, monkeypatch):
                                     preset("grounding", hidden_dim=16, word_dim=8, **task.model_sizes()),
                                     TrainConfig(), fingerprint(tmp_path / "prepared")), task)
     by_boxes = task.evaluate(model, "test", 4, torch.device("cpu"), "fp32")
+    parts = [task.evaluation_part(model, "test", 4, torch.device("cpu"), "fp32", shard=(rank, 3)) for rank in range(3)]
+    assert task.metrics("test", parts[::-1]) == by_boxes  # the shards of three processes, scored together
     in_dataset_order(monkeypatch)
     assert task.evaluate(model, "test", 4, torch.device("cpu"), "fp32") == by_boxes
 
@@ -120,17 +122,33 @@ def test_the_forward_passes_run_in_inference_mode_with_the_loader_asked_for(run_
         assert logits.is_inference() and batch["features"].is_inference()
     asked = []
 
-    def loader(dataset, batch_size, num_workers=0, pin_memory=False):
-        asked.append((num_workers, pin_memory))
+    def loader(dataset, batch_size, num_workers=0, pin_memory=False, shard=(0, 1)):
+        asked.append((num_workers, pin_memory, shard))
         return DataLoader([], batch_sampler=[])
 
     monkeypatch.setattr(task, "loader", loader)
     for device in ("cpu", "cuda"):
-        assert list(predict_logits(task, model, dataset, 64, torch.device(device), "fp32", num_workers=3)) == []
-    assert asked == [(3, False), (3, True)]
+        assert list(predict_logits(task, model, dataset, 64, torch.device(device), "fp32", num_workers=3,
+                                   shard=(1, 2))) == []
+    assert asked == [(3, False, (1, 2)), (3, True, (1, 2))]
 
 
 def test_workers_default_to_the_runs_num_workers_setting():
     loaded = SimpleNamespace(config=SimpleNamespace(train=SimpleNamespace(num_workers=3)))
     assert loader_workers(argparse.Namespace(workers=None), loaded) == 3
     assert loader_workers(argparse.Namespace(workers=0), loaded) == 0
+
+
+@pytest.mark.parametrize("processes", [2, 3, 40])
+def test_the_shards_of_an_evaluation_score_what_one_process_scores(run_dir, data_dir, processes):
+    """Each process of a run evaluates every K-th batch (:func:`tasks.sharded_batches`); their parts, in any order,
+    give :meth:`Task.evaluate`'s metrics exactly — also when some shard has no batch at all (40 shards)."""
+    task = make_task("vqa", data_dir)
+    model = load_run(run_dir).model
+    dataset = task.dataset(["val"])
+    shards = [tasks.sharded_batches(dataset, 16, (rank, processes)) for rank in range(processes)]
+    assert sorted(map(tuple, sum(shards, []))) == sorted(map(tuple, tasks.evaluation_batches(dataset, 16)))
+    assert (not all(shards)) == (processes == 40)
+    parts = [task.evaluation_part(model, "val", 16, torch.device("cpu"), "fp32", shard=(rank, processes))
+             for rank in range(processes)]
+    assert task.metrics("val", parts[::-1]) == task.evaluate(model, "val", 16, torch.device("cpu"), "fp32")

@@ -126,9 +126,9 @@ def naive_counts(logits, targets, entity_mask, has_gt, types, box_mask, ks=(1, 5
 
 def test_matches_naive_loop_over_batches() -> None:
     generator = torch.Generator().manual_seed(0)
-    metric = GroundingRecall()
+    metric, evens, odds = GroundingRecall(), GroundingRecall(), GroundingRecall()
     expected: Counter = Counter()
-    for _ in range(5):
+    for step in range(5):
         batch, boxes, entities = 4, 17, 5
         logits = torch.randn(batch, boxes, entities, generator=generator)
         targets = (torch.rand(batch, boxes, entities, generator=generator) < 0.08).float()
@@ -137,8 +137,11 @@ def test_matches_naive_loop_over_batches() -> None:
         has_gt = torch.rand(batch, entities, generator=generator) < 0.9
         types = torch.randint(1, 256, (batch, entities), generator=generator)
         metric.update(logits, targets, entity_mask, has_gt, types, box_mask)
+        (odds if step % 2 else evens).update(logits, targets, entity_mask, has_gt, types, box_mask)
         expected += naive_counts(logits, targets, entity_mask, has_gt, types, box_mask)
     scores = metric.compute()
+    odds.add(evens)  # two processes' shares of the batches, added
+    assert odds.compute() == scores
     assert scores["count"] == expected["count"]
     assert scores["upperBound"] == pytest.approx(100 * expected["reachable"] / expected["count"])
     for k in (1, 5, 10):
@@ -156,3 +159,5 @@ def test_nothing_scored_is_an_error() -> None:
         GroundingRecall().compute()
     with pytest.raises(ValueError, match="positive"):
         GroundingRecall(ks=(0,))
+    with pytest.raises(ValueError, match="cut-offs differ"):
+        GroundingRecall().add(GroundingRecall(ks=(1,)))

@@ -13,6 +13,7 @@ import gc
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -91,6 +92,15 @@ def gather_tensor(tensor: torch.Tensor, context: DistContext) -> list[torch.Tens
     parts = [torch.empty_like(moved) for _ in range(context.world_size)]
     dist.all_gather(parts, moved)
     return [p.cpu() for p in parts]
+
+
+def gather_objects(value: Any, context: DistContext) -> list[Any]:
+    """The picklable ``value`` of every process, in rank order (a one-element list in a single process)."""
+    if not context.distributed:
+        return [value]
+    values: list[Any] = [None] * context.world_size
+    dist.all_gather_object(values, value)
+    return values
 
 
 class ShardedBatches(Sampler[list[int]]):

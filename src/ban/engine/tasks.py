@@ -24,6 +24,8 @@ from ban.engine.precision import autocast
 from ban.errors import ConfigError, DataError
 
 Batch = dict[str, Tensor]
+Shard = tuple[int, int]  # (this process's rank, number of processes): which evaluation batches a process takes
+WHOLE: Shard = (0, 1)
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -86,13 +88,15 @@ class Task:
         parts = [self.open_split(split) for split in splits]
         return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
-    def loader(self, dataset: Dataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    def loader(self, dataset: Dataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False,
+               shard: Shard = WHOLE) -> DataLoader:
         """Batches of ``dataset`` for evaluation and prediction, :func:`evaluation_batches` (less padding than the
-        dataset's order); ``loader.batch_sampler`` lists each
-        batch's dataset indices. ``num_workers`` loader processes (0: this one); ``pin_memory`` for a CUDA
-        device. The loader has its own generator: an evaluation draws nothing from torch's global one, so a
-        training run's random stream (its dropout masks) is the same whether and however it validates."""
-        return DataLoader(dataset, batch_sampler=evaluation_batches(dataset, batch_size), collate_fn=self.collate,
+        dataset's order) — of ``shard`` = (rank, processes), every ``processes``-th from the ``rank``-th;
+        ``loader.batch_sampler`` lists each batch's dataset indices. ``num_workers`` loader processes (0: this
+        one); ``pin_memory`` for a CUDA device. The loader has its own generator: an evaluation draws nothing from
+        torch's global one, so a training run's random stream (its dropout masks) is the same whether and however
+        it validates."""
+        return DataLoader(dataset, batch_sampler=sharded_batches(dataset, batch_size, shard), collate_fn=self.collate,
                           num_workers=num_workers, pin_memory=pin_memory, generator=torch.Generator())
 
     def model_sizes(self) -> dict[str, int]:
@@ -171,6 +175,18 @@ class Task:
         """The official metrics of ``model`` on ``split``, its batches loaded by ``num_workers`` worker processes
         (0: in this one) or gathered from ``resident`` (:meth:`resident` of the split); :class:`EvaluationStopped`
         once ``stop[0]`` is set (a training run's stop request)."""
+        return self.metrics(split, [self.evaluation_part(model, split, batch_size, device, precision, num_workers,
+                                                         stop, resident)])
+
+    def evaluation_part(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
+                        precision: str, num_workers: int = 0, stop: list[bool] | None = None,
+                        resident: Any = None, shard: Shard = WHOLE) -> Any:
+        """What :meth:`metrics` needs from ``shard``'s batches of ``split`` (:meth:`loader`), as a picklable value
+        (the processes of a run exchange it); the arguments as for :meth:`evaluate`."""
+        raise NotImplementedError
+
+    def metrics(self, split: str, parts: list[Any]) -> dict[str, Any]:
+        """The official metrics of ``split`` from the :meth:`evaluation_part` of every shard, in any order."""
         raise NotImplementedError
 
 
@@ -188,29 +204,39 @@ def grounding_outputs(model: nn.Module, batch: Batch) -> Any:
                  box_mask=batch["box_mask"], entity_mask=batch["entity_mask"])
 
 
+def sharded_batches(dataset: Dataset, batch_size: int, shard: Shard) -> list[list[int]]:
+    """``shard`` = (rank, processes)'s :func:`evaluation_batches` of ``dataset``: every ``processes``-th from the
+    ``rank``-th, so that each process gets batches of every box count (about the same work)."""
+    rank, processes = shard
+    return evaluation_batches(dataset, batch_size)[rank::processes]
+
+
 def predict_logits(task: Task, model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
                    precision: str, progress: str | None = None, num_workers: int = 0,
-                   stop: list[bool] | None = None, resident: Any = None) -> Iterator[tuple[list[int], Batch, Tensor]]:
+                   stop: list[bool] | None = None, resident: Any = None,
+                   shard: Shard = WHOLE) -> Iterator[tuple[list[int], Batch, Tensor]]:
     """(dataset indices of the batch's rows [B], batch, float32 logits [B, …] as ``task.forward`` gives them) for
-    every batch of :meth:`Task.loader` — in box-count order, not the dataset's: the indices put each row back in
-    place — loaded by ``num_workers`` worker processes (0: in this one), or the same batches gathered on the
-    device from ``resident`` (:meth:`Task.resident` of ``dataset``: no loader). The model runs in eval mode, under
-    ``torch.inference_mode`` (the batch and logits are inference tensors: no autograd can use them). Once
+    every batch of :meth:`Task.loader` (of ``shard``: all by default) — in box-count order, not the dataset's:
+    the indices put each row back in place — loaded by ``num_workers`` worker processes (0: in this one), or the
+    same batches gathered on the device from ``resident`` (:meth:`Task.resident` of ``dataset``: no loader). The
+    model runs in eval mode, under ``torch.inference_mode`` (the batch and logits are inference tensors: no
+    autograd can use them). ``progress`` labels a progress bar (the first shard's process shows it). Once
     ``stop[0]`` is set, the next batch raises :class:`EvaluationStopped` instead."""
     from tqdm import tqdm
 
     was_training = model.training
     model.eval()
     if resident is None:
-        loader = task.loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
+        loader = task.loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda", shard=shard)
         order, batches = loader.batch_sampler, loader
     else:
-        order = evaluation_batches(dataset, batch_size)
+        order = sharded_batches(dataset, batch_size, shard)
         batches = map(resident.batch, order)
     try:
         with torch.inference_mode():
             for indices, batch in zip(order, tqdm(batches, total=len(order), desc=progress,
-                                                  disable=progress is None, leave=False), strict=True):
+                                                  disable=progress is None or shard[0] > 0, leave=False),
+                                      strict=True):
                 if stop is not None and stop[0]:
                     raise EvaluationStopped
                 batch = to_device(batch, device)
@@ -300,27 +326,39 @@ class VQATask(Task):
                  resident: Any = None) -> dict[str, Any]:
         """Official accuracy (overall, perAnswerType, perQuestionType) plus ``trainingScore`` (mean soft target
         of the arg-max answer) and ``upperBound`` (mean best soft target), all in %."""
-        from ban.metrics.vqa import vqa_accuracy
+        self.annotations(split)  # first: a split without them fails before the predictions
+        return super().evaluate(model, split, batch_size, device, precision, num_workers, stop, resident)
 
-        annotations = self.annotations(split)  # first: a split without them fails before the predictions
-        labels = self.answers()
+    def evaluation_part(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
+                        precision: str, num_workers: int = 0, stop: list[bool] | None = None,
+                        resident: Any = None, shard: Shard = WHOLE) -> dict[str, Any]:
+        """``{"question_ids": [Q], "labels": [Q] arg-max answers, "sums": [sum of their soft targets, sum of the
+        best soft targets]}`` over the questions of ``shard``'s batches."""
         # kept on the device and read once at the end (no host sync per batch); the sums of float32 targets in
-        # float64 are exact, so the same for any batch order
+        # float64 are exact, so the same for any batch order and any sharding
         sums = torch.zeros(2, dtype=torch.float64, device=device)
         chosen = [torch.empty(2, 0, dtype=torch.int64, device=device)]  # per batch: question ids, answer labels
         for _, batch, logits in predict_logits(self, model, self.dataset([split]), batch_size, device, precision,
                                                progress=f"evaluating {split}", num_workers=num_workers, stop=stop,
-                                               resident=resident):
+                                               resident=resident, shard=shard):
             best = logits.argmax(dim=1)
             targets = batch["targets"].float()
             sums += torch.stack([targets.gather(1, best[:, None]).sum(dtype=torch.float64),
                                  targets.max(dim=1).values.sum(dtype=torch.float64)])
             chosen.append(torch.stack([batch["question_ids"], best]))
-        question_ids, best = torch.cat(chosen, dim=1).tolist()
-        result = vqa_accuracy(annotations, dict(zip(question_ids, (labels[i] for i in best), strict=True)))
-        scored, upper = sums.tolist()
-        result["trainingScore"] = 100 * scored / len(best)
-        result["upperBound"] = 100 * upper / len(best)
+        question_ids, labels = torch.cat(chosen, dim=1).tolist()
+        return {"question_ids": question_ids, "labels": labels, "sums": sums.tolist()}
+
+    def metrics(self, split: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        from ban.metrics.vqa import vqa_accuracy
+
+        answers = self.answers()
+        predictions = {question_id: answers[label] for part in parts
+                       for question_id, label in zip(part["question_ids"], part["labels"], strict=True)}
+        result = vqa_accuracy(self.annotations(split), predictions)
+        scored, upper = (sum(part["sums"][i] for part in parts) for i in range(2))
+        result["trainingScore"] = 100 * scored / len(predictions)
+        result["upperBound"] = 100 * upper / len(predictions)
         return result
 
 
@@ -369,18 +407,27 @@ class GroundingTask(Task):
     def _scored(batch: Batch) -> Tensor:
         return batch["entity_mask"] & batch["has_ground_truth"]  # [B, E]
 
-    def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
-                 precision: str, num_workers: int = 0, stop: list[bool] | None = None,
-                 resident: Any = None) -> dict[str, Any]:
-        """Recall@1/5/10, upper bound and per-type breakdown, in % (``ban.metrics.grounding``)."""
+    def evaluation_part(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
+                        precision: str, num_workers: int = 0, stop: list[bool] | None = None,
+                        resident: Any = None, shard: Shard = WHOLE) -> Any:
+        """A :class:`ban.metrics.grounding.GroundingRecall` of ``shard``'s batches."""
         from ban.metrics.grounding import GroundingRecall
 
         metric = GroundingRecall()
         for _, batch, logits in predict_logits(self, model, self.dataset([split]), batch_size, device, precision,
                                                progress=f"evaluating {split}", num_workers=num_workers, stop=stop,
-                                               resident=resident):
+                                               resident=resident, shard=shard):
             metric.update(logits[:, 0], batch["targets"], batch["entity_mask"], batch["has_ground_truth"],
                           batch["entity_types"], batch["box_mask"])
+        return metric
+
+    def metrics(self, split: str, parts: list[Any]) -> dict[str, Any]:
+        """Recall@1/5/10, upper bound and per-type breakdown, in % (``ban.metrics.grounding``)."""
+        from ban.metrics.grounding import GroundingRecall
+
+        metric = GroundingRecall()
+        for part in parts:
+            metric.add(part)
         if metric.count == 0:
             raise DataError(f"split {split!r} has no entity with a ground-truth box to score",
                             path=self.data_dir / f"{split}.npz", field="has_ground_truth")

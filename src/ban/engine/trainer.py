@@ -220,10 +220,10 @@ class Trainer:
             if self.config.resident else None
         self.box_counts = task.box_counts(self.data) if self.config.bucket_boxes else None
         self.validate = bool(self.config.val_split)
-        # the validation split held on the device as well (by the main process, which validates)
+        # the validation split held on the device as well (by every process: each validates a share of it)
         self.resident_val = task.resident(task.dataset([self.config.val_split]), context.device, self.precision,
                                           context.is_main) \
-            if self.config.resident and self.validate and context.is_main else None
+            if self.config.resident and self.validate else None
         self.packing: dict[str, int] | None = None  # how the packing rows are padded; None: the model does not pack
         if packs_boxes(run):  # to few shapes for the graphs, not at all for eager steps
             self.packing = (dict(box_quantum=BOX_QUANTUM, row_quantum=ROW_QUANTUM) if graphed
@@ -274,24 +274,27 @@ class Trainer:
 
     def validation(self, record: dict[str, Any], stop: list[bool], epoch: int, steps: int,
                    partial: dict[str, float]) -> None:
-        """The main process validates into ``record["val"]`` while the others wait. A stop request during it (a
-        long validation outlasts the grace of a scheduler's or torchrun's SIGKILL) gives up the validation and
-        saves the finished epoch's ``steps`` and sums (``partial``): a resume redoes only the validation, which
-        draws nothing from the random state (:meth:`ban.engine.tasks.Task.loader`)."""
-        stopped = False
-        if self.context.is_main:
-            try:
-                record["val"] = self.task.evaluate(self.model, self.config.val_split, self.config.eval_batch_size,
-                                                   self.context.device, self.precision, self.config.num_workers,
-                                                   stop=stop, resident=self.resident_val)
-            except EvaluationStopped:
-                stopped = True
-        # also every process's wait for the main one; a process signalled meanwhile stops the run here too
-        if distributed.any_process(stopped or stop[0], self.context):
+        """Validate into ``record["val"]`` (the main process's): each process evaluates every K-th batch of the
+        val split (K processes), the main one scores them all — the same metrics as one process's. A stop request
+        during it (a long validation outlasts the grace of a scheduler's or torchrun's SIGKILL) gives up the
+        validation and saves the finished epoch's ``steps`` and sums (``partial``): a resume redoes only the
+        validation, which draws nothing from the random state (:meth:`ban.engine.tasks.Task.loader`)."""
+        context, stopped, part = self.context, False, None
+        try:
+            part = self.task.evaluation_part(self.model, self.config.val_split, self.config.eval_batch_size,
+                                             context.device, self.precision, self.config.num_workers, stop=stop,
+                                             resident=self.resident_val, shard=(context.rank, context.world_size))
+        except EvaluationStopped:
+            stopped = True
+        # also every process's wait for the others; a process signalled meanwhile stops the run here too
+        if distributed.any_process(stopped or stop[0], context):
             self.save(epoch, steps, partial)
             raise TrainingInterrupted(f"stopped while validating epoch {epoch + 1}; checkpoint saved in "
                                       f"{self.run_dir}. Continue with: "
                                       f"{resume_command(self.run_dir, self.context.world_size)}")
+        parts = distributed.gather_objects(part, context)
+        if context.is_main:
+            record["val"] = self.task.metrics(self.config.val_split, parts)
 
     def keep_if_best(self, record: dict[str, Any]) -> None:
         """Write the weights to best.safetensors when this epoch's validation score beats every earlier one."""

@@ -96,6 +96,17 @@ class GroundingRecall:
             self.hits[i] += int((hit & scored).sum())
             self.type_hits[i] += (of_type & hit[..., None]).sum((0, 1)).cpu().numpy()
 
+    def add(self, other: GroundingRecall) -> None:
+        """Add the counts of ``other`` (the same cut-offs), e.g. another process's share of the batches."""
+        if other.ks != self.ks:
+            raise ValueError(f"recall cut-offs differ: {list(self.ks)} and {list(other.ks)}")
+        self.count += other.count
+        self.hits += other.hits
+        self.reachable += other.reachable
+        self.type_count += other.type_count
+        self.type_hits += other.type_hits
+        self.type_reachable += other.type_reachable
+
     def compute(self) -> dict[str, Any]:
         """``{"recall@1": %, "recall@5": %, "recall@10": %, "upperBound": %, "count": n,
         "perType": {type: {"recall@1": %, …, "upperBound": %, "count": n}}}``; types without scored entities
