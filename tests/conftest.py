@@ -65,9 +65,10 @@ def make_dataset(root: Path, seed: int, min_answer_count: int = 9, feature_dim: 
     return root / "prepared"
 
 
-def poison(data_dir: Path, question: int) -> int:
-    """Overwrite the region features of training question ``question``'s image with NaN; return the image id."""
-    image_id = int(np.load(data_dir / "train.npz")["image_id"][question])
+def poison(data_dir: Path, question: int, split: str = "train") -> int:
+    """Overwrite the region features of the image of sample ``question`` of ``split`` (a question, or a caption of
+    a grounding dataset) with NaN; return the image id."""
+    image_id = int(np.load(data_dir / f"{split}.npz")["image_id"][question])
     store = data_dir / "features"
     image_ids, offsets = np.load(store / "image_ids.npy"), np.load(store / "offsets.npy")
     position = int(np.flatnonzero(image_ids == image_id)[0])

@@ -20,7 +20,7 @@ from test_engine_trainer import make_dataset, small_run
 
 from ban.cli import main
 from ban.engine.checkpoint import Checkpoint
-from ban.engine.run import CHECKPOINT_FILE, start_run
+from ban.engine.run import BEST_FILE, CHECKPOINT_FILE, start_run
 from ban.engine.tasks import VQATask
 from ban.engine.trainer import train
 from ban.errors import BanError
@@ -74,6 +74,26 @@ def test_a_nan_never_overwrites_the_last_good_checkpoint(clean_data, poisoned, t
     with pytest.raises(BanError, match="non-finite loss at epoch 2"):
         train(run_dir, run, VQATask(data_dir), resume=True)
     assert (run_dir / CHECKPOINT_FILE).read_bytes() == good
+
+
+def test_weights_overflowing_in_an_epochs_last_step_never_reach_best_nor_the_checkpoint(clean_data, tmp_path):
+    """An update with a finite loss and gradient can still overflow the weights (here a learning rate of 1e308, one
+    step per epoch, so no later loss turns NaN first): the run stops before its validation may write them as
+    best.safetensors, and says whether a checkpoint is kept and in which epoch it happened."""
+    fresh, resumed = tmp_path / "fresh", tmp_path / "resumed"
+    diverging = small_run(clean_data, epochs=2, precision="fp32", batch_size=1024, lr=1e308)
+    start_run(fresh, diverging, resume=False)
+    with pytest.raises(BanError, match=r"^the weights became non-finite in epoch 1; no checkpoint was written\."):
+        train(fresh, diverging, VQATask(clean_data))
+    assert not (fresh / BEST_FILE).exists() and not (fresh / CHECKPOINT_FILE).exists()
+
+    good_run = small_run(clean_data, epochs=1, precision="fp32", batch_size=1024)
+    start_run(resumed, good_run, resume=False)
+    train(resumed, good_run, VQATask(clean_data))  # epoch 1: validated, a good best.safetensors and checkpoint
+    best, checkpoint = (resumed / BEST_FILE).read_bytes(), (resumed / CHECKPOINT_FILE).read_bytes()
+    with pytest.raises(BanError, match=r"^the weights became non-finite in epoch 2; the last checkpoint is unchanged"):
+        train(resumed, diverging, VQATask(clean_data), resume=True)
+    assert (resumed / BEST_FILE).read_bytes() == best and (resumed / CHECKPOINT_FILE).read_bytes() == checkpoint
 
 
 def test_skipping_non_finite_batches_counts_them(poisoned, tmp_path):

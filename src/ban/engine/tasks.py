@@ -37,6 +37,22 @@ class EvaluationStopped(Exception):
     """An evaluation given up at a stop request (:func:`predict_logits`'s ``stop``)."""
 
 
+def non_finite_output(data_dir: Path, record: str) -> DataError:
+    """The error for a model output that is NaN or infinite for the sample ``record`` of the prepared dataset
+    ``data_dir``: the weights are checked when loaded, so the sample's image features are the likely cause."""
+    return DataError("the model's output is NaN or infinite: its image's region features or box corners most likely "
+                     "hold non-finite values (`ban prepare` refuses them; a store changed since is not checked "
+                     "again)", path=data_dir, record=record, field="features")
+
+
+def check_finite_rows(task: Task, indices: list[int], batch: Batch, finite: Tensor) -> None:
+    """Raise :func:`non_finite_output` for the first sample of ``batch`` (dataset ``indices`` [B]) whose
+    ``finite`` [B] bool is False."""
+    if not bool(finite.all()):
+        row = int((~finite).nonzero()[0, 0])
+        raise non_finite_output(task.data_dir, task.sample_record(batch, row, indices[row]))
+
+
 def dataset_box_counts(dataset: Dataset) -> np.ndarray:
     """Each sample's box count ``[len(dataset)]`` int64 of a split's dataset (VQA or grounding: its
     ``box_counts()``, read from the feature store's index, no features) or a ConcatDataset of them."""
@@ -169,6 +185,10 @@ class Task:
     def batch_size(self, batch: Batch) -> int:
         return int(batch["features"].shape[0])
 
+    def sample_record(self, batch: Batch, row: int, index: int) -> str:
+        """How an error names sample ``row`` of ``batch``, at ``index`` of its dataset."""
+        raise NotImplementedError
+
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
                  precision: str, num_workers: int = 0, stop: list[bool] | None = None,
                  resident: Any = None) -> dict[str, Any]:
@@ -221,7 +241,9 @@ def predict_logits(task: Task, model: nn.Module, dataset: Dataset, batch_size: i
     same batches gathered on the device from ``resident`` (:meth:`Task.resident` of ``dataset``: no loader). The
     model runs in eval mode, under ``torch.inference_mode`` (the batch and logits are inference tensors: no
     autograd can use them). ``progress`` labels a progress bar (the first shard's process shows it). Once
-    ``stop[0]`` is set, the next batch raises :class:`EvaluationStopped` instead."""
+    ``stop[0]`` is set, the next batch raises :class:`EvaluationStopped` instead. Logits that are NaN or infinite
+    raise :func:`non_finite_output` naming the sample, once the next batch's forward pass is queued (so the host
+    never waits for the device batch by batch): the caller has seen that one batch, nothing after it."""
     from tqdm import tqdm
 
     was_training = model.training
@@ -232,6 +254,7 @@ def predict_logits(task: Task, model: nn.Module, dataset: Dataset, batch_size: i
     else:
         order = sharded_batches(dataset, batch_size, shard)
         batches = map(resident.batch, order)
+    previous = None  # the last batch's (indices, batch, finite rows [B]), checked after the next forward pass
     try:
         with torch.inference_mode():
             for indices, batch in zip(order, tqdm(batches, total=len(order), desc=progress,
@@ -241,8 +264,13 @@ def predict_logits(task: Task, model: nn.Module, dataset: Dataset, batch_size: i
                     raise EvaluationStopped
                 batch = to_device(batch, device)
                 with autocast(device, precision):
-                    logits = task.forward(model, batch)
-                yield indices, batch, logits.float()
+                    logits = task.forward(model, batch).float()
+                if previous is not None:
+                    check_finite_rows(task, *previous)
+                previous = indices, batch, logits.flatten(1).isfinite().all(1)
+                yield indices, batch, logits
+            if previous is not None:
+                check_finite_rows(task, *previous)
     finally:
         model.train(was_training)
 
@@ -295,6 +323,9 @@ class VQATask(Task):
 
     def outputs(self, model: nn.Module, batch: Batch) -> Any:
         return vqa_outputs(model, batch)
+
+    def sample_record(self, batch: Batch, row: int, index: int) -> str:
+        return f"question_id={int(batch['question_ids'][row])}"
 
     def loss_sum(self, logits: Tensor, batch: Batch) -> Tensor:
         return vqa_loss(logits, batch["targets"], 1)
@@ -385,6 +416,9 @@ class GroundingTask(Task):
 
     def outputs(self, model: nn.Module, batch: Batch) -> Any:
         return grounding_outputs(model, batch)
+
+    def sample_record(self, batch: Batch, row: int, index: int) -> str:
+        return f"sentence {index} (image_id={int(batch['image_ids'][row])})"
 
     def loss_sum(self, logits: Tensor, batch: Batch) -> Tensor:
         # entities without a ground-truth box take no part in the loss, as in the reference

@@ -45,7 +45,7 @@ from ban.engine.run import BEST_FILE, CHECKPOINT_FILE, RunConfig, check_epochs
 from ban.engine.schedule import learning_rate, set_learning_rate
 from ban.engine.tasks import Batch, EvaluationStopped, Task, check_splits, to_device
 from ban.engine.trainer_graphs import TrainingGraphs
-from ban.errors import BanError, CheckpointError, ConfigError
+from ban.errors import BanError, CheckpointError, ConfigError, DataError
 from ban.models import build_model
 
 SUMS = ("loss", "score", "count", "scored")  # what an epoch accumulates over its batches (scored: Task.score_count)
@@ -255,6 +255,7 @@ class Trainer:
                 resumed = epoch == self.position["epoch"] and self.position["step"] > 0
                 start = self.position["step"] if resumed else 0
                 record, steps, partial = self.epoch(epoch, start, self.position["partial"] if resumed else {}, stop)
+                self.check_finite_weights(f"in epoch {epoch + 1}")  # before best.safetensors may take them
                 if self.validate:
                     self.validation(record, stop, epoch, steps, partial)
                 self.keep_if_best(record)  # before the checkpoint: a kill in between redoes the epoch and this
@@ -278,23 +279,30 @@ class Trainer:
         val split (K processes), the main one scores them all — the same metrics as one process's. A stop request
         during it (a long validation outlasts the grace of a scheduler's or torchrun's SIGKILL) gives up the
         validation and saves the finished epoch's ``steps`` and sums (``partial``): a resume redoes only the
-        validation, which draws nothing from the random state (:meth:`ban.engine.tasks.Task.loader`)."""
-        context, stopped, part = self.context, False, None
+        validation, which draws nothing from the random state (:meth:`ban.engine.tasks.Task.loader`). Bad val data
+        (a NaN output) saves the epoch the same way, then raises the :class:`DataError` in every process."""
+        context, part, problem = self.context, None, ""
         try:
             part = self.task.evaluation_part(self.model, self.config.val_split, self.config.eval_batch_size,
                                              context.device, self.precision, self.config.num_workers, stop=stop,
                                              resident=self.resident_val, shard=(context.rank, context.world_size))
         except EvaluationStopped:
-            stopped = True
+            pass
+        except DataError as error:
+            problem = str(error)
         # also every process's wait for the others; a process signalled meanwhile stops the run here too
-        if distributed.any_process(stopped or stop[0], context):
+        outcomes = distributed.gather_objects((part, problem, stop[0]), context)
+        problems = [problem for _, problem, _ in outcomes if problem]
+        if problems or any(stopped for _, _, stopped in outcomes):
             self.save(epoch, steps, partial)
+            resume = resume_command(self.run_dir, context.world_size)
+            if problems:
+                raise DataError(f"{problems[0]}. Epoch {epoch + 1} is checkpointed without its validation; once "
+                                f"the data is mended, continue with: {resume}")
             raise TrainingInterrupted(f"stopped while validating epoch {epoch + 1}; checkpoint saved in "
-                                      f"{self.run_dir}. Continue with: "
-                                      f"{resume_command(self.run_dir, self.context.world_size)}")
-        parts = distributed.gather_objects(part, context)
+                                      f"{self.run_dir}. Continue with: {resume}")
         if context.is_main:
-            record["val"] = self.task.metrics(self.config.val_split, parts)
+            record["val"] = self.task.metrics(self.config.val_split, [part for part, _, _ in outcomes])
 
     def keep_if_best(self, record: dict[str, Any]) -> None:
         """Write the weights to best.safetensors when this epoch's validation score beats every earlier one."""
@@ -420,11 +428,18 @@ class Trainer:
         weight-cast cache off (a cached cast would be captured once and reused stale)."""
         return self.gradients(batch, self.task.batch_size(batch), cast_cache=False)
 
+    def check_finite_weights(self, when: str) -> None:
+        """Raise :class:`TrainingDiverged`, saying ``when``, if a weight is NaN or infinite (a finite loss and
+        gradient can still make an update overflow): no checkpoint or best.safetensors is written from them."""
+        if all(bool(torch.isfinite(parameter).all()) for parameter in self.model.parameters()):
+            return
+        kept = ("the last checkpoint is unchanged" if (self.run_dir / CHECKPOINT_FILE).exists()
+                else "no checkpoint was written")
+        raise TrainingDiverged(f"the weights became non-finite {when}; {kept}. Lower the learning rate.")
+
     def save(self, epoch: int, step: int, partial: dict[str, float]) -> None:
         """Checkpoint: continue at (``epoch``, ``step``). A collective: every process must call it."""
-        if not all(bool(torch.isfinite(parameter).all()) for parameter in self.model.parameters()):
-            raise TrainingDiverged(f"the weights became non-finite at epoch {epoch + 1}, step {step}; the last "
-                                   "checkpoint is unchanged. Lower the learning rate.")
+        self.check_finite_weights(f"at epoch {epoch + 1}, step {step}")
         rng = rng_states(self.context)
         if self.context.is_main:
             state = {"epoch": epoch, "step": step, "history": self.history, "partial": partial}

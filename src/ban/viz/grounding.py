@@ -24,7 +24,7 @@ from ban.data.flickr30k import GroundingDataset
 from ban.data.flickr30k_parse import Phrase, parse_sentences_file
 from ban.data.flickr30k_prepare import entity_positions_of
 from ban.data.tokenizer import tokenize
-from ban.engine.tasks import grounding_outputs, to_device
+from ban.engine.tasks import grounding_outputs, non_finite_output, to_device
 from ban.errors import DataError
 from ban.viz.boxes import draw_colored_boxes, enlarged, find_plain_image, image_size_from_boxes, open_or_blank
 from ban.viz.figures import evaluating, new_figure, save_png
@@ -146,8 +146,10 @@ class GroundingPictures:
         used = sample["entity_mask"].numpy()
         positions = sample["entity_positions"].numpy()[used].tolist()
         caption, phrases = self.texts(index, positions)
-        scores = out.logits[0, 0].float().cpu().numpy()[:, used]  # [N, E_used]
         image_id = int(sample["image_id"])
+        if not out.logits.isfinite().all():
+            raise non_finite_output(self.dataset.data_dir, f"sentence {index} (image_id={image_id})")
+        scores = out.logits[0, 0].float().cpu().numpy()[:, used]  # [N, E_used]
         spatial = sample["boxes"].numpy()
         _, _, pixel_boxes = self.dataset.store.get(image_id)
         path = None if self.image_dir is None else find_plain_image(self.image_dir, image_id)

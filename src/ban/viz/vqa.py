@@ -20,7 +20,7 @@ from ban.data.dictionary import Dictionary
 from ban.data.tokenizer import tokenize
 from ban.data.vqa_dataset import VQADataset
 from ban.data.vqa_json import load_annotations, load_questions
-from ban.engine.tasks import to_device, vqa_outputs
+from ban.engine.tasks import non_finite_output, to_device, vqa_outputs
 from ban.errors import DataError
 from ban.viz.attention import AttentionExample, attention_figure
 from ban.viz.boxes import find_coco_image, image_size_from_boxes, open_or_blank
@@ -91,6 +91,8 @@ class VQAPictures:
         with evaluating(self.model):
             out = vqa_outputs(self.model, to_device(collate_vqa([sample]), self.device))
         question_id = int(sample["question_id"])
+        if not (out.attention.isfinite().all() and out.logits.isfinite().all()):
+            raise non_finite_output(self.data_dir, f"question_id={question_id}")
         image_id = int(self.dataset.image_ids[index])
         question, words = self.words(question_id, sample["question"].numpy())
         attention = out.attention[0].float().cpu().numpy()  # [G, N, L]
