@@ -60,11 +60,10 @@ def test_a_question_whose_image_has_no_features_is_named(root, tmp_path):
     records = (r for r in iter_tsv_files(sorted((root / "raw" / "features").glob("*.tsv")), progress=False)
                if r.image_id != dropped)
     write_feature_store(records, tmp_path / "store")
-    partial = VQADataset(prepared, "train", features=FeatureStore.open(tmp_path / "store"))
     first = int(dataset.question_ids[np.flatnonzero(dataset.image_ids == dropped)[0]])
     with pytest.raises(DataError, match=rf"train\.npz: record question_id={first}: field 'image_id': image "
-                                        rf"{dropped} has no features"):
-        ResidentVQA(partial, torch.device("cpu"))
+                                        rf"{dropped} has no features"):  # when the split is opened on that store
+        VQADataset(prepared, "train", features=FeatureStore.open(tmp_path / "store"))
 
 
 def test_a_store_damaged_after_preparation_is_named_when_held(root, tmp_path, monkeypatch):

@@ -80,7 +80,8 @@ def _read_state_dict(source: str | os.PathLike[str] | Mapping[str, object]) -> t
     if isinstance(source, (str, os.PathLike)):
         label = str(source)
         if not Path(source).is_file():
-            raise CheckpointError("no such file", path=label)
+            raise CheckpointError("a directory, not a checkpoint file" if Path(source).is_dir() else "no such file",
+                                  path=label)
         try:
             source = torch.load(source, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad checkpoint file

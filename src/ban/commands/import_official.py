@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     data_dir = args.data.resolve()
     run_config = RunConfig(task, str(data_dir), model.config, TrainConfig(precision="fp32"), fingerprint(data_dir))
     check_data(run_config, data_dir)  # what evaluate, predict and visualize will check: the feature width
-    start_run(args.out, run_config, resume=False)
+    start_run(args.out, run_config, resume=False, held="choose another --out (a new or empty folder)")
     try:
         save_checkpoint(args.out / CHECKPOINT_FILE, model, None, {"imported": str(args.checkpoint.resolve())})
     except BaseException:

@@ -84,11 +84,15 @@ class Dictionary:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Dictionary:
-        """Read a dictionary written by :meth:`save`."""
+        """Read a dictionary written by :meth:`save`: a non-empty list of distinct strings (an empty one would
+        leave unknown words no index: :attr:`unknown_index` is its last token)."""
         data = read_json(path)
         tokens = data.get("tokens") if isinstance(data, dict) else None
         if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
             raise DataError("expected a list of strings", path=path, field="tokens")
+        if not tokens:
+            raise DataError("empty: a dictionary needs at least one token (its last one stands for unknown words)",
+                            path=path, field="tokens")
         if len(set(tokens)) != len(tokens):
             raise DataError("duplicate tokens", path=path, field="tokens")
         return cls(tokens)

@@ -15,7 +15,7 @@ import array
 import hashlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,6 +159,17 @@ class FeatureStore(ABC):
             return self._index[int(image_id)]
         except KeyError:
             raise KeyError(f"image {image_id} has no features in this store") from None
+
+    def check_images(self, image_ids: np.ndarray, *, path: str | os.PathLike[str],
+                     record: Callable[[int], str]) -> None:
+        """:class:`DataError` naming the first sample of a split (``record(sample)``, field ``image_id``, in the split
+        file ``path``) whose image of ``image_ids`` ``[S]`` this store lacks: checked when the split is opened (one
+        vectorised look-up), so that no read fails later with a ``KeyError``."""
+        missing = ~np.isin(image_ids, self.image_ids)
+        if missing.any():
+            sample = int(np.argmax(missing))
+            raise DataError(f"image {int(image_ids[sample])} has no features in the feature store {self.location}",
+                            path=path, record=record(sample), field="image_id")
 
     def num_boxes(self, image_id: int) -> int:
         """Number of regions of ``image_id``."""

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from ban.data.feature_setup import CONVERTED, LISTING
 from ban.data.features import FeatureStore
 from ban.data.npyfile import read_split_npz
-from ban.data.prepared import check_split, read_manifest
+from ban.data.prepared import check_manifest_sizes, check_split, read_manifest
 from ban.errors import DataError
 
 # array → (dtype kinds allowed, number of dimensions); S sentences, L tokens, E entity slots, P positives
@@ -74,6 +74,9 @@ class GroundingDataset(Dataset):
     int64, ``entity_positions [E]`` int64, ``entity_mask [E]`` bool, ``entity_types [E]`` int64 (type bit
     sets, see :mod:`ban.metrics.grounding`), ``has_ground_truth [E]`` bool, ``targets [n, E]`` float32 (1.0
     where the box is a positive of the entity) and ``image_id`` (0-dim int64).
+
+    Opening a split checks that the manifest agrees with dictionary.json and the feature store, and that the store
+    holds every caption's image (:class:`DataError` naming the file, record and field otherwise).
     """
 
     def __init__(self, data_dir: str | os.PathLike[str], split: str) -> None:
@@ -86,6 +89,8 @@ class GroundingDataset(Dataset):
         # features.json lists every source; datasets prepared by earlier versions hold it, or the store, in features/
         listing = self.data_dir if (self.data_dir / LISTING).is_file() else self.data_dir / CONVERTED
         self.store = FeatureStore.open(listing)
+        check_manifest_sizes(self.data_dir, self.manifest, self.store)
+        self.store.check_images(self.arrays["image_id"], path=self.path, record=lambda row: f"sentence {row}")
 
     def __len__(self) -> int:
         return int(len(self.arrays["image_id"]))

@@ -32,6 +32,8 @@ reference asserts never happens, for every phrase, non-visual ones too) is a :cl
 from __future__ import annotations
 
 import os
+import sys
+from collections import Counter
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +49,7 @@ from ban.data.feature_setup import LISTING, finished_conversion, set_up_features
 from ban.data.feature_sources import check_feature_sources, images_of_sources
 from ban.data.features import FeatureRecord, is_tsv_source
 from ban.data.flickr30k_parse import ENTITY_TYPES, Caption, parse_annotation_file, parse_sentences_file, type_bits
-from ban.data.glove import check_glove_file, read_glove
+from ban.data.glove import check_glove_file, read_glove, report_coverage
 from ban.data.npyfile import write_npy
 from ban.data.prepare_output import checked_output
 from ban.data.prepared import MANIFEST
@@ -57,6 +59,10 @@ from ban.errors import ConfigError, DataError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 IOU_THRESHOLD = 0.5
+# a given dictionary that does not know more than this share of the caption words gets a warning (its last token
+# stands for each of them): likely a dictionary of other data; the captions' own has none unknown, the
+# reference's Flickr30k dictionary.pkl (built from the same captions) next to none
+UNKNOWN_WORDS_WARNING = 0.10
 FORMAT_VERSION = 1
 ENTITY_POSITIONS: tuple[str, ...] = ("tokens", "reference")  # the first is the default
 POSITION_IN_WORDS = {
@@ -224,7 +230,10 @@ def prepare_flickr30k(
     files and images is reused) and/or sources :meth:`FeatureStore.open` reads (the authors' HDF5 caches, our
     store directories), all listed in ``out/features.json`` (:mod:`ban.data.feature_setup`). ``dictionary``
     defaults to the tokens of the kept captions in order of first appearance. ``glove`` (a GloVe text file) gives
-    ``glove.npy``, the word table's initialisation (the reference starts its grounding model from GloVe).
+    ``glove.npy``, the word table's initialisation (the reference starts its grounding model from GloVe); how
+    many of the dictionary's words it holds is printed on stderr and kept in the manifest (``glove_coverage``).
+    A given ``dictionary`` that does not know many of the caption words gets a warning on stderr
+    (:func:`warn_unknown_words`).
     Everything but the features is read first. Each annotation's ``<size>`` must be the image size the features
     were detected on (the authors' HDF5 cache keeps no image sizes: its images are not checked).
     ``entity_positions``: ``"tokens"`` (ban's, the phrase's last token) or ``"reference"`` (the authors' procedure,
@@ -247,11 +256,16 @@ def prepare_flickr30k(
     kept = [sentence for split in splits for sentence in sentences[split]]
     if dictionary is None:
         dictionary = Dictionary(token for sentence in kept for token in sentence.tokens)
+    else:
+        warn_unknown_words(dictionary, kept)
     # every position indexes inside the token rows: a reference position may lie past its caption's tokens (the
     # state there is the GRU's after the caption and padding, as the reference pads its rows to 82 tokens)
     length = max(max(len(sentence.tokens), max(sentence.positions, default=0) + 1) for sentence in kept)
     max_entities = max(len(sentence.entity_ids) for sentence in kept)
-    word_vectors = None if glove is None else read_glove(glove, dictionary.tokens, progress=progress)[0]
+    word_vectors, glove_coverage = None, None
+    if glove is not None:
+        word_vectors, found = read_glove(glove, dictionary.tokens, progress=progress)
+        glove_coverage = report_coverage(glove, found, len(dictionary))
 
     wanted = set(ground_truth)
     # before the conversion, which takes minutes; TSV files are converted for the wanted images only (so an image
@@ -302,6 +316,7 @@ def prepare_flickr30k(
             "feature_dim": store.feature_dim,
             "features": LISTING,
             "glove": glove is not None,
+            "glove_coverage": glove_coverage,
             "entity_types": list(ENTITY_TYPES),
             "iou_threshold": IOU_THRESHOLD,
             "entity_position": POSITION_IN_WORDS[entity_positions],
@@ -315,6 +330,19 @@ def prepare_flickr30k(
         }
         write_json(temp / MANIFEST, manifest)
     return manifest
+
+
+def warn_unknown_words(dictionary: Dictionary, sentences: Sequence[GroundedSentence]) -> None:
+    """Warn on stderr when ``dictionary`` does not know more than :data:`UNKNOWN_WORDS_WARNING` (10 %) of the
+    caption words of ``sentences`` (each occurrence counted), naming the most frequent of them."""
+    words = Counter(token for sentence in sentences for token in sentence.tokens)
+    unknown = Counter({word: count for word, count in words.items() if word not in dictionary})
+    total, missing = words.total(), unknown.total()
+    if missing > UNKNOWN_WORDS_WARNING * total:
+        examples = ", ".join(repr(word) for word, _ in unknown.most_common(5))
+        print(f"ban: warning: the given dictionary does not know {100 * missing / total:.1f} % of the caption words "
+              f"({missing} of {total}; most often {examples}): each is encoded as its last token "
+              f"({dictionary.tokens[-1]!r}); was it made for other data?", file=sys.stderr)
 
 
 def encode_split(

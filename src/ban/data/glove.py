@@ -1,7 +1,8 @@
 """GloVe word vectors → initial word-embedding tables.
 
 - :func:`read_glove` streams a GloVe text file (``word v1 … vD`` per line, e.g. ``glove.6B.300d.txt``) and
-  keeps only the rows of the words asked for (words missing from GloVe get zeros, as in the reference).
+  keeps only the rows of the words asked for (words missing from GloVe get zeros, as in the reference);
+  :func:`report_coverage` says how many of them it found.
 - :func:`cooccurrence_embedding` builds the initialisation of option ``c``'s second table: each word's row is
   the average of the GloVe rows of the words it co-occurs with in the same question, weighted by co-occurrence
   count, normalised per row so the weights sum to 1 (a row-normalised co-occurrence matrix).
@@ -17,6 +18,7 @@ weights.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -47,7 +49,8 @@ def read_glove(
     whole. A word listed twice in the file takes its last vector, as the reference's dict did. Raises
     :class:`DataError` (file, line, field) for a line with fewer than D values, or, on the lines of the words
     asked for (the only ones parsed), more than D numbers (the "word" would be the word asked for followed by
-    numbers) or a value that is not a number or not finite in float32 (``nan``, ``inf``, ``1e999``).
+    numbers) or a value that is not a number or not finite in float32 (``nan``, ``inf``, ``1e999``), and for a
+    file that holds none of ``words`` (a file for another language or vocabulary: every row would be zero).
     """
     path = Path(path)
     wanted = {word: index for index, word in enumerate(words)}
@@ -79,7 +82,19 @@ def read_glove(
             found[index] = True
     if vectors is None:
         raise DataError("empty GloVe file", path=path)
+    if not found.any():
+        raise DataError(f"none of the {len(words)} words looked up is in it (a file for another vocabulary?): "
+                        "every word vector would be zero", path=path, field="glove")
     return vectors, int(found.sum())
+
+
+def report_coverage(path: str | os.PathLike[str], found: int, words: int) -> dict[str, int]:
+    """Print on stderr how many of the ``words`` looked up the GloVe file ``path`` holds (``found``, as
+    :func:`read_glove` counts them); return them as a prepared dataset's manifest records them,
+    ``{"found": found, "words": words}``."""
+    print(f"ban: GloVe ({path}) has vectors for {found} of the {words} words looked up "
+          f"({100 * found / words:.1f} %); the others' rows are zero", file=sys.stderr)
+    return {"found": found, "words": words}
 
 
 def _decoded(word: bytes) -> str:
@@ -97,7 +112,8 @@ def _is_number(field: bytes) -> bool:
 def _parse_vector(parts: list[bytes], path: Path, line_number: int) -> np.ndarray:
     """The values of a line split into ``[word, v1, …, vD]``: ``[D]`` float32, every one finite."""
     try:
-        vector = np.array(parts[1:], dtype=np.float32)
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused below by name
+            vector = np.array(parts[1:], dtype=np.float32)
     except ValueError:
         raise DataError("not a list of numbers", path=path, record=f"line {line_number}", field="vector") from None
     finite = np.isfinite(vector)

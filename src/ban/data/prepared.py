@@ -1,17 +1,23 @@
 """The files that describe a prepared dataset directory (``ban prepare vqa2`` / ``ban prepare flickr30k``):
 ``manifest.json`` (written last: its presence marks a complete dataset), ``dictionary.json`` and, for VQA,
-``answers.json``, read with errors that name the file and the field."""
+``answers.json``, read with errors that name the file and the field, and checked against each other and the
+feature store when a split is opened (:func:`check_manifest_sizes`)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ban.data.dictionary import Dictionary
 from ban.data.jsonfile import read_json
 from ban.errors import DataError
 from ban.numbers import is_int
+
+if TYPE_CHECKING:
+    from ban.data.features import FeatureStore
 
 MANIFEST = "manifest.json"
 
@@ -60,6 +66,37 @@ def manifest_size(data_dir: str | os.PathLike[str], manifest: dict[str, Any], fi
     return value
 
 
+def check_manifest_size(data_dir: str | os.PathLike[str], manifest: dict[str, Any], field: str, actual: int,
+                        found: str) -> None:
+    """:class:`DataError` naming the manifest's ``field`` unless it is ``actual``, the size of the file it
+    describes (``found`` says what that file holds): files of different preparations put together, which would fail
+    only inside the model."""
+    recorded = manifest_size(data_dir, manifest, field)
+    if recorded != actual:
+        raise DataError(f"{recorded}, but {found}: the files of this dataset are not of one preparation; prepare it "
+                        "again", path=Path(data_dir) / MANIFEST, field=field)
+
+
+def check_manifest_sizes(data_dir: str | os.PathLike[str], manifest: dict[str, Any], store: FeatureStore) -> None:
+    """:func:`check_manifest_size` of the sizes a split is read with (VQA and grounding) against those the model
+    is built with (``Task.model_sizes``): ``padding_index``, the token count of ``dictionary.json``, and
+    ``feature_dim``, the width of the feature ``store``."""
+    tokens = len(read_tokens(data_dir))
+    check_manifest_size(data_dir, manifest, "padding_index", tokens,
+                        f"dictionary.json has {tokens} tokens (the padding index is their count)")
+    check_manifest_size(data_dir, manifest, "feature_dim", store.feature_dim,
+                        f"the feature store {store.location} holds {store.feature_dim}-d features")
+
+
+def repeated_positions(values: np.ndarray) -> np.ndarray:
+    """The positions ``[k]`` int64 in ``values`` ``[N]`` (integers, or Python strings as an object array) of the
+    smallest value held more than once; empty when all differ. One sort: cheap for the 440k question ids of a VQA
+    split."""
+    ordered = np.sort(values)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    return np.flatnonzero(values == repeated[0]) if len(repeated) else np.zeros(0, dtype=np.int64)
+
+
 def read_tokens(data_dir: str | os.PathLike[str]) -> list[str]:
     """The question/caption vocabulary of ``data_dir`` (``dictionary.json``), in index order."""
     return Dictionary.load(Path(data_dir) / "dictionary.json").tokens
@@ -71,4 +108,9 @@ def read_answers(data_dir: str | os.PathLike[str]) -> list[str]:
     answers = read_json(path, missing="no answers.json: not a complete prepared VQA dataset")
     if not isinstance(answers, list) or not all(isinstance(answer, str) for answer in answers):
         raise DataError("expected a list of answer strings", path=path)
+    positions = repeated_positions(np.array(answers, dtype=object))
+    if len(positions):
+        first, second = positions[:2].tolist()
+        raise DataError(f"answer {answers[second]!r} is listed twice (also entry {first}): each label names one "
+                        "answer", path=path, record=f"entry {second}")
     return answers

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ban.data.features import FeatureStore
 from ban.data.transfer import host_to_device
-from ban.data.vqa_dataset import VQADataset, vqa_parts
+from ban.data.vqa_dataset import vqa_parts
 from ban.errors import ConfigError, DataError
 
 _COPY_ROWS = 2**16  # regions staged on the host per copy to the device
@@ -40,8 +40,6 @@ class ResidentVQA:
         store = parts[0].features
         if any(part.features is not store for part in parts):
             raise ConfigError("resident data needs the splits to share one feature store")
-        for part in parts:
-            _check_images(part, store)
         image_ids = np.concatenate([part.image_ids for part in parts]).astype(np.int64)
         unique_ids, self.question_image = np.unique(image_ids, return_inverse=True)
         counts = store.box_counts(unique_ids)
@@ -162,12 +160,3 @@ def free_memory(device: torch.device) -> int | None:
 def _starts(lengths: np.ndarray) -> np.ndarray:
     """Where each of consecutive runs of ``lengths`` [n] begins: the exclusive prefix sum [n]."""
     return np.cumsum(lengths) - lengths
-
-
-def _check_images(part: VQADataset, store: FeatureStore) -> None:
-    """A :class:`DataError` naming the split file and question when an image has no features in ``store``."""
-    for question_id, image_id in zip(part.question_ids.tolist(), part.image_ids.tolist(), strict=True):
-        if image_id not in store:
-            raise DataError(f"image {image_id} has no features in the feature store {part.data_dir / 'features'}",
-                            path=part.data_dir / f"{part.split}.npz", record=f"question_id={question_id}",
-                            field="image_id")

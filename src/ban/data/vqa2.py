@@ -29,7 +29,7 @@ from ban.data.dictionary import QUESTION_LENGTH, Dictionary
 from ban.data.feature_setup import LISTING, finished_conversion, set_up_features
 from ban.data.feature_sources import check_feature_sources, images_of_sources
 from ban.data.features import FeatureStore
-from ban.data.glove import check_glove_file, cooccurrence_embedding, read_glove
+from ban.data.glove import check_glove_file, cooccurrence_embedding, read_glove, report_coverage
 from ban.data.jsonfile import require
 from ban.data.npyfile import write_npy
 from ban.data.prepare_output import checked_output
@@ -215,11 +215,12 @@ def prepare_vqa2(
     if visual_genome is not None:
         vg = load_visual_genome(visual_genome, {VG_SPLITS[s]: {r["image_id"] for r in official[s].questions}
                                                 for s in chosen if s in VG_SPLITS}, ans2label)
-    word_tables = None
+    word_tables, glove_coverage = None, None
     if glove is not None:
         texts = [record["question"] for split in COOCCURRENCE_SPLITS if split in present
                  for record in official[split].questions]
-        word_tables = _glove_tables(glove, texts + (vg.all_questions if vg else []), dictionary, progress)
+        word_tables, glove_coverage = _glove_tables(glove, texts + (vg.all_questions if vg else []), dictionary,
+                                                    progress)
     prepared_splits = [official[split] for split in chosen]
     holders = _images_with_features(prepared_splits, features, out, progress)
     if holders is not None:
@@ -248,7 +249,7 @@ def prepare_vqa2(
             "num_tokens": len(dictionary), "padding_index": dictionary.padding_index,
             "question_length": QUESTION_LENGTH, "num_answers": len(candidates), "min_answer_count": min_answer_count,
             "feature_dim": store.feature_dim, "num_images": len(store), "features": LISTING,
-            "glove": glove is not None, "root": str(Path(root).resolve()),
+            "glove": glove is not None, "glove_coverage": glove_coverage, "root": str(Path(root).resolve()),
         }
         write_json(temp / MANIFEST, manifest)
     return manifest
@@ -349,9 +350,11 @@ def _write_split_arrays(
 
 def _glove_tables(
     glove: str | os.PathLike[str], texts: Sequence[str], dictionary: Dictionary, progress: bool
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, int]]:
     """The contents of ``glove.npy`` ``[num_tokens, D]`` and ``glove_cooccurrence.npy`` ``[num_tokens, D]``
-    (option c's second table, mixed from the words each word co-occurs with in ``texts``)."""
+    (option c's second table, mixed from the words each word co-occurs with in ``texts``), and the manifest's
+    ``glove_coverage`` (:func:`ban.data.glove.report_coverage`) over the words looked up: the dictionary's and
+    those of ``texts`` outside it."""
     words = list(dictionary.tokens)
     index = {word: i for i, word in enumerate(words)}
     token_lists = []
@@ -362,6 +365,7 @@ def _glove_tables(
                 index[token] = len(words)
                 words.append(token)
         token_lists.append([index[token] for token in tokens])
-    vectors, _ = read_glove(glove, words, progress=progress)
-    return vectors[: len(dictionary)], cooccurrence_embedding(token_lists, len(dictionary), vectors)
+    vectors, found = read_glove(glove, words, progress=progress)
+    tables = vectors[: len(dictionary)], cooccurrence_embedding(token_lists, len(dictionary), vectors)
+    return tables, report_coverage(glove, found, len(words))
 

@@ -16,7 +16,15 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from ban.data.features import FeatureStore
 from ban.data.npyfile import read_split_npz
-from ban.data.prepared import check_split, manifest_size, read_answers, read_manifest
+from ban.data.prepared import (
+    check_manifest_size,
+    check_manifest_sizes,
+    check_split,
+    manifest_size,
+    read_answers,
+    read_manifest,
+    repeated_positions,
+)
 from ban.errors import ConfigError, DataError
 
 # array → (dtype kinds allowed, number of dimensions)
@@ -28,7 +36,8 @@ _SPLIT_ARRAYS: dict[str, tuple[str, int]] = {
 
 def load_split_arrays(path: Path) -> dict[str, np.ndarray]:
     """The arrays of a prepared ``<split>.npz``, checked: no pickled objects (never unpickled), the expected
-    names, types and dimensions, one row per question and target offsets that fit the labels."""
+    names, types and dimensions, one row per question, each question id once and target offsets that fit the
+    labels."""
     arrays = read_split_npz(path, _SPLIT_ARRAYS)
     count = len(arrays["question_id"])
     offsets = arrays["target_offsets"]
@@ -37,6 +46,10 @@ def load_split_arrays(path: Path) -> dict[str, np.ndarray]:
     if len(arrays["target_labels"]) != len(arrays["target_scores"]) or offsets[0] != 0 or \
             offsets[-1] != len(arrays["target_labels"]) or (offsets[1:] < offsets[:-1]).any():
         raise DataError("target offsets do not fit the labels", path=path, field="target_offsets")
+    repeated = repeated_positions(arrays["question_id"])
+    if len(repeated):
+        raise DataError(f"question listed twice (rows {repeated[0]} and {repeated[1]})", path=path,
+                        record=f"question_id={arrays['question_id'][repeated[0]]}", field="question_id")
     return arrays
 
 
@@ -63,12 +76,22 @@ class VQADataset(Dataset):
         self.target_labels = arrays["target_labels"].astype(np.int64)
         self.target_scores = arrays["target_scores"]
         self.answer_types = arrays["answer_type"]
-        path = self.data_dir / f"{split}.npz"
+        self.features = FeatureStore.open(self.data_dir) if features is None else features
+        self._check(self.data_dir / f"{split}.npz")
+
+    def _check(self, path: Path) -> None:
+        """:class:`DataError` for a manifest that disagrees with the files the model is sized from
+        (``Task.model_sizes``: dictionary.json, answers.json, the feature store), or for a question of the split
+        at ``path`` whose labels, tokens or image are outside them; the checks read no features."""
+        check_manifest_sizes(self.data_dir, self.manifest, self.features)
+        answers = len(self.answers())
+        check_manifest_size(self.data_dir, self.manifest, "num_answers", answers, f"answers.json lists {answers}")
         if len(self.target_labels) and not 0 <= self.target_labels.min() <= self.target_labels.max() < self.num_answers:
             raise DataError(f"labels outside [0, {self.num_answers})", path=path, field="target_labels")
         if self.tokens.size and not 0 <= self.tokens.min() <= self.tokens.max() <= self.padding_index:
             raise DataError(f"token indices outside [0, {self.padding_index}]", path=path, field="tokens")
-        self.features = FeatureStore.open(self.data_dir) if features is None else features
+        self.features.check_images(self.image_ids, path=path,
+                                   record=lambda row: f"question_id={self.question_ids[row]}")
 
     @property
     def num_answers(self) -> int:

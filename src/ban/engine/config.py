@@ -23,6 +23,9 @@ PRECISIONS = ("auto", "bf16", "fp32")
 DEVICE_TYPES = ("cpu", "cuda")
 POSITIVE = ("lr", "batch_size", "eval_batch_size", "eps", "grad_clip", "decay_rate")  # settings that must be > 0
 NON_NEGATIVE = ("epochs", "num_workers")
+# integer settings are torch int64s (sizes, counts); the seed too: torch.manual_seed takes [-2**63, 2**64 - 1], and
+# an int64 seed leaves room for the seed + epoch / seed + rank the trainer seeds with
+INT64 = torch.iinfo(torch.int64)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_types(self, "training")
+        _check_int64(self)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         _check_ranges(self)
@@ -97,6 +101,15 @@ class TrainConfig:
 # reaches 81.3 / 81.8 % (seeds 1204 / 2) after 10 epochs. With the recipe's batch 256 and warm-up, or with dropout,
 # it stays at the question-only baseline for many epochs.
 SYNTHETIC_TRAINING: dict[str, Any] = {"batch_size": 32, "epochs": 10, "lr": 2e-3, "warmup": (), "decay_epochs": ()}
+
+
+def _check_int64(config: TrainConfig) -> None:
+    """Refuse an integer setting (or an integer in a tuple setting) outside :data:`INT64`, naming the setting."""
+    for field, value in _items(config):
+        for number in value if isinstance(value, tuple) else (value,):
+            if isinstance(number, int) and not INT64.min <= number <= INT64.max:
+                raise ConfigError(f"training setting {field.name!r}: {number} does not fit a 64-bit integer "
+                                  f"({INT64.min} … {INT64.max})")
 
 
 def _check_ranges(config: TrainConfig) -> None:

@@ -25,7 +25,7 @@ def report_resumed(run_dir: Path, history: list[dict[str, Any]]) -> None:
     misses its last epoch (a kill between the checkpoint and the report), else nothing — TensorBoard, which
     appends, gets each epoch once."""
     path = run_dir / METRICS_FILE
-    written = path.read_text(encoding="utf-8").count("\n") if path.is_file() else 0
+    written = path.read_bytes().count(b"\n") if path.is_file() else 0  # lines counted, not decoded: any bytes do
     if written < len(history):
         report_epoch(run_dir, history)
 

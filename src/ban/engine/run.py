@@ -105,10 +105,12 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
         raise DataError(f"malformed run config ({error})", path=path) from None
 
 
-def start_run(run_dir: str | Path, run: RunConfig, resume: bool) -> None:
+def start_run(run_dir: str | Path, run: RunConfig, resume: bool, *,
+              held: str = "continue it with --resume or choose another --out") -> None:
     """Create the run directory with its config, or check that a resumed run has the same config.
 
-    A new run refuses a directory that already holds a run, or other files; ``resume`` refuses a different config,
+    A new run refuses a directory that already holds a run (``held``: what to do instead, for the command that
+    asked; by default ``ban train``'s), or other files; ``resume`` refuses a different config,
     except ``train.epochs`` (more to train longer; not fewer than the checkpoint has begun, :func:`check_epochs`),
     ``train.skip_nonfinite`` (to get past a batch that made the run stop) and the settings that change how the
     run executes, not what it computes: ``train.eval_batch_size``, ``train.num_workers``, ``train.cuda_graphs``,
@@ -129,7 +131,7 @@ def start_run(run_dir: str | Path, run: RunConfig, resume: bool) -> None:
         if (run_dir / CHECKPOINT_FILE).exists():
             check_epochs(read_position(Checkpoint(run_dir / CHECKPOINT_FILE)), run.train.epochs)
     elif (run_dir / CONFIG_FILE).exists() or (run_dir / CHECKPOINT_FILE).exists():
-        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume or choose another --out")
+        raise ConfigError(f"{run_dir} already holds a run; {held}")
     elif run_dir.is_dir() and any(run_dir.iterdir()):  # e.g. --out runs/, the folder of all runs
         raise ConfigError(f"{run_dir} holds other files and no run: give a new or empty folder as --out")
     make_directory(run_dir)
