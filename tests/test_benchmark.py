@@ -131,12 +131,16 @@ def test_the_compiled_path_runs_on_the_cpu_and_the_graphed_path_asks_for_a_gpu()
     (["--batch-size", "0"], "argument --batch-size: must be positive, not 0"),
     (["--warmup", "-1"], "argument --warmup: must be zero or more, not -1"),
     (["--paths", "plain", "graphed"], "--paths graphed replays CUDA graphs: it needs a GPU"),  # before plain runs
+    (["--preset", "grounding"], "ban bench measures VQA models; preset 'grounding' is a grounding model"),  # was a
+    (["--preset", "nope"], "unknown preset 'nope'"),  # TypeError traceback from the grounding model's forward pass
 ])
 def test_bad_bench_arguments_are_one_line_errors(capsys, arguments, message):
     from ban.cli import main
 
     try:
-        status = main(["bench", "--preset", "tiny", "--device", "cpu", *arguments])
+        status = main(["bench", "--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "0",
+                       "--paths", "plain", "--precisions", "fp32", "--modes", "infer", "--num-tokens", "30",
+                       "--num-answers", "12", "--batch-size", "2", *arguments])
     except SystemExit as usage_error:  # argparse's own
         status = usage_error.code
     captured = capsys.readouterr()

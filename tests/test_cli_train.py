@@ -44,9 +44,11 @@ def test_train_evaluate_predict(data_dir, tmp_path, capsys):
 
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
-    assert [event.value for event in events.Scalars("train_loss")] == pytest.approx(
-        [line["train_loss"] for line in lines])
-    assert [event.step for event in events.Scalars("train_loss")] == [1, 2]
+    # in step order: each epoch's writer has its own event file, and files written within one second are read in
+    # the order of a process-wide counter compared as text ("…10" before "…9")
+    points = sorted(events.Scalars("train_loss"), key=lambda event: event.step)
+    assert [event.value for event in points] == pytest.approx([line["train_loss"] for line in lines])
+    assert [event.step for event in points] == [1, 2]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["train"]["lr"] == 1e-3 and config["train"]["epochs"] == 2  # the paper recipe + overrides
     assert config["model"]["hidden_dim"] == 16 and config["model"]["num_answers"] == len(

@@ -354,6 +354,19 @@ def test_synthetic_dataset_is_generated_once_and_cached(tmp_path):
     assert synthetic_dataset(seed=3, num_images=10, feature_dim=8, root=tmp_path) == prepared
     assert (prepared / "manifest.json").stat().st_mtime_ns == stamp  # reused, not prepared again
     assert (prepared.parent / "raw" / "stats.json").is_file()  # the generator's baselines stay available
+    # no Flickr30k part (nothing reads it), and the VQA part is `ban synth`'s own, which makes one as well
+    from ban.data.synthetic import generate
+
+    raw = prepared.parent / "raw"
+    assert not (raw / "flickr30k").exists()
+    generate(tmp_path / "synth", seed=3, num_images=10, feature_dim=8, progress=False, workers=1)
+    assert (tmp_path / "synth" / "flickr30k").is_dir()
+    for name in ("vqa", "features", "images"):
+        files = sorted(path.relative_to(raw / name) for path in (raw / name).rglob("*") if path.is_file())
+        assert files and all((raw / name / file).read_bytes() == (tmp_path / "synth" / name / file).read_bytes()
+                             for file in files), name
+        assert files == sorted(path.relative_to(tmp_path / "synth" / name)
+                               for path in (tmp_path / "synth" / name).rglob("*") if path.is_file())
 
 
 def test_processes_starting_together_build_the_synthetic_dataset_once(tmp_path):

@@ -13,11 +13,15 @@ from ban.commands.arguments import box_count, distinct, non_negative_int, positi
 from ban.engine.config import resolve_device
 from ban.errors import ConfigError
 from ban.machine import describe_machine
+from ban.models import PRESETS, preset
+
+VQA_PRESETS = [name for name in PRESETS if preset(name).task == "vqa"]  # what the benchmark's batches feed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = BenchSettings()
-    parser.add_argument("--preset", default=defaults.preset, help="model preset (default: %(default)s)")
+    parser.add_argument("--preset", default=defaults.preset,
+                        help=f"VQA model preset: {', '.join(VQA_PRESETS)} (default: %(default)s)")
     parser.add_argument("--hidden-dim", type=positive_int, help="hidden size H (default: the preset's)")
     parser.add_argument("--glimpses", type=positive_int, help="glimpses G (default: the preset's)")
     parser.add_argument("--feature-dim", type=positive_int, help="box-feature width Dv (default: the preset's)")
@@ -66,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
                                     else ["fused", "plain", "straightforward"]))
     if "graphed" in paths and not on_gpu:  # said before minutes of measuring the other paths
         raise ConfigError("--paths graphed replays CUDA graphs: it needs a GPU")
+    if preset(args.preset).task != "vqa":  # (an unknown name is refused by preset())
+        raise ConfigError(f"ban bench measures VQA models; preset {args.preset!r} is a {preset(args.preset).task} "
+                          f"model (VQA presets: {', '.join(VQA_PRESETS)})")
     settings = BenchSettings(
         preset=args.preset, num_tokens=args.num_tokens, num_answers=args.num_answers,
         batch_size=args.batch_size or (256 if on_gpu else 32), boxes=args.boxes or ("adaptive" if on_gpu else "36"),

@@ -26,7 +26,7 @@ from ban.engine.config import (
     typed_overrides,
 )
 from ban.engine.reporting import METRICS_FILE
-from ban.engine.run import RunConfig, abandon_new_run, fingerprint, read_run_config, start_run
+from ban.engine.run import RunConfig, abandon_new_run, check_new_run_dir, fingerprint, read_run_config, start_run
 from ban.engine.synthetic import synthetic_dataset
 from ban.engine.tasks import Task, check_splits, dataset_task, make_task
 from ban.engine.trainer import TrainingDiverged, TrainingInterrupted, train
@@ -60,6 +60,14 @@ def build_run(args: argparse.Namespace) -> RunConfig:
     """The run's complete configuration from the arguments (and, with --resume, the stored config)."""
     stored = read_run_config(args.out) if args.resume else None
     task_name = args.task or (stored.task if stored else dataset_task(args.data) if args.data is not None else "vqa")
+    synthetic = args.data is None and stored is None
+    train_overrides, model_overrides = split_overrides(parse_assignments(args.overrides))
+    if args.epochs is not None:
+        train_overrides["epochs"] = str(args.epochs)
+    base = stored.train if stored else TrainConfig(**SYNTHETIC_TRAINING) if synthetic else TrainConfig()
+    # the settings first: a misspelt or bad one is refused before the synthetic scenes are made (a minute or more)
+    training = apply_overrides(base, train_overrides)
+    typed_overrides(BANConfig, model_overrides, "model")
     if args.data is not None:
         data_dir = args.data.resolve()
     elif stored is not None:
@@ -68,10 +76,6 @@ def build_run(args: argparse.Namespace) -> RunConfig:
         raise ConfigError("grounding needs --data (a prepared Flickr30k Entities dir)")
     else:
         data_dir = synthetic_dataset()
-    synthetic = args.data is None and stored is None
-    train_overrides, model_overrides = split_overrides(parse_assignments(args.overrides))
-    if args.epochs is not None:
-        train_overrides["epochs"] = str(args.epochs)
     task = make_task(task_name, data_dir)
     # --resume keeps the run's training settings, and its model unless --preset names one (checked against it)
     kept_model = stored.model if stored is not None and args.preset is None else None
@@ -79,8 +83,6 @@ def build_run(args: argparse.Namespace) -> RunConfig:
     if stored is None and model.task == "grounding" and model.num_glimpses != 1:  # (runs from before may resume)
         raise ConfigError(f"grounding trains one glimpse (G = 1, as the reference: its logits are that glimpse's "
                           f"attention, so others would learn nothing), got model.num_glimpses={model.num_glimpses}")
-    base = stored.train if stored else TrainConfig(**SYNTHETIC_TRAINING) if synthetic else TrainConfig()
-    training = apply_overrides(base, train_overrides)
     check_splits(training, task)
     return RunConfig(task_name, str(data_dir), model, training, fingerprint(data_dir))
 
@@ -120,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
     main_process = int(os.environ.get("RANK", "0")) == 0
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.out is None:
         raise ConfigError("under torchrun, give --out RUN_DIR (every process must use the same run dir)")
+    if main_process and args.out is not None and not args.resume:
+        check_new_run_dir(args.out)  # before anything is built (the synthetic scenes take a minute or more)
     config = build_run(args)
     run_dir = args.out or default_run_dir(config)
     if main_process:
@@ -143,5 +147,8 @@ def run(args: argparse.Namespace) -> int:
                 if "val" in history[-1] else "")
         epochs = f"{len(history)} epoch{'s' * (len(history) != 1)}"
         print(f"done: {epochs}, every epoch's numbers in {Path(run_dir) / METRICS_FILE}{full}")
+    elif main_process:
+        print(f"nothing trained (epochs={config.train.epochs}): {run_dir} holds the run's settings only; train it "
+              f"with: ban train --out {run_dir} --resume --epochs N")
     return 0
 

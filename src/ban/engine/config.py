@@ -81,6 +81,10 @@ class TrainConfig:
         parse_device(self.device, "training setting 'device'")
         if not self.train_splits:
             raise ConfigError("train_splits must name at least one split")
+        repeated = sorted({split for split in self.train_splits if self.train_splits.count(split) > 1})
+        if repeated:
+            raise ConfigError(f"training setting 'train_splits' lists {', '.join(repeated)} more than once (an "
+                              "epoch would go over its questions that many times)")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""

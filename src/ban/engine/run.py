@@ -92,6 +92,8 @@ class RunConfig:
 def read_run_config(run_dir: str | Path) -> RunConfig:
     """The run config stored in ``run_dir``."""
     path = Path(run_dir) / CONFIG_FILE
+    if not Path(run_dir).exists():
+        raise ConfigError(f"{run_dir}: no such run directory")
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
     data = read_json(path)
@@ -105,8 +107,11 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
         raise DataError(f"malformed run config ({error})", path=path) from None
 
 
+RESUME_OR_ELSEWHERE = "continue it with --resume or choose another --out"  # `ban train`'s advice for a taken --out
+
+
 def start_run(run_dir: str | Path, run: RunConfig, resume: bool, *,
-              held: str = "continue it with --resume or choose another --out") -> None:
+              held: str = RESUME_OR_ELSEWHERE) -> None:
     """Create the run directory with its config, or check that a resumed run has the same config.
 
     A new run refuses a directory that already holds a run (``held``: what to do instead, for the command that
@@ -130,12 +135,20 @@ def start_run(run_dir: str | Path, run: RunConfig, resume: bool, *,
                               f"{'differs' if len(changed) == 1 else 'differ'} from its config.json")
         if (run_dir / CHECKPOINT_FILE).exists():
             check_epochs(read_position(Checkpoint(run_dir / CHECKPOINT_FILE)), run.train.epochs)
-    elif (run_dir / CONFIG_FILE).exists() or (run_dir / CHECKPOINT_FILE).exists():
-        raise ConfigError(f"{run_dir} already holds a run; {held}")
-    elif run_dir.is_dir() and any(run_dir.iterdir()):  # e.g. --out runs/, the folder of all runs
-        raise ConfigError(f"{run_dir} holds other files and no run: give a new or empty folder as --out")
+    else:
+        check_new_run_dir(run_dir, held)
     make_directory(run_dir)
     write_json(run_dir / CONFIG_FILE, run.to_dict())
+
+
+def check_new_run_dir(run_dir: str | Path, held: str = RESUME_OR_ELSEWHERE) -> None:
+    """Refuse ``run_dir`` for a new run when it holds a run (``held``: what to do instead, see :func:`start_run`)
+    or other files (e.g. ``--out runs/``, the folder of all runs)."""
+    run_dir = Path(run_dir)
+    if (run_dir / CONFIG_FILE).exists() or (run_dir / CHECKPOINT_FILE).exists():
+        raise ConfigError(f"{run_dir} already holds a run; {held}")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise ConfigError(f"{run_dir} holds other files and no run: give a new or empty folder as --out")
 
 
 def check_epochs(position: dict[str, Any], epochs: int) -> None:

@@ -1,6 +1,6 @@
 """The dataset `ban train` uses when given none: the synthetic scenes, generated and prepared once, cached.
 
-Layout: ``<cache>/synthetic-seed<S>-images<N>-dim<D>/raw`` (the official-format files of ``ban synth``, with
+Layout: ``<cache>/synthetic-seed<S>-images<N>-dim<D>/raw`` (the official-format VQA files of ``ban synth``, with
 stats.json and its question-only baseline) and ``…/prepared`` (``ban prepare vqa2`` of them).
 
 Cache location: ``$BAN_CACHE`` or ``~/.cache/ban``; each (seed, images, feature width) gets its own directory,
@@ -42,6 +42,8 @@ def synthetic_dataset(seed: int = SEED, num_images: int = NUM_IMAGES, feature_di
             return prepared
         raw = home / "raw"
         if not (raw / "stats.json").is_file():  # stats.json is written last: its presence marks a complete set
-            generate(raw, seed=seed, num_images=num_images, feature_dim=feature_dim)
+            # no Flickr30k part: nothing of the demo reads it (each image has its own random streams, so the VQA
+            # part is the same as `ban synth --images N --feature-dim D`'s)
+            generate(raw, seed=seed, num_images=num_images, feature_dim=feature_dim, flickr_images=0)
         prepare_vqa2(raw / "vqa", sorted((raw / "features").glob("*.tsv")), prepared)  # manifest.json comes last
     return prepared

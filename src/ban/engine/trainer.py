@@ -220,9 +220,10 @@ class Trainer:
             if self.config.resident else None
         self.box_counts = task.box_counts(self.data) if self.config.bucket_boxes else None
         self.validate = bool(self.config.val_split)
+        # opened now, so that a damaged val split is refused before the first epoch, not after it
+        val_data = task.dataset([self.config.val_split]) if self.validate else None
         # the validation split held on the device as well (by every process: each validates a share of it)
-        self.resident_val = task.resident(task.dataset([self.config.val_split]), context.device, self.precision,
-                                          context.is_main) \
+        self.resident_val = task.resident(val_data, context.device, self.precision, context.is_main) \
             if self.config.resident and self.validate else None
         self.packing: dict[str, int] | None = None  # how the packing rows are padded; None: the model does not pack
         if packs_boxes(run):  # to few shapes for the graphs, not at all for eager steps
