@@ -148,3 +148,14 @@ def test_repeated_positions() -> None:
     assert repeated_positions(np.array(["b", "a", "b"], dtype=object)).tolist() == [0, 2]
     assert repeated_positions(np.array([4, 2, 7])).tolist() == []
     assert repeated_positions(np.zeros(0, dtype=np.int64)).tolist() == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_token_id_beyond_the_padding_index(prepared: Path, tmp_path: Path, name: str) -> None:
+    """Grounding splits' token ids were not checked at all (VQA's were): the word table's look-up failed."""
+    data_dir = copy_of(prepared, name, tmp_path)
+    padding = json.loads((data_dir / "manifest.json").read_text())["padding_index"]
+    set_in_split(data_dir / "val.npz", "tokens", 0, padding + 1)
+    with pytest.raises(DataError, match=rf"token indices outside \[0, {padding}\]") as caught:
+        open_splits(data_dir)
+    assert (caught.value.path, caught.value.field) == (str(data_dir / "val.npz"), "tokens")

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from ban.data.feature_setup import CONVERTED, LISTING
 from ban.data.features import FeatureStore
 from ban.data.npyfile import read_split_npz
-from ban.data.prepared import check_manifest_sizes, check_split, read_manifest
+from ban.data.prepared import check_manifest_sizes, check_split, check_token_ids, manifest_size, read_manifest
 from ban.errors import DataError
 
 # array → (dtype kinds allowed, number of dimensions); S sentences, L tokens, E entity slots, P positives
@@ -75,8 +75,9 @@ class GroundingDataset(Dataset):
     sets, see :mod:`ban.metrics.grounding`), ``has_ground_truth [E]`` bool, ``targets [n, E]`` float32 (1.0
     where the box is a positive of the entity) and ``image_id`` (0-dim int64).
 
-    Opening a split checks that the manifest agrees with dictionary.json and the feature store, and that the store
-    holds every caption's image (:class:`DataError` naming the file, record and field otherwise).
+    Opening a split checks that the manifest agrees with dictionary.json and the feature store, that every token
+    id is a word or the padding, and that the store holds every caption's image (:class:`DataError` naming the
+    file, record and field otherwise).
     """
 
     def __init__(self, data_dir: str | os.PathLike[str], split: str) -> None:
@@ -90,6 +91,7 @@ class GroundingDataset(Dataset):
         listing = self.data_dir if (self.data_dir / LISTING).is_file() else self.data_dir / CONVERTED
         self.store = FeatureStore.open(listing)
         check_manifest_sizes(self.data_dir, self.manifest, self.store)
+        check_token_ids(self.arrays["tokens"], manifest_size(self.data_dir, self.manifest, "padding_index"), self.path)
         self.store.check_images(self.arrays["image_id"], path=self.path, record=lambda row: f"sentence {row}")
 
     def __len__(self) -> int:

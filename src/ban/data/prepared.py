@@ -88,6 +88,13 @@ def check_manifest_sizes(data_dir: str | os.PathLike[str], manifest: dict[str, A
                         f"the feature store {store.location} holds {store.feature_dim}-d features")
 
 
+def check_token_ids(tokens: np.ndarray, padding_index: int, path: Path) -> None:
+    """:class:`DataError` naming the split file ``path`` unless every token id of ``tokens`` (any shape) is in
+    [0, ``padding_index``]: a word of the dictionary or the padding (the model would fail on any other)."""
+    if tokens.size and not 0 <= tokens.min() <= tokens.max() <= padding_index:
+        raise DataError(f"token indices outside [0, {padding_index}]", path=path, field="tokens")
+
+
 def repeated_positions(values: np.ndarray) -> np.ndarray:
     """The positions ``[k]`` int64 in ``values`` ``[N]`` (integers, or Python strings as an object array) of the
     smallest value held more than once; empty when all differ. One sort: cheap for the 440k question ids of a VQA

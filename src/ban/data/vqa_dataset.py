@@ -20,6 +20,7 @@ from ban.data.prepared import (
     check_manifest_size,
     check_manifest_sizes,
     check_split,
+    check_token_ids,
     manifest_size,
     read_answers,
     read_manifest,
@@ -88,8 +89,7 @@ class VQADataset(Dataset):
         check_manifest_size(self.data_dir, self.manifest, "num_answers", answers, f"answers.json lists {answers}")
         if len(self.target_labels) and not 0 <= self.target_labels.min() <= self.target_labels.max() < self.num_answers:
             raise DataError(f"labels outside [0, {self.num_answers})", path=path, field="target_labels")
-        if self.tokens.size and not 0 <= self.tokens.min() <= self.tokens.max() <= self.padding_index:
-            raise DataError(f"token indices outside [0, {self.padding_index}]", path=path, field="tokens")
+        check_token_ids(self.tokens, self.padding_index, path)
         self.features.check_images(self.image_ids, path=path,
                                    record=lambda row: f"question_id={self.question_ids[row]}")
 
