@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 
+from ban import __version__
 from ban.errors import BanError
 from ban.heap import keep_freed_memory
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ban", description="Bilinear Attention Networks: train, evaluate and inspect BAN models."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(f"ban.commands.{module_name}")

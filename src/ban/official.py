@@ -85,8 +85,7 @@ def _read_state_dict(source: str | os.PathLike[str] | Mapping[str, object]) -> t
         try:
             source = torch.load(source, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad checkpoint file
-            raise CheckpointError(f"not a readable PyTorch checkpoint ({type(error).__name__}: {error})",
-                                  path=label) from error
+            raise CheckpointError(_load_refusal(error), path=label) from error
     if not isinstance(source, Mapping):
         raise CheckpointError(f"expected a dict, found {type(source).__name__}", path=label)
     if "model_state" not in source and "epoch" in source:
@@ -105,6 +104,16 @@ def _read_state_dict(source: str | os.PathLike[str] | Mapping[str, object]) -> t
         raise CheckpointError("this is ban's own state dict (ban's parameter names), not the reference's: give it "
                               "to model.load_state_dict, or load a run of `ban train` with ban.load_run", path=label)
     return tensors, label
+
+
+def _load_refusal(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line: torch's own text runs to many lines and
+    suggests ``weights_only=False``, which would run the file's pickled code."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    if found:
+        return (f"not a readable PyTorch checkpoint: it pickles {found[1]}, not only tensors (not unpickled here: "
+                "that could run code)")
+    return "not a readable PyTorch checkpoint (not a file of torch.save, or a damaged one)"
 
 
 def _shape(tensors: Mapping[str, Tensor], key: str, label: str, rank: int) -> tuple[int, ...]:

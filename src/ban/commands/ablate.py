@@ -5,7 +5,8 @@
     ban ablate --glimpses 1 2 --seeds 1 --epochs 1 --images 20   # a quick smoke test
 
 Prints the markdown table and writes OUT/ablation.md and OUT/ablation.json (every run's scores, the settings
-and the machine). Rerunning with the same --out continues an interrupted ablation and reuses finished runs.
+and the machine). Rerunning with the same --out continues an interrupted ablation and reuses finished runs; an
+--out holding anything else is refused.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ DEFAULTS = AblationSettings()
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"), help="where the runs and the table "
-                        "go (default: runs/ablation)")
+                        "go: a new or empty folder, or an earlier ablation's, which is continued (default: "
+                        "runs/ablation)")
     parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=list(DEFAULTS.seeds),
                         help="training seeds, one run per variant and seed (default: 1 2 3)")
     parser.add_argument("--glimpses", type=positive_int, nargs="+", default=list(DEFAULTS.glimpses),
@@ -45,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size,
                         help=f"training batch size (default: {DEFAULTS.batch_size})")
     parser.add_argument("--lr", type=float, default=DEFAULTS.lr, help=f"learning rate (default: {DEFAULTS.lr:g})")
-    parser.add_argument("--device", default=DEFAULTS.device, help="auto (CUDA if available), cpu, cuda, …")
+    parser.add_argument("--device", default=DEFAULTS.device,
+                        help=f"auto (CUDA if available), cpu, cuda, … (default: {DEFAULTS.device})")
     parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=DEFAULTS.precision,
                         help=f"training precision (default: {DEFAULTS.precision}: bf16 where the device runs it well)")
     parser.add_argument("--json", action="store_true", help="print every run's scores as JSON instead of the table")

@@ -14,7 +14,8 @@ def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bottom-up TSV files (converted into OUT/features; their image ids are checked "
                              "first, except for a pipe such as <(zcat f.tsv.gz), checked after converting), or the "
                              "authors' HDF5 caches (<name>.hdf5 with <name>_imgid2idx.pkl beside it) / feature store "
-                             "directories (used in place)")
+                             "directories written by `ban prepare` / features.json listings of such sources (used "
+                             "in place)")
     parser.add_argument("--feature-dtype", choices=FEATURE_DTYPES, default="float32",
                         help="storage type of converted TSV features (default: %(default)s)")
 

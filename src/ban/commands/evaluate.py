@@ -1,7 +1,8 @@
 """`ban evaluate RUN_DIR`: the official metrics of a trained run on a split of its dataset.
 
 VQA: ``{"overall": %, "perAnswerType": {...}, "perQuestionType": {...}, "trainingScore": %, "upperBound": %}``;
-grounding: ``{"recall@1": %, "recall@5": %, "recall@10": %, "upperBound": %, "perType": {...}}``.
+grounding: ``{"recall@1": %, "recall@5": %, "recall@10": %, "upperBound": %, "perType": {...}}`` (each explained
+in docs/training.md, "Validation numbers").
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from ban.data.synthetic import (
     QUESTIONS_PER_IMAGE,
     generate,
 )
-from ban.data.synthetic.layout import OUTPUT_ENTRIES, STATS_FILE
+from ban.data.synthetic.layout import MIN_IMAGES, OUTPUT_ENTRIES, STATS_FILE
 from ban.data.synthetic.stats import format_stats
 from ban.data.textfile import resolve_path
 from ban.errors import DataError
@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--images",
         type=positive_int,
         default=DEFAULT_IMAGES,
-        help=f"VQA images over train / val / test-dev, 5 : 1.25 : 0.75 (default {DEFAULT_IMAGES})",
+        help=f"VQA images over train / val / test-dev, 5 : 1.25 : 0.75, at least {MIN_IMAGES} (default "
+             f"{DEFAULT_IMAGES})",
     )
     parser.add_argument(
         "--feature-dim",
@@ -50,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--flickr-images",
         type=non_negative_int,
         default=None,
-        help="Flickr30k-Entities-style images, split 80/10/10 (default max(10, 0.384 × --images); 0: none)",
+        help=f"Flickr30k-Entities-style images, split 80/10/10: 0 (none) or at least {MIN_IMAGES} (default "
+             f"max({MIN_IMAGES}, 0.384 × --images))",
     )
     parser.add_argument(
         "--questions-per-image",

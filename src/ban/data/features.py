@@ -35,6 +35,9 @@ VALUE_LIMIT = 65504.0
 """The largest magnitude a feature, spatial feature or box coordinate may have: the largest float16, so a float16
 store holds every accepted value. Detector features and pixel boxes are orders of magnitude smaller; a value
 like 3e38 would only overflow the model's first products into a non-finite loss."""
+SOURCE_KINDS = ("a feature source is a store directory written by `ban prepare`, an .hdf5/.h5 cache or a "
+                "features.json listing, or (for `ban prepare --features`) a bottom-up TSV file")
+"""What :meth:`FeatureStore.open` and ``ban prepare --features`` read, for the messages refusing anything else."""
 
 
 @dataclass
@@ -135,7 +138,10 @@ class FeatureStore(ABC):
                 return NpyFeatureStore(path)
             if (path / "features.json").is_file():
                 return FeatureStore.open(path / "features.json")
-            raise DataError("not a complete feature store (no store.json): rerun `ban prepare`", path=path)
+            if any(path.glob("*.npy")):  # a store's arrays without the store.json written last
+                raise DataError("not a complete feature store (no store.json): rerun `ban prepare`", path=path)
+            raise DataError(f"not a feature store (neither store.json nor features.json in it); {SOURCE_KINDS}",
+                            path=path)
         if path.suffix in (".hdf5", ".h5"):
             from ban.data.features_hdf5 import Hdf5FeatureStore
 
@@ -144,8 +150,7 @@ class FeatureStore(ABC):
             return _open_sources_file(path)
         if not path.exists():
             raise DataError("no such file or directory", path=path)
-        raise DataError("not a feature store: expected a store directory, an .hdf5 file or a .json",
-                        path=path)
+        raise DataError(f"not a feature store; {SOURCE_KINDS}", path=path)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -383,7 +388,8 @@ def _open_sources_file(path: Path) -> FeatureStore:
     data = read_json(path)
     sources = data.get("sources") if isinstance(data, dict) else None
     if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
-        raise DataError("expected a non-empty list of paths", path=path, field="sources")
+        raise DataError("expected a non-empty list of paths: a .json is read as a features.json listing "
+                        f"({{\"sources\": [path, …]}}); {SOURCE_KINDS}", path=path, field="sources")
     folder = resolve_path(path.parent)
     for source in sources:
         if not Path(source).is_absolute() and not resolve_path(folder / source, "sources").is_relative_to(folder):

@@ -55,6 +55,7 @@ from ban.data.prepare_output import checked_output
 from ban.data.prepared import MANIFEST
 from ban.data.textfile import read_text
 from ban.data.tokenizer import tokenize
+from ban.data.vqa2 import nested_root_hint
 from ban.errors import ConfigError, DataError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -164,9 +165,9 @@ def ground_caption(caption: Caption, image_id: int, caption_index: int, has_boxe
     return sentence
 
 
-def read_split(path: str | os.PathLike[str]) -> list[int]:
-    """Image ids of a split list (``train.txt``: one id a line)."""
-    lines = read_text(path, missing="split list not found").split("\n")
+def read_split(path: str | os.PathLike[str], *, missing: str = "split list not found") -> list[int]:
+    """Image ids of a split list (``train.txt``: one id a line); ``missing``: the message when there is none."""
+    lines = read_text(path, missing=missing).split("\n")
     ids = []
     for number, line in enumerate(lines, start=1):
         if line.strip():
@@ -246,7 +247,9 @@ def prepare_flickr30k(
     check_feature_sources(features)
     if glove is not None:
         check_glove_file(glove)
-    split_images = {split: read_split(root / f"{split}.txt") for split in splits}
+    hint = nested_root_hint(root, "flickr30k", lambda nested: all((nested / f"{split}.txt").is_file()
+                                                                for split in splits))
+    split_images = {split: read_split(root / f"{split}.txt", missing=f"split list not found{hint}") for split in splits}
     _check_disjoint(split_images, root)
     sentences, ground_truth, sizes, stats = parse_splits(root, split_images, progress, entity_positions)
     for split in splits:  # a split with nothing to train on or score would fail only when used

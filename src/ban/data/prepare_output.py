@@ -39,11 +39,10 @@ def _check_replaceable(out: Path, task: str) -> None:
     if not out.exists():
         return
     if not out.is_dir():
-        raise DataError("exists and is not a directory", path=out, field="out")
+        raise DataError("--out exists and is not a directory", path=out)
     if any(out.iterdir()) and _manifest_task(out) != task:
-        raise DataError(f"is not empty and is not a prepared {task} dataset (no {MANIFEST} with \"task\": "
-                        f"\"{task}\"); --out is replaced as a whole: choose a new or empty directory",
-                        path=out, field="out")
+        raise DataError(f"--out is not empty and is not a prepared {task} dataset (no {MANIFEST} with \"task\": "
+                        f"\"{task}\"); it is replaced as a whole: choose a new or empty directory", path=out)
 
 
 def _manifest_task(data_dir: Path) -> object:

@@ -15,7 +15,7 @@ import itertools
 import os
 import shutil
 from collections import Counter
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,13 @@ def annotations_path(root: str | os.PathLike[str], split: str) -> Path:
     return Path(root) / f"v2_mscoco_{OFFICIAL_NAMES[split]}_annotations.json"
 
 
+def nested_root_hint(root: str | os.PathLike[str], folder: str, holds: Callable[[Path], bool]) -> str:
+    """``"; they are in ROOT/FOLDER: give --root ROOT/FOLDER"`` when ``holds(ROOT/FOLDER)``, the files looked for
+    in ``root`` being there instead (`ban synth` writes each dataset in such a folder), else ``""``."""
+    nested = Path(root) / folder
+    return f"; they are in {nested}: give --root {nested}" if holds(nested) else ""
+
+
 def available_splits(root: str | os.PathLike[str]) -> list[str]:
     """Splits whose question file is in ``root``, in :data:`DICTIONARY_ORDER`."""
     paths = {split: questions_path(root, split) for split in DICTIONARY_ORDER}
@@ -77,9 +84,8 @@ def available_splits(root: str | os.PathLike[str]) -> list[str]:
             raise DataError("not a file", path=path)
     splits = [split for split, path in paths.items() if path.is_file()]
     if not splits:
-        nested = Path(root) / "vqa"  # where `ban synth` writes them
-        hint = f"; they are in {nested}: give --root {nested}" if any(
-            questions_path(nested, split).is_file() for split in DICTIONARY_ORDER) else ""
+        hint = nested_root_hint(root, "vqa", lambda nested: any(
+            questions_path(nested, split).is_file() for split in DICTIONARY_ORDER))
         raise DataError(f"no official question files (v2_OpenEnded_mscoco_*_questions.json; {_WHERE_TO_GET}){hint}",
                         path=root)
     return splits

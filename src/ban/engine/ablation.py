@@ -5,7 +5,7 @@ accuracy, overall and per answer type).
 Each (variant, seed) is an ordinary run dir under ``OUT/runs/`` trained by :func:`ban.engine.trainer.train`; an
 interrupted ablation continues where it stopped (finished runs are not retrained, a half-trained one resumes
 from its checkpoint). The results go to ``OUT/ablation.json`` (every run) and ``OUT/ablation.md`` (the table:
-mean ± standard deviation over the seeds).
+mean ± standard deviation over the seeds). An ``OUT`` holding anything else is refused (:func:`check_output`).
 """
 
 from __future__ import annotations
@@ -21,17 +21,19 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ban.data.atomic import write_json, write_with
+from ban.data.atomic import make_directory, write_json, write_with
 from ban.engine.config import SYNTHETIC_TRAINING, TrainConfig
 from ban.engine.run import CHECKPOINT_FILE, CONFIG_FILE, RunConfig, fingerprint, start_run
 from ban.engine.synthetic import FEATURE_DIM, NUM_IMAGES, SEED, synthetic_dataset
 from ban.engine.tasks import make_task
 from ban.engine.trainer import train
+from ban.errors import DataError
 from ban.machine import describe_machine
 from ban.models import BANConfig, build_model, preset
 from ban.models.presets import PRESETS
 
 ANSWER_TYPES = ("yes/no", "number", "other")
+RUNS = "runs"
 RESULTS_JSON = "ablation.json"
 RESULTS_TABLE = "ablation.md"
 
@@ -132,7 +134,7 @@ def train_variant(out: Path, data_dir: Path, settings: AblationSettings, variant
     task = make_task("vqa", data_dir)
     model = settings.model(variant, task.model_sizes())
     run = RunConfig("vqa", str(data_dir), model, settings.training(seed), fingerprint(data_dir))
-    run_dir = out / "runs" / f"{variant.name}-seed{seed}"
+    run_dir = out / RUNS / f"{variant.name}-seed{seed}"
     start_run(run_dir, run, resume=(run_dir / CONFIG_FILE).is_file())  # an existing run must have this config
     history = train(run_dir, run, task, resume=(run_dir / CHECKPOINT_FILE).is_file())
     scores = history[-1]["val"]
@@ -149,7 +151,8 @@ def run_ablation(out: str | os.PathLike[str], settings: AblationSettings,
     ``data_root`` is where the synthetic scenes are generated (default: the `ban` cache).
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output(out)
+    make_directory(out)
     began = time.perf_counter()
     data_dir = synthetic_dataset(settings.data_seed, settings.num_images, settings.feature_dim, root=data_root)
     result = AblationResult(settings, machine=describe_machine())
@@ -162,6 +165,19 @@ def run_ablation(out: str | os.PathLike[str], settings: AblationSettings,
     table = markdown_table(result)
     write_with(out / RESULTS_TABLE, lambda temp: temp.write_text(table, encoding="utf-8"))
     return result
+
+
+def check_output(out: Path) -> None:
+    """Refuse an ``out`` that holds anything but an earlier ablation (its runs, ablation.json and ablation.md;
+    hidden entries, e.g. a killed write's temporaries, aside): the runs and the tables would go among it."""
+    if not out.is_dir():
+        return
+    other = sorted(entry.name for entry in out.iterdir()
+                   if entry.name not in (RUNS, RESULTS_JSON, RESULTS_TABLE) and not entry.name.startswith("."))
+    if other:
+        shown = ", ".join(other[:3]) + (", …" if len(other) > 3 else "")
+        raise DataError(f"--out holds {shown}, which no ablation writes: give a new or empty folder, or an earlier "
+                        "ablation's to continue it", path=out)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -93,7 +93,7 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
     """The run config stored in ``run_dir``."""
     path = Path(run_dir) / CONFIG_FILE
     if not Path(run_dir).exists():
-        raise ConfigError(f"{run_dir}: no such run directory")
+        raise ConfigError(f"{run_dir}: no such directory")
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
     data = read_json(path)
