@@ -158,7 +158,7 @@ def test_prepare_flickr30k_gives_no_hint_where_there_is_nothing_to_point_at(raw,
 @pytest.mark.slow
 def test_visualize_names_the_split_that_lacks_the_questions(run_dir, capsys):
     error = error_of(capsys, ["visualize", str(run_dir), "--questions", "1", "--split", "val"])
-    assert "question ids [1] are not in this split (--split val)" in error
+    assert "val.npz: field 'question_id': question ids [1] are not in this split" in error
 
 
 @pytest.mark.slow

@@ -19,16 +19,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ban.commands.arguments import non_negative_int, positive_int
 from ban.commands.trained_run import add_run_arguments, load_trained_run
 from ban.errors import ConfigError, DataError
 from ban.viz.report import default_image_dir, pick, picture_maker
-
-if TYPE_CHECKING:
-    from ban.viz.grounding import GroundingPictures
-    from ban.viz.vqa import VQAPictures
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     maker = picture_maker(loaded.model.to(device), loaded.config, loaded.data_dir, args.split, image_dir, device)
     out = args.out or Path(args.run_dir) / "attention" / args.split
     missing = 0
-    for index in _positions(maker, wanted, args):
+    for index in pick(maker, wanted, args.num, args.random, args.seed):
         path, example = maker.write(index, out)
         missing += not example.image_found
         print(f"{path}" + ("" if example.image_found else f"  (no image file for image {example.image_id}: "
@@ -68,14 +63,3 @@ def run(args: argparse.Namespace) -> int:
     if missing and image_dir is None:
         print("no image folder given or found: pass --images DIR to draw on the images")
     return 0
-
-
-def _positions(maker: VQAPictures | GroundingPictures, wanted: list[int] | None,
-               args: argparse.Namespace) -> list[int]:
-    """The positions to draw (:func:`ban.viz.report.pick`); question ids the split lacks are named with it."""
-    try:
-        return pick(maker, wanted, args.num, args.random, args.seed)
-    except DataError as error:
-        if error.field != "question_id":
-            raise
-        raise DataError(f"{error.message} (--split {args.split})", path=error.path, field=error.field) from None

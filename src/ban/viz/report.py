@@ -65,7 +65,8 @@ def pick(maker: VQAPictures | GroundingPictures, wanted: Sequence[int] | None, n
          seed: int) -> list[int]:
     """Positions to draw: VQA ``wanted`` are question ids, grounding ``wanted`` are caption positions."""
     if isinstance(maker, VQAPictures):
-        return choose_indices(maker.dataset.question_ids, wanted, num, shuffle, seed, maker.data_dir)
+        return choose_indices(maker.dataset.question_ids, wanted, num, shuffle, seed,
+                              maker.data_dir / f"{maker.split}.npz")
     if wanted:
         return list(wanted)
     return choose_indices(np.arange(len(maker)), None, num, shuffle, seed, maker.dataset.data_dir)
