@@ -116,7 +116,8 @@ def test_train_evaluate_predict(data_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--preset", "huge"], "unknown preset 'huge'; choose one of grounding, paper-ablation, paper-best, tiny"),
+        (["--preset", "huge"], "unknown preset 'huge'; choose one of grounding, paper-ablation, paper-best, tiny, "
+                               "tiny-grounding"),
         (["--set", "learning_rate=1"], "unknown training setting 'learning_rate'"),
         (["--set", "model.glimpses=2"], "unknown model setting 'glimpses'"),
         (["--set", "model.num_answers=3"], "contradicts the data"),
@@ -366,8 +367,14 @@ def test_grounding_train_and_evaluate(tmp_path, capsys):
         GroundingDataset(tmp_path / "prepared", "train"))
     assert main(["train", "--data", str(tmp_path / "prepared"), "--out", str(tmp_path / "tiny"), "--preset", "tiny",
                  "--epochs", "1"]) == 2
-    assert "preset 'tiny' is a vqa model, but the task is grounding (presets for grounding: grounding)" in (
-        capsys.readouterr().err)
+    assert "preset 'tiny' is a vqa model, but the task is grounding (presets for grounding: grounding, " \
+           "tiny-grounding)" in capsys.readouterr().err
+    small = tmp_path / "tiny-grounding"  # the CPU-sized grounding model (docs/synthetic.md)
+    assert main(["train", "--data", str(tmp_path / "prepared"), "--out", str(small), "--preset", "tiny-grounding",
+                 "--epochs", "1"]) == 0
+    model = json.loads((small / "config.json").read_text())["model"]
+    assert (model["task"], model["hidden_dim"], model["num_glimpses"], model["dropout"]) == ("grounding", 128, 1, 0)
+    assert "recall@1" in json.loads((small / "metrics.jsonl").read_text())["val"]
     assert main(["train", "--data", str(tmp_path / "prepared"), "--out", str(tmp_path / "g2"), "--epochs", "1",
                  "--set", "model.num_glimpses=2"]) == 2
     assert "grounding trains one glimpse (G = 1, as the reference" in capsys.readouterr().err

@@ -298,7 +298,7 @@ def test_model_runs_under_bfloat16_autocast_on_cpu():
 
 
 def test_presets_and_config_validation():
-    assert set(PRESETS) >= {"paper-best", "paper-ablation", "grounding", "tiny"}
+    assert set(PRESETS) >= {"paper-best", "paper-ablation", "grounding", "tiny", "tiny-grounding"}
     assert ban.preset("paper-ablation", num_glimpses=8).num_glimpses == 8
     assert ban.preset("grounding").task == "grounding"
     with pytest.raises(ConfigError, match="unknown preset"):

@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "synthetic scenes, generated once into $BAN_CACHE or ~/.cache/ban")
     parser.add_argument("--task", choices=("vqa", "grounding"),
                         help="default: the one --data was prepared for (without --data: vqa; on --resume: the run's)")
-    parser.add_argument("--preset", help="model preset: paper-best, paper-ablation, grounding, tiny (default: "
+    parser.add_argument("--preset", help=f"model preset: {', '.join(PRESETS)} (default: "
                         "tiny on the synthetic scenes, paper-best for VQA data, grounding for Flickr30k)")
     parser.add_argument("--out", type=Path,
                         help="run directory (default: runs/<task>-h<hidden>-g<glimpses>-<date>-<time>)")

@@ -21,6 +21,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # many epochs, and counting made each CPU step 1.6x slower (measured while writing the engine).
     "tiny": dict(hidden_dim=128, num_glimpses=2, two_word_tables=False, use_counting=False, feature_dim=256,
                  word_dim=64, dropout=0.0, attention_dropout=0.0, classifier_dropout=0.0),
+    # Its grounding counterpart, for the synthetic Flickr30k scenes on a CPU (one glimpse, as "grounding").
+    "tiny-grounding": dict(task="grounding", hidden_dim=128, num_glimpses=1, two_word_tables=False,
+                           use_counting=False, word_dim=64, dropout=0.0, attention_dropout=0.0,
+                           classifier_dropout=0.0),
 }
 
 
