@@ -48,7 +48,7 @@ def image_of_named_question(message: str, data_dir: Path) -> int:
     return int(val["image_id"][list(val["question_id"]).index(question_id)])
 
 
-@pytest.mark.parametrize("batch_size", ["4", "4096"])  # many batches (checked one batch late) and a single one
+@pytest.mark.parametrize("batch_size", ["4", "4096"])  # many batches and a single one
 def test_evaluate_names_a_question_on_the_poisoned_image(trained, capsys, batch_size):
     run_dir, poisoned, image_id = trained
     assert main(["evaluate", str(run_dir), "--data", str(poisoned), "--batch-size", batch_size, "--json"]) == 2

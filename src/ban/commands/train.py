@@ -29,7 +29,7 @@ from ban.engine.reporting import METRICS_FILE
 from ban.engine.run import RunConfig, abandon_new_run, check_new_run_dir, fingerprint, read_run_config, start_run
 from ban.engine.synthetic import synthetic_dataset
 from ban.engine.tasks import Task, check_splits, dataset_task, make_task
-from ban.engine.trainer import TrainingDiverged, TrainingInterrupted, train
+from ban.engine.trainer import TrainingDiverged, TrainingInterrupted, WeightsDiverged, resume_command, train
 from ban.errors import ConfigError
 from ban.models import PRESETS, BANConfig, preset
 
@@ -137,9 +137,10 @@ def run(args: argparse.Namespace) -> int:
         return 130
     except BaseException as error:  # noqa: BLE001 - re-raised; only the run dir is tidied
         # stopped before its first checkpoint (cuda_graphs on a CPU, a bad data file, a crash, Ctrl-C before the
-        # training loop took over the signal…): the corrected
-        # command may use the same --out. A diverged run stays: its message says how to resume it.
-        if main_process and not args.resume and not isinstance(error, TrainingDiverged):
+        # training loop took over the signal, weights gone non-finite…): the corrected command may use the same
+        # --out. A run stopped by a non-finite loss stays: its message says how to resume it (skip_nonfinite).
+        resumable = isinstance(error, TrainingDiverged) and not isinstance(error, WeightsDiverged)
+        if main_process and not args.resume and not resumable:
             abandon_new_run(run_dir)
         raise
     if history and main_process:
@@ -149,6 +150,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"done: {epochs}, every epoch's numbers in {Path(run_dir) / METRICS_FILE}{full}")
     elif main_process:
         print(f"nothing trained (epochs={config.train.epochs}): {run_dir} holds the run's settings only; train it "
-              f"with: ban train --out {run_dir} --resume --epochs N")
+              f"with: {resume_command(run_dir, int(os.environ.get('WORLD_SIZE', '1')))} --epochs N")
     return 0
 

@@ -45,12 +45,13 @@ def non_finite_output(data_dir: Path, record: str) -> DataError:
                      "again)", path=data_dir, record=record, field="features")
 
 
-def check_finite_rows(task: Task, indices: list[int], batch: Batch, finite: Tensor) -> None:
-    """Raise :func:`non_finite_output` for the first sample of ``batch`` (dataset ``indices`` [B]) whose
-    ``finite`` [B] bool is False."""
-    if not bool(finite.all()):
-        row = int((~finite).nonzero()[0, 0])
-        raise non_finite_output(task.data_dir, task.sample_record(batch, row, indices[row]))
+def check_finite_rows(task: Task, dataset: Dataset, order: list[list[int]], finite: list[Tensor]) -> None:
+    """Raise :func:`non_finite_output` for the first sample whose ``finite`` flag is False: ``finite[k]`` [B_k]
+    bool, one per row of the batch of ``dataset`` indices ``order[k]``; read from the device once."""
+    flags = torch.cat(finite) if finite else torch.ones(0, dtype=torch.bool)
+    if not bool(flags.all()):
+        indices = [index for batch in order for index in batch]
+        raise non_finite_output(task.data_dir, task.sample_record(dataset, indices[int((~flags).nonzero()[0, 0])]))
 
 
 def dataset_box_counts(dataset: Dataset) -> np.ndarray:
@@ -185,8 +186,8 @@ class Task:
     def batch_size(self, batch: Batch) -> int:
         return int(batch["features"].shape[0])
 
-    def sample_record(self, batch: Batch, row: int, index: int) -> str:
-        """How an error names sample ``row`` of ``batch``, at ``index`` of its dataset."""
+    def sample_record(self, dataset: Dataset, index: int) -> str:
+        """How an error names sample ``index`` of ``dataset`` (one of its splits)."""
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
@@ -207,6 +208,11 @@ class Task:
 
     def metrics(self, split: str, parts: list[Any]) -> dict[str, Any]:
         """The official metrics of ``split`` from the :meth:`evaluation_part` of every shard, in any order."""
+        raise NotImplementedError
+
+    def check_scorable(self, split: str) -> None:
+        """Raise the :class:`DataError` that :meth:`metrics` would raise only after a whole evaluation of ``split``
+        for want of something to score against (a training run asks before its first epoch)."""
         raise NotImplementedError
 
 
@@ -242,8 +248,9 @@ def predict_logits(task: Task, model: nn.Module, dataset: Dataset, batch_size: i
     model runs in eval mode, under ``torch.inference_mode`` (the batch and logits are inference tensors: no
     autograd can use them). ``progress`` labels a progress bar (the first shard's process shows it). Once
     ``stop[0]`` is set, the next batch raises :class:`EvaluationStopped` instead. Logits that are NaN or infinite
-    raise :func:`non_finite_output` naming the sample, once the next batch's forward pass is queued (so the host
-    never waits for the device batch by batch): the caller has seen that one batch, nothing after it."""
+    raise :func:`non_finite_output` naming the sample after the last batch (their finiteness is kept on the device
+    and read once, so the host never waits for the device batch by batch): a caller must write nothing before the
+    loop ends."""
     from tqdm import tqdm
 
     was_training = model.training
@@ -254,7 +261,7 @@ def predict_logits(task: Task, model: nn.Module, dataset: Dataset, batch_size: i
     else:
         order = sharded_batches(dataset, batch_size, shard)
         batches = map(resident.batch, order)
-    previous = None  # the last batch's (indices, batch, finite rows [B]), checked after the next forward pass
+    finite: list[Tensor] = []  # per batch: its rows' logits are all finite [B], on the device
     try:
         with torch.inference_mode():
             for indices, batch in zip(order, tqdm(batches, total=len(order), desc=progress,
@@ -265,12 +272,9 @@ def predict_logits(task: Task, model: nn.Module, dataset: Dataset, batch_size: i
                 batch = to_device(batch, device)
                 with autocast(device, precision):
                     logits = task.forward(model, batch).float()
-                if previous is not None:
-                    check_finite_rows(task, *previous)
-                previous = indices, batch, logits.flatten(1).isfinite().all(1)
+                finite.append(logits.flatten(1).isfinite().all(1))
                 yield indices, batch, logits
-            if previous is not None:
-                check_finite_rows(task, *previous)
+            check_finite_rows(task, dataset, order, finite)
     finally:
         model.train(was_training)
 
@@ -324,8 +328,8 @@ class VQATask(Task):
     def outputs(self, model: nn.Module, batch: Batch) -> Any:
         return vqa_outputs(model, batch)
 
-    def sample_record(self, batch: Batch, row: int, index: int) -> str:
-        return f"question_id={int(batch['question_ids'][row])}"
+    def sample_record(self, dataset: Dataset, index: int) -> str:
+        return f"question_id={int(dataset[index]['question_id'])}"
 
     def loss_sum(self, logits: Tensor, batch: Batch) -> Tensor:
         return vqa_loss(logits, batch["targets"], 1)
@@ -336,13 +340,16 @@ class VQATask(Task):
     def score_sum(self, logits: Tensor, batch: Batch) -> Tensor:
         return batch["targets"].gather(1, logits.argmax(dim=1, keepdim=True)).sum()
 
+    def annotations_path(self, split: str) -> Path:
+        return self.data_dir / f"{split}_annotations.json"
+
     def annotations(self, split: str) -> list[dict[str, Any]]:
         """The official annotation records of ``split`` (read once)."""
         from ban.data.vqa_json import load_annotations
 
         if split not in self._annotations:
             check_split(self.data_dir, self.manifest, split)
-            path = self.data_dir / f"{split}_annotations.json"
+            path = self.annotations_path(split)
             if split in self.splits_with_targets() and split not in self.scored_splits():
                 raise DataError(f"split {split!r} has training targets but no official annotations to score against "
                                 f"(splits that can be scored: {', '.join(self.scored_splits())})", path=path)
@@ -386,11 +393,15 @@ class VQATask(Task):
         answers = self.answers()
         predictions = {question_id: answers[label] for part in parts
                        for question_id, label in zip(part["question_ids"], part["labels"], strict=True)}
-        result = vqa_accuracy(self.annotations(split), predictions)
+        result = vqa_accuracy(self.annotations(split), predictions, path=self.annotations_path(split))
         scored, upper = (sum(part["sums"][i] for part in parts) for i in range(2))
         result["trainingScore"] = 100 * scored / len(predictions)
         result["upperBound"] = 100 * upper / len(predictions)
         return result
+
+    def check_scorable(self, split: str) -> None:
+        """Its annotations, read (and kept for :meth:`metrics`)."""
+        self.annotations(split)
 
 
 class GroundingTask(Task):
@@ -417,8 +428,8 @@ class GroundingTask(Task):
     def outputs(self, model: nn.Module, batch: Batch) -> Any:
         return grounding_outputs(model, batch)
 
-    def sample_record(self, batch: Batch, row: int, index: int) -> str:
-        return f"sentence {index} (image_id={int(batch['image_ids'][row])})"
+    def sample_record(self, dataset: Dataset, index: int) -> str:
+        return f"sentence {index} (image_id={int(dataset[index]['image_id'])})"
 
     def loss_sum(self, logits: Tensor, batch: Batch) -> Tensor:
         # entities without a ground-truth box take no part in the loss, as in the reference
@@ -463,9 +474,18 @@ class GroundingTask(Task):
         for part in parts:
             metric.add(part)
         if metric.count == 0:
-            raise DataError(f"split {split!r} has no entity with a ground-truth box to score",
-                            path=self.data_dir / f"{split}.npz", field="has_ground_truth")
+            raise self._nothing_to_score(split)
         return metric.compute()
+
+    def check_scorable(self, split: str) -> None:
+        """At least one entity of the split with a ground-truth box."""
+        arrays = self.dataset([split]).arrays
+        if not (arrays["has_ground_truth"] & (arrays["entity_ids"] > 0)).any():
+            raise self._nothing_to_score(split)
+
+    def _nothing_to_score(self, split: str) -> DataError:
+        return DataError(f"split {split!r} has no entity with a ground-truth box to score",
+                         path=self.data_dir / f"{split}.npz", field="has_ground_truth")
 
 
 def dataset_task(data_dir: str | Path) -> str:

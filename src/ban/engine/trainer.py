@@ -56,7 +56,12 @@ class TrainingInterrupted(BanError):
 
 
 class TrainingDiverged(BanError):
-    """Raised when a batch gives a non-finite loss or gradient (and such batches are not skipped)."""
+    """Raised when a batch gives a non-finite loss or gradient (and such batches are not skipped): the run can go
+    on with ``skip_nonfinite``."""
+
+
+class WeightsDiverged(TrainingDiverged):
+    """Raised when an update left a weight NaN or infinite: the run cannot go on with its settings."""
 
 
 class NonFiniteStep(Exception):
@@ -222,6 +227,8 @@ class Trainer:
         self.validate = bool(self.config.val_split)
         # opened now, so that a damaged val split is refused before the first epoch, not after it
         val_data = task.dataset([self.config.val_split]) if self.validate else None
+        if self.validate and context.is_main:  # the process that scores
+            task.check_scorable(self.config.val_split)
         # the validation split held on the device as well (by every process: each validates a share of it)
         self.resident_val = task.resident(val_data, context.device, self.precision, context.is_main) \
             if self.config.resident and self.validate else None
@@ -294,7 +301,15 @@ class Trainer:
         # also every process's wait for the others; a process signalled meanwhile stops the run here too
         outcomes = distributed.gather_objects((part, problem, stop[0]), context)
         problems = [problem for _, problem, _ in outcomes if problem]
-        if problems or any(stopped for _, _, stopped in outcomes):
+        stopped = any(stopped for _, _, stopped in outcomes)
+        if not (problems or stopped):
+            if context.is_main:
+                try:
+                    record["val"] = self.task.metrics(self.config.val_split, [part for part, _, _ in outcomes])
+                except DataError as error:
+                    problem = str(error)
+            problems = [problem for problem in distributed.gather_objects(problem, context) if problem]
+        if problems or stopped:
             self.save(epoch, steps, partial)
             resume = resume_command(self.run_dir, context.world_size)
             if problems:
@@ -302,8 +317,6 @@ class Trainer:
                                 f"the data is mended, continue with: {resume}")
             raise TrainingInterrupted(f"stopped while validating epoch {epoch + 1}; checkpoint saved in "
                                       f"{self.run_dir}. Continue with: {resume}")
-        if context.is_main:
-            record["val"] = self.task.metrics(self.config.val_split, [part for part, _, _ in outcomes])
 
     def keep_if_best(self, record: dict[str, Any]) -> None:
         """Write the weights to best.safetensors when this epoch's validation score beats every earlier one."""
@@ -430,13 +443,13 @@ class Trainer:
         return self.gradients(batch, self.task.batch_size(batch), cast_cache=False)
 
     def check_finite_weights(self, when: str) -> None:
-        """Raise :class:`TrainingDiverged`, saying ``when``, if a weight is NaN or infinite (a finite loss and
+        """Raise :class:`WeightsDiverged`, saying ``when``, if a weight is NaN or infinite (a finite loss and
         gradient can still make an update overflow): no checkpoint or best.safetensors is written from them."""
         if all(bool(torch.isfinite(parameter).all()) for parameter in self.model.parameters()):
             return
         kept = ("the last checkpoint is unchanged" if (self.run_dir / CHECKPOINT_FILE).exists()
                 else "no checkpoint was written")
-        raise TrainingDiverged(f"the weights became non-finite {when}; {kept}. Lower the learning rate.")
+        raise WeightsDiverged(f"the weights became non-finite {when}; {kept}. Lower the learning rate.")
 
     def save(self, epoch: int, step: int, partial: dict[str, float]) -> None:
         """Checkpoint: continue at (``epoch``, ``step``). A collective: every process must call it."""

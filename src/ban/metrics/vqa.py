@@ -57,9 +57,11 @@ def compared_answers(answers: Sequence[str]) -> list[str]:
 
 
 def vqa_accuracy(
-    annotations: Sequence[Record], predictions: Mapping[int, str], *, progress: bool = False
+    annotations: Sequence[Record], predictions: Mapping[int, str], *, progress: bool = False,
+    path: PathLike | None = None,
 ) -> dict[str, Any]:
-    """Official VQA accuracy of ``predictions`` (question id → answer) on ``annotations`` (official records).
+    """Official VQA accuracy of ``predictions`` (question id → answer) on ``annotations`` (official records, read
+    from ``path`` if given: the errors name it).
 
     Every annotated question must have a prediction and every prediction an annotated question (the official
     code asserts the same); otherwise :class:`DataError`. Returns percentages rounded to 2 decimals::
@@ -70,8 +72,8 @@ def vqa_accuracy(
     Answer and question types appear in order of first appearance, and only those present.
     """
     if not annotations:
-        raise DataError("no annotated questions to score")
-    _check_coverage((record["question_id"] for record in annotations), predictions, path=None)
+        raise DataError("no annotated questions to score", path=path)
+    _check_coverage((record["question_id"] for record in annotations), predictions, path=path)
     overall: list[float] = []
     per_answer_type: dict[str, list[float]] = {}
     per_question_type: dict[str, list[float]] = {}
