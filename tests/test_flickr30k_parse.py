@@ -88,6 +88,10 @@ def test_sentences_file(tmp_path: Path) -> None:
         parse_sentences_file(path)
     with pytest.raises(DataError, match="not found"):
         parse_sentences_file(tmp_path / "missing.txt")
+    for empty in ("", "\n \n"):  # an empty or blank copy: its image dropped out of the split silently
+        path.write_text(empty, encoding="utf-8")
+        with pytest.raises(DataError, match=r"7\.txt: no caption \(every Flickr30k Entities image has five\)"):
+            parse_sentences_file(path)
     path.write_bytes("[/EN#1/people A man] walks \x0c.\r\nA \u2028woman sits .\r\n".encode())
     assert [caption.text for caption in parse_sentences_file(path)] == ["A man walks \x0c.", "A \u2028woman sits ."]
 

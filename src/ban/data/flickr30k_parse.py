@@ -156,13 +156,18 @@ def _check_plain(text: str, path: str | os.PathLike[str] | None, line_number: in
 def parse_sentences_file(path: str | os.PathLike[str]) -> list[Caption]:
     """All captions of a ``Sentences/<image>.txt`` file, in line order (blank lines are skipped). Lines end at
     ``\n``, ``\r\n`` or ``\r`` only, as the reference reads the files (``str.splitlines`` would also cut at form
-    feeds, ``\x1c``–``\x1e``, U+0085, U+2028 and U+2029)."""
+    feeds, ``\x1c``–``\x1e``, U+0085, U+2028 and U+2029). A file without a caption is a :class:`DataError`: every
+    image of Flickr30k Entities has five, so it is a damaged or truncated copy (its image would drop out silently).
+    """
     text = read_text(path, missing="captions file not found")
-    return [
+    captions = [
         parse_caption(line, path=path, line_number=number)
         for number, line in enumerate(text.split("\n"), start=1)
         if line.strip()
     ]
+    if not captions:
+        raise DataError("no caption (every Flickr30k Entities image has five): a damaged copy?", path=path)
+    return captions
 
 
 def parse_annotation_file(path: str | os.PathLike[str]) -> ImageAnnotation:
