@@ -60,7 +60,8 @@ def test_save_load_round_trip(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [("{\"tokens\": [\"a\",", "not valid JSON: line 1"), ("{\"tokens\": [1]}", "list of strings"),
-     ("{\"tokens\": [\"a\", \"a\"]}", "duplicate")],
+     ("{\"tokens\": [\"a\", \"b\", \"a\"]}",
+      r"record entry 2: field 'tokens': token 'a' is listed twice \(also entry 0\)")],
 )
 def test_load_rejects_bad_files(tmp_path, content: str, message: str) -> None:
     path = tmp_path / "dictionary.json"

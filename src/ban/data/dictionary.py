@@ -93,6 +93,9 @@ class Dictionary:
         if not tokens:
             raise DataError("empty: a dictionary needs at least one token (its last one stands for unknown words)",
                             path=path, field="tokens")
-        if len(set(tokens)) != len(tokens):
-            raise DataError("duplicate tokens", path=path, field="tokens")
+        first: dict[str, int] = {}
+        for index, token in enumerate(tokens):
+            if first.setdefault(token, index) != index:
+                raise DataError(f"token {token!r} is listed twice (also entry {first[token]}): each index names one "
+                                "word", path=path, record=f"entry {index}", field="tokens")
         return cls(tokens)
