@@ -195,7 +195,9 @@ class Task:
                  resident: Any = None) -> dict[str, Any]:
         """The official metrics of ``model`` on ``split``, its batches loaded by ``num_workers`` worker processes
         (0: in this one) or gathered from ``resident`` (:meth:`resident` of the split); :class:`EvaluationStopped`
-        once ``stop[0]`` is set (a training run's stop request)."""
+        once ``stop[0]`` is set (a training run's stop request). A split that cannot be scored fails first, before
+        the predictions (:meth:`check_scorable`)."""
+        self.check_scorable(split)
         return self.metrics(split, [self.evaluation_part(model, split, batch_size, device, precision, num_workers,
                                                          stop, resident)])
 
@@ -359,14 +361,6 @@ class VQATask(Task):
             self._annotations[split] = load_annotations(path)
         return self._annotations[split]
 
-    def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
-                 precision: str, num_workers: int = 0, stop: list[bool] | None = None,
-                 resident: Any = None) -> dict[str, Any]:
-        """Official accuracy (overall, perAnswerType, perQuestionType) plus ``trainingScore`` (mean soft target
-        of the arg-max answer) and ``upperBound`` (mean best soft target), all in %."""
-        self.annotations(split)  # first: a split without them fails before the predictions
-        return super().evaluate(model, split, batch_size, device, precision, num_workers, stop, resident)
-
     def evaluation_part(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
                         precision: str, num_workers: int = 0, stop: list[bool] | None = None,
                         resident: Any = None, shard: Shard = WHOLE) -> dict[str, Any]:
@@ -388,6 +382,8 @@ class VQATask(Task):
         return {"question_ids": question_ids, "labels": labels, "sums": sums.tolist()}
 
     def metrics(self, split: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """Official accuracy (overall, perAnswerType, perQuestionType) plus ``trainingScore`` (mean soft target
+        of the arg-max answer) and ``upperBound`` (mean best soft target), all in %."""
         from ban.metrics.vqa import vqa_accuracy
 
         answers = self.answers()
