@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ban.data.distinct import repeated_positions
 from ban.data.flickr30k_prepare import prepare_flickr30k
-from ban.data.prepared import read_answers, repeated_positions
+from ban.data.prepared import read_answers
 from ban.data.synthetic import generate
 from ban.data.vqa2 import prepare_vqa2
 from ban.engine.tasks import make_task

@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable
 
 from ban.data.atomic import write_json
+from ban.data.distinct import check_listed_once
 from ban.data.jsonfile import read_json
 from ban.data.tokenizer import tokenize
 from ban.errors import DataError
@@ -93,9 +94,5 @@ class Dictionary:
         if not tokens:
             raise DataError("empty: a dictionary needs at least one token (its last one stands for unknown words)",
                             path=path, field="tokens")
-        first: dict[str, int] = {}
-        for index, token in enumerate(tokens):
-            if first.setdefault(token, index) != index:
-                raise DataError(f"token {token!r} is listed twice (also entry {first[token]}): each index names one "
-                                "word", path=path, record=f"entry {index}", field="tokens")
+        check_listed_once(tokens, "token", "each index names one word", path, field="tokens")
         return cls(tokens)

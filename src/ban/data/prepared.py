@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ban.data.dictionary import Dictionary
+from ban.data.distinct import check_listed_once
 from ban.data.jsonfile import read_json
 from ban.errors import DataError
 from ban.numbers import is_int
@@ -95,15 +96,6 @@ def check_token_ids(tokens: np.ndarray, padding_index: int, path: Path) -> None:
         raise DataError(f"token indices outside [0, {padding_index}]", path=path, field="tokens")
 
 
-def repeated_positions(values: np.ndarray) -> np.ndarray:
-    """The positions ``[k]`` int64 in ``values`` ``[N]`` (integers, or Python strings as an object array) of the
-    smallest value held more than once; empty when all differ. One sort: cheap for the 440k question ids of a VQA
-    split."""
-    ordered = np.sort(values)
-    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
-    return np.flatnonzero(values == repeated[0]) if len(repeated) else np.zeros(0, dtype=np.int64)
-
-
 def read_tokens(data_dir: str | os.PathLike[str]) -> list[str]:
     """The question/caption vocabulary of ``data_dir`` (``dictionary.json``), in index order."""
     return Dictionary.load(Path(data_dir) / "dictionary.json").tokens
@@ -115,9 +107,5 @@ def read_answers(data_dir: str | os.PathLike[str]) -> list[str]:
     answers = read_json(path, missing="no answers.json: not a complete prepared VQA dataset")
     if not isinstance(answers, list) or not all(isinstance(answer, str) for answer in answers):
         raise DataError("expected a list of answer strings", path=path)
-    positions = repeated_positions(np.array(answers, dtype=object))
-    if len(positions):
-        first, second = positions[:2].tolist()
-        raise DataError(f"answer {answers[second]!r} is listed twice (also entry {first}): each label names one "
-                        "answer", path=path, record=f"entry {second}")
+    check_listed_once(answers, "answer", "each label names one answer", path)
     return answers

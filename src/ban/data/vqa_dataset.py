@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
+from ban.data.distinct import repeated_positions
 from ban.data.features import FeatureStore
 from ban.data.npyfile import read_split_npz
 from ban.data.prepared import (
@@ -24,7 +25,6 @@ from ban.data.prepared import (
     manifest_size,
     read_answers,
     read_manifest,
-    repeated_positions,
 )
 from ban.errors import ConfigError, DataError
 
