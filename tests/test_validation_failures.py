@@ -6,7 +6,10 @@ a new run's first epoch take the new run back, so the corrected command can use 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +44,17 @@ def test_unreadable_val_annotations_are_refused_before_the_first_epoch(damaged, 
     assert not run_dir.exists()  # nothing trained; the new run taken back
 
 
-def test_annotations_missing_a_val_question_checkpoint_the_epoch_before_the_error(damaged, tmp_path, capsys):
-    path = damaged / "val_annotations.json"
+def drop_an_annotation(data_dir: Path) -> tuple[Path, int]:
+    """Take the last question's annotation out of val_annotations.json: (the file, that question's id)."""
+    path = data_dir / "val_annotations.json"
     annotations = json.loads(path.read_text())
     dropped = annotations["annotations"].pop()["question_id"]
     path.write_text(json.dumps(annotations))
+    return path, dropped
+
+
+def test_annotations_missing_a_val_question_checkpoint_the_epoch_before_the_error(damaged, tmp_path, capsys):
+    path, dropped = drop_an_annotation(damaged)
     run_dir = tmp_path / "run"
     assert main(["train", "--data", str(damaged), "--out", str(run_dir), "--epochs", "1", *SMALL]) == 2
     err = capsys.readouterr().err
@@ -54,6 +63,22 @@ def test_annotations_missing_a_val_question_checkpoint_the_epoch_before_the_erro
            f"--out {run_dir} --resume" in err
     state = Checkpoint(run_dir / CHECKPOINT_FILE).state
     assert (state["epoch"], state["step"], state["history"]) == (0, 4, [])  # the epoch's 4 steps kept
+
+
+@pytest.mark.slow
+def test_under_torchrun_the_error_is_said_once_after_every_process_checkpointed(damaged, tmp_path):
+    path, dropped = drop_an_annotation(damaged)
+    run_dir = tmp_path / "run"
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ban.cli",
+         "train", "--data", str(damaged), "--out", str(run_dir), "--epochs", "1", *SMALL],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert launched.returncode != 0
+    assert launched.stderr.count(f"{path}: record {dropped}: field 'question_id': question is not in the "
+                                 "annotations") == 1, launched.stderr[-3000:]
+    assert f"continue with: torchrun --nproc_per_node 2 -m ban.cli train --out {run_dir} --resume" in launched.stderr
+    state = Checkpoint(run_dir / CHECKPOINT_FILE).state
+    assert (state["epoch"], state["step"], state["history"]) == (0, 4, [])
 
 
 def test_a_grounding_val_split_with_nothing_to_score_is_refused_before_the_first_epoch(tmp_path, capsys):

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # here, not at exit: a reader that stopped early shows up below
         return code
     except BanError as error:
-        print(f"ban {args.command}: error: {error}", file=sys.stderr)
+        if not (error.every_process and int(os.environ.get("RANK", "0")) > 0):  # torchrun: said once, by rank 0
+            print(f"ban {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C (`ban train` turns it into a checkpoint and a BanError itself)
         print(f"ban {args.command}: interrupted", file=sys.stderr)

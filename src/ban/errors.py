@@ -6,7 +6,13 @@ from os import PathLike
 
 
 class BanError(Exception):
-    """Base class of every error `ban` raises on purpose for bad input or configuration."""
+    """Base class of every error `ban` raises on purpose for bad input or configuration.
+
+    ``every_process``: True on an error that every process of a ``torchrun`` launch raises alike (one process's
+    problem, shared: :func:`ban.engine.distributed.gather_or_raise`), so that only the main one reports it.
+    """
+
+    every_process = False
 
 
 class LocatedError(BanError):

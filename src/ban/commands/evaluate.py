@@ -2,7 +2,8 @@
 
 VQA: ``{"overall": %, "perAnswerType": {...}, "perQuestionType": {...}, "trainingScore": %, "upperBound": %}``;
 grounding: ``{"recall@1": %, "recall@5": %, "recall@10": %, "upperBound": %, "perType": {...}}`` (each explained
-in docs/training.md, "Validation numbers").
+in docs/training.md, "Validation numbers"). Under ``torchrun`` the processes share the batches; the main one prints
+the same metrics as one process's.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ban.commands.trained_run import (
     load_trained_run,
     loader_workers,
 )
+from ban.engine import distributed
 from ban.engine.tasks import make_task
 
 
@@ -36,12 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded, device = load_trained_run(args)
-    task = make_task(loaded.config.task, loaded.data_dir)
-    precision = forward_precision(args, loaded, device)
-    metrics = task.evaluate(loaded.model.to(device), args.split, args.batch_size, device, precision,
-                            loader_workers(args, loaded))
-    print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics, args.split))
+    context = distributed.setup(args.device, "--device")  # under torchrun, each process evaluates a share
+    try:
+        loaded = load_trained_run(args)
+        task = make_task(loaded.config.task, loaded.data_dir)
+        precision = forward_precision(args, loaded, context.device)
+        metrics = task.evaluate(loaded.model.to(context.device), args.split, args.batch_size, context.device,
+                                precision, loader_workers(args, loaded), context=context)
+    finally:
+        distributed.teardown()
+    if context.is_main:
+        print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics, args.split))
     return 0
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 
 from ban.commands.arguments import non_negative_int, positive_int
-from ban.engine.config import resolve_device
 from ban.engine.precision import resolve_precision
 from ban.engine.run import LoadedRun, load_run
 
@@ -53,8 +52,6 @@ def loader_workers(args: argparse.Namespace, loaded: LoadedRun) -> int:
     return loaded.config.train.num_workers if args.workers is None else args.workers
 
 
-def load_trained_run(args: argparse.Namespace) -> tuple[LoadedRun, torch.device]:
-    """The run named by ``args.run_dir`` with the chosen weights and dataset, and the device to use (one this
-    machine lacks is a :class:`ban.errors.ConfigError`, said before anything is loaded)."""
-    device = resolve_device(args.device, "--device")
-    return load_run(args.run_dir, args.data, args.checkpoint), device
+def load_trained_run(args: argparse.Namespace) -> LoadedRun:
+    """The run named by ``args.run_dir`` with the weights of ``--checkpoint`` and the dataset of ``--data``."""
+    return load_run(args.run_dir, args.data, args.checkpoint)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ban.commands.arguments import non_negative_int, positive_int
 from ban.commands.trained_run import add_run_arguments, load_trained_run
+from ban.engine.config import resolve_device
 from ban.errors import ConfigError, DataError
 from ban.viz.report import default_image_dir, pick, picture_maker
 
@@ -44,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.images is not None and not args.images.is_dir():
         raise DataError("no such image folder", path=args.images)
-    loaded, device = load_trained_run(args)
+    device = resolve_device(args.device, "--device")  # one this machine lacks: said before anything is loaded
+    loaded = load_trained_run(args)
     task = loaded.config.task
     wanted = args.captions if task == "grounding" else args.questions
     other = args.questions if task == "grounding" else args.captions

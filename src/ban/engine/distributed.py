@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import Sampler
 
 from ban.engine.config import resolve_device
+from ban.errors import BanError
 
 
 @dataclass(frozen=True)
@@ -40,15 +41,16 @@ class DistContext:
         return self.world_size > 1
 
 
-def setup(device: str = "auto") -> DistContext:
+def setup(device: str = "auto", setting: str = "training setting 'device'") -> DistContext:
     """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); pick the device.
 
     ``device``: ``"auto"`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``
-    (:func:`ban.engine.config.resolve_device`: one this machine lacks is a :class:`ConfigError`). Under torchrun
-    with CUDA each process takes the GPU ``LOCAL_RANK``.
+    (:func:`ban.engine.config.resolve_device`: one this machine lacks is a :class:`ConfigError` naming
+    ``setting``, said before the process group is joined). Under torchrun with CUDA each process takes the GPU
+    ``LOCAL_RANK``.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    chosen = resolve_device(device)
+    chosen = resolve_device(device, setting)
     if world_size > 1:
         if chosen.type == "cuda":
             chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -101,6 +103,23 @@ def gather_objects(value: Any, context: DistContext) -> list[Any]:
     values: list[Any] = [None] * context.world_size
     dist.all_gather_object(values, value)
     return values
+
+
+def everywhere(error: BanError) -> BanError:
+    """``error``, marked as raised alike by every process (:attr:`ban.errors.BanError.every_process`)."""
+    error.every_process = True
+    return error
+
+
+def gather_or_raise(value: Any, problem: BanError | None, context: DistContext) -> list[Any]:
+    """Every process's picklable ``value``, in rank order, once all got here (a one-element list in a single
+    process) — unless a process met a ``problem``: then every process raises one, :func:`everywhere`, so that
+    none waits for the others in vain: its own, else the first process's (by rank)."""
+    outcomes = gather_objects((value, problem), context)
+    problems = [met for _, met in outcomes if met is not None]
+    if problems:
+        raise everywhere(problem if problem is not None else problems[0])
+    return [kept for kept, _ in outcomes]
 
 
 class ShardedBatches(Sampler[list[int]]):

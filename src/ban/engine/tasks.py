@@ -18,7 +18,9 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from ban.data.glove import load_word_vectors
 from ban.data.prepared import MANIFEST, check_split, manifest_size, read_answers, read_manifest, read_tokens
+from ban.engine import distributed
 from ban.engine.config import TrainConfig
+from ban.engine.distributed import DistContext
 from ban.engine.loss import grounding_loss, vqa_loss
 from ban.engine.precision import autocast
 from ban.errors import ConfigError, DataError
@@ -192,14 +194,49 @@ class Task:
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
                  precision: str, num_workers: int = 0, stop: list[bool] | None = None,
-                 resident: Any = None) -> dict[str, Any]:
+                 resident: Any = None, context: DistContext | None = None) -> dict[str, Any] | None:
         """The official metrics of ``model`` on ``split``, its batches loaded by ``num_workers`` worker processes
         (0: in this one) or gathered from ``resident`` (:meth:`resident` of the split); :class:`EvaluationStopped`
         once ``stop[0]`` is set (a training run's stop request). A split that cannot be scored fails first, before
-        the predictions (:meth:`check_scorable`)."""
-        self.check_scorable(split)
-        return self.metrics(split, [self.evaluation_part(model, split, batch_size, device, precision, num_workers,
-                                                         stop, resident)])
+        the predictions (:meth:`confirm_scorable`).
+
+        Under ``torchrun`` (``context`` of K processes, every one calling this) each process evaluates every K-th
+        batch (:func:`sharded_batches`) and the main one scores them all: the same metrics as one process's,
+        returned by the main process (the others get None). A :class:`DataError` or a stop request in any process
+        is raised in every process (:func:`ban.engine.distributed.gather_or_raise`)."""
+        context = context or DistContext(0, 1, device)
+        self.confirm_scorable(split, context)
+        part, problem = None, None
+        try:
+            part = self.evaluation_part(model, split, batch_size, device, precision, num_workers, stop, resident,
+                                        shard=(context.rank, context.world_size))
+        except EvaluationStopped:
+            pass
+        except DataError as error:
+            problem = error
+        # a process stopped (or signalled once done with its part) stops them all
+        parts = distributed.gather_or_raise((part, bool(stop and stop[0])), problem, context)
+        if any(stopped for _, stopped in parts):
+            raise EvaluationStopped
+        metrics = None
+        if context.is_main:
+            try:
+                metrics = self.metrics(split, [part for part, _ in parts])
+            except DataError as error:
+                problem = error
+        distributed.gather_or_raise(None, problem, context)
+        return metrics
+
+    def confirm_scorable(self, split: str, context: DistContext) -> None:
+        """:meth:`check_scorable` in the main process of ``context`` (the one that scores), its error raised in
+        every process."""
+        problem = None
+        if context.is_main:
+            try:
+                self.check_scorable(split)
+            except DataError as error:
+                problem = error
+        distributed.gather_or_raise(None, problem, context)
 
     def evaluation_part(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
                         precision: str, num_workers: int = 0, stop: list[bool] | None = None,

@@ -227,8 +227,8 @@ class Trainer:
         self.validate = bool(self.config.val_split)
         # opened now, so that a damaged val split is refused before the first epoch, not after it
         val_data = task.dataset([self.config.val_split]) if self.validate else None
-        if self.validate and context.is_main:  # the process that scores
-            task.check_scorable(self.config.val_split)
+        if self.validate:
+            task.confirm_scorable(self.config.val_split, context)
         # the validation split held on the device as well (by every process: each validates a share of it)
         self.resident_val = task.resident(val_data, context.device, self.precision, context.is_main) \
             if self.config.resident and self.validate else None
@@ -289,34 +289,22 @@ class Trainer:
         validation and saves the finished epoch's ``steps`` and sums (``partial``): a resume redoes only the
         validation, which draws nothing from the random state (:meth:`ban.engine.tasks.Task.loader`). Bad val data
         (a NaN output) saves the epoch the same way, then raises the :class:`DataError` in every process."""
-        context, part, problem = self.context, None, ""
+        context = self.context
         try:
-            part = self.task.evaluation_part(self.model, self.config.val_split, self.config.eval_batch_size,
-                                             context.device, self.precision, self.config.num_workers, stop=stop,
-                                             resident=self.resident_val, shard=(context.rank, context.world_size))
-        except EvaluationStopped:
-            pass
-        except DataError as error:
-            problem = str(error)
-        # also every process's wait for the others; a process signalled meanwhile stops the run here too
-        outcomes = distributed.gather_objects((part, problem, stop[0]), context)
-        problems = [problem for _, problem, _ in outcomes if problem]
-        stopped = any(stopped for _, _, stopped in outcomes)
-        if not (problems or stopped):
-            if context.is_main:
-                try:
-                    record["val"] = self.task.metrics(self.config.val_split, [part for part, _, _ in outcomes])
-                except DataError as error:
-                    problem = str(error)
-            problems = [problem for problem in distributed.gather_objects(problem, context) if problem]
-        if problems or stopped:
+            metrics = self.task.evaluate(self.model, self.config.val_split, self.config.eval_batch_size,
+                                         context.device, self.precision, self.config.num_workers, stop=stop,
+                                         resident=self.resident_val, context=context)
+        except (EvaluationStopped, DataError) as error:  # raised in every process alike
             self.save(epoch, steps, partial)
             resume = resume_command(self.run_dir, context.world_size)
-            if problems:
-                raise DataError(f"{problems[0]}. Epoch {epoch + 1} is checkpointed without its validation; once "
-                                f"the data is mended, continue with: {resume}")
+            if isinstance(error, DataError):
+                raise distributed.everywhere(DataError(
+                    f"{error}. Epoch {epoch + 1} is checkpointed without its validation; once the data is mended, "
+                    f"continue with: {resume}")) from error
             raise TrainingInterrupted(f"stopped while validating epoch {epoch + 1}; checkpoint saved in "
-                                      f"{self.run_dir}. Continue with: {resume}")
+                                      f"{self.run_dir}. Continue with: {resume}") from None
+        if context.is_main:
+            record["val"] = metrics
 
     def keep_if_best(self, record: dict[str, Any]) -> None:
         """Write the weights to best.safetensors when this epoch's validation score beats every earlier one."""
