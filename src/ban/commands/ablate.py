@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=DEFAULTS.device,
                         help=f"auto (CUDA if available), cpu, cuda, … (default: {DEFAULTS.device})")
     parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=DEFAULTS.precision,
-                        help=f"training precision (default: {DEFAULTS.precision}: bf16 where the device runs it well)")
+                        help=f"training precision (default: {DEFAULTS.precision}: bf16 on a CPU and on a GPU that has it)")
     parser.add_argument("--json", action="store_true", help="print every run's scores as JSON instead of the table")
 
 
