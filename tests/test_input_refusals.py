@@ -205,3 +205,18 @@ def test_ban_import_names_a_folder_and_a_taken_run_dir_in_its_own_words(vqa_data
     assert (run_dir / "config.json").read_bytes() == config_json
     assert main(["train", "--data", str(vqa_data), "--out", str(run_dir), "--epochs", "1", *SMALL]) == 2
     assert "already holds a run; continue it with --resume or choose another --out" in capsys.readouterr().err
+
+
+def test_ban_import_names_an_answer_the_reference_list_repeats(vqa_data, tmp_path, capsys) -> None:
+    torch.manual_seed(0)
+    answers = read_answers(vqa_data)
+    config = ban.BANConfig(num_tokens=len(read_tokens(vqa_data)), num_answers=len(answers), feature_dim=16,
+                           hidden_dim=16, word_dim=8, num_glimpses=1)
+    ban.save_official_checkpoint(ban.build_model(config), tmp_path / "model_epoch12.pth")
+    rows = tmp_path / "label2ans.pkl"
+    rows.write_bytes(pickle.dumps([*answers[:-1], answers[0]], protocol=2))  # as many rows, one answer twice
+    assert main(["import", str(tmp_path / "model_epoch12.pth"), "--answers", str(rows), "--data", str(vqa_data),
+                 "--out", str(tmp_path / "run")]) == 2
+    assert (f"{rows}: record entry {len(answers) - 1}: answer {answers[0]!r} is listed twice (also entry 0): each "
+            "classifier row answers one candidate") in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -251,7 +251,8 @@ def test_python2_pickles_of_the_reference_files_are_read(tmp_path):
 
 @pytest.mark.parametrize(("content", "message"), [
     ([{"a": 0, "b": 2}, ["a", "b"]], "word2idx and idx2word disagree"),
-    ([{"a": 0}, ["a", "a"]], "idx2word is not a non-empty list of distinct strings"),
+    ([{"a": 0}, ["a", "a"]], "field 'idx2word': word 'a' is listed twice \\(also entry 0\\)"),
+    ([{}, []], "idx2word is not a non-empty list of strings"),
     ({"a": 0}, "expected a pickled \\[word2idx, idx2word\\]"),
 ])
 def test_a_damaged_reference_dictionary_is_named(tmp_path, content, message):

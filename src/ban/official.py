@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ban.data.atomic import write_with
 from ban.data.dictionary import Dictionary
+from ban.data.distinct import check_listed_once
 from ban.data.pickle_map import read_plain_pickle
 from ban.engine.checkpoint import WEIGHT_DTYPES
 from ban.errors import CheckpointError, ConfigError, DataError
@@ -238,8 +239,9 @@ def read_reference_dictionary(path: str | os.PathLike[str]) -> Dictionary:
     if not (isinstance(data, list) and len(data) == 2 and isinstance(data[0], dict) and isinstance(data[1], list)):
         raise DataError("expected a pickled [word2idx, idx2word]", path=path)
     word2idx, idx2word = data
-    if not idx2word or not all(isinstance(word, str) for word in idx2word) or len(set(idx2word)) != len(idx2word):
-        raise DataError("idx2word is not a non-empty list of distinct strings", path=path, field="idx2word")
+    if not idx2word or not all(isinstance(word, str) for word in idx2word):
+        raise DataError("idx2word is not a non-empty list of strings", path=path, field="idx2word")
+    check_listed_once(idx2word, "word", "each token id stands for one word", path, field="idx2word")
     if word2idx != {word: index for index, word in enumerate(idx2word)}:
         raise DataError("word2idx and idx2word disagree", path=path, field="word2idx")
     return Dictionary(idx2word)
@@ -261,10 +263,8 @@ def reorder_answers(model: nn.Module, rows: Sequence[str], answers: Sequence[str
     if len(rows) != output.out_features:
         raise DataError(f"lists {len(rows)} answers; the checkpoint's classifier has {output.out_features} rows",
                         path=rows_file)
+    check_listed_once(list(rows), "answer", "each classifier row answers one candidate", rows_file)
     position = {answer: index for index, answer in enumerate(rows)}
-    if len(position) != len(rows):
-        repeated = next(answer for answer in rows if rows.count(answer) > 1)
-        raise DataError(f"answer {repeated!r} is listed twice", path=rows_file)
     unknown, unused = [a for a in answers if a not in position], sorted(set(rows) - set(answers))
     if unknown or unused:
         raise DataError(f"other answers than the checkpoint's: {len(unknown)} here not in {Path(rows_file).name} "

@@ -30,9 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "go: a new or empty folder, or an earlier ablation's, which is continued (default: "
                         "runs/ablation)")
     parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=list(DEFAULTS.seeds),
-                        help="training seeds, one run per variant and seed (default: 1 2 3)")
+                        help="training seeds, one run per variant and seed (default: "
+                             f"{' '.join(map(str, DEFAULTS.seeds))})")
     parser.add_argument("--glimpses", type=positive_int, nargs="+", default=list(DEFAULTS.glimpses),
-                        help="BAN glimpse counts G (default: 1 4 8)")
+                        help=f"BAN glimpse counts G (default: {' '.join(map(str, DEFAULTS.glimpses))})")
     parser.add_argument("--unitary-glimpses", type=positive_int, default=DEFAULTS.unitary_glimpses,
                         help=f"glimpses of the unitary-attention baseline (default: {DEFAULTS.unitary_glimpses})")
     parser.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, help=f"default: {DEFAULTS.epochs}")
@@ -50,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=DEFAULTS.device,
                         help=f"auto (CUDA if available), cpu, cuda, … (default: {DEFAULTS.device})")
     parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=DEFAULTS.precision,
-                        help=f"training precision (default: {DEFAULTS.precision}: bf16 on a CPU and on a GPU that has it)")
+                        help=f"training precision (default: {DEFAULTS.precision}: bf16 on a CPU and on a GPU that "
+                             "has it)")
     parser.add_argument("--json", action="store_true", help="print every run's scores as JSON instead of the table")
 
 

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_feature_arguments(parser)
     parser.add_argument("--out", required=True, help="prepared dataset directory to write")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), metavar="SPLIT",
-                        help="splits to prepare (default: %(default)s)")
+                        help=f"splits to prepare (default: {' '.join(SPLITS)})")
     parser.add_argument("--dictionary", metavar="FILE",
                         help="a dictionary to encode with: ban's dictionary.json, or the reference's dictionary.pkl "
                              "(its token ids, as its checkpoints expect) (default: built from the captions)")

@@ -38,7 +38,7 @@ def forward_precision(args: argparse.Namespace, loaded: LoadedRun, device: torch
 def add_batch_size_argument(parser: argparse.ArgumentParser) -> None:
     """``--batch-size`` of the forward passes (`evaluate`, `predict`)."""
     parser.add_argument("--batch-size", type=positive_int, default=512,
-                        help="questions per forward pass (default: 512)")
+                        help="samples (VQA questions, grounding captions) per forward pass (default: 512)")
 
 
 def add_workers_argument(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,9 @@
 """Training losses, as the reference code computes them.
 
-Both take an explicit ``denominator`` (the number of samples in the GLOBAL batch) so that a batch split across
-processes gives, after gradient averaging, exactly the gradient of the whole batch (see ``ban.engine.trainer``).
+Both sum over the batch and divide by an explicit ``denominator``. The trainer takes the plain sum
+(``denominator`` 1: :meth:`ban.engine.tasks.Task.loss_sum`) and divides it by the GLOBAL batch's sample count itself,
+so that a batch split across processes gives, after DDP's gradient averaging, exactly the gradient of the whole
+batch (:mod:`ban.engine.trainer`); the benchmark's step passes its batch size (:func:`ban.engine.graphs.training_step`).
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ def clipped_step(optimizer: torch.optim.Optimizer, parameters: Iterable[nn.Param
                  total_norm: Tensor) -> None:
     """``clip_grad_norm_(parameters, max_norm)`` with ``total_norm`` = :func:`gradient_norm` already measured,
     then ``optimizer.step()``. :class:`FusedCPUAdamax` applies the clipping factor inside its update instead of a
-    separate pass (the gradients keep their unclipped values)."""
+    separate pass (the gradients keep their unclipped values, unless its step falls back to
+    ``torch.optim.Adamax``'s, which scales them first)."""
     if isinstance(optimizer, FusedCPUAdamax):
         optimizer.step(grad_scale=float(clip_factor(total_norm, max_norm)))
     else:
