@@ -69,6 +69,17 @@ def test_sound_datasets_open(prepared: Path) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_a_dataset_whose_store_is_not_listed_opens_it_from_features(prepared: Path, tmp_path: Path,
+                                                                    name: str) -> None:
+    """Earlier versions kept the converted store in features/ with no features.json beside it: both tasks open it
+    alike (the VQA task once refused it)."""
+    data_dir = copy_of(prepared, name, tmp_path)
+    (data_dir / "features.json").unlink()
+    earlier, now = (make_task(name, path).dataset(["val"]) for path in (data_dir, prepared / name))
+    assert np.array_equal(earlier[0]["features"], now[0]["features"]) and len(earlier) == len(now)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_a_manifest_feature_width_other_than_the_stores(prepared: Path, tmp_path: Path, name: str) -> None:
     data_dir = copy_of(prepared, name, tmp_path)
     edit_json(data_dir / "manifest.json", lambda manifest: {**manifest, "feature_dim": 32})

@@ -14,10 +14,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ban.data.feature_setup import CONVERTED, LISTING
-from ban.data.features import FeatureStore
 from ban.data.npyfile import read_split_npz
-from ban.data.prepared import check_manifest_sizes, check_split, check_token_ids, manifest_size, read_manifest
+from ban.data.prepared import (
+    check_manifest_sizes,
+    check_split,
+    check_token_ids,
+    manifest_size,
+    open_features,
+    read_manifest,
+)
 from ban.errors import DataError
 
 # array → (dtype kinds allowed, number of dimensions); S sentences, L tokens, E entity slots, P positives
@@ -87,9 +92,7 @@ class GroundingDataset(Dataset):
         self.path = self.data_dir / f"{split}.npz"
         self.arrays = load_split_arrays(self.path)
         self.num_entities = int(self.arrays["entity_ids"].shape[1])
-        # features.json lists every source; datasets prepared by earlier versions hold it, or the store, in features/
-        listing = self.data_dir if (self.data_dir / LISTING).is_file() else self.data_dir / CONVERTED
-        self.store = FeatureStore.open(listing)
+        self.store = open_features(self.data_dir)
         check_manifest_sizes(self.data_dir, self.manifest, self.store)
         check_token_ids(self.arrays["tokens"], manifest_size(self.data_dir, self.manifest, "padding_index"), self.path)
         self.store.check_images(self.arrays["image_id"], path=self.path, record=lambda row: f"sentence {row}")

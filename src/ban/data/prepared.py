@@ -13,6 +13,7 @@ import numpy as np
 
 from ban.data.dictionary import Dictionary
 from ban.data.distinct import check_listed_once
+from ban.data.feature_setup import CONVERTED, LISTING
 from ban.data.jsonfile import read_json
 from ban.errors import DataError
 from ban.numbers import is_int
@@ -87,6 +88,16 @@ def check_manifest_sizes(data_dir: str | os.PathLike[str], manifest: dict[str, A
                         f"dictionary.json has {tokens} tokens (the padding index is their count)")
     check_manifest_size(data_dir, manifest, "feature_dim", store.feature_dim,
                         f"the feature store {store.location} holds {store.feature_dim}-d features")
+
+
+def open_features(data_dir: str | os.PathLike[str]) -> FeatureStore:
+    """The feature store of the prepared dataset ``data_dir``: the sources its ``features.json`` lists or, in a
+    dataset prepared by an earlier version of ban without that listing, the store in its ``features/``."""
+    from ban.data.features import FeatureStore
+
+    data_dir = Path(data_dir)
+    converted = data_dir / CONVERTED
+    return FeatureStore.open(converted if not (data_dir / LISTING).is_file() and converted.is_dir() else data_dir)
 
 
 def check_token_ids(tokens: np.ndarray, padding_index: int, path: Path) -> None:

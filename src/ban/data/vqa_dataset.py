@@ -23,6 +23,7 @@ from ban.data.prepared import (
     check_split,
     check_token_ids,
     manifest_size,
+    open_features,
     read_answers,
     read_manifest,
 )
@@ -77,7 +78,7 @@ class VQADataset(Dataset):
         self.target_labels = arrays["target_labels"].astype(np.int64)
         self.target_scores = arrays["target_scores"]
         self.answer_types = arrays["answer_type"]
-        self.features = FeatureStore.open(self.data_dir) if features is None else features
+        self.features = open_features(self.data_dir) if features is None else features
         self._check(self.data_dir / f"{split}.npz")
 
     def _check(self, path: Path) -> None:

@@ -349,11 +349,11 @@ class VQATask(Task):
                 "feature_dim": manifest_size(self.data_dir, self.manifest, "feature_dim")}
 
     def open_split(self, split: str) -> Dataset:
-        from ban.data.features import FeatureStore
+        from ban.data.prepared import open_features
         from ban.data.vqa_dataset import VQADataset
 
         if self._store is None:  # one open feature store shared by all splits
-            self._store = FeatureStore.open(self.data_dir)
+            self._store = open_features(self.data_dir)
         return VQADataset(self.data_dir, split, features=self._store)
 
     def resident(self, dataset: Dataset, device: torch.device, precision: str, progress: bool) -> Any:
