@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ban import kernels
+from ban.data.dictionary import QUESTION_LENGTH
 from ban.engine.config import TrainConfig, resolve_device
 from ban.engine.graphs import (
     compiled_forward,
@@ -45,11 +46,11 @@ ADAPTIVE_MIN, ADAPTIVE_MAX, ADAPTIVE_MEAN = 10, 100, 32.0
 @dataclass
 class BenchSettings:
     preset: str = "paper-best"
-    num_tokens: int = 19901
-    num_answers: int = 3129
+    num_tokens: int = BANConfig.num_tokens  # the paper's VQA 2.0 sizes
+    num_answers: int = BANConfig.num_answers
     batch_size: int = 256
     boxes: str = "adaptive"  # "adaptive" or a fixed count such as "36"
-    question_length: int = 14
+    question_length: int = QUESTION_LENGTH
     steps: int = 10
     warmup: int = 3
     device: str = "auto"
