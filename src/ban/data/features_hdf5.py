@@ -53,11 +53,9 @@ H5PY_ERRORS = (OSError, ValueError, RuntimeError, TypeError, KeyError, MemoryErr
 class Hdf5FeatureStore(FeatureStore):
     """The authors' HDF5 cache (adaptive or fixed layout) plus its image-id pickle, read lazily."""
 
-    def __init__(
-        self, path: str | os.PathLike[str], image_id_map: str | os.PathLike[str] | None = None
-    ) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = self.location = Path(path)
-        map_path = default_image_id_map(path) if image_id_map is None else Path(image_id_map)
+        map_path = default_image_id_map(path)  # a dataset's identity stamps this file too (features.source_identity)
         index_of = read_int_dict(map_path)
         try:
             with h5py.File(self.path, "r") as file:
