@@ -131,3 +131,21 @@ def test_the_form_graphs_and_torch_compile_take_is_dropout_too(form):
     assert abs(kept.float().mean().item() - 0.8) < 5 * math.sqrt(0.8 * 0.2 / x.numel())
     out.backward(torch.ones_like(out))
     assert torch.allclose(x.grad, kept.float() / 0.8)
+
+
+def test_under_vmap_each_sample_draws_its_own_mask_as_nn_dropout_does():
+    """torch.func.vmap(..., randomness="different") refused the seed drawn for the whole batch ("different inplace
+    randomness on an unbatched tensor"); under torch.func's transforms the layer is F.dropout."""
+    from torch.func import vmap
+
+    from ban.nn import FCStack
+
+    torch.manual_seed(0)
+    x = torch.ones(8, 300)
+    out = vmap(Dropout(0.5).train(), randomness="different")(x)
+    assert set(out.unique().tolist()) <= {0.0, 2.0}
+    assert all(not torch.equal(out[0], row) for row in out[1:])  # a mask per sample
+    same = vmap(Dropout(0.5).train(), randomness="same")(x)
+    assert all(torch.equal(same[0], row) for row in same[1:])
+    stack = FCStack([300, 6], "relu", 0.5).train()
+    assert vmap(stack, randomness="different")(x).shape == (8, 6)

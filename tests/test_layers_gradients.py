@@ -147,3 +147,20 @@ def test_projecting_only_the_real_boxes_gives_the_same_outputs_and_gradients(mon
     assert packed_grads.keys() == padded_grads.keys()
     for name, grad in packed_grads.items():
         assert torch.allclose(grad, padded_grads[name], atol=1e-10), name
+
+
+@pytest.mark.parametrize("score", [-12.0, -20.0])
+def test_counting_gradients_stay_finite_in_float16_when_no_box_scores(score):
+    """With every box's sigmoid near 0 the count is 0: its square root's epsilon (1e-20) rounded to 0 in float16, and
+    the gradient was inf, then NaN. float16 scores are counted in float32; float32 ones exactly as before."""
+    from ban.nn import CountingModule
+
+    torch.manual_seed(0)
+    counter = CountingModule()
+    corner = torch.rand(2, 5, 2) * 0.5
+    boxes = torch.cat([corner, corner + 0.3], dim=-1)
+    scores = torch.full((2, 5), score, dtype=torch.float16, requires_grad=True)
+    out = counter(boxes, scores)
+    out.sum().backward()
+    assert out.dtype == torch.float16 and torch.isfinite(out).all() and torch.isfinite(scores.grad).all()
+    assert all(torch.isfinite(function.weight.grad).all() for function in counter.functions[:8])

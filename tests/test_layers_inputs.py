@@ -10,6 +10,7 @@ import torch
 from ban.nn import (
     BilinearAttentionMap,
     BilinearAttentionPooling,
+    Classifier,
     CountingModule,
     FCStack,
     LowRankBilinearPooling,
@@ -17,6 +18,7 @@ from ban.nn import (
     WeightNormLinear,
     pairwise_iou,
 )
+from ban.nn.bilinear import real_box_rows
 from ban.nn.gru import gru_sequence
 
 
@@ -29,6 +31,7 @@ def boxes(batch: int, count: int, extra: int = 0, seed: int = 0) -> torch.Tensor
 
 
 POOLING = BilinearAttentionPooling(8, 6, 4)
+MAP_INPUTS = (torch.randn(2, 3, 8), torch.randn(2, 4, 6), torch.tensor([[True, True, False], [True, False, False]]))
 
 
 @pytest.mark.parametrize(("call", "message"), [
@@ -58,12 +61,37 @@ POOLING = BilinearAttentionPooling(8, 6, 4)
     (lambda: CountingModule()(boxes(2, 12), torch.randn(2, 9)), r"scores: expected shape \[2, 12\]"),
     (lambda: CountingModule()(boxes(2, 12)[..., :3], torch.randn(2, 12)), r"boxes: expected shape \[B, N, ≥4\]"),
     (lambda: CountingModule()(torch.ones(2, 12, 4, dtype=torch.long), torch.randn(2, 12)), r"boxes: .* float values"),
-    (lambda: WeightNormLinear(3, 2)(torch.randn(5, 4)), r"input: expected shape \[\.\.\., 3\], got \[5, 4\]"),
+    (lambda: WeightNormLinear(3, 2)(torch.randn(5, 4)),
+     r"input: expected shape \[\.\.\., 3\] with float values, got shape \[5, 4\]"),
     (lambda: FCStack([4, 0]), "needs positive sizes"),
+    # the linear layers failed inside the product ("expected m1 and m2 to have the same dtype")
+    (lambda: WeightNormLinear(3, 2)(torch.randn(5, 3, dtype=torch.float64)),
+     "input: torch.float64 values meet torch.float32 weights"),
+    (lambda: FCStack([3, 4, 2])(torch.randn(5, 3, dtype=torch.float64)), "input: torch.float64 values meet"),
+    (lambda: Classifier(3, 4, 2)(torch.randn(5, 3, dtype=torch.float64)), "input: torch.float64 values meet"),
+    (lambda: WeightNormLinear(3, 2)(torch.ones(5, 3, dtype=torch.long)), r"input: .* with float values"),
+    (lambda: FCStack([3, 4], dropout=-0.1), "dropout probability has to be between 0 and 1, but got -0.1"),
+    # UnitaryAttention named its inner pooling's arguments (x, y) and its pooling's sizes
+    (lambda: UnitaryAttention(8, 6, 5, 2)(torch.randn(2, 4, 8), torch.randn(2, 6, dtype=torch.float64)),
+     "q: torch.float64 values meet torch.float32 weights"),
+    (lambda: UnitaryAttention(8, 6, 5, 2)(torch.randn(2, 4, 8, dtype=torch.float64), torch.randn(2, 6)),
+     "v: torch.float64 values meet torch.float32 weights"),
+    (lambda: UnitaryAttention(8, 6, 5, 0), "num_glimpses must be positive, got 0"),
+    (lambda: pairwise_iou(torch.rand(5, 4)), r"boxes: expected shape \[·, ·, 4\]"),  # an IndexError before
+    (lambda: pairwise_iou(boxes(2, 5, extra=1)), r"boxes: expected shape \[·, ·, 4\]"),
     (lambda: gru_sequence(torch.nn.GRU(3, 4, num_layers=2, batch_first=True), torch.randn(2, 5, 3)), "one-layer"),
     (lambda: gru_sequence(torch.nn.GRU(3, 4, bidirectional=True, batch_first=True), torch.randn(2, 5, 3)),
      "unidirectional"),
     (lambda: gru_sequence(torch.nn.GRU(3, 4), torch.randn(2, 5, 3)), "batch_first"),
+    # real_rows: int32 failed inside index_copy_; a bool mask or 2-D indices of B·N elements silently packed nothing
+    (lambda: BilinearAttentionMap(8, 6, 4, 2)(*MAP_INPUTS, real_rows=real_box_rows(MAP_INPUTS[2]).int()),
+     r"real_rows: expected shape \[·\] \(· any size\) with int64 values, got shape \[3\] of torch.int32"),
+    (lambda: BilinearAttentionMap(8, 6, 4, 2)(*MAP_INPUTS, real_rows=MAP_INPUTS[2].flatten()),
+     r"real_rows: .* with int64 values, got shape \[6\] of torch.bool"),
+    (lambda: BilinearAttentionMap(8, 6, 4, 2)(*MAP_INPUTS, real_rows=MAP_INPUTS[2].nonzero()),
+     r"real_rows: expected shape \[·\] .* got shape \[3, 2\]"),
+    (lambda: POOLING(MAP_INPUTS[0], torch.randn(2, 4, 6), torch.rand(2, 3, 4), torch.arange(7)),
+     r"real_rows: 7 indices for 6 box slots \(B·N = 2·3\)"),
 ])
 def test_a_wrong_input_is_named(call, message):
     with pytest.raises(ValueError, match=message):

@@ -108,12 +108,13 @@ def test_with_a_box_mask_padded_rows_may_hold_anything():
         (dict(features=torch.randn(3, 0, 24), boxes=torch.rand(3, 0, 4)), "features: no box slot (N = 0)"),
         (dict(boxes=None), "boxes: the counting module needs them"),
         (dict(questions=torch.full((3, 14), 41)),  # another dictionary's ids (on the CPU; a GPU asserts instead)
-         "tokens: id 41 at [0, 0] is outside this model's vocabulary (ids 0…39, padding 40)"),
-        (dict(questions=torch.full((3, 14), -1)), "tokens: id -1 at [0, 0] is outside"),
+         "questions: id 41 at [0, 0] is outside this model's vocabulary (ids 0…39, padding 40)"),
+        (dict(questions=torch.full((3, 14), -1)), "questions: id -1 at [0, 0] is outside"),
+        (dict(questions=torch.ones(3, 0, dtype=torch.long)), "questions: no token slot (L = 0)"),  # failed in the GRU
     ],
     ids=["mask-broadcast", "mask-float", "feature-dim", "boxes-count", "boxes-columns", "questions-float",
          "questions-uint8", "questions-batch", "features-float64", "features-2d", "no-boxes", "boxes-none",
-         "token-above", "token-negative"],
+         "token-above", "token-negative", "no-tokens"],
 )
 def test_misshapen_inputs_are_named(change, message):
     config = ban.BANConfig(num_glimpses=2, use_counting=True, **SMALL)
@@ -204,6 +205,19 @@ def test_grounding_needs_an_entity_slot():
     features, spatial, tokens = _inputs(config)
     with pytest.raises(ValueError, match="no entity slot"):
         ban.build_model(config)(features, spatial, tokens, torch.zeros(3, 0, dtype=torch.long))
+
+
+@pytest.mark.parametrize(("kind", "argument"), [(dict(attention="unitary", use_counting=False), "questions"),
+                                                (dict(task="grounding", use_counting=False), "tokens")])
+def test_every_model_names_its_own_token_argument(kind, argument):
+    config = ban.BANConfig(num_glimpses=1, **SMALL, **kind)
+    model = ban.build_model(config).eval()
+    features, spatial, tokens = _inputs(config)
+    extra = (torch.ones(3, 1, dtype=torch.long),) if config.task == "grounding" else ()
+    with pytest.raises(ValueError, match=rf"{argument}: id 41 at \[0, 0\] is outside"):
+        model(features, spatial, torch.full((3, 14), 41), *extra)
+    with pytest.raises(ValueError, match=rf"{argument}: no token slot \(L = 0\)"):
+        model(features, spatial, tokens[:, :0], *extra)
 
 
 def test_the_attention_layers_name_a_misshapen_mask():

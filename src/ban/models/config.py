@@ -18,7 +18,7 @@ class BANConfig:
     """Sizes and options of a BAN model (defaults: the paper's best VQA model).
 
     ``num_tokens`` is the dictionary size without padding; the padding index is ``num_tokens``.
-    ``two_word_tables`` is the reference's option ``c`` (a second 300-d table, concatenated).
+    ``two_word_tables`` is the reference's option ``c`` (a second ``word_dim``-wide table, concatenated).
     ``attention="unitary"`` builds the paper's unitary-attention baseline instead of BAN (VQA only).
     ``use_counting`` and ``fused`` apply to BAN for VQA only: set them False for unitary attention and grounding.
     Fields a model has no part for are not read: ``num_answers`` and ``classifier_dropout`` by grounding (no
@@ -78,7 +78,7 @@ class BANConfig:
 
     @property
     def word_features(self) -> int:
-        """Width of the word-embedding output (300, or 600 with two tables)."""
+        """Width of the word-embedding output (``word_dim``, or twice that with two tables: 300 or 600 in the paper)."""
         return self.word_dim * (2 if self.two_word_tables else 1)
 
     def to_dict(self) -> dict[str, Any]:

@@ -51,7 +51,7 @@ class BanForGrounding(TokenEncoderModel):
     ) -> GroundingOutput:
         """→ GroundingOutput(logits [B, G, N, E]). ``real_rows`` [R]: the flat indices of every real box (as
         :class:`ban.models.BanForVQA` takes them); by default they are found from the box mask."""
-        self.check_inputs(features, boxes, tokens, box_mask, "tokens")
+        self.check_inputs(features, boxes, tokens, box_mask)
         expect_shape("entity_positions", entity_positions, (features.shape[0], None), "int64")
         if entity_positions.shape[1] == 0:
             raise ValueError("entity_positions: no entity slot (E = 0); a caption needs at least one")

@@ -20,8 +20,9 @@ class WordEmbedding(nn.Module):
         self.table = nn.Embedding(num_tokens + 1, dim, padding_idx=num_tokens)
         self.second_table = nn.Embedding(num_tokens + 1, dim, padding_idx=num_tokens) if two_tables else None
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """tokens [B, L] int64 → [B, L, dim] (or [B, L, 2·dim] with two tables)."""
+    def forward(self, tokens: Tensor, tokens_name: str = "tokens") -> Tensor:
+        """tokens [B, L] int64 → [B, L, dim] (or [B, L, 2·dim] with two tables); an id outside the tables is an
+        error naming ``tokens_name`` (the caller's argument)."""
         tables = [self.table] if self.second_table is None else [self.table, self.second_table]
         if capture.active():
             embedded = [capture.embedding(tokens, table.weight, table.padding_idx) for table in tables]
@@ -29,18 +30,20 @@ class WordEmbedding(nn.Module):
             try:
                 embedded = [table(tokens) for table in tables]
             except IndexError:  # on the CPU (a GPU asserts on the device instead): name the id and the table
-                self._check_ids(tokens)
+                self._check_ids(tokens, tokens_name)
                 raise
         return embedded[0] if len(embedded) == 1 else torch.cat(embedded, dim=2)
 
-    def _check_ids(self, tokens: Tensor) -> None:
-        """Raise ValueError naming the first id of tokens [B, L] that has no row in the tables."""
+    def _check_ids(self, tokens: Tensor, tokens_name: str) -> None:
+        """Raise ValueError naming ``tokens_name`` and the first id of tokens [B, L] that has no row in the
+        tables."""
         padding = self.table.padding_idx
         outside = ((tokens < 0) | (tokens > padding)).nonzero()
         if len(outside):
             where = outside[0].tolist()
-            raise ValueError(f"tokens: id {int(tokens[tuple(where)])} at {where} is outside this model's vocabulary "
-                             f"(ids 0…{padding - 1}, padding {padding}): were they encoded with another dictionary?")
+            raise ValueError(f"{tokens_name}: id {int(tokens[tuple(where)])} at {where} is outside this model's "
+                             f"vocabulary (ids 0…{padding - 1}, padding {padding}): were they encoded with another "
+                             "dictionary?")
 
     @torch.no_grad()
     def load_vectors(self, table: Tensor, second_table: Tensor | None = None) -> None:
@@ -80,17 +83,18 @@ class QuestionEncoder(nn.Module):
 class TokenEncoderModel(nn.Module):
     """What every model here shares: the word tables and the GRU over the question (or caption) tokens."""
 
+    tokens_name = "tokens"  # the forward argument that holds the tokens, as errors name it
+
     def __init__(self, config: BANConfig) -> None:
         super().__init__()
         self.config = config
         self.word_embedding = WordEmbedding(config.num_tokens, config.word_dim, config.two_word_tables)
         self.question_encoder = QuestionEncoder(config.word_features, config.hidden_dim)
 
-    def check_inputs(self, features: Tensor, boxes: Tensor | None, tokens: Tensor, box_mask: Tensor | None,
-                     tokens_name: str) -> None:
+    def check_inputs(self, features: Tensor, boxes: Tensor | None, tokens: Tensor, box_mask: Tensor | None) -> None:
         """Raise ValueError naming the argument unless features [B, N ≥ 1, feature_dim] float of the weights' dtype
         (any but float64 under autocast), boxes [B, N, ≥4] float (or None in a model without counting), tokens
-        [B, L] int64 or int32 (the argument ``tokens_name``) and box_mask (if given) [B, N] bool."""
+        [B, L ≥ 1] int64 or int32 (the argument ``tokens_name``) and box_mask (if given) [B, N] bool."""
         expect_shape("features", features, (None, None, self.config.feature_dim), "float")
         expect_dtype_fits("features", features, self.word_embedding.table.weight.dtype)
         batch, num_boxes = features.shape[:2]
@@ -105,13 +109,15 @@ class TokenEncoderModel(nn.Module):
             if boxes.shape[2] < 4:
                 raise ValueError(f"boxes: expected at least 4 coordinates per box (x1, y1, x2, y2), got "
                                  f"{boxes.shape[2]}")
-        expect_shape(tokens_name, tokens, (batch, None), "index")
+        expect_shape(self.tokens_name, tokens, (batch, None), "index")
+        if tokens.shape[1] == 0:
+            raise ValueError(f"{self.tokens_name}: no token slot (L = 0); every sample needs a token")
         if box_mask is not None:
             expect_shape("box_mask", box_mask, (batch, num_boxes), "bool")
 
     def encode_tokens(self, tokens: Tensor) -> Tensor:
         """tokens [B, L] int64 → token states [B, L, H]."""
-        return self.question_encoder(self.word_embedding(tokens))
+        return self.question_encoder(self.word_embedding(tokens, self.tokens_name))
 
     def token_mask(self, tokens: Tensor) -> Tensor | None:
         """[B, L] bool (True = real token) when ``config.mask_question_padding``, else None (the reference)."""

@@ -15,6 +15,8 @@ from ban.nn.bilinear import box_mask_from_features
 class UnitaryAttentionVQA(TokenEncoderModel):
     """Same inputs as ``BanForVQA``; ``out.attention`` is [B, G, N, 1]."""
 
+    tokens_name = "questions"
+
     def __init__(self, config: BANConfig) -> None:
         if config.task != "vqa" or config.attention != "unitary":
             raise ValueError("UnitaryAttentionVQA needs task='vqa' and attention='unitary'")
@@ -30,7 +32,7 @@ class UnitaryAttentionVQA(TokenEncoderModel):
         self, features: Tensor, boxes: Tensor | None, questions: Tensor, box_mask: Tensor | None = None
     ) -> VQAOutput:
         """→ VQAOutput(logits [B, A], attention [B, G, N, 1], attention_logits = log attention)."""
-        self.check_inputs(features, boxes, questions, box_mask, "questions")
+        self.check_inputs(features, boxes, questions, box_mask)
         if box_mask is None:
             box_mask = box_mask_from_features(features)
         question = masked_last_state(self.encode_tokens(questions), self.token_mask(questions))  # [B, H]

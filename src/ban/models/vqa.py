@@ -17,13 +17,15 @@ class BanForVQA(TokenEncoderModel):
     """Bilinear Attention Network for VQA.
 
     Inputs: features [B, N, Dv] (padded boxes are all-zero rows unless ``box_mask`` is given),
-    boxes [B, N, ≥4] normalised x1, y1, x2, y2 (…; None is accepted without counting), questions [B, L] int64
+    boxes [B, N, ≥4] normalised x1, y1, x2, y2 (…; None is accepted without counting), questions [B, L ≥ 1] int64
     padded at the end with ``config.pad_index``, box_mask [B, N] bool (True = real box). Every sample needs a real
     box: one without has no attention distribution and gets NaN outputs, as in the reference (data preparation
     refuses images without boxes). With ``config.mask_question_padding``, so does a question of padding only.
     NaN or inf in a sample's padded boxes (with an explicit ``box_mask``) change nothing, on either execution
     (``config.fused``), unless ``real_rows`` lists padded slots (their zero attention times NaN is NaN).
     """
+
+    tokens_name = "questions"
 
     def __init__(self, config: BANConfig) -> None:
         if config.task != "vqa" or config.attention != "bilinear":
@@ -57,7 +59,7 @@ class BanForVQA(TokenEncoderModel):
         them (made on the host by :func:`ban.engine.graphs.packed_rows`, so the pass reads nothing back from the
         device); by default they are found from the box mask.
         """
-        self.check_inputs(features, boxes, questions, box_mask, "questions")
+        self.check_inputs(features, boxes, questions, box_mask)
         given_mask = box_mask  # its padded rows may hold anything; those of a mask found from the features are zeros
         if box_mask is None:
             box_mask = box_mask_from_features(features)

@@ -4,7 +4,9 @@ from ban.nn.bilinear import (
     BilinearAttentionMap,
     BilinearAttentionPooling,
     LowRankBilinearPooling,
+    PackedBoxes,
     box_mask_from_features,
+    real_box_rows,
 )
 from ban.nn.counting import CountingModule, PiecewiseLinear, pairwise_iou
 from ban.nn.fc import Classifier, FCStack, WeightNormLinear
@@ -17,9 +19,11 @@ __all__ = [
     "CountingModule",
     "FCStack",
     "LowRankBilinearPooling",
+    "PackedBoxes",
     "PiecewiseLinear",
     "UnitaryAttention",
     "WeightNormLinear",
     "box_mask_from_features",
     "pairwise_iou",
+    "real_box_rows",
 ]

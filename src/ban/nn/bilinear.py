@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ban.nn.dropout import Dropout
 from ban.nn.fc import FCStack, WeightNormLinear, weight_normalized
-from ban.nn.shapes import expect_dtype_fits, expect_shape
+from ban.nn.shapes import expect_dtype_fits, expect_features, expect_positive, expect_shape
 
 
 class LowRankBilinearPooling(nn.Module):
@@ -33,9 +33,7 @@ class LowRankBilinearPooling(nn.Module):
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         """x [..., Dx], y [..., Dy] (leading dimensions broadcastable) → [..., out_features]."""
         for name, tensor, projection in (("x", x, self.x_proj), ("y", y, self.y_proj)):
-            if tensor.dim() == 0 or tensor.shape[-1] != projection.in_features or not tensor.is_floating_point():
-                raise ValueError(f"{name}: expected shape [..., {projection.in_features}] with float values, got "
-                                 f"shape {list(tensor.shape)} of {tensor.dtype}")
+            expect_features(name, tensor, projection.in_features)
             expect_dtype_fits(name, tensor, projection.dtype)
         try:
             torch.broadcast_shapes(x.shape[:-1], y.shape[:-1])
@@ -60,16 +58,20 @@ def real_box_rows(box_mask: Tensor) -> Tensor:
 class PackedBoxes:
     """The real boxes of a padded batch, gathered once for every projection of them.
 
-    features [B, N, Dv]; rows [R] = the flat indices of every real box (:func:`real_box_rows` of the box mask),
-    optionally followed by distinct indices of padded boxes (a static length for CUDA graphs). A padded box's row
-    of a projection holds zeros, or its projection when its index is listed (always so with R = B·N, when nothing
-    is gathered and every row is projected): BAN's zero attention ignores padded rows either way.
+    features [B, N, Dv]; rows [R ≤ B·N] int64 = the flat indices of every real box (:func:`real_box_rows` of the
+    box mask), optionally followed by distinct indices of padded boxes (a static length for CUDA graphs). A padded
+    box's row of a projection holds zeros, or its projection when its index is listed (always so with R = B·N, when
+    nothing is gathered and every row is projected): BAN's zero attention ignores padded rows either way.
     """
 
     def __init__(self, features: Tensor, rows: Tensor) -> None:
         self.batch, self.boxes = features.shape[:2]
-        self.features, self.rows = features, rows
         total = self.batch * self.boxes
+        expect_shape("real_rows", rows, (None,), "int64")
+        if rows.numel() > total:
+            raise ValueError(f"real_rows: {rows.numel()} indices for {total} box slots (B·N = {self.batch}·"
+                             f"{self.boxes}); expected at most one per slot")
+        self.features, self.rows = features, rows
         self.packed = None if rows.numel() == total else features.flatten(0, 1).index_select(0, rows)  # [R, Dv]
 
     def project(self, projection: Callable[[Tensor], Tensor]) -> Tensor:
@@ -118,16 +120,25 @@ class BilinearAttentionMap(nn.Module):
         attention_dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        if num_glimpses < 1:
-            raise ValueError(f"num_glimpses must be positive, got {num_glimpses}")
+        expect_positive("num_glimpses", num_glimpses)
         rank = rank_factor * hidden
         self.num_glimpses = num_glimpses
         self.v_proj = FCStack([v_features, rank], "relu", dropout)
         self.q_proj = FCStack([q_features, rank], "relu", dropout)
         self.attention_dropout = Dropout(attention_dropout)
-        self.glimpse_weight_v = nn.Parameter(torch.randn(num_glimpses, rank))
-        self.glimpse_weight_g = nn.Parameter(self.glimpse_weight_v.detach().norm().clone())
-        self.glimpse_bias = nn.Parameter(torch.randn(num_glimpses))
+        self.glimpse_weight_v = nn.Parameter(torch.empty(num_glimpses, rank))
+        self.glimpse_weight_g = nn.Parameter(torch.empty(()))
+        self.glimpse_bias = nn.Parameter(torch.empty(num_glimpses))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The glimpse parameters as the reference draws them: ``glimpse_weight_v`` and ``glimpse_bias`` standard
+        normal, the gain the initial norm (so p starts as ``glimpse_weight_v``). ``v_proj`` and ``q_proj`` reset
+        their own."""
+        with torch.no_grad():
+            self.glimpse_weight_v.normal_()
+            self.glimpse_weight_g.copy_(self.glimpse_weight_v.norm())
+            self.glimpse_bias.normal_()
 
     @property
     def glimpse_weight(self) -> Tensor:

@@ -15,6 +15,8 @@ from torch import Tensor, nn
 from ban import kernels
 from ban.nn.shapes import expect_shape
 
+_COUNT_EPSILON = 1e-20  # under the count's square root (the reference's): its gradient stays finite at zero
+
 
 class _CompiledPiecewiseLinear(torch.autograd.Function):
     """f(x) from the normalised slopes ŵ [n + 1] in one pass each way (``ban/kernels/piecewise.cpp``), with the
@@ -50,9 +52,14 @@ class PiecewiseLinear(nn.Module):
     def __init__(self, num_segments: int = 16) -> None:
         super().__init__()
         self.num_segments = num_segments
-        weight = torch.ones(num_segments + 1)
-        weight[0] = 0
-        self.weight = nn.Parameter(weight)
+        self.weight = nn.Parameter(torch.empty(num_segments + 1))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``weight`` ones with entry 0 set to 0: f is the identity on [0, 1]."""
+        with torch.no_grad():
+            self.weight.fill_(1)
+            self.weight[0] = 0
 
     def forward(self, x: Tensor) -> Tensor:
         """x [...] with values in [0, 1] → f(x) [...]."""
@@ -70,6 +77,7 @@ class PiecewiseLinear(nn.Module):
 def pairwise_iou(boxes: Tensor) -> Tensor:
     """boxes [B, n, 4] (x1, y1, x2, y2) → IoU [B, n, n] (with 1e-12 in the denominator; computed in float32 for a
     dtype where 1e-12 is zero, float16: empty padding boxes would give 0 / 0)."""
+    expect_shape("boxes", boxes, (None, None, 4), "float")
     if torch.finfo(boxes.dtype).tiny > 1e-12:
         return pairwise_iou(boxes.float()).to(boxes.dtype)
     top_left = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2])
@@ -114,11 +122,14 @@ class CountingModule(nn.Module):
 
     def forward(self, boxes: Tensor, scores: Tensor) -> Tensor:
         """boxes [B, N, ≥4] normalised x1, y1, x2, y2 (…); scores [B, N] pre-sigmoid (−inf for padded boxes)
-        → [B, num_objects + 1], the confidence-weighted soft one-hot count."""
+        → [B, num_objects + 1], the confidence-weighted soft one-hot count, in the scores' dtype (computed in
+        float32 for float16 scores)."""
         if boxes.dim() != 3 or boxes.shape[-1] < 4 or not boxes.is_floating_point():
             raise ValueError(f"boxes: expected shape [B, N, ≥4] (x1, y1, x2, y2, …) with float values, got shape "
                              f"{list(boxes.shape)} of {boxes.dtype}")
         expect_shape("scores", scores, boxes.shape[:2], "float")
+        if torch.finfo(scores.dtype).tiny > _COUNT_EPSILON:  # float16: the epsilon would round to 0 (an inf gradient)
+            return self(boxes, scores.float()).to(scores.dtype)
         boxes = boxes[..., :4].to(scores.dtype)  # boxes made in numpy are float64
         f = self.functions
         boxes, scores = self._keep_top_scoring(boxes, scores)
@@ -132,7 +143,7 @@ class CountingModule(nn.Module):
         row_sims = similarity.sum(dim=2)  # [B, n]
         score = score / (row_sims[:, :, None] * row_sims[:, None, :])
         correction = f[0](attention * attention) / row_sims
-        count = (score.sum(dim=(1, 2)) + correction.sum(dim=1) + 1e-20).sqrt()
+        count = (score.sum(dim=(1, 2)) + correction.sum(dim=1) + _COUNT_EPSILON).sqrt()
         one_hot = soft_one_hot(count, self.num_objects + 1)
 
         attention_confidence = (f[5](attention) - 0.5).abs().mean(dim=1)

@@ -8,8 +8,9 @@ and every element is independent of every other. The bits are the SplitMix64 seq
 generator (so ``torch.manual_seed`` and a checkpoint's saved RNG state decide the masks), computed from each word's
 index: inside :func:`ban.kernels.enabled` a compiled kernel draws and applies the mask in one pass (and draws it
 again in the backward pass instead of storing it), elsewhere NumPy computes the same bits. On other devices
-``F.dropout`` (a fused kernel there) runs unchanged, as it does in :func:`ban.nn.capture.capture_safe` and under
-``torch.compile``. :meth:`Dropout.unscaled` leaves the ``1 / keep`` factor to the linear map that follows.
+``F.dropout`` (a fused kernel there) runs unchanged, as it does in :func:`ban.nn.capture.capture_safe`, under
+``torch.compile`` and under ``torch.func``'s transforms (``vmap(..., randomness="different")`` then draws a mask per
+sample). :meth:`Dropout.unscaled` leaves the ``1 / keep`` factor to the linear map that follows.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class Dropout(nn.Dropout):
 
     def _draws_on_cpu(self, x: Tensor) -> bool:
         """Whether this call draws :func:`seeded_mask`'s bits; not in the capture-safe form (drawing a seed reads
-        the generator's output on the host), which ``torch.compile`` also traces: ``F.dropout`` then."""
+        the generator's output on the host), which ``torch.compile`` also traces, nor under ``torch.func``'s
+        transforms (one seed for the whole batch: ``vmap`` could not draw a mask per sample): ``F.dropout`` then."""
         return (self.training and x.device.type == "cpu" and 0.0 < self.p < 1.0 and not self.inplace
-                and not capture.active())
+                and not capture.active() and not torch._C._are_functorch_transforms_active())

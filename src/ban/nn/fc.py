@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ban import kernels
+from ban.nn.amp import autocast_off
 from ban.nn.dropout import Dropout
+from ban.nn.shapes import expect_dtype_fits, expect_features
 
 
 class _NormScale(torch.autograd.Function):
@@ -40,7 +42,7 @@ class _NormScale(torch.autograd.Function):
 
 def _norm_and_scale(direction: Tensor, gain: Tensor) -> tuple[Tensor, Tensor]:
     """``(‖direction‖_F, gain / ‖direction‖_F)`` by autograd's own operators, in float32 under autocast too."""
-    with torch.autocast(direction.device.type, enabled=False):
+    with autocast_off(direction.device.type):
         norm = torch.linalg.vector_norm(direction)
         return norm, gain / norm
 
@@ -144,8 +146,9 @@ class WeightNormLinear(nn.Module):
         """x [..., in] → [..., out], as ``(x Vᵀ) · (g / ‖V‖_F) + b``: the scalar scales the product instead of
         the matrix, so no scaled copy of V (nor its gradient) is made. ``input_scale`` multiplies x first
         (folded into the same scalar: dropout's ``1 / (1 − p)``, see :meth:`Dropout.unscaled`)."""
-        if x.dim() == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"input: expected shape [..., {self.in_features}], got {list(x.shape)}")
+        expect_features("input", x, self.in_features)
+        if x.dtype != self.weight_v.dtype:  # the usual case costs one comparison
+            expect_dtype_fits("input", x, self.weight_v.dtype)
         if self._compiled(x):
             x = x.to(kernels.compute_dtype(x))
             with torch.autocast("cpu", enabled=False):
@@ -182,7 +185,7 @@ class FCStack(nn.Module):
         if activation not in ("relu", None):
             raise ValueError(f"activation must be 'relu' or None, got {activation!r}")
         self.activation = activation
-        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout != 0 else nn.Identity()  # Dropout refuses p outside [0, 1]
         self.layers = nn.ModuleList(WeightNormLinear(i, o) for i, o in zip(dims[:-1], dims[1:], strict=True))
 
     @property

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ban.nn.amp import autocast_enabled
+
 KINDS = {"float": torch.is_floating_point, "bool": lambda t: t.dtype == torch.bool,
          "index": lambda t: t.dtype in (torch.int64, torch.int32), "int64": lambda t: t.dtype == torch.int64}
 
@@ -26,10 +28,23 @@ def expect_shape(name: str, tensor: Tensor, shape: Sequence[int | None], kind: s
                          f"got shape {list(tensor.shape)} of {tensor.dtype}")
 
 
+def expect_features(name: str, tensor: Tensor, width: int) -> None:
+    """Raise ValueError unless ``tensor`` is [..., width] (any leading dimensions) with float values."""
+    if tensor.dim() == 0 or tensor.shape[-1] != width or not tensor.is_floating_point():
+        raise ValueError(f"{name}: expected shape [..., {width}] with float values, got shape {list(tensor.shape)} "
+                         f"of {tensor.dtype}")
+
+
 def expect_dtype_fits(name: str, tensor: Tensor, weight_dtype: torch.dtype) -> None:
     """Raise ValueError unless the float ``tensor`` can meet weights of ``weight_dtype`` in a matrix product: the
     same dtype, or any but float64 under autocast on the tensor's device (autocast casts both)."""
-    autocast = torch.is_autocast_enabled(tensor.device.type)
+    autocast = autocast_enabled(tensor.device.type)
     if tensor.dtype != weight_dtype and not (autocast and torch.float64 not in (tensor.dtype, weight_dtype)):
         raise ValueError(f"{name}: {tensor.dtype} values meet {weight_dtype} weights; cast the input "
                          f"(.to({weight_dtype})) or the module")
+
+
+def expect_positive(name: str, size: int) -> None:
+    """Raise ValueError unless ``size`` (a count of glimpses, …) is at least 1."""
+    if size < 1:
+        raise ValueError(f"{name} must be positive, got {size}")
