@@ -98,10 +98,16 @@ def test_predict_writes_one_processs_files(run_dir, tmp_path):
     assert sorted(path.name for path in shared.iterdir()) == ["logits.npy", "results.json"]
 
 
-def test_an_error_every_process_meets_is_said_once(run_dir):
-    launched = torchrun("evaluate", str(run_dir), "--split", "test-dev", *BATCHES)
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["evaluate", "{run}", "--split", "test-dev"], "'test-dev' has no annotations"),
+    (["evaluate", "{run}/missing"], "missing: no such directory"),
+    (["predict", "{run}", "--out", "{run}/x.json", "--logits", "{run}/x.json"],
+     "--out and --logits name the same file"),
+])
+def test_an_error_every_process_meets_is_said_once(run_dir, arguments, message):
+    launched = torchrun(*(argument.format(run=run_dir) for argument in arguments), *BATCHES)
     assert launched.returncode != 0
-    assert launched.stderr.count("'test-dev' has no annotations") == 1, launched.stderr[-3000:]
+    assert launched.stderr.count(message) == 1, launched.stderr[-3000:]
     assert launched.stdout == ""
 
 

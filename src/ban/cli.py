@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 from ban import __version__
 from ban.errors import BanError
@@ -45,23 +47,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's, or torchrun's when another process failed), raised where the command is, so that what
+    it was writing is taken back on the way out (:func:`ban.data.atomic.atomic_path`), as after Ctrl-C; a
+    ``KeyboardInterrupt``, so that data-loader worker processes end quietly too."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # a training step re-allocates the same blocks: reuse them (ban.heap)
+    said_by_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, what every process meets is said once
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where a signal handler can be set
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         code = int(args._run(args) or 0)
         sys.stdout.flush()  # here, not at exit: a reader that stopped early shows up below
         return code
     except BanError as error:
-        if not (error.every_process and int(os.environ.get("RANK", "0")) > 0):  # torchrun: said once, by rank 0
+        if said_by_main or not error.every_process:
             print(f"ban {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Terminated:
+        if said_by_main:
+            print(f"ban {args.command}: terminated", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as a shell reports it
     except KeyboardInterrupt:  # Ctrl-C (`ban train` turns it into a checkpoint and a BanError itself)
-        print(f"ban {args.command}: interrupted", file=sys.stderr)
+        if said_by_main:
+            print(f"ban {args.command}: interrupted", file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell reports it
     except BrokenPipeError:  # stdout's reader stopped early (`ban synth --json | head -1`): nothing left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere
         return 141  # 128 + SIGPIPE, as a shell reports it
+    finally:
+        if in_main_thread:  # None: a handler set outside Python, which cannot be put back; the default then
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

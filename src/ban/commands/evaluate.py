@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     context = distributed.setup(args.device, "--device")  # under torchrun, each process evaluates a share
     try:
-        loaded = load_trained_run(args)
+        loaded = distributed.run_together(lambda: load_trained_run(args), context)
         task = make_task(loaded.config.task, loaded.data_dir)
         precision = forward_precision(args, loaded, context.device)
         metrics = task.evaluate(loaded.model.to(context.device), args.split, args.batch_size, context.device,

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import Dataset
 
 from ban.commands.trained_run import (
     add_batch_size_argument,
@@ -46,35 +48,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for target in filter(None, (args.out, args.logits)):
-        check_file_target(target)  # refused now, not after predicting
-    if args.logits is not None and args.logits.resolve() == args.out.resolve():
-        raise ConfigError(f"--out and --logits name the same file, {args.out}: the results would overwrite the logits")
     context = distributed.setup(args.device, "--device")  # under torchrun, each process predicts a share
     try:
-        loaded = load_trained_run(args)
-        task = make_task(loaded.config.task, loaded.data_dir)
-        if not isinstance(task, VQATask):
-            raise ConfigError("ban predict writes VQA answers; for grounding use `ban evaluate`")
-        predict(args, loaded, task, context)
+        loaded, task, dataset = distributed.run_together(lambda: open_prediction(args), context)
+        predict(args, loaded, task, dataset, context)
     finally:
         distributed.teardown()
     return 0
 
 
-def predict(args: argparse.Namespace, loaded: LoadedRun, task: VQATask, context: DistContext) -> None:
-    """Write the answers (and logits) of ``args.split``: under torchrun each process predicts every K-th batch
-    (K processes) and writes its rows of the logits into the main process's file; the main one writes the
-    answers. The files are the same as one process's."""
+def open_prediction(args: argparse.Namespace) -> tuple[LoadedRun, VQATask, Dataset]:
+    """What is checked before predicting (refused now, not after it): the files to write, then the run, its task
+    and the split to answer (opened)."""
+    for target in filter(None, (args.out, args.logits)):
+        check_file_target(target)
+    if args.logits is not None and args.logits.resolve() == args.out.resolve():
+        raise ConfigError(f"--out and --logits name the same file, {args.out}: the results would overwrite the logits")
+    if args.logits is not None and distributed.spans_machines():
+        raise ConfigError("--logits under a torchrun of several machines: the processes write into one memory-mapped "
+                          "file, which only one machine's processes can share; predict on one machine")
+    loaded = load_trained_run(args)
+    task = make_task(loaded.config.task, loaded.data_dir)
+    if not isinstance(task, VQATask):
+        raise ConfigError("ban predict writes VQA answers; for grounding use `ban evaluate`")
+    return loaded, task, task.dataset([args.split])
+
+
+def predict(args: argparse.Namespace, loaded: LoadedRun, task: VQATask, dataset: Dataset,
+            context: DistContext) -> None:
+    """Write the answers (and logits) of ``dataset`` (the split ``args.split``): under torchrun each process
+    predicts every K-th batch (K processes) and writes its rows of the logits into the main process's file; the
+    main one writes the answers. The files are the same as one process's."""
     precision = forward_precision(args, loaded, context.device)
     labels = task.answers()
-    dataset = task.dataset([args.split])
     chosen: list[tuple[int, int, int]] = []  # (dataset index, question id, answer label) of this process's rows
     problem = None
     with atomic_path(args.logits) if args.logits and context.is_main else nullcontext() as logits_path:
+        table = logits_table(args.logits, logits_path, (len(dataset), len(labels)), context) if args.logits else None
         try:
-            table = (logits_table(args.logits, logits_path, (len(dataset), len(labels)), context)
-                     if args.logits else None)
             for indices, batch, logits in predict_logits(task, loaded.model.to(context.device), dataset,
                                                          args.batch_size, context.device, precision,
                                                          progress=f"predicting {args.split}",
@@ -85,16 +96,19 @@ def predict(args: argparse.Namespace, loaded: LoadedRun, task: VQATask, context:
                 chosen += zip(indices, batch["question_ids"].tolist(), logits.argmax(dim=1).tolist(), strict=True)
             if table is not None:
                 table.flush()
-                del table
         except DataError as error:
             problem = error
+        del table
         parts = distributed.gather_or_raise(chosen, problem, context)  # every row written, or an error everywhere
     if not context.is_main:
         return
     results: list[dict[str, object]] = [{} for _ in range(len(dataset))]  # in the dataset's order
     for index, question_id, label in (row for part in parts for row in part):
         results[index] = {"question_id": question_id, "answer": labels[label]}
-    write_with(args.out, lambda temp: temp.write_text(json.dumps(results), encoding="utf-8"))
+    try:
+        write_with(args.out, lambda temp: temp.write_text(json.dumps(results), encoding="utf-8"))
+    except OSError as error:
+        raise unwritable(args.out, error) from error
     print(f"wrote {len(results)} answers to {args.out}" + (f" and logits to {args.logits}" if args.logits else ""))
     if args.split == "test-dev" and "test" in task.splits():
         print("note: these answer test-dev's questions only; EvalAI's VQA 2.0 phases, test-dev included, take "
@@ -103,14 +117,34 @@ def predict(args: argparse.Namespace, loaded: LoadedRun, task: VQATask, context:
 
 def logits_table(target: Path, temp: Path | None, shape: tuple[int, int], context: DistContext) -> np.memmap:
     """The float32 ``[Q, A]`` .npy file the logits are written into, memory-mapped: made by the main process at
-    ``temp`` (where :func:`atomic_path` has it written before it becomes ``target``), opened by the others."""
+    ``temp`` (where :func:`atomic_path` has it written before it becomes ``target``) with its disk space
+    reserved, then opened by the others. A failure of either is raised in every process before any predicting."""
+    table, problem = None, None
     if context.is_main:
-        table = np.lib.format.open_memmap(temp, mode="w+", dtype=np.float32, shape=shape)
-    shared = distributed.gather_objects(temp, context)[0]  # made before any other process opens it
-    if context.is_main:
-        return table
-    try:
-        return np.load(shared, mmap_mode="r+")
-    except OSError as error:
-        raise DataError(f"process {context.rank} cannot open the file being written ({error.strerror}): under "
-                        "torchrun, --logits must name a file that every process sees", path=target) from error
+        try:
+            table = np.lib.format.open_memmap(temp, mode="w+", dtype=np.float32, shape=shape)
+            reserve_space(temp)
+        except OSError as error:
+            problem = unwritable(target, error)
+    made = distributed.gather_or_raise(temp, problem, context)[0]  # made before any other process opens it
+    if not context.is_main:
+        try:
+            table = np.load(made, mmap_mode="r+")
+        except OSError as error:
+            problem = DataError(f"process {context.rank} cannot open the file being written ({error.strerror})",
+                                path=target)
+    distributed.gather_or_raise(None, problem, context)
+    return table
+
+
+def reserve_space(path: Path) -> None:
+    """Allocate the blocks of the file ``path`` now, where the system can (``posix_fallocate``): a disk too full
+    for it fails here (ENOSPC), not with SIGBUS when a memory-mapped page of it is first written."""
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as file:
+            os.posix_fallocate(file.fileno(), 0, os.fstat(file.fileno()).st_size)
+
+
+def unwritable(path: Path, error: OSError) -> DataError:
+    """The error for a file that cannot be written (a full disk, a file-size limit, no permission…)."""
+    return DataError(f"cannot be written: {error.strerror or error}", path=path)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -21,7 +21,9 @@ from torch import Tensor
 from torch.utils.data import Sampler
 
 from ban.engine.config import resolve_device
-from ban.errors import BanError
+from ban.errors import BanError, ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,19 +48,41 @@ def setup(device: str = "auto", setting: str = "training setting 'device'") -> D
 
     ``device``: ``"auto"`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``
     (:func:`ban.engine.config.resolve_device`: one this machine lacks is a :class:`ConfigError` naming
-    ``setting``, said before the process group is joined). Under torchrun with CUDA each process takes the GPU
-    ``LOCAL_RANK``.
+    ``setting``, said before the process group is joined). Under torchrun with CUDA each process takes a GPU of
+    its own (:func:`local_gpu`).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     chosen = resolve_device(device, setting)
     if world_size > 1:
         if chosen.type == "cuda":
-            chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            chosen = torch.device("cuda", local_gpu(chosen, int(os.environ.get("LOCAL_RANK", "0")),
+                                                    torch.cuda.device_count(), setting))
             torch.cuda.set_device(chosen)
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
         return DistContext(dist.get_rank(), world_size, chosen)
     return DistContext(0, 1, chosen)
+
+
+def local_gpu(requested: torch.device, local_rank: int, visible: int, setting: str) -> int:
+    """The index of the GPU a torchrun process with ``local_rank`` takes among the ``visible`` ones it sees: the
+    ``local_rank``-th, or the only one (a GPU per process, as SLURM's ``--gpus-per-task=1`` makes it). A GPU named
+    by index (``requested`` ``cuda:N``) or a rank beyond the GPUs is a :class:`ConfigError` naming ``setting``."""
+    if requested.index is not None:
+        raise ConfigError(f"{setting}: under torchrun each process takes the GPU of its local rank; give cuda or "
+                          f"auto, not {requested}")
+    if visible == 1:
+        return 0
+    if local_rank >= visible:
+        raise ConfigError(f"this process has local rank {local_rank} but sees {visible} GPUs: start at most "
+                          f"{visible} processes per machine (torchrun --nproc_per_node)")
+    return local_rank
+
+
+def spans_machines() -> bool:
+    """Whether this torchrun launch has processes on more than one machine (fewer local processes than all)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world_size)) < world_size
 
 
 def teardown() -> None:
@@ -120,6 +144,18 @@ def gather_or_raise(value: Any, problem: BanError | None, context: DistContext) 
     if problems:
         raise everywhere(problem if problem is not None else problems[0])
     return [kept for kept, _ in outcomes]
+
+
+def run_together(function: Callable[[], T], context: DistContext) -> T:
+    """``function()`` in every process, then :func:`gather_or_raise`: its value in this process once every process
+    has run it, or the :class:`BanError` that any process met, raised in all (said once)."""
+    problem = None
+    try:
+        value = function()
+    except BanError as error:
+        problem = error
+    gather_or_raise(None, problem, context)
+    return value
 
 
 class ShardedBatches(Sampler[list[int]]):
