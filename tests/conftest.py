@@ -1,5 +1,5 @@
 """Shared test helpers: where the reference fixtures live; ban's compiled CPU kernels; a small prepared synthetic VQA
-dataset and a way to poison it with NaN; the benchmark scripts as modules."""
+dataset, a tiny run trained on it and a way to poison it with NaN; the benchmark scripts as modules."""
 
 from __future__ import annotations
 
@@ -63,6 +63,20 @@ def make_dataset(root: Path, seed: int, min_answer_count: int = 9, feature_dim: 
     prepare_vqa2(root / "raw" / "vqa", sorted((root / "raw" / "features").glob("*.tsv")), root / "prepared",
                  min_answer_count=min_answer_count, progress=False)
     return root / "prepared"
+
+
+TINY_RUN = ["--preset", "tiny", "--set", "model.hidden_dim=16", "--set", "model.word_dim=8", "--set", "batch_size=64",
+            "--set", "precision=fp32"]
+
+
+def tiny_run(root: Path, seed: int) -> Path:
+    """``root / "run"``: the tiny model (fp32) trained one epoch by `ban train` on :func:`make_dataset` (``root``,
+    ``seed``), whose prepared data is ``root / "prepared"``."""
+    from ban.cli import main
+
+    data_dir = make_dataset(root, seed=seed)
+    assert main(["train", "--data", str(data_dir), "--out", str(root / "run"), "--epochs", "1", *TINY_RUN]) == 0
+    return root / "run"
 
 
 def poison(data_dir: Path, question: int, split: str = "train") -> int:

@@ -14,18 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset
+from conftest import tiny_run
 
-from ban.cli import main
 from ban.commands.predict import open_prediction
 from ban.data.prepared import read_answers
 from ban.engine import distributed
 from ban.errors import ConfigError
 
 pytestmark = pytest.mark.slow
-
-TINY = ["--preset", "tiny", "--set", "model.hidden_dim=16", "--set", "model.word_dim=8", "--set", "batch_size=64",
-        "--set", "precision=fp32"]
 
 # `ban` whose predictions send this process a SIGTERM after the first batch
 TERMINATED_BAN = """
@@ -48,10 +44,7 @@ sys.exit(main())
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("failures")
-    data_dir = make_dataset(root, seed=6)
-    assert main(["train", "--data", str(data_dir), "--out", str(root / "run"), "--epochs", "1", *TINY]) == 0
-    return root / "run"
+    return tiny_run(tmp_path_factory.mktemp("failures"), seed=6)
 
 
 def earlier_files(folder: Path) -> tuple[Path, Path]:

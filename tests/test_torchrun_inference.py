@@ -12,25 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_dataset, poison
+from conftest import poison, tiny_run
 
 from ban.cli import main
 from ban.engine.tasks import evaluation_batches, make_task
 
 pytestmark = pytest.mark.slow
 
-TINY = ["--preset", "tiny", "--set", "model.hidden_dim=16", "--set", "model.word_dim=8", "--set", "batch_size=64",
-        "--set", "precision=fp32"]
 BATCHES = ["--batch-size", "8", "--device", "cpu"]  # 8 batches of the val split: 4 per process
 VAL_QUESTIONS = 58
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("inference")
-    data_dir = make_dataset(root, seed=5)
-    assert main(["train", "--data", str(data_dir), "--out", str(root / "run"), "--epochs", "1", *TINY]) == 0
-    return root / "run"
+    return tiny_run(tmp_path_factory.mktemp("inference"), seed=5)
 
 
 # `ban` with each process's predicted batches noted in the file $SEEN/RANK (one JSON list of indices a line)
