@@ -5,8 +5,10 @@ naming the file; and the choices made for torchrun (the GPU of each process, --l
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 import torch
 from conftest import tiny_run
 
+from ban.cli import main
 from ban.commands.predict import open_prediction
 from ban.data.prepared import read_answers
 from ban.engine import distributed
@@ -123,3 +126,50 @@ def test_the_logits_file_gets_its_disk_space_before_it_is_written(tmp_path):
     assert os.stat(path).st_blocks * 512 < 8 << 20
     reserve_space(path)
     assert os.stat(path).st_blocks * 512 >= 8 << 20 and os.stat(path).st_size == 8 << 20
+
+
+def test_results_that_cannot_be_written_keep_the_earlier_logits(run_dir, tmp_path, monkeypatch, capsys):
+    """The logits replace the earlier ones only once the answers are written (a disk full by then, say)."""
+    import ban.commands.predict
+
+    results, logits = earlier_files(tmp_path / "out")
+
+    def full_disk(path: Path, writer: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ban.commands.predict, "write_with", full_disk)
+    assert main(["predict", str(run_dir), "--split", "val", "--out", str(results), "--logits", str(logits)]) == 2
+    assert f"{results}: cannot be written: No space left on device" in capsys.readouterr().err
+    assert results.read_text() == "earlier" and np.load(logits).tolist() == [0, 0, 0]
+    assert sorted(path.name for path in results.parent.iterdir()) == ["logits.npy", "results.json"]
+
+
+def test_a_folder_that_cannot_be_made_is_refused_before_predicting(run_dir, tmp_path, capsys):
+    unmakeable = Path("/proc/ban-test/logits.npy")  # no folder can be made in /proc, not even by root
+    assert main(["predict", str(run_dir), "--split", "val", "--out", str(tmp_path / "results.json"), "--logits",
+                 str(unmakeable)]) == 2
+    captured = capsys.readouterr()
+    assert f"{unmakeable}: cannot be written: " in captured.err and "predicting" not in captured.err
+    assert not (tmp_path / "results.json").exists()
+
+
+def sigterm_handler_is_the_default() -> bool:
+    return signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_sigterm_is_raised_once_and_forked_workers_keep_the_default(monkeypatch):
+    """A pool's workers are ended by SIGTERM when it closes (a traceback each, had they ban's handler); a second
+    SIGTERM must not break off what the first one's exception is taking back."""
+    import multiprocessing
+
+    from ban.cli import Terminated, _raise_terminated
+
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            assert pool.apply(sigterm_handler_is_the_default)
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -49,12 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's, or torchrun's when another process failed), raised where the command is, so that what
-    it was writing is taken back on the way out (:func:`ban.data.atomic.atomic_path`), as after Ctrl-C; a
-    ``KeyboardInterrupt``, so that data-loader worker processes end quietly too."""
+    it was writing is taken back on the way out (:func:`ban.data.atomic.atomic_path`): a ``KeyboardInterrupt``, so
+    that what a command does on Ctrl-C it does on SIGTERM too."""
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM must not break off the taking back
     raise Terminated
+
+
+def _default_sigterm_in_child() -> None:
+    """In a forked process (a worker of a multiprocessing pool or a data loader), SIGTERM ends the process as it
+    would without ban: ending workers is their parent's business (a pool terminates its workers on closing)."""
+    if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_default_sigterm_in_child)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from ban.commands.trained_run import (
     load_trained_run,
     loader_workers,
 )
-from ban.data.atomic import atomic_path, check_file_target, write_with
+from ban.data.atomic import atomic_path, check_file_target, make_directory, write_with
 from ban.engine import distributed
 from ban.engine.distributed import DistContext
 from ban.engine.run import LoadedRun
@@ -58,10 +58,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def open_prediction(args: argparse.Namespace) -> tuple[LoadedRun, VQATask, Dataset]:
-    """What is checked before predicting (refused now, not after it): the files to write, then the run, its task
-    and the split to answer (opened)."""
+    """What is checked before predicting (refused now, not after it): the files to write (their folders made),
+    then the run, its task and the split to answer (opened)."""
     for target in filter(None, (args.out, args.logits)):
         check_file_target(target)
+        try:
+            make_directory(target.parent)
+        except OSError as error:
+            raise unwritable(target, error) from error
     if args.logits is not None and args.logits.resolve() == args.out.resolve():
         raise ConfigError(f"--out and --logits name the same file, {args.out}: the results would overwrite the logits")
     if args.logits is not None and distributed.spans_machines():
@@ -78,7 +82,8 @@ def predict(args: argparse.Namespace, loaded: LoadedRun, task: VQATask, dataset:
             context: DistContext) -> None:
     """Write the answers (and logits) of ``dataset`` (the split ``args.split``): under torchrun each process
     predicts every K-th batch (K processes) and writes its rows of the logits into the main process's file; the
-    main one writes the answers. The files are the same as one process's."""
+    main one writes the answers. The files are the same as one process's. The logits replace an earlier file only
+    once the answers are written: a failure keeps both earlier files."""
     precision = forward_precision(args, loaded, context.device)
     labels = task.answers()
     chosen: list[tuple[int, int, int]] = []  # (dataset index, question id, answer label) of this process's rows
@@ -100,15 +105,15 @@ def predict(args: argparse.Namespace, loaded: LoadedRun, task: VQATask, dataset:
             problem = error
         del table
         parts = distributed.gather_or_raise(chosen, problem, context)  # every row written, or an error everywhere
-    if not context.is_main:
-        return
-    results: list[dict[str, object]] = [{} for _ in range(len(dataset))]  # in the dataset's order
-    for index, question_id, label in (row for part in parts for row in part):
-        results[index] = {"question_id": question_id, "answer": labels[label]}
-    try:
-        write_with(args.out, lambda temp: temp.write_text(json.dumps(results), encoding="utf-8"))
-    except OSError as error:
-        raise unwritable(args.out, error) from error
+        if not context.is_main:
+            return
+        results: list[dict[str, object]] = [{} for _ in range(len(dataset))]  # in the dataset's order
+        for index, question_id, label in (row for part in parts for row in part):
+            results[index] = {"question_id": question_id, "answer": labels[label]}
+        try:
+            write_with(args.out, lambda temp: temp.write_text(json.dumps(results), encoding="utf-8"))
+        except OSError as error:
+            raise unwritable(args.out, error) from error
     print(f"wrote {len(results)} answers to {args.out}" + (f" and logits to {args.logits}" if args.logits else ""))
     if args.split == "test-dev" and "test" in task.splits():
         print("note: these answer test-dev's questions only; EvalAI's VQA 2.0 phases, test-dev included, take "

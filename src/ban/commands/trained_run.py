@@ -12,14 +12,17 @@ from ban.engine.precision import resolve_precision
 from ban.engine.run import LoadedRun, load_run
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, default_device: str = "auto") -> None:
-    """``--data``, ``--checkpoint`` and ``--device``."""
+def add_run_arguments(parser: argparse.ArgumentParser, default_device: str = "auto", shared: bool = True) -> None:
+    """``--data``, ``--checkpoint`` and ``--device`` (``shared``: of a command whose processes share the work under
+    torchrun)."""
     parser.add_argument("--data", type=Path, help="prepared dataset (default: the one the run was trained on; "
                         "must have the same dictionary and answers)")
     parser.add_argument("--checkpoint", choices=["last", "best"], default="last",
                         help="the weights of the last epoch (default) or of the best validation epoch")
+    under_torchrun = "; under torchrun auto or cuda: each process takes the GPU of its local rank" if shared else ""
     parser.add_argument("--device", default=default_device,
-                        help=f"auto (CUDA if available), cpu, cuda, cuda:1, … (default: {default_device})")
+                        help=f"auto (CUDA if available), cpu, cuda, cuda:1, … "
+                             f"(default: {default_device}{under_torchrun})")
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of --random (default 0)")
     parser.add_argument("--images", type=Path, help="image folder (COCO file names; Flickr30k: <id>.jpg)")
     parser.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/attention/<split>)")
-    add_run_arguments(parser, default_device="cpu")
+    add_run_arguments(parser, default_device="cpu", shared=False)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -129,7 +129,11 @@ class CountingModule(nn.Module):
                              f"{list(boxes.shape)} of {boxes.dtype}")
         expect_shape("scores", scores, boxes.shape[:2], "float")
         if torch.finfo(scores.dtype).tiny > _COUNT_EPSILON:  # float16: the epsilon would round to 0 (an inf gradient)
-            return self(boxes, scores.float()).to(scores.dtype)
+            return self._count(boxes, scores.float()).to(scores.dtype)
+        return self._count(boxes, scores)
+
+    def _count(self, boxes: Tensor, scores: Tensor) -> Tensor:
+        """:meth:`forward` of checked inputs, computed in the scores' dtype."""
         boxes = boxes[..., :4].to(scores.dtype)  # boxes made in numpy are float64
         f = self.functions
         boxes, scores = self._keep_top_scoring(boxes, scores)

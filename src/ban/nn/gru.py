@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ban import kernels
+from ban.nn.amp import autocast_off
 
 
 class _GRUSequence(torch.autograd.Function):
@@ -83,6 +84,6 @@ def gru_sequence(rnn: nn.GRU, x: Tensor) -> Tensor:
     if rnn.num_layers != 1 or rnn.bidirectional or not rnn.batch_first or not rnn.bias:
         raise ValueError(f"gru_sequence computes a one-layer, unidirectional, batch_first GRU with biases, not {rnn}")
     dtype = kernels.compute_dtype(x)
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast_off(x.device.type):
         states = _GRUSequence.apply(x, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0, dtype)
     return states.to(rnn.weight_hh_l0.dtype)
