@@ -65,7 +65,8 @@ def _default_sigterm_in_child() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-os.register_at_fork(after_in_child=_default_sigterm_in_child)
+if hasattr(os, "register_at_fork"):  # POSIX: where processes fork
+    os.register_at_fork(after_in_child=_default_sigterm_in_child)
 
 
 def main(argv: list[str] | None = None) -> int:
