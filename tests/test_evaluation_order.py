@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset
+from conftest import TINY_RUN, make_dataset
 from torch.utils.data import DataLoader
 
 from ban.cli import main
@@ -19,9 +19,6 @@ from ban.commands.trained_run import loader_workers
 from ban.engine import tasks
 from ban.engine.run import load_run
 from ban.engine.tasks import box_count_batches, make_task, predict_logits
-
-SMALL = ["--preset", "tiny", "--set", "model.hidden_dim=16", "--set", "model.word_dim=8", "--set", "batch_size=64",
-         "--set", "precision=fp32"]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +29,7 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run_dir(data_dir, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("run") / "run"
-    assert main(["train", "--data", str(data_dir), "--out", str(run_dir), "--epochs", "1", *SMALL]) == 0
+    assert main(["train", "--data", str(data_dir), "--out", str(run_dir), "--epochs", "1", *TINY_RUN]) == 0
     return run_dir
 
 

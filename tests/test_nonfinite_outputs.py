@@ -12,15 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset, poison
+from conftest import TINY_RUN, make_dataset, poison
 
 from ban.cli import main
 from ban.engine.checkpoint import Checkpoint
 from ban.engine.run import CHECKPOINT_FILE
 from ban.engine.tasks import make_task
-
-SMALL = ["--preset", "tiny", "--set", "model.hidden_dim=16", "--set", "model.word_dim=8", "--set", "batch_size=64",
-         "--set", "precision=fp32"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +30,7 @@ def trained(clean, tmp_path_factory) -> tuple[Path, Path, int]:
     """(run dir trained on clean data, a copy of the data with one val image's features NaN, that image's id)."""
     root = tmp_path_factory.mktemp("nonfinite")
     run_dir = root / "run"
-    assert main(["train", "--data", str(clean), "--out", str(run_dir), "--epochs", "1", *SMALL]) == 0
+    assert main(["train", "--data", str(clean), "--out", str(run_dir), "--epochs", "1", *TINY_RUN]) == 0
     poisoned = root / "poisoned"
     shutil.copytree(clean, poisoned)
     return run_dir, poisoned, poison(poisoned, question=7, split="val")
@@ -108,7 +105,7 @@ def test_a_validation_stopped_by_bad_data_keeps_the_epoch_and_resumes_once_mende
     poisoned, run_dir = tmp_path / "poisoned", tmp_path / "run"
     shutil.copytree(clean, poisoned)
     image_id = poison(poisoned, question=7, split="val")
-    assert main(["train", "--data", str(poisoned), "--out", str(run_dir), "--epochs", "1", *SMALL]) == 2
+    assert main(["train", "--data", str(poisoned), "--out", str(run_dir), "--epochs", "1", *TINY_RUN]) == 2
     message = capsys.readouterr().err
     assert image_of_named_question(message, poisoned) == image_id
     assert f"Epoch 1 is checkpointed without its validation; once the data is mended, continue with: ban train " \

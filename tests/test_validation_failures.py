@@ -14,14 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_dataset
+from conftest import TINY_RUN, make_dataset
 
 from ban.cli import main
 from ban.engine.checkpoint import Checkpoint
 from ban.engine.run import CHECKPOINT_FILE
-
-SMALL = ["--preset", "tiny", "--set", "model.hidden_dim=16", "--set", "model.word_dim=8", "--set", "batch_size=64",
-         "--set", "precision=fp32"]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +35,7 @@ def test_unreadable_val_annotations_are_refused_before_the_first_epoch(damaged, 
     path = damaged / "val_annotations.json"
     path.write_bytes(path.read_bytes()[:300])
     run_dir = tmp_path / "run"
-    assert main(["train", "--data", str(damaged), "--out", str(run_dir), "--epochs", "1", *SMALL]) == 2
+    assert main(["train", "--data", str(damaged), "--out", str(run_dir), "--epochs", "1", *TINY_RUN]) == 2
     err = capsys.readouterr().err
     assert f"{path}: not valid JSON" in err and "epoch 1:" not in err
     assert not run_dir.exists()  # nothing trained; the new run taken back
@@ -56,7 +53,7 @@ def drop_an_annotation(data_dir: Path) -> tuple[Path, int]:
 def test_annotations_missing_a_val_question_checkpoint_the_epoch_before_the_error(damaged, tmp_path, capsys):
     path, dropped = drop_an_annotation(damaged)
     run_dir = tmp_path / "run"
-    assert main(["train", "--data", str(damaged), "--out", str(run_dir), "--epochs", "1", *SMALL]) == 2
+    assert main(["train", "--data", str(damaged), "--out", str(run_dir), "--epochs", "1", *TINY_RUN]) == 2
     err = capsys.readouterr().err
     assert f"{path}: record {dropped}: field 'question_id': question is not in the annotations" in err
     assert f"Epoch 1 is checkpointed without its validation; once the data is mended, continue with: ban train " \
@@ -71,7 +68,7 @@ def test_under_torchrun_the_error_is_said_once_after_every_process_checkpointed(
     run_dir = tmp_path / "run"
     launched = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ban.cli",
-         "train", "--data", str(damaged), "--out", str(run_dir), "--epochs", "1", *SMALL],
+         "train", "--data", str(damaged), "--out", str(run_dir), "--epochs", "1", *TINY_RUN],
         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert launched.returncode != 0
     assert launched.stderr.count(f"{path}: record {dropped}: field 'question_id': question is not in the "
@@ -105,7 +102,7 @@ def test_a_grounding_val_split_with_nothing_to_score_is_refused_before_the_first
 def test_weights_gone_non_finite_take_a_new_run_back(clean, tmp_path, capsys):
     run_dir = tmp_path / "run"
     overflowing = ["--set", "lr=1e308", "--set", "batch_size=1024"]  # one step an epoch: the weights overflow first
-    assert main(["train", "--data", str(clean), "--out", str(run_dir), "--epochs", "1", *SMALL, *overflowing]) == 2
+    assert main(["train", "--data", str(clean), "--out", str(run_dir), "--epochs", "1", *TINY_RUN, *overflowing]) == 2
     assert "the weights became non-finite in epoch 1; no checkpoint was written" in capsys.readouterr().err
     assert not run_dir.exists()
-    assert main(["train", "--data", str(clean), "--out", str(run_dir), "--epochs", "1", *SMALL]) == 0  # same --out
+    assert main(["train", "--data", str(clean), "--out", str(run_dir), "--epochs", "1", *TINY_RUN]) == 0  # same --out

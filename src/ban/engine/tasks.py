@@ -218,25 +218,13 @@ class Task:
         parts = distributed.gather_or_raise((part, bool(stop and stop[0])), problem, context)
         if any(stopped for _, stopped in parts):
             raise EvaluationStopped
-        metrics = None
-        if context.is_main:
-            try:
-                metrics = self.metrics(split, [part for part, _ in parts])
-            except DataError as error:
-                problem = error
-        distributed.gather_or_raise(None, problem, context)
-        return metrics
+        return distributed.run_together(
+            lambda: self.metrics(split, [part for part, _ in parts]) if context.is_main else None, context)
 
     def confirm_scorable(self, split: str, context: DistContext) -> None:
         """:meth:`check_scorable` in the main process of ``context`` (the one that scores), its error raised in
         every process."""
-        problem = None
-        if context.is_main:
-            try:
-                self.check_scorable(split)
-            except DataError as error:
-                problem = error
-        distributed.gather_or_raise(None, problem, context)
+        distributed.run_together(lambda: self.check_scorable(split) if context.is_main else None, context)
 
     def evaluation_part(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
                         precision: str, num_workers: int = 0, stop: list[bool] | None = None,
