@@ -60,8 +60,8 @@ def status_kb(field: str) -> int:
 
 def child_convert(tsv: Path, store: Path, cap_mb: int) -> None:
     """Runs in the child: imports, cap the address space, convert, print a JSON line of measurements."""
-    from ban.data.features import write_feature_store
     from ban.data.features_tsv import iter_tsv_files
+    from ban.data.features_writer import write_feature_store
 
     baseline_rss, baseline_vm = status_kb("VmRSS"), status_kb("VmSize")
     limit = (baseline_vm + cap_mb * 1024) * 1024

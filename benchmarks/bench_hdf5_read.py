@@ -26,7 +26,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ban.data.features import FeatureRecord, FeatureStore, spatial_features, write_feature_store
+from ban.data.features import FeatureRecord, FeatureStore, spatial_features
+from ban.data.features_writer import write_feature_store
 from ban.machine import code_version, describe_machine
 
 

@@ -24,7 +24,8 @@ import numpy as np
 
 from ban.data.atomic import write_json
 from ban.data.distinct import repeated_positions
-from ban.data.features import FeatureRecord, FeatureStore, write_feature_store
+from ban.data.features import FeatureRecord, FeatureStore
+from ban.data.features_writer import write_feature_store
 from ban.data.prepared import check_manifest_sizes, check_token_ids, read_answers
 from ban.machine import describe_machine
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from test_fuzz_features import IMAGES, write_hdf5
 
-from ban.data.features import FeatureStore, is_complete_store
+from ban.data.features import FeatureStore
+from ban.data.features_writer import is_complete_store
 from ban.data.flickr30k_parse import parse_annotation_file, parse_caption, parse_sentences_file
 from ban.data.flickr30k_prepare import read_split
 from ban.data.npyfile import read_npy

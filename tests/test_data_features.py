@@ -20,14 +20,10 @@ import numpy as np
 import pytest
 
 from ban.data.atomic import atomic_path
-from ban.data.features import (
-    FeatureRecord,
-    FeatureStore,
-    UnionFeatureStore,
-    write_feature_store,
-    write_sources_file,
-)
+from ban.data.features import FeatureRecord, FeatureStore, UnionFeatureStore
+from ban.data.features_listing import write_sources_file
 from ban.data.features_tsv import iter_tsv_files, iter_tsv_image_ids, iter_tsv_records
+from ban.data.features_writer import write_feature_store
 from ban.data.pickle_map import read_int_dict
 from ban.errors import DataError
 

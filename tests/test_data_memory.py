@@ -17,7 +17,8 @@ from pathlib import Path
 def kb(field):
     return next(int(l.split()[1]) for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field))
 
-from ban.data.features import FeatureStore, write_feature_store
+from ban.data.features import FeatureStore
+from ban.data.features_writer import write_feature_store
 from ban.data.features_tsv import iter_tsv_files
 baseline = kb("VmRSS:")
 summary = write_feature_store(iter_tsv_files([sys.argv[1]], progress=False), sys.argv[2])

@@ -10,8 +10,9 @@ import torch
 from conftest import make_dataset
 
 from ban.data.collate import collate_vqa
-from ban.data.features import FeatureStore, write_feature_store
+from ban.data.features import FeatureStore
 from ban.data.features_tsv import iter_tsv_files
+from ban.data.features_writer import write_feature_store
 from ban.data.resident import ResidentVQA
 from ban.data.vqa_dataset import VQADataset
 from ban.engine.tasks import GroundingTask, VQATask

@@ -23,8 +23,9 @@ from ban.commands import prepare_flickr30k as command
 from ban.data.boxes import box_iou
 from ban.data.collate import collate_grounding
 from ban.data.dictionary import Dictionary
-from ban.data.features import FeatureStore, write_feature_store
+from ban.data.features import FeatureStore
 from ban.data.features_tsv import iter_tsv_files
+from ban.data.features_writer import write_feature_store
 from ban.data.flickr30k import GroundingDataset
 from ban.data.flickr30k_parse import parse_caption, type_bits
 from ban.data.flickr30k_prepare import (

@@ -19,8 +19,9 @@ import pytest
 import torch
 
 import ban
-from ban.data.features import FeatureStore, write_feature_store
+from ban.data.features import FeatureStore
 from ban.data.features_tsv import iter_tsv_records
+from ban.data.features_writer import write_feature_store
 from ban.data.flickr30k import GroundingDataset
 from ban.data.flickr30k_parse import parse_annotation_file
 from ban.data.flickr30k_prepare import read_split

@@ -14,16 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ban.data.features import (
-    FeatureRecord,
-    FeatureStore,
-    is_complete_store,
-    is_tsv_source,
-    source_stamps,
-    write_feature_store,
-    write_sources_file,
-)
+from ban.data.features import FeatureRecord, FeatureStore, is_tsv_source
+from ban.data.features_listing import write_sources_file
 from ban.data.features_tsv import iter_tsv_files
+from ban.data.features_writer import is_complete_store, source_stamps, write_feature_store
 from ban.errors import DataError
 
 CONVERTED = "features"  # the conversion's directory in the dataset
@@ -32,7 +26,7 @@ LISTING = "features.json"  # every source, the conversion first
 
 def conversion_identity(tsv: Sequence[Path], images: Collection[int] | None) -> list[dict[str, Any]]:
     """What a conversion is made from, as its ``store.json`` records it: the TSV files' stamps
-    (:func:`ban.data.features.source_stamps`) and, when only ``images`` were kept, a digest of their ids."""
+    (:func:`ban.data.features_writer.source_stamps`) and, when only ``images`` were kept, a digest of their ids."""
     identity = source_stamps(tsv)
     if images is not None:
         ids = np.sort(np.fromiter(images, dtype=np.int64, count=len(images)))

@@ -1,32 +1,28 @@
-"""Region-feature stores: the on-disk format training reads, memory-mapped, plus the writer that builds it.
+"""Region-feature stores: reading the on-disk format training reads, memory-mapped.
 
 A store maps an image id to its regions: features ``[n, D]``, the 6-d normalised spatial features ``[n, 6]``
 (x1/w, y1/h, x2/w, y2/h, bw/w, bh/h) and the pixel boxes ``[n, 4]`` (x1, y1, x2, y2), where ``n`` is the
 image's box count (10–100 for adaptive bottom-up features, 36 for the fixed ones).
 
-Our store is a directory of ``.npy`` files (layout in docs/data-formats.md). :meth:`FeatureStore.open` also
-reads the authors' HDF5 cache directly (see :mod:`ban.data.features_hdf5`) and a ``features.json`` that lists
-several sources. Readers open their files lazily in each process and never hold more than the rows asked for.
+Our store is a directory of ``.npy`` files (layout in docs/data-formats.md; written by
+:mod:`ban.data.features_writer`). :meth:`FeatureStore.open` also reads the authors' HDF5 cache directly (see
+:mod:`ban.data.features_hdf5`) and a ``features.json`` that lists several sources (:mod:`ban.data.features_listing`).
+Readers open their files lazily in each process and never hold more than the rows asked for.
 """
 
 from __future__ import annotations
 
-import array
-import hashlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from ban.data.atomic import atomic_path, write_json
 from ban.data.jsonfile import read_json, require
 from ban.data.npyfile import read_npy
-from ban.data.textfile import read_bytes, resolve_path
 from ban.errors import DataError
 
 STORE_FORMAT_VERSION = 1
@@ -147,7 +143,9 @@ class FeatureStore(ABC):
 
             return Hdf5FeatureStore(path)
         if path.suffix == ".json":
-            return _open_sources_file(path)
+            from ban.data.features_listing import open_sources_file
+
+            return open_sources_file(path)
         if not path.exists():
             raise DataError("no such file or directory", path=path)
         raise DataError(f"not a feature store; {SOURCE_KINDS}", path=path)
@@ -379,249 +377,3 @@ class UnionFeatureStore(FeatureStore):
     def _image_size(self, position: int) -> tuple[int, int] | None:
         store, inner = self._where[position]
         return self.stores[store]._image_size(inner)
-
-
-def _open_sources_file(path: Path) -> FeatureStore:
-    """Open the sources of a ``features.json``: ``{"sources": [path, ...]}``, absolute or relative to (and then
-    inside) its folder, and optionally ``"identities"``: per source, None or the :func:`source_identity` it had
-    when the file was written, checked here (:class:`DataError` naming the source and the file that changed)."""
-    data = read_json(path)
-    sources = data.get("sources") if isinstance(data, dict) else None
-    if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
-        raise DataError("expected a non-empty list of paths: a .json is read as a features.json listing "
-                        f"({{\"sources\": [path, …]}}); {SOURCE_KINDS}", path=path, field="sources")
-    folder = resolve_path(path.parent)
-    for source in sources:
-        if not Path(source).is_absolute() and not resolve_path(folder / source, "sources").is_relative_to(folder):
-            raise DataError(f"relative source {source!r} leads outside {folder}", path=path, field="sources")
-        if not (path.parent / source).exists():
-            raise DataError(f"source {source} is not there (moved or deleted?): put it back, or prepare the dataset "
-                            "again", path=path, field="sources")
-    _check_identities(path, sources, data.get("identities"))
-    stores = [FeatureStore.open(path.parent / source) for source in sources]
-    return stores[0] if len(stores) == 1 else UnionFeatureStore(stores, description=str(path))
-
-
-def write_sources_file(path: str | os.PathLike[str], sources: Sequence[str | os.PathLike[str]]) -> None:
-    """Write a ``features.json`` listing existing sources (store directories, HDF5 caches, listings): a source
-    inside the file's folder is recorded relative to it (the folder can move, and the source with it), any other
-    by its absolute path and, under ``"identities"`` (None for the sources inside), its :func:`source_identity`,
-    so that opening the file later notices a source prepared again or replaced since."""
-    folder = Path(path).resolve().parent
-    entries: list[str] = []
-    identities: list[dict[str, dict[str, Any]] | None] = []
-    for source in sources:
-        resolved = Path(source).resolve()
-        inside = resolved.is_relative_to(folder)
-        entries.append(str(resolved.relative_to(folder)) if inside else str(resolved))
-        identities.append(None if inside else source_identity(resolved))
-    write_json(path, {"sources": entries, "identities": identities})
-
-
-def source_identity(source: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """What identifies a feature source read in place, cheaply (no data file is read): file path → stamp.
-
-    A store directory: the SHA-256 of its ``store.json`` (a store is never changed in place; preparing it again
-    writes a new ``store.json``, which records the stamps of the files converted); an HDF5 cache: size and
-    modification time of the ``.hdf5`` and of its image-id pickle; a ``features.json`` (or a folder holding
-    one): the SHA-256 of that file and the identities of its sources.
-    """
-    source = Path(source)
-    if source.is_dir():
-        if (source / "store.json").is_file():
-            return {str(source / "store.json"): _sha256(source / "store.json")}
-        source = source / "features.json"
-    if source.suffix == ".json":
-        identity = {str(source): _sha256(source)}
-        data = read_json(source) if source.is_file() else None
-        for inner in data.get("sources", []) if isinstance(data, dict) else []:
-            identity.update(source_identity(source.parent / inner))
-        return identity
-    from ban.data.features_hdf5 import default_image_id_map
-
-    return {str(file): _size_and_time(file) for file in (source, default_image_id_map(source))}
-
-
-def _sha256(path: Path) -> dict[str, Any]:
-    if not path.is_file():  # a missing file is part of an identity (opening the source then says what is wrong)
-        return {"missing": True}
-    return {"sha256": hashlib.sha256(read_bytes(path)).hexdigest()}
-
-
-def _size_and_time(path: Path) -> dict[str, Any]:
-    try:
-        stat = path.stat()
-    except OSError:
-        return {"missing": True}
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def _check_identities(path: Path, sources: list[str], identities: Any) -> None:
-    """:class:`DataError` for the first source of a ``features.json`` at ``path`` whose recorded identity (see
-    :func:`write_sources_file`; files written before have none) differs from its identity now."""
-    if identities is None:
-        return
-    if not isinstance(identities, list) or len(identities) != len(sources) \
-            or not all(identity is None or isinstance(identity, dict) for identity in identities):
-        raise DataError(f"expected a list of {len(sources)} objects or nulls, one per source", path=path,
-                        field="identities")
-    for source, recorded in zip(sources, identities, strict=True):
-        if recorded is None:
-            continue
-        current = source_identity(path.parent / source)
-        changed = sorted(set(recorded) ^ set(current) | {file for file in set(recorded) & set(current)
-                                                           if recorded[file] != current[file]})
-        if changed:
-            raise DataError(f"source {source} changed since this dataset was prepared ({', '.join(changed)} "
-                            "differs): prepare it again", path=path, field="sources")
-
-
-class _GrowingNpy:
-    """An ``.npy`` file of shape ``[rows, width]`` appended to row by row; its header is fixed up on close.
-
-    NumPy pads ``.npy`` headers so that the first axis can grow in place, which lets the writer stream rows of
-    unknown total count in constant memory.
-    """
-
-    def __init__(self, path: Path, width: int, dtype: np.dtype) -> None:
-        self.path, self.width, self.dtype, self.rows = path, width, np.dtype(dtype), 0
-        self.file = open(path, "wb")  # closed in close()
-        self.header_size = self._write_header()
-
-    def _write_header(self) -> int:
-        self.file.seek(0)
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                  "shape": (self.rows, self.width)}
-        np.lib.format.write_array_header_1_0(self.file, header)
-        return self.file.tell()
-
-    def append(self, rows: np.ndarray) -> None:
-        """Append ``rows`` ``[n, width]`` (converted to the file's dtype)."""
-        data = np.ascontiguousarray(rows, dtype=self.dtype)
-        self.file.write(data.data)
-        self.rows += data.shape[0]
-
-    def close(self) -> None:
-        end = self.file.tell()
-        if self._write_header() != self.header_size:
-            raise RuntimeError(f"{self.path}: .npy header grew; cannot finish in place")
-        self.file.seek(end)
-        self.file.flush()
-        os.fsync(self.file.fileno())  # on disk before the store is renamed into place
-        self.file.close()
-
-
-@dataclass
-class StoreSummary:
-    """What :func:`write_feature_store` wrote."""
-
-    num_images: int
-    num_boxes: int
-    feature_dim: int
-    dtype: str
-
-
-def write_feature_store(
-    records: Iterable[FeatureRecord],
-    out_dir: str | os.PathLike[str],
-    *,
-    feature_dim: int | None = None,
-    dtype: str = "float32",
-    sources: Sequence[dict[str, Any]] = (),
-    progress: bool = False,
-) -> StoreSummary:
-    """Stream ``records`` into a store directory at ``out_dir`` in constant memory.
-
-    Rows are appended to ``.npy`` files on disk as they arrive (only the per-image ids, offsets and sizes —
-    a few integers per image — stay in memory). The store is built in a hidden sibling directory and renamed
-    to ``out_dir`` once complete; ``store.json`` is written last. ``feature_dim`` (if given) is enforced,
-    otherwise taken from the first record. ``sources`` is recorded in ``store.json`` (to recognise a store
-    that is already up to date). Raises :class:`DataError` for a wrong width, mismatched arrays or a repeated
-    image.
-    """
-    if dtype not in FEATURE_DTYPES:
-        raise ValueError(f"dtype must be one of {FEATURE_DTYPES}, not {dtype!r}")
-    with atomic_path(out_dir) as temp:
-        temp.mkdir(parents=True)
-        image_ids, offsets, sizes = array.array("q"), array.array("q", [0]), array.array("q")
-        seen: set[int] = set()
-        files: dict[str, _GrowingNpy] = {}
-        try:
-            for record in tqdm(records, desc="features", unit="img", disable=not progress, leave=False):
-                _check_record(record, feature_dim)
-                if feature_dim is None:
-                    feature_dim = int(record.features.shape[1])
-                if record.image_id in seen:
-                    raise DataError("image appears twice", path=record.path, record=_where(record),
-                                    field="image_id")
-                seen.add(record.image_id)
-                if not files:
-                    files = {
-                        "features": _GrowingNpy(temp / "features.npy", feature_dim, np.dtype(dtype)),
-                        "boxes": _GrowingNpy(temp / "boxes.npy", 4, np.dtype(np.float32)),
-                        "spatial": _GrowingNpy(temp / "spatial.npy", 6, np.dtype(np.float32)),
-                    }
-                files["features"].append(record.features)
-                files["boxes"].append(record.boxes)
-                files["spatial"].append(spatial_features(record.boxes, record.image_w, record.image_h))
-                image_ids.append(record.image_id)
-                sizes.extend((record.image_w, record.image_h))
-                offsets.append(offsets[-1] + record.num_boxes)
-        finally:
-            for npy in files.values():
-                npy.close()
-        if not files:
-            raise DataError("no feature records", path=", ".join(str(s.get("path")) for s in sources) or None)
-        np.save(temp / "image_ids.npy", np.frombuffer(image_ids, dtype=np.int64))
-        np.save(temp / "offsets.npy", np.frombuffer(offsets, dtype=np.int64))
-        np.save(temp / "image_sizes.npy", np.frombuffer(sizes, dtype=np.int64).reshape(-1, 2))
-        summary = StoreSummary(len(image_ids), int(offsets[-1]), int(feature_dim), dtype)
-        meta = {"format_version": STORE_FORMAT_VERSION, "feature_dim": summary.feature_dim,
-                "num_images": summary.num_images, "num_boxes": summary.num_boxes, "dtype": dtype,
-                "sources": list(sources)}
-        write_json(temp / "store.json", meta)
-    return summary
-
-
-def _where(record: FeatureRecord) -> str:
-    where = f"image_id={record.image_id}"
-    return where if record.line is None else f"line {record.line} ({where})"
-
-
-def _check_record(record: FeatureRecord, feature_dim: int | None) -> None:
-    """Shapes of one record: boxes ``[n, 4]`` with n ≥ 1, features ``[n, D]`` with ``D == feature_dim`` if
-    given."""
-    boxes, features = record.boxes, record.features
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise DataError(f"boxes must be [n, 4], got {list(boxes.shape)}", path=record.path,
-                        record=_where(record), field="boxes")
-    if not boxes.shape[0]:
-        raise DataError("no boxes", path=record.path, record=_where(record), field="boxes")
-    if features.ndim != 2 or features.shape[0] != boxes.shape[0]:
-        raise DataError(f"features {list(features.shape)} do not match {boxes.shape[0]} boxes",
-                        path=record.path, record=_where(record), field="features")
-    if feature_dim is not None and features.shape[1] != feature_dim:
-        raise DataError(f"feature width {features.shape[1]}, expected {feature_dim}", path=record.path,
-                        record=_where(record), field="features")
-    if record.image_w <= 0 or record.image_h <= 0:
-        raise DataError(f"image size {record.image_w}x{record.image_h} is not positive", path=record.path,
-                        record=_where(record), field="image_w" if record.image_w <= 0 else "image_h")
-
-
-def source_stamps(paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]]:
-    """Identity of input files (absolute path, size, modification time) recorded in ``store.json``."""
-    result = []
-    for path in paths:
-        stat = Path(path).stat()
-        result.append({"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
-    return result
-
-
-def is_complete_store(out_dir: str | os.PathLike[str], sources: Sequence[dict[str, Any]]) -> bool:
-    """Whether ``out_dir`` holds a finished store built from exactly ``sources`` (see :func:`source_stamps`),
-    so a rerun can skip the conversion."""
-    try:
-        meta = read_json(Path(out_dir) / "store.json")
-    except DataError:  # missing or damaged: convert again
-        return False
-    return isinstance(meta, dict) and meta.get("sources") == list(sources)

@@ -55,7 +55,7 @@ class Hdf5FeatureStore(FeatureStore):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = self.location = Path(path)
-        map_path = default_image_id_map(path)  # a dataset's identity stamps this file too (features.source_identity)
+        map_path = default_image_id_map(path)  # a dataset's identity stamps it too (features_listing.source_identity)
         index_of = read_int_dict(map_path)
         try:
             with h5py.File(self.path, "r") as file:
