@@ -42,6 +42,9 @@ def test_a_decay_epoch_inside_the_warm_up_has_no_effect_as_in_the_reference():
     # the reference's loop: `if epoch < len(warmup): lr = warmup[epoch] elif epoch in decay_epochs: lr *= rate`
     config = TrainConfig(lr=1.0, warmup=(0.5, 1.0, 1.5, 2.0), decay_epochs=(2, 5, 5), decay_rate=0.25)
     assert [learning_rate(config, e) for e in range(7)] == [0.5, 1.0, 1.5, 2.0, 2.0, 0.5, 0.5]
+    # the first epoch after the warm-up is no longer in it: a decay listed there applies
+    config = TrainConfig(lr=1.0, warmup=(0.5, 1.0, 1.5, 2.0), decay_epochs=(4,), decay_rate=0.25)
+    assert [learning_rate(config, e) for e in range(6)] == [0.5, 1.0, 1.5, 2.0, 0.5, 0.5]
 
 
 def test_overrides_are_typed():

@@ -221,6 +221,20 @@ def test_validating_or_not_trains_the_same_weights(data_dir, tmp_path):
         assert torch.equal(tensor, unvalidated[name]), name
 
 
+def test_the_schedule_sets_the_optimizers_learning_rate_each_epoch(data_dir, tmp_path):
+    """lr 2e-3 with warm-up factors (0.5, 1) trains at 1e-3, then 2e-3: exactly what lr 1e-3 with factors (1, 2)
+    trains at, so the weights are bit-identical (a schedule logged but not given to the optimizer, or given only
+    once, would train the two runs at different rates); and the epochs' records say those rates."""
+    for name, lr, warmup in (("half", 2e-3, (0.5, 1.0)), ("double", 1e-3, (1.0, 2.0))):
+        run = small_run(data_dir, lr=lr, warmup=warmup, precision="fp32", val_split="")
+        start_run(tmp_path / name, run, resume=False)
+        history = train(tmp_path / name, run, VQATask(data_dir))
+        assert [record["lr"] for record in history] == pytest.approx([1e-3, 2e-3], rel=1e-12)
+    double = weights(tmp_path / "double")
+    for name, tensor in weights(tmp_path / "half").items():
+        assert torch.equal(tensor, double[name]), name
+
+
 def test_bucketed_batches_train_on_every_question_once_per_epoch(data_dir, tmp_path):
     run = small_run(data_dir, epochs=1, bucket_boxes=True)
     start_run(tmp_path, run, resume=False)

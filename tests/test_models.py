@@ -12,6 +12,7 @@ import ban
 from ban.errors import ConfigError
 from ban.machine import physical_memory
 from ban.models import PRESETS
+from ban.models.grounding import MASKED_LOGIT
 from ban.models.sizes import minimum_parameters
 
 
@@ -207,6 +208,21 @@ def test_grounding_needs_an_entity_slot():
         ban.build_model(config)(features, spatial, tokens, torch.zeros(3, 0, dtype=torch.long))
 
 
+def test_without_an_entity_mask_slot_0_is_a_phrase_even_at_token_0():
+    """An entity position of 0 marks an empty slot, except in slot 0: a caption's first phrase may end on its
+    first token ("Men …"), so the default entity mask keeps slot 0 and masks only the later zeros."""
+    config = ban.BANConfig(task="grounding", num_glimpses=1, use_counting=False, **SMALL)
+    model = ban.build_model(config).eval()
+    features, spatial, tokens = _inputs(config)
+    positions = torch.tensor([[0, 3, 0], [0, 0, 0], [5, 0, 2]])
+    with torch.no_grad():
+        logits = model(features, spatial, tokens, positions).logits  # [B, G, N, E]
+    masked = logits == MASKED_LOGIT
+    assert not masked[:, :, :, 0].any() and logits[:, :, :, 0].isfinite().all()
+    assert masked[0, :, :, 2].all() and masked[1, :, :, 1:].all() and masked[2, :, :, 1].all()
+    assert not masked[0, :, :, 1].any() and not masked[2, :, :, 2].any()
+
+
 @pytest.mark.parametrize(("kind", "argument"), [(dict(attention="unitary", use_counting=False), "questions"),
                                                 (dict(task="grounding", use_counting=False), "tokens")])
 def test_every_model_names_its_own_token_argument(kind, argument):
@@ -260,6 +276,26 @@ def test_masked_question_padding_gets_no_attention():
     with torch.no_grad():
         out = model(features, spatial, questions)
     assert torch.all(out.attention[0, :, :, 9:] == 0)
+
+
+@pytest.mark.parametrize("kind", [dict(), dict(attention="unitary", use_counting=False)], ids=["ban", "unitary"])
+def test_with_masked_question_padding_more_padding_changes_no_logit(kind):
+    """mask_question_padding: the padded tokens get no attention and add nothing to the pooled states (BAN's sum
+    over tokens; the unitary model's state after the last real token), so padding every question to 20 tokens
+    instead of 14 leaves every logit as it was. Without the option (the reference) it does not."""
+    outputs = {}
+    for masked in (True, False):
+        config = ban.BANConfig(num_glimpses=2, mask_question_padding=masked, **SMALL, **kind)
+        torch.manual_seed(0)
+        model = ban.build_model(config).eval()
+        features, spatial, questions = _inputs(config)
+        longer = torch.nn.functional.pad(questions, (0, 6), value=config.pad_index)
+        with torch.no_grad():
+            outputs[masked] = [model(features, spatial, tokens).logits for tokens in (questions, longer)]
+    short, long = outputs[True]
+    assert torch.allclose(long, short, rtol=0, atol=1e-5)
+    unmasked_short, unmasked_long = outputs[False]
+    assert (unmasked_long - unmasked_short).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize(

@@ -64,8 +64,17 @@ def open_splits(data_dir: Path) -> None:
 
 
 def test_sound_datasets_open(prepared: Path) -> None:
+    """The sound datasets open (the baseline of every damage below) with the sizes their manifests record."""
     for name in NAMES:
         open_splits(prepared / name)
+        task = make_task(name, prepared / name)
+        manifest = json.loads((prepared / name / "manifest.json").read_text())
+        assert task.model_sizes()["feature_dim"] == manifest["feature_dim"] == 16
+        assert task.model_sizes()["num_tokens"] == manifest["num_tokens"] > 0
+        samples = "questions" if name == "vqa" else "sentences"
+        lengths = {split: len(task.dataset([split])) for split in task.splits()}
+        assert lengths == {split: manifest["splits"][split][samples] for split in task.splits()}
+        assert all(lengths.values())
 
 
 @pytest.mark.parametrize("name", NAMES)
