@@ -344,6 +344,19 @@ def test_torchrun_refuses_a_batch_smaller_than_its_processes(data_dir, tmp_path)
     assert not (tmp_path / "run").exists()
 
 
+def test_resuming_a_finished_run_says_there_is_nothing_left_to_train(data_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(data_dir), "--out", str(run_dir), "--epochs", "1", *SMALL]) == 0
+    trained = Checkpoint(run_dir / CHECKPOINT_FILE).model
+    capsys.readouterr()
+    assert main(["train", "--out", str(run_dir), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"nothing left to train: {run_dir} has finished its 1 epoch; train it further with: ban train --out " \
+           f"{run_dir} --resume --epochs N (N > 1)" in out and "done:" not in out
+    for name, tensor in Checkpoint(run_dir / CHECKPOINT_FILE).model.items():
+        assert torch.equal(tensor, trained[name]), name
+
+
 def test_resume_keeps_the_runs_training_settings_when_a_preset_is_named(data_dir, tmp_path):
     """`--resume --preset tiny` took the default recipe for the training settings and so refused the run."""
     run_dir = tmp_path / "run"

@@ -72,7 +72,8 @@ def test_bad_training_settings_are_rejected(assignment):
     ("grad_clip=-1", "'grad_clip' must be positive"), ("grad_clip=0", "'grad_clip' must be positive"),
     ("decay_rate=0", "'decay_rate' must be positive"), ("num_workers=-1", "'num_workers' must be non-negative"),
     ("betas=0.9,1", "'betas' needs two values in [0, 1)"), ("betas=-0.1,0.9", "'betas'"), ("betas=0.9", "'betas'"),
-    ("warmup=0.5,0", "'warmup'"), ("device=tpu", "'device': 'tpu' is not a device"),
+    ("warmup=0.5,0", "'warmup'"), ("decay_epochs=-1,0", "'decay_epochs': epochs are counted from 0"),
+    ("device=tpu", "'device': 'tpu' is not a device"),
     ("device=cuda:x", "'device'"), ("device=meta", "'device'"),
 ])
 def test_settings_out_of_range_name_the_setting(assignment, message):

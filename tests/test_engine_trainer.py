@@ -284,9 +284,10 @@ def test_a_run_directory_is_not_overwritten_or_resumed_with_another_config(data_
         start_run(tmp_path, other_model, resume=True)
 
 
-def test_a_split_the_data_lacks_is_refused_before_training(data_dir, tmp_path):
+def test_a_split_the_data_lacks_or_trains_on_is_refused_as_val_split_before_training(data_dir, tmp_path):
     for settings, message in ((dict(val_split="vall"), "'val_split'.*no split 'vall'"),
-                              (dict(train_splits=("train", "vg-train")), "'train_splits'.*no split 'vg-train'")):
+                              (dict(train_splits=("train", "vg-train")), "'train_splits'.*no split 'vg-train'"),
+                              (dict(train_splits=("train", "val")), "'val_split': 'val' is also in train_splits")):
         run = small_run(data_dir, epochs=1, **settings)
         start_run(tmp_path / "run", run, resume=False)
         with pytest.raises(ConfigError, match=message):  # in Python as on the command line

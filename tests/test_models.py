@@ -166,7 +166,8 @@ def test_non_finite_values_in_masked_boxes_change_nothing(fused):
 def test_options_of_bilinear_vqa_are_refused_where_they_would_be_ignored(kind, option):
     """The config describes the model: counting or the fused execution on a model without them is an error."""
     settings = {**SMALL, **kind, "use_counting": False, option: True}
-    with pytest.raises(ConfigError, match=f"{option}=True applies to BAN for VQA only"):
+    with pytest.raises(ConfigError, match=rf"{option}=True applies to BAN for VQA only.*\({option}=False; on the "
+                                          rf"command line --set model\.{option}=false\)"):
         ban.BANConfig(**settings)
 
 

@@ -70,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
                                     else ["fused", "plain", "straightforward"]))
     if "graphed" in paths and not on_gpu:  # said before minutes of measuring the other paths
         raise ConfigError("--paths graphed replays CUDA graphs: it needs a GPU")
-    if preset(args.preset).task != "vqa":  # (an unknown name is refused by preset())
+    if args.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {args.preset!r}; ban bench measures VQA models: {', '.join(VQA_PRESETS)}")
+    if args.preset not in VQA_PRESETS:
         raise ConfigError(f"ban bench measures VQA models; preset {args.preset!r} is a {preset(args.preset).task} "
                           f"model (VQA presets: {', '.join(VQA_PRESETS)})")
     settings = BenchSettings(

@@ -17,6 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ban.commands.arguments import non_negative_int
+from ban.engine.checkpoint import Checkpoint, read_position
 from ban.engine.config import (
     SYNTHETIC_TRAINING,
     TrainConfig,
@@ -26,7 +27,15 @@ from ban.engine.config import (
     typed_overrides,
 )
 from ban.engine.reporting import METRICS_FILE
-from ban.engine.run import RunConfig, abandon_new_run, check_new_run_dir, fingerprint, read_run_config, start_run
+from ban.engine.run import (
+    CHECKPOINT_FILE,
+    RunConfig,
+    abandon_new_run,
+    check_new_run_dir,
+    fingerprint,
+    read_run_config,
+    start_run,
+)
 from ban.engine.synthetic import synthetic_dataset
 from ban.engine.tasks import Task, check_splits, dataset_task, make_task
 from ban.engine.trainer import TrainingDiverged, TrainingInterrupted, WeightsDiverged, resume_command, train
@@ -111,6 +120,13 @@ def build_model_config(stored: BANConfig | None, preset_name: str | None, task: 
     return model
 
 
+def epochs_done(run_dir: Path) -> int:
+    """The finished epochs of the run in ``run_dir``, from its checkpoint's training position (0 before its first
+    checkpoint)."""
+    path = run_dir / CHECKPOINT_FILE
+    return read_position(Checkpoint(path))["epoch"] if path.exists() else 0
+
+
 def default_run_dir(run: RunConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{run.task}-h{run.model.hidden_dim}-g{run.model.num_glimpses}-{stamp}"
@@ -126,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         check_new_run_dir(args.out)  # before anything is built (the synthetic scenes take a minute or more)
     config = build_run(args)
     run_dir = args.out or default_run_dir(config)
+    finished = args.resume and epochs_done(run_dir) >= config.train.epochs > 0
     if main_process:
         start_run(run_dir, config, args.resume)
         print(f"run dir: {run_dir}\nmodel: {config.model}\ntraining: {config.train}", file=sys.stderr)
@@ -143,13 +160,18 @@ def run(args: argparse.Namespace) -> int:
         if main_process and not args.resume and not resumable:
             abandon_new_run(run_dir)
         raise
-    if history and main_process:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if finished and main_process:
+        epochs = config.train.epochs
+        print(f"nothing left to train: {run_dir} has finished its {epochs} epoch{'s' * (epochs != 1)}; train it "
+              f"further with: {resume_command(run_dir, world_size)} --epochs N (N > {epochs})")
+    elif history and main_process:
         full = (f"; the last validation in full: ban evaluate {run_dir} --split {config.train.val_split} --json"
                 if "val" in history[-1] else "")
         epochs = f"{len(history)} epoch{'s' * (len(history) != 1)}"
         print(f"done: {epochs}, every epoch's numbers in {Path(run_dir) / METRICS_FILE}{full}")
     elif main_process:
         print(f"nothing trained (epochs={config.train.epochs}): {run_dir} holds the run's settings only; train it "
-              f"with: {resume_command(run_dir, int(os.environ.get('WORLD_SIZE', '1')))} --epochs N")
+              f"with: {resume_command(run_dir, world_size)} --epochs N")
     return 0
 

@@ -118,7 +118,7 @@ def _check_int64(config: TrainConfig) -> None:
 
 def _check_ranges(config: TrainConfig) -> None:
     """Refuse a number outside its range, naming the setting: :data:`POSITIVE` ones, :data:`NON_NEGATIVE` ones,
-    the warm-up factors (positive) and Adamax's two ``betas`` (in [0, 1))."""
+    the warm-up factors (positive), the decay epochs (non-negative) and Adamax's two ``betas`` (in [0, 1))."""
     for name in POSITIVE + NON_NEGATIVE:
         value, positive = getattr(config, name), name in POSITIVE
         if value < 0 or (positive and value == 0):
@@ -126,6 +126,8 @@ def _check_ranges(config: TrainConfig) -> None:
                               f"not {value!r}")
     if not all(factor > 0 for factor in config.warmup):
         raise ConfigError(f"training setting 'warmup': the factors must be positive, not {config.warmup!r}")
+    if not all(epoch >= 0 for epoch in config.decay_epochs):
+        raise ConfigError(f"training setting 'decay_epochs': epochs are counted from 0, not {config.decay_epochs!r}")
     if len(config.betas) != 2 or not all(0 <= beta < 1 for beta in config.betas):
         raise ConfigError(f"training setting 'betas' needs two values in [0, 1), not {config.betas!r}")
 

@@ -62,7 +62,8 @@ class BANConfig:
             model = "grounding" if self.task == "grounding" else "unitary attention"
             for option in ("use_counting", "fused"):
                 if getattr(self, option):
-                    raise ConfigError(f"{option}=True applies to BAN for VQA only, not to {model}: set {option}=False")
+                    raise ConfigError(f"{option}=True applies to BAN for VQA only, not to {model}: turn it off "
+                                      f"({option}=False; on the command line --set model.{option}=false)")
         for name in ("num_tokens", "num_answers", "feature_dim", "word_dim", "hidden_dim", "num_glimpses",
                      "rank_factor", "num_count_objects"):
             if getattr(self, name) < 1:
