@@ -25,7 +25,14 @@ from ban.engine.run import CHECKPOINT_FILE, RunConfig, fingerprint, load_run, st
 from ban.engine.tasks import make_task
 from ban.models import build_model, preset
 from ban.viz.attention import AttentionExample, attention_figure, box_weights
-from ban.viz.boxes import box_opacities, draw_colored_boxes, draw_weighted_boxes, find_coco_image, image_size_from_boxes
+from ban.viz.boxes import (
+    box_opacities,
+    draw_colored_boxes,
+    draw_weighted_boxes,
+    find_coco_image,
+    find_plain_image,
+    image_size_from_boxes,
+)
 from ban.viz.figures import save_png
 from ban.viz.grounding import GroundingPictures, grounding_figure
 from ban.viz.report import REPORT_DIR, write_report_pictures
@@ -349,13 +356,75 @@ def test_grounding_picture_has_one_legend_entry_per_phrase(scenes: dict[str, Pat
         logits = loaded.model(torch.from_numpy(features)[None], torch.from_numpy(spatial)[None],
                               torch.from_numpy(tokens)[None], torch.from_numpy(positions)[None]).logits
     np.testing.assert_array_equal(example.top_boxes, logits[0, 0].argmax(dim=0).numpy())
-    dictionary = json.loads((scenes["flickr"] / "dictionary.json").read_text())["tokens"]
-    unnamed = GroundingPictures(loaded.model, scenes["flickr"], "val", None).example(2)  # no Sentences/ to read
-    assert unnamed.phrases == [f"…{dictionary[tokens[p]]}" for p in positions]
     legend = grounding_figure(example).legends[0]
     texts = [text.get_text() for text in legend.get_texts()]
     assert len(texts) == len(phrases[: int(used.sum())])
     assert all(phrase in text for phrase, text in zip(example.phrases, texts, strict=True))
+
+
+def test_phrase_texts_come_from_the_raw_folder_the_dataset_was_prepared_from(scenes: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    """Images elsewhere (a copy without Sentences/ beside it) or none at all: the phrase texts come from the
+    Sentences/ of the manifest's root, the folder `ban prepare flickr30k --root` read; a dataset prepared before
+    the root was recorded names the phrases by their last words, as the model read them."""
+    images = shutil.copytree(scenes["raw"] / "flickr30k" / "images", tmp_path / "pictures" / "flickr")
+    model = load_run(make_run(tmp_path / "run-grounding", "grounding", scenes["flickr"])).model
+    with np.load(scenes["flickr"] / "val.npz") as arrays:
+        used = arrays["entity_ids"][2] > 0
+        positions, image_id = arrays["entity_positions"][2][used], int(arrays["image_id"][2])
+        caption_index, tokens = int(arrays["caption_index"][2]), arrays["tokens"][2]
+    caption = parse_sentences_file(scenes["raw"] / "flickr30k" / "Sentences" / f"{image_id}.txt")[caption_index]
+    phrases = [caption.text[p.start:p.end] for p in caption.phrases if p.is_visual][: int(used.sum())]
+    for image_dir in (images, None):
+        example = GroundingPictures(model, scenes["flickr"], "val", image_dir).example(2)
+        assert (example.caption, example.phrases) == (caption.text, phrases)
+    data = shutil.copytree(scenes["flickr"], tmp_path / "flickr")
+    manifest = json.loads((data / "manifest.json").read_text())
+    del manifest["root"]
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    dictionary = json.loads((data / "dictionary.json").read_text())["tokens"]
+    unnamed = GroundingPictures(model, data, "val", images).example(2)  # no Sentences/ to read
+    assert unnamed.phrases == [f"…{dictionary[tokens[p]]}" for p in positions]
+
+
+def resized_copy(source: Path, target: Path, size: tuple[int, int]) -> Path:
+    """A real picture of ``size`` = (width, height) at ``target``: the one in ``source`` resized."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(source) as image:
+        image.convert("RGB").resize(size).save(target)
+    return target
+
+
+def test_an_image_file_of_another_size_is_not_drawn_under_the_boxes(vqa_run: Path, scenes: dict[str, Path],
+                                                                   tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The image folder's file is not the picture the features were detected on (a regenerated raw folder,
+    --images pointing at other pictures): its size says so; the boxes go on the blank canvas, with a line on
+    stderr naming the file and both sizes."""
+    rows = val_rows(scenes["vqa"])
+    image_id, question_id = int(rows["image_id"][0]), int(rows["question_id"][0])
+    real = find_coco_image(scenes["raw"] / "images", "val2014", image_id)
+    width, height = FeatureStore.open(scenes["vqa"]).image_size(image_id)
+    with Image.open(real) as image:
+        assert image.size == (width, height)  # the scene's own picture: the size the features were detected on
+    other = resized_copy(real, tmp_path / "images" / real.name, (width + 40, height // 2))
+    command = ["visualize", str(vqa_run), "--questions", str(question_id), "--images", str(other.parent)]
+    assert main([*command, "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert (f"{other}: the image is {width + 40}×{height // 2} pixels but its features were detected on a "
+            f"{width}×{height} image" in captured.err)
+    assert "blank canvas" in captured.out
+    example = VQAPictures(load_run(vqa_run).model, scenes["vqa"], "val", other.parent).example(0)
+    assert not example.image_found and len(np.unique(np.asarray(example.image).reshape(-1, 3), axis=0)) == 1
+    assert_real_picture(tmp_path / "out" / f"q{question_id}.png")
+    with np.load(scenes["flickr"] / "val.npz") as arrays:  # grounding pictures check their images alike
+        flickr_id = int(arrays["image_id"][0])
+    flickr_images = scenes["raw"] / "flickr30k" / "images"
+    resized_copy(find_plain_image(flickr_images, flickr_id), tmp_path / "flickr" / f"{flickr_id}.png", (64, 48))
+    model = load_run(make_run(tmp_path / "run-grounding", "grounding", scenes["flickr"])).model
+    assert not GroundingPictures(model, scenes["flickr"], "val", tmp_path / "flickr").example(0).image_found
+    assert f"{tmp_path / 'flickr' / f'{flickr_id}.png'}: the image is 64×48 pixels" in capsys.readouterr().err
+    assert GroundingPictures(model, scenes["flickr"], "val", flickr_images).example(0).image_found
 
 
 def test_a_phrase_word_the_dictionary_does_not_know_is_named_with_what_the_model_read(

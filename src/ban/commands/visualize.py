@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     for index in pick(maker, wanted, args.num, args.random, args.seed):
         path, example = maker.write(index, out)
         missing += not example.image_found
-        print(f"{path}" + ("" if example.image_found else f"  (no image file for image {example.image_id}: "
+        print(f"{path}" + ("" if example.image_found else f"  (no matching image file for image {example.image_id}: "
                                                          "boxes drawn on a blank canvas)"))
     if missing and image_dir is None:
         print("no image folder given or found: pass --images DIR to draw on the images")

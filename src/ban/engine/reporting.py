@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ban.data.atomic import write_with
 from ban.numbers import is_number
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "learning_curves.png"
@@ -51,16 +54,22 @@ PLOTTED_APART = ("val/perQuestionType", "val/perType")  # a curve per question /
 
 
 def plot_learning_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Write :func:`learning_curves_figure` of ``history`` to ``path`` as a PNG."""
+    figure = learning_curves_figure(history)
+    write_with(path, lambda temp: figure.savefig(temp, format="png", dpi=100, bbox_inches="tight"))
+
+
+def learning_curves_figure(history: list[dict[str, Any]]) -> Figure:
     """Loss (left) and scores in % (right: the training score and every validation score but the per-question-
-    and per-entity-type ones, which stay in metrics.jsonl and TensorBoard) per epoch, as a PNG."""
+    and per-entity-type ones, which stay in metrics.jsonl and TensorBoard) per epoch, ticked at whole epochs."""
     from matplotlib.figure import Figure  # outside pyplot: the process's backend and figures are left alone
+    from matplotlib.ticker import MaxNLocator
 
     rows = [scalars(record) for record in history]
     epochs = [row["epoch"] for row in rows]
     figure = Figure(figsize=(12, 4))
     loss_axes, score_axes = figure.subplots(1, 2)
     loss_axes.plot(epochs, [row["train_loss"] for row in rows], marker="o", label="train loss")
-    loss_axes.set_xlabel("epoch")
     loss_axes.set_ylabel("loss")
     loss_axes.legend()
     score_keys = ["train_score"] + sorted({k for row in rows for k in row if k.startswith("val/")
@@ -68,11 +77,13 @@ def plot_learning_curves(history: list[dict[str, Any]], path: Path) -> None:
     for key in score_keys:
         points = [(row["epoch"], row[key]) for row in rows if key in row]
         score_axes.plot(*zip(*points, strict=True), marker="o", label=key)
-    score_axes.set_xlabel("epoch")
     score_axes.set_ylabel("%")
     score_axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)  # beside the curves
+    for axes in (loss_axes, score_axes):
+        axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs, even one
     figure.tight_layout()
-    write_with(path, lambda temp: figure.savefig(temp, format="png", dpi=100, bbox_inches="tight"))
+    return figure
 
 
 def log_tensorboard(run_dir: Path, record: dict[str, Any]) -> None:

@@ -88,7 +88,7 @@ def attention_figure(example: AttentionExample) -> Figure:
         picture.imshow(np.asarray(drawn))
         picture.set_xticks([])
         picture.set_yticks([])
-        canvas = "" if example.image_found else " (no image file: blank canvas of its size)"
+        canvas = "" if example.image_found else " (no matching image file: blank canvas of its size)"
         picture.set_title(f"glimpse {glimpse + 1}: attention per box{canvas}\n"
                           f"({weight_scale(weights[glimpse])}; opacity: weight above the even share)", fontsize=9)
         heat = figure.add_subplot(grid[glimpse, 1])

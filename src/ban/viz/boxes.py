@@ -7,6 +7,7 @@ image's pixel size here, so the same boxes fit the real image or a blank canvas 
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,14 +42,27 @@ def find_plain_image(image_dir: Path, image_id: int) -> Path | None:
     return None
 
 
-def open_or_blank(path: Path | None, size: tuple[int, int]) -> tuple[Image.Image, bool]:
-    """(RGB image, True) from ``path``; (blank canvas of ``size`` = (width, height), False) when path is None.
-    A file Pillow cannot read (not an image, truncated, too large) is a :class:`DataError` naming it."""
-    if path is None:
-        return Image.new("RGB", size, BLANK), False
+def open_or_blank(path: Path | None, size: tuple[int, int],
+                  expected: tuple[int, int] | None = None) -> tuple[Image.Image, bool]:
+    """(RGB image, True) from ``path`` by :func:`read_image`; (blank canvas of ``size`` = (width, height), False)
+    when path is None or its file is not the image of ``expected`` size."""
+    image = None if path is None else read_image(path, expected)
+    return (Image.new("RGB", size, BLANK), False) if image is None else (image, True)
+
+
+def read_image(path: Path, expected: tuple[int, int] | None) -> Image.Image | None:
+    """The RGB image in ``path``, or None when it is not the image the features were detected on: its pixel size
+    (read from the file's header, before any pixel is decoded) is not ``expected`` = (width, height), which a line
+    on stderr says (``expected`` None: not recorded, not checked). A file Pillow cannot read (not an image,
+    truncated, too large) is a :class:`DataError` naming it."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB"), True
+            if expected is not None and image.size != tuple(expected):
+                print(f"{path}: the image is {image.width}×{image.height} pixels but its features were detected on "
+                      f"a {expected[0]}×{expected[1]} image: not that image; boxes drawn on a blank canvas",
+                      file=sys.stderr)
+                return None
+            return image.convert("RGB")
     except (OSError, Image.DecompressionBombError, ValueError, TypeError, SyntaxError, EOFError,
             struct.error) as error:  # what Pillow's decoders raise for damaged files of their formats
         reason = "not an image file Pillow can read" if isinstance(error, UnidentifiedImageError) else str(error)

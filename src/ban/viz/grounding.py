@@ -1,9 +1,9 @@
 """Grounding pictures: a caption's phrases, each with the box the model scores highest for it, one colour per
 phrase and a legend with the phrase text.
 
-The phrase texts come from the official ``Sentences/<image>.txt`` next to the image folder when it is there
-(the same phrases, in the same order, that ``ban prepare flickr30k`` turned into entity slots); otherwise each
-phrase is named by its last word, the token the model reads it at.
+The phrase texts come from the official ``Sentences/<image>.txt`` next to the image folder or among the raw files
+the dataset was prepared from (the same phrases, in the same order, that ``ban prepare flickr30k`` turned into
+entity slots); without it each phrase is named by its last word, the token the model reads it at.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ban.engine.tasks import grounding_outputs, non_finite_output, to_device
 from ban.errors import DataError
 from ban.viz.boxes import draw_colored_boxes, enlarged, find_plain_image, image_size_from_boxes, open_or_blank
 from ban.viz.figures import evaluating, new_figure, save_png
+from ban.viz.report import prepared_from
 from ban.viz.words import read_labels
 
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -87,7 +88,7 @@ def grounding_figure(example: GroundingExample) -> Figure:
                for k, (phrase, color) in enumerate(zip(example.phrases, colors, strict=True))]
     figure.legend(handles=handles, loc="center left", bbox_to_anchor=(0.62, 0.5), fontsize=10, frameon=False,
                   title="phrase → top-scoring box")
-    canvas = "" if example.image_found else "\n(no image file: boxes on a blank canvas of the image's size)"
+    canvas = "" if example.image_found else "\n(no matching image file: boxes on a blank canvas of the image's size)"
     figure.suptitle(f"image {example.image_id}: {example.caption}{canvas}", fontsize=11, wrap=True)
     return figure
 
@@ -95,7 +96,9 @@ def grounding_figure(example: GroundingExample) -> Figure:
 class GroundingPictures:
     """Draws the grounding of ``model`` on captions of ``split`` of the prepared Flickr30k dataset ``data_dir``.
 
-    ``image_dir`` holds ``<image id>.jpg|png``; ``Sentences/`` beside it gives the phrase texts.
+    ``image_dir`` holds ``<image id>.jpg|png``; the phrase texts come from the first of :attr:`sentences_dirs`
+    holding the caption's file: ``Sentences/`` beside ``image_dir``, then in the raw files' folder the dataset was
+    prepared from (its manifest's ``root``).
     """
 
     def __init__(self, model: nn.Module, data_dir: Path, split: str, image_dir: Path | None,
@@ -105,11 +108,17 @@ class GroundingPictures:
         self.dataset = GroundingDataset(data_dir, split)
         self.dictionary = Dictionary.load(Path(data_dir) / "dictionary.json")
         self.image_dir = image_dir
-        sentences = None if image_dir is None else image_dir.parent / "Sentences"
-        self.sentences_dir = sentences if sentences is not None and sentences.is_dir() else None
+        root = prepared_from(Path(data_dir))
+        folders = ([] if image_dir is None else [image_dir.parent]) + ([] if root is None else [root])
+        self.sentences_dirs = [folder / "Sentences" for folder in folders]
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def sentences_file(self, image_id: int) -> Path | None:
+        """The first ``<image_id>.txt`` of :attr:`sentences_dirs` that is there, or None."""
+        paths = (folder / f"{image_id}.txt" for folder in self.sentences_dirs)
+        return next((path for path in paths if path.is_file()), None)
 
     def texts(self, index: int, positions: list[int]) -> tuple[str, list[str]]:
         """(caption, the phrase text of each entity slot) of the caption at ``index``; a phrase with words the
@@ -120,19 +129,18 @@ class GroundingPictures:
         padding = self.dictionary.padding_index
         indices = [t for t in tokens if t != padding]
         words = [self.dictionary.tokens[t] for t in indices]
-        if self.sentences_dir is not None:
-            path = self.sentences_dir / f"{image_id}.txt"
-            captions = parse_sentences_file(path) if path.is_file() else []
-            if caption_index < len(captions):
-                caption = captions[caption_index]
-                caption_words = tokenize(caption.text)
-                labels = (read_labels(caption_words, indices, self.dictionary)
-                          if len(caption_words) == len(indices) else None)
-                keeps_tokenless = entity_positions_of(self.dataset.manifest) == "reference"  # as prepared
-                phrases = [phrase_label(caption.text, p, labels) for p in caption.phrases
-                           if p.is_visual and (keeps_tokenless or tokenize(caption.text[p.start:p.end]))]
-                if len(phrases) >= len(positions):
-                    return caption.text, phrases[: len(positions)]
+        path = self.sentences_file(image_id)
+        captions = [] if path is None else parse_sentences_file(path)
+        if caption_index < len(captions):
+            caption = captions[caption_index]
+            caption_words = tokenize(caption.text)
+            labels = (read_labels(caption_words, indices, self.dictionary)
+                      if len(caption_words) == len(indices) else None)
+            keeps_tokenless = entity_positions_of(self.dataset.manifest) == "reference"  # as prepared
+            phrases = [phrase_label(caption.text, p, labels) for p in caption.phrases
+                       if p.is_visual and (keeps_tokenless or tokenize(caption.text[p.start:p.end]))]
+            if len(phrases) >= len(positions):
+                return caption.text, phrases[: len(positions)]
         return " ".join(words), [f"…{words[p]}" if p < len(words) else f"token {p}" for p in positions]
 
     def example(self, index: int) -> GroundingExample:
@@ -151,9 +159,10 @@ class GroundingPictures:
             raise non_finite_output(self.dataset.data_dir, f"sentence {index} (image_id={image_id})")
         scores = out.logits[0, 0].float().cpu().numpy()[:, used]  # [N, E_used]
         spatial = sample["boxes"].numpy()
-        _, _, pixel_boxes = self.dataset.store.get(image_id)
+        store = self.dataset.store
         path = None if self.image_dir is None else find_plain_image(self.image_dir, image_id)
-        image, found = open_or_blank(path, image_size_from_boxes(pixel_boxes, spatial))
+        image, found = open_or_blank(path, image_size_from_boxes(store.boxes(image_id), spatial),
+                                     store.image_size(image_id))
         return GroundingExample(image_id, caption, phrases, scores, spatial[:, :4], image, found)
 
     def write(self, index: int, out_dir: Path, prefix: str = "") -> tuple[Path, GroundingExample]:

@@ -101,11 +101,12 @@ class VQAPictures:
         annotation = self.annotations.get(question_id)
         answers = [str(a["answer"]) for a in annotation["answers"]] if annotation else []
         spatial = sample["boxes"].numpy()
-        _, _, pixel_boxes = self.dataset.features.get(image_id)
+        store = self.dataset.features
         path = None
         if self.image_dir is not None:
             path = find_coco_image(self.image_dir, IMAGE_SUBSETS.get(self.split, self.split), image_id)
-        image, found = open_or_blank(path, image_size_from_boxes(pixel_boxes, spatial))
+        image, found = open_or_blank(path, image_size_from_boxes(store.boxes(image_id), spatial),
+                                     store.image_size(image_id))
         return AttentionExample(question_id, image_id, question, words, attention, spatial[:, :4],
                                 self.labels[int(out.logits[0].argmax())], answers, image, found)
 
