@@ -16,9 +16,10 @@ from torch.utils.data import DataLoader
 
 from ban.cli import main
 from ban.commands.trained_run import loader_workers
-from ban.engine import tasks
+from ban.engine import evaluation
+from ban.engine.evaluation import box_count_batches, predict_logits
 from ban.engine.run import load_run
-from ban.engine.tasks import box_count_batches, make_task, predict_logits
+from ban.engine.tasks import make_task
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +34,17 @@ def run_dir(data_dir, tmp_path_factory) -> Path:
     return run_dir
 
 
-def in_dataset_order(monkeypatch) -> None:
-    """Make every evaluation loader batch the samples in the dataset's order (the path before box-count order)."""
-    monkeypatch.setattr(tasks, "dataset_box_counts", lambda dataset: np.zeros(len(dataset), dtype=np.int64))
+def in_dataset_order(monkeypatch) -> list[int]:
+    """Make every evaluation loader batch the samples in the dataset's order (the path before box-count order);
+    the list returned gets the size of each dataset so batched (a test checks the change was in effect)."""
+    batched: list[int] = []
+
+    def equal_counts(dataset) -> np.ndarray:
+        batched.append(len(dataset))
+        return np.zeros(len(dataset), dtype=np.int64)
+
+    monkeypatch.setattr(evaluation, "dataset_box_counts", equal_counts)
+    return batched
 
 
 def test_batches_are_cut_from_a_stable_sort_by_box_count():
@@ -63,7 +72,7 @@ def test_evaluate_and_predict_give_what_the_dataset_order_gives(run_dir, data_di
     outputs = {}
     for name in ("by boxes", "in order"):
         if name == "in order":
-            in_dataset_order(monkeypatch)
+            batched = in_dataset_order(monkeypatch)
         results, logits = tmp_path / f"{name}.json", tmp_path / f"{name}.npy"
         capsys.readouterr()
         assert main(["evaluate", str(run_dir), "--json", "--precision", "fp32", "--batch-size", "16"]) == 0
@@ -72,6 +81,7 @@ def test_evaluate_and_predict_give_what_the_dataset_order_gives(run_dir, data_di
                      "--out", str(results), "--logits", str(logits)]) == 0
         outputs[name] = metrics, results.read_bytes(), np.load(logits)
     (metrics, results, logits), (metrics_in_order, results_in_order, logits_in_order) = outputs.values()
+    assert batched  # the evaluations "in order" were
     assert metrics == metrics_in_order
     assert results == results_in_order
     np.testing.assert_allclose(logits, logits_in_order, rtol=1e-5, atol=1e-5)
@@ -97,7 +107,7 @@ def test_grounding_recall_is_the_same_in_box_count_order_and_in_shards(tmp_path,
     flickr = tmp_path / "raw" / "flickr30k"
     prepare_flickr30k(flickr, [flickr / "features.tsv"], tmp_path / "prepared", progress=False)
     task = make_task("grounding", tmp_path / "prepared")
-    counts = tasks.dataset_box_counts(task.dataset(["test"]))
+    counts = evaluation.dataset_box_counts(task.dataset(["test"]))
     assert counts.min() < counts.max()
     model = initial_model(RunConfig("grounding", str(tmp_path / "prepared"),
                                     preset("grounding", hidden_dim=16, word_dim=8, **task.model_sizes()),
@@ -105,8 +115,8 @@ def test_grounding_recall_is_the_same_in_box_count_order_and_in_shards(tmp_path,
     by_boxes = task.evaluate(model, "test", 4, torch.device("cpu"), "fp32")
     parts = [task.evaluation_part(model, "test", 4, torch.device("cpu"), "fp32", shard=(rank, 3)) for rank in range(3)]
     assert task.metrics("test", parts[::-1]) == by_boxes  # the shards of three processes, scored together
-    in_dataset_order(monkeypatch)
-    assert task.evaluate(model, "test", 4, torch.device("cpu"), "fp32") == by_boxes
+    batched = in_dataset_order(monkeypatch)
+    assert task.evaluate(model, "test", 4, torch.device("cpu"), "fp32") == by_boxes and batched
 
 
 def test_the_forward_passes_run_in_inference_mode_with_the_loader_asked_for(run_dir, data_dir, monkeypatch):
@@ -138,13 +148,13 @@ def test_workers_default_to_the_runs_num_workers_setting():
 
 @pytest.mark.parametrize("processes", [2, 3, 40])
 def test_the_shards_of_an_evaluation_score_what_one_process_scores(run_dir, data_dir, processes):
-    """Each process of a run evaluates every K-th batch (:func:`tasks.sharded_batches`); their parts, in any order,
+    """Each process of a run evaluates every K-th batch (:func:`evaluation.sharded_batches`); their parts, in any order,
     give :meth:`Task.evaluate`'s metrics exactly — also when some shard has no batch at all (40 shards)."""
     task = make_task("vqa", data_dir)
     model = load_run(run_dir).model
     dataset = task.dataset(["val"])
-    shards = [tasks.sharded_batches(dataset, 16, (rank, processes)) for rank in range(processes)]
-    assert sorted(map(tuple, sum(shards, []))) == sorted(map(tuple, tasks.evaluation_batches(dataset, 16)))
+    shards = [evaluation.sharded_batches(dataset, 16, (rank, processes)) for rank in range(processes)]
+    assert sorted(map(tuple, sum(shards, []))) == sorted(map(tuple, evaluation.evaluation_batches(dataset, 16)))
     assert (not all(shards)) == (processes == 40)
     parts = [task.evaluation_part(model, "val", 16, torch.device("cpu"), "fp32", shard=(rank, processes))
              for rank in range(processes)]

@@ -15,7 +15,8 @@ import pytest
 from conftest import poison, tiny_run
 
 from ban.cli import main
-from ban.engine.tasks import evaluation_batches, make_task
+from ban.engine.evaluation import evaluation_batches
+from ban.engine.tasks import make_task
 
 pytestmark = pytest.mark.slow
 

@@ -29,8 +29,9 @@ from ban.commands.trained_run import (
 from ban.data.atomic import atomic_path, check_file_target, make_directory, write_with
 from ban.engine import distributed
 from ban.engine.distributed import DistContext
+from ban.engine.evaluation import predict_logits
 from ban.engine.run import LoadedRun
-from ban.engine.tasks import VQATask, make_task, predict_logits
+from ban.engine.tasks import VQATask, make_task
 from ban.errors import ConfigError, DataError
 
 

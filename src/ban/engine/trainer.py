@@ -37,13 +37,14 @@ from ban import kernels
 from ban.engine import distributed
 from ban.engine.checkpoint import Checkpoint, read_position, save_checkpoint
 from ban.engine.distributed import DistContext, ShardedBatches
+from ban.engine.evaluation import Batch, EvaluationStopped, to_device
 from ban.engine.graphs import BOX_QUANTUM, ROW_QUANTUM, compiled_forward, static_batch
 from ban.engine.optim import FusedCPUAdamax, adamax, clipped_step, gradient_norm
 from ban.engine.precision import autocast, resolve_precision
 from ban.engine.reporting import report_epoch, report_resumed
 from ban.engine.run import BEST_FILE, CHECKPOINT_FILE, RunConfig, check_epochs
 from ban.engine.schedule import learning_rate, set_learning_rate
-from ban.engine.tasks import Batch, EvaluationStopped, Task, check_splits, to_device
+from ban.engine.tasks import Task, check_splits
 from ban.engine.trainer_graphs import TrainingGraphs
 from ban.errors import BanError, CheckpointError, ConfigError, DataError
 from ban.models import build_model

@@ -24,7 +24,8 @@ from ban.data.flickr30k import GroundingDataset
 from ban.data.flickr30k_parse import Phrase, parse_sentences_file
 from ban.data.flickr30k_prepare import entity_positions_of
 from ban.data.tokenizer import tokenize
-from ban.engine.tasks import grounding_outputs, non_finite_output, to_device
+from ban.engine.evaluation import non_finite_output, to_device
+from ban.engine.tasks import grounding_outputs
 from ban.errors import DataError
 from ban.viz.boxes import draw_colored_boxes, enlarged, find_plain_image, image_size_from_boxes, open_or_blank
 from ban.viz.figures import evaluating, new_figure, save_png

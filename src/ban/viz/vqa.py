@@ -20,7 +20,8 @@ from ban.data.dictionary import Dictionary
 from ban.data.tokenizer import tokenize
 from ban.data.vqa_dataset import VQADataset
 from ban.data.vqa_json import load_annotations, load_questions
-from ban.engine.tasks import non_finite_output, to_device, vqa_outputs
+from ban.engine.evaluation import non_finite_output, to_device
+from ban.engine.tasks import vqa_outputs
 from ban.errors import DataError
 from ban.viz.attention import AttentionExample, attention_figure
 from ban.viz.boxes import find_coco_image, image_size_from_boxes, open_or_blank
