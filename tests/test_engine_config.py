@@ -10,6 +10,7 @@ import torch
 from ban.engine.config import (
     TrainConfig,
     apply_overrides,
+    check_new_training,
     parse_assignments,
     resolve_device,
     split_overrides,
@@ -47,6 +48,15 @@ def test_a_decay_epoch_inside_the_warm_up_has_no_effect_as_in_the_reference():
     assert [learning_rate(config, e) for e in range(6)] == [0.5, 1.0, 1.5, 2.0, 0.5, 0.5]
 
 
+def test_a_new_run_refuses_negative_decay_epochs_a_stored_one_keeps_them():
+    """Epochs count from 0: a new run's -1 is refused; a stored run's config (accepted when written) still loads."""
+    config = apply_overrides(TrainConfig(), parse_assignments(["decay_epochs=-1,0"]))
+    with pytest.raises(ConfigError, match="'decay_epochs': epochs are counted from 0, not \\(-1, 0\\)"):
+        check_new_training(config)
+    assert TrainConfig.from_dict(config.to_dict()).decay_epochs == (-1, 0)
+    check_new_training(TrainConfig())
+
+
 def test_overrides_are_typed():
     config = apply_overrides(TrainConfig(), parse_assignments(
         ["lr=7e-4", "batch_size=32", "train_splits=train, val", "precision=fp32", "warmup=0.5,1"]))
@@ -72,8 +82,7 @@ def test_bad_training_settings_are_rejected(assignment):
     ("grad_clip=-1", "'grad_clip' must be positive"), ("grad_clip=0", "'grad_clip' must be positive"),
     ("decay_rate=0", "'decay_rate' must be positive"), ("num_workers=-1", "'num_workers' must be non-negative"),
     ("betas=0.9,1", "'betas' needs two values in [0, 1)"), ("betas=-0.1,0.9", "'betas'"), ("betas=0.9", "'betas'"),
-    ("warmup=0.5,0", "'warmup'"), ("decay_epochs=-1,0", "'decay_epochs': epochs are counted from 0"),
-    ("device=tpu", "'device': 'tpu' is not a device"),
+    ("warmup=0.5,0", "'warmup'"), ("device=tpu", "'device': 'tpu' is not a device"),
     ("device=cuda:x", "'device'"), ("device=meta", "'device'"),
 ])
 def test_settings_out_of_range_name_the_setting(assignment, message):

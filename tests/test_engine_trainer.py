@@ -223,16 +223,20 @@ def test_validating_or_not_trains_the_same_weights(data_dir, tmp_path):
 
 def test_the_schedule_sets_the_optimizers_learning_rate_each_epoch(data_dir, tmp_path):
     """lr 2e-3 with warm-up factors (0.5, 1) trains at 1e-3, then 2e-3: exactly what lr 1e-3 with factors (1, 2)
-    trains at, so the weights are bit-identical (a schedule logged but not given to the optimizer, or given only
-    once, would train the two runs at different rates); and the epochs' records say those rates."""
-    for name, lr, warmup in (("half", 2e-3, (0.5, 1.0)), ("double", 1e-3, (1.0, 2.0))):
+    trains at, so the weights are bit-identical; a constant 1e-3 trains other weights. A schedule logged but not
+    given to the optimizer would train the first two at different rates; one given only at the first epoch would
+    train all three alike. The epochs' records say the rates."""
+    runs = {"half": (2e-3, (0.5, 1.0)), "double": (1e-3, (1.0, 2.0)), "constant": (1e-3, (1.0,))}
+    for name, (lr, warmup) in runs.items():
         run = small_run(data_dir, lr=lr, warmup=warmup, precision="fp32", val_split="")
         start_run(tmp_path / name, run, resume=False)
         history = train(tmp_path / name, run, VQATask(data_dir))
-        assert [record["lr"] for record in history] == pytest.approx([1e-3, 2e-3], rel=1e-12)
-    double = weights(tmp_path / "double")
-    for name, tensor in weights(tmp_path / "half").items():
+        expected = [1e-3, 1e-3] if name == "constant" else [1e-3, 2e-3]
+        assert [record["lr"] for record in history] == pytest.approx(expected, rel=1e-12)
+    half, double, constant = (weights(tmp_path / name) for name in runs)
+    for name, tensor in half.items():
         assert torch.equal(tensor, double[name]), name
+    assert any(not torch.equal(tensor, constant[name]) for name, tensor in half.items())
 
 
 def test_bucketed_batches_train_on_every_question_once_per_epoch(data_dir, tmp_path):
@@ -284,16 +288,32 @@ def test_a_run_directory_is_not_overwritten_or_resumed_with_another_config(data_
         start_run(tmp_path, other_model, resume=True)
 
 
-def test_a_split_the_data_lacks_or_trains_on_is_refused_as_val_split_before_training(data_dir, tmp_path):
+def test_a_split_the_data_lacks_is_refused_before_training(data_dir, tmp_path):
     for settings, message in ((dict(val_split="vall"), "'val_split'.*no split 'vall'"),
-                              (dict(train_splits=("train", "vg-train")), "'train_splits'.*no split 'vg-train'"),
-                              (dict(train_splits=("train", "val")), "'val_split': 'val' is also in train_splits")):
+                              (dict(train_splits=("train", "vg-train")), "'train_splits'.*no split 'vg-train'")):
         run = small_run(data_dir, epochs=1, **settings)
         start_run(tmp_path / "run", run, resume=False)
         with pytest.raises(ConfigError, match=message):  # in Python as on the command line
             train(tmp_path / "run", run, VQATask(data_dir))
         assert not (tmp_path / "run" / CHECKPOINT_FILE).exists()
         shutil.rmtree(tmp_path / "run")
+
+
+def test_a_new_run_may_not_validate_on_a_split_it_trains_on_but_an_earlier_such_run_resumes(data_dir, tmp_path):
+    """Validating on a training split would score training questions and pick best.safetensors by them: a new run
+    is refused. A run whose config.json says so (written before the rule) still trains on when resumed."""
+    run = small_run(data_dir, epochs=1, train_splits=("train", "val"))
+    with pytest.raises(ConfigError, match="'val_split': 'val' is also in train_splits.*--set val_split="):
+        start_run(tmp_path / "new", run, resume=False)
+    assert not (tmp_path / "new").exists()
+    start_run(tmp_path / "old", dataclasses.replace(run, train=dataclasses.replace(run.train, val_split="")),
+              resume=False)
+    stored = json.loads((tmp_path / "old" / "config.json").read_text())
+    stored["train"]["val_split"] = "val"  # as an earlier version wrote it
+    (tmp_path / "old" / "config.json").write_text(json.dumps(stored))
+    start_run(tmp_path / "old", run, resume=True)
+    history = train(tmp_path / "old", run, VQATask(data_dir), resume=True)
+    assert len(history) == 1 and history[0]["val"]["overall"] >= 0
 
 
 def test_data_with_another_vocabulary_is_refused(data_dir, tmp_path):

@@ -81,7 +81,7 @@ def test_evaluate_and_predict_give_what_the_dataset_order_gives(run_dir, data_di
                      "--out", str(results), "--logits", str(logits)]) == 0
         outputs[name] = metrics, results.read_bytes(), np.load(logits)
     (metrics, results, logits), (metrics_in_order, results_in_order, logits_in_order) = outputs.values()
-    assert batched  # the evaluations "in order" were
+    assert len(batched) == 2  # `ban evaluate` and `ban predict` "in order" were
     assert metrics == metrics_in_order
     assert results == results_in_order
     np.testing.assert_allclose(logits, logits_in_order, rtol=1e-5, atol=1e-5)

@@ -17,21 +17,21 @@ from dataclasses import fields
 from pathlib import Path
 
 from ban.commands.arguments import non_negative_int
-from ban.engine.checkpoint import Checkpoint, read_position
 from ban.engine.config import (
     SYNTHETIC_TRAINING,
     TrainConfig,
     apply_overrides,
+    check_new_training,
     parse_assignments,
     split_overrides,
     typed_overrides,
 )
 from ban.engine.reporting import METRICS_FILE
 from ban.engine.run import (
-    CHECKPOINT_FILE,
     RunConfig,
     abandon_new_run,
     check_new_run_dir,
+    checkpoint_position,
     fingerprint,
     read_run_config,
     start_run,
@@ -76,6 +76,8 @@ def build_run(args: argparse.Namespace) -> RunConfig:
     base = stored.train if stored else TrainConfig(**SYNTHETIC_TRAINING) if synthetic else TrainConfig()
     # the settings first: a misspelt or bad one is refused before the synthetic scenes are made (a minute or more)
     training = apply_overrides(base, train_overrides)
+    if stored is None:
+        check_new_training(training)
     typed_overrides(BANConfig, model_overrides, "model")
     if args.data is not None:
         data_dir = args.data.resolve()
@@ -120,13 +122,6 @@ def build_model_config(stored: BANConfig | None, preset_name: str | None, task: 
     return model
 
 
-def epochs_done(run_dir: Path) -> int:
-    """The finished epochs of the run in ``run_dir``, from its checkpoint's training position (0 before its first
-    checkpoint)."""
-    path = run_dir / CHECKPOINT_FILE
-    return read_position(Checkpoint(path))["epoch"] if path.exists() else 0
-
-
 def default_run_dir(run: RunConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{run.task}-h{run.model.hidden_dim}-g{run.model.num_glimpses}-{stamp}"
@@ -142,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
         check_new_run_dir(args.out)  # before anything is built (the synthetic scenes take a minute or more)
     config = build_run(args)
     run_dir = args.out or default_run_dir(config)
-    finished = args.resume and epochs_done(run_dir) >= config.train.epochs > 0
+    position = checkpoint_position(run_dir) if args.resume else None
+    finished = position is not None and position["epoch"] >= config.train.epochs > 0
     if main_process:
         start_run(run_dir, config, args.resume)
         print(f"run dir: {run_dir}\nmodel: {config.model}\ntraining: {config.train}", file=sys.stderr)

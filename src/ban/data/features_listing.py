@@ -16,7 +16,6 @@ from typing import Any
 
 from ban.data.atomic import write_json
 from ban.data.features import SOURCE_KINDS, FeatureStore, UnionFeatureStore
-from ban.data.features_hdf5 import default_image_id_map
 from ban.data.jsonfile import read_json
 from ban.data.textfile import read_bytes, resolve_path
 from ban.errors import DataError
@@ -78,6 +77,8 @@ def source_identity(source: str | os.PathLike[str]) -> dict[str, dict[str, Any]]
         for inner in data.get("sources", []) if isinstance(data, dict) else []:
             identity.update(source_identity(source.parent / inner))
         return identity
+    from ban.data.features_hdf5 import default_image_id_map  # h5py only where an HDF5 cache is named
+
     return {str(file): _size_and_time(file) for file in (source, default_image_id_map(source))}
 
 

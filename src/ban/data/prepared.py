@@ -120,3 +120,13 @@ def read_answers(data_dir: str | os.PathLike[str]) -> list[str]:
         raise DataError("expected a list of answer strings", path=path)
     check_listed_once(answers, "answer", "each label names one answer", path)
     return answers
+
+
+def prepared_from(data_dir: str | os.PathLike[str]) -> Path | None:
+    """The raw files' folder a prepared dataset was made from (its manifest's ``root``; None for datasets
+    prepared before it was recorded)."""
+    try:
+        root = read_manifest(data_dir).get("root")
+    except DataError:
+        return None
+    return Path(root) if isinstance(root, str) else None

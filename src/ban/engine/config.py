@@ -118,7 +118,7 @@ def _check_int64(config: TrainConfig) -> None:
 
 def _check_ranges(config: TrainConfig) -> None:
     """Refuse a number outside its range, naming the setting: :data:`POSITIVE` ones, :data:`NON_NEGATIVE` ones,
-    the warm-up factors (positive), the decay epochs (non-negative) and Adamax's two ``betas`` (in [0, 1))."""
+    the warm-up factors (positive) and Adamax's two ``betas`` (in [0, 1))."""
     for name in POSITIVE + NON_NEGATIVE:
         value, positive = getattr(config, name), name in POSITIVE
         if value < 0 or (positive and value == 0):
@@ -126,10 +126,22 @@ def _check_ranges(config: TrainConfig) -> None:
                               f"not {value!r}")
     if not all(factor > 0 for factor in config.warmup):
         raise ConfigError(f"training setting 'warmup': the factors must be positive, not {config.warmup!r}")
-    if not all(epoch >= 0 for epoch in config.decay_epochs):
-        raise ConfigError(f"training setting 'decay_epochs': epochs are counted from 0, not {config.decay_epochs!r}")
     if len(config.betas) != 2 or not all(0 <= beta < 1 for beta in config.betas):
         raise ConfigError(f"training setting 'betas' needs two values in [0, 1), not {config.betas!r}")
+
+
+def check_new_training(config: TrainConfig) -> None:
+    """What a new run's settings must also respect (a stored run's config, accepted when it was written, is not
+    refused by them, so that it can still be resumed and evaluated): decay epochs counted from 0, and a val_split
+    that is not also trained on (its scores would measure training questions, and best.safetensors would be chosen
+    by them)."""
+    if not all(epoch >= 0 for epoch in config.decay_epochs):
+        raise ConfigError(f"training setting 'decay_epochs': epochs are counted from 0, not {config.decay_epochs!r}")
+    if config.val_split in config.train_splits:
+        raise ConfigError(f"training setting 'val_split': {config.val_split!r} is also in train_splits, so its scores "
+                          "would measure questions the model trains on, and best.safetensors would be chosen by "
+                          "them; validate on a split not trained on, or not at all (an empty val_split, "
+                          "--set val_split=)")
 
 
 def parse_device(name: str, setting: str) -> torch.device | None:

@@ -21,7 +21,7 @@ from ban.data.atomic import make_directory, write_json
 from ban.data.jsonfile import read_json
 from ban.data.prepared import MANIFEST, manifest_size, read_manifest
 from ban.engine.checkpoint import Checkpoint, read_position
-from ban.engine.config import TrainConfig
+from ban.engine.config import TrainConfig, check_new_training
 from ban.errors import CheckpointError, ConfigError, DataError
 from ban.models import BANConfig, build_model
 
@@ -114,7 +114,8 @@ def start_run(run_dir: str | Path, run: RunConfig, resume: bool, *,
               held: str = RESUME_OR_ELSEWHERE) -> None:
     """Create the run directory with its config, or check that a resumed run has the same config.
 
-    A new run refuses a directory that already holds a run (``held``: what to do instead, for the command that
+    A new run's training settings must pass :func:`ban.engine.config.check_new_training`; it refuses a directory
+    that already holds a run (``held``: what to do instead, for the command that
     asked; by default ``ban train``'s), or other files; ``resume`` refuses a different config,
     except ``train.epochs`` (more to train longer; not fewer than the checkpoint has begun, :func:`check_epochs`),
     ``train.skip_nonfinite`` (to get past a batch that made the run stop) and the settings that change how the
@@ -133,9 +134,11 @@ def start_run(run_dir: str | Path, run: RunConfig, resume: bool, *,
         if changed:
             raise ConfigError(f"cannot resume {run_dir} with a different configuration: {', '.join(changed)} "
                               f"{'differs' if len(changed) == 1 else 'differ'} from its config.json")
-        if (run_dir / CHECKPOINT_FILE).exists():
-            check_epochs(read_position(Checkpoint(run_dir / CHECKPOINT_FILE)), run.train.epochs)
+        position = checkpoint_position(run_dir)
+        if position is not None:
+            check_epochs(position, run.train.epochs)
     else:
+        check_new_training(run.train)
         check_new_run_dir(run_dir, held)
     make_directory(run_dir)
     write_json(run_dir / CONFIG_FILE, run.to_dict())
@@ -149,6 +152,13 @@ def check_new_run_dir(run_dir: str | Path, held: str = RESUME_OR_ELSEWHERE) -> N
         raise ConfigError(f"{run_dir} already holds a run; {held}")
     if run_dir.is_dir() and any(run_dir.iterdir()):
         raise ConfigError(f"{run_dir} holds other files and no run: give a new or empty folder as --out")
+
+
+def checkpoint_position(run_dir: str | Path) -> dict[str, Any] | None:
+    """The training position of the run in ``run_dir`` (:func:`ban.engine.checkpoint.read_position`), None before
+    its first checkpoint."""
+    path = Path(run_dir) / CHECKPOINT_FILE
+    return read_position(Checkpoint(path)) if path.exists() else None
 
 
 def check_epochs(position: dict[str, Any], epochs: int) -> None:

@@ -68,12 +68,12 @@ class Task:
 
     def loader(self, dataset: Dataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False,
                shard: Shard = WHOLE) -> DataLoader:
-        """Batches of ``dataset`` for evaluation and prediction, :func:`evaluation_batches` (less padding than the
-        dataset's order) — of ``shard`` = (rank, processes), every ``processes``-th from the ``rank``-th;
-        ``loader.batch_sampler`` lists each batch's dataset indices. ``num_workers`` loader processes (0: this
-        one); ``pin_memory`` for a CUDA device. The loader has its own generator: an evaluation draws nothing from
-        torch's global one, so a training run's random stream (its dropout masks) is the same whether and however
-        it validates."""
+        """Batches of ``dataset`` for evaluation and prediction, :func:`ban.engine.evaluation.evaluation_batches`
+        (less padding than the dataset's order) — of ``shard`` = (rank, processes), every ``processes``-th from the
+        ``rank``-th; ``loader.batch_sampler`` lists each batch's dataset indices. ``num_workers`` loader processes
+        (0: this one); ``pin_memory`` for a CUDA device. The loader has its own generator: an evaluation draws
+        nothing from torch's global one, so a training run's random stream (its dropout masks) is the same whether
+        and however it validates."""
         return DataLoader(dataset, batch_sampler=sharded_batches(dataset, batch_size, shard), collate_fn=self.collate,
                           num_workers=num_workers, pin_memory=pin_memory, generator=torch.Generator())
 
@@ -439,9 +439,9 @@ def make_task(name: str, data_dir: str | Path) -> Task:
 
 def check_splits(training: TrainConfig, task: Task) -> None:
     """Refuse, before anything trains, ``train_splits`` the dataset does not have or that have no targets (a test
-    split would train on all-zero targets) and a ``val_split`` it does not have, cannot score (the run would fail
-    after its first epoch) or trains on; an empty val_split means no validation. The error names the setting and the
-    splits that would do: a misspelt val_split would otherwise train without validation."""
+    split would train on all-zero targets) and a ``val_split`` it does not have or cannot score (the run would fail
+    after its first epoch); an empty val_split means no validation. The error names the setting and the splits that
+    would do: a misspelt val_split would otherwise train without validation."""
     hint = " (an empty val_split trains without validation)"
     for setting, splits, usable, what, setting_hint in (
             ("train_splits", training.train_splits, task.splits_with_targets(), "training targets", ""),
@@ -453,7 +453,3 @@ def check_splits(training: TrainConfig, task: Task) -> None:
             if split not in usable:
                 raise ConfigError(f"training setting {setting!r}: split {split!r} of {task.data_dir} has no {what}; "
                                   f"splits that have: {', '.join(usable)}{setting_hint}")
-    if training.val_split in training.train_splits:
-        raise ConfigError(f"training setting 'val_split': {training.val_split!r} is also in train_splits, so its "
-                          "scores would measure questions the model trains on, and best.safetensors would be chosen "
-                          f"by them; validate on a split not trained on, or not at all{hint}")

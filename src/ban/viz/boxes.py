@@ -10,11 +10,15 @@ import struct
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from ban.errors import DataError
+
+if TYPE_CHECKING:
+    from ban.data.features import FeatureStore
 
 BLANK = (238, 238, 238)
 COCO_PATTERNS = ("COCO_{subset}_{id:012d}.jpg", "COCO_{subset}_{id:012d}.png", "{subset}/COCO_{subset}_{id:012d}.jpg",
@@ -67,6 +71,17 @@ def read_image(path: Path, expected: tuple[int, int] | None) -> Image.Image | No
             struct.error) as error:  # what Pillow's decoders raise for damaged files of their formats
         reason = "not an image file Pillow can read" if isinstance(error, UnidentifiedImageError) else str(error)
         raise DataError(f"cannot read the image ({reason}); replace or remove the file", path=path) from None
+
+
+def stored_image(store: FeatureStore, image_id: int, spatial: np.ndarray,
+                 path: Path | None) -> tuple[Image.Image, bool]:
+    """What ``image_id``'s boxes are drawn on (:func:`open_or_blank`): the image file at ``path`` when it is the
+    one the features in ``store`` were detected on, else a blank canvas of the image's size — the store's record,
+    or where the source keeps none (the authors' HDF5 cache) the size recovered from its pixel boxes and their
+    normalised coordinates ``spatial`` ``[n, ≥6]`` (:func:`image_size_from_boxes`)."""
+    recorded = store.image_size(image_id)
+    size = recorded if recorded is not None else image_size_from_boxes(store.boxes(image_id), spatial)
+    return open_or_blank(path, size, recorded)
 
 
 def image_size_from_boxes(pixel_boxes: np.ndarray, spatial: np.ndarray) -> tuple[int, int]:

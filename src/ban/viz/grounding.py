@@ -23,13 +23,13 @@ from ban.data.dictionary import Dictionary
 from ban.data.flickr30k import GroundingDataset
 from ban.data.flickr30k_parse import Phrase, parse_sentences_file
 from ban.data.flickr30k_prepare import entity_positions_of
+from ban.data.prepared import prepared_from
 from ban.data.tokenizer import tokenize
 from ban.engine.evaluation import non_finite_output, to_device
 from ban.engine.tasks import grounding_outputs
 from ban.errors import DataError
-from ban.viz.boxes import draw_colored_boxes, enlarged, find_plain_image, image_size_from_boxes, open_or_blank
+from ban.viz.boxes import draw_colored_boxes, enlarged, find_plain_image, stored_image
 from ban.viz.figures import evaluating, new_figure, save_png
-from ban.viz.report import prepared_from
 from ban.viz.words import read_labels
 
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -160,10 +160,8 @@ class GroundingPictures:
             raise non_finite_output(self.dataset.data_dir, f"sentence {index} (image_id={image_id})")
         scores = out.logits[0, 0].float().cpu().numpy()[:, used]  # [N, E_used]
         spatial = sample["boxes"].numpy()
-        store = self.dataset.store
         path = None if self.image_dir is None else find_plain_image(self.image_dir, image_id)
-        image, found = open_or_blank(path, image_size_from_boxes(store.boxes(image_id), spatial),
-                                     store.image_size(image_id))
+        image, found = stored_image(self.dataset.store, image_id, spatial, path)
         return GroundingExample(image_id, caption, phrases, scores, spatial[:, :4], image, found)
 
     def write(self, index: int, out_dir: Path, prefix: str = "") -> tuple[Path, GroundingExample]:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ban.data.prepared import read_manifest
+from ban.data.prepared import prepared_from
 from ban.engine.run import RunConfig
 from ban.errors import DataError
 from ban.viz.vqa import VQAPictures, choose_indices
@@ -39,16 +39,6 @@ def default_image_dir(data_dir: Path, task: str) -> Path | None:
     if root is not None:
         candidates += [root / "images"] if task == "grounding" else [root / "images", root.parent / "images"]
     return next((path for path in candidates if path.is_dir()), None)
-
-
-def prepared_from(data_dir: Path) -> Path | None:
-    """The raw files' folder a prepared dataset was made from (its manifest's ``root``; None for datasets
-    prepared before it was recorded)."""
-    try:
-        root = read_manifest(data_dir).get("root")
-    except DataError:
-        return None
-    return Path(root) if isinstance(root, str) else None
 
 
 def picture_maker(model: nn.Module, run: RunConfig, data_dir: Path, split: str, image_dir: Path | None,

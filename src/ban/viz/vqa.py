@@ -24,7 +24,7 @@ from ban.engine.evaluation import non_finite_output, to_device
 from ban.engine.tasks import vqa_outputs
 from ban.errors import DataError
 from ban.viz.attention import AttentionExample, attention_figure
-from ban.viz.boxes import find_coco_image, image_size_from_boxes, open_or_blank
+from ban.viz.boxes import find_coco_image, stored_image
 from ban.viz.figures import evaluating, save_png
 from ban.viz.words import read_labels
 
@@ -102,12 +102,10 @@ class VQAPictures:
         annotation = self.annotations.get(question_id)
         answers = [str(a["answer"]) for a in annotation["answers"]] if annotation else []
         spatial = sample["boxes"].numpy()
-        store = self.dataset.features
         path = None
         if self.image_dir is not None:
             path = find_coco_image(self.image_dir, IMAGE_SUBSETS.get(self.split, self.split), image_id)
-        image, found = open_or_blank(path, image_size_from_boxes(store.boxes(image_id), spatial),
-                                     store.image_size(image_id))
+        image, found = stored_image(self.dataset.features, image_id, spatial, path)
         return AttentionExample(question_id, image_id, question, words, attention, spatial[:, :4],
                                 self.labels[int(out.logits[0].argmax())], answers, image, found)
 
