@@ -31,7 +31,6 @@ from ban.engine.run import (
     RunConfig,
     abandon_new_run,
     check_new_run_dir,
-    checkpoint_position,
     fingerprint,
     read_run_config,
     start_run,
@@ -137,11 +136,11 @@ def run(args: argparse.Namespace) -> int:
         check_new_run_dir(args.out)  # before anything is built (the synthetic scenes take a minute or more)
     config = build_run(args)
     run_dir = args.out or default_run_dir(config)
-    position = checkpoint_position(run_dir) if args.resume else None
-    finished = position is not None and position["epoch"] >= config.train.epochs > 0
+    position = None  # the resumed run's, read by the main process
     if main_process:
-        start_run(run_dir, config, args.resume)
+        position = start_run(run_dir, config, args.resume)
         print(f"run dir: {run_dir}\nmodel: {config.model}\ntraining: {config.train}", file=sys.stderr)
+    finished = position is not None and position["epoch"] >= config.train.epochs > 0
     try:
         history = train(run_dir, config, make_task(config.task, config.data_dir), resume=args.resume)
     except TrainingInterrupted as stopped:

@@ -111,8 +111,10 @@ RESUME_OR_ELSEWHERE = "continue it with --resume or choose another --out"  # `ba
 
 
 def start_run(run_dir: str | Path, run: RunConfig, resume: bool, *,
-              held: str = RESUME_OR_ELSEWHERE) -> None:
-    """Create the run directory with its config, or check that a resumed run has the same config.
+              held: str = RESUME_OR_ELSEWHERE) -> dict[str, Any] | None:
+    """Create the run directory with its config, or check that a resumed run has the same config; → the resumed
+    run's training position (:func:`ban.engine.checkpoint.read_position`; None for a new run or one without a
+    checkpoint yet).
 
     A new run's training settings must pass :func:`ban.engine.config.check_new_training`; it refuses a directory
     that already holds a run (``held``: what to do instead, for the command that
@@ -134,14 +136,17 @@ def start_run(run_dir: str | Path, run: RunConfig, resume: bool, *,
         if changed:
             raise ConfigError(f"cannot resume {run_dir} with a different configuration: {', '.join(changed)} "
                               f"{'differs' if len(changed) == 1 else 'differ'} from its config.json")
-        position = checkpoint_position(run_dir)
+        checkpoint = run_dir / CHECKPOINT_FILE
+        position = read_position(Checkpoint(checkpoint)) if checkpoint.exists() else None
         if position is not None:
             check_epochs(position, run.train.epochs)
     else:
         check_new_training(run.train)
         check_new_run_dir(run_dir, held)
+        position = None
     make_directory(run_dir)
     write_json(run_dir / CONFIG_FILE, run.to_dict())
+    return position
 
 
 def check_new_run_dir(run_dir: str | Path, held: str = RESUME_OR_ELSEWHERE) -> None:
@@ -152,13 +157,6 @@ def check_new_run_dir(run_dir: str | Path, held: str = RESUME_OR_ELSEWHERE) -> N
         raise ConfigError(f"{run_dir} already holds a run; {held}")
     if run_dir.is_dir() and any(run_dir.iterdir()):
         raise ConfigError(f"{run_dir} holds other files and no run: give a new or empty folder as --out")
-
-
-def checkpoint_position(run_dir: str | Path) -> dict[str, Any] | None:
-    """The training position of the run in ``run_dir`` (:func:`ban.engine.checkpoint.read_position`), None before
-    its first checkpoint."""
-    path = Path(run_dir) / CHECKPOINT_FILE
-    return read_position(Checkpoint(path)) if path.exists() else None
 
 
 def check_epochs(position: dict[str, Any], epochs: int) -> None:

@@ -94,7 +94,7 @@ class TokenEncoderModel(nn.Module):
     def check_inputs(self, features: Tensor, boxes: Tensor | None, tokens: Tensor, box_mask: Tensor | None) -> None:
         """Raise ValueError naming the argument unless features [B, N ≥ 1, feature_dim] float of the weights' dtype
         (any but float64 under autocast), boxes [B, N, ≥4] float (or None in a model without counting), tokens
-        [B, L ≥ 1] int64 or int32 (the argument ``tokens_name``) and box_mask (if given) [B, N] bool."""
+        [B, L ≥ 1] int64 or int32 (the argument :attr:`tokens_name` names) and box_mask (if given) [B, N] bool."""
         expect_shape("features", features, (None, None, self.config.feature_dim), "float")
         expect_dtype_fits("features", features, self.word_embedding.table.weight.dtype)
         batch, num_boxes = features.shape[:2]
