@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import re
 
 import numpy as np
 import pytest
 
-from ban.data.boxes import box_iou
-from ban.data.synthetic.detections import BACKGROUND, DUPLICATE, OBJECT, PARTIAL, sample_detections
+from ban.data.boxes import bottom_up_box_counts, box_iou
+from ban.data.synthetic.detections import BACKGROUND, BOTTOM_UP_COUNTS, DUPLICATE, OBJECT, PARTIAL, sample_detections
 from ban.data.synthetic.features import projection_matrix, region_features
 from ban.data.synthetic.questions import sample_questions
 from ban.data.synthetic.scenes import COLORS, MATERIALS, SHAPE_PLURALS, SHAPES, SIZES, sample_scene
@@ -123,6 +124,22 @@ def test_detections_cover_objects_with_duplicates_parts_and_background() -> None
                 assert source == -1
         assert sorted(found.source[found.kind == OBJECT]) == list(range(scene.num_objects))
     assert (totals > 0).all() and totals[DUPLICATE] > totals[OBJECT] * 0.5 and totals[BACKGROUND] > 0
+
+
+def test_bottom_up_counts_draw_the_bench_law_and_keep_every_object() -> None:
+    """Each image's count is the law's draw from the detections' own stream (the scene's object count where that
+    is larger), 10–100 boxes, mean ≈ 31 like `ban bench --boxes adaptive`, every object keeping its box."""
+    counts = []
+    for rng, scene in scenes(600, seed=7):
+        expected = max(scene.num_objects, int(bottom_up_box_counts(copy.deepcopy(rng).random())))
+        found = sample_detections(rng, scene, BOTTOM_UP_COUNTS)
+        assert len(found.boxes) == len(found.kind) == len(found.source) == expected
+        assert sorted(found.source[found.kind == OBJECT]) == list(range(scene.num_objects))
+        counts.append(expected)
+    assert min(counts) >= 10 and max(counts) <= 100 and max(counts) > 80
+    assert 29 < np.mean(counts) < 34
+    with pytest.raises(ValueError, match="counts must be one of"):
+        sample_detections(np.random.default_rng(0), next(scenes(1))[1], "36")
 
 
 def test_features_carry_attributes_and_position_but_no_single_dimension_does() -> None:

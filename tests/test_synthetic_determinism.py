@@ -166,7 +166,25 @@ def test_an_interrupted_rerun_leaves_the_earlier_output_whole(tmp_path: Path, mo
                                                               flickr_images=10, feature_dim=8, write_images=False))
 
 
-@pytest.mark.parametrize("kwargs", [{"num_images": 5}, {"feature_dim": 0}, {"flickr_images": 4}, {"seed": -1}])
+def test_bottom_up_box_counts_change_only_the_boxes(tmp_path: Path) -> None:
+    """The same scenes, questions, answers and captions; more boxes (so other feature rows) and their statistics."""
+    default = make(tmp_path / "a", write_images=False)
+    bottom_up = make(tmp_path / "b", box_counts="bottom-up", write_images=False)
+    a, b = tree_digest(default), tree_digest(bottom_up)
+    assert a.keys() == b.keys()
+    assert sorted(name for name in a if a[name] != b[name]) == [
+        "features/test2015.tsv", "features/train2014.tsv", "features/val2014.tsv",
+        "flickr30k/features.tsv", "stats.json",
+    ]  # fmt: skip
+    stats_a = json.loads((default / "stats.json").read_text())
+    stats_b = json.loads((bottom_up / "stats.json").read_text())
+    assert (stats_a["box_counts"], stats_b["box_counts"]) == ("10-36", "bottom-up")
+    assert stats_a["vqa"]["train"]["questions"] == stats_b["vqa"]["train"]["questions"]
+    assert stats_b["vqa"]["train"]["boxes_per_image"]["max"] > 36
+
+
+@pytest.mark.parametrize("kwargs", [{"num_images": 5}, {"feature_dim": 0}, {"flickr_images": 4}, {"seed": -1},
+                                    {"box_counts": "36"}])
 def test_bad_settings_are_config_errors(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         make(tmp_path / "bad", **kwargs)

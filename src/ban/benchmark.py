@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ban import kernels
+from ban.data.boxes import bottom_up_box_counts
 from ban.data.dictionary import QUESTION_LENGTH
 from ban.engine.config import TrainConfig, resolve_device
 from ban.engine.graphs import (
@@ -39,8 +40,6 @@ from ban.engine.precision import autocast
 from ban.errors import ConfigError
 from ban.machine import code_version, describe_machine
 from ban.models import BANConfig, build_model, preset
-
-ADAPTIVE_MIN, ADAPTIVE_MAX, ADAPTIVE_MEAN = 10, 100, 32.0
 
 
 @dataclass
@@ -79,13 +78,11 @@ class BenchResult:
 
 
 def box_counts(settings: BenchSettings, generator: torch.Generator) -> torch.Tensor:
-    """Real box counts of one batch [B]: fixed, or adaptive (a geometric-like law clipped to 10–100, mean ≈ 32)."""
+    """Real box counts of one batch [B]: fixed, or adaptive (:func:`ban.data.boxes.bottom_up_box_counts`: 10–100,
+    mean ≈ 32)."""
     if settings.boxes != "adaptive":
         return torch.full((settings.batch_size,), int(settings.boxes))
-    rate = 1.0 / (ADAPTIVE_MEAN - ADAPTIVE_MIN)
-    uniform = torch.rand(settings.batch_size, generator=generator)
-    counts = ADAPTIVE_MIN + (-torch.log1p(-uniform) / rate).floor()
-    return counts.clamp(max=ADAPTIVE_MAX).long()
+    return torch.from_numpy(bottom_up_box_counts(torch.rand(settings.batch_size, generator=generator).numpy()))
 
 
 def synthetic_batches(settings: BenchSettings, config: BANConfig, device: torch.device,

@@ -21,6 +21,7 @@ from ban.data.synthetic import (
     QUESTIONS_PER_IMAGE,
     generate,
 )
+from ban.data.synthetic.detections import BOX_COUNTS, UNIFORM_COUNTS
 from ban.data.synthetic.layout import MIN_IMAGES, OUTPUT_ENTRIES, STATS_FILE
 from ban.data.synthetic.stats import format_stats
 from ban.data.textfile import resolve_path
@@ -66,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=ANNOTATOR_ACCURACY,
         help=f"mean share of annotators giving the true answer, in [0.5, 1] (default {ANNOTATOR_ACCURACY})",
     )
+    parser.add_argument("--boxes", choices=BOX_COUNTS, default=UNIFORM_COUNTS,
+                        help="detector boxes per image: 10-36 (default), or bottom-up: 10–100, mean ≈ 32, as "
+                             "bottom-up features and `ban bench --boxes adaptive` (the extra boxes are background)")
     parser.add_argument("--no-png", action="store_true", help="do not render the PNG images")
     parser.add_argument("--workers", type=positive_int, default=None,
                         help="processes (default: 1 under 400 images in all, else every core, at most 8)")
@@ -112,6 +116,7 @@ def _generate(args: argparse.Namespace, out: Path) -> dict:
         questions_per_image=args.questions_per_image,
         annotator_accuracy=args.annotator_accuracy,
         write_images=not args.no_png,
+        box_counts=args.boxes,
         workers=args.workers,
         progress=not args.quiet,
     )

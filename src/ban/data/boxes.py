@@ -1,4 +1,5 @@
-"""Box geometry on NumPy arrays (x1, y1, x2, y2), shared by the grounding preparation and the synthetic scenes."""
+"""Box geometry on NumPy arrays (x1, y1, x2, y2), shared by the grounding preparation and the synthetic scenes, and
+how many boxes a bottom-up detector keeps per image (the law `ban bench` and `ban synth --boxes bottom-up` draw)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,19 @@ def box_iou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     area_second = np.prod(second[:, 2:] - second[:, :2], axis=1)
     union = area_first[:, None] + area_second[None, :] - intersection
     return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
+
+
+BOTTOM_UP_MIN_BOXES, BOTTOM_UP_MAX_BOXES, BOTTOM_UP_MEAN_BOXES = 10, 100, 32.0
+
+
+def bottom_up_box_counts(uniform: np.ndarray) -> np.ndarray:
+    """Box counts like bottom-up attention's adaptive features (10–100 boxes per image, about 32 on average; this
+    law's mean is 31.2): ``10 + ⌊E⌋`` for an exponential ``E`` of mean 22, clipped at 100, by inverting uniform
+    numbers in [0, 1). uniform [...] float → counts [...] int64.
+
+    >>> bottom_up_box_counts(np.array([0.0, 0.5, 0.9, 0.999]))
+    array([ 10,  25,  60, 100])
+    """
+    scale = BOTTOM_UP_MEAN_BOXES - BOTTOM_UP_MIN_BOXES
+    counts = BOTTOM_UP_MIN_BOXES + np.floor(-np.log1p(-uniform) * scale)
+    return np.minimum(counts, BOTTOM_UP_MAX_BOXES).astype(np.int64)

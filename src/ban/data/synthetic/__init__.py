@@ -21,6 +21,7 @@ from tqdm import tqdm
 from ban.data.atomic import make_directory
 from ban.data.synthetic import export_flickr, export_vqa
 from ban.data.synthetic.baselines import blind_baselines
+from ban.data.synthetic.detections import BOX_COUNTS, UNIFORM_COUNTS
 from ban.data.synthetic.files import atomic_open, write_atomic
 from ban.data.synthetic.layout import (
     FLICKR_DIR,
@@ -69,7 +70,7 @@ def _chunks(jobs: list[ImageJob]) -> list[list[ImageJob]]:
     return [jobs[i : i + CHUNK_SIZE] for i in range(0, len(jobs), CHUNK_SIZE)]
 
 
-def _check(feature_dim: int, questions_per_image: float, annotator_accuracy: float, seed: int) -> None:
+def _check(feature_dim: int, questions_per_image: float, annotator_accuracy: float, seed: int, box_counts: str) -> None:
     """The settings :func:`generate` checks itself (the image count: :func:`~ban.data.synthetic.layout.plan_images`)."""
     if feature_dim < 1:
         raise ConfigError(f"--feature-dim must be positive, got {feature_dim}")
@@ -79,6 +80,8 @@ def _check(feature_dim: int, questions_per_image: float, annotator_accuracy: flo
         raise ConfigError(f"--annotator-accuracy must be in [0.5, 1], got {annotator_accuracy}")
     if seed < 0:
         raise ConfigError(f"--seed must be non-negative, got {seed}")
+    if box_counts not in BOX_COUNTS:
+        raise ConfigError(f"--boxes must be one of {', '.join(BOX_COUNTS)}, got {box_counts!r}")
 
 
 def generate(
@@ -91,24 +94,27 @@ def generate(
     questions_per_image: float = QUESTIONS_PER_IMAGE,
     annotator_accuracy: float = ANNOTATOR_ACCURACY,
     write_images: bool = True,
+    box_counts: str = UNIFORM_COUNTS,
     workers: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Write a synthetic dataset into `out_dir` and return its statistics (also written to stats.json).
 
     `num_images` VQA images are split 5 : 1.25 : 0.75 into train / val / test-dev; `flickr_images` (default
-    max(10, 0.384 × num_images), Flickr30k's size relative to VQA 2.0) are split 80 / 10 / 10 %. What an earlier
-    run wrote in ``out_dir`` (:data:`OUTPUT_ENTRIES`) is removed first — stats.json first of all, and it is written
-    last, so its presence marks a complete directory — and nothing of another seed or size stays behind.
+    max(10, 0.384 × num_images), Flickr30k's size relative to VQA 2.0) are split 80 / 10 / 10 %. `box_counts`: 10–36
+    detector boxes per image, or bottom-up's 10–100 (:func:`~ban.data.synthetic.detections.sample_detections`).
+    What an earlier run wrote in ``out_dir`` (:data:`OUTPUT_ENTRIES`) is removed first — stats.json first of all,
+    and it is written last, so its presence marks a complete directory — and nothing of another seed or size stays
+    behind.
     """
-    _check(feature_dim, questions_per_image, annotator_accuracy, seed)
+    _check(feature_dim, questions_per_image, annotator_accuracy, seed, box_counts)
     flickr_images = default_flickr_images(num_images) if flickr_images is None else flickr_images
     plan = plan_images(num_images, flickr_images)
     out = make_directory(out_dir)
     for name in OUTPUT_ENTRIES[::-1]:  # stats.json first
         entry = out / name
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
-    settings = Settings(str(out), seed, feature_dim, questions_per_image, annotator_accuracy, write_images)
+    settings = Settings(str(out), seed, feature_dim, questions_per_image, annotator_accuracy, write_images, box_counts)
     workers = default_workers(num_images + flickr_images) if workers is None else workers
     counters: dict[tuple[str, str], SplitCounter] = {key: SplitCounter() for key in plan}
     bar = tqdm(total=num_images + flickr_images, desc="ban synth", unit="img", disable=not progress)
@@ -171,6 +177,7 @@ def _statistics(
     return {
         "seed": settings.seed,
         "feature_dim": settings.feature_dim,
+        "box_counts": settings.box_counts,
         "num_images": num_images,
         "flickr_images": flickr_images,
         "questions_per_image": settings.questions_per_image,

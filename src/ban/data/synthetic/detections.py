@@ -2,7 +2,8 @@
 
 A real bottom-up detector returns several overlapping boxes for one object (the counting module's
 deduplication exists for that), boxes that cover only part of an object, and boxes on background. These are
-the four kinds produced here, in a random order, 10–36 boxes per image.
+the four kinds produced here, in a random order: 10–36 boxes per image by default (:data:`UNIFORM_COUNTS`), or as
+many as bottom-up features keep (:data:`BOTTOM_UP_COUNTS`: 10–100, mean ≈ 32, mostly more background boxes).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ban.data.boxes import box_iou
+from ban.data.boxes import bottom_up_box_counts, box_iou
 from ban.data.synthetic.scenes import Scene
 
 OBJECT, DUPLICATE, PARTIAL, BACKGROUND = 0, 1, 2, 3
 KIND_NAMES: tuple[str, ...] = ("object", "duplicate", "partial", "background")
 MIN_BOXES, MAX_BOXES = 10, 36
+UNIFORM_COUNTS, BOTTOM_UP_COUNTS = "10-36", "bottom-up"
+BOX_COUNTS: tuple[str, ...] = (UNIFORM_COUNTS, BOTTOM_UP_COUNTS)
 
 DUPLICATE_PROBABILITIES: tuple[float, ...] = (0.4, 0.35, 0.25)  # P(0, 1, 2 duplicates) per object
 PARTIAL_PROBABILITY = 0.4
@@ -79,20 +82,35 @@ def _finish(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.stack([x1, y1, x2, y2], axis=1).astype(np.float32)
 
 
-def sample_detections(rng: np.random.Generator, scene: Scene) -> Detections:
-    """Sample 10–36 detector boxes for `scene` (object, duplicate, partial and background boxes, shuffled)."""
+def sample_detections(rng: np.random.Generator, scene: Scene, counts: str = UNIFORM_COUNTS) -> Detections:
+    """Sample detector boxes for `scene` (object, duplicate, partial and background boxes, shuffled).
+
+    ``counts``: :data:`UNIFORM_COUNTS`, 10–36 boxes, at least one background box below 36; or
+    :data:`BOTTOM_UP_COUNTS`, a count drawn by :func:`ban.data.boxes.bottom_up_box_counts` (raised to the scene's
+    object count where it is lower), which random duplicates and partial boxes are dropped to fit and background
+    boxes fill. Every object keeps its own box either way.
+    """
+    if counts not in BOX_COUNTS:
+        raise ValueError(f"counts must be one of {BOX_COUNTS}, got {counts!r}")
     n = scene.num_objects
+    bottom_up = counts == BOTTOM_UP_COUNTS
+    most = max(n, int(bottom_up_box_counts(rng.random()))) if bottom_up else MAX_BOXES
     objects = np.arange(n)
     duplicates = rng.choice(len(DUPLICATE_PROBABILITIES), size=n, p=DUPLICATE_PROBABILITIES)
     duplicate_source = np.repeat(objects, duplicates)
     partial_source = objects[rng.random(n) < PARTIAL_PROBABILITY]
     extra_source = np.concatenate([duplicate_source, partial_source])
     extra_kind = np.concatenate([np.full(len(duplicate_source), DUPLICATE), np.full(len(partial_source), PARTIAL)])
-    if n + len(extra_source) > MAX_BOXES:  # keep every object's own box, drop random extras
-        keep = np.sort(rng.permutation(len(extra_source))[: MAX_BOXES - n])
+    if n + len(extra_source) > most:  # keep every object's own box, drop random extras
+        keep = np.sort(rng.permutation(len(extra_source))[: most - n])
         extra_source, extra_kind = extra_source[keep], extra_kind[keep]
     foreground = n + len(extra_source)
-    total = int(rng.integers(max(MIN_BOXES, foreground + 1), MAX_BOXES + 1)) if foreground < MAX_BOXES else foreground
+    if bottom_up:
+        total = most  # ≥ foreground: the extras were dropped to fit
+    elif foreground < MAX_BOXES:
+        total = int(rng.integers(max(MIN_BOXES, foreground + 1), MAX_BOXES + 1))
+    else:
+        total = foreground
     is_duplicate = extra_kind == DUPLICATE
     extra_boxes = np.empty((len(extra_source), 4))
     extra_boxes[is_duplicate] = _jitter(rng, scene.boxes[extra_source[is_duplicate]], DUPLICATE_JITTER)

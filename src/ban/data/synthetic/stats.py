@@ -87,7 +87,8 @@ def answer_balance(records: list[QaRecord], top: int = 5) -> dict[str, dict[str,
 
 def format_stats(stats: dict, seconds: float) -> str:
     """A plain-text report of `stats` (as written to stats.json) and the time generation took."""
-    lines = [f"ban synth: seed {stats['seed']}, feature width {stats['feature_dim']}, {seconds:.1f} s"]
+    lines = [f"ban synth: seed {stats['seed']}, feature width {stats['feature_dim']}, box counts "
+             f"{stats['box_counts']}, {seconds:.1f} s"]
     lines.append(f"{'split':<16}{'images':>8}{'questions':>11}{'boxes/img':>11}{'objects/img':>13}")
     for dataset in ("vqa", "flickr30k"):
         for split, summary in stats[dataset].items():

@@ -38,6 +38,7 @@ class Settings:
     questions_per_image: float
     annotator_accuracy: float
     write_images: bool
+    box_counts: str  # detections.UNIFORM_COUNTS or BOTTOM_UP_COUNTS
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def make_image(settings: Settings, job: ImageJob) -> ImageResult:
     """Generate everything about one image; writes its PNG (and Flickr text files) itself."""
     seed, index = settings.seed, job.index
     scene = sample_scene(stream(seed, index, SCENE))
-    boxes = detections.sample_detections(stream(seed, index, DETECTIONS), scene)
+    boxes = detections.sample_detections(stream(seed, index, DETECTIONS), scene, settings.box_counts)
     region = features.region_features(stream(seed, index, FEATURES), scene, boxes, _projection(settings.feature_dim))
     result = ImageResult(
         image_id=job.image_id,
