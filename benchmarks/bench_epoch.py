@@ -8,6 +8,8 @@ For every prepared VQA dataset given (make a VQA-2.0-sized one with `ban synth -
 1. the data path alone: one epoch of the train split through the loader `ban train` uses (seeded shuffle, the
    VQA collate padding boxes per batch), nothing else — questions/s and feature MB/s; with ``--resident``, also
    the same epoch gathered from `--set resident=true`'s in-memory copy (`ban.data.resident`), and its build time;
+   with ``--bucket``, each of those again with batches grouped by box count, as `--set bucket_boxes=true` cuts
+   them (scenes with bottom-up's box counts: `ban synth --boxes bottom-up`);
 2. with ``--train-epoch``, the first dataset only: `ban train --data DATA --preset tiny --epochs 1` as a
    subprocess, the epoch's own time and samples/s from its metrics.jsonl (data loading included);
 3. the paper-best training step at ``--batch-size`` (synthetic tensors at paper vocabulary sizes, adaptive
@@ -31,14 +33,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ban.benchmark import BenchSettings, measure
 from ban.data.resident import ResidentVQA
 from ban.engine.config import resolve_device
 from ban.engine.distributed import ShardedBatches
 from ban.engine.precision import resolve_precision
-from ban.engine.tasks import make_task
+from ban.engine.tasks import Task, make_task
 from ban.heap import keep_freed_memory
 from ban.machine import code_version, describe_machine
 
@@ -48,17 +50,24 @@ PAPER_EPOCHS = 13
 PAPER_FEATURE_DIM = 2048
 
 
-def loader_epoch(data_dir: Path, batch_size: int, workers: int) -> dict:
+def epoch_batches(task: Task, data: Dataset, batch_size: int, bucket: bool) -> ShardedBatches:
+    """One epoch's batches of ``data`` as `ban train` cuts them (seed 1204, epoch 0); ``bucket``: grouped by box
+    count, as `--set bucket_boxes=true` does."""
+    sizes = task.box_counts(data) if bucket else None
+    return ShardedBatches(len(data), batch_size, seed=1204, epoch=0, sizes=sizes)
+
+
+def loader_epoch(data_dir: Path, batch_size: int, workers: int, bucket: bool) -> dict:
     """Iterate one epoch of the train split as `ban train` does; questions/s and feature bytes/s."""
     task = make_task("vqa", data_dir)
     data = task.dataset(("train",))
-    batches = ShardedBatches(len(data), batch_size, seed=1204, epoch=0)
-    loader = DataLoader(data, batch_sampler=batches, collate_fn=task.collate, num_workers=workers)
-    return {"data": str(data_dir), "workers": workers, **drain(loader),
+    loader = DataLoader(data, batch_sampler=epoch_batches(task, data, batch_size, bucket), collate_fn=task.collate,
+                        num_workers=workers)
+    return {"data": str(data_dir), "workers": workers, "bucket": bucket, **drain(loader),
             "feature_dim": task.model_sizes()["feature_dim"]}
 
 
-def resident_epoch(data_dir: Path, batch_size: int) -> dict:
+def resident_epoch(data_dir: Path, batch_size: int, bucket: bool) -> dict:
     """The same epoch from `--set resident=true`'s copy of the train split (float32, this machine's memory):
     the time to build it, then questions/s of gathering the batches."""
     task = make_task("vqa", data_dir)
@@ -66,8 +75,8 @@ def resident_epoch(data_dir: Path, batch_size: int) -> dict:
     began = time.perf_counter()
     resident = ResidentVQA(data, torch.device("cpu"))
     load_seconds = time.perf_counter() - began
-    batches = ShardedBatches(len(data), batch_size, seed=1204, epoch=0)
-    return {"data": str(data_dir), "workers": "resident", "load_seconds": load_seconds,
+    batches = epoch_batches(task, data, batch_size, bucket)
+    return {"data": str(data_dir), "workers": "resident", "bucket": bucket, "load_seconds": load_seconds,
             **drain(map(resident.batch, batches)), "feature_dim": task.model_sizes()["feature_dim"]}
 
 
@@ -122,9 +131,11 @@ def projection(step: dict, loader: dict, vg_questions: int | None) -> dict:
 
 
 def projection_loader(rows: list[dict]) -> dict:
-    """The loader row to project with: the first of the paper's 2,048-d features read without workers (what the
-    projection assumes: each step waits for its batch), else the first row."""
-    return next((row for row in rows if row["feature_dim"] == PAPER_FEATURE_DIM and row["workers"] == 0), rows[0])
+    """The loader row to project with: the first of the paper's 2,048-d features read without workers and without
+    buckets (what the projection assumes: each step waits for its batch, as `ban train` cuts batches by default),
+    else the first row."""
+    return next((row for row in rows if row["feature_dim"] == PAPER_FEATURE_DIM and row["workers"] == 0
+                 and not row["bucket"]), rows[0])
 
 
 def main() -> None:
@@ -133,6 +144,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, nargs="+", default=[0], help="loader worker counts to measure")
     parser.add_argument("--resident", action="store_true", help="also the epoch from resident=true's copy")
+    parser.add_argument("--bucket", action="store_true",
+                        help="also every loader epoch with batches grouped by box count (bucket_boxes=true)")
     parser.add_argument("--train-epoch", action="store_true", help="also run one `ban train` epoch (tiny preset)")
     parser.add_argument("--step-batches", type=int, default=3, help="timed paper-best steps (after one warm-up)")
     parser.add_argument("--vg-questions", type=int, help="Visual Genome questions of the schedule (vg-train + vg-val "
@@ -142,13 +155,16 @@ def main() -> None:
     keep_freed_memory()  # as `ban` does when it starts
 
     device = resolve_device("auto")
+    buckets = (False, True) if args.bucket else (False,)
     results: dict = {"machine": describe_machine(device), "code": code_version(), "command": " ".join(sys.argv),
-                     "loader": [loader_epoch(d, args.batch_size, w) for d in args.data for w in args.workers]}
+                     "loader": [loader_epoch(d, args.batch_size, w, b) for d in args.data for w in args.workers
+                                for b in buckets]}
     if args.resident:
-        results["loader"] += [resident_epoch(d, args.batch_size) for d in args.data]
+        results["loader"] += [resident_epoch(d, args.batch_size, b) for d in args.data for b in buckets]
     for row in results["loader"]:
         built = f" (built in {row['load_seconds']:.1f} s)" if "load_seconds" in row else ""
-        print(f"loader  {row['data']}  workers {row['workers']}{built}: {row['questions']:,} questions in "
+        bucketed = ", box-count buckets" if row["bucket"] else ""
+        print(f"loader  {row['data']}  workers {row['workers']}{bucketed}{built}: {row['questions']:,} questions in "
               f"{row['seconds']:.1f} s = {row['questions_per_s']:,.0f} q/s, {row['feature_mb_per_s']:.0f} MB/s of "
               f"{row['feature_dim']}-d features, {row['mean_padded_boxes']:.1f} padded boxes per question")
     if args.train_epoch:
