@@ -30,8 +30,8 @@ Then CUDA graphs (:mod:`ban.engine.graphs`):
    ``compiled_parity`` (under 420 s): the check of 4. for it. Dynamo's caches are emptied before each.
 6. ``trainer`` (under 430 s): ``ban train`` eager and with ``cuda_graphs=true`` (resident data, synthetic sets): a
    dropout-free tiny BAN's losses and weights, both ways (fp32, TF32 off); the paper-best BAN's samples/s per
-   epoch, both ways (bf16, batch 256, 2,000 images); ``trainer_compiled`` (under 400 s): the paper-best run with
-   ``compile=true`` too. (The sets are generated at the start, before CUDA.)
+   epoch, both ways (bf16, batch 256, 2,000 images of 10–100 boxes); ``trainer_compiled`` (under 400 s): the
+   paper-best run with ``compile=true`` too. (The sets are generated at the start, before CUDA.)
 7. ``cudnn_gru_capture``, last: whether cuDNN's GRU (forward + backward) can be captured (to choose it over
    ``gru_sequence`` later).
 
@@ -277,17 +277,17 @@ def resident_check(device: torch.device) -> dict:
 
 def trainer_data(root: Path, images: int = 2000) -> dict[str, Path] | str:
     """Prepared synthetic VQA sets for :func:`trainer_check` under ``root``: "small" (56 images, 16-d features) and
-    "paper" (``images`` images, 2,048-d) → their directories, or why not. Made before anything starts CUDA (the
-    generator forks its workers)."""
+    "paper" (``images`` images, 2,048-d, bottom-up's 10–100 boxes per image as in issue 7's conditions) → their
+    directories, or why not. Made before anything starts CUDA (the generator forks its workers)."""
     try:
         from ban.data.synthetic import generate
         from ban.data.vqa2 import prepare_vqa2
     except ImportError as error:
         return f"cannot import the data modules: {error}"
     made = {}
-    for name, count, width in (("small", 56, 16), ("paper", images, 2048)):
+    for name, count, width, boxes in (("small", 56, 16, "10-36"), ("paper", images, 2048, "bottom-up")):
         generate(root / name / "raw", seed=0, num_images=count, feature_dim=width, flickr_images=0,
-                 write_images=False, workers=8, progress=False)
+                 write_images=False, box_counts=boxes, workers=8, progress=False)
         prepare_vqa2(root / name / "raw" / "vqa", sorted((root / name / "raw" / "features").glob("*.tsv")),
                      root / name / "prepared", progress=False)
         made[name] = root / name / "prepared"
