@@ -8,13 +8,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ban.data.features import FeatureRecord, FeatureStore, is_tsv_source
+from ban.data.features import FeatureRecord, FeatureStore, NpyFeatureStore, is_tsv_source
 from ban.data.features_listing import write_sources_file
 from ban.data.features_tsv import iter_tsv_files
 from ban.data.features_writer import is_complete_store, source_stamps, write_feature_store
@@ -37,11 +38,34 @@ def conversion_identity(tsv: Sequence[Path], images: Collection[int] | None) -> 
 def finished_conversion(sources: Sequence[str | os.PathLike[str]], previous: Path,
                         images: Collection[int] | None = None) -> FeatureStore | None:
     """The conversion of exactly these TSV sources (keeping ``images``, when given) that the previous dataset at
-    ``previous`` holds, opened; None when there is none to reuse."""
+    ``previous`` holds, opened; None when there is none, or it is damaged (then the TSV files are read again)."""
     tsv = [Path(source) for source in sources if is_tsv_source(source)]
-    if tsv and is_complete_store(previous / CONVERTED, conversion_identity(tsv, images)):
-        return FeatureStore.open(previous / CONVERTED)
-    return None
+    if not tsv:
+        return None
+    store, _ = _previous_conversion(previous / CONVERTED, conversion_identity(tsv, images))
+    return store
+
+
+def _previous_conversion(directory: Path, identity: list[dict[str, Any]]) -> tuple[NpyFeatureStore | None, str]:
+    """The finished conversion of ``identity``'s files at ``directory``, opened (its files checked whole), or None
+    and why not ("" when there is none; the error when it is there but damaged: a file cut short, missing…)."""
+    if not is_complete_store(directory, identity):
+        return None, ""
+    try:
+        return NpyFeatureStore(directory), ""
+    except DataError as error:
+        return None, str(error)
+
+
+def _reusable(directory: Path, identity: list[dict[str, Any]], dtype: str, feature_dim: int | None) -> bool:
+    """Whether the previous dataset's conversion at ``directory`` can be linked into the new one: finished from
+    exactly these files, whole, and stored as ``dtype`` (and ``feature_dim``-d, when given) as asked; a damaged
+    one is said on stderr (it is converted again)."""
+    store, damage = _previous_conversion(directory, identity)
+    if damage:
+        print(f"ban prepare: the previous conversion cannot be reused ({damage}); converting the TSV files again",
+              file=sys.stderr)
+    return store is not None and store.meta["dtype"] == dtype and feature_dim in (None, store.feature_dim)
 
 
 def set_up_features(sources: Sequence[str | os.PathLike[str]], previous: Path, build: Path, *,
@@ -49,7 +73,8 @@ def set_up_features(sources: Sequence[str | os.PathLike[str]], previous: Path, b
                     on_record: Callable[[FeatureRecord], None] | None = None, progress: bool = True) -> FeatureStore:
     """Convert the TSV sources into ``build/features`` — keeping only ``images`` when given, ``on_record`` seeing
     each record kept as it streams past — or hard-link the finished conversion of the same files from the
-    previous dataset at ``previous`` (then ``on_record`` sees nothing); write ``build/features.json`` listing the
+    previous dataset at ``previous`` when it is whole, in ``dtype`` and of ``feature_dim`` (then ``on_record``
+    sees nothing); write ``build/features.json`` listing the
     conversion first, then every other source; → the store that listing opens (checked to be ``feature_dim``-d
     when given)."""
     tsv = [Path(source) for source in sources if is_tsv_source(source)]
@@ -57,7 +82,7 @@ def set_up_features(sources: Sequence[str | os.PathLike[str]], previous: Path, b
     feature_dim = _common_width(listed, feature_dim)  # the TSV records must have it too: checked as they stream
     if tsv:
         identity = conversion_identity(tsv, images)
-        if is_complete_store(previous / CONVERTED, identity):
+        if _reusable(previous / CONVERTED, identity, dtype, feature_dim):
             shutil.copytree(previous / CONVERTED, build / CONVERTED, copy_function=_link_or_copy)
         else:
             records = _kept(iter_tsv_files(tsv, feature_dim=feature_dim, progress=progress), images, on_record)

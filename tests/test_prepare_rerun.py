@@ -1,0 +1,52 @@
+"""`ban prepare` run again over its own dataset: the finished conversion of the same TSV files is reused only when
+it is whole and as asked (dtype, width); otherwise the files are converted again, and errors name the inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_data_vqa2 import raw  # noqa: F401  (the fixture: official-format files, two TSV files)
+
+from ban.data.vqa2 import prepare_vqa2
+from ban.data.vqa_dataset import VQADataset
+from ban.errors import DataError
+
+
+def prepare(raw, **options):  # noqa: F811
+    return prepare_vqa2(raw["root"], raw["features"], raw["out"], min_answer_count=1, progress=False, **options)
+
+
+def stored(raw, name: str = "features") -> np.ndarray:  # noqa: F811
+    return np.load(raw["out"] / "features" / f"{name}.npy")
+
+
+def test_a_damaged_conversion_is_converted_again(raw, capsys) -> None:  # noqa: F811
+    prepare(raw)
+    expected = stored(raw)
+    features = raw["out"] / "features" / "features.npy"
+    with features.open("r+b") as handle:  # cut short: the previous dataset is damaged
+        handle.truncate(features.stat().st_size // 2)
+    prepare(raw)
+    assert "the previous conversion cannot be reused" in capsys.readouterr().err
+    np.testing.assert_array_equal(stored(raw), expected)
+    assert VQADataset(raw["out"], "val")[0]["question_id"] == 20
+
+
+@pytest.mark.parametrize(("first", "second"), [("float16", "float32"), ("float32", "float16")])
+def test_another_feature_dtype_is_converted_again(raw, first: str, second: str) -> None:  # noqa: F811
+    prepare(raw, feature_dtype=first)
+    assert stored(raw).dtype == np.dtype(first)
+    prepare(raw, feature_dtype=second)
+    assert json.loads((raw["out"] / "features" / "store.json").read_text())["dtype"] == second
+    assert stored(raw).dtype == np.dtype(second)
+
+
+def test_another_feature_width_names_the_tsv_file(raw) -> None:  # noqa: F811
+    prepare(raw)
+    width = stored(raw).shape[1]
+    with pytest.raises(DataError) as error:
+        prepare(raw, feature_dim=width + 1)
+    assert str(raw["features"][0]) in str(error.value) and ".tmp" not in str(error.value)
+    assert stored(raw).shape[1] == width  # the dataset is as it was
