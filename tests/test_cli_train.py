@@ -359,6 +359,21 @@ def test_resuming_a_finished_run_says_there_is_nothing_left_to_train(data_dir, t
         assert torch.equal(tensor, trained[name]), name
 
 
+def test_resuming_a_run_whose_checkpoint_is_gone_is_refused_and_keeps_its_results(data_dir, tmp_path, capsys):
+    """metrics.jsonl is written after each epoch's checkpoint: finished epochs without a checkpoint mean it was lost,
+    and starting over would overwrite their metrics and best.safetensors."""
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(data_dir), "--out", str(run_dir), "--epochs", "2", *SMALL]) == 0
+    (run_dir / CHECKPOINT_FILE).unlink()
+    kept = {name: (run_dir / name).read_bytes() for name in ("metrics.jsonl", "best.safetensors", "config.json")}
+    capsys.readouterr()
+    assert main(["train", "--out", str(run_dir), "--resume", "--epochs", "3"]) != 0
+    assert (f"{run_dir / CHECKPOINT_FILE}: missing, but {run_dir / 'metrics.jsonl'} records 2 finished epochs: "
+            f"restore the checkpoint to resume, or start a new run in another --out") in capsys.readouterr().err
+    assert {name: (run_dir / name).read_bytes() for name in kept} == kept
+    assert not (run_dir / CHECKPOINT_FILE).exists()
+
+
 def test_resume_keeps_the_runs_training_settings_when_a_preset_is_named(data_dir, tmp_path):
     """`--resume --preset tiny` took the default recipe for the training settings and so refused the run."""
     run_dir = tmp_path / "run"

@@ -22,6 +22,7 @@ from ban.data.jsonfile import read_json
 from ban.data.prepared import MANIFEST, manifest_size, read_manifest
 from ban.engine.checkpoint import Checkpoint, read_position
 from ban.engine.config import TrainConfig, check_new_training
+from ban.engine.reporting import METRICS_FILE
 from ban.errors import CheckpointError, ConfigError, DataError
 from ban.models import BANConfig, build_model
 
@@ -110,6 +111,21 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
 RESUME_OR_ELSEWHERE = "continue it with --resume or choose another --out"  # `ban train`'s advice for a taken --out
 
 
+def check_checkpoint_not_lost(run_dir: Path) -> None:
+    """:class:`CheckpointError` for a run to resume that has no checkpoint although ``metrics.jsonl`` records
+    finished epochs (it is written after each epoch's checkpoint, so that checkpoint was deleted or lost): starting
+    over would overwrite the epochs' metrics and ``best.safetensors``. A run stopped before its first checkpoint
+    has no metrics yet and starts from the beginning."""
+    metrics = run_dir / METRICS_FILE
+    epochs = sum(1 for line in metrics.read_text(errors="replace").splitlines() if line.strip()) \
+        if metrics.is_file() else 0
+    if epochs:
+        raise CheckpointError(f"missing, but {metrics} records {epochs} finished epoch{'s' * (epochs != 1)}: "
+                              f"restore the checkpoint to resume, or start a new run in another --out (resuming "
+                              f"without it would train from the beginning over those results)",
+                              path=run_dir / CHECKPOINT_FILE)
+
+
 def start_run(run_dir: str | Path, run: RunConfig, resume: bool, *,
               held: str = RESUME_OR_ELSEWHERE) -> dict[str, Any] | None:
     """Create the run directory with its config, or check that a resumed run has the same config; → the resumed
@@ -122,7 +138,8 @@ def start_run(run_dir: str | Path, run: RunConfig, resume: bool, *,
     except ``train.epochs`` (more to train longer; not fewer than the checkpoint has begun, :func:`check_epochs`),
     ``train.skip_nonfinite`` (to get past a batch that made the run stop) and the settings that change how the
     run executes, not what it computes: ``train.eval_batch_size``, ``train.num_workers``, ``train.cuda_graphs``,
-    ``train.compile``.
+    ``train.compile``. Resuming a run without its checkpoint is refused where epochs had finished
+    (:func:`check_checkpoint_not_lost`).
     """
     run_dir = Path(run_dir)
     if resume:
@@ -140,6 +157,8 @@ def start_run(run_dir: str | Path, run: RunConfig, resume: bool, *,
         position = read_position(Checkpoint(checkpoint)) if checkpoint.exists() else None
         if position is not None:
             check_epochs(position, run.train.epochs)
+        else:
+            check_checkpoint_not_lost(run_dir)
     else:
         check_new_training(run.train)
         check_new_run_dir(run_dir, held)
