@@ -60,7 +60,13 @@ def test_a_nan_loss_stops_the_run_naming_epoch_step_and_batch(poisoned, tmp_path
     step = poisoned_batches(data_dir, image_id, seed=1204, epoch=0)[0][0]
     assert re.search(rf"non-finite loss at epoch 1, step {step}\b", message), message
     assert "skip_nonfinite" in message  # says how to skip such batches
+    # bad data, not a learning rate: the dataset, a question on the poisoned image and the field are named
+    named = re.search(rf"{re.escape(str(data_dir))}: record question_id=(\d+): field 'features': ", message)
+    assert named, message
+    questions = np.load(data_dir / "train.npz")
+    assert int(named.group(1)) in questions["question_id"][questions["image_id"] == image_id].tolist()
     assert not (run_dir / CHECKPOINT_FILE).exists()  # nothing good to keep yet, and nothing bad written
+    assert (run_dir / "config.json").exists()  # kept: the message's resume command works
 
 
 def test_a_nan_never_overwrites_the_last_good_checkpoint(clean_data, poisoned, tmp_path):

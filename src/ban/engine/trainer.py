@@ -61,6 +61,11 @@ class TrainingDiverged(BanError):
     on with ``skip_nonfinite``."""
 
 
+class DivergedOnData(TrainingDiverged, DataError):
+    """A non-finite loss or gradient from a batch whose inputs hold NaN or infinite values: bad data, named by its
+    file, record and field; like any divergence, the run can go on with ``skip_nonfinite``."""
+
+
 class WeightsDiverged(TrainingDiverged):
     """Raised when an update left a weight NaN or infinite: the run cannot go on with its settings."""
 
@@ -345,12 +350,14 @@ class Trainer:
         began, shown = time.perf_counter() - partial.get("seconds", 0.0), time.perf_counter()
         bar = tqdm(total=start + len(batches), initial=start, desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=not context.is_main, dynamic_ncols=True)
-        for step, (batch, global_size) in enumerate(zip(loader, batches.global_sizes, strict=True), start + 1):
+        steps = zip(loader, batches, batches.global_sizes, strict=True)
+        for step, (batch, indices, global_size) in enumerate(steps, start + 1):
             try:
                 sums += self.step(batch, global_size)
             except NonFiniteStep as problem:
                 if not config.skip_nonfinite:
                     bar.close()
+                    self.refuse_non_finite_input(problem.what, batch, indices, epoch, step)
                     raise TrainingDiverged(divergence_message(problem.what, epoch, step, start + len(batches), batch,
                                                               self.run_dir, context.world_size)) from None
                 skipped += 1
@@ -378,6 +385,21 @@ class Trainer:
             record["skipped_batches"] = skipped
         return record, start + len(batches), {**dict(zip(SUMS, totals, strict=True)), "seconds": seconds,
                                               "skipped": skipped}
+
+    def refuse_non_finite_input(self, what: str, batch: Batch, indices: list[int], epoch: int, step: int) -> None:
+        """After a non-finite ``what`` (loss or gradient): :class:`DivergedOnData` naming the first sample of
+        ``batch`` (this process's dataset ``indices``) whose region features or boxes hold NaN or infinite values,
+        if one does — bad data, not a learning rate to lower."""
+        for field in ("features", "boxes"):
+            finite = torch.isfinite(batch[field]).flatten(1).all(1)  # [B]
+            if not bool(finite.all()):
+                row = int((~finite).nonzero()[0, 0])
+                raise DivergedOnData(
+                    f"non-finite {what} at epoch {epoch + 1}, step {step}: this sample's {field} hold NaN or infinite "
+                    f"values (`ban prepare` refuses them: the store was changed since); nothing was updated and the "
+                    f"last checkpoint is unchanged. Mend the data, or skip such batches: "
+                    f"{resume_command(self.run_dir, self.context.world_size)} --set skip_nonfinite=true",
+                    path=self.task.data_dir, record=self.task.sample_record(self.data, indices[row]), field=field)
 
     def device_batch(self, batch: Batch) -> Batch:
         """A loader's batch (on the host) on the training device, with the packing rows when the model packs."""
