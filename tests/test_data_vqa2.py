@@ -512,7 +512,7 @@ def test_visual_genome_older_keys_and_bad_records(raw, tmp_path) -> None:
     from ban.data.visual_genome import coco_ids_of_vg_images, load_visual_genome
 
     (tmp_path / "image_data.json").write_text(json.dumps([{"id": 1, "coco_id": 5}, {"id": 2, "coco_id": None}]))
-    assert coco_ids_of_vg_images(tmp_path / "image_data.json") == {1: 5}
+    assert coco_ids_of_vg_images(tmp_path / "image_data.json") == {1: 5, 2: None}
     (tmp_path / "question_answers.json").write_text(json.dumps([{"id": 1, "qas": [
         {"id": 4, "question": "Is it?", "answer": "Yes"}, {"id": 5, "question": "What?"}]}]))
     with pytest.raises(DataError, match="expected str, got nothing") as error:

@@ -77,18 +77,31 @@ def nested_root_hint(root: str | os.PathLike[str], folder: str, holds: Callable[
 
 
 def available_splits(root: str | os.PathLike[str]) -> list[str]:
-    """Splits whose question file is in ``root``, in :data:`DICTIONARY_ORDER`."""
+    """Splits whose question file is in ``root``, in :data:`DICTIONARY_ORDER` (an annotation file without its
+    question file is refused: :func:`_check_annotations_have_questions`)."""
     paths = {split: questions_path(root, split) for split in DICTIONARY_ORDER}
     for path in paths.values():  # an entry there that is not a file (a directory) is named, not passed over
         if path.exists() and not path.is_file():
             raise DataError("not a file", path=path)
     splits = [split for split, path in paths.items() if path.is_file()]
+    _check_annotations_have_questions(root, splits)
     if not splits:
         hint = nested_root_hint(root, "vqa", lambda nested: any(
             questions_path(nested, split).is_file() for split in DICTIONARY_ORDER))
         raise DataError(f"no official question files (v2_OpenEnded_mscoco_*_questions.json; {_WHERE_TO_GET}){hint}",
                         path=root)
     return splits
+
+
+def _check_annotations_have_questions(root: str | os.PathLike[str], present: Container[str]) -> None:
+    """:class:`DataError` naming the missing question file of the first split whose annotation file is in
+    ``root`` (``present``: the splits whose question file is): that split would otherwise be left out, and its
+    answers out of the candidates, without a word."""
+    for split in ANNOTATED_SPLITS:
+        annotations = annotations_path(root, split)
+        if split not in present and annotations.is_file():
+            raise DataError(f"question file of split {split!r} is missing, but its annotation file {annotations.name} "
+                            f"is present ({_WHERE_TO_GET})", path=questions_path(root, split))
 
 
 @dataclass
