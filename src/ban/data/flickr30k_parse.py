@@ -5,9 +5,11 @@
   mark several phrases of a caption (``a man … his``).
 - ``Annotations/<image>.xml`` (PASCAL-VOC style): ``<size>`` with ``<width>``/``<height>``, then ``<object>``
   elements, each with one or more ``<name>ENTITY_ID</name>`` and either a ``<bndbox>`` (``xmin``, ``ymin``,
-  ``xmax``, ``ymax``: 1-based pixel corners, used as they are, like the reference) or the 0/1 flags
-  ``<nobndbox>`` and ``<scene>`` (scene entities). An entity may have several boxes (several objects name it)
-  and a box may belong to several entities. Entities named by no box-carrying object have no ground truth.
+  ``xmax``, ``ymax``: 1-based pixel corners, used as they are, like the reference; each must be finite and within
+  ±:data:`~ban.data.features.VALUE_LIMIT`, as detected boxes must, while corners a little past the image are kept)
+  or the 0/1 flags ``<nobndbox>`` and ``<scene>`` (scene entities). An entity may have several boxes (several
+  objects name it) and a box may belong to several entities. Entities named by no box-carrying object have no
+  ground truth.
 
 Each caption also keeps the reference's own view of its line (:attr:`Caption.reference_text`, the words of
 each phrase as written in :attr:`Phrase.written`), which ``ban prepare flickr30k --entity-positions reference``
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 import defusedxml
 import defusedxml.ElementTree as SafeElementTree
 
+from ban.data.features import VALUE_LIMIT
 from ban.data.textfile import read_text
 from ban.errors import DataError
 
@@ -248,6 +251,9 @@ def _number(box: ElementTree.Element, tag: str, path: str | os.PathLike[str], wh
                         field=f"bndbox/{tag}") from None
     if not math.isfinite(value):  # a NaN corner would silently match no detected box
         raise DataError(f"expected a finite number, got {text!r}", path=path, record=where, field=f"bndbox/{tag}")
+    if abs(value) > VALUE_LIMIT:  # the limit of detected boxes: a corner this far out is a damaged file
+        raise DataError(f"expected a pixel corner within ±{VALUE_LIMIT:g}, got {text!r}", path=path, record=where,
+                        field=f"bndbox/{tag}")
     return value
 
 

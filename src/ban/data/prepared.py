@@ -81,11 +81,12 @@ def check_manifest_size(data_dir: str | os.PathLike[str], manifest: dict[str, An
 
 def check_manifest_sizes(data_dir: str | os.PathLike[str], manifest: dict[str, Any], store: FeatureStore) -> None:
     """:func:`check_manifest_size` of the sizes a split is read with (VQA and grounding) against those the model
-    is built with (``Task.model_sizes``): ``padding_index``, the token count of ``dictionary.json``, and
-    ``feature_dim``, the width of the feature ``store``."""
+    is built with (``Task.model_sizes``): ``padding_index`` and ``num_tokens``, the token count of
+    ``dictionary.json``, and ``feature_dim``, the width of the feature ``store``."""
     tokens = len(read_tokens(data_dir))
     check_manifest_size(data_dir, manifest, "padding_index", tokens,
                         f"dictionary.json has {tokens} tokens (the padding index is their count)")
+    check_manifest_size(data_dir, manifest, "num_tokens", tokens, f"dictionary.json has {tokens} tokens")
     check_manifest_size(data_dir, manifest, "feature_dim", store.feature_dim,
                         f"the feature store {store.location} holds {store.feature_dim}-d features")
 
