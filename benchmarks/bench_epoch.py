@@ -3,7 +3,8 @@
     python benchmarks/bench_epoch.py --data DATA_DIR [DATA_DIR ...] --json benchmarks/bench_epoch.json
 
 For every prepared VQA dataset given (make a VQA-2.0-sized one with `ban synth --images 115896 --flickr-images 0
---no-png --feature-dim 256` and `ban prepare vqa2`: its train split is 82,783 images and ≈ 444k questions):
+--no-png --feature-dim 256 --boxes bottom-up` and `ban prepare vqa2`: its train split is 82,783 images and ≈ 444k
+questions with bottom-up's 10–100 boxes per image):
 
 1. the data path alone: one epoch of the train split through the loader `ban train` uses (seeded shuffle, the
    VQA collate padding boxes per batch), nothing else — questions/s and feature MB/s; with ``--resident``, also
