@@ -173,6 +173,16 @@ def test_a_run_without_validation_says_why_it_has_no_best_checkpoint(data_dir, t
     assert main(["evaluate", str(run_dir), "--checkpoint", "last", "--split", "val"]) == 0
 
 
+def test_a_deleted_best_checkpoint_is_said_to_be_missing(data_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(data_dir), "--out", str(run_dir), "--epochs", "1", *SMALL]) == 0
+    (run_dir / "best.safetensors").unlink()
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--checkpoint", "best"]) != 0
+    assert (f"{run_dir / 'best.safetensors'}: no best checkpoint: it is missing, though metrics.jsonl records 1 "
+            f"validated epoch (moved or deleted?)") in capsys.readouterr().err
+
+
 def test_checkpoint_best_takes_the_best_epoch_not_the_last(data_dir, tmp_path, capsys):
     """A 2-epoch run whose best validation epoch is the first: epoch 1's best.safetensors (written by training,
     kept aside) put back after epoch 2. `--checkpoint best` then gives epoch 1's weights and score, and `last`
@@ -386,7 +396,7 @@ def test_resume_keeps_the_runs_training_settings_when_a_preset_is_named(data_dir
 
 
 @pytest.mark.slow
-def test_grounding_train_and_evaluate(tmp_path, capsys):
+def test_grounding_train_and_evaluate(data_dir, tmp_path, capsys):
     from ban.data.flickr30k_prepare import prepare_flickr30k
     from ban.data.synthetic import generate
 
@@ -430,7 +440,9 @@ def test_grounding_train_and_evaluate(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "prepared"), "--out", str(tmp_path / "g2"), "--epochs", "1",
                  "--set", "model.num_glimpses=2"]) == 2
     assert "grounding trains one glimpse (G = 1, as the reference" in capsys.readouterr().err
-    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--data", str(data_dir)]) == 2  # a VQA dataset: the task is named
+    assert (f"{data_dir / 'manifest.json'}: field 'task': a vqa dataset, but the run is a grounding model: give a "
+            f"dataset prepared for grounding") in capsys.readouterr().err
     assert main(["evaluate", str(run_dir), "--split", "test", "--json", "--precision", "fp32"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert set(metrics["perType"]) <= {"people", "clothing", "bodyparts", "animals", "vehicles", "instruments",

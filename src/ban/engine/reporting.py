@@ -33,6 +33,21 @@ def report_resumed(run_dir: Path, history: list[dict[str, Any]]) -> None:
         report_epoch(run_dir, history)
 
 
+def recorded_epochs(run_dir: Path) -> list[dict[str, Any]]:
+    """The epoch records of ``run_dir``'s metrics.jsonl ([] without one); lines that are not a JSON object are
+    passed over: the file is a report the run wrote, read here only to say what a run has done."""
+    path = run_dir / METRICS_FILE
+    records = []
+    for line in path.read_text(errors="replace").splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     """One JSON object per epoch, one per line (rewritten whole, atomically, so a resumed run stays consistent)."""
     text = "".join(json.dumps(record) + "\n" for record in history)

@@ -22,7 +22,8 @@ from ban.data.jsonfile import read_json
 from ban.data.prepared import MANIFEST, manifest_size, read_manifest
 from ban.engine.checkpoint import Checkpoint, read_position
 from ban.engine.config import TrainConfig, check_new_training
-from ban.engine.reporting import METRICS_FILE
+from ban.engine.reporting import METRICS_FILE, recorded_epochs
+from ban.engine.tasks import dataset_task
 from ban.errors import CheckpointError, ConfigError, DataError
 from ban.models import BANConfig, build_model
 
@@ -116,11 +117,10 @@ def check_checkpoint_not_lost(run_dir: Path) -> None:
     finished epochs (it is written after each epoch's checkpoint, so that checkpoint was deleted or lost): starting
     over would overwrite the epochs' metrics and ``best.safetensors``. A run stopped before its first checkpoint
     has no metrics yet and starts from the beginning."""
-    metrics = run_dir / METRICS_FILE
-    epochs = sum(1 for line in metrics.read_text(errors="replace").splitlines() if line.strip()) \
-        if metrics.is_file() else 0
+    epochs = len(recorded_epochs(run_dir))
     if epochs:
-        raise CheckpointError(f"missing, but {metrics} records {epochs} finished epoch{'s' * (epochs != 1)}: "
+        raise CheckpointError(f"missing, but {run_dir / METRICS_FILE} records {epochs} finished "
+                              f"epoch{'s' * (epochs != 1)}: "
                               f"restore the checkpoint to resume, or start a new run in another --out (resuming "
                               f"without it would train from the beginning over those results)",
                               path=run_dir / CHECKPOINT_FILE)
@@ -203,11 +203,15 @@ def abandon_new_run(run_dir: str | Path) -> None:
 
 
 def check_data(run: RunConfig, data_dir: str | Path) -> None:
-    """Refuse a prepared dataset that is not there, whose vocabulary files are missing or differ from the ones the
-    run was trained with, or whose features have another width than the run's model reads."""
+    """Refuse a prepared dataset that is not there, prepared for another task, whose vocabulary files are missing or
+    differ from the ones the run was trained with, or whose features have another width than the run's model
+    reads."""
     if not Path(data_dir).is_dir():
         raise DataError("the run's prepared dataset is not there (moved or deleted?): give its place with --data "
                         "(in Python, load_run's data_dir)", path=data_dir)
+    if (Path(data_dir) / MANIFEST).is_file() and (task := dataset_task(data_dir)) != run.task:
+        raise DataError(f"a {task} dataset, but the run is a {run.task} model: give a dataset prepared for "
+                        f"{run.task}", path=Path(data_dir) / MANIFEST, field="task")
     current = fingerprint(data_dir)
     for name, digest in run.fingerprint.items():
         if name not in VOCABULARY_FILES:  # another split list or size is fine for evaluating
@@ -253,8 +257,11 @@ def load_run(run_dir: str | Path, data_dir: str | Path | None = None, checkpoint
     path = Path(run_dir) / CHECKPOINTS[checkpoint]
     if checkpoint == "best" and not path.exists() and (Path(run_dir) / CHECKPOINT_FILE).exists():
         imported = Checkpoint(Path(run_dir) / CHECKPOINT_FILE).state.get("imported")
+        validated = sum("val" in record for record in recorded_epochs(Path(run_dir)))
         why = (f"its weights were imported from {imported} (`ban import`)" if imported
                else "it trained without validation (its val_split is empty)" if not run.train.val_split
+               else f"it is missing, though {METRICS_FILE} records {validated} validated epoch"
+                    f"{'s' * (validated != 1)} (moved or deleted?)" if validated
                else "no epoch has finished its validation yet")
         raise CheckpointError(f"no best checkpoint: {why}; take the last epoch's weights (--checkpoint last)",
                               path=path)
