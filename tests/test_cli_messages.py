@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import pickle
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +77,19 @@ def test_import_of_a_file_that_is_not_a_checkpoint_says_so_in_one_line(tmp_path,
     results.write_text('[{"question_id": 1, "answer": "yes"}]')
     error = error_of(capsys, ["import", str(results), "--data", str(tmp_path), "--out", str(tmp_path / "run")])
     assert error == (f"ban import: error: {results}: not a readable PyTorch checkpoint (not a file of torch.save, "
+                     "or a damaged one)\n")
+
+
+def test_a_plain_pickle_given_as_checkpoint_says_so_in_one_line_without_torchs_warning(tmp_path, capsys):
+    """The answer list's .pkl given as the checkpoint by mistake: torch warns about its pickle protocol before
+    refusing it; the user sees only ban's line."""
+    answers = tmp_path / "trainval_label2ans.pkl"
+    answers.write_bytes(pickle.dumps(["yes", "no"], protocol=4))
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        error = error_of(capsys, ["import", str(answers), "--data", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert [str(warning.message) for warning in shown] == []
+    assert error == (f"ban import: error: {answers}: not a readable PyTorch checkpoint (not a file of torch.save, "
                      "or a damaged one)\n")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -84,7 +85,9 @@ def _read_state_dict(source: str | os.PathLike[str] | Mapping[str, object]) -> t
             raise CheckpointError("a directory, not a checkpoint file" if Path(source).is_dir() else "no such file",
                                   path=label)
         try:
-            source = torch.load(source, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # a plain pickle gets torch's warning about its protocol before the error
+                warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+                source = torch.load(source, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad checkpoint file
             raise CheckpointError(_load_refusal(error), path=label) from error
     if not isinstance(source, Mapping):
