@@ -1,7 +1,7 @@
-"""Two input checks: a Flickr30k Entities box corner beyond ±65504 (the limit of every box and feature value, as
-for detected boxes) and a manifest ``num_tokens`` that is not dictionary.json's token count (text, a bool, 0, another
-count) are a DataError naming the file, the record and the field, and nothing is written: no dataset, no run, and an
-earlier dataset in ``--out`` stays whole."""
+"""Input checks: a Flickr30k Entities box corner beyond ±65504 (the limit of every box and feature value, as for
+detected boxes), a manifest ``num_tokens`` that is not dictionary.json's token count (text, a bool, 0, another count)
+and a split's ``annotated`` that is not true or false are a DataError naming the file, the record and the field, and
+nothing is written: no dataset, no run, and an earlier dataset in ``--out`` stays whole."""
 
 from __future__ import annotations
 
@@ -110,3 +110,17 @@ def test_training_on_a_manifest_with_a_text_token_count_writes_no_run(
     assert (f"{data_dir / 'manifest.json'}: field 'num_tokens': expected a positive integer, got '{count}'"
             in capsys.readouterr().err)
     assert not run.exists()
+
+
+@pytest.mark.parametrize("annotated", ["false", 0, None])
+def test_a_split_annotated_flag_that_is_not_true_or_false_is_refused(
+        prepared: Path, tmp_path: Path, annotated: object) -> None:  # noqa: F811
+    """``"annotated": "false"`` counted as annotated: a test split would have been trained or scored on zeros."""
+    data_dir = copy_of(prepared, "vqa", tmp_path)
+    edit_json(data_dir / "manifest.json", lambda manifest: {
+        **manifest, "splits": {**manifest["splits"], "test-dev": {**manifest["splits"]["test-dev"],
+                                                                  "annotated": annotated}}})
+    with pytest.raises(DataError) as caught:
+        open_splits(data_dir)
+    assert str(caught.value) == (f"{data_dir / 'manifest.json'}: field 'splits/test-dev/annotated': expected true or "
+                                 f"false, got {annotated!r}")

@@ -60,6 +60,17 @@ def check_split(data_dir: str | os.PathLike[str], manifest: dict[str, Any], spli
                         path=Path(data_dir) / MANIFEST, field="splits")
 
 
+def split_annotated(data_dir: str | os.PathLike[str], manifest: dict[str, Any], split: str) -> bool:
+    """Whether the VQA manifest's ``split`` has annotations: its summary's ``annotated``, checked to be true or
+    false (a text "false" would count as annotated)."""
+    summary = manifest["splits"][split]
+    annotated = summary.get("annotated") if isinstance(summary, dict) else None
+    if not isinstance(annotated, bool):
+        raise DataError(f"expected true or false, got {annotated!r}", path=Path(data_dir) / MANIFEST,
+                        field=f"splits/{split}/annotated")
+    return annotated
+
+
 def manifest_size(data_dir: str | os.PathLike[str], manifest: dict[str, Any], field: str) -> int:
     """The manifest's ``field``, checked to be a positive integer (a count or a width)."""
     value = manifest.get(field)

@@ -18,7 +18,15 @@ from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from ban.data.glove import load_word_vectors
-from ban.data.prepared import MANIFEST, check_split, manifest_size, read_answers, read_manifest, read_tokens
+from ban.data.prepared import (
+    MANIFEST,
+    check_split,
+    manifest_size,
+    read_answers,
+    read_manifest,
+    read_tokens,
+    split_annotated,
+)
 from ban.engine import distributed
 from ban.engine.config import TrainConfig
 from ban.engine.distributed import DistContext
@@ -236,7 +244,7 @@ class VQATask(Task):
 
     def splits_with_targets(self) -> list[str]:
         """The annotated splits: VQA 2.0's train and val, Visual Genome QA (test splits have zero targets)."""
-        return [split for split, summary in self.manifest["splits"].items() if summary.get("annotated")]
+        return [split for split in self.manifest["splits"] if split_annotated(self.data_dir, self.manifest, split)]
 
     def scored_splits(self) -> list[str]:
         """The splits with official annotation records: annotated and from VQA 2.0's official files."""
