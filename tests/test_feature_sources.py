@@ -57,6 +57,17 @@ def test_an_image_held_twice_is_named_with_its_sources(tmp_path):
         check_feature_sources([a, str(tmp_path / "missing.tsv")])
 
 
+def test_an_empty_feature_file_is_named_itself(tmp_path):
+    """An empty TSV among the sources was only seen as a question's image without features (in the questions
+    file); the file itself is named now."""
+    rng = np.random.default_rng(0)
+    write_official_tsv(tmp_path / "a.tsv", [random_image(rng, 1, 3, 8)])
+    (tmp_path / "empty.tsv").write_bytes(b"")
+    with pytest.raises(DataError) as error:
+        images_of_sources([tmp_path / "a.tsv", tmp_path / "empty.tsv"], {1}, progress=False)
+    assert str(error.value) == f"{tmp_path / 'empty.tsv'}: holds no feature records (an empty file?)"
+
+
 def test_a_pipe_is_left_to_the_conversion(tmp_path):
     """A pipe can be read once, by the conversion: no reading before it (None). (A writer feeds it, so that a
     reading would not block the test.)"""

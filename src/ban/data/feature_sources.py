@@ -81,8 +81,11 @@ def _unnumbered(store: FeatureStore) -> Iterator[tuple[None, int]]:
 
 def _add(holders: dict[int, str], lines: dict[int, int], records: Iterable[tuple[int | None, int]], source: str,
          held_once: Set[int] | None) -> None:
-    """Record ``source`` as the holder of each image of ``records`` (``(line number or None, image_id)``)."""
+    """Record ``source`` as the holder of each image of ``records`` (``(line number or None, image_id)``); a source
+    without any is refused (an empty file: else only a question's missing image would be named)."""
+    empty = True
     for line, image_id in records:
+        empty = False
         holder = holders.get(image_id)
         if holder is None:
             holders[image_id] = source
@@ -98,3 +101,5 @@ def _add(holders: dict[int, str], lines: dict[int, int], records: Iterable[tuple
                 where = f"in more than one source: {holder}, {source}" + (f" ({', '.join(known)})" if known else "")
             raise DataError(f"image {image_id} appears {where}", path=source,
                             record=None if line is None else f"line {line}", field="image_id")
+    if empty:
+        raise DataError("holds no feature records (an empty file?)", path=source)
