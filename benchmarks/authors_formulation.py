@@ -397,7 +397,7 @@ def format_rows(results: list[dict[str, Any]]) -> str:
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--boxes", default="36", help="boxes per image: a count, or 'adaptive' (10-100, mean 32)")
+    parser.add_argument("--boxes", default="36", help="boxes per image: a count, or 'adaptive' (10-100, mean ≈ 31)")
     parser.add_argument("--question-length", type=int, default=14)
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")

@@ -4,7 +4,7 @@ the dataset's and in box-count order (issue 7): no model, only the batches.
     python benchmarks/bucket_padding.py [--data PREPARED_VQA_DIR ...] [--batch-size 256] [--json FILE]
 
 For each prepared dataset's train split, and for 443,757 questions drawn from the adaptive law of `ban bench`
-(10–100 boxes, mean ≈ 32, as bottom-up features): one epoch of batches as `ban train` cuts them (seed 1204, epoch
+(10–100 boxes, mean ≈ 31, as bottom-up features): one epoch of batches as `ban train` cuts them (seed 1204, epoch
 0), shuffled or bucketed, and the batches of an evaluation (`ban evaluate`, validation, `ban predict`) in the
 dataset's order and in the box-count order they now take (``ban.engine.evaluation.box_count_batches``): real boxes per
 question, padded slots per question (the batch's largest count), the ratio, and the number of distinct padded

@@ -297,7 +297,7 @@ def phase_totals(recorder: TrafficRecorder) -> dict[str, OpRecord]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--boxes", default="adaptive", help="a fixed count or 'adaptive' (10–100, mean ≈ 32)")
+    parser.add_argument("--boxes", default="adaptive", help="a fixed count or 'adaptive' (10–100, mean ≈ 31)")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--feature-dtype", choices=("float32", "bfloat16"), default="float32",
                         help="the features' dtype as the batch brings them (bfloat16: `ban train --set "

@@ -1,10 +1,11 @@
 """Input checks: a Flickr30k Entities box corner beyond ±65504 (the limit of every box and feature value, as for
 detected boxes), a manifest ``num_tokens`` that is not dictionary.json's token count (text, a bool, 0, another count)
-and a split's ``annotated`` that is not true or false are a DataError naming the file, the record and the field, and
-nothing is written: no dataset, no run, and an earlier dataset in ``--out`` stays whole."""
+and a split's ``annotated`` or ``official_files`` that is not true or false are a DataError naming the file, the
+record and the field, and nothing is written: no dataset, no run, and an earlier dataset in ``--out`` stays whole."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from ban.cli import main
 from ban.data.flickr30k_parse import parse_annotation_file
 from ban.data.flickr30k_prepare import prepare_flickr30k
 from ban.data.prepared import read_tokens
+from ban.engine.tasks import make_task
 from ban.errors import DataError
 
 
@@ -124,3 +126,20 @@ def test_a_split_annotated_flag_that_is_not_true_or_false_is_refused(
         open_splits(data_dir)
     assert str(caught.value) == (f"{data_dir / 'manifest.json'}: field 'splits/test-dev/annotated': expected true or "
                                  f"false, got {annotated!r}")
+
+
+def test_a_split_official_files_flag_that_is_not_true_or_false_is_refused(
+        prepared: Path, tmp_path: Path) -> None:  # noqa: F811
+    """``"official_files": "false"`` counted as official: a Visual Genome split could be taken as val_split, to
+    fail after the first epoch for want of its annotation file. Absent (datasets prepared before it): false."""
+    data_dir = copy_of(prepared, "vqa", tmp_path)
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    del manifest["splits"]["val"]["official_files"]
+    (data_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert "val" not in make_task("vqa", data_dir).scored_splits()
+    manifest["splits"]["val"]["official_files"] = "false"
+    (data_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError) as caught:
+        make_task("vqa", data_dir).scored_splits()
+    assert str(caught.value) == (f"{data_dir / 'manifest.json'}: field 'splits/val/official_files': expected true "
+                                 f"or false, got 'false'")

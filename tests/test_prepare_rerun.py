@@ -29,7 +29,8 @@ def test_a_damaged_conversion_is_converted_again(raw, capsys) -> None:  # noqa: 
     with features.open("r+b") as handle:  # cut short: the previous dataset is damaged
         handle.truncate(features.stat().st_size // 2)
     prepare(raw)
-    assert "the previous conversion cannot be reused" in capsys.readouterr().err
+    assert (f"ban prepare: the previous conversion in {raw['out'] / 'features'} cannot be reused (damaged or of an "
+            f"older format: {features}); converting the TSV files again") in capsys.readouterr().err
     np.testing.assert_array_equal(stored(raw), expected)
     assert VQADataset(raw["out"], "val")[0]["question_id"] == 20
 

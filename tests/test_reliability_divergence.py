@@ -1,13 +1,15 @@
-"""Divergence: a non-finite loss stops the run naming the epoch, step and batch, and never overwrites the last
-good checkpoint; with ``skip_nonfinite`` such batches are skipped and counted instead.
+"""Divergence: a non-finite loss stops the run naming the epoch and step — and the sample and field when the batch's
+inputs hold the NaN, else the batch and a lower learning rate — and never overwrites the last good checkpoint; with
+``skip_nonfinite`` such batches are skipped and counted instead.
 
-The NaN comes from the data, as it would in practice: one image's region features in the prepared store are
+The NaN mostly comes from the data, as it would in practice: one image's region features in the prepared store are
 overwritten with NaN, so every batch holding one of its questions has a NaN loss.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -22,7 +24,7 @@ from ban.cli import main
 from ban.engine.checkpoint import Checkpoint
 from ban.engine.run import BEST_FILE, CHECKPOINT_FILE, start_run
 from ban.engine.tasks import VQATask
-from ban.engine.trainer import train
+from ban.engine.trainer import DivergedOnData, TrainingDiverged, non_finite_row, train
 from ban.errors import BanError
 
 BATCH = 16  # about 14 batches an epoch: the poisoned image's few questions leave most of them clean
@@ -49,7 +51,7 @@ def poisoned(clean_data, tmp_path) -> tuple[Path, int]:
     return data_dir, poison(data_dir, question=100)
 
 
-def test_a_nan_loss_stops_the_run_naming_epoch_step_and_batch(poisoned, tmp_path, capsys):
+def test_a_nan_loss_from_the_data_stops_the_run_naming_epoch_step_and_sample(poisoned, tmp_path, capsys):
     data_dir, image_id = poisoned
     run_dir = tmp_path / "run"
     code = main(["train", "--data", str(data_dir), "--out", str(run_dir), "--epochs", "1", "--preset", "tiny",
@@ -67,6 +69,30 @@ def test_a_nan_loss_stops_the_run_naming_epoch_step_and_batch(poisoned, tmp_path
     assert int(named.group(1)) in questions["question_id"][questions["image_id"] == image_id].tolist()
     assert not (run_dir / CHECKPOINT_FILE).exists()  # nothing good to keep yet, and nothing bad written
     assert (run_dir / "config.json").exists()  # kept: the message's resume command works
+
+
+def test_a_divergence_on_finite_inputs_names_the_batch_and_advises_a_lower_learning_rate(clean_data, tmp_path,
+                                                                                         monkeypatch):
+    """The inputs are sound (an infinite loss, as an exploding model gives): the batch is named, not a sample."""
+    finite_loss = VQATask.loss_sum
+    monkeypatch.setattr(VQATask, "loss_sum", lambda task, logits, batch: finite_loss(task, logits, batch) * math.inf)
+    run = small_run(clean_data, epochs=1, precision="fp32", batch_size=BATCH)
+    run_dir = tmp_path / "run"
+    start_run(run_dir, run, resume=False)
+    with pytest.raises(TrainingDiverged) as caught:
+        train(run_dir, run, VQATask(clean_data))
+    assert not isinstance(caught.value, DivergedOnData)
+    assert re.match(r"non-finite loss at epoch 1, step 1 \(batch 1 of \d+ in the epoch's order; its question ids "
+                    r"begin \[[\d, ]+\]\); nothing was updated .*Lower the learning rate", str(caught.value))
+
+
+def test_the_input_a_nan_is_found_in_is_named_as_the_store_names_it():
+    batch = {"features": torch.ones(3, 4, 5), "boxes": torch.ones(3, 4, 6)}
+    assert non_finite_row(batch) is None
+    batch["boxes"][2, 1, 0] = math.inf
+    assert non_finite_row(batch) == (2, "spatial")
+    batch["features"][1, 3, 4] = math.nan
+    assert non_finite_row(batch) == (1, "features")
 
 
 def test_a_nan_never_overwrites_the_last_good_checkpoint(clean_data, poisoned, tmp_path):

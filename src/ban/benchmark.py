@@ -1,7 +1,7 @@
 """Throughput and memory of BAN training and inference steps on synthetic tensors (``ban bench``).
 
 A training step is what the reference's loop does per batch: forward, BCE summed over answers, backward,
-gradient clipping at 0.25, Adamax. Boxes are either a fixed count or "adaptive" (10–100 per image, mean ≈ 32,
+gradient clipping at 0.25, Adamax. Boxes are either a fixed count or "adaptive" (10–100 per image, mean ≈ 31,
 padded per batch to the batch's largest count, as bottom-up features are). Useful work is counted over real
 boxes only (:func:`step_flops`): a training step counts each matrix product 3× (forward, and the gradients of its
 input and its weight), except the box projections, whose input, the image features, needs no gradient (2×).
@@ -79,7 +79,7 @@ class BenchResult:
 
 def box_counts(settings: BenchSettings, generator: torch.Generator) -> torch.Tensor:
     """Real box counts of one batch [B]: fixed, or adaptive (:func:`ban.data.boxes.bottom_up_box_counts`: 10–100,
-    mean ≈ 32)."""
+    mean ≈ 31)."""
     if settings.boxes != "adaptive":
         return torch.full((settings.batch_size,), int(settings.boxes))
     return torch.from_numpy(bottom_up_box_counts(torch.rand(settings.batch_size, generator=generator).numpy()))

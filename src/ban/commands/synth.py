@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"mean share of annotators giving the true answer, in [0.5, 1] (default {ANNOTATOR_ACCURACY})",
     )
     parser.add_argument("--boxes", choices=BOX_COUNTS, default=UNIFORM_COUNTS,
-                        help="detector boxes per image: 10-36 (default), or bottom-up: 10–100, mean ≈ 32, as "
+                        help="detector boxes per image: 10-36 (default), or bottom-up: 10–100, mean ≈ 31, as "
                              "bottom-up features and `ban bench --boxes adaptive` (the extra boxes are background)")
     parser.add_argument("--no-png", action="store_true", help="do not render the PNG images")
     parser.add_argument("--workers", type=positive_int, default=None,

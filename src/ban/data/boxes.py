@@ -24,7 +24,8 @@ def box_iou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
 
 
-BOTTOM_UP_MIN_BOXES, BOTTOM_UP_MAX_BOXES, BOTTOM_UP_MEAN_BOXES = 10, 100, 32.0
+BOTTOM_UP_MIN_BOXES, BOTTOM_UP_MAX_BOXES = 10, 100
+BOTTOM_UP_EXTRA_BOXES = 22.0  # the mean of the exponential number of boxes drawn beyond the minimum
 
 
 def bottom_up_box_counts(uniform: np.ndarray) -> np.ndarray:
@@ -35,6 +36,5 @@ def bottom_up_box_counts(uniform: np.ndarray) -> np.ndarray:
     >>> bottom_up_box_counts(np.array([0.0, 0.5, 0.9, 0.999]))
     array([ 10,  25,  60, 100])
     """
-    scale = BOTTOM_UP_MEAN_BOXES - BOTTOM_UP_MIN_BOXES
-    counts = BOTTOM_UP_MIN_BOXES + np.floor(-np.log1p(-uniform) * scale)
+    counts = BOTTOM_UP_MIN_BOXES + np.floor(-np.log1p(-uniform) * BOTTOM_UP_EXTRA_BOXES)
     return np.minimum(counts, BOTTOM_UP_MAX_BOXES).astype(np.int64)

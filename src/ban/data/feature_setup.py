@@ -46,26 +46,16 @@ def finished_conversion(sources: Sequence[str | os.PathLike[str]], previous: Pat
     return store
 
 
-def _previous_conversion(directory: Path, identity: list[dict[str, Any]]) -> tuple[NpyFeatureStore | None, str]:
-    """The finished conversion of ``identity``'s files at ``directory``, opened (its files checked whole), or None
-    and why not ("" when there is none; the error when it is there but damaged: a file cut short, missing…)."""
+def _previous_conversion(directory: Path, identity: list[dict[str, Any]]
+                         ) -> tuple[NpyFeatureStore | None, DataError | None]:
+    """The finished conversion of ``identity``'s files at ``directory``, opened (its files checked whole) → (it,
+    None); (None, None) when there is none; (None, the error) when it is there but damaged (a file cut short…)."""
     if not is_complete_store(directory, identity):
-        return None, ""
+        return None, None
     try:
-        return NpyFeatureStore(directory), ""
+        return NpyFeatureStore(directory), None
     except DataError as error:
-        return None, str(error)
-
-
-def _reusable(directory: Path, identity: list[dict[str, Any]], dtype: str, feature_dim: int | None) -> bool:
-    """Whether the previous dataset's conversion at ``directory`` can be linked into the new one: finished from
-    exactly these files, whole, and stored as ``dtype`` (and ``feature_dim``-d, when given) as asked; a damaged
-    one is said on stderr (it is converted again)."""
-    store, damage = _previous_conversion(directory, identity)
-    if damage:
-        print(f"ban prepare: the previous conversion cannot be reused ({damage}); converting the TSV files again",
-              file=sys.stderr)
-    return store is not None and store.meta["dtype"] == dtype and feature_dim in (None, store.feature_dim)
+        return None, error
 
 
 def set_up_features(sources: Sequence[str | os.PathLike[str]], previous: Path, build: Path, *,
@@ -74,7 +64,7 @@ def set_up_features(sources: Sequence[str | os.PathLike[str]], previous: Path, b
     """Convert the TSV sources into ``build/features`` — keeping only ``images`` when given, ``on_record`` seeing
     each record kept as it streams past — or hard-link the finished conversion of the same files from the
     previous dataset at ``previous`` when it is whole, in ``dtype`` and of ``feature_dim`` (then ``on_record``
-    sees nothing); write ``build/features.json`` listing the
+    sees nothing; a damaged one is said on stderr and converted again); write ``build/features.json`` listing the
     conversion first, then every other source; → the store that listing opens (checked to be ``feature_dim``-d
     when given)."""
     tsv = [Path(source) for source in sources if is_tsv_source(source)]
@@ -82,7 +72,11 @@ def set_up_features(sources: Sequence[str | os.PathLike[str]], previous: Path, b
     feature_dim = _common_width(listed, feature_dim)  # the TSV records must have it too: checked as they stream
     if tsv:
         identity = conversion_identity(tsv, images)
-        if _reusable(previous / CONVERTED, identity, dtype, feature_dim):
+        reusable, damage = _previous_conversion(previous / CONVERTED, identity)
+        if damage is not None:
+            print(f"ban prepare: the previous conversion in {previous / CONVERTED} cannot be reused (damaged or of an "
+                  f"older format: {damage.path or 'store.json'}); converting the TSV files again", file=sys.stderr)
+        if reusable is not None and reusable.meta["dtype"] == dtype and feature_dim in (None, reusable.feature_dim):
             shutil.copytree(previous / CONVERTED, build / CONVERTED, copy_function=_link_or_copy)
         else:
             records = _kept(iter_tsv_files(tsv, feature_dim=feature_dim, progress=progress), images, on_record)

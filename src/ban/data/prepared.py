@@ -60,15 +60,17 @@ def check_split(data_dir: str | os.PathLike[str], manifest: dict[str, Any], spli
                         path=Path(data_dir) / MANIFEST, field="splits")
 
 
-def split_annotated(data_dir: str | os.PathLike[str], manifest: dict[str, Any], split: str) -> bool:
-    """Whether the VQA manifest's ``split`` has annotations: its summary's ``annotated``, checked to be true or
-    false (a text "false" would count as annotated)."""
+def split_flag(data_dir: str | os.PathLike[str], manifest: dict[str, Any], split: str, name: str,
+               default: bool | None = None) -> bool:
+    """The true/false ``name`` of the VQA manifest's ``split`` summary (``annotated``; ``official_files``, absent
+    from datasets prepared before it and then ``default``), checked to be true or false: a text "false" would
+    count as true."""
     summary = manifest["splits"][split]
-    annotated = summary.get("annotated") if isinstance(summary, dict) else None
-    if not isinstance(annotated, bool):
-        raise DataError(f"expected true or false, got {annotated!r}", path=Path(data_dir) / MANIFEST,
-                        field=f"splits/{split}/annotated")
-    return annotated
+    value = summary.get(name, default) if isinstance(summary, dict) else None
+    if not isinstance(value, bool):
+        raise DataError(f"expected true or false, got {value!r}", path=Path(data_dir) / MANIFEST,
+                        field=f"splits/{split}/{name}")
+    return value
 
 
 def manifest_size(data_dir: str | os.PathLike[str], manifest: dict[str, Any], field: str) -> int:

@@ -26,7 +26,7 @@ from ban.data.prepared import (
     open_features,
     read_answers,
     read_manifest,
-    split_annotated,
+    split_flag,
 )
 from ban.errors import ConfigError, DataError
 
@@ -70,7 +70,7 @@ class VQADataset(Dataset):
         self.manifest = read_manifest(self.data_dir, "vqa2")
         check_split(self.data_dir, self.manifest, split)
         self.split = split
-        self.annotated = split_annotated(self.data_dir, self.manifest, split)
+        self.annotated = split_flag(self.data_dir, self.manifest, split, "annotated")
         arrays = load_split_arrays(self.data_dir / f"{split}.npz")
         self.question_ids = arrays["question_id"]
         self.image_ids = arrays["image_id"]

@@ -38,7 +38,7 @@ def recorded_epochs(run_dir: Path) -> list[dict[str, Any]]:
     passed over: the file is a report the run wrote, read here only to say what a run has done."""
     path = run_dir / METRICS_FILE
     records = []
-    for line in path.read_text(errors="replace").splitlines() if path.is_file() else []:
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []:
         try:
             record = json.loads(line)
         except ValueError:

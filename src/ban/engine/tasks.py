@@ -25,7 +25,7 @@ from ban.data.prepared import (
     read_answers,
     read_manifest,
     read_tokens,
-    split_annotated,
+    split_flag,
 )
 from ban.engine import distributed
 from ban.engine.config import TrainConfig
@@ -244,11 +244,13 @@ class VQATask(Task):
 
     def splits_with_targets(self) -> list[str]:
         """The annotated splits: VQA 2.0's train and val, Visual Genome QA (test splits have zero targets)."""
-        return [split for split in self.manifest["splits"] if split_annotated(self.data_dir, self.manifest, split)]
+        return [split for split in self.manifest["splits"] if split_flag(self.data_dir, self.manifest, split,
+                                                                         "annotated")]
 
     def scored_splits(self) -> list[str]:
         """The splits with official annotation records: annotated and from VQA 2.0's official files."""
-        return [split for split in self.splits_with_targets() if self.manifest["splits"][split].get("official_files")]
+        return [split for split in self.splits_with_targets()
+                if split_flag(self.data_dir, self.manifest, split, "official_files", default=False)]
 
     def model_sizes(self) -> dict[str, int]:
         return {"num_tokens": len(read_tokens(self.data_dir)), "num_answers": len(self.answers()),

@@ -147,6 +147,16 @@ def resume_command(run_dir: Path, world_size: int) -> str:
     return f"{launcher} train --out {run_dir} --resume"
 
 
+def non_finite_row(batch: Batch) -> tuple[int, str] | None:
+    """The first row of ``batch`` whose region features or spatial box features hold a NaN or infinite value, with
+    the store's name of that field ("features" or "spatial"); None when every input is finite."""
+    for key, field in (("features", "features"), ("boxes", "spatial")):
+        finite = torch.isfinite(batch[key]).flatten(1).all(1)  # [B]
+        if not bool(finite.all()):
+            return int((~finite).nonzero()[0, 0]), field
+    return None
+
+
 def divergence_message(what: str, epoch: int, step: int, steps: int, batch: dict[str, Any], run_dir: Path,
                        world_size: int) -> str:
     """Where a non-finite ``what`` appeared, and what to do about it."""
@@ -387,19 +397,24 @@ class Trainer:
                                               "skipped": skipped}
 
     def refuse_non_finite_input(self, what: str, batch: Batch, indices: list[int], epoch: int, step: int) -> None:
-        """After a non-finite ``what`` (loss or gradient): :class:`DivergedOnData` naming the first sample of
-        ``batch`` (this process's dataset ``indices``) whose region features or boxes hold NaN or infinite values,
-        if one does — bad data, not a learning rate to lower."""
-        for field in ("features", "boxes"):
-            finite = torch.isfinite(batch[field]).flatten(1).all(1)  # [B]
-            if not bool(finite.all()):
-                row = int((~finite).nonzero()[0, 0])
-                raise DivergedOnData(
-                    f"non-finite {what} at epoch {epoch + 1}, step {step}: this sample's {field} hold NaN or infinite "
-                    f"values (`ban prepare` refuses them: the store was changed since); nothing was updated and the "
-                    f"last checkpoint is unchanged. Mend the data, or skip such batches: "
-                    f"{resume_command(self.run_dir, self.context.world_size)} --set skip_nonfinite=true",
-                    path=self.task.data_dir, record=self.task.sample_record(self.data, indices[row]), field=field)
+        """After a non-finite ``what`` (loss or gradient), in every process together: :class:`DivergedOnData` naming
+        the first sample of ``batch`` (this process's dataset ``indices``) whose region features or spatial box
+        features hold NaN or infinite values — bad data, not a learning rate to lower; in the other processes, when
+        one found such a sample, :class:`TrainingDiverged` saying so (that process's error names it)."""
+        found = non_finite_row(batch)
+        if not distributed.any_process(found is not None, self.context):
+            return
+        skip = f"{resume_command(self.run_dir, self.context.world_size)} --set skip_nonfinite=true"
+        if found is None:
+            raise TrainingDiverged(f"non-finite {what} at epoch {epoch + 1}, step {step}: another process's part of "
+                                   f"the batch holds NaN or infinite features (its error names the sample); nothing "
+                                   f"was updated. Mend the data, or skip such batches: {skip}")
+        row, field = found
+        raise DivergedOnData(
+            f"non-finite {what} at epoch {epoch + 1}, step {step}: this sample's {field} hold NaN or infinite values "
+            f"(`ban prepare` refuses them: the store was changed since); nothing was updated and the last checkpoint "
+            f"is unchanged. Mend the data, or skip such batches: {skip}",
+            path=self.task.data_dir, record=self.task.sample_record(self.data, indices[row]), field=field)
 
     def device_batch(self, batch: Batch) -> Batch:
         """A loader's batch (on the host) on the training device, with the packing rows when the model packs."""

@@ -3,7 +3,7 @@
 A real bottom-up detector returns several overlapping boxes for one object (the counting module's
 deduplication exists for that), boxes that cover only part of an object, and boxes on background. These are
 the four kinds produced here, in a random order: 10–36 boxes per image by default (:data:`UNIFORM_COUNTS`), or as
-many as bottom-up features keep (:data:`BOTTOM_UP_COUNTS`: 10–100, mean ≈ 32, mostly more background boxes).
+many as bottom-up features keep (:data:`BOTTOM_UP_COUNTS`: 10–100, mean ≈ 31, mostly more background boxes).
 """
 
 from __future__ import annotations
