@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +96,24 @@ def test_the_input_a_nan_is_found_in_is_named_as_the_store_names_it():
     assert non_finite_row(batch) == (2, "spatial")
     batch["features"][1, 3, 4] = math.nan
     assert non_finite_row(batch) == (1, "features")
+
+
+@pytest.mark.slow
+def test_under_torchrun_no_process_blames_the_learning_rate_for_bad_data(poisoned, tmp_path):
+    """Two processes: the one whose half of the batch holds the poisoned image names its sample; the other, which
+    met only the shared non-finite loss, says another process's part holds bad inputs — neither advises a lower
+    learning rate (each process decided alone before, so one did)."""
+    data_dir, _ = poisoned
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ban.cli",
+         "train", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--epochs", "1", "--preset", "tiny",
+         "--set", "model.hidden_dim=16", "--set", "model.word_dim=8", "--set", f"batch_size={BATCH}",
+         "--set", "precision=fp32", "--set", "device=cpu"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert launched.returncode != 0
+    assert re.search(rf"{re.escape(str(data_dir))}: record question_id=\d+: field 'features': non-finite loss",
+                     launched.stderr), launched.stderr[-3000:]
+    assert "Lower the learning rate" not in launched.stderr
 
 
 def test_a_nan_never_overwrites_the_last_good_checkpoint(clean_data, poisoned, tmp_path):
