@@ -13,7 +13,9 @@ Eager work first (a failed CUDA graph capture could leave the device unusable fo
    straightforward paths (a row that fails is reported with its error; the others still run); ``profile``: the
    graphed step's work run eagerly under torch.profiler (bf16: operators by device time — what a replay still has
    to do); ``host_sync``:
-   the bf16 plain training step again with `--host-sync` (what `ban train`'s per-step finiteness read costs).
+   the bf16 plain training step again with `--host-sync` (what `ban train`'s per-step finiteness read costs);
+   ``bucketed``: the bf16 plain and straightforward training steps on batches of similar box counts
+   (`--boxes bucketed`, as `bucket_boxes=true` cuts them: padded to ≈ their mean instead of ≈ 100).
 3. ``resident``: a small synthetic prepared VQA set held on the GPU gives the loader's batches exactly; the gather
    rate of batch-256 rows (adaptive boxes) from a 2,048-d bf16 table of 400k regions; ``evaluation``: a paper-best
    BAN evaluated on the paper-sized set's val split (bf16, box-count order) from the loader with 0 and 4 workers
@@ -466,6 +468,9 @@ def main() -> None:
     parts.run("profile", lambda: step_profile(device, args.batch_size))
     synced = dataclasses.replace(settings, host_sync=True)
     parts.run("host_sync", lambda: bench_part(synced, ["plain"], precisions=("bf16",), modes=("train",)))
+    bucketed = dataclasses.replace(settings, boxes="bucketed")
+    parts.run("bucketed", lambda: bench_part(bucketed, ["plain", "straightforward"], precisions=("bf16",),
+                                             modes=("train",)))
     parts.run("resident", lambda: resident_check(device))
     parts.run("evaluation", lambda: evaluation_check(device, data))
     parts.run("graphs", lambda: graph_parity(device))

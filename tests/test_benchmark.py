@@ -14,6 +14,7 @@ from ban.benchmark import (
     reset_peak_memory,
     run_all,
     step_flops,
+    synthetic_batches,
 )
 from ban.errors import ConfigError
 from ban.models import build_model, preset
@@ -77,6 +78,26 @@ def test_adaptive_box_counts_look_like_bottom_up_features():
     assert (box_counts(BenchSettings(batch_size=7, boxes="36"), torch.Generator()) == 36).all()
 
 
+def test_bucketed_box_counts_are_the_same_law_in_batches_of_similar_counts():
+    """As bucket_boxes=true cuts batches: a batch pads to about its own mean (adaptive ones pad to ≈ 100)."""
+    generator = torch.Generator().manual_seed(0)
+    batches = [box_counts(BenchSettings(batch_size=256, boxes="bucketed"), generator) for _ in range(200)]
+    counts = torch.cat(batches).float()
+    assert counts.min() >= 10 and counts.max() <= 100 and 30 < counts.mean() < 33  # the adaptive law's counts
+    padded = torch.tensor([batch.max() for batch in batches]).float().mean()
+    assert padded < 1.1 * counts.mean()
+    adaptive = [box_counts(BenchSettings(batch_size=256), generator).max() for _ in range(20)]
+    assert min(adaptive) > 80
+    # the few batches a measurement cycles through are spread over a run's counts: about the law's mean work
+    for boxes, padding in (("bucketed", (1.0, 1.1)), ("adaptive", (2.5, 3.5))):
+        settings = BenchSettings(preset="tiny", num_tokens=30, num_answers=12, batch_size=256, boxes=boxes)
+        batches = synthetic_batches(settings, settings.model_config(), torch.device("cpu"), count=4)
+        real = sum(int(batch["real_boxes"]) for batch in batches)
+        assert 28 < real / (4 * 256) < 34, boxes
+        padded = sum(batch["features"].shape[0] * batch["features"].shape[1] for batch in batches)
+        assert padding[0] <= padded / real < padding[1], boxes
+
+
 def test_every_path_precision_and_mode_runs():
     settings = BenchSettings(preset="tiny", num_tokens=30, num_answers=12, batch_size=4, boxes="adaptive",
                              steps=1, warmup=1, device="cpu")
@@ -126,8 +147,8 @@ def test_the_compiled_path_runs_on_the_cpu_and_the_graphed_path_asks_for_a_gpu()
 
 @pytest.mark.parametrize(("arguments", "message"), [
     (["--steps", "0"], "argument --steps: must be positive, not 0"),
-    (["--boxes", "foo"], "argument --boxes: neither 'adaptive' nor a box count"),
-    (["--boxes", "0"], "argument --boxes: neither 'adaptive' nor a box count: must be positive, not 0"),
+    (["--boxes", "foo"], "argument --boxes: neither 'adaptive', 'bucketed' nor a box count"),
+    (["--boxes", "0"], "argument --boxes: neither 'adaptive', 'bucketed' nor a box count: must be positive, not 0"),
     (["--batch-size", "0"], "argument --batch-size: must be positive, not 0"),
     (["--warmup", "-1"], "argument --warmup: must be zero or more, not -1"),
     (["--paths", "plain", "graphed"], "--paths graphed replays CUDA graphs: it needs a GPU"),  # before plain runs

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,6 +27,7 @@ from ban import kernels
 from ban.data.boxes import bottom_up_box_counts
 from ban.data.dictionary import QUESTION_LENGTH
 from ban.engine.config import TrainConfig, resolve_device
+from ban.engine.distributed import BUCKET_BATCHES
 from ban.engine.graphs import (
     compiled_forward,
     forward_logits,
@@ -48,7 +50,7 @@ class BenchSettings:
     num_tokens: int = BANConfig.num_tokens  # the paper's VQA 2.0 sizes
     num_answers: int = BANConfig.num_answers
     batch_size: int = 256
-    boxes: str = "adaptive"  # "adaptive" or a fixed count such as "36"
+    boxes: str = "adaptive"  # "adaptive", "bucketed" or a fixed count such as "36"
     question_length: int = QUESTION_LENGTH
     steps: int = 10
     warmup: int = 3
@@ -77,12 +79,21 @@ class BenchResult:
     peak_memory_gib: float
 
 
-def box_counts(settings: BenchSettings, generator: torch.Generator) -> torch.Tensor:
-    """Real box counts of one batch [B]: fixed, or adaptive (:func:`ban.data.boxes.bottom_up_box_counts`: 10–100,
-    mean ≈ 31)."""
-    if settings.boxes != "adaptive":
-        return torch.full((settings.batch_size,), int(settings.boxes))
-    return torch.from_numpy(bottom_up_box_counts(torch.rand(settings.batch_size, generator=generator).numpy()))
+def box_counts(settings: BenchSettings, generator: torch.Generator, bucket: int | None = None) -> torch.Tensor:
+    """Real box counts of one batch [B]: fixed; adaptive (:func:`ban.data.boxes.bottom_up_box_counts`: 10–100,
+    mean ≈ 31, so a batch pads to ≈ 100); or bucketed, a batch as ``bucket_boxes=true`` cuts them: batch
+    ``bucket`` (random when None) of the :data:`~ban.engine.distributed.BUCKET_BATCHES` of a run of adaptive counts
+    sorted by count (similar counts, little padding)."""
+    if settings.boxes == "adaptive":
+        return torch.from_numpy(bottom_up_box_counts(torch.rand(settings.batch_size, generator=generator).numpy()))
+    if settings.boxes == "bucketed":
+        run = np.sort(bottom_up_box_counts(torch.rand(BUCKET_BATCHES * settings.batch_size,
+                                                      generator=generator).numpy()))
+        if bucket is None:
+            bucket = int(torch.randint(BUCKET_BATCHES, (1,), generator=generator))
+        start = bucket * settings.batch_size
+        return torch.from_numpy(run[start:start + settings.batch_size])
+    return torch.full((settings.batch_size,), int(settings.boxes))
 
 
 def synthetic_batches(settings: BenchSettings, config: BANConfig, device: torch.device,
@@ -92,8 +103,9 @@ def synthetic_batches(settings: BenchSettings, config: BANConfig, device: torch.
     not find it in the features), questions [B, L], targets [B, A]."""
     generator = torch.Generator().manual_seed(settings.seed)
     batches = []
-    for _ in range(count):
-        counts = box_counts(settings, generator)
+    for index in range(count):
+        # bucketed: batches spread evenly over a run's sorted counts, so that the few timed ones do the law's mean work
+        counts = box_counts(settings, generator, bucket=(2 * index + 1) * BUCKET_BATCHES // (2 * count))
         num_boxes = int(counts.max())
         real = torch.arange(num_boxes)[None, :] < counts[:, None]  # [B, N]
         features = torch.rand(settings.batch_size, num_boxes, config.feature_dim, generator=generator) * real[..., None]

@@ -37,13 +37,14 @@ def non_negative_int(text: str) -> int:
 
 
 def box_count(text: str) -> str:
-    """``adaptive`` or a positive number of boxes per image (kept as text, as BenchSettings takes it)."""
-    if text == "adaptive":
+    """``adaptive``, ``bucketed`` or a positive number of boxes per image (kept as text, as BenchSettings takes
+    it)."""
+    if text in ("adaptive", "bucketed"):
         return text
     try:
         return str(positive_int(text))
     except argparse.ArgumentTypeError as error:
-        raise argparse.ArgumentTypeError(f"neither 'adaptive' nor a box count: {error}") from None
+        raise argparse.ArgumentTypeError(f"neither 'adaptive', 'bucketed' nor a box count: {error}") from None
 
 
 def distinct(values: list) -> list:

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="questions per step (default: 256 on a GPU, 32 on the CPU)")
     parser.add_argument("--boxes", type=box_count, default=None,
-                        help="'adaptive' (10–100 per image, mean ≈ 31, padded per batch) or a fixed count "
+                        help="'adaptive' (10–100 per image, mean ≈ 31, padded per batch), 'bucketed' (the same "
+                             "counts in batches of similar counts, as bucket_boxes=true cuts them) or a fixed count "
                              "(default: adaptive on a GPU, 36 on the CPU)")
     parser.add_argument("--question-length", type=positive_int, default=defaults.question_length,
                         help="tokens per question (default: %(default)s)")
