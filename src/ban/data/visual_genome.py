@@ -14,7 +14,6 @@ import os
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ban.data.answers import preprocess_answer
 from ban.data.jsonfile import read_json, require
@@ -82,7 +81,7 @@ def load_visual_genome(
         raise DataError("expected a list of image records", path=path)
     kept: dict[str, list[VGQuestion]] = {split: [] for split in split_images}
     all_questions: list[str] = []
-    first_listed: dict[int, tuple[int, int]] = {}  # question id → (image record, position in its qas)
+    first_listed: dict[int, str] = {}  # question id → the record that listed it first
     for index, image in enumerate(images):
         vg_image_id = require(image, "id", int, path, index)
         image_where = f"{index} (id={vg_image_id})"
@@ -95,7 +94,7 @@ def load_visual_genome(
             where = f"{image_where} qas[{position}]"
             question = require(qa, "question", str, path, where)
             all_questions.append(question)
-            question_id = _unique_question_id(qa, path, (index, position), images, first_listed)
+            question_id = _unique_question_id(qa, path, where, first_listed)
             if not splits:
                 continue
             label = ans2label.get(preprocess_answer(require(qa, "answer", str, path, where)))
@@ -106,21 +105,13 @@ def load_visual_genome(
     return VisualGenomeQA(kept, all_questions)
 
 
-def _unique_question_id(qa: Mapping[str, object], path: Path, at: tuple[int, int], images: list[Any],
-                        first_listed: dict[int, tuple[int, int]]) -> int:
-    """The ``qa_id`` (``id`` in older releases) of the question ``qa`` at ``at`` (its image record's index in
-    ``images``, its position in that record's ``qas``), refused when an earlier question has it (``first_listed``:
-    question id → where it was first listed; this one is added)."""
+def _unique_question_id(qa: Mapping[str, object], path: Path, where: str, first_listed: dict[int, str]) -> int:
+    """The ``qa_id`` (``id`` in older releases) of the question record at ``where``, refused when an earlier
+    record has it (``first_listed``: question id → the record that listed it first; this one is added)."""
     key = "qa_id" if isinstance(qa, dict) and "qa_id" in qa else "id"
-    question_id = require(qa, key, int, path, _question_record(images, at))
+    question_id = require(qa, key, int, path, where)
     if question_id in first_listed:
-        raise DataError(f"question listed twice, first as record {_question_record(images, first_listed[question_id])}",
-                        path=path, record=_question_record(images, at), field=key)
-    first_listed[question_id] = at
+        raise DataError(f"question listed twice, first as record {first_listed[question_id]}", path=path,
+                        record=where, field=key)
+    first_listed[question_id] = where
     return question_id
-
-
-def _question_record(images: list[Any], at: tuple[int, int]) -> str:
-    """How errors name the question at ``at`` (image record index, position in its ``qas``)."""
-    index, position = at
-    return f"{index} (id={images[index]['id']}) qas[{position}]"

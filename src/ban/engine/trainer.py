@@ -147,6 +147,11 @@ def resume_command(run_dir: Path, world_size: int) -> str:
     return f"{launcher} train --out {run_dir} --resume"
 
 
+def skip_command(run_dir: Path, world_size: int) -> str:
+    """The command that resumes the run skipping batches with a non-finite loss or gradient."""
+    return f"{resume_command(run_dir, world_size)} --set skip_nonfinite=true"
+
+
 def non_finite_row(batch: Batch) -> tuple[int, str] | None:
     """The first row of ``batch`` whose region features or spatial box features hold a NaN or infinite value, with
     the store's name of that field ("features" or "spatial"); None when every input is finite."""
@@ -164,7 +169,7 @@ def divergence_message(what: str, epoch: int, step: int, steps: int, batch: dict
     ids = f"; its {key.replace('_', ' ')} begin {batch[key][:5].tolist()}" if key else ""
     return (f"non-finite {what} at epoch {epoch + 1}, step {step} (batch {step} of {steps} in the epoch's order"
             f"{ids}); nothing was updated and the last checkpoint is unchanged. Lower the learning rate, check the "
-            f"data, or skip such batches: {resume_command(run_dir, world_size)} --set skip_nonfinite=true")
+            f"data, or skip such batches: {skip_command(run_dir, world_size)}")
 
 
 def train(run_dir: Path, run: RunConfig, task: Task, resume: bool = False) -> list[dict[str, Any]]:
@@ -404,7 +409,7 @@ class Trainer:
         found = non_finite_row(batch)
         if not distributed.any_process(found is not None, self.context):
             return
-        skip = f"{resume_command(self.run_dir, self.context.world_size)} --set skip_nonfinite=true"
+        skip = skip_command(self.run_dir, self.context.world_size)
         if found is None:
             raise TrainingDiverged(f"non-finite {what} at epoch {epoch + 1}, step {step}: another process's part of "
                                    f"the batch holds NaN or infinite features (its error names the sample); nothing "
