@@ -154,3 +154,11 @@ def test_an_imported_grounding_checkpoint_evaluates_as_the_saved_model(tmp_path,
     (data_dir / "manifest.json").write_text(json.dumps(manifest))
     assert main(["import", str(tmp_path / "flickr.pth"), "--data", str(data_dir), "--out", str(tmp_path / "old")]) == 0
     assert capsys.readouterr().err.strip() == note
+
+    # a value no version writes: refused, naming the file and field, before the run is written
+    manifest["entity_positions"] = "Reference"
+    (data_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["import", str(tmp_path / "flickr.pth"), "--data", str(data_dir), "--out", str(tmp_path / "bad")]) == 2
+    assert (f"{data_dir / 'manifest.json'}: field 'entity_positions': expected 'tokens' or 'reference', got "
+            "'Reference'") in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

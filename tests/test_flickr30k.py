@@ -315,7 +315,7 @@ def test_a_dataset_with_the_references_positions(tmp_path: Path, capsys: pytest.
     manifest = json.loads(capsys.readouterr().out)
     ours = prepare_flickr30k(tmp_path / "raw", features, tmp_path / "ours", progress=False)
     assert (manifest["entity_positions"], ours["entity_positions"]) == ("reference", "tokens")
-    assert entity_positions_of(manifest) == "reference" and "reference" in manifest["entity_position"]
+    assert entity_positions_of(tmp_path / "ref", manifest) == "reference" and "reference" in manifest["entity_position"]
     assert manifest["sentence_length"] == 15 and ours["sentence_length"] == 11  # "a car it": "it" at 14
     assert manifest["left_out"]["phrases_without_tokens"] == 0 and ours["left_out"]["phrases_without_tokens"] == 1
     assert manifest["max_entities"] == 3
@@ -695,7 +695,7 @@ def test_a_dataset_prepared_by_an_earlier_version_still_loads(prepared: tuple[Pa
     manifest = json.loads((data_dir / "manifest.json").read_text())
     del manifest["features"]
     del manifest["entity_positions"]  # earlier versions had only ban's positions
-    assert entity_positions_of(manifest) == "tokens"
+    assert entity_positions_of(data_dir, manifest) == "tokens"
     (data_dir / "manifest.json").write_text(json.dumps(manifest))
     earlier, now = GroundingDataset(data_dir, "val"), GroundingDataset(prepared[0], "val")
     assert torch.equal(earlier[0]["features"], now[0]["features"])

@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     data_dir = args.data.resolve()
     run_config = RunConfig(task, str(data_dir), model.config, TrainConfig(precision="fp32"), fingerprint(data_dir))
     check_data(run_config, data_dir)  # what evaluate, predict and visualize will check: the feature width
+    positions = entity_positions_of(data_dir, read_manifest(data_dir, "grounding")) if task == "grounding" else None
     start_run(args.out, run_config, resume=False, held="choose another --out (a new or empty folder)")
     try:
         save_checkpoint(args.out / CHECKPOINT_FILE, model, None, {"imported": str(args.checkpoint.resolve())})
@@ -65,12 +66,10 @@ def run(args: argparse.Namespace) -> int:
         raise
     print(f"wrote {args.out}: {task} BAN with {model.config.num_glimpses} glimpse(s), hidden size "
           f"{model.config.hidden_dim}, from {args.checkpoint}; e.g. `ban evaluate {args.out} --split val`")
-    if task == "grounding":
-        positions = entity_positions_of(read_manifest(data_dir, "grounding"))
-        if positions != "reference":
-            print(f"note: the authors' Flickr30k model was trained with the reference's entity positions; "
-                  f"{args.data} was prepared with `--entity-positions {positions}`: for their outputs, prepare it "
-                  "again with `ban prepare flickr30k … --entity-positions reference`", file=sys.stderr)
+    if positions not in (None, "reference"):
+        print(f"note: the authors' Flickr30k model was trained with the reference's entity positions; "
+              f"{args.data} was prepared with `--entity-positions {positions}`: for their outputs, prepare it "
+              "again with `ban prepare flickr30k … --entity-positions reference`", file=sys.stderr)
     return 0
 
 

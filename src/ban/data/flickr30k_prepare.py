@@ -109,10 +109,15 @@ def positive_boxes(ground_truth: dict[int, list[Box]], detected: np.ndarray) -> 
     return {entity_id: np.flatnonzero(matches[owners == entity_id].any(0)) for entity_id in ground_truth}
 
 
-def entity_positions_of(manifest: dict[str, Any]) -> str:
-    """How a prepared grounding dataset's entity positions were computed: ``"tokens"`` or ``"reference"``
-    (``--entity-positions``); a dataset prepared before the choice existed has no key and is ``"tokens"``."""
-    return str(manifest.get("entity_positions", ENTITY_POSITIONS[0]))
+def entity_positions_of(data_dir: str | os.PathLike[str], manifest: dict[str, Any]) -> str:
+    """How the grounding dataset prepared in ``data_dir`` (its ``manifest``) computed its entity positions:
+    ``"tokens"`` or ``"reference"`` (``--entity-positions``); a dataset prepared before the choice existed has no
+    key and is ``"tokens"``. Any other value: :class:`DataError`."""
+    positions = manifest.get("entity_positions", ENTITY_POSITIONS[0])
+    if positions not in ENTITY_POSITIONS:
+        raise DataError(f"expected {' or '.join(map(repr, ENTITY_POSITIONS))}, got {positions!r}",
+                        path=Path(data_dir) / MANIFEST, field="entity_positions")
+    return positions
 
 
 def reference_position(words: Sequence[str], phrase: Sequence[str]) -> int:

@@ -137,7 +137,8 @@ class GroundingPictures:
             caption_words = tokenize(caption.text)
             labels = (read_labels(caption_words, indices, self.dictionary)
                       if len(caption_words) == len(indices) else None)
-            keeps_tokenless = entity_positions_of(self.dataset.manifest) == "reference"  # as prepared
+            prepared_positions = entity_positions_of(self.dataset.data_dir, self.dataset.manifest)
+            keeps_tokenless = prepared_positions == "reference"  # as prepared
             phrases = [phrase_label(caption.text, p, labels) for p in caption.phrases
                        if p.is_visual and (keeps_tokenless or tokenize(caption.text[p.start:p.end]))]
             if len(phrases) >= len(positions):
