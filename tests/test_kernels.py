@@ -134,6 +134,21 @@ def test_the_compiled_piecewise_linear_function_has_the_dense_forms_values_and_g
     assert torch.equal(ours[2].isnan(), theirs[2].isnan())
 
 
+def test_the_compiled_function_on_the_knots_is_the_correctly_rounded_sum_of_the_slopes(kernel):
+    """f(m / n) = ŵ₀ + … + ŵ_m, rounded once from float64 (so f(1) is Σ ŵ = 1 up to the ŵ's own rounding), where a
+    float32 running sum drifts by an ulp or more for about half of all weight vectors."""
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(50):
+        function = PiecewiseLinear(16)
+        with torch.no_grad():
+            function.weight.copy_(torch.rand(17, generator=generator) * 2 - 0.5)
+        slopes = function.weight.detach().abs()
+        slopes = slopes / slopes.sum()
+        with torch.no_grad(), kernels.enabled(True):
+            knots = function(torch.arange(17, dtype=torch.float32) / 16)
+        assert torch.equal(knots, slopes.double().cumsum(0).float())
+
+
 def test_the_counting_module_counts_the_same_inside_and_outside_enabled(kernel):
     generator = torch.Generator().manual_seed(4)
     boxes = torch.rand(64, 20, 4, generator=generator)

@@ -31,9 +31,13 @@ torch::Tensor piecewise_linear(const torch::Tensor& x, const torch::Tensor& slop
   check_inputs(x, slopes);
   const int64_t n = slopes.numel() - 1;
   const float* w = slopes.data_ptr<float>();
-  std::vector<float> prefix(static_cast<size_t>(n + 1));  // prefix[m] = ŵ₀ + ŵ₁ + … + ŵ_m
-  prefix[0] = w[0];
-  for (int64_t k = 1; k <= n; ++k) prefix[k] = prefix[k - 1] + w[k];
+  // prefix[m] = ŵ₀ + ŵ₁ + … + ŵ_m, summed in double: f(1) = Σ ŵ rounds to 1, where a float sum can end 1 ulp off
+  std::vector<float> prefix(static_cast<size_t>(n + 1));
+  double sum = 0.0;
+  for (int64_t k = 0; k <= n; ++k) {
+    sum += static_cast<double>(w[k]);
+    prefix[k] = static_cast<float>(sum);
+  }
   torch::Tensor out = torch::empty_like(x);
   const float* input = x.data_ptr<float>();
   float* target = out.data_ptr<float>();
