@@ -171,6 +171,16 @@ def test_options_of_bilinear_vqa_are_refused_where_they_would_be_ignored(kind, o
         ban.BANConfig(**settings)
 
 
+def test_question_padding_masks_are_refused_for_grounding_which_has_no_place_for_them():
+    """Grounding reads the token states at the entity positions (the reference's may point at padding): a mask
+    of question padding would be ignored, so it is an error; VQA's two attentions take it."""
+    with pytest.raises(ConfigError, match=r"mask_question_padding=True applies to VQA only, not to grounding.*"
+                                          r"--set model\.mask_question_padding=false\)"):
+        ban.BANConfig(**SMALL, task="grounding", num_glimpses=1, use_counting=False, mask_question_padding=True)
+    for attention in ("bilinear", "unitary"):
+        assert ban.BANConfig(**SMALL, attention=attention, use_counting=False, mask_question_padding=True)
+
+
 @pytest.mark.parametrize("attention", ["bilinear", "unitary"])
 def test_attention_logits_are_the_attention_before_its_softmax(attention):
     """−inf at padded boxes (and, with masked question padding, at padded tokens)."""
@@ -191,15 +201,21 @@ def test_attention_logits_are_the_attention_before_its_softmax(attention):
 
 
 def test_a_stored_config_with_the_options_earlier_versions_ignored_still_loads():
-    """Runs made before use_counting / fused were refused for unitary attention and grounding stored them True (the
-    default); reading such a config gives the model they trained, not an error."""
-    for kind in (dict(attention="unitary"), dict(task="grounding", num_glimpses=1)):
-        stored = {**ban.BANConfig(**SMALL, **kind, use_counting=False).to_dict(), "use_counting": True, "fused": True}
+    """Runs made before use_counting / fused were refused for unitary attention and grounding (and
+    mask_question_padding for grounding) stored them True; reading such a config gives the model they trained,
+    not an error."""
+    for kind, ignored in ((dict(attention="unitary"), {}), (dict(task="grounding", num_glimpses=1),
+                                                           {"mask_question_padding": True})):
+        stored = {**ban.BANConfig(**SMALL, **kind, use_counting=False).to_dict(), "use_counting": True, "fused": True,
+                  **ignored}
         assert ban.BANConfig.from_stored(stored) == ban.BANConfig(**SMALL, **kind, use_counting=False)
         with pytest.raises(ConfigError, match="applies to BAN for VQA only"):
             ban.BANConfig.from_dict(stored)
-    vqa = ban.BANConfig(**SMALL, fused=True).to_dict()
-    assert ban.BANConfig.from_stored(vqa).fused and ban.BANConfig.from_stored(vqa).use_counting
+    vqa = ban.BANConfig(**SMALL, fused=True, mask_question_padding=True).to_dict()
+    assert all(getattr(ban.BANConfig.from_stored(vqa), option) for option in ("fused", "use_counting",
+                                                                              "mask_question_padding"))
+    unitary = ban.BANConfig(**SMALL, attention="unitary", use_counting=False, mask_question_padding=True).to_dict()
+    assert ban.BANConfig.from_stored(unitary).mask_question_padding
 
 
 def test_grounding_needs_an_entity_slot():

@@ -20,7 +20,8 @@ class BANConfig:
     ``num_tokens`` is the dictionary size without padding; the padding index is ``num_tokens``.
     ``two_word_tables`` is the reference's option ``c`` (a second ``word_dim``-wide table, concatenated).
     ``attention="unitary"`` builds the paper's unitary-attention baseline instead of BAN (VQA only).
-    ``use_counting`` and ``fused`` apply to BAN for VQA only: set them False for unitary attention and grounding.
+    ``use_counting`` and ``fused`` apply to BAN for VQA only: set them False for unitary attention and grounding;
+    ``mask_question_padding`` applies to VQA only (BAN and unitary attention): set it False for grounding.
     Fields a model has no part for are not read: ``num_answers`` and ``classifier_dropout`` by grounding (no
     classifier), ``num_count_objects`` without counting, ``attention_dropout`` by unitary attention.
     ``mask_question_padding`` keeps padded tokens out of attention and the classifier's sum; the reference
@@ -58,12 +59,12 @@ class BANConfig:
             raise ConfigError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.task == "grounding" and self.attention != "bilinear":
             raise ConfigError("grounding is defined for bilinear attention only")
-        if self.task != "vqa" or self.attention != "bilinear":
-            model = "grounding" if self.task == "grounding" else "unitary attention"
-            for option in ("use_counting", "fused"):
-                if getattr(self, option):
-                    raise ConfigError(f"{option}=True applies to BAN for VQA only, not to {model}: turn it off "
-                                      f"({option}=False; on the command line --set model.{option}=false)")
+        for option in options_without_part(self.task, self.attention):
+            if getattr(self, option):
+                model = "grounding" if self.task == "grounding" else "unitary attention"
+                applies = "VQA" if option == "mask_question_padding" else "BAN for VQA"
+                raise ConfigError(f"{option}=True applies to {applies} only, not to {model}: turn it off "
+                                  f"({option}=False; on the command line --set model.{option}=false)")
         for name in ("num_tokens", "num_answers", "feature_dim", "word_dim", "hidden_dim", "num_glimpses",
                      "rank_factor", "num_count_objects"):
             if getattr(self, name) < 1:
@@ -92,14 +93,20 @@ class BANConfig:
 
     @classmethod
     def from_stored(cls, values: dict[str, Any]) -> BANConfig:
-        """:meth:`from_dict` of a config a run stored: ``use_counting`` and ``fused`` set on a model without them
-        (unitary attention, grounding), which earlier versions accepted and ignored, are read as False — the same
-        model."""
-        values = dict(values)
-        if values.get("task", "vqa") != "vqa" or values.get("attention", "bilinear") != "bilinear":
-            values.update(use_counting=False, fused=False)
-        return cls.from_dict(values)
+        """:meth:`from_dict` of a config a run stored: options set on a model without them (``use_counting`` and
+        ``fused`` on unitary attention and grounding, ``mask_question_padding`` on grounding), which earlier
+        versions accepted and ignored, are read as False — the same model."""
+        without_part = options_without_part(values.get("task", "vqa"), values.get("attention", "bilinear"))
+        return cls.from_dict({**values, **dict.fromkeys(without_part, False)})
 
     def replace(self, **changes: Any) -> BANConfig:
         """A copy with ``changes`` applied (unknown keys → ConfigError)."""
         return BANConfig.from_dict({**self.to_dict(), **changes})
+
+
+def options_without_part(task: object, attention: object) -> tuple[str, ...]:
+    """The boolean options of :class:`BANConfig` that a model of ``task`` and ``attention`` has no part for (they
+    must be False)."""
+    if task == "grounding":
+        return ("use_counting", "fused", "mask_question_padding")
+    return ("use_counting", "fused") if attention != "bilinear" else ()
