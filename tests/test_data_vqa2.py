@@ -17,7 +17,7 @@ from test_data_features import expected_spatial, random_image, write_official_ts
 from ban.cli import main
 from ban.data.collate import collate_vqa
 from ban.data.glove import read_glove
-from ban.data.vqa2 import VQADataset, prepare_vqa2
+from ban.data.vqa2 import VQADataset, prepare_vqa2, soft_targets
 from ban.engine.config import TrainConfig
 from ban.engine.tasks import VQATask, check_splits
 from ban.errors import ConfigError, DataError
@@ -132,6 +132,13 @@ def test_prepare_writes_the_contract(raw) -> None:
         np.testing.assert_allclose(val["target_scores"], [0.3, 0.9, 0.6])
         # "Is it a cat?": is it a cat; "a" is a token (articles are only dropped from answers)
         assert val["tokens"][1].tolist() == [0, 16, 17, 2] + [22] * 10
+
+
+def test_soft_targets_count_the_annotators_raw_answers():
+    """The reference counts each annotator's answer string as given (PAPER.md §3, its compute_softscore): "Black"
+    is not "black", so black×2 scores 0.6 (lower-cased first it would be black×3: 0.9); "red" is no candidate."""
+    answers = [{"answer": answer} for answer in ["Black", "black", "white", "black"] + ["white"] * 5 + ["red"]]
+    assert soft_targets(answers, {"white": 1, "black": 0}) == ([0, 1], [0.6, 1.0])  # in order of first appearance
 
 
 def test_dataset_items_and_batches(raw) -> None:

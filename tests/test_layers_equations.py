@@ -10,6 +10,7 @@ import torch
 from ban.nn import (
     BilinearAttentionMap,
     BilinearAttentionPooling,
+    Classifier,
     CountingModule,
     FCStack,
     LowRankBilinearPooling,
@@ -282,3 +283,32 @@ def test_a_stack_with_dropout_equals_dropout_then_the_weight_normalised_map():
     for layer in stack.layers:
         expected = torch.relu(stack.dropout(expected) @ layer.weight.T + layer.bias)
     assert torch.allclose(out, expected, atol=1e-12)
+
+
+def test_the_classifier_drops_its_hidden_units_in_training_only():
+    """Classifier: WN-Linear → ReLU → dropout p → WN-Linear (PAPER.md §1): in train mode the output layer sees
+    the hidden units through the dropout mask the seed draws; in eval mode the naive two-layer map exactly."""
+    classifier = Classifier(6, 8, 4, dropout=0.5).double().train()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    torch.manual_seed(3)
+    trained = classifier(x)
+    torch.manual_seed(3)
+    hidden = torch.relu(x @ classifier.hidden.weight.T + classifier.hidden.bias)
+    dropped = classifier.dropout(hidden)
+    assert bool(((hidden != 0) & (dropped == 0)).any()) and bool((dropped != 0).any())  # some dropped, some kept
+    assert torch.allclose(trained, dropped @ classifier.output.weight.T + classifier.output.bias, atol=1e-12)
+    evaluated = classifier.eval()(x)
+    for b in range(x.shape[0]):
+        naive = _linear(classifier.output, [_relu(h) for h in _linear(classifier.hidden, x[b])])
+        assert max(abs(n - float(e)) for n, e in zip(naive, evaluated[b], strict=True)) < 1e-10
+    assert not torch.allclose(trained, evaluated)
+
+
+def test_weight_norm_gains_start_at_the_norm_of_their_direction():
+    """As the reference's ``weight_norm(dim=None)`` initialises them: g = ‖V‖, so the first weights are V itself
+    (for the linear layers and the attention map's glimpse vectors p)."""
+    layer = WeightNormLinear(7, 5)
+    assert torch.allclose(layer.weight_g, layer.weight_v.norm()) and torch.allclose(layer.weight, layer.weight_v)
+    attention = BilinearAttentionMap(6, 5, 4, num_glimpses=3)
+    assert torch.allclose(attention.glimpse_weight_g, attention.glimpse_weight_v.norm())
+    assert torch.allclose(attention.glimpse_weight, attention.glimpse_weight_v)

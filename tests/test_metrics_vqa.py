@@ -63,6 +63,9 @@ def test_prediction_is_fully_normalised() -> None:
     answers = answers_of(*(["dog"] * 3 + ["cat"] * 7))
     assert question_accuracy("  The Dog.\n", answers) == pytest.approx(0.9)
     assert question_accuracy("A cat!", answers) == pytest.approx(1.0)
+    # tabs become spaces before the punctuation stage (official vqaEval.py): "t-shirt -" has " -", so every "-" is
+    # deleted ("tshirt"); left as a tab, no " -" would be found and "-" would become a space ("t shirt")
+    assert question_accuracy("t-shirt\t-", answers_of(*["tshirt"] * 10)) == 1.0
 
 
 def test_all_agree_quirk_compares_without_normalising() -> None:

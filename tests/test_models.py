@@ -458,3 +458,18 @@ def test_a_system_that_cannot_tell_its_memory_refuses_nothing(monkeypatch):
     monkeypatch.setattr(os, "sysconf", lambda name: -1)
     assert physical_memory() is None
     ban.build_model(ban.BANConfig(**SMALL))
+
+
+@pytest.mark.parametrize("attention", ["bilinear", "unitary"])
+def test_each_dropout_rate_of_the_config_reaches_its_layers(attention):
+    """PAPER.md §2: dropout on the projections' inputs, attention dropout on σ(Uᵀv) (BAN), classifier dropout on
+    its hidden units; three different rates, so a layer wired to the wrong one (or left at its default) shows."""
+    config = ban.BANConfig(**SMALL, attention=attention, use_counting=False, dropout=0.1, attention_dropout=0.3,
+                           classifier_dropout=0.4)
+    model = ban.build_model(config)
+    assert model.classifier.dropout.p == 0.4
+    projections = [module for name, module in model.named_modules() if isinstance(module, ban.nn.FCStack)
+                   and not name.startswith("classifier")]
+    assert projections and all(stack.dropout.p == 0.1 for stack in projections)
+    if attention == "bilinear":
+        assert model.attention.attention_dropout.p == 0.3

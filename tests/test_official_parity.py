@@ -121,6 +121,16 @@ def test_a_transposed_tensor_is_refused(official_fixtures):
     assert caught.value.field == key.removeprefix("module.")
 
 
+def test_an_attention_rank_that_is_no_multiple_of_the_hidden_size_is_named(official_fixtures):
+    """The rank K = k·H (the reference's k = 3) is read from h_mat_v: 100 with H = 32 gives no k."""
+    state = dict(_reference_state(official_fixtures))
+    glimpses = state["module.v_att.logits.h_mat_v"].shape[1]
+    state["module.v_att.logits.h_mat_v"] = torch.zeros(1, glimpses, 1, 100)
+    with pytest.raises(CheckpointError, match="attention rank 100 is not a multiple of the hidden size 32") as caught:
+        ban.load_official_checkpoint(state)
+    assert caught.value.field == "v_att.logits.h_mat_v"
+
+
 def test_a_gain_saved_as_one_element_vector_loads(official_fixtures):
     state = dict(_reference_state(official_fixtures))
     reference = ban.load_official_checkpoint(state).state_dict()
