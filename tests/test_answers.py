@@ -165,7 +165,7 @@ def test_soft_score(count: int, expected: float) -> None:
 
 
 def test_soft_score_rejects_negative_count() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="an answer count cannot be negative, got -1"):
         soft_score(-1)
 
 
@@ -193,7 +193,7 @@ def test_select_candidates_is_independent_of_input_order() -> None:
 def test_select_candidates_accepts_a_generator_and_rejects_bad_threshold() -> None:
     assert select_candidates((a for a in ["x", "x"]), 2) == ["x"]
     assert select_candidates([], 1) == []
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="min_count must be at least 1, got 0"):
         select_candidates(["x"], 0)
 
 

@@ -306,18 +306,24 @@ def test_resume_needs_an_existing_run(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("data_path", "counting"), [("loader", False), ("resident", True)])
-def test_torchrun_two_processes_equal_one_process_on_the_same_global_batch(data_dir, tmp_path, data_path, counting):
+@pytest.mark.parametrize(("data_path", "counting", "clip"), [("loader", False, 0.25), ("resident", True, 1000)])
+def test_torchrun_two_processes_equal_one_process_on_the_same_global_batch(data_dir, tmp_path, data_path, counting,
+                                                                           clip):
     # Dropout off: the processes draw different dropout noise than one process would (per-sample noise is not
     # tied to the sample), so only the dropout-free computation can be compared. One epoch = 4 steps of 64
     # (the last global batch, 25 questions, is split 13 / 12). Over more steps Adamax amplifies float
     # summation-order noise in near-zero gradient entries (its update is ≈ lr × sign there): after 8 steps the
     # largest weight difference grew to ≈ 2e-4, so a tight comparison needs a short run. Validation: each process
     # evaluates every other batch of 16 of the val split; the metrics equal one process's evaluation of the weights.
+    # Clipping: the default, 0.25, clips every step here, and Adamax's update hardly depends on the gradient's scale,
+    # so a DDP gradient off by a factor shows in neither the weights nor (clipped) Adamax's moments; unclipped (1000),
+    # the moments (exp_avg, exp_inf: linear in the gradient) must equal one process's (a halved gradient halves
+    # them; summation-order noise reached 5e-4 relative in a few entries).
     common = ["train", "--data", str(data_dir), "--epochs", "1", *SMALL, "--set", "precision=fp32",
               "--set", "eval_batch_size=16",
               "--set", "model.dropout=0", "--set", "model.attention_dropout=0", "--set", "model.classifier_dropout=0",
-              "--set", f"model.use_counting={str(counting).lower()}"]  # with counting, parameters without gradients
+              "--set", f"model.use_counting={str(counting).lower()}",  # with counting, parameters without gradients
+              "--set", f"grad_clip={clip}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single, parallel = tmp_path / "single", tmp_path / "parallel"
     subprocess.run([sys.executable, "-m", "ban.cli", *common, "--out", str(single)], check=True, env=env,
@@ -331,6 +337,10 @@ def test_torchrun_two_processes_equal_one_process_on_the_same_global_batch(data_
     one, two = Checkpoint(single / CHECKPOINT_FILE), Checkpoint(parallel / CHECKPOINT_FILE)
     for name, tensor in one.model.items():
         torch.testing.assert_close(two.model[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    moments = two.optimizer_tensors
+    assert moments.keys() == one.optimizer_tensors.keys()
+    for name, tensor in one.optimizer_tensors.items():
+        torch.testing.assert_close(moments[name], tensor, rtol=2e-3, atol=1e-6, msg=name)
     run = read_run_config(single)
     initial = initial_model(run, make_task("vqa", data_dir)).state_dict()
     assert any(not torch.equal(initial[name], tensor) for name, tensor in two.model.items())  # it did train

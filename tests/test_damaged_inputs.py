@@ -129,6 +129,30 @@ def test_resuming_from_a_checkpoint_without_a_position_is_named(tmp_path):
             start_run(tmp_path / "run", run, resume=True)
 
 
+def test_a_checkpoint_whose_history_does_not_fit_its_epoch_is_named(tmp_path):
+    """read_position wants one metrics record per finished epoch: epoch 2 with one record is a malformed position,
+    refused with the checkpoint's path and field, not resumed with a history an epoch short."""
+    import torch
+
+    from ban.engine.checkpoint import HISTORY_NUMBERS, save_checkpoint
+    from ban.engine.config import TrainConfig
+    from ban.engine.run import CHECKPOINT_FILE, RunConfig, start_run
+    from ban.models import preset
+
+    model = preset("tiny", num_tokens=10, num_answers=4, feature_dim=8, hidden_dim=8, word_dim=4)
+    run = RunConfig("vqa", str(tmp_path / "data"), model, TrainConfig(epochs=3), {})
+    start_run(tmp_path / "run", run, resume=False)
+    path = tmp_path / "run" / CHECKPOINT_FILE
+    record = dict.fromkeys(HISTORY_NUMBERS, 1)
+    save_checkpoint(path, torch.nn.Linear(2, 2), None, {"epoch": 2, "step": 0, "history": [record], "partial": {}})
+    with pytest.raises(CheckpointError, match="malformed training position: .*one metrics record per finished "
+                                              "epoch") as caught:
+        start_run(tmp_path / "run", run, resume=True)
+    assert (caught.value.path, caught.value.field) == (str(path), "state")
+    save_checkpoint(path, torch.nn.Linear(2, 2), None, {"epoch": 2, "step": 0, "history": [record] * 2, "partial": {}})
+    assert start_run(tmp_path / "run", run, resume=True)["history"] == [record] * 2  # with its two records it resumes
+
+
 def test_a_missing_glove_file_is_named_before_any_work(tmp_path):
     """It was opened only after the features were converted: FileNotFoundError / IsADirectoryError then."""
     from ban.data.vqa2 import prepare_vqa2

@@ -70,10 +70,16 @@ def test_model_overrides_are_split_and_typed():
     assert typed_overrides(BANConfig, model, "model") == {"use_counting": False, "dropout": 0.0}
 
 
-@pytest.mark.parametrize("assignment", ["learning_rate=1", "batch_size=big", "precision=fp8", "noequals",
-                                        "epochs=-1"])
-def test_bad_training_settings_are_rejected(assignment):
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize(("assignment", "message"), [
+    ("learning_rate=1", "unknown training setting 'learning_rate'; known: batch_size,"),
+    ("batch_size=big", "setting 'batch_size': 'big' is not a valid int"),
+    ("precision=fp8", "precision must be one of auto, bf16, fp32, not 'fp8'"),
+    ("noequals", "--set expects key=value, got 'noequals'"),
+    ("epochs=-1", "training setting 'epochs' must be non-negative, not -1"),
+])
+def test_bad_training_settings_are_rejected(assignment, message):
+    """Each refusal says what is wrong with that setting (the messages of ban.engine.config)."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
         apply_overrides(TrainConfig(), parse_assignments([assignment]))
 
 
@@ -114,7 +120,7 @@ def test_unknown_model_setting_is_rejected():
 def test_round_trip_through_dict():
     config = TrainConfig(train_splits=("train", "val"), lr=7e-4)
     assert TrainConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="unknown training setting 'momentum'"):
         TrainConfig.from_dict({**config.to_dict(), "momentum": 0.9})
 
 

@@ -276,6 +276,35 @@ def test_validation_metrics_match_a_naive_recomputation(data_dir, tmp_path):
     assert val["upperBound"] == pytest.approx(100 * np.mean(bounds), abs=1e-4)
 
 
+def test_the_training_score_is_the_soft_target_of_the_arg_max_answer(data_dir, tmp_path):
+    """The training score is the mean soft target of each question's arg-max answer, not its best target (the upper
+    bound): by hand on a batch whose arg-max answers are not their best ones, and over the train split for an epoch
+    whose weights cannot move (lr 1e-30, below a float32 step of any weight; dropout off), recomputed from the
+    initial model and the prepared targets."""
+    from ban.engine.trainer import initial_model
+
+    task = VQATask(data_dir)
+    logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 1.0], [0.0, 0.5, 0.4]])
+    targets = torch.tensor([[1.0, 0.3, 0.0], [0.0, 0.0, 0.9], [0.6, 0.0, 1.0]])
+    batch = {"features": torch.zeros(3, 2, 4), "targets": targets}
+    # arg-max answers 1, 0, 1: targets 0.3, 0, 0 (mean 0.1); their best targets 1, 0.9, 1
+    assert 100 * float(task.score_sum(logits, batch) / task.score_count(batch)) == pytest.approx(10.0)
+
+    run = small_run(data_dir, epochs=1, lr=1e-30, precision="fp32", val_split="")
+    run = dataclasses.replace(run, model=dataclasses.replace(run.model, dropout=0.0, attention_dropout=0.0,
+                                                             classifier_dropout=0.0))
+    start_run(tmp_path, run, resume=False)
+    record = train(tmp_path, run, task)[-1]
+    model = initial_model(run, task).eval()
+    trained = weights(tmp_path)
+    assert all(torch.equal(trained[name], tensor) for name, tensor in model.state_dict().items())  # did not move
+    dataset = task.dataset(["train"])
+    with torch.no_grad():
+        whole = task.collate([dataset[index] for index in range(len(dataset))])
+        chosen = task.forward(model, whole).argmax(dim=1, keepdim=True)
+    assert record["train_score"] == pytest.approx(100 * float(whole["targets"].gather(1, chosen).mean()), abs=1e-4)
+
+
 def test_a_run_directory_is_not_overwritten_or_resumed_with_another_config(data_dir, tmp_path):
     run = small_run(data_dir)
     start_run(tmp_path, run, resume=False)
