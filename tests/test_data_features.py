@@ -523,6 +523,18 @@ def test_hdf5_row_ranges_and_values_are_checked(tmp_path) -> None:
     assert error.value.field == "image_bb" and error.value.record == "image_id=2"
 
 
+def test_an_hdf5_image_of_no_rows_is_refused(tmp_path) -> None:
+    """``pos_boxes`` holds ``[start, end)`` rows (``features_hdf5._check_rows``): a range [4, 4] is an image of no
+    boxes, refused like a range past the end, naming the index and the field."""
+    _two_images_hdf5(tmp_path / "c.hdf5")
+    with h5py.File(tmp_path / "c.hdf5", "a") as file:
+        file["pos_boxes"][1] = [4, 4]
+    with pytest.raises(DataError, match=re.escape("rows [4, 4] of image 2 are not a non-empty range")) as error:
+        FeatureStore.open(tmp_path / "c.hdf5")
+    assert (error.value.path, error.value.record, error.value.field) == (str(tmp_path / "c.hdf5"), "index 1",
+                                                                          "pos_boxes")
+
+
 # how the cache's datasets are stored: as the reference converter wrote them (memory-mapped), after a userblock,
 # or chunked and compressed (read through h5py)
 HDF5_STORAGE = {"contiguous": {}, "userblock": {"userblock_size": 512},
@@ -649,6 +661,8 @@ def _rewrite_npy(path: Path, change) -> None:
     [
         ("offsets.npy", lambda p: _rewrite_npy(p, lambda a: np.r_[a[:2], a[1] - 3, a[3:]]), "does not rise",
          "image_id=7"),
+        ("offsets.npy", lambda p: _rewrite_npy(p, lambda a: np.r_[a[:2], a[1], a[3:]]),
+         "0 boxes, at least 1 expected", "image_id=7"),
         ("offsets.npy", lambda p: _rewrite_npy(p, lambda a: a + 1), "does not start at 0", None),
         ("offsets.npy", lambda p: p.write_bytes(b"not an npy file"), "not a readable .npy file", None),
         ("offsets.npy", lambda p: p.unlink(), "missing", None),

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ban.engine.distributed import DistContext, ShardedBatches, teardown
+from ban.engine.distributed import BUCKET_BATCHES, DistContext, ShardedBatches, bucketed_batches, teardown
 
 
 def test_shards_partition_each_global_batch():
@@ -54,6 +54,21 @@ def test_bucketed_batches_hold_similar_box_counts_and_still_cover_the_epoch_once
     assert [a + b for a, b in zip(*(list(p) for p in parts), strict=True)] == bucketed
     resumed = ShardedBatches(5000, batch_size=32, seed=5, epoch=2, start=7, sizes=sizes)
     assert list(resumed) == bucketed[7:]
+
+
+def test_buckets_are_sorted_within_runs_of_the_shuffled_order_not_across_the_epoch():
+    """Each batch comes from one run of BUCKET_BATCHES batches of the shuffled order (so an epoch still mixes
+    questions from all over the dataset), sorted by box count inside its run; distinct sizes, so a sort across
+    the whole epoch would cut other batches."""
+    batch_size, samples = 4, 3 * BUCKET_BATCHES * 4 + 2
+    order = torch.randperm(samples, generator=torch.Generator().manual_seed(3))
+    sizes = torch.randperm(samples, generator=torch.Generator().manual_seed(4))  # all distinct
+    batches = bucketed_batches(order, sizes, batch_size, torch.Generator().manual_seed(5))
+    runs = [set(run.tolist()) for run in order.split(BUCKET_BATCHES * batch_size)]
+    expected = [sorted(run, key=lambda index: int(sizes[index]))[start:start + batch_size]
+                for run in runs for start in range(0, len(run), batch_size)]
+    assert sorted(batch.tolist() for batch in batches) == sorted(expected)
+    assert len(batches[-1]) == 2
 
 
 def test_a_bucketed_epoch_resumed_with_another_number_of_processes_counts_every_sample_once():

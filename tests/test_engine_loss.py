@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ban.engine.loss import grounding_loss, vqa_loss
+from ban.engine.tasks import GroundingTask
 
 
 def bce(x: float, t: float) -> float:
@@ -44,3 +45,18 @@ def test_grounding_loss_leaves_out_padded_entities():
     expected = bce(1.0, 1.0) + bce(-0.5, 0.0)
     assert grounding_loss(logits, targets, mask, 1).item() == pytest.approx(expected)
     assert grounding_loss(logits, targets, mask, 4).item() == pytest.approx(expected / 4)
+
+
+def test_the_grounding_task_trains_only_on_entities_with_a_ground_truth_box():
+    """A real entity slot whose phrase has no ground-truth box (has_ground_truth False) takes no part in the loss, as
+    in the reference's train_flickr.py; the best validation epoch (PAPER.md §4) is the one of the best recall@1, the
+    number the paper reports first, not another K."""
+    task = GroundingTask.__new__(GroundingTask)  # the loss and the selection read only their arguments
+    logits = torch.tensor([[[[1.0, 3.0], [-0.5, 2.0]]]])  # B=1, G=1, N=2 boxes, E=2 real entities
+    batch = {"targets": torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]), "entity_mask": torch.tensor([[True, True]]),
+             "has_ground_truth": torch.tensor([[True, False]])}
+    expected = bce(1.0, 1.0) + bce(-0.5, 0.0)
+    assert task.loss_sum(logits, batch).item() == pytest.approx(expected)
+    logits[..., 1] = -7.0  # the entity without ground truth: its logits change nothing
+    assert task.loss_sum(logits, batch).item() == pytest.approx(expected)
+    assert task.selection_score({"recall@1": 60.0, "recall@5": 85.0, "recall@10": 90.0}) == 60.0

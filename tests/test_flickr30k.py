@@ -633,20 +633,24 @@ def test_errors_leave_no_output(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("scale", "extra_height", "field"), [(2, 0, "size/width"), (1, 1, "size/height")])
 def test_an_annotation_of_another_image_size_than_the_features_is_refused(prepared: tuple[Path, dict],
-                                                                         tmp_path: Path) -> None:
+                                                                         tmp_path: Path, scale: int,
+                                                                         extra_height: int, field: str) -> None:
     """Ground-truth and detected boxes are both pixels: an XML <size> that is not the size the features were
-    detected on (TSV image_w/image_h, a store's image sizes) would make every IoU wrong."""
+    detected on (TSV image_w/image_h, a store's image sizes) would make every IoU wrong. Width and height are both
+    compared: the features' width with one more pixel of height is refused too, naming ``size/height``."""
     data_dir, _ = prepared
     features = write_raw(tmp_path / "raw")
     width, height, _, objects, _ = IMAGES[202]
-    (tmp_path / "raw" / "Annotations" / "202.xml").write_text(annotation_xml(width * 2, height * 2, objects))
+    given = (width * scale, height * scale + extra_height)
+    (tmp_path / "raw" / "Annotations" / "202.xml").write_text(annotation_xml(*given, objects))
     for source in (features[0], data_dir / "features"):
-        with pytest.raises(DataError, match=f"image size {width * 2}x{height * 2}, but the features of image 202 "
+        with pytest.raises(DataError, match=f"image size {given[0]}x{given[1]}, but the features of image 202 "
                                             f"were detected on {width}x{height}") as error:
             prepare_flickr30k(tmp_path / "raw", [source], tmp_path / "out", progress=False)
         assert error.value.path == str(tmp_path / "raw" / "Annotations" / "202.xml")
-        assert error.value.field == "size/width" and not (tmp_path / "out").exists()
+        assert error.value.field == field and not (tmp_path / "out").exists()
 
 
 def test_split_lists_are_checked(tmp_path: Path) -> None:

@@ -117,3 +117,31 @@ def test_a_validation_stopped_by_bad_data_keeps_the_epoch_and_resumes_once_mende
     expected, got = Checkpoint(straight / CHECKPOINT_FILE), Checkpoint(run_dir / CHECKPOINT_FILE)
     assert got.state["history"][0]["val"] == expected.state["history"][0]["val"]
     assert all(torch.equal(got.model[name], tensor) for name, tensor in expected.model.items())
+
+
+class OneInfiniteLogit(torch.nn.Module):
+    """The wrapped model with one logit of the batch's second question infinite (the rest of its row finite)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs, **options):
+        out = self.model(*inputs, **options)
+        out.logits[1, 0] = float("inf")
+        return out
+
+
+def test_one_infinite_logit_is_enough_to_name_its_question(clean, trained):
+    """Not only a row that is non-finite throughout (NaN features) is refused: one infinite answer logit among
+    finite ones is named too, as the first such question of the evaluation order (the first batch's second)."""
+    from ban.engine.evaluation import evaluation_batches
+    from ban.engine.run import load_run
+    from ban.errors import DataError
+
+    task = make_task("vqa", clean)
+    model = OneInfiniteLogit(load_run(trained[0]).model)
+    first_batch = evaluation_batches(task.dataset(["val"]), 4)[0]
+    expected = task.sample_record(task.dataset(["val"]), first_batch[1])
+    with pytest.raises(DataError, match=rf"record {expected}: field 'features': the model's output is NaN"):
+        task.evaluate(model, "val", 4, torch.device("cpu"), "fp32")

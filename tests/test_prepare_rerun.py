@@ -4,9 +4,11 @@ it is whole and as asked (dtype, width); otherwise the files are converted again
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
+from test_data_features import write_official_tsv
 from test_data_vqa2 import raw  # noqa: F401  (the fixture: official-format files, two TSV files)
 
 from ban.data.vqa2 import prepare_vqa2
@@ -51,3 +53,20 @@ def test_another_feature_width_names_the_tsv_file(raw) -> None:  # noqa: F811
         prepare(raw, feature_dim=width + 1)
     assert str(raw["features"][0]) in str(error.value) and ".tmp" not in str(error.value)
     assert stored(raw).shape[1] == width  # the dataset is as it was
+
+
+def test_a_tsv_rewritten_at_the_same_size_is_converted_again(raw) -> None:  # noqa: F811
+    """The stamp in ``store.json`` holds the size and the modification time of each TSV file
+    (``features_writer.source_stamps``): a file of the same size but a newer time is new content, so the store must
+    hold the rewritten value (64.0, far outside the fixture's standard-normal features) and not the old one."""
+    prepare(raw)
+    assert not (stored(raw) == 64.0).any()
+    test_tsv = raw["features"][1]
+    before = test_tsv.stat()
+    image = dict(raw["images"][5], features=raw["images"][5]["features"].copy())
+    image["features"][0, 0] = 64.0
+    write_official_tsv(test_tsv, [image])
+    os.utime(test_tsv, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    assert test_tsv.stat().st_size == before.st_size  # float32 bytes in base64: one value rewritten, same length
+    prepare(raw)
+    assert (stored(raw) == 64.0).sum() == 1

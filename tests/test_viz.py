@@ -34,7 +34,7 @@ from ban.viz.boxes import (
     image_size_from_boxes,
 )
 from ban.viz.figures import save_png
-from ban.viz.grounding import GroundingPictures, grounding_figure
+from ban.viz.grounding import GroundingExample, GroundingPictures, grounding_figure, phrase_color
 from ban.viz.report import REPORT_DIR, write_report_pictures
 from ban.viz.vqa import VQAPictures, choose_indices
 
@@ -513,3 +513,58 @@ def test_the_images_beside_the_raw_files_are_found_wherever_the_dataset_lies(sce
     del manifest["root"]  # prepared before the root was recorded: nothing found, as before
     (elsewhere["vqa"] / "manifest.json").write_text(json.dumps(manifest))
     assert default_image_dir(elsewhere["vqa"], "vqa") is None
+
+
+def test_a_box_is_outlined_on_the_pixels_its_normalised_corners_name() -> None:
+    """Box [0.25, 0.2, 0.5, 0.6] on a 200×100 image: corners × (width, height) = pixels (50, 20)–(100, 60); the
+    outline starts on that column and row (Pillow draws it inward from the corners), the pixels just outside stay
+    white. Both drawings: the weighted one (weight 1 against 0: fully opaque) and the coloured one."""
+    white, box = Image.new("RGB", (200, 100), (255, 255, 255)), [0.25, 0.2, 0.5, 0.6]
+    weighted = np.asarray(draw_weighted_boxes(white, np.array([box, [0.9, 0.9, 0.95, 0.95]]), np.array([1.0, 0.0])))
+    colored = np.asarray(draw_colored_boxes(white, np.array([box]), [(40, 90, 200)]))
+    for drawn, color in ((weighted, (230, 30, 30)), (colored, (40, 90, 200))):
+        for y, x in ((40, 50), (20, 75), (40, 100), (60, 75)):  # left, top, right and bottom edge
+            assert tuple(drawn[y, x]) == color
+        for y, x in ((40, 47), (40, 49), (18, 75), (19, 75), (40, 101), (40, 103), (61, 75), (63, 75)):
+            assert tuple(drawn[y, x]) == (255, 255, 255)
+
+
+def test_each_glimpse_panel_shows_that_glimpses_attention() -> None:
+    """Glimpse 1 attends box 0, glimpse 2 box 3 (0.7 against 0.1 each): by ``box_opacities`` the attended box is
+    fully opaque, its fill 110/255 of red (green 255 − 225 × 110/255 ≈ 158), the others at the even share or below
+    get no fill (int(110 × 0.08²) = 0), so each panel's strong fill sits on its own glimpse's box."""
+    boxes = np.array([[0.05, 0.1, 0.45, 0.45], [0.55, 0.1, 0.95, 0.45], [0.05, 0.55, 0.45, 0.9],
+                      [0.55, 0.55, 0.95, 0.9]])
+    attention = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7]])[:, :, None]  # [G, N, L = 1]
+    white = Image.new("RGB", (480, 320), (255, 255, 255))
+    example = AttentionExample(1, 2, "where is it?", ["(question)"], attention, boxes, "left", [], white, True)
+    panels = [np.asarray(axes.images[0].get_array()) for axes in attention_figure(example).axes
+              if "attention per box" in axes.get_title()]
+    centres = [(int((y1 + y2) / 2 * 320), int((x1 + x2) / 2 * 480)) for x1, y1, x2, y2 in boxes]
+    assert len(panels) == 2
+    for panel, attended in zip(panels, (0, 3), strict=True):
+        greens = [int(panel[y, x, 1]) for y, x in centres]
+        assert greens[attended] == pytest.approx(158, abs=1)
+        assert all(green == 255 for box, green in enumerate(greens) if box != attended)
+
+
+def test_each_phrase_is_drawn_and_named_with_its_own_top_box() -> None:
+    """Scores make box 3 the top box of phrase 1 and box 2 that of phrase 2: phrase k's colour ``phrase_color(k)``
+    outlines its top box (opaque from the corner pixel (264, 176) of box 3 = 0.55 × (480, 320)) over a fill of
+    alpha 50 (white + (colour − 255) × 50/255 at the centre), boxes 0 and 1 stay white, and the legend reads
+    ``"<k>. <phrase>  (box <top box>)"``."""
+    boxes = np.array([[0.05, 0.1, 0.45, 0.45], [0.55, 0.1, 0.95, 0.45], [0.05, 0.55, 0.45, 0.9],
+                      [0.55, 0.55, 0.95, 0.9]])
+    scores = np.array([[0.1, 0.2], [0.3, -1.0], [0.2, 2.0], [1.5, 0.4]])  # [N = 4 boxes, E = 2 phrases]
+    white = Image.new("RGB", (480, 320), (255, 255, 255))
+    example = GroundingExample(7, "a dog chases a ball", ["a dog", "a ball"], scores, boxes, white, True)
+    figure = grounding_figure(example)
+    drawn = np.asarray(figure.axes[0].images[0].get_array(), dtype=int)
+    centres = [(int((y1 + y2) / 2 * 320), int((x1 + x2) / 2 * 480)) for x1, y1, x2, y2 in boxes]
+    for phrase, top in ((0, 3), (1, 2)):
+        color = np.array(phrase_color(phrase))
+        np.testing.assert_allclose(drawn[centres[top]], 255 + (color - 255) * 50 / 255, atol=1)
+    assert tuple(drawn[250, 264]) == tuple(drawn[176, 300]) == phrase_color(0)  # box 3's left and top edges
+    assert all(tuple(drawn[centres[box]]) == (255, 255, 255) for box in (0, 1))
+    texts = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert texts == ["1. a dog  (box 3)", "2. a ball  (box 2)"]
