@@ -276,10 +276,13 @@ def test_labels_of_phrases_sharing_a_box_do_not_cover_each_other() -> None:
     assert (np.abs(together - alone).sum(-1) > 0).any()  # and "34" drawn
 
 
+QUADRANT_BOXES = np.array([[0.05, 0.1, 0.45, 0.45], [0.55, 0.1, 0.95, 0.45], [0.05, 0.55, 0.45, 0.9],
+                           [0.55, 0.55, 0.95, 0.9]])  # four disjoint boxes, one per quarter of the image
+
+
 def test_box_opacity_follows_the_attention() -> None:
     image = Image.new("RGB", (200, 100), (255, 255, 255))
-    boxes = np.array([[0.05, 0.1, 0.45, 0.45], [0.55, 0.1, 0.95, 0.45], [0.05, 0.55, 0.45, 0.9],
-                      [0.55, 0.55, 0.95, 0.9]])
+    boxes = QUADRANT_BOXES
     weights = np.array([0.55, 0.35, 0.05, 0.05])
     drawn = np.asarray(draw_weighted_boxes(image, boxes, weights), dtype=float)
     strong, weak = drawn[27, 50], drawn[27, 150]  # the centres of the two most attended boxes
@@ -533,8 +536,7 @@ def test_each_glimpse_panel_shows_that_glimpses_attention() -> None:
     """Glimpse 1 attends box 0, glimpse 2 box 3 (0.7 against 0.1 each): by ``box_opacities`` the attended box is
     fully opaque, its fill 110/255 of red (green 255 − 225 × 110/255 ≈ 158), the others at the even share or below
     get no fill (int(110 × 0.08²) = 0), so each panel's strong fill sits on its own glimpse's box."""
-    boxes = np.array([[0.05, 0.1, 0.45, 0.45], [0.55, 0.1, 0.95, 0.45], [0.05, 0.55, 0.45, 0.9],
-                      [0.55, 0.55, 0.95, 0.9]])
+    boxes = QUADRANT_BOXES
     attention = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7]])[:, :, None]  # [G, N, L = 1]
     white = Image.new("RGB", (480, 320), (255, 255, 255))
     example = AttentionExample(1, 2, "where is it?", ["(question)"], attention, boxes, "left", [], white, True)
@@ -553,8 +555,7 @@ def test_each_phrase_is_drawn_and_named_with_its_own_top_box() -> None:
     outlines its top box (opaque from the corner pixel (264, 176) of box 3 = 0.55 × (480, 320)) over a fill of
     alpha 50 (white + (colour − 255) × 50/255 at the centre), boxes 0 and 1 stay white, and the legend reads
     ``"<k>. <phrase>  (box <top box>)"``."""
-    boxes = np.array([[0.05, 0.1, 0.45, 0.45], [0.55, 0.1, 0.95, 0.45], [0.05, 0.55, 0.45, 0.9],
-                      [0.55, 0.55, 0.95, 0.9]])
+    boxes = QUADRANT_BOXES
     scores = np.array([[0.1, 0.2], [0.3, -1.0], [0.2, 2.0], [1.5, 0.4]])  # [N = 4 boxes, E = 2 phrases]
     white = Image.new("RGB", (480, 320), (255, 255, 255))
     example = GroundingExample(7, "a dog chases a ball", ["a dog", "a ball"], scores, boxes, white, True)
