@@ -444,6 +444,14 @@ def test_glove_words_holding_spaces_are_read(tmp_path) -> None:
     assert read_glove(glove, ["the"], progress=False)[1] == 1  # a line no word asked for is not parsed
 
 
+def test_a_word_listed_twice_in_glove_takes_its_last_vector(tmp_path) -> None:
+    """As the reference's dict of the file's lines did (a later line overwrote an earlier one), counted once."""
+    glove = tmp_path / "glove.txt"
+    glove.write_text("cat 1 2 3\nthe 4 5 6\ncat 7 8 9\n")
+    vectors, found = read_glove(glove, ["cat"], progress=False)
+    assert found == 1 and vectors.tolist() == [[7, 8, 9]]
+
+
 @pytest.mark.parametrize("value", ["nan", "-inf", "1e999", "NaN"])
 def test_glove_file_with_a_non_finite_value(raw, tmp_path, value) -> None:
     glove = tmp_path / "glove.txt"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ban.engine.reporting import learning_curves_figure, plot_learning_curves
+from ban.engine.reporting import learning_curves_figure, log_tensorboard, plot_learning_curves
 
 
 def history(epochs: int) -> list[dict[str, object]]:
@@ -30,3 +30,22 @@ def test_the_learning_curves_are_ticked_at_whole_epochs(epochs: int, tmp_path: P
     plot_learning_curves(history(epochs), tmp_path / "curves.png")
     with Image.open(tmp_path / "curves.png") as image:
         assert image.format == "PNG" and image.width > 600
+
+
+def test_tensorboard_gets_every_scalar_of_each_epoch_nested_ones_by_path(tmp_path: Path) -> None:
+    """One writer per epoch appends to run_dir/tensorboard; read back with TensorBoard's own reader, every number
+    of the records is there at its epoch, the validation's as ``val/<name>`` (and deeper: ``val/<name>/<key>``)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    records = history(2)
+    for record in records:
+        log_tensorboard(tmp_path, record)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["lr", "train_loss", "train_score", "val/perQuestionType/what",
+                                                "val/score"]
+    for tag, expected in (("train_loss", [3.0, 1.5]), ("val/score", [15.0, 30.0]), ("val/perQuestionType/what",
+                                                                                     [10.0, 10.0])):
+        logged = events.Scalars(tag)
+        assert [event.step for event in logged] == [1, 2]
+        assert [event.value for event in logged] == pytest.approx(expected), tag
