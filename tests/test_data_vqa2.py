@@ -344,8 +344,9 @@ def test_authors_hdf5_cache_as_source(raw, tmp_path) -> None:
     torch.testing.assert_close(item["features"], torch.from_numpy(raw["images"][3]["features"]))
 
 
-def test_visual_genome_augmentation(raw, tmp_path) -> None:
-    vg = tmp_path / "vg"
+def write_visual_genome(vg: Path) -> Path:
+    """Visual Genome QA files in the v1.2 layout: images 100 (COCO 1, train) and 102 (COCO 4, val) kept, 101 (no
+    COCO id) and 103 (COCO 999, in no split) not."""
     vg.mkdir()
     (vg / "image_data.json").write_text(json.dumps([
         {"image_id": 100, "coco_id": 1, "width": 500}, {"image_id": 101, "coco_id": None},
@@ -361,6 +362,11 @@ def test_visual_genome_augmentation(raw, tmp_path) -> None:
         {"id": 102, "qas": [{"qa_id": 11, "image_id": 102, "question": "Is it wet?", "answer": "No"}]},
         {"id": 103, "qas": [{"qa_id": 12, "image_id": 103, "question": "Is it?", "answer": "yes"}]},
     ]))
+    return vg
+
+
+def test_visual_genome_augmentation(raw, tmp_path) -> None:
+    vg = write_visual_genome(tmp_path / "vg")
     manifest = prepare_vqa2(raw["root"], raw["features"], raw["out"], visual_genome=vg, min_answer_count=1,
                             progress=False)
     assert manifest["splits"]["vg-train"] == {"questions": 2, "annotated": True, "official_files": False,
@@ -396,19 +402,49 @@ def test_glove_initialisation(raw, tmp_path) -> None:
     for index, token in enumerate(EXPECTED_TOKENS):
         np.testing.assert_array_equal(table[index], vectors.get(token, [0.0, 0.0, 0.0]))
 
-    # Independent re-computation of the co-occurrence mixing over train, val and test questions.
     texts = [q["question"] for q in TRAIN_QUESTIONS + VAL_QUESTIONS + TEST_QUESTIONS]
-    token_lists = [[EXPECTED_TOKENS.index(t) for t in text.lower().replace("?", "").replace(",", "")
-                    .replace("'s", " 's").split()] for text in texts]
-    counts = np.zeros((22, 22))
+    np.testing.assert_allclose(np.load(raw["out"] / "glove_cooccurrence.npy"), naive_cooccurrence(texts, vectors),
+                               rtol=1e-5, atol=1e-6)
+
+
+def naive_cooccurrence(texts: list[str], vectors: dict[str, list[float]]) -> np.ndarray:
+    """Option c's second table recomputed independently: for each dictionary word, the GloVe vectors of the words
+    sharing a question with it, weighted by how often, the weights of a row summing to 1 — over the dictionary's
+    words followed by the other words of ``texts`` (the reference added those to its dictionary first)."""
+    words = list(EXPECTED_TOKENS)
+    token_lists = []
+    for text in texts:
+        tokens = text.lower().replace("?", "").replace(",", "").replace("'s", " 's").split()
+        words += [token for token in dict.fromkeys(tokens) if token not in words]
+        token_lists.append([words.index(token) for token in tokens])
+    counts = np.zeros((len(words), len(words)))
     for tokens in token_lists:
         for position, first in enumerate(tokens):
             for second in tokens[position + 1:]:
                 counts[first, second] += 1
                 counts[second, first] += 1
-    weights = counts / counts.sum(axis=1, keepdims=True)
-    expected = weights @ table.astype(np.float64)
+    table = np.array([vectors.get(word, [0.0, 0.0, 0.0]) for word in words])
+    rows = counts[:len(EXPECTED_TOKENS)]
+    return rows / rows.sum(axis=1, keepdims=True) @ table
+
+
+def test_visual_genome_questions_all_take_part_in_the_cooccurrence_table(raw, tmp_path) -> None:
+    """Every Visual Genome question — on a kept image or not — and its words outside the VQA dictionary ("mat",
+    "who", "there", "wet", with GloVe vectors or not) count, as in the reference (it tokenised them into its
+    dictionary before the co-occurrence statistics)."""
+    glove = tmp_path / "glove.txt"
+    vectors = {"the": [0.5, -1.0, 2.0], "cat": [1.0, 0.0, 0.25], "mat": [-3.0, 1.0, 4.0], "wet": [2.0, 2.0, -1.0]}
+    glove.write_text("".join(f"{word} {' '.join(map(str, v))}\n" for word, v in vectors.items()))
+    vg = write_visual_genome(tmp_path / "vg")
+    prepare_vqa2(raw["root"], raw["features"], raw["out"], glove=glove, visual_genome=vg, min_answer_count=1,
+                 progress=False)
+    vg_texts = [qa["question"] for image in json.loads((vg / "question_answers.json").read_text())
+                for qa in image["qas"]]
+    texts = [q["question"] for q in TRAIN_QUESTIONS + VAL_QUESTIONS + TEST_QUESTIONS] + vg_texts
+    expected = naive_cooccurrence(texts, vectors)
     np.testing.assert_allclose(np.load(raw["out"] / "glove_cooccurrence.npy"), expected, rtol=1e-5, atol=1e-6)
+    without_vg = naive_cooccurrence(texts[:-len(vg_texts)], vectors)
+    assert not np.allclose(expected, without_vg, rtol=1e-5, atol=1e-6)  # the Visual Genome questions weigh
 
 
 def test_glove_file_with_a_word2vec_header_gives_the_same_tables(raw, tmp_path) -> None:
