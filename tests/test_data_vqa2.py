@@ -588,15 +588,32 @@ def test_unknown_split_name(raw) -> None:
         prepare_vqa2(raw["root"], raw["features"], raw["out"], splits=["dev"], progress=False)
 
 
-def test_damaged_split_file_is_refused(raw) -> None:
+@pytest.mark.parametrize(("change", "field", "message"), [
+    (dict(target_labels=[0, 3, 5]), "target_labels", r"labels outside \[0, 5\)"),  # one past the 5 answers
+    (dict(target_labels=[0, -1, 4]), "target_labels", r"labels outside \[0, 5\)"),
+    (dict(target_offsets=[0, 4, 3]), "target_offsets", "target offsets do not fit the labels"),  # not monotone
+    (dict(target_offsets=[0, 1, 2]), "target_offsets", "target offsets do not fit the labels"),  # a label left over
+    (dict(target_offsets=[1, 1, 3]), "target_offsets", "target offsets do not fit the labels"),  # not from 0
+    (dict(target_scores=[0.3, 0.9]), "target_offsets", "target offsets do not fit the labels"),  # a score missing
+])
+def test_targets_that_do_not_fit_are_refused_at_their_boundaries(raw, change, field, message) -> None:
+    """val.npz holds offsets [0, 1, 3], labels [0, 3, 4] of 5 answers and 3 scores (as prepared above); each
+    change takes one step past what fits."""
     prepare_vqa2(raw["root"], raw["features"], raw["out"], min_answer_count=1, progress=False)
     with np.load(raw["out"] / "val.npz") as npz:
         arrays = dict(npz)
-    arrays["target_labels"] = arrays["target_labels"] + 10  # past the 5 answers
+    for name, values in change.items():
+        arrays[name] = np.asarray(values, dtype=arrays[name].dtype)
     np.savez(raw["out"] / "val.npz", **arrays)
-    with pytest.raises(DataError, match=r"labels outside \[0, 5\)") as error:
+    with pytest.raises(DataError, match=message) as error:
         VQADataset(raw["out"], "val")
-    assert error.value.field == "target_labels"
+    assert error.value.field == field and error.value.path.endswith("val.npz")
+
+
+def test_a_split_file_without_an_array_is_refused(raw) -> None:
+    prepare_vqa2(raw["root"], raw["features"], raw["out"], min_answer_count=1, progress=False)
+    with np.load(raw["out"] / "val.npz") as npz:
+        arrays = dict(npz)
     del arrays["tokens"]
     np.savez(raw["out"] / "val.npz", **arrays)
     with pytest.raises(DataError, match="got nothing") as error:
