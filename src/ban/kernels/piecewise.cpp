@@ -31,7 +31,7 @@ torch::Tensor piecewise_linear(const torch::Tensor& x, const torch::Tensor& slop
   check_inputs(x, slopes);
   const int64_t n = slopes.numel() - 1;
   const float* w = slopes.data_ptr<float>();
-  // prefix[m] = ŵ₀ + ŵ₁ + … + ŵ_m, summed in double: f(1) = Σ ŵ rounds to 1, where a float sum can end 1 ulp off
+  // prefix[m] = ŵ₀ + ŵ₁ + … + ŵ_m, summed in double and rounded once (a float running sum drifts by an ulp or more)
   std::vector<float> prefix(static_cast<size_t>(n + 1));
   double sum = 0.0;
   for (int64_t k = 0; k <= n; ++k) {
