@@ -49,19 +49,26 @@ def test_questions_per_image_sets_how_many_questions_each_image_gets(tmp_path: P
 def test_annotator_accuracy_sets_how_often_annotators_agree(tmp_path: Path) -> None:
     """1: every annotator gives the true answer (after the official normalisation of the spelling variants);
     lower accuracies: fewer annotators agree with the question's answer."""
-    agreement = {}
+    agreement, questions, unchanged = {}, {}, {}
     for accuracy in ("1", "0.88", "0.5"):
         out = tmp_path / accuracy
         stats = synth(out, "--annotator-accuracy", accuracy)
         assert stats["annotator_accuracy"] == float(accuracy)
         annotations = records(out, "annotations")
-        assert len(annotations) == 46  # the same questions whatever the accuracy: only their answers change
+        assert len(annotations) == 46
+        # the same questions whatever the accuracy (texts, ids, images, types): only the annotators' answers change,
+        # and with them multiple_choice_answer (officially their most frequent answer)
+        questions[accuracy] = records(out, "questions")
+        unchanged[accuracy] = [{key: value for key, value in record.items()
+                                if key not in ("answers", "multiple_choice_answer")} for record in annotations]
         answers = [(normalize_answer(answer["answer"]), normalize_answer(record["multiple_choice_answer"]))
                    for record in annotations for answer in record["answers"]]
         agreement[accuracy] = sum(given == majority for given, majority in answers) / len(answers)
         if accuracy == "1":
             assert all(len({normalize_answer(a["answer"]) for a in record["answers"]}) == 1
                        for record in annotations)
+    assert questions["1"] == questions["0.88"] == questions["0.5"]
+    assert unchanged["1"] == unchanged["0.88"] == unchanged["0.5"]
     assert agreement["1"] == 1.0
     assert agreement["1"] > agreement["0.88"] > agreement["0.5"]
     assert agreement["0.5"] < 0.8
