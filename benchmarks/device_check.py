@@ -15,7 +15,9 @@ Eager work first (a failed CUDA graph capture could leave the device unusable fo
    to do); ``host_sync``:
    the bf16 plain training step again with `--host-sync` (what `ban train`'s per-step finiteness read costs);
    ``bucketed``: the bf16 plain and straightforward training steps on batches of similar box counts
-   (`--boxes bucketed`, as `bucket_boxes=true` cuts them: padded to ≈ their mean instead of ≈ 100).
+   (`--boxes bucketed`, as `bucket_boxes=true` cuts them: padded to ≈ their mean instead of ≈ 100); ``authors``:
+   the authors' training step (benchmarks/authors_formulation.py) on the same card and batches, fp32 and bf16
+   autocast — the issue's baseline measured on this card, not taken from the card its table came from.
 3. ``resident``: a small synthetic prepared VQA set held on the GPU gives the loader's batches exactly; the gather
    rate of batch-256 rows (adaptive boxes) from a 2,048-d bf16 table of 400k regions; ``evaluation``: a paper-best
    BAN evaluated on the paper-sized set's val split (bf16, box-count order) from the loader with 0 and 4 workers
@@ -37,6 +39,9 @@ Then CUDA graphs (:mod:`ban.engine.graphs`):
 7. ``cudnn_gru_capture``, last: whether cuDNN's GRU (forward + backward) can be captured (to choose it over
    ``gru_sequence`` later).
 
+Last, ``goal``: issue 7's goal read from the parts — ban's fastest training row against the authors' fp32 step
+on this card (questions/s, the ratio, peak memory each).
+
 Each part is guarded: one that raises is reported with its error and the next still runs; ``part_seconds`` gives
 each part's duration, to plan the next run. Without a GPU (a dry run) the GPU-only parts say so, and the time
 limits are lifted, so that every other part runs.
@@ -57,6 +62,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from authors_formulation import time_steps as authors_steps  # benchmarks/ is the script's directory
 from torch.profiler import ProfilerActivity, profile
 
 from ban.benchmark import (
@@ -236,6 +242,37 @@ def bench_rows(settings: BenchSettings, paths: list[str], precisions: tuple[str,
                 if settings.device != "cpu":
                     torch.cuda.empty_cache()
     return results, errors
+
+
+def authors_part(settings: BenchSettings) -> list[dict]:
+    """The authors' training step timed on ``settings``' batches (the ones `ban bench` times), fp32 and bf16
+    autocast; a precision that fails is reported with its error."""
+    rows = []
+    for precision in ("fp32", "bf16"):
+        try:
+            rows.append(authors_steps(settings, settings.model_config(), precision))
+        except Exception as error:
+            rows.append({"formulation": "authors", "precision": precision, "error": failure(error)})
+        if settings.device != "cpu":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def goal_summary(report: dict) -> dict:
+    """Issue 7's goal from the report's parts: ban's training row with the most questions/s (bench, graphed and
+    compiled rows) against the authors' fp32 training step, with both peak memories."""
+    rows = [row for part in ("bench", "graphed_rows", "compiled_row") if isinstance(report.get(part), dict)
+            for row in report[part].get("results", []) if row["mode"] == "train"]
+    theirs = next((row for row in report.get("authors") or [] if row.get("precision") == "fp32" and "error" not in row),
+                  None)
+    if not rows or theirs is None:
+        return {"not measured": "no ban training row" if not rows else "no authors' fp32 row"}
+    best = max(rows, key=lambda row: row["questions_per_s"])
+    return {"ban": {key: best[key] for key in ("path", "precision", "questions_per_s", "peak_memory_gib")},
+            "authors_fp32": {key: theirs[key] for key in ("questions_per_s", "peak_memory_gib")},
+            "speedup": best["questions_per_s"] / theirs["questions_per_s"],
+            "at_least_40000_questions_per_s": best["questions_per_s"] >= 40_000,
+            "peak_memory_not_higher": best["peak_memory_gib"] <= theirs["peak_memory_gib"]}
 
 
 def resident_check(device: torch.device) -> dict:
@@ -466,6 +503,7 @@ def main() -> None:
     parts.run("parity", lambda: parity(device))
     parts.run("bench", lambda: bench_part(settings, ["fused", "plain", "straightforward"]))
     parts.run("profile", lambda: step_profile(device, args.batch_size))
+    parts.run("authors", lambda: authors_part(settings))
     synced = dataclasses.replace(settings, host_sync=True)
     parts.run("host_sync", lambda: bench_part(synced, ["plain"], precisions=("bf16",), modes=("train",)))
     bucketed = dataclasses.replace(settings, boxes="bucketed")
@@ -489,6 +527,7 @@ def main() -> None:
               before=limit(args.trainer_compiled_before))
     # last: an exploratory capture that may leave the device unusable
     parts.run("cudnn_gru_capture", lambda: cudnn_gru_capture(device), needs_gpu=no_gpu)
+    parts.run("goal", lambda: goal_summary(parts.report))
     shutil.rmtree(scratch, ignore_errors=True)
 
 
