@@ -666,7 +666,8 @@ def _rewrite_npy(path: Path, change) -> None:
         ("offsets.npy", lambda p: _rewrite_npy(p, lambda a: a + 1), "does not start at 0", None),
         ("offsets.npy", lambda p: p.write_bytes(b"not an npy file"), "not a readable .npy file", None),
         ("offsets.npy", lambda p: p.unlink(), "missing", None),
-        ("image_ids.npy", lambda p: _rewrite_npy(p, lambda a: np.r_[a[:3], a[0]]), "image 42 appears twice", None),
+        ("image_ids.npy", lambda p: _rewrite_npy(p, lambda a: np.r_[a[:3], a[0]]),
+         "image 42 appears twice (entries 0 and 3)", None),
         ("image_ids.npy", lambda p: _rewrite_npy(p, lambda a: a[:3]), "shape [3], expected [4]", None),
         ("image_sizes.npy", lambda p: _rewrite_npy(p, lambda a: a * [1, 0]), "not positive", "image_id=42"),
         ("image_sizes.npy", lambda p: _rewrite_npy(p, lambda a: a.astype(np.float32)), "integer", None),
@@ -681,7 +682,9 @@ def _rewrite_npy(path: Path, change) -> None:
         ("store.json", lambda p: p.write_text(p.read_text().replace('"num_boxes": 147', '"num_boxes": 150')),
          "offsets end at 147", None),
         ("store.json", lambda p: p.write_text(p.read_text().replace('"float32"', '"int8"')), "dtype", None),
-        ("store.json", lambda p: p.write_text("[]"), "expected an object", None),
+        ("store.json", lambda p: p.write_text("[]"), "expected a JSON object, got list", None),
+        ("store.json", lambda p: p.write_text(p.read_text().replace('"format_version": 1', '"format_version": 0')),
+         "format version 0, expected 1: written by another version of ban; rerun `ban prepare`", None),
     ],
 )
 def test_store_structure_is_checked_when_opened(tmp_path, images, name, damage, message, record) -> None:

@@ -16,8 +16,8 @@ from ban.data.vqa_dataset import VQADataset, load_split_arrays
 from ban.engine.tasks import make_task
 from ban.errors import DataError
 
-VQA_MANIFEST = {"task": "vqa2", "splits": {"train": {"annotated": True}}, "feature_dim": 8, "num_answers": 3,
-                "padding_index": 4}
+VQA_MANIFEST = {"task": "vqa2", "format_version": 1, "splits": {"train": {"annotated": True}}, "feature_dim": 8,
+                "num_answers": 3, "padding_index": 4}
 
 
 def write(directory: Path, name: str, text: str) -> Path:
@@ -31,6 +31,9 @@ def write(directory: Path, name: str, text: str) -> Path:
     ("[1, 2]", "expected a JSON object, got list", None),
     ('{"task": "grounding", "splits": {}}', "not a vqa2 dataset \\(its task is 'grounding'\\)", "task"),
     ('{"task": "vqa2", "splits": ["train"]}', "expected an object of splits", "splits"),
+    ('{"task": "vqa2", "splits": {}, "format_version": 2}', "format version 2, expected 1: written by another "
+     "version of ban; rerun `ban prepare`", "format_version"),
+    ('{"task": "vqa2", "splits": {}}', "format version None, expected 1", "format_version"),
 ])
 def test_damaged_manifests_are_named_by_every_reader(tmp_path: Path, text: str, message: str,
                                                      field: str | None) -> None:

@@ -18,6 +18,7 @@ import pytest
 import torch
 from conftest import tiny_run
 
+from ban import launch
 from ban.cli import main
 from ban.commands.predict import open_prediction
 from ban.data.prepared import read_answers
@@ -93,10 +94,10 @@ def test_logits_are_refused_under_a_torchrun_of_several_machines(run_dir, tmp_pa
                                    out=tmp_path / "results.json", logits=tmp_path / "logits.npy")
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # one machine: allowed
-    assert not distributed.spans_machines()
+    assert not launch.spans_machines()
     open_prediction(arguments)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two machines
-    assert distributed.spans_machines()
+    assert launch.spans_machines()
     with pytest.raises(ConfigError, match="--logits under a torchrun of several machines"):
         open_prediction(arguments)
     open_prediction(argparse.Namespace(**{**vars(arguments), "logits": None}))  # answers alone: allowed

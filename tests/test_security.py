@@ -129,7 +129,7 @@ def object_npz(path: Path, marker: Path, **arrays: np.ndarray) -> None:
 
 def test_object_arrays_in_prepared_grounding_data_are_refused(tmp_path):
     marker = tmp_path / "pwned"
-    (tmp_path / "manifest.json").write_text('{"task": "grounding", "splits": {"train": {}}}')
+    (tmp_path / "manifest.json").write_text('{"task": "grounding", "format_version": 1, "splits": {"train": {}}}')
     arrays = {name: np.zeros((1, 1), dtype=np.int64) for name in (
         "caption_index", "tokens", "entity_positions", "entity_ids", "entity_types", "has_ground_truth",
         "positive_offsets", "positive_boxes")}
@@ -143,8 +143,9 @@ def test_object_arrays_in_prepared_vqa_data_are_refused(tmp_path):
     from ban.data.vqa_dataset import VQADataset
 
     marker = tmp_path / "pwned"
-    (tmp_path / "manifest.json").write_text('{"task": "vqa2", "splits": {"train": {"annotated": true}}, '
-                                            '"num_answers": 2, "padding_index": 3, "feature_dim": 4}')
+    (tmp_path / "manifest.json").write_text('{"task": "vqa2", "format_version": 1, "num_answers": 2, '
+                                            '"splits": {"train": {"annotated": true}}, "padding_index": 3, '
+                                            '"feature_dim": 4}')
     arrays = {name: np.zeros(1, dtype=np.int64) for name in (
         "question_id", "tokens", "target_offsets", "target_labels", "target_scores", "answer_type")}
     object_npz(tmp_path / "train.npz", marker, **arrays)

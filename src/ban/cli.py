@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 
-from ban import __version__
+from ban import __version__, launch
 from ban.errors import BanError
 from ban.heap import keep_freed_memory
 
@@ -72,7 +72,7 @@ if hasattr(os, "register_at_fork"):  # POSIX: where processes fork
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # a training step re-allocates the same blocks: reuse them (ban.heap)
-    said_by_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, what every process meets is said once
+    said_by_main = launch.is_main_process()  # under torchrun, what every process meets is said once
     in_main_thread = threading.current_thread() is threading.main_thread()  # where a signal handler can be set
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:

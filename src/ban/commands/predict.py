@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
+from ban import launch
 from ban.commands.trained_run import (
     add_batch_size_argument,
     add_precision_argument,
@@ -69,7 +70,7 @@ def open_prediction(args: argparse.Namespace) -> tuple[LoadedRun, VQATask, Datas
             raise unwritable(target, error) from error
     if args.logits is not None and args.logits.resolve() == args.out.resolve():
         raise ConfigError(f"--out and --logits name the same file, {args.out}: the results would overwrite the logits")
-    if args.logits is not None and distributed.spans_machines():
+    if args.logits is not None and launch.spans_machines():
         raise ConfigError("--logits under a torchrun of several machines: the processes write into one memory-mapped "
                           "file, which only one machine's processes can share; predict on one machine")
     loaded = load_trained_run(args)

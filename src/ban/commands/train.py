@@ -10,12 +10,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import fields
 from pathlib import Path
 
+from ban import launch
 from ban.commands.arguments import non_negative_int
 from ban.engine.config import (
     SYNTHETIC_TRAINING,
@@ -129,8 +129,8 @@ def default_run_dir(run: RunConfig) -> Path:
 def run(args: argparse.Namespace) -> int:
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.out is None:
+    main_process = launch.is_main_process()
+    if launch.world_size() > 1 and args.out is None:
         raise ConfigError("under torchrun, give --out RUN_DIR (every process must use the same run dir)")
     if main_process and args.out is not None and not args.resume:
         check_new_run_dir(args.out)  # before anything is built (the synthetic scenes take a minute or more)
@@ -155,11 +155,10 @@ def run(args: argparse.Namespace) -> int:
         if main_process and not args.resume and not resumable:
             abandon_new_run(run_dir)
         raise
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if finished and main_process:
         epochs = config.train.epochs
         print(f"nothing left to train: {run_dir} has finished its {epochs} epoch{'s' * (epochs != 1)}; train it "
-              f"further with: {resume_command(run_dir, world_size)} --epochs N (N > {epochs})")
+              f"further with: {resume_command(run_dir, launch.world_size())} --epochs N (N > {epochs})")
     elif history and main_process:
         full = (f"; the last validation in full: ban evaluate {run_dir} --split {config.train.val_split} --json"
                 if "val" in history[-1] else "")
@@ -167,6 +166,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"done: {epochs}, every epoch's numbers in {Path(run_dir) / METRICS_FILE}{full}")
     elif main_process:
         print(f"nothing trained (epochs={config.train.epochs}): {run_dir} holds the run's settings only; train it "
-              f"with: {resume_command(run_dir, world_size)} --epochs N")
+              f"with: {resume_command(run_dir, launch.world_size())} --epochs N")
     return 0
 

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ban.data.jsonfile import read_json, require
+from ban.data.distinct import repeated_positions
+from ban.data.jsonfile import read_json_object, require, require_format_version
 from ban.data.npyfile import read_npy
 from ban.errors import DataError
 
@@ -256,8 +257,9 @@ class NpyFeatureStore(FeatureStore):
     def _check_index(self) -> None:
         """Image ids unique, each image's rows a non-empty range ending at ``num_boxes``, sizes positive."""
         if len(self._index) != len(self.image_ids):
-            values, counts = np.unique(self.image_ids, return_counts=True)
-            raise DataError(f"image {int(values[counts > 1][0])} appears twice", path=self.directory / "image_ids.npy")
+            first, second = repeated_positions(self.image_ids)[:2].tolist()
+            raise DataError(f"image {int(self.image_ids[first])} appears twice (entries {first} and {second})",
+                            path=self.directory / "image_ids.npy")
         offsets_path = self.directory / "offsets.npy"
         if self.offsets[0] != 0:
             raise DataError(f"does not start at 0 (starts at {int(self.offsets[0])})", path=offsets_path)
@@ -325,12 +327,8 @@ class NpyFeatureStore(FeatureStore):
 def _read_store_meta(path: Path) -> dict[str, Any]:
     """``store.json``: an object with this format's version, positive ``feature_dim`` / ``num_images`` /
     ``num_boxes`` and a ``dtype`` of :data:`FEATURE_DTYPES`."""
-    meta = read_json(path, missing="not a complete feature store (no store.json): rerun `ban prepare`")
-    if not isinstance(meta, dict):
-        raise DataError(f"expected an object, got {type(meta).__name__}", path=path)
-    if meta.get("format_version") != STORE_FORMAT_VERSION:
-        raise DataError(f"format version {meta.get('format_version')!r}, expected {STORE_FORMAT_VERSION}: rerun "
-                        "`ban prepare`", path=path, field="format_version")
+    meta = read_json_object(path, missing="not a complete feature store (no store.json): rerun `ban prepare`")
+    require_format_version(meta, STORE_FORMAT_VERSION, path)
     for name in ("feature_dim", "num_images", "num_boxes"):
         if require(meta, name, int, path, None) <= 0:
             raise DataError(f"must be positive, got {meta[name]}", path=path, field=name)
@@ -355,8 +353,7 @@ class UnionFeatureStore(FeatureStore):
         self.feature_dim = dims.pop()
         super().__init__(np.concatenate([store.image_ids for store in stores]))
         if len(self._index) != len(self.image_ids):
-            values, counts = np.unique(self.image_ids, return_counts=True)
-            image_id = int(values[counts > 1][0])
+            image_id = int(self.image_ids[repeated_positions(self.image_ids)[0]])
             holders = ", ".join(str(store.location) for store in stores if image_id in store)
             raise DataError(f"image {image_id} appears in more than one source: {holders}", path=description,
                             field="image_id")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ban.data.npyfile import read_split_npz
+from ban.data.npyfile import offsets_fit, read_split_npz
 from ban.data.prepared import (
     check_manifest_sizes,
     check_split,
@@ -61,8 +61,7 @@ def load_split_arrays(path: Path) -> dict[str, np.ndarray]:
     if entities == 0:
         raise DataError("no entity slot (E = 0)", path=path, field="entity_ids")
     offsets = arrays["positive_offsets"]
-    if len(offsets) != count * entities + 1 or offsets[0] != 0 or offsets[-1] != len(arrays["positive_boxes"]) \
-            or (offsets[1:] < offsets[:-1]).any():
+    if not offsets_fit(offsets, count * entities, len(arrays["positive_boxes"])):
         raise DataError("positive offsets do not fit sentences × entity slots and the positive boxes", path=path,
                         field="positive_offsets")
     if (arrays["positive_boxes"] < 0).any():

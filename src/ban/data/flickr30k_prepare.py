@@ -50,9 +50,9 @@ from ban.data.feature_sources import check_feature_sources, images_of_sources
 from ban.data.features import FeatureRecord, is_tsv_source
 from ban.data.flickr30k_parse import ENTITY_TYPES, Caption, parse_annotation_file, parse_sentences_file, type_bits
 from ban.data.glove import check_glove_file, read_glove, report_coverage
-from ban.data.npyfile import write_npy
+from ban.data.npyfile import offsets_of, write_npy, write_npz
 from ban.data.prepare_output import checked_output
-from ban.data.prepared import MANIFEST
+from ban.data.prepared import FORMAT_VERSION, MANIFEST
 from ban.data.textfile import read_text
 from ban.data.tokenizer import tokenize
 from ban.data.vqa2 import nested_root_hint
@@ -64,7 +64,6 @@ IOU_THRESHOLD = 0.5
 # stands for each of them): likely a dictionary of other data; the captions' own has none unknown, the
 # reference's Flickr30k dictionary.pkl (built from the same captions) next to none
 UNKNOWN_WORDS_WARNING = 0.10
-FORMAT_VERSION = 1
 ENTITY_POSITIONS: tuple[str, ...] = ("tokens", "reference")  # the first is the default
 POSITION_IN_WORDS = {
     "tokens": "last token of the phrase in the tokenised caption",
@@ -305,8 +304,7 @@ def prepare_flickr30k(
         split_summaries = {}
         for split in splits:
             arrays = encode_split(sentences[split], positives, dictionary, length, max_entities)
-            with open(temp / f"{split}.npz", "wb") as handle:
-                np.savez(handle, **arrays)
+            write_npz(temp / f"{split}.npz", arrays)
             split_summaries[split] = _split_summary(arrays, len(split_images[split]))
         dictionary.save(temp / "dictionary.json")
         if word_vectors is not None:
@@ -390,7 +388,7 @@ def encode_split(
         "entity_ids": entity_ids,
         "entity_types": entity_types,
         "has_ground_truth": has_ground_truth,
-        "positive_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        "positive_offsets": offsets_of(sizes),
         "positive_boxes": (np.concatenate(boxes) if boxes else np.zeros(0)).astype(np.int32),
     }
 

@@ -29,6 +29,22 @@ def read_json(path: str | os.PathLike[str], *, missing: str = "file not found") 
         raise DataError(f"not valid JSON ({error})", path=path) from None
 
 
+def read_json_object(path: str | os.PathLike[str], *, missing: str = "file not found") -> dict[str, Any]:
+    """:func:`read_json` of a file whose top level must be a JSON object."""
+    data = read_json(path, missing=missing)
+    if not isinstance(data, dict):
+        raise DataError(f"expected a JSON object, got {type(data).__name__}", path=path)
+    return data
+
+
+def require_format_version(record: Mapping[str, Any], version: int, path: str | os.PathLike[str]) -> None:
+    """Refuse ``record`` unless its ``"format_version"`` is ``version`` (what ban writes now): a file of another
+    format is prepared again, not misread."""
+    if record.get("format_version") != version:
+        raise DataError(f"format version {record.get('format_version')!r}, expected {version}: written by another "
+                        "version of ban; rerun `ban prepare`", path=path, field="format_version")
+
+
 def require(record: Mapping[str, Any], field: str, kind: type, path: str | os.PathLike[str], where: object) -> Any:
     """``record[field]`` checked to be a ``kind`` (bools are not ints; ints are 64-bit, as the prepared arrays
     hold them); :class:`DataError` otherwise."""

@@ -1,5 +1,5 @@
 """Reading a ``.npy`` file or a split's ``.npz`` archive of a prepared dataset with errors that name it and the
-array; writing a ``.npy`` file atomically."""
+array; writing either atomically; the offsets that index variable-length lists in a split."""
 
 from __future__ import annotations
 
@@ -64,3 +64,25 @@ def write_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
             np.save(file, array)
 
     write_with(path, save)
+
+
+def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` as an uncompressed ``.npz`` archive at ``path`` atomically, like :func:`write_npy`."""
+    def save(temporary: os.PathLike[str]) -> None:
+        with open(temporary, "wb") as file:
+            np.savez(file, **arrays)
+
+    write_with(path, save)
+
+
+def offsets_of(lengths: np.ndarray) -> np.ndarray:
+    """The offsets [n + 1] (int64) of n lists of these ``lengths`` [n] laid end to end: list i is
+    ``values[offsets[i]:offsets[i + 1]]``."""
+    return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
+
+
+def offsets_fit(offsets: np.ndarray, lists: int, values: int) -> bool:
+    """Whether ``offsets`` index ``lists`` lists laid end to end in ``values`` values: ``lists + 1`` of them,
+    starting at 0, never decreasing, ending at ``values``."""
+    return (len(offsets) == lists + 1 and offsets[0] == 0 and offsets[-1] == values
+            and not (offsets[1:] < offsets[:-1]).any())

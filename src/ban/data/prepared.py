@@ -14,7 +14,7 @@ import numpy as np
 from ban.data.dictionary import Dictionary
 from ban.data.distinct import check_listed_once
 from ban.data.feature_setup import CONVERTED, LISTING
-from ban.data.jsonfile import read_json
+from ban.data.jsonfile import read_json, read_json_object, require_format_version
 from ban.errors import DataError
 from ban.numbers import is_int
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ban.data.features import FeatureStore
 
 MANIFEST = "manifest.json"
+FORMAT_VERSION = 1  # the manifest's "format_version": what `ban prepare` writes now
 
 
 def read_manifest(data_dir: str | os.PathLike[str], task: str | None = None) -> dict[str, Any]:
@@ -32,13 +33,13 @@ def read_manifest(data_dir: str | os.PathLike[str], task: str | None = None) -> 
         raise DataError("no such directory (a prepared dataset is the --out folder of `ban prepare`)", path=data_dir)
     if not path.exists():
         check_not_raw_scenes(Path(data_dir))
-    manifest = read_json(path, missing=f"not a complete prepared dataset (no {MANIFEST}): run `ban prepare` (again)")
-    if not isinstance(manifest, dict):
-        raise DataError(f"expected a JSON object, got {type(manifest).__name__}", path=path)
+    manifest = read_json_object(path, missing=f"not a complete prepared dataset (no {MANIFEST}): run `ban prepare` "
+                                              "(again)")
     if task is not None and manifest.get("task") != task:
         raise DataError(f"not a {task} dataset (its task is {manifest.get('task')!r})", path=path, field="task")
     if not isinstance(manifest.get("splits"), dict):
         raise DataError("expected an object of splits", path=path, field="splits")
+    require_format_version(manifest, FORMAT_VERSION, path)
     return manifest
 
 

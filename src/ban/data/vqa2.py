@@ -31,9 +31,9 @@ from ban.data.feature_sources import check_feature_sources, images_of_sources
 from ban.data.features import FeatureStore
 from ban.data.glove import check_glove_file, cooccurrence_embedding, read_glove, report_coverage
 from ban.data.jsonfile import require
-from ban.data.npyfile import write_npy
+from ban.data.npyfile import offsets_of, write_npy, write_npz
 from ban.data.prepare_output import checked_output
-from ban.data.prepared import MANIFEST
+from ban.data.prepared import FORMAT_VERSION, MANIFEST
 from ban.data.tokenizer import tokenize
 from ban.data.visual_genome import VGQuestion, load_visual_genome
 from ban.data.vqa_dataset import VQADataset
@@ -51,7 +51,6 @@ ANNOTATED_SPLITS: tuple[str, ...] = ("train", "val")
 COOCCURRENCE_SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Visual Genome questions are attached to the VQA split that holds their COCO image.
 VG_SPLITS: dict[str, str] = {"train": "vg-train", "val": "vg-val"}
-FORMAT_VERSION = 1
 __all__ = [
     "OfficialSplit", "VQADataset", "annotations_path", "available_splits", "prepare_vqa2", "questions_path",
     "read_official_split", "soft_targets",
@@ -354,17 +353,12 @@ def _write_split_arrays(
         "question_id": np.array(question_ids, dtype=np.int64),
         "image_id": np.array(image_ids, dtype=np.int64),
         "tokens": np.array(encoded, dtype=np.int32).reshape(-1, QUESTION_LENGTH),
-        "target_offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        "target_offsets": offsets_of(lengths),
         "target_labels": np.array([label for row in labels for label in row], dtype=np.int32),
         "target_scores": np.array([score for row in scores for score in row], dtype=np.float32),
         "answer_type": np.array(answer_types, dtype=str),
     }
-
-    def save(temp: Path) -> None:
-        with open(temp, "wb") as file:
-            np.savez(file, **arrays)
-
-    write_with(path, save)
+    write_npz(path, arrays)
 
 
 def _glove_tables(

@@ -16,7 +16,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from ban.data.distinct import repeated_positions
 from ban.data.features import FeatureStore
-from ban.data.npyfile import read_split_npz
+from ban.data.npyfile import offsets_fit, read_split_npz
 from ban.data.prepared import (
     check_manifest_size,
     check_manifest_sizes,
@@ -46,8 +46,8 @@ def load_split_arrays(path: Path) -> dict[str, np.ndarray]:
     offsets = arrays["target_offsets"]
     if any(len(arrays[name]) != count for name in ("image_id", "tokens", "answer_type")) or len(offsets) != count + 1:
         raise DataError("arrays disagree on the number of questions", path=path)
-    if len(arrays["target_labels"]) != len(arrays["target_scores"]) or offsets[0] != 0 or \
-            offsets[-1] != len(arrays["target_labels"]) or (offsets[1:] < offsets[:-1]).any():
+    if len(arrays["target_labels"]) != len(arrays["target_scores"]) or \
+            not offsets_fit(offsets, count, len(arrays["target_labels"])):
         raise DataError("target offsets do not fit the labels", path=path, field="target_offsets")
     repeated = repeated_positions(arrays["question_id"])
     if len(repeated):

@@ -10,7 +10,6 @@ summation order). Backend: NCCL on CUDA, gloo on CPU.
 from __future__ import annotations
 
 import gc
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -20,6 +19,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Sampler
 
+from ban import launch
 from ban.engine.config import resolve_device
 from ban.errors import BanError, ConfigError
 
@@ -51,16 +51,15 @@ def setup(device: str = "auto", setting: str = "training setting 'device'") -> D
     ``setting``, said before the process group is joined). Under torchrun with CUDA each process takes a GPU of
     its own (:func:`local_gpu`).
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    processes = launch.world_size()
     chosen = resolve_device(device, setting)
-    if world_size > 1:
+    if processes > 1:
         if chosen.type == "cuda":
-            chosen = torch.device("cuda", local_gpu(chosen, int(os.environ.get("LOCAL_RANK", "0")),
-                                                    torch.cuda.device_count(), setting))
+            chosen = torch.device("cuda", local_gpu(chosen, launch.local_rank(), torch.cuda.device_count(), setting))
             torch.cuda.set_device(chosen)
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
-        return DistContext(dist.get_rank(), world_size, chosen)
+        return DistContext(dist.get_rank(), processes, chosen)
     return DistContext(0, 1, chosen)
 
 
@@ -77,12 +76,6 @@ def local_gpu(requested: torch.device, local_rank: int, visible: int, setting: s
         raise ConfigError(f"this process has local rank {local_rank} but sees {visible} GPUs: start at most "
                           f"{visible} processes per machine (torchrun --nproc_per_node)")
     return local_rank
-
-
-def spans_machines() -> bool:
-    """Whether this torchrun launch has processes on more than one machine (fewer local processes than all)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("LOCAL_WORLD_SIZE", world_size)) < world_size
 
 
 def teardown() -> None:

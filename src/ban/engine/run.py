@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from ban.data.atomic import make_directory, write_json
-from ban.data.jsonfile import read_json
+from ban.data.jsonfile import read_json, read_json_object
 from ban.data.prepared import MANIFEST, manifest_size, read_manifest
 from ban.engine.checkpoint import Checkpoint, read_position
 from ban.engine.config import TrainConfig, check_new_training
@@ -98,9 +98,7 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
         raise ConfigError(f"{run_dir}: no such directory")
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise DataError(f"expected a JSON object, got {type(data).__name__}", path=path)
+    data = read_json_object(path)
     try:
         return RunConfig.from_dict(data)
     except KeyError as error:
