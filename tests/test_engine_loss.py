@@ -43,8 +43,12 @@ def test_grounding_loss_leaves_out_padded_entities():
     targets = torch.tensor([[[1.0, 1.0], [0.0, 1.0]]])
     mask = torch.tensor([[True, False]])
     expected = bce(1.0, 1.0) + bce(-0.5, 0.0)
-    assert grounding_loss(logits, targets, mask, 1).item() == pytest.approx(expected)
-    assert grounding_loss(logits, targets, mask, 4).item() == pytest.approx(expected / 4)
+    assert grounding_loss(logits, targets, mask).item() == pytest.approx(expected)
+
+
+def test_grounding_loss_refuses_logits_of_several_glimpses():
+    with pytest.raises(ValueError, match=r"grounding logits are \[B, 1, N, E\], got \[1, 2, 2, 2\]"):
+        grounding_loss(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2), torch.ones(1, 2, dtype=torch.bool))
 
 
 def test_the_grounding_task_trains_only_on_entities_with_a_ground_truth_box():

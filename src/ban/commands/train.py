@@ -77,7 +77,7 @@ def build_run(args: argparse.Namespace) -> RunConfig:
     training = apply_overrides(base, train_overrides)
     if stored is None:
         check_new_training(training)
-    typed_overrides(BANConfig, model_overrides, "model")
+    typed_overrides(BANConfig, model_overrides, "model")  # only checked here; applied by build_model_config
     if args.data is not None:
         data_dir = args.data.resolve()
     elif stored is not None:

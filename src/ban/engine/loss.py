@@ -1,9 +1,9 @@
-"""Training losses, as the reference code computes them.
+"""Training losses, as the reference code computes them, summed over the batch.
 
-Both sum over the batch and divide by an explicit ``denominator``. The trainer takes the plain sum
-(``denominator`` 1: :meth:`ban.engine.tasks.Task.loss_sum`) and divides it by the GLOBAL batch's sample count itself,
-so that a batch split across processes gives, after DDP's gradient averaging, exactly the gradient of the whole
-batch (:mod:`ban.engine.trainer`); the benchmark's step passes its batch size (:func:`ban.engine.graphs.training_step`).
+The trainer takes the plain sums (:meth:`ban.engine.tasks.Task.loss_sum`) and divides them by the GLOBAL batch's
+sample count itself, so that a batch split across processes gives, after DDP's gradient averaging, exactly the
+gradient of the whole batch (:mod:`ban.engine.trainer`); the benchmark's VQA step divides by its batch size through
+``vqa_loss``'s ``denominator`` (:func:`ban.engine.graphs.training_step`).
 """
 
 from __future__ import annotations
@@ -24,23 +24,18 @@ def vqa_loss(logits: torch.Tensor, targets: torch.Tensor, denominator: int) -> t
     return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="sum") / denominator
 
 
-def grounding_loss(
-    logits: torch.Tensor, targets: torch.Tensor, entity_mask: torch.Tensor, denominator: int
-) -> torch.Tensor:
-    """BCE with logits over every (box, real entity) pair, summed, ÷ ``denominator`` (reference train_flickr.py).
+def grounding_loss(logits: torch.Tensor, targets: torch.Tensor, entity_mask: torch.Tensor) -> torch.Tensor:
+    """BCE with logits over every (box, entity) pair of the entities ``entity_mask`` keeps, summed (reference
+    train_flickr.py, before its division by the batch size).
 
-    Padded boxes carry logit −99 and target 0, so they add (almost exactly) nothing; padded entity slots are
-    left out.
+    Padded boxes carry logit −99 and target 0, so they add (almost exactly) nothing.
 
     Args:
-        logits: ``[B, G, N, E]`` box × entity logits (G = 1 for grounding) or ``[B, N, E]``.
+        logits: ``[B, 1, N, E]`` box × entity logits (grounding's one glimpse).
         targets: ``[B, N, E]`` 1 where a box is a positive for the entity.
-        entity_mask: ``[B, E]`` bool, True for real entities.
+        entity_mask: ``[B, E]`` bool, True for the entities that count.
     """
-    if logits.dim() == 4:
-        logits = logits[:, 0]
+    if logits.dim() != 4 or logits.shape[1] != 1:
+        raise ValueError(f"grounding logits are [B, 1, N, E], got {list(logits.shape)}")
     mask = entity_mask[:, None, :].expand_as(targets)
-    return (
-        F.binary_cross_entropy_with_logits(logits.float()[mask], targets.float()[mask], reduction="sum")
-        / denominator
-    )
+    return F.binary_cross_entropy_with_logits(logits[:, 0].float()[mask], targets.float()[mask], reduction="sum")

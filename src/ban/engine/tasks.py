@@ -374,7 +374,7 @@ class GroundingTask(Task):
 
     def loss_sum(self, logits: Tensor, batch: Batch) -> Tensor:
         # entities without a ground-truth box take no part in the loss, as in the reference
-        return grounding_loss(logits, batch["targets"], self._scored(batch), 1)
+        return grounding_loss(logits, batch["targets"], self._scored(batch))
 
     def selection_score(self, metrics: dict[str, Any]) -> float:
         return float(metrics["recall@1"])

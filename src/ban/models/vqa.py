@@ -77,7 +77,7 @@ class BanForVQA(TokenEncoderModel):
             states = states * token_mask.unsqueeze(-1).to(states.dtype)
         return VQAOutput(self.classifier(states.sum(dim=1)), attention, logits)
 
-    def _glimpses_plain(self, features: Tensor, boxes: Tensor, states: Tensor, attention: Tensor,
+    def _glimpses_plain(self, features: Tensor, boxes: Tensor | None, states: Tensor, attention: Tensor,
                         logits: Tensor, real_boxes: PackedBoxes) -> Tensor:
         """Residual learning of attention, glimpse by glimpse → updated token states [B, L, H]."""
         counts = self._counts(boxes, logits) if self.config.use_counting else None
@@ -86,7 +86,7 @@ class BanForVQA(TokenEncoderModel):
             states = self._add_glimpse(states, glimpse, joint, counts)
         return states
 
-    def _glimpses_fused(self, features: Tensor, boxes: Tensor, given_mask: Tensor | None, states: Tensor,
+    def _glimpses_fused(self, features: Tensor, boxes: Tensor | None, given_mask: Tensor | None, states: Tensor,
                         attention: Tensor, logits: Tensor) -> Tensor:
         """The same function with the box projections of all glimpses computed up front in one product (of every
         box: the padded ones of a ``given_mask`` are zeroed first, so that their zero attention ignores whatever
