@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ban.engine.reporting import learning_curves_figure, log_tensorboard, plot_learning_curves
+from ban.engine.reporting import log_tensorboard
+from ban.viz.curves import learning_curves_figure, plot_learning_curves
 
 
 def history(epochs: int) -> list[dict[str, object]]:

@@ -27,7 +27,7 @@ from ban.commands.trained_run import (
     load_trained_run,
     loader_workers,
 )
-from ban.data.atomic import atomic_path, check_file_target, make_directory, write_with
+from ban.data.atomic import atomic_path, check_file_target, make_directory, write_file
 from ban.engine import distributed
 from ban.engine.distributed import DistContext
 from ban.engine.evaluation import predict_logits
@@ -113,7 +113,7 @@ def predict(args: argparse.Namespace, loaded: LoadedRun, task: VQATask, dataset:
         for index, question_id, label in (row for part in parts for row in part):
             results[index] = {"question_id": question_id, "answer": labels[label]}
         try:
-            write_with(args.out, lambda temp: temp.write_text(json.dumps(results), encoding="utf-8"))
+            write_file(args.out, json.dumps(results))
         except OSError as error:
             raise unwritable(args.out, error) from error
     print(f"wrote {len(results)} answers to {args.out}" + (f" and logits to {args.logits}" if args.logits else ""))

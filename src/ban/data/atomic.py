@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ban.errors import DataError
 
@@ -140,9 +140,24 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+@contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
+    """Open a temporary sibling of ``path`` (parents created) for writing; on success it replaces ``path``, on
+    error it is removed. Text is UTF-8 with newlines written as given."""
+    text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
+    with atomic_path(path) as temporary, open(temporary, mode, **text) as handle:
+        yield handle
+
+
+def write_file(path: str | os.PathLike[str], data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8, newlines as given) to ``path`` atomically."""
+    with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as handle:
+        handle.write(data)
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Write ``data`` as JSON atomically."""
-    write_with(path, lambda temp: temp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8"))
+    write_file(path, json.dumps(data, ensure_ascii=False))
 
 
 def write_with(path: str | os.PathLike[str], writer: Callable[[Path], object]) -> None:

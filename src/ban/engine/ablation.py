@@ -21,7 +21,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ban.data.atomic import make_directory, write_json, write_with
+from ban.data.atomic import make_directory, write_file, write_json
 from ban.engine.config import SYNTHETIC_TRAINING, TrainConfig
 from ban.engine.run import CHECKPOINT_FILE, CONFIG_FILE, RunConfig, fingerprint, start_run
 from ban.engine.synthetic import FEATURE_DIM, NUM_IMAGES, SEED, synthetic_dataset
@@ -163,7 +163,7 @@ def run_ablation(out: str | os.PathLike[str], settings: AblationSettings,
     result.seconds = time.perf_counter() - began
     write_json(out / RESULTS_JSON, result.to_dict())
     table = markdown_table(result)
-    write_with(out / RESULTS_TABLE, lambda temp: temp.write_text(table, encoding="utf-8"))
+    write_file(out / RESULTS_TABLE, table)
     return result
 
 

@@ -18,11 +18,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ban.data.atomic import make_directory
+from ban.data.atomic import atomic_open, make_directory, write_file
 from ban.data.synthetic import export_flickr, export_vqa
 from ban.data.synthetic.baselines import blind_baselines
 from ban.data.synthetic.detections import BOX_COUNTS, UNIFORM_COUNTS
-from ban.data.synthetic.files import atomic_open, write_atomic
 from ban.data.synthetic.layout import (
     FLICKR_DIR,
     FLICKR_FEATURES,
@@ -134,9 +133,9 @@ def generate(
                     bar.update(len(results))
             for name, _ in FLICKR_SPLITS:
                 ids = [job.image_id for job in plan[("flickr", name)]]
-                write_atomic(out / FLICKR_DIR / f"{name}.txt", export_flickr.split_list(ids))
+                write_file(out / FLICKR_DIR / f"{name}.txt", export_flickr.split_list(ids))
     stats = _statistics(settings, num_images, flickr_images, counters)
-    write_atomic(out / STATS_FILE, json.dumps(stats, indent=2, sort_keys=False) + "\n")
+    write_file(out / STATS_FILE, json.dumps(stats, indent=2, sort_keys=False) + "\n")
     return stats
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 
+from ban.data.atomic import atomic_open
 from ban.data.synthetic.annotators import AnnotatorAnswer
-from ban.data.synthetic.files import atomic_open
 from ban.data.synthetic.questions import Question
 
 TASK_TYPE = "Open-Ended"

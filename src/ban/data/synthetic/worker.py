@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ban.data.atomic import write_file
 from ban.data.synthetic import annotators, captions, detections, export_flickr, export_vqa, features, questions
-from ban.data.synthetic.files import write_atomic
 from ban.data.synthetic.layout import FLICKR_DIR, VQA_SPLITS, ImageJob
 from ban.data.synthetic.render import render_scene
 from ban.data.synthetic.scenes import Scene, sample_scene
@@ -102,9 +102,9 @@ def make_image(settings: Settings, job: ImageJob) -> ImageResult:
         image_file = out / split.image_file(job.image_id)
     else:
         text = captions.sample_captions(stream(seed, index, CAPTIONS), scene, index * ENTITY_ID_STRIDE)
-        write_atomic(out / FLICKR_DIR / "Sentences" / f"{job.image_id}.txt", export_flickr.sentences_text(text))
+        write_file(out / FLICKR_DIR / "Sentences" / f"{job.image_id}.txt", export_flickr.sentences_text(text))
         xml = export_flickr.annotation_xml(job.image_id, scene.width, scene.height, text)
-        write_atomic(out / FLICKR_DIR / "Annotations" / f"{job.image_id}.xml", xml)
+        write_file(out / FLICKR_DIR / "Annotations" / f"{job.image_id}.xml", xml)
         for entity in text.entities:
             result.entity_types[entity.entity_type] += 1
             result.entity_flags["scene" if entity.scene else "nobndbox" if entity.hidden else "boxed"] += 1
@@ -112,7 +112,7 @@ def make_image(settings: Settings, job: ImageJob) -> ImageResult:
         result.entity_flags["captions"] += len(text.sentences)
         image_file = out / FLICKR_DIR / "images" / f"{job.image_id}.png"
     if settings.write_images:
-        write_atomic(image_file, _png(render_scene(scene)))
+        write_file(image_file, _png(render_scene(scene)))
     return result
 
 
