@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ban.data.flickr30k_prepare import entity_positions_of
-from ban.data.prepared import read_answers, read_manifest, read_tokens
+from ban.data.prepared import ANSWERS, DICTIONARY, read_answers, read_manifest, read_tokens
 from ban.engine.checkpoint import save_checkpoint
 from ban.engine.config import TrainConfig
 from ban.engine.run import CHECKPOINT_FILE, RunConfig, abandon_new_run, check_data, fingerprint, start_run
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("a VQA checkpoint needs --answers (the reference's cache/trainval_label2ans.pkl): "
                               "its classifier rows are in that list's order")
         reorder_answers(model, read_reference_answers(args.answers), read_answers(args.data), args.answers,
-                        args.data / "answers.json")
+                        args.data / ANSWERS)
     elif args.answers is not None:
         raise ConfigError("--answers is for VQA checkpoints; a grounding model has no answer classifier")
     data_dir = args.data.resolve()
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 def check_same_tokens(data_dir: Path, num_tokens: int, dictionary: Path | None) -> None:
     """Refuse a dataset whose token ids cannot be the checkpoint's: another count of tokens (``num_tokens``), or
     other words than the reference's ``dictionary`` (when given) at some id."""
-    tokens, path = read_tokens(data_dir), data_dir / "dictionary.json"
+    tokens, path = read_tokens(data_dir), data_dir / DICTIONARY
     if len(tokens) != num_tokens:
         raise DataError(f"{len(tokens)} tokens; the checkpoint's word table has {num_tokens}: the dataset was "
                         "prepared with another dictionary", path=path)

@@ -15,14 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from ban.data.features import FeatureRecord, FeatureStore, NpyFeatureStore, is_tsv_source
+from ban.data.features import LISTING, FeatureRecord, FeatureStore, NpyFeatureStore, is_tsv_source
 from ban.data.features_listing import write_sources_file
 from ban.data.features_tsv import iter_tsv_files
 from ban.data.features_writer import is_complete_store, source_stamps, write_feature_store
 from ban.errors import DataError
 
 CONVERTED = "features"  # the conversion's directory in the dataset
-LISTING = "features.json"  # every source, the conversion first
 
 
 def conversion_identity(tsv: Sequence[Path], images: Collection[int] | None) -> list[dict[str, Any]]:

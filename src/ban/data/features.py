@@ -27,6 +27,8 @@ from ban.data.npyfile import read_npy
 from ban.errors import DataError
 
 STORE_FORMAT_VERSION = 1
+STORE_META = "store.json"  # a store directory's description, written last
+LISTING = "features.json"  # a prepared dataset's list of feature sources, its conversion first
 FEATURE_DTYPES = ("float32", "float16")
 VALUE_LIMIT = 65504.0
 """The largest magnitude a feature, spatial feature or box coordinate may have: the largest float16, so a float16
@@ -131,10 +133,10 @@ class FeatureStore(ABC):
         ``features.json`` listing several such sources."""
         path = Path(path)
         if path.is_dir():
-            if (path / "store.json").is_file():
+            if (path / STORE_META).is_file():
                 return NpyFeatureStore(path)
-            if (path / "features.json").is_file():
-                return FeatureStore.open(path / "features.json")
+            if (path / LISTING).is_file():
+                return FeatureStore.open(path / LISTING)
             if any(path.glob("*.npy")):  # a store's arrays without the store.json written last
                 raise DataError("not a complete feature store (no store.json): rerun `ban prepare`", path=path)
             raise DataError(f"not a feature store (neither store.json nor features.json in it); {SOURCE_KINDS}",
@@ -228,7 +230,7 @@ class NpyFeatureStore(FeatureStore):
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = self.location = Path(directory)
-        self.meta = _read_store_meta(self.directory / "store.json")
+        self.meta = _read_store_meta(self.directory / STORE_META)
         self.feature_dim = self.meta["feature_dim"]
         num_images = self.meta["num_images"]
         super().__init__(self._index_array("image_ids", (num_images,)))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ban.data.atomic import write_json
-from ban.data.features import SOURCE_KINDS, FeatureStore, UnionFeatureStore
+from ban.data.features import LISTING, SOURCE_KINDS, STORE_META, FeatureStore, UnionFeatureStore
 from ban.data.jsonfile import read_json
 from ban.data.textfile import read_bytes, resolve_path
 from ban.errors import DataError
@@ -68,9 +68,9 @@ def source_identity(source: str | os.PathLike[str]) -> dict[str, dict[str, Any]]
     """
     source = Path(source)
     if source.is_dir():
-        if (source / "store.json").is_file():
-            return {str(source / "store.json"): _sha256(source / "store.json")}
-        source = source / "features.json"
+        if (source / STORE_META).is_file():
+            return {str(source / STORE_META): _sha256(source / STORE_META)}
+        source = source / LISTING
     if source.suffix == ".json":
         identity = {str(source): _sha256(source)}
         data = read_json(source) if source.is_file() else None

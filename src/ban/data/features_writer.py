@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ban.data.atomic import atomic_path, write_json
-from ban.data.features import FEATURE_DTYPES, STORE_FORMAT_VERSION, FeatureRecord, spatial_features
+from ban.data.features import FEATURE_DTYPES, STORE_FORMAT_VERSION, STORE_META, FeatureRecord, spatial_features
 from ban.data.jsonfile import read_json
 from ban.errors import DataError
 
@@ -127,7 +127,7 @@ def write_feature_store(
         meta = {"format_version": STORE_FORMAT_VERSION, "feature_dim": summary.feature_dim,
                 "num_images": summary.num_images, "num_boxes": summary.num_boxes, "dtype": dtype,
                 "sources": list(sources)}
-        write_json(temp / "store.json", meta)
+        write_json(temp / STORE_META, meta)
     return summary
 
 
@@ -169,7 +169,7 @@ def is_complete_store(out_dir: str | os.PathLike[str], sources: Sequence[dict[st
     """Whether ``out_dir`` holds a finished store built from exactly ``sources`` (see :func:`source_stamps`),
     so a rerun can skip the conversion."""
     try:
-        meta = read_json(Path(out_dir) / "store.json")
+        meta = read_json(Path(out_dir) / STORE_META)
     except DataError:  # missing or damaged: convert again
         return False
     return isinstance(meta, dict) and meta.get("sources") == list(sources)

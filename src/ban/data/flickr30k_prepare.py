@@ -45,14 +45,14 @@ from tqdm import tqdm
 from ban.data.atomic import atomic_path, write_json
 from ban.data.boxes import box_iou
 from ban.data.dictionary import Dictionary
-from ban.data.feature_setup import LISTING, finished_conversion, set_up_features
+from ban.data.feature_setup import finished_conversion, set_up_features
 from ban.data.feature_sources import check_feature_sources, images_of_sources
-from ban.data.features import FeatureRecord, is_tsv_source
+from ban.data.features import LISTING, FeatureRecord, is_tsv_source
 from ban.data.flickr30k_parse import ENTITY_TYPES, Caption, parse_annotation_file, parse_sentences_file, type_bits
 from ban.data.glove import check_glove_file, read_glove, report_coverage
 from ban.data.npyfile import offsets_of, write_npy, write_npz
 from ban.data.prepare_output import checked_output
-from ban.data.prepared import FORMAT_VERSION, MANIFEST
+from ban.data.prepared import DICTIONARY, FORMAT_VERSION, GLOVE, MANIFEST
 from ban.data.textfile import read_text
 from ban.data.tokenizer import tokenize
 from ban.data.vqa2 import nested_root_hint
@@ -306,9 +306,9 @@ def prepare_flickr30k(
             arrays = encode_split(sentences[split], positives, dictionary, length, max_entities)
             write_npz(temp / f"{split}.npz", arrays)
             split_summaries[split] = _split_summary(arrays, len(split_images[split]))
-        dictionary.save(temp / "dictionary.json")
+        dictionary.save(temp / DICTIONARY)
         if word_vectors is not None:
-            write_npy(temp / "glove.npy", word_vectors)
+            write_npy(temp / GLOVE, word_vectors)
         manifest = {
             "task": "grounding",
             "dataset": "flickr30k_entities",

@@ -13,7 +13,8 @@ import numpy as np
 
 from ban.data.dictionary import Dictionary
 from ban.data.distinct import check_listed_once
-from ban.data.feature_setup import CONVERTED, LISTING
+from ban.data.feature_setup import CONVERTED
+from ban.data.features import LISTING
 from ban.data.jsonfile import read_json, read_json_object, require_format_version
 from ban.errors import DataError
 from ban.numbers import is_int
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
     from ban.data.features import FeatureStore
 
 MANIFEST = "manifest.json"
+DICTIONARY = "dictionary.json"  # the question/caption vocabulary
+ANSWERS = "answers.json"  # VQA: the candidate answers in label order
+GLOVE = "glove.npy"  # with --glove: the word table's initial rows
+GLOVE_COOCCURRENCE = "glove_cooccurrence.npy"  # VQA with --glove: option c's second table
 FORMAT_VERSION = 1  # the manifest's "format_version": what `ban prepare` writes now
 
 
@@ -122,15 +127,20 @@ def check_token_ids(tokens: np.ndarray, padding_index: int, path: Path) -> None:
         raise DataError(f"token indices outside [0, {padding_index}]", path=path, field="tokens")
 
 
+def load_dictionary(data_dir: str | os.PathLike[str]) -> Dictionary:
+    """The question/caption vocabulary of ``data_dir`` (``dictionary.json``)."""
+    return Dictionary.load(Path(data_dir) / DICTIONARY)
+
+
 def read_tokens(data_dir: str | os.PathLike[str]) -> list[str]:
     """The question/caption vocabulary of ``data_dir`` (``dictionary.json``), in index order."""
-    return Dictionary.load(Path(data_dir) / "dictionary.json").tokens
+    return load_dictionary(data_dir).tokens
 
 
 def read_answers(data_dir: str | os.PathLike[str]) -> list[str]:
     """The candidate answers of a prepared VQA dataset in label order (``answers.json``: a list of strings)."""
-    path = Path(data_dir) / "answers.json"
-    answers = read_json(path, missing="no answers.json: not a complete prepared VQA dataset")
+    path = Path(data_dir) / ANSWERS
+    answers = read_json(path, missing=f"no {ANSWERS}: not a complete prepared VQA dataset")
     if not isinstance(answers, list) or not all(isinstance(answer, str) for answer in answers):
         raise DataError("expected a list of answer strings", path=path)
     check_listed_once(answers, "answer", "each label names one answer", path)

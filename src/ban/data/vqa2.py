@@ -26,14 +26,14 @@ from tqdm import tqdm
 from ban.data.answers import select_candidates, soft_score
 from ban.data.atomic import atomic_path, write_json, write_with
 from ban.data.dictionary import QUESTION_LENGTH, Dictionary
-from ban.data.feature_setup import LISTING, finished_conversion, set_up_features
+from ban.data.feature_setup import finished_conversion, set_up_features
 from ban.data.feature_sources import check_feature_sources, images_of_sources
-from ban.data.features import FeatureStore
+from ban.data.features import LISTING, FeatureStore
 from ban.data.glove import check_glove_file, cooccurrence_embedding, read_glove, report_coverage
 from ban.data.jsonfile import require
 from ban.data.npyfile import offsets_of, write_npy, write_npz
 from ban.data.prepare_output import checked_output
-from ban.data.prepared import FORMAT_VERSION, MANIFEST
+from ban.data.prepared import ANSWERS, DICTIONARY, FORMAT_VERSION, GLOVE, GLOVE_COOCCURRENCE, MANIFEST
 from ban.data.tokenizer import tokenize
 from ban.data.visual_genome import VGQuestion, load_visual_genome
 from ban.data.vqa_dataset import VQADataset
@@ -257,11 +257,11 @@ def prepare_vqa2(
             for name, questions in vg.kept.items():
                 manifest_splits[name] = _write_vg_split(name, questions, temp, dictionary, store, progress)
         if word_tables is not None:
-            for name, table in zip(("glove.npy", "glove_cooccurrence.npy"), word_tables, strict=True):
+            for name, table in zip((GLOVE, GLOVE_COOCCURRENCE), word_tables, strict=True):
                 write_npy(temp / name, table)
 
-        dictionary.save(temp / "dictionary.json")
-        write_json(temp / "answers.json", candidates)
+        dictionary.save(temp / DICTIONARY)
+        write_json(temp / ANSWERS, candidates)
         manifest = {
             "task": "vqa2", "format_version": FORMAT_VERSION, "splits": manifest_splits,
             "num_tokens": len(dictionary), "padding_index": dictionary.padding_index,

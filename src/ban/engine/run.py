@@ -19,7 +19,7 @@ from torch import nn
 
 from ban.data.atomic import make_directory, write_json
 from ban.data.jsonfile import read_json, read_json_object
-from ban.data.prepared import MANIFEST, manifest_size, read_manifest
+from ban.data.prepared import ANSWERS, DICTIONARY, MANIFEST, manifest_size, read_manifest
 from ban.engine.checkpoint import Checkpoint, read_position
 from ban.engine.config import TrainConfig, check_new_training
 from ban.engine.reporting import METRICS_FILE, recorded_epochs
@@ -31,7 +31,7 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 BEST_FILE = "best.safetensors"  # the weights of the epoch with the best validation score
 CHECKPOINTS = {"last": CHECKPOINT_FILE, "best": BEST_FILE}
-VOCABULARY_FILES = ("dictionary.json", "answers.json")
+VOCABULARY_FILES = (DICTIONARY, ANSWERS)
 FORMAT = "ban-run/1"
 # what a resumed run may change
 RESUME_CHANGEABLE = ("train.epochs", "train.eval_batch_size", "train.num_workers", "train.skip_nonfinite",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ban.data.prepared import MANIFEST
 from ban.filelock import held
 
 SEED = 0
@@ -33,12 +34,12 @@ def synthetic_dataset(seed: int = SEED, num_images: int = NUM_IMAGES, feature_di
 
     home = (root or cache_dir()) / f"synthetic-seed{seed}-images{num_images}-dim{feature_dim}"
     prepared = home / "prepared"
-    if (prepared / "manifest.json").is_file():
+    if (prepared / MANIFEST).is_file():
         return prepared
     home.mkdir(parents=True, exist_ok=True)
     # one process builds it (the ranks of `torchrun` all start here); the others wait, then find it complete
     with held(home.parent / f"{home.name}.lock", f"ban: waiting for another process preparing {home}"):
-        if (prepared / "manifest.json").is_file():
+        if (prepared / MANIFEST).is_file():
             return prepared
         raw = home / "raw"
         if not (raw / "stats.json").is_file():  # stats.json is written last: its presence marks a complete set

@@ -19,6 +19,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from ban.data.glove import load_word_vectors
 from ban.data.prepared import (
+    GLOVE,
+    GLOVE_COOCCURRENCE,
     MANIFEST,
     check_split,
     manifest_size,
@@ -95,7 +97,7 @@ class Task:
         initialisation. Raises :class:`DataError` naming the file for one that is not a finite float table with a
         row per token of dictionary.json, or a second table of another width than glove.npy."""
         tokens = read_tokens(self.data_dir)
-        path = self.data_dir / "glove.npy"
+        path = self.data_dir / GLOVE
         table = load_word_vectors(path, tokens)
         if table is None:
             return None
@@ -104,7 +106,7 @@ class Task:
                   f"{width}-d (model.word_dim): they start random instead. Train with --set model.word_dim="
                   f"{table.shape[1]}, or prepare the dataset with {width}-d GloVe vectors.", file=sys.stderr)
             return None
-        second_path = self.data_dir / "glove_cooccurrence.npy"
+        second_path = self.data_dir / GLOVE_COOCCURRENCE
         second = load_word_vectors(second_path, tokens) if two_tables else None
         if second is not None and second.shape[1] != width:
             raise DataError(f"{second.shape[1]}-d vectors, but glove.npy's are {width}-d: prepare the dataset again",

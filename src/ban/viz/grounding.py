@@ -19,11 +19,10 @@ from PIL import Image
 from torch import nn
 
 from ban.data.collate import collate_grounding
-from ban.data.dictionary import Dictionary
 from ban.data.flickr30k import GroundingDataset
 from ban.data.flickr30k_parse import Phrase, parse_sentences_file
 from ban.data.flickr30k_prepare import entity_positions_of
-from ban.data.prepared import prepared_from
+from ban.data.prepared import load_dictionary, prepared_from
 from ban.data.tokenizer import tokenize
 from ban.engine.evaluation import non_finite_output, to_device
 from ban.engine.tasks import grounding_outputs
@@ -107,7 +106,7 @@ class GroundingPictures:
         self.model = model
         self.device = device or torch.device("cpu")
         self.dataset = GroundingDataset(data_dir, split)
-        self.dictionary = Dictionary.load(Path(data_dir) / "dictionary.json")
+        self.dictionary = load_dictionary(data_dir)
         self.image_dir = image_dir
         root = prepared_from(Path(data_dir))
         folders = ([] if image_dir is None else [image_dir.parent]) + ([] if root is None else [root])

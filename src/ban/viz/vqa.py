@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ban.data.collate import collate_vqa
-from ban.data.dictionary import Dictionary
+from ban.data.prepared import load_dictionary
 from ban.data.tokenizer import tokenize
 from ban.data.vqa_dataset import VQADataset
 from ban.data.vqa_json import load_annotations, load_questions
@@ -70,7 +70,7 @@ class VQAPictures:
         self.questions = load_questions(questions_file) if questions_file.is_file() else {}
         self.annotations = ({int(r["question_id"]): r for r in load_annotations(annotations_file)}
                             if annotations_file.is_file() else {})
-        self.dictionary = Dictionary.load(self.data_dir / "dictionary.json")
+        self.dictionary = load_dictionary(self.data_dir)
 
     def words(self, question_id: int, tokens: np.ndarray) -> tuple[str, list[str]]:
         """(question text, one label per token position ``[L]``): the tokenised question as the model read it
