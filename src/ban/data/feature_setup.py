@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ban.data.features import LISTING, FeatureRecord, FeatureStore, NpyFeatureStore, is_tsv_source
+from ban.data.features import LISTING, FeatureRecord, FeatureStore, NpyFeatureStore, is_tsv_source, tsv_sources
 from ban.data.features_listing import write_sources_file
 from ban.data.features_tsv import iter_tsv_files
 from ban.data.features_writer import is_complete_store, source_stamps, write_feature_store
@@ -38,7 +38,7 @@ def finished_conversion(sources: Sequence[str | os.PathLike[str]], previous: Pat
                         images: Collection[int] | None = None) -> FeatureStore | None:
     """The conversion of exactly these TSV sources (keeping ``images``, when given) that the previous dataset at
     ``previous`` holds, opened; None when there is none, or it is damaged (then the TSV files are read again)."""
-    tsv = [Path(source) for source in sources if is_tsv_source(source)]
+    tsv = tsv_sources(sources)
     if not tsv:
         return None
     store, _ = _previous_conversion(previous / CONVERTED, conversion_identity(tsv, images))
@@ -66,7 +66,7 @@ def set_up_features(sources: Sequence[str | os.PathLike[str]], previous: Path, b
     sees nothing; a damaged one is said on stderr and converted again); write ``build/features.json`` listing the
     conversion first, then every other source; → the store that listing opens (checked to be ``feature_dim``-d
     when given)."""
-    tsv = [Path(source) for source in sources if is_tsv_source(source)]
+    tsv = tsv_sources(sources)
     listed = [Path(source) for source in sources if not is_tsv_source(source)]
     feature_dim = _common_width(listed, feature_dim)  # the TSV records must have it too: checked as they stream
     if tsv:

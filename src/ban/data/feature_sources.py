@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ban.data.features import FeatureStore, is_tsv_source
+from ban.data.features import FeatureStore, is_tsv_source, tsv_sources
 from ban.data.features_tsv import iter_tsv_image_ids
 from ban.errors import DataError
 
@@ -47,7 +47,7 @@ def images_of_sources(
     again line by line, so that a file whose records do not all keep the first one's layout cannot make an image
     look missing.
     """
-    tsv = [Path(source) for source in sources if is_tsv_source(source)]
+    tsv = tsv_sources(sources)
     if converted is None and not all(stat.S_ISREG(path.stat().st_mode) for path in tsv):
         return None
     holders = _holders(sources, tsv, held_once, converted, jump=True, progress=progress)

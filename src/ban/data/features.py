@@ -29,6 +29,7 @@ from ban.errors import DataError
 STORE_FORMAT_VERSION = 1
 STORE_META = "store.json"  # a store directory's description, written last
 LISTING = "features.json"  # a prepared dataset's list of feature sources, its conversion first
+HDF5_SUFFIXES = (".hdf5", ".h5")  # the authors' feature caches
 FEATURE_DTYPES = ("float32", "float16")
 VALUE_LIMIT = 65504.0
 """The largest magnitude a feature, spatial feature or box coordinate may have: the largest float16, so a float16
@@ -107,7 +108,12 @@ def is_tsv_source(path: str | os.PathLike[str]) -> bool:
     its name, e.g. ``….tsv.1``), rather than one :meth:`FeatureStore.open` reads as it is: a store directory, an
     ``.hdf5`` / ``.h5`` cache or a ``.json`` list of sources."""
     path = Path(path)
-    return not (path.is_dir() or path.suffix in (".hdf5", ".h5", ".json"))
+    return not (path.is_dir() or path.suffix in HDF5_SUFFIXES or path.suffix == ".json")
+
+
+def tsv_sources(sources: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The ``sources`` that are bottom-up TSV files to convert (:func:`is_tsv_source`), in their order."""
+    return [Path(source) for source in sources if is_tsv_source(source)]
 
 
 class FeatureStore(ABC):
@@ -141,7 +147,7 @@ class FeatureStore(ABC):
                 raise DataError("not a complete feature store (no store.json): rerun `ban prepare`", path=path)
             raise DataError(f"not a feature store (neither store.json nor features.json in it); {SOURCE_KINDS}",
                             path=path)
-        if path.suffix in (".hdf5", ".h5"):
+        if path.suffix in HDF5_SUFFIXES:
             from ban.data.features_hdf5 import Hdf5FeatureStore
 
             return Hdf5FeatureStore(path)
