@@ -348,13 +348,7 @@ class Trainer:
             self.graphs.follow_learning_rate()
         batches = ShardedBatches(len(self.data), config.batch_size, config.seed, epoch, rank=context.rank,
                                  world_size=context.world_size, start=start, sizes=self.box_counts)
-        loader: Iterable[Batch]
-        if self.resident is not None:  # batches gathered on the device: no loader
-            loader = map(self.resident_batch, batches)
-        else:
-            loader = map(self.device_batch, DataLoader(
-                self.data, batch_sampler=batches, collate_fn=self.task.collate, num_workers=config.num_workers,
-                pin_memory=context.device.type == "cuda", generator=torch.Generator().manual_seed(config.seed + epoch)))
+        loader = self.device_batches(batches, epoch)
         # running sums of loss, score, samples and scored units, kept on the device (no host sync per step); a
         # resumed epoch's sums so far are every process's together (see the interrupt below): the main process
         # carries them (a checkpoint from before "scored" was summed scored its samples)
@@ -400,6 +394,16 @@ class Trainer:
             record["skipped_batches"] = skipped
         return record, start + len(batches), {**dict(zip(SUMS, totals, strict=True)), "seconds": seconds,
                                               "skipped": skipped}
+
+    def device_batches(self, batches: ShardedBatches, epoch: int) -> Iterable[Batch]:
+        """This process's ``batches`` of the epoch on its device: gathered there from the resident copy, or collated
+        by a DataLoader (``num_workers`` processes, seeded by the epoch) and moved there."""
+        if self.resident is not None:
+            return map(self.resident_batch, batches)
+        loader = DataLoader(self.data, batch_sampler=batches, collate_fn=self.task.collate,
+                            num_workers=self.config.num_workers, pin_memory=self.context.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(self.config.seed + epoch))
+        return map(self.device_batch, loader)
 
     def refuse_non_finite_input(self, what: str, batch: Batch, indices: list[int], epoch: int, step: int) -> None:
         """After a non-finite ``what`` (loss or gradient), in every process together: :class:`DivergedOnData` naming
