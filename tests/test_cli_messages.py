@@ -140,7 +140,7 @@ def test_evaluate_of_a_missing_directory_says_there_is_none(tmp_path, capsys):
     assert f"{tmp_path} is not a run directory (no config.json)" in error_of(capsys, ["evaluate", str(tmp_path)])
 
 
-@pytest.mark.parametrize("held", ["notes", "file"])
+@pytest.mark.parametrize("held", ["notes", "file", "under a file"])
 def test_prepare_names_out_as_the_option(raw, tmp_path, capsys, held):
     out = tmp_path / "d1"
     if held == "notes":
@@ -148,11 +148,17 @@ def test_prepare_names_out_as_the_option(raw, tmp_path, capsys, held):
         (out / "notes.txt").write_text("mine")
         message = f"{out}: --out is not empty and is not a prepared vqa2 dataset (no manifest.json with \"task\": " \
                   "\"vqa2\"); it is replaced as a whole: choose a new or empty directory"
-    else:
+    elif held == "file":
         out.write_text("mine")
         message = f"{out}: --out exists and is not a directory"
+    else:
+        out.write_text("mine")
+        message = f"{out}: --out {out / 'sub' / 'data'} lies under this, which is not a directory"
+        out = out / "sub" / "data"
     error = error_of(capsys, prepare_vqa2_command(raw, out))
-    assert message in error and "field 'out'" not in error
+    assert message in error and "field 'out'" not in error and "Traceback" not in error
+    if held != "notes":
+        assert (tmp_path / "d1").read_text() == "mine"
 
 
 def test_prepare_flickr30k_points_at_the_folder_ban_synth_wrote(raw, tmp_path, capsys):

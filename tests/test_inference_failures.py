@@ -135,10 +135,10 @@ def test_results_that_cannot_be_written_keep_the_earlier_logits(run_dir, tmp_pat
 
     results, logits = earlier_files(tmp_path / "out")
 
-    def full_disk(path: Path, writer: object) -> None:
+    def full_disk(path: Path, data: str) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(ban.commands.predict, "write_with", full_disk)
+    monkeypatch.setattr(ban.commands.predict, "write_file", full_disk)
     assert main(["predict", str(run_dir), "--split", "val", "--out", str(results), "--logits", str(logits)]) == 2
     assert f"{results}: cannot be written: No space left on device" in capsys.readouterr().err
     assert results.read_text() == "earlier" and np.load(logits).tolist() == [0, 0, 0]

@@ -251,3 +251,13 @@ def test_score_command_reports_bad_files(tmp_path: Path, capsys: pytest.CaptureF
     options = write_official_files(tmp_path, [], [])
     assert main(["score", *options]) == 2
     assert f"{tmp_path / 'annotations.json'}: field 'annotations': no annotated questions" in capsys.readouterr().err
+
+
+def test_score_says_when_the_questions_and_annotations_are_swapped(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    questions, annotations, results = write_official_files(tmp_path, six_annotations(), SIX_RESULTS)
+    swapped = [questions.replace("--questions", "--annotations"), annotations.replace("--annotations", "--questions")]
+    assert main(["score", *swapped, results]) == 2
+    assert capsys.readouterr().err == (f"ban score: error: {tmp_path / 'questions.json'}: field 'annotations': an "
+                                       "official questions file, not the annotations file (it lists 'questions'): were "
+                                       "the two files swapped?\n")

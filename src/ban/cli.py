@@ -22,7 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train BAN (on the synthetic scenes when no --data is given); checkpoints, resume, DDP"),
     "evaluate": ("evaluate", "official metrics of a trained run on a split (VQA accuracy / grounding recall)"),
     "predict": ("predict", "answers of a trained run in the VQA evaluation server's results format"),
-    "bench": ("bench", "throughput and memory of BAN training and inference steps (fused, plain, graphed, compiled)"),
+    "bench": ("bench", "throughput and memory of BAN training and inference steps (straightforward, plain, fused, "
+                       "graphed, compiled)"),
     "score": ("score", "official VQA accuracy of a results file (overall, per answer and question type)"),
     "prepare": ("prepare", "raw dataset files (VQA 2.0, Flickr30k Entities) → a prepared dataset directory"),
     "synth": ("synth", "write synthetic scenes in the official VQA 2.0 / bottom-up TSV / Flickr30k Entities formats"),

@@ -1,9 +1,9 @@
 """`ban evaluate RUN_DIR`: the official metrics of a trained run on a split of its dataset.
 
 VQA: ``{"overall": %, "perAnswerType": {...}, "perQuestionType": {...}, "trainingScore": %, "upperBound": %}``;
-grounding: ``{"recall@1": %, "recall@5": %, "recall@10": %, "upperBound": %, "perType": {...}}`` (each explained
-in docs/training.md, "Validation numbers"). Under ``torchrun`` the processes share the batches; the main one prints
-the same metrics as one process's.
+grounding: ``{"recall@1": %, "recall@5": %, "recall@10": %, "upperBound": %, "count": n, "perType": {...}}``
+(each explained in docs/training.md, "Validation numbers"). Under ``torchrun`` the processes share the batches;
+the main one prints the same metrics as one process's.
 """
 
 from __future__ import annotations

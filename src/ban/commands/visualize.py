@@ -10,7 +10,7 @@ Grounding: per caption, the image with each phrase's top-scoring box, one colour
     ban visualize runs/flickr --split test --captions 0 5 9 --images ~/flickr30k/images
 
 Images are looked up by the COCO naming convention (``COCO_<subset>_<12-digit id>.jpg|png``; Flickr30k:
-``<id>.jpg``) in --images, by default in an ``images`` folder next to the prepared dataset (the synthetic
+``<id>.jpg`` or ``.png``) in --images, by default in an ``images`` folder next to the prepared dataset (the synthetic
 scenes have one). Without an image file the boxes are drawn on a blank canvas of the image's size; an image file
 that cannot be read (not an image, truncated) is a :class:`DataError` naming it.
 """
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="without --questions/--captions: how many (default 4)")
     parser.add_argument("--random", action="store_true", help="draw --num at random instead of the first ones")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of --random (default 0)")
-    parser.add_argument("--images", type=Path, help="image folder (COCO file names; Flickr30k: <id>.jpg)")
+    parser.add_argument("--images", type=Path, help="image folder (COCO file names; Flickr30k: <id>.jpg or .png)")
     parser.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/attention/<split>)")
     add_run_arguments(parser, default_device="cpu", shared=False)
 

@@ -62,7 +62,7 @@ def make_directory(path: str | os.PathLike[str]) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise DataError("exists and is not a directory", path=_first_non_directory(path) or path) from None
+        raise DataError("exists and is not a directory", path=first_non_directory(path) or path) from None
     return path
 
 
@@ -72,7 +72,7 @@ def check_file_target(path: str | os.PathLike[str]) -> None:
     path = Path(path)
     if path.is_dir():
         raise DataError("is a directory: give the name of the file to write", path=path)
-    culprit = _first_non_directory(path.parent)
+    culprit = first_non_directory(path.parent)
     if culprit is not None:
         raise DataError("exists and is not a directory", path=culprit)
 
@@ -89,7 +89,7 @@ def _check_movable(directory: Path) -> None:
                         "directory inside it", path=directory)
 
 
-def _first_non_directory(path: Path) -> Path | None:
+def first_non_directory(path: Path) -> Path | None:
     """The outermost of ``path`` and its parents that exists (or is a dangling link) and is not a directory."""
     return next((part for part in reversed((path, *path.parents))
                  if (part.exists() or part.is_symlink()) and not part.is_dir()), None)

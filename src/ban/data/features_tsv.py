@@ -252,8 +252,8 @@ def _parse_line(line: bytes, path: Path, line_number: int, feature_dim: int | No
     width = features.size // num_boxes
     if feature_dim is not None and width != feature_dim:
         raise DataError(f"feature width {width} (= {features.size} floats / {num_boxes} boxes), expected "
-                        f"{feature_dim}{_float64_hint(width, feature_dim)}", path=path, record=where,
-                        field="features")
+                        f"{feature_dim} (--feature-dim when given, else the width read first)"
+                        f"{_float64_hint(width, feature_dim)}", path=path, record=where, field="features")
     check_values(features, path=path, record=where, field="features")
     return FeatureRecord(image_id, image_w, image_h, boxes, features.reshape(num_boxes, width), path=str(path),
                          line=line_number)
@@ -310,4 +310,4 @@ def _float32_array(text: bytes, path: Path, where: str, name: str) -> np.ndarray
 
 def _float64_hint(count: int, expected: int) -> str:
     """A hint for a field holding twice the float32 values expected: the bytes of float64 values."""
-    return " (twice as many: float64 values? the format is float32)" if count == 2 * expected else ""
+    return "; twice as many: float64 values? the format is float32" if count == 2 * expected else ""

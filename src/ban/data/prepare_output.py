@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from ban.data.atomic import first_non_directory
 from ban.data.prepared import MANIFEST, read_manifest
 from ban.data.textfile import resolve_path
 from ban.errors import DataError
@@ -35,8 +36,12 @@ def checked_output(
 
 
 def _check_replaceable(out: Path, task: str) -> None:
-    """``out`` is missing, an empty directory, or a prepared dataset of ``task``."""
+    """``out`` is missing (and can be made: no parent of it is a file), an empty directory, or a prepared dataset
+    of ``task``."""
     if not out.exists():
+        culprit = first_non_directory(out.parent)
+        if culprit is not None:
+            raise DataError(f"--out {out} lies under this, which is not a directory", path=culprit)
         return
     if not out.is_dir():
         raise DataError("--out exists and is not a directory", path=out)

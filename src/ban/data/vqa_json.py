@@ -64,8 +64,12 @@ def load_questions(path: PathLike) -> dict[int, dict[str, Any]]:
 def _question_records(path: PathLike, key: str, repeated: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """The records listed under ``key`` of an official file, each an object with an int ``question_id`` no other
     record has (else ``repeated`` is the error), with where it is for messages: ``"<index> (question_id=<id>)"``."""
+    data, other = read_json(path), {"questions": "annotations", "annotations": "questions"}[key]
+    if isinstance(data, dict) and key not in data and isinstance(data.get(other), list):
+        raise DataError(f"an official {other} file, not the {key} file (it lists {other!r}): were the two files "
+                        "swapped?", path=path, field=key)
     seen: set[int] = set()
-    for index, record in enumerate(require_list(read_json(path), key, path)):
+    for index, record in enumerate(require_list(data, key, path)):
         if not isinstance(record, dict):
             raise DataError("expected an object", path=path, record=index)
         question_id = require(record, "question_id", int, path, index)
