@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from ban.data.glove import load_word_vectors
+from ban.data.loader import BatchLoader
 from ban.data.prepared import (
     GLOVE,
     GLOVE_COOCCURRENCE,
@@ -77,15 +78,16 @@ class Task:
         return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
     def loader(self, dataset: Dataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False,
-               shard: Shard = WHOLE) -> DataLoader:
+               shard: Shard = WHOLE) -> BatchLoader:
         """Batches of ``dataset`` for evaluation and prediction, :func:`ban.engine.evaluation.evaluation_batches`
         (less padding than the dataset's order) — of ``shard`` = (rank, processes), every ``processes``-th from the
         ``rank``-th; ``loader.batch_sampler`` lists each batch's dataset indices. ``num_workers`` loader processes
         (0: this one); ``pin_memory`` for a CUDA device. The loader has its own generator: an evaluation draws
         nothing from torch's global one, so a training run's random stream (its dropout masks) is the same whether
         and however it validates."""
-        return DataLoader(dataset, batch_sampler=sharded_batches(dataset, batch_size, shard), collate_fn=self.collate,
-                          num_workers=num_workers, pin_memory=pin_memory, generator=torch.Generator())
+        return BatchLoader(dataset, batch_sampler=sharded_batches(dataset, batch_size, shard),
+                           collate_fn=self.collate, num_workers=num_workers, pin_memory=pin_memory,
+                           generator=torch.Generator())
 
     def model_sizes(self) -> dict[str, int]:
         """Model config fields fixed by the data (vocabulary, answers, feature width)."""

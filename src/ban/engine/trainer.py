@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ban import kernels
+from ban.data.loader import BatchLoader
 from ban.engine import distributed
 from ban.engine.checkpoint import Checkpoint, read_position, save_checkpoint
 from ban.engine.distributed import DistContext, ShardedBatches
@@ -400,9 +400,9 @@ class Trainer:
         by a DataLoader (``num_workers`` processes, seeded by the epoch) and moved there."""
         if self.resident is not None:
             return map(self.resident_batch, batches)
-        loader = DataLoader(self.data, batch_sampler=batches, collate_fn=self.task.collate,
-                            num_workers=self.config.num_workers, pin_memory=self.context.device.type == "cuda",
-                            generator=torch.Generator().manual_seed(self.config.seed + epoch))
+        loader = BatchLoader(self.data, batch_sampler=batches, collate_fn=self.task.collate,
+                             num_workers=self.config.num_workers, pin_memory=self.context.device.type == "cuda",
+                             generator=torch.Generator().manual_seed(self.config.seed + epoch))
         return map(self.device_batch, loader)
 
     def refuse_non_finite_input(self, what: str, batch: Batch, indices: list[int], epoch: int, step: int) -> None:
