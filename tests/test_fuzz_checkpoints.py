@@ -189,6 +189,22 @@ def test_non_finite_values_in_a_checkpoint_are_refused_by_name(good_file, tmp_pa
         load_everything(path)
 
 
+@pytest.mark.parametrize("name", ["classifier.hidden.weight_v", "attention.glimpse_weight_v"])
+def test_an_all_zero_weight_direction_is_refused_by_name(tmp_path, name):
+    """Its norm is 0: weight normalisation would make every output NaN, which evaluation would then blame on the
+    region features."""
+    model, optimizer = trained_pieces()
+    assert name in model.state_dict()
+    with torch.no_grad():
+        model.state_dict()[name].zero_()
+    path = tmp_path / "checkpoint.safetensors"
+    save_checkpoint(path, model, optimizer, STATE, {"torch_cpu/0": torch.get_rng_state()})
+    with pytest.raises(CheckpointError) as caught:
+        load_everything(path)
+    assert str(caught.value) == (f"{path}: field {name!r}: all zeros: a weight-normalised layer divides this by its "
+                                 "norm, so every output would be NaN")
+
+
 RUN = RunConfig("vqa", "/data/prepared", CONFIG, TrainConfig(batch_size=32, epochs=3), {"answers.json": "ab" * 32})
 
 

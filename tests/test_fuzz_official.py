@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 import torch
 from conftest import OFFICIAL_FIXTURES
 from hypothesis import HealthCheck, given, settings
@@ -78,3 +79,12 @@ def test_truncated_or_garbled_files_give_checkpoint_errors(garbage, cut, tmp_pat
         ban.load_official_checkpoint(path)
     except CheckpointError as error:
         assert "checkpoint.pth" in str(error)
+
+
+@pytest.mark.parametrize("key", ["module.q_prj.0.main.1.weight_v", "module.v_att.logits.h_mat_v"])
+def test_an_all_zero_weight_direction_is_refused_by_its_reference_name(key):
+    state = dict(REFERENCE["model_state"])
+    state[key] = torch.zeros_like(state[key])
+    with pytest.raises(CheckpointError) as caught:
+        ban.load_official_checkpoint({"epoch": 0, "model_state": state, "optimizer_state": {}})
+    assert caught.value.field == key.removeprefix("module.") and caught.value.message.startswith("all zeros")

@@ -23,7 +23,7 @@ from ban.data.atomic import write_with
 from ban.data.dictionary import Dictionary
 from ban.data.distinct import check_listed_once
 from ban.data.pickle_map import read_plain_pickle
-from ban.engine.checkpoint import WEIGHT_DTYPES
+from ban.engine.checkpoint import WEIGHT_DTYPES, check_weight_direction
 from ban.errors import CheckpointError, ConfigError, DataError
 from ban.models import BANConfig, build_model
 
@@ -185,6 +185,7 @@ def load_official_checkpoint(source: str | os.PathLike[str] | Mapping[str, objec
                                   f"{', meta' if value.is_meta else ''})", path=label, field=key)
         if not torch.isfinite(value).all():
             raise CheckpointError("tensor holds NaN or infinite values", path=label, field=key)
+        check_weight_direction(value, label, ours, field=key)
         shape = _reference_shape(ours, tuple(expected[ours].shape))
         scalar = value.numel() == 1 and value.dim() <= 1 and len(shape) == 0  # a gain saved as [] or [1]
         if tuple(value.shape) != shape and not scalar:

@@ -136,6 +136,7 @@ class Checkpoint:
                 raise CheckpointError(f"shape {list(tensor.shape)}, the model's is {list(expected[name].shape)}",
                                       path=self.path, field=name)
             _check_finite(tensor, self.path, name)
+            check_weight_direction(tensor, self.path, name)
         try:
             model.load_state_dict(self.model, strict=True)
         except RuntimeError as error:
@@ -181,6 +182,15 @@ def _check_finite(tensor: torch.Tensor, path: Path, name: str) -> None:
         raise CheckpointError(f"values of type {tensor.dtype}, which ban never writes", path=path, field=name)
     if tensor.is_floating_point() and not torch.isfinite(tensor).all():
         raise CheckpointError("holds NaN or infinite values", path=path, field=name)
+
+
+def check_weight_direction(tensor: torch.Tensor, path: str | Path, name: str, field: str | None = None) -> None:
+    """A weight-normalised layer's direction (``name`` ending in ``weight_v``, as ban names it) is never all zeros:
+    the layer divides it by its norm, and 0/0 would make every output NaN. The error names ``field`` (default:
+    ``name``)."""
+    if name.endswith("weight_v") and not tensor.any():
+        raise CheckpointError("all zeros: a weight-normalised layer divides this by its norm, so every output would "
+                              "be NaN", path=path, field=field or name)
 
 
 # the numbers every epoch record of a checkpoint's history holds
