@@ -595,6 +595,9 @@ def test_unknown_split_name(raw) -> None:
     (dict(target_offsets=[0, 1, 2]), "target_offsets", "target offsets do not fit the labels"),  # a label left over
     (dict(target_offsets=[1, 1, 3]), "target_offsets", "target offsets do not fit the labels"),  # not from 0
     (dict(target_scores=[0.3, 0.9]), "target_offsets", "target offsets do not fit the labels"),  # a score missing
+    (dict(target_scores=[0.3, float("nan"), 1.0]), "target_scores", r"soft score nan outside \[0, 1\]"),
+    (dict(target_scores=[0.3, 0.9, 1.0001]), "target_scores", r"soft score 1.0001 outside \[0, 1\]"),
+    (dict(target_scores=[-0.1, 0.9, 1.0]), "target_scores", r"soft score -0.1 outside \[0, 1\]"),
 ])
 def test_targets_that_do_not_fit_are_refused_at_their_boundaries(raw, change, field, message) -> None:
     """val.npz holds offsets [0, 1, 3], labels [0, 3, 4] of 5 answers and 3 scores (as prepared above); each
@@ -608,6 +611,18 @@ def test_targets_that_do_not_fit_are_refused_at_their_boundaries(raw, change, fi
     with pytest.raises(DataError, match=message) as error:
         VQADataset(raw["out"], "val")
     assert error.value.field == field and error.value.path.endswith("val.npz")
+
+
+def test_a_score_outside_0_1_names_its_question(raw) -> None:
+    """val.npz's offsets [0, 1, 3]: the third score belongs to the second question."""
+    prepare_vqa2(raw["root"], raw["features"], raw["out"], min_answer_count=1, progress=False)
+    with np.load(raw["out"] / "val.npz") as npz:
+        arrays = dict(npz)
+    arrays["target_scores"] = np.array([0.3, 0.9, np.inf], dtype=np.float32)
+    np.savez(raw["out"] / "val.npz", **arrays)
+    with pytest.raises(DataError, match=r"soft score inf outside \[0, 1\]") as error:
+        VQADataset(raw["out"], "val")
+    assert error.value.record == f"question_id={arrays['question_id'][1]}"
 
 
 def test_a_split_file_without_an_array_is_refused(raw) -> None:

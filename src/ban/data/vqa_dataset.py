@@ -39,8 +39,8 @@ _SPLIT_ARRAYS: dict[str, tuple[str, int]] = {
 
 def load_split_arrays(path: Path) -> dict[str, np.ndarray]:
     """The arrays of a prepared ``<split>.npz``, checked: no pickled objects (never unpickled), the expected
-    names, types and dimensions, one row per question, each question id once and target offsets that fit the
-    labels."""
+    names, types and dimensions, one row per question, each question id once, target offsets that fit the labels
+    and soft scores in [0, 1]."""
     arrays = read_split_npz(path, _SPLIT_ARRAYS)
     count = len(arrays["question_id"])
     offsets = arrays["target_offsets"]
@@ -49,6 +49,12 @@ def load_split_arrays(path: Path) -> dict[str, np.ndarray]:
     if len(arrays["target_labels"]) != len(arrays["target_scores"]) or \
             not offsets_fit(offsets, count, len(arrays["target_labels"])):
         raise DataError("target offsets do not fit the labels", path=path, field="target_offsets")
+    scores = arrays["target_scores"]
+    outside = np.flatnonzero(~((scores >= 0) & (scores <= 1)))  # NaN is outside too
+    if len(outside):
+        row = int(np.searchsorted(offsets, outside[0], side="right")) - 1
+        raise DataError(f"soft score {float(scores[outside[0]]):g} outside [0, 1]", path=path,
+                        record=f"question_id={arrays['question_id'][row]}", field="target_scores")
     repeated = repeated_positions(arrays["question_id"])
     if len(repeated):
         raise DataError(f"question listed twice (rows {repeated[0]} and {repeated[1]})", path=path,
