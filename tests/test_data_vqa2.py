@@ -390,6 +390,24 @@ def test_visual_genome_augmentation(raw, tmp_path) -> None:
         task.annotations("vg-val")
 
 
+def test_training_on_splits_without_a_question_is_refused(raw, tmp_path, capsys) -> None:
+    """A Visual Genome set without an image of COCO's val: vg-val holds no question, so training on it alone would
+    take no step and write NaN losses."""
+    vg = write_visual_genome(tmp_path / "vg")
+    images = json.loads((vg / "image_data.json").read_text())
+    (vg / "image_data.json").write_text(json.dumps([{**image, "coco_id": None} if image["coco_id"] == 4 else image
+                                                    for image in images]))
+    prepare_vqa2(raw["root"], raw["features"], raw["out"], visual_genome=vg, min_answer_count=1, progress=False)
+    assert len(VQADataset(raw["out"], "vg-val")) == 0
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(raw["out"]), "--out", str(run_dir), "--epochs", "1", "--preset", "tiny",
+                 "--set", "model.hidden_dim=8", "--set", "model.word_dim=4", "--set", "train_splits=vg-val"]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"ban train: error: training setting 'train_splits': vg-val of {raw['out']} hold no samples: nothing to train "
+        "on\n")
+    assert not run_dir.exists()
+
+
 def test_glove_initialisation(raw, tmp_path) -> None:
     glove = tmp_path / "glove.txt"
     vectors = {"the": [0.5, -1.0, 2.0], "cat": [1.0, 0.0, 0.25], "dog": [-2.0, 3.0, 1.0], "zebra": [9.0, 9.0, 9.0]}

@@ -242,6 +242,9 @@ class Trainer:
                 report_resumed(run_dir, self.position["history"])
         self.history: list[dict[str, Any]] = self.position["history"]
         self.data = task.dataset(self.config.train_splits)
+        if len(self.data) == 0:  # (a Visual Genome split with no image in its COCO split, say)
+            raise ConfigError(f"training setting 'train_splits': {', '.join(self.config.train_splits)} of "
+                              f"{task.data_dir} hold no samples: nothing to train on")
         self.resident = task.resident(self.data, context.device, self.precision, context.is_main) \
             if self.config.resident else None
         self.box_counts = task.box_counts(self.data) if self.config.bucket_boxes else None
