@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import resource
 import signal
@@ -174,3 +175,25 @@ def test_sigterm_is_raised_once_and_forked_workers_keep_the_default(monkeypatch)
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize(("option", "inside"), [("--out", "checkpoint.safetensors"), ("--out", "config.json"),
+                                                 ("--logits", "report/logits.npy"), ("--out", "DATA/val.npz")])
+def test_outputs_over_the_runs_or_its_datasets_own_files_are_refused(run_dir, tmp_path, capsys, option, inside):
+    """Predicting into the checkpoint it has just read (or the dataset it answers) lost the run; other names in the
+    run directory (results.json) are fine."""
+    data_dir = run_dir.parent / "prepared"
+    target = data_dir / inside.removeprefix("DATA/") if inside.startswith("DATA/") else run_dir / inside
+    before = {path: path.read_bytes() for folder in (run_dir, data_dir) for path in folder.rglob("*") if path.is_file()}
+    outputs = {"--out": str(tmp_path / "results.json"), option: str(target)}
+    if option == "--logits":
+        outputs["--out"] = str(run_dir / "results.json")
+    arguments = [argument for pair in outputs.items() for argument in pair]
+    assert main(["predict", str(run_dir), "--split", "val", *arguments]) == 2
+    assert capsys.readouterr().err == (f"ban predict: error: {option} {target} would overwrite the run's or its "
+                                       "dataset's own files: write it elsewhere\n")
+    assert {path: path.read_bytes() for path in before} == before
+    assert not (run_dir / "results.json").exists()
+    assert main(["predict", str(run_dir), "--split", "val", "--out", str(run_dir / "results.json")]) == 0
+    assert json.loads((run_dir / "results.json").read_text())
+    (run_dir / "results.json").unlink()

@@ -31,7 +31,7 @@ from ban.data.atomic import atomic_path, check_file_target, make_directory, writ
 from ban.engine import distributed
 from ban.engine.distributed import DistContext
 from ban.engine.evaluation import predict_logits
-from ban.engine.run import LoadedRun
+from ban.engine.run import LoadedRun, check_not_run_output, read_run_config
 from ban.engine.tasks import VQATask, make_task
 from ban.errors import ConfigError, DataError
 
@@ -60,10 +60,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def open_prediction(args: argparse.Namespace) -> tuple[LoadedRun, VQATask, Dataset]:
-    """What is checked before predicting (refused now, not after it): the files to write (their folders made),
-    then the run, its task and the split to answer (opened)."""
-    for target in filter(None, (args.out, args.logits)):
+    """What is checked before predicting (refused now, not after it): the files to write (not the run's or its
+    dataset's own; their folders made), then the run, its task and the split to answer (opened)."""
+    data_dir = args.data if args.data is not None else read_run_config(args.run_dir).data_dir
+    for option, target in (("--out", args.out), ("--logits", args.logits)):
+        if target is None:
+            continue
         check_file_target(target)
+        check_not_run_output(target, args.run_dir, data_dir, option)
         try:
             make_directory(target.parent)
         except OSError as error:

@@ -12,6 +12,8 @@ from ban.numbers import is_number
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "learning_curves.png"
+TENSORBOARD_DIR = "tensorboard"
+REPORT_DIR = "report"  # the attention pictures written at the end of training (ban.viz.report)
 
 
 def report_epoch(run_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -71,7 +73,7 @@ def log_tensorboard(run_dir: Path, record: dict[str, Any]) -> None:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return
-    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
+    with SummaryWriter(str(run_dir / TENSORBOARD_DIR)) as writer:
         for key, value in scalars(record).items():
             if key != "epoch":
                 writer.add_scalar(key, value, int(record["epoch"]))

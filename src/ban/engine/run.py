@@ -22,7 +22,7 @@ from ban.data.jsonfile import read_json, read_json_object
 from ban.data.prepared import ANSWERS, DICTIONARY, MANIFEST, manifest_size, read_manifest
 from ban.engine.checkpoint import Checkpoint, read_position
 from ban.engine.config import TrainConfig, check_new_training
-from ban.engine.reporting import METRICS_FILE, recorded_epochs
+from ban.engine.reporting import CURVES_FILE, METRICS_FILE, REPORT_DIR, TENSORBOARD_DIR, recorded_epochs
 from ban.engine.tasks import dataset_task
 from ban.errors import CheckpointError, ConfigError, DataError
 from ban.models import BANConfig, build_model
@@ -31,6 +31,8 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 BEST_FILE = "best.safetensors"  # the weights of the epoch with the best validation score
 CHECKPOINTS = {"last": CHECKPOINT_FILE, "best": BEST_FILE}
+# what `ban train` writes in a run directory: nothing else may be written over them
+RUN_CONTENTS = (CONFIG_FILE, CHECKPOINT_FILE, BEST_FILE, METRICS_FILE, CURVES_FILE, TENSORBOARD_DIR, REPORT_DIR)
 VOCABULARY_FILES = (DICTIONARY, ANSWERS)
 FORMAT = "ban-run/1"
 # what a resumed run may change
@@ -235,6 +237,17 @@ class LoadedRun:
     model: nn.Module
     config: RunConfig
     data_dir: Path
+
+
+def check_not_run_output(target: str | Path, run_dir: str | Path, data_dir: str | Path, option: str) -> None:
+    """Refuse an output file ``target`` (given as ``option``) that would overwrite what ``ban train`` wrote in
+    ``run_dir`` (:data:`RUN_CONTENTS`) or anything in its prepared dataset ``data_dir`` (which ``ban prepare``
+    replaces as a whole); any other name in the run directory, such as ``results.json``, is fine."""
+    resolved, run = Path(target).resolve(), Path(run_dir).resolve()
+    owned = [run / name for name in RUN_CONTENTS] + [Path(data_dir).resolve()]
+    if any(resolved == path or path in resolved.parents for path in owned):
+        raise ConfigError(f"{option} {target} would overwrite the run's or its dataset's own files: write it "
+                          "elsewhere")
 
 
 def load_run(run_dir: str | Path, data_dir: str | Path | None = None, checkpoint: str = "last") -> LoadedRun:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ban.data.prepared import prepared_from
+from ban.engine.reporting import REPORT_DIR
 from ban.engine.run import RunConfig
 from ban.errors import DataError
 from ban.viz.vqa import VQAPictures, choose_indices
@@ -20,7 +21,6 @@ from ban.viz.vqa import VQAPictures, choose_indices
 if TYPE_CHECKING:
     from ban.viz.grounding import GroundingPictures
 
-REPORT_DIR = "report"
 REPORT_PICTURES = 4
 
 
