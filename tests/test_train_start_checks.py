@@ -27,6 +27,7 @@ def data_dir(tmp_path_factory) -> Path:
     (["--set", "lr=fast"], "setting 'lr': 'fast' is not a valid float"),
     (["--set", "model.num_glimpses=many"], "setting 'num_glimpses': 'many' is not a valid int"),
     (["--set", "train_splits=train,train"], "training setting 'train_splits' lists train more than once"),
+    (["--epochs", "1", "--set", "epochs=abc"], "--epochs 1 and --set epochs=abc both given: give one"),
 ])
 def test_a_bad_setting_is_refused_before_the_synthetic_scenes_are_made(tmp_path, monkeypatch, capsys, arguments,
                                                                        message):

@@ -71,6 +71,9 @@ def build_run(args: argparse.Namespace) -> RunConfig:
     synthetic = args.data is None and stored is None
     train_overrides, model_overrides = split_overrides(parse_assignments(args.overrides))
     if args.epochs is not None:
+        if "epochs" in train_overrides:
+            raise ConfigError(f"--epochs {args.epochs} and --set epochs={train_overrides['epochs']} both given: "
+                              "give one")
         train_overrides["epochs"] = str(args.epochs)
     base = stored.train if stored else TrainConfig(**SYNTHETIC_TRAINING) if synthetic else TrainConfig()
     # the settings first: a misspelt or bad one is refused before the synthetic scenes are made (a minute or more)
