@@ -271,8 +271,8 @@ def test_an_image_id_longer_than_any_probe_is_read_whole(tmp_path, images) -> No
         (lambda f: f.__setitem__(4, _float64_base64(f[4])), "boxes",  # float64 values: the count, not "3.7e+19"
          r"holds 80 floats, expected num_boxes × 4 = 40; twice as many: float64 values\? the format is float32"),
         (lambda f: f.__setitem__(5, _float64_base64(f[5])), "features",
-         r"feature width 32 .* expected 16 \(--feature-dim when given, else the width read first\); twice as many: "
-         r"float64 values\?"),
+         r"feature width 32 .* expected 16, the width of the first record \(\S*bad.tsv: line 1, image_id=7\); "
+         r"twice as many: float64 values\?"),
     ],
 )
 def test_bad_tsv_rows_name_file_line_and_field(tmp_path, images, mutate, field, message) -> None:

@@ -50,19 +50,41 @@ def iter_tsv_records(
     ``on_progress(nbytes)`` is called with the size of each line read. Raises :class:`DataError` naming the
     file, the line and the field for a wrong field count, a bad integer or one beyond 64 bits, bad base64, a NaN,
     infinite or absurdly large value (beyond ±:data:`ban.data.features.VALUE_LIMIT`), a box with x2 < x1 or
-    y2 < y1, or arrays whose sizes do not match ``num_boxes``.
+    y2 < y1, arrays whose sizes do not match ``num_boxes``, or features of another width than the one enforced
+    (saying where that width came from).
     """
-    path = Path(path)
-    with _open_tsv(path) as file:
-        for line_number, line in enumerate(file, start=1):
-            if on_progress is not None:
-                on_progress(len(line))
-            line = line.rstrip(b"\r\n")
-            if not line:
-                continue
-            record = _parse_line(line, path, line_number, feature_dim)
-            feature_dim = record.features.shape[1]
-            yield record
+    yield from _iter_records([path], feature_dim, on_progress)
+
+
+def _iter_records(
+    paths: Sequence[str | os.PathLike[str]], feature_dim: int | None, on_progress: Callable[[int], object] | None
+) -> Iterator[FeatureRecord]:
+    """The records of ``paths`` in turn, as :func:`iter_tsv_records` reads them, the first record's width enforced
+    on all of them unless ``feature_dim`` is given."""
+    expected = None if feature_dim is None else _Width(feature_dim, _GIVEN)
+    for path in map(Path, paths):
+        with _open_tsv(path) as file:
+            for line_number, line in enumerate(file, start=1):
+                if on_progress is not None:
+                    on_progress(len(line))
+                line = line.rstrip(b"\r\n")
+                if not line:
+                    continue
+                record = _parse_line(line, path, line_number, expected)
+                expected = expected or _Width(record.features.shape[1], "the width of the first record "
+                                              f"({path}: line {line_number}, image_id={record.image_id})")
+                yield record
+
+
+@dataclass(frozen=True)
+class _Width:
+    """The feature width every record must have, and where it came from (said when a record's is another)."""
+
+    dim: int
+    source: str
+
+
+_GIVEN = "the width given (--feature-dim, or that of the other feature sources)"
 
 
 def iter_tsv_image_ids(
@@ -83,7 +105,7 @@ def iter_tsv_image_ids(
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb", buffering=0) as file:
-        _refuse_compressed(file.read(4), path)
+        refuse_compressed(file.read(4), path)
         if jump and hasattr(os, "posix_fadvise"):  # no read-ahead: each read is a few KB far from the last
             os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
         layout: _Layout | None = None
@@ -194,19 +216,20 @@ def _read_line(descriptor: int, position: int) -> bytes:
     return b"".join(parts)
 
 
-def _refuse_compressed(start: bytes, path: Path) -> None:
-    """:class:`DataError` if the file starts with gzip's or zip's magic bytes."""
+def refuse_compressed(start: bytes, path: Path, contents: str = "TSV files") -> None:
+    """:class:`DataError` if a file of text, ``start`` its first 4 bytes, starts with gzip's or zip's magic bytes
+    (``contents``: what to extract from the archive)."""
     if start[:2] == b"\x1f\x8b":
         raise DataError("a gzip-compressed file: decompress it first (gunzip)", path=path)
     if start[:4] == b"PK\x03\x04":
-        raise DataError("a zip archive: extract its TSV files first (unzip)", path=path)
+        raise DataError(f"a zip archive: extract its {contents} first (unzip)", path=path)
 
 
 def _open_tsv(path: Path) -> BinaryIO:
     """The file opened for reading, with a large buffer; :class:`DataError` for a compressed file."""
     file = open(path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115 - returned to the caller's with block
     try:
-        _refuse_compressed(file.peek(4), path)
+        refuse_compressed(file.peek(4), path)
     except DataError:
         file.close()
         raise
@@ -220,13 +243,10 @@ def iter_tsv_files(
     record's width is enforced on all files unless ``feature_dim`` is given."""
     total = sum(Path(path).stat().st_size for path in paths)
     with tqdm(total=total, desc="converting TSV", unit="B", unit_scale=True, disable=not progress) as bar:
-        for path in paths:
-            for record in iter_tsv_records(path, feature_dim=feature_dim, on_progress=bar.update):
-                feature_dim = record.features.shape[1]
-                yield record
+        yield from _iter_records(paths, feature_dim, bar.update)
 
 
-def _parse_line(line: bytes, path: Path, line_number: int, feature_dim: int | None) -> FeatureRecord:
+def _parse_line(line: bytes, path: Path, line_number: int, expected: _Width | None) -> FeatureRecord:
     fields = line.split(b"\t")
     where = f"line {line_number}"
     _check_field_count(len(fields), path, where)
@@ -250,10 +270,10 @@ def _parse_line(line: bytes, path: Path, line_number: int, feature_dim: int | No
         raise DataError(f"holds {features.size} floats, not a multiple of num_boxes = {num_boxes}",
                         path=path, record=where, field="features")
     width = features.size // num_boxes
-    if feature_dim is not None and width != feature_dim:
+    if expected is not None and width != expected.dim:
         raise DataError(f"feature width {width} (= {features.size} floats / {num_boxes} boxes), expected "
-                        f"{feature_dim} (--feature-dim when given, else the width read first)"
-                        f"{_float64_hint(width, feature_dim)}", path=path, record=where, field="features")
+                        f"{expected.dim}, {expected.source}{_float64_hint(width, expected.dim)}", path=path,
+                        record=where, field="features")
     check_values(features, path=path, record=where, field="features")
     return FeatureRecord(image_id, image_w, image_h, boxes, features.reshape(num_boxes, width), path=str(path),
                          line=line_number)

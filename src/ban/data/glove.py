@@ -17,15 +17,18 @@ weights.
 
 from __future__ import annotations
 
+import codecs
 import os
 import sys
 from collections.abc import Iterable, Sequence
+from io import BufferedReader
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from ban.data.features_tsv import refuse_compressed
 from ban.data.npyfile import read_npy
 from ban.errors import DataError
 
@@ -43,14 +46,16 @@ def read_glove(
 ) -> tuple[np.ndarray, int]:
     """GloVe vectors of ``words``: ``([len(words), D] float32, number of words found)``.
 
-    The file is read line by line (memory: one line plus the result); a first line of two integers (word2vec's
-    header) is skipped. The first line gives the width D; on every line the vector is the last D space-separated
-    fields and the word is all before them, so a word holding spaces (``glove.840B.300d``'s ``. . .``) is read
-    whole. A word listed twice in the file takes its last vector, as the reference's dict did. Raises
+    The file is read line by line (memory: one line plus the result); a UTF-8 byte-order mark and a first line of
+    two integers (word2vec's header) are skipped, and so is whitespace at the end of a line (fastText's ``.vec``
+    files end lines with a space). The first line gives the width D; on every line the vector is the last D
+    space-separated fields and the word is all before them, so a word holding spaces (``glove.840B.300d``'s
+    ``. . .``) is read whole. A word listed twice in the file takes its last vector, as the reference's dict did. Raises
     :class:`DataError` (file, line, field) for a line with fewer than D values, or, on the lines of the words
     asked for (the only ones parsed), more than D numbers (the "word" would be the word asked for followed by
-    numbers) or a value that is not a number or not finite in float32 (``nan``, ``inf``, ``1e999``), and for a
-    file that holds none of ``words`` (a file for another language or vocabulary: every row would be zero).
+    numbers) or a value that is not a number or not finite in float32 (``nan``, ``inf``, ``1e999``), for a
+    file that holds none of ``words`` (a file for another language or vocabulary: every row would be zero), and
+    for a gzip-compressed file or a zip archive (``glove.6B.zip``) given as is.
     """
     path = Path(path)
     wanted = {word: index for index, word in enumerate(words)}
@@ -58,9 +63,10 @@ def read_glove(
     found = np.zeros(len(words), dtype=bool)
     with open(path, "rb") as file, tqdm(total=path.stat().st_size, desc="reading GloVe", unit="B",
                                          unit_scale=True, disable=not progress) as bar:
+        bar.update(_skip_start(file, path))
         for line_number, line in enumerate(file, start=1):
             bar.update(len(line))
-            parts = line.rstrip(b"\r\n").split(b" ")
+            parts = line.rstrip().split(b" ")  # trailing spaces too: fastText's .vec files end lines with one
             if line_number == 1 and len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
                 continue  # word2vec's "count width" header (a GloVe file converted by gensim)
             if vectors is None:
@@ -86,6 +92,14 @@ def read_glove(
         raise DataError(f"none of the {len(words)} words looked up is in it (a file for another vocabulary?): "
                         "every word vector would be zero", path=path, field="glove")
     return vectors, int(found.sum())
+
+
+def _skip_start(file: BufferedReader, path: Path) -> int:
+    """Refuse a compressed ``file`` (:class:`DataError`); skip a UTF-8 byte-order mark at its start (as Windows
+    editors write one) → the number of bytes skipped."""
+    start = file.peek(4)  # a buffered file just opened reads a whole buffer: all of its first 4 bytes
+    refuse_compressed(start, path, "GloVe .txt files")
+    return len(file.read(len(codecs.BOM_UTF8))) if start.startswith(codecs.BOM_UTF8) else 0
 
 
 def report_coverage(path: str | os.PathLike[str], found: int, words: int) -> dict[str, int]:

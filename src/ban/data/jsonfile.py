@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,13 +12,23 @@ from ban.data.textfile import read_bytes
 from ban.errors import DataError
 from ban.numbers import is_int
 
+_HIGH = rb"\\u[dD][89abAB][0-9a-fA-F]{2}"  # a UTF-16 surrogate escape: high, \ud800-\udbff
+_LOW = rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}"  # low, \udc00-\udfff; a high one then a low one: a valid pair
+# A surrogate escape that is not half of a pair: a high one with no low one after it, or a low one with no high one
+# before it (a high one whose backslash is itself escaped, as in \\ud800, is text, not an escape). Cheap on the
+# bytes and sure to find every lone one; what it finds may still be text after an escaped backslash, so the decoded
+# strings confirm it (json joins each valid pair into one character: a surrogate left in a string is a lone one).
+_LONE_SURROGATE_ESCAPE = re.compile(_HIGH + rb"(?!" + _LOW + rb")|" + _LOW + rb"(?<!(?<!\\)" + _HIGH + _LOW + rb")")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
 
 def read_json(path: str | os.PathLike[str], *, missing: str = "file not found") -> Any:
     """Parse ``path``; otherwise a :class:`DataError` naming the file: ``missing`` when it does not exist (say
-    there how to make it), the line and column of a syntax error, or why it cannot be read."""
+    there how to make it), the line and column of a syntax error, why it cannot be read, or where a string holds
+    a lone UTF-16 surrogate escape (valid JSON, but not text: writing it out as UTF-8 would fail later)."""
     data = read_bytes(path, missing=missing)
     try:
-        return json.loads(data.decode("utf-8"))
+        value = json.loads(data.decode("utf-8"))
     except json.JSONDecodeError as error:
         raise DataError(f"not valid JSON: line {error.lineno} column {error.colno}: {error.msg}",
                         path=path) from None
@@ -27,6 +38,28 @@ def read_json(path: str | os.PathLike[str], *, missing: str = "file not found") 
         raise DataError("not valid JSON: nested too deeply", path=path) from None
     except ValueError as error:  # e.g. an integer of more than 4300 digits
         raise DataError(f"not valid JSON ({error})", path=path) from None
+    if _LONE_SURROGATE_ESCAPE.search(data):  # the tree is walked only when the bytes show one
+        _refuse_lone_surrogates(value, path)
+    return value
+
+
+def _refuse_lone_surrogates(value: Any, path: str | os.PathLike[str]) -> None:
+    """:class:`DataError` naming the first string (value or key) of ``value`` that holds a lone surrogate, as
+    ``questions[12].question``. Walked with a stack, not recursion: a file as deep as ``json`` reads is walked."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if found := _SURROGATE.search(item):
+                raise DataError(f"not valid Unicode: a lone surrogate (\\u{ord(found.group()):04x})", path=path,
+                                field=where or None)
+        elif isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                shown = key.encode("utf-8", "backslashreplace").decode("utf-8")  # a key with a lone surrogate
+                key_path = f"{where}.{shown}" if where else shown
+                stack += [(child, key_path), (key, key_path)]  # the key is looked at first
+        elif isinstance(item, list):
+            stack += [(child, f"{where}[{index}]") for index, child in reversed(list(enumerate(item)))]
 
 
 def read_json_object(path: str | os.PathLike[str], *, missing: str = "file not found") -> dict[str, Any]:
