@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ban.data.features import FeatureRecord, check_box_corners, check_values
+from ban.data.textfile import refuse_compressed
 from ban.errors import DataError
 
 _READ_BUFFER = 1 << 22  # lines are ~0.2–1 MB; a large buffer makes reading them cheap
@@ -105,7 +106,7 @@ def iter_tsv_image_ids(
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb", buffering=0) as file:
-        refuse_compressed(file.read(4), path)
+        refuse_compressed(file.read(4), path, "TSV files")
         if jump and hasattr(os, "posix_fadvise"):  # no read-ahead: each read is a few KB far from the last
             os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
         layout: _Layout | None = None
@@ -216,20 +217,11 @@ def _read_line(descriptor: int, position: int) -> bytes:
     return b"".join(parts)
 
 
-def refuse_compressed(start: bytes, path: Path, contents: str = "TSV files") -> None:
-    """:class:`DataError` if a file of text, ``start`` its first 4 bytes, starts with gzip's or zip's magic bytes
-    (``contents``: what to extract from the archive)."""
-    if start[:2] == b"\x1f\x8b":
-        raise DataError("a gzip-compressed file: decompress it first (gunzip)", path=path)
-    if start[:4] == b"PK\x03\x04":
-        raise DataError(f"a zip archive: extract its {contents} first (unzip)", path=path)
-
-
 def _open_tsv(path: Path) -> BinaryIO:
     """The file opened for reading, with a large buffer; :class:`DataError` for a compressed file."""
     file = open(path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115 - returned to the caller's with block
     try:
-        refuse_compressed(file.peek(4), path)
+        refuse_compressed(file.peek(4), path, "TSV files")
     except DataError:
         file.close()
         raise

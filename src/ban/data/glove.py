@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ban.data.features_tsv import refuse_compressed
 from ban.data.npyfile import read_npy
+from ban.data.textfile import refuse_compressed
 from ban.errors import DataError
 
 _PAIR_CHUNK = 2_000_000  # co-occurrence codes gathered before they are merged into the running counts

@@ -1,4 +1,5 @@
-"""Input files: their real path, their bytes or their UTF-8 text, with errors that name them."""
+"""Input files: their real path, their bytes or their UTF-8 text, with errors that name them; compressed files
+refused by name."""
 
 from __future__ import annotations
 
@@ -37,3 +38,12 @@ def read_text(path: str | os.PathLike[str], *, missing: str = "file not found") 
     except UnicodeDecodeError as error:
         raise DataError(f"not UTF-8 text ({error})", path=path) from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def refuse_compressed(start: bytes, path: str | os.PathLike[str], contents: str) -> None:
+    """:class:`DataError` if a file of text, ``start`` its first 4 bytes, starts with gzip's or zip's magic bytes
+    (``contents``: what to extract from the archive)."""
+    if start[:2] == b"\x1f\x8b":
+        raise DataError("a gzip-compressed file: decompress it first (gunzip)", path=path)
+    if start[:4] == b"PK\x03\x04":
+        raise DataError(f"a zip archive: extract its {contents} first (unzip)", path=path)
