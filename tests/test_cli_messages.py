@@ -153,7 +153,7 @@ def test_prepare_names_out_as_the_option(raw, tmp_path, capsys, held):
         message = f"{out}: --out exists and is not a directory"
     else:
         out.write_text("mine")
-        message = f"{out}: --out {out / 'sub' / 'data'} lies under this, which is not a directory"
+        message = f"{out}: exists and is not a directory, and --out {out / 'sub' / 'data'} lies under it"
         out = out / "sub" / "data"
     error = error_of(capsys, prepare_vqa2_command(raw, out))
     assert message in error and "field 'out'" not in error and "Traceback" not in error

@@ -27,7 +27,7 @@ from ban.commands.trained_run import (
     load_trained_run,
     loader_workers,
 )
-from ban.data.atomic import atomic_path, check_file_target, make_directory, write_file
+from ban.data.atomic import atomic_path, check_file_target, make_directory, unwritable, write_file
 from ban.engine import distributed
 from ban.engine.distributed import DistContext
 from ban.engine.evaluation import predict_logits
@@ -154,8 +154,3 @@ def reserve_space(path: Path) -> None:
     if hasattr(os, "posix_fallocate"):
         with open(path, "r+b") as file:
             os.posix_fallocate(file.fileno(), 0, os.fstat(file.fileno()).st_size)
-
-
-def unwritable(path: Path, error: OSError) -> DataError:
-    """The error for a file that cannot be written (a full disk, a file-size limit, no permission…)."""
-    return DataError(f"cannot be written: {error.strerror or error}", path=path)

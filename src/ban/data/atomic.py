@@ -6,8 +6,10 @@ into place with :func:`os.replace`, so an interrupted run never leaves something
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +17,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from ban.errors import DataError
+
+# the errors of a write that found no room: a full disk, a full quota, a file-size limit (RLIMIT_FSIZE, EFBIG)
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# the name of an atomic temporary (``.NAME.tmp-PID``, :func:`temporary_sibling`)
+_TEMPORARY = re.compile(r"\..+\.tmp-\d+")
+
+
+def unwritable(path: str | os.PathLike[str], error: OSError) -> DataError:
+    """The error for ``path``, which a write could not finish (``error``: no room, :data:`NO_ROOM`; no
+    permission…)."""
+    return DataError(f"cannot be written: {error.strerror or error}", path=path)
 
 
 def temporary_sibling(path: str | os.PathLike[str]) -> Path:
@@ -31,16 +44,22 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     ``path`` is replaced only by a directory, and only after the new one is complete; a file is never put
     where a directory is, nor a directory where a file is (:class:`DataError`, nothing touched). A directory
     that cannot be moved aside — the working directory or one holding it, a mount point — is refused first.
+
+    A write that finds no room (a full disk or quota, a file-size limit: :data:`NO_ROOM`) becomes a
+    :class:`DataError` naming ``path`` ("cannot be written: No space left on device"), the earlier ``path``
+    kept. Where ``path`` lies inside another atomic write's temporary (this process's or a parent's: the
+    worker of a pool), the :class:`OSError` goes on as it is, and the outermost write names its own ``path``:
+    the file or directory the user asked for, not a hidden temporary.
     """
     path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        _check_movable(path)
-    make_directory(path.parent)
     temp = temporary_sibling(path)
-    _remove(temp)
-    _remove_stale_siblings(path)
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     try:
+        if path.is_dir() and not path.is_symlink():
+            _check_movable(path)
+        make_directory(path.parent)
+        _remove(temp)
+        _remove_stale_siblings(path)
         yield temp
         _check_same_kind(temp, path)
         if path.is_dir() and not path.is_symlink():
@@ -49,10 +68,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             _remove(old)
         else:
             os.replace(temp, path)
-    except BaseException:
+    except BaseException as error:
         _restore(old, path)  # interrupted between the two renames: the previous directory goes back
         _remove(temp)
+        if isinstance(error, OSError) and error.errno in NO_ROOM and not _inside_temporary(path):
+            raise unwritable(path, error) from error
         raise
+
+
+def _inside_temporary(path: Path) -> bool:
+    """Whether one of ``path``'s parents is an atomic write's temporary (``.NAME.tmp-PID``)."""
+    return any(_TEMPORARY.fullmatch(parent.name) for parent in path.parents)
 
 
 def make_directory(path: str | os.PathLike[str]) -> Path:

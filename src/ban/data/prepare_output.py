@@ -41,7 +41,7 @@ def _check_replaceable(out: Path, task: str) -> None:
     if not out.exists():
         culprit = first_non_directory(out.parent)
         if culprit is not None:
-            raise DataError(f"--out {out} lies under this, which is not a directory", path=culprit)
+            raise DataError(f"exists and is not a directory, and --out {out} lies under it", path=culprit)
         return
     if not out.is_dir():
         raise DataError("--out exists and is not a directory", path=out)

@@ -17,13 +17,14 @@ import contextlib
 import functools
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ban.data.atomic import write_with
@@ -43,7 +44,10 @@ def save_checkpoint(
     state: dict[str, Any],
     rng: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write ``model``'s weights, ``optimizer``'s state, ``rng`` tensors and the JSON-able ``state`` atomically."""
+    """Write ``model``'s weights, ``optimizer``'s state, ``rng`` tensors and the JSON-able ``state`` atomically.
+
+    A write that finds no room (a full disk or quota, a file-size limit) raises a :class:`~ban.errors.DataError`
+    naming ``path`` (:func:`ban.data.atomic.atomic_path`); the earlier file at ``path`` is kept."""
     tensors = {f"model/{k}": _cpu(v) for k, v in model.state_dict().items()}
     optimizer_meta: dict[str, Any] = {}
     if optimizer is not None:
@@ -59,7 +63,24 @@ def save_checkpoint(
         tensors[f"rng/{name}"] = _cpu(value)
     metadata = {"format": FORMAT, "state": json.dumps(state), "optimizer": json.dumps(optimizer_meta),
                 "written": uuid.uuid4().hex}  # tells two saves of the same state apart (Checkpoint._part)
-    write_with(path, lambda temp: save_file(tensors, str(temp), metadata=metadata))
+    write_with(path, lambda temp: _save_file(tensors, temp, metadata))
+
+
+# how safetensors words an error of the system in its own (the number: "… (os error 28)", or "Os { code: 28, …")
+_OS_ERROR = re.compile(r"\(os error (\d+)\)|\bOs \{ code: (\d+)")
+
+
+def _save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors' ``save_file``; the error it raises for a failed write of the file (its own type, with the
+    system's error number in the text) raised as the :class:`OSError` it was, which the callers know."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as error:
+        found = _OS_ERROR.search(str(error))
+        if found is None:
+            raise
+        number = int(found.group(1) or found.group(2))
+        raise OSError(number, os.strerror(number), str(path)) from error
 
 
 def _cpu(tensor: torch.Tensor) -> torch.Tensor:

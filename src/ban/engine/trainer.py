@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ban import kernels
+from ban.data.atomic import NO_ROOM
 from ban.data.loader import BatchLoader
 from ban.engine import distributed
 from ban.engine.checkpoint import Checkpoint, read_position, save_checkpoint
@@ -331,14 +332,21 @@ class Trainer:
             record["val"] = metrics
 
     def keep_if_best(self, record: dict[str, Any]) -> None:
-        """Write the weights to best.safetensors when this epoch's validation score beats every earlier one."""
-        if "val" not in record or not self.context.is_main:
-            return
-        score = self.task.selection_score(record["val"])
-        earlier = [self.task.selection_score(r["val"]) for r in self.history if "val" in r]
-        if all(score > other for other in earlier):
-            state = {"epoch": record["epoch"], "val": record["val"]}
-            save_checkpoint(self.run_dir / BEST_FILE, self.model, None, state)
+        """Write the weights to best.safetensors when this epoch's validation score beats every earlier one. A
+        collective where the run validates: a failed write (a full disk) is raised in every process."""
+        problem = None
+        if "val" in record and self.context.is_main:
+            score = self.task.selection_score(record["val"])
+            earlier = [self.task.selection_score(r["val"]) for r in self.history if "val" in r]
+            if all(score > other for other in earlier):
+                state = {"epoch": record["epoch"], "val": record["val"]}
+                try:
+                    save_checkpoint(self.run_dir / BEST_FILE, self.model, None, state)
+                except DataError as error:
+                    problem = self.not_saved(error, f"epoch {record['epoch']}'s weights (the best so far) and its "
+                                                    f"checkpoint were")
+        if self.validate:
+            distributed.gather_or_raise(None, problem, self.context)
 
     def epoch(self, epoch: int, start: int, partial: dict[str, float],
               stop: list[bool]) -> tuple[dict[str, Any], int, dict[str, float]]:
@@ -493,9 +501,33 @@ class Trainer:
         """Checkpoint: continue at (``epoch``, ``step``). A collective: every process must call it."""
         self.check_finite_weights(f"at epoch {epoch + 1}, step {step}")
         rng = rng_states(self.context)
+        problem = None
         if self.context.is_main:
             state = {"epoch": epoch, "step": step, "history": self.history, "partial": partial}
-            save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.model, self.optimizer, state, rng)
+            try:
+                save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.model, self.optimizer, state, rng)
+            except DataError as error:  # a full disk, say: raised in every process, none waits for the others
+                problem = self.not_saved(error, f"the checkpoint {position_words(epoch, step)} was")
+        distributed.gather_or_raise(None, problem, self.context)
+
+    def not_saved(self, error: DataError, what: str) -> DataError:
+        """``error`` (a checkpoint that could not be written), saying that ``what`` "was" (or "were") not saved,
+        which checkpoint is kept, and how to go on once the cause is mended."""
+        path = self.run_dir / CHECKPOINT_FILE
+        try:
+            kept = f"the previous checkpoint ({position_words(**read_position(Checkpoint(path)))}) is kept"
+        except CheckpointError:  # none yet (or unreadable: not this save's doing)
+            kept = "and there is no earlier one" if not path.exists() else "the previous checkpoint is kept"
+        cause = error.__cause__
+        mend = "Make room" if isinstance(cause, OSError) and cause.errno in NO_ROOM else "Mend that"
+        go_on = (f"continue with: {resume_command(self.run_dir, self.context.world_size)}" if path.exists()
+                 else "run the same command again")
+        return DataError(f"{error.message}; {what} not saved, {kept}. {mend}, then {go_on}", path=error.path)
+
+
+def position_words(epoch: int, step: int, **_: Any) -> str:
+    """A checkpoint's training position (``epoch`` finished epochs, ``step`` steps into the next) in words."""
+    return f"after epoch {epoch}" if step == 0 else f"at epoch {epoch + 1}, step {step}"
 
 
 def summed(sums: Tensor, context: DistContext) -> list[float]:
