@@ -408,6 +408,25 @@ def test_training_on_splits_without_a_question_is_refused(raw, tmp_path, capsys)
     assert not run_dir.exists()
 
 
+def test_training_on_fewer_samples_than_processes_is_refused(raw, tmp_path) -> None:
+    """vg-val's one question under two processes: the only global batch would be dropped, nothing trained."""
+    from ban.engine.distributed import DistContext
+    from ban.engine.run import RunConfig, fingerprint
+    from ban.engine.trainer import Trainer
+    from ban.models import preset
+
+    prepare_vqa2(raw["root"], raw["features"], raw["out"], visual_genome=write_visual_genome(tmp_path / "vg"),
+                 min_answer_count=1, progress=False)
+    task = VQATask(raw["out"])
+    run = RunConfig("vqa", str(raw["out"]), preset("tiny", hidden_dim=8, word_dim=4, **task.model_sizes()),
+                    TrainConfig(epochs=1, batch_size=2, train_splits=("vg-val",), val_split=""),
+                    fingerprint(raw["out"]))
+    with pytest.raises(ConfigError, match=f"training setting 'train_splits': vg-val of {raw['out']} hold 1 sample, "
+                                          r"fewer than the 2 processes \(a batch smaller than that is dropped\): "
+                                          "nothing to train on"):
+        Trainer(tmp_path / "run", run, task, DistContext(0, 2, torch.device("cpu")), resume=False)
+
+
 def test_glove_initialisation(raw, tmp_path) -> None:
     glove = tmp_path / "glove.txt"
     vectors = {"the": [0.5, -1.0, 2.0], "cat": [1.0, 0.0, 0.25], "dog": [-2.0, 3.0, 1.0], "zebra": [9.0, 9.0, 9.0]}

@@ -46,9 +46,12 @@ def test_grounding_loss_leaves_out_padded_entities():
     assert grounding_loss(logits, targets, mask).item() == pytest.approx(expected)
 
 
-def test_grounding_loss_refuses_logits_of_several_glimpses():
-    with pytest.raises(ValueError, match=r"grounding logits are \[B, 1, N, E\], got \[1, 2, 2, 2\]"):
-        grounding_loss(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2), torch.ones(1, 2, dtype=torch.bool))
+def test_grounding_loss_trains_the_first_glimpse_as_evaluation_scores_it():
+    first = torch.tensor([[[1.0, -2.0], [0.5, 3.0]]])  # [B=1, N=2, E=2]
+    logits = torch.stack([first, torch.full_like(first, 50.0)], dim=1)  # a second glimpse that must not count
+    targets, mask = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), torch.ones(1, 2, dtype=torch.bool)
+    expected = bce(1.0, 1.0) + bce(-2.0, 0.0) + bce(0.5, 0.0) + bce(3.0, 1.0)
+    assert grounding_loss(logits, targets, mask).item() == pytest.approx(expected)
 
 
 def test_the_grounding_task_trains_only_on_entities_with_a_ground_truth_box():

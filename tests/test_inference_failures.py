@@ -197,3 +197,11 @@ def test_outputs_over_the_runs_or_its_datasets_own_files_are_refused(run_dir, tm
     assert main(["predict", str(run_dir), "--split", "val", "--out", str(run_dir / "results.json")]) == 0
     assert json.loads((run_dir / "results.json").read_text())
     (run_dir / "results.json").unlink()
+
+
+def test_an_output_that_is_a_symlink_loop_is_named(run_dir, tmp_path, capsys):
+    loop = tmp_path / "loop.json"
+    loop.symlink_to(loop)
+    assert main(["predict", str(run_dir), "--split", "val", "--out", str(loop)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"ban predict: error: {loop}: field '--out': cannot resolve (") and "Traceback" not in error

@@ -70,3 +70,15 @@ def test_a_tsv_rewritten_at_the_same_size_is_converted_again(raw) -> None:  # no
     assert test_tsv.stat().st_size == before.st_size  # float32 bytes in base64: one value rewritten, same length
     prepare(raw)
     assert (stored(raw) == 64.0).sum() == 1
+
+
+def test_a_dataset_of_another_format_version_is_prepared_again_in_place(raw) -> None:  # noqa: F811
+    """Reading it says "rerun `ban prepare`": the same --out must then be taken, not refused as not a dataset."""
+    prepare(raw)
+    manifest = json.loads((raw["out"] / "manifest.json").read_text())
+    (raw["out"] / "manifest.json").write_text(json.dumps({**manifest, "format_version": 0}))
+    with pytest.raises(DataError, match="format version 0, expected 1"):
+        VQADataset(raw["out"], "val")
+    prepare(raw)
+    assert json.loads((raw["out"] / "manifest.json").read_text())["format_version"] == 1
+    assert VQADataset(raw["out"], "val")[0]["question_id"] == 20

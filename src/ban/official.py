@@ -185,11 +185,11 @@ def load_official_checkpoint(source: str | os.PathLike[str] | Mapping[str, objec
                                   f"{', meta' if value.is_meta else ''})", path=label, field=key)
         if not torch.isfinite(value).all():
             raise CheckpointError("tensor holds NaN or infinite values", path=label, field=key)
-        check_weight_direction(value, label, ours, field=key)
         shape = _reference_shape(ours, tuple(expected[ours].shape))
         scalar = value.numel() == 1 and value.dim() <= 1 and len(shape) == 0  # a gain saved as [] or [1]
         if tuple(value.shape) != shape and not scalar:
             raise CheckpointError(f"shape {tuple(value.shape)}, expected {shape}", path=label, field=key)
+        check_weight_direction(value, label, ours, field=key)
         converted[ours] = value.reshape(expected[ours].shape)
     missing = sorted(str(_translate(key, _OURS_TO_REFERENCE)) for key in set(expected) - set(converted))
     if missing:

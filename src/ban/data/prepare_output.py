@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ban.data.atomic import first_non_directory
-from ban.data.prepared import MANIFEST, read_manifest
+from ban.data.jsonfile import read_json_object
+from ban.data.prepared import MANIFEST
 from ban.data.textfile import resolve_path
 from ban.errors import DataError
 
@@ -51,9 +52,10 @@ def _check_replaceable(out: Path, task: str) -> None:
 
 
 def _manifest_task(data_dir: Path) -> object:
-    """The ``"task"`` of ``data_dir``'s manifest, or None where there is no readable manifest."""
+    """The ``"task"`` of ``data_dir``'s manifest, or None where there is no readable manifest (one of another
+    format version still says what the directory is: preparing it again is what its error advises)."""
     try:
-        return read_manifest(data_dir).get("task")
+        return read_json_object(data_dir / MANIFEST).get("task")
     except DataError:
         return None
 

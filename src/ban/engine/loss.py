@@ -31,11 +31,10 @@ def grounding_loss(logits: torch.Tensor, targets: torch.Tensor, entity_mask: tor
     Padded boxes carry logit −99 and target 0, so they add (almost exactly) nothing.
 
     Args:
-        logits: ``[B, 1, N, E]`` box × entity logits (grounding's one glimpse).
+        logits: ``[B, G, N, E]`` box × entity logits; the first glimpse's are trained, as evaluation scores them
+            (grounding trains one glimpse; a run from before that refusal, with more, resumes as it trained).
         targets: ``[B, N, E]`` 1 where a box is a positive for the entity.
         entity_mask: ``[B, E]`` bool, True for the entities that count.
     """
-    if logits.dim() != 4 or logits.shape[1] != 1:
-        raise ValueError(f"grounding logits are [B, 1, N, E], got {list(logits.shape)}")
     mask = entity_mask[:, None, :].expand_as(targets)
     return F.binary_cross_entropy_with_logits(logits[:, 0].float()[mask], targets.float()[mask], reduction="sum")

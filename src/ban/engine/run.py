@@ -20,6 +20,7 @@ from torch import nn
 from ban.data.atomic import make_directory, write_json
 from ban.data.jsonfile import read_json, read_json_object
 from ban.data.prepared import ANSWERS, DICTIONARY, MANIFEST, manifest_size, read_manifest
+from ban.data.textfile import resolve_path
 from ban.engine.checkpoint import Checkpoint, read_position
 from ban.engine.config import TrainConfig, check_new_training
 from ban.engine.reporting import CURVES_FILE, METRICS_FILE, REPORT_DIR, TENSORBOARD_DIR, recorded_epochs
@@ -243,7 +244,7 @@ def check_not_run_output(target: str | Path, run_dir: str | Path, data_dir: str 
     """Refuse an output file ``target`` (given as ``option``) that would overwrite what ``ban train`` wrote in
     ``run_dir`` (:data:`RUN_CONTENTS`) or anything in its prepared dataset ``data_dir`` (which ``ban prepare``
     replaces as a whole); any other name in the run directory, such as ``results.json``, is fine."""
-    resolved, run = Path(target).resolve(), Path(run_dir).resolve()
+    resolved, run = resolve_path(target, option), Path(run_dir).resolve()
     owned = [run / name for name in RUN_CONTENTS] + [Path(data_dir).resolve()]
     if any(resolved == path or path in resolved.parents for path in owned):
         raise ConfigError(f"{option} {target} would overwrite the run's or its dataset's own files: write it "

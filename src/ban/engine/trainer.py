@@ -243,9 +243,11 @@ class Trainer:
                 report_resumed(run_dir, self.position["history"])
         self.history: list[dict[str, Any]] = self.position["history"]
         self.data = task.dataset(self.config.train_splits)
-        if len(self.data) == 0:  # (a Visual Genome split with no image in its COCO split, say)
+        if len(self.data) < context.world_size:  # (a Visual Genome split with no image in its COCO split, say)
+            held = (f"{len(self.data)} sample{'s' * (len(self.data) != 1)}, fewer than the {context.world_size} "
+                    "processes (a batch smaller than that is dropped)" if len(self.data) else "no samples")
             raise ConfigError(f"training setting 'train_splits': {', '.join(self.config.train_splits)} of "
-                              f"{task.data_dir} hold no samples: nothing to train on")
+                              f"{task.data_dir} hold {held}: nothing to train on")
         self.resident = task.resident(self.data, context.device, self.precision, context.is_main) \
             if self.config.resident else None
         self.box_counts = task.box_counts(self.data) if self.config.bucket_boxes else None

@@ -11,12 +11,13 @@ from matplotlib.ticker import MaxNLocator
 from ban.engine.reporting import scalars
 from ban.viz.figures import new_figure, save_png
 
+CURVES_DPI = 100
 PLOTTED_APART = ("val/perQuestionType", "val/perType")  # a curve per question / entity type: too many to read
 
 
 def plot_learning_curves(history: list[dict[str, Any]], path: Path) -> None:
     """Write :func:`learning_curves_figure` of ``history`` to ``path`` as a PNG."""
-    save_png(learning_curves_figure(history), path, bbox_inches="tight")
+    save_png(learning_curves_figure(history), path, bbox_inches="tight", dpi=CURVES_DPI)
 
 
 def learning_curves_figure(history: list[dict[str, Any]]) -> Figure:

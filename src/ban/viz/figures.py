@@ -21,11 +21,11 @@ def new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), dpi=DPI)
 
 
-def save_png(figure: Figure, path: str | Path, bbox_inches: str | None = None) -> Path:
-    """Write ``figure`` to ``path`` as PNG atomically (temp file + rename); ``bbox_inches="tight"`` crops it to
-    what is drawn (legends beside the axes included); returns the path."""
+def save_png(figure: Figure, path: str | Path, bbox_inches: str | None = None, dpi: int = DPI) -> Path:
+    """Write ``figure`` to ``path`` as PNG atomically (temp file + rename) at ``dpi``; ``bbox_inches="tight"``
+    crops it to what is drawn (legends beside the axes included); returns the path."""
     path = Path(path)
-    write_with(path, lambda temp: figure.savefig(temp, format="png", dpi=DPI, bbox_inches=bbox_inches))
+    write_with(path, lambda temp: figure.savefig(temp, format="png", dpi=dpi, bbox_inches=bbox_inches))
     return path
 
 
