@@ -78,7 +78,7 @@ def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) ->
 def offsets_of(lengths: np.ndarray) -> np.ndarray:
     """The offsets [n + 1] (int64) of n lists of these ``lengths`` [n] laid end to end: list i is
     ``values[offsets[i]:offsets[i + 1]]``."""
-    return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
+    return np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(lengths, dtype=np.int64)])
 
 
 def offsets_fit(offsets: np.ndarray, lists: int, values: int) -> bool:

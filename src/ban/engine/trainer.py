@@ -335,20 +335,14 @@ class Trainer:
 
     def keep_if_best(self, record: dict[str, Any]) -> None:
         """Write the weights to best.safetensors when this epoch's validation score beats every earlier one. A
-        collective where the run validates: a failed write (a full disk) is raised in every process."""
-        problem = None
-        if "val" in record and self.context.is_main:
-            score = self.task.selection_score(record["val"])
-            earlier = [self.task.selection_score(r["val"]) for r in self.history if "val" in r]
-            if all(score > other for other in earlier):
-                state = {"epoch": record["epoch"], "val": record["val"]}
-                try:
-                    save_checkpoint(self.run_dir / BEST_FILE, self.model, None, state)
-                except DataError as error:
-                    problem = self.not_saved(error, f"epoch {record['epoch']}'s weights (the best so far) and its "
-                                                    f"checkpoint were")
-        if self.validate:
-            distributed.gather_or_raise(None, problem, self.context)
+        collective where the run validates (:meth:`write_together`)."""
+        if not self.validate:  # no record has "val": nothing to write
+            return
+        earlier = [self.task.selection_score(r["val"]) for r in self.history if "val" in r]
+        best = "val" in record and all(self.task.selection_score(record["val"]) > other for other in earlier)
+        state = {"epoch": record["epoch"], "val": record.get("val")}
+        self.write_together((lambda: save_checkpoint(self.run_dir / BEST_FILE, self.model, None, state)) if best
+                            else None, f"epoch {record['epoch']}'s weights (the best so far) and its checkpoint were")
 
     def epoch(self, epoch: int, start: int, partial: dict[str, float],
               stop: list[bool]) -> tuple[dict[str, Any], int, dict[str, float]]:
@@ -503,13 +497,20 @@ class Trainer:
         """Checkpoint: continue at (``epoch``, ``step``). A collective: every process must call it."""
         self.check_finite_weights(f"at epoch {epoch + 1}, step {step}")
         rng = rng_states(self.context)
+        state = {"epoch": epoch, "step": step, "history": self.history, "partial": partial}
+        self.write_together(lambda: save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.model, self.optimizer, state,
+                                                    rng), f"the checkpoint {position_words(epoch, step)} was")
+
+    def write_together(self, write: Callable[[], None] | None, what: str) -> None:
+        """``write`` (a checkpoint file's; None: nothing to write) in the main process, in every process together:
+        a write that fails (a full disk, say) raises :meth:`not_saved`'s error in every process, so that none
+        waits for the others in vain."""
         problem = None
-        if self.context.is_main:
-            state = {"epoch": epoch, "step": step, "history": self.history, "partial": partial}
+        if self.context.is_main and write is not None:
             try:
-                save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.model, self.optimizer, state, rng)
-            except DataError as error:  # a full disk, say: raised in every process, none waits for the others
-                problem = self.not_saved(error, f"the checkpoint {position_words(epoch, step)} was")
+                write()
+            except DataError as error:
+                problem = self.not_saved(error, what)
         distributed.gather_or_raise(None, problem, self.context)
 
     def not_saved(self, error: DataError, what: str) -> DataError:
@@ -517,7 +518,8 @@ class Trainer:
         which checkpoint is kept, and how to go on once the cause is mended."""
         path = self.run_dir / CHECKPOINT_FILE
         try:
-            kept = f"the previous checkpoint ({position_words(**read_position(Checkpoint(path)))}) is kept"
+            position = read_position(Checkpoint(path))
+            kept = f"the previous checkpoint ({position_words(position['epoch'], position['step'])}) is kept"
         except CheckpointError:  # none yet (or unreadable: not this save's doing)
             kept = "and there is no earlier one" if not path.exists() else "the previous checkpoint is kept"
         cause = error.__cause__
@@ -527,7 +529,7 @@ class Trainer:
         return DataError(f"{error.message}; {what} not saved, {kept}. {mend}, then {go_on}", path=error.path)
 
 
-def position_words(epoch: int, step: int, **_: Any) -> str:
+def position_words(epoch: int, step: int) -> str:
     """A checkpoint's training position (``epoch`` finished epochs, ``step`` steps into the next) in words."""
     return f"after epoch {epoch}" if step == 0 else f"at epoch {epoch + 1}, step {step}"
 
