@@ -15,6 +15,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -222,7 +223,19 @@ def save_official_checkpoint(model: nn.Module, path: str | os.PathLike[str], epo
     needs an optimizer state, which ban cannot give)."""
     state = OrderedDict((f"module.{key}", value) for key, value in to_official_state_dict(model).items())
     checkpoint = {"epoch": epoch, "model_state": state}
-    write_with(path, lambda temporary: torch.save(checkpoint, temporary))
+    write_with(path, lambda temporary: _torch_save(checkpoint, temporary))
+
+
+def _torch_save(checkpoint: dict[str, Any], path: Path) -> None:
+    """``torch.save`` through a Python file, so that a failed write (no room…) surfaces as the :class:`OSError`
+    it was, which :func:`~ban.data.atomic.write_with` knows; ``torch.save`` itself wraps it in a RuntimeError."""
+    with path.open("wb") as file:
+        try:
+            torch.save(checkpoint, file)
+        except RuntimeError as error:
+            if isinstance(error.__context__, OSError):
+                raise error.__context__ from None
+            raise
 
 
 def read_reference_answers(path: str | os.PathLike[str]) -> list[str]:
