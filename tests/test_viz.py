@@ -569,3 +569,14 @@ def test_each_phrase_is_drawn_and_named_with_its_own_top_box() -> None:
     assert all(tuple(drawn[centres[box]]) == (255, 255, 255) for box in (0, 1))
     texts = [text.get_text() for text in figure.legends[0].get_texts()]
     assert texts == ["1. a dog  (box 3)", "2. a ball  (box 2)"]
+
+
+def test_the_number_of_a_box_barely_attended_can_still_be_read() -> None:
+    """Box 1 has weight 0 (drawn at the faintest opacity, 0.08) but its label is written at opacity 0.6 or more,
+    after every box: its black outline darkens the white image to 255 × 0.4 = 102 or below somewhere near the
+    box's top-left corner (at 0.08 it would stay above 230)."""
+    white = Image.new("RGB", (240, 240), (255, 255, 255))
+    boxes = np.array([[0.05, 0.05, 0.4, 0.4], [0.5, 0.5, 0.9, 0.9]])
+    drawn = np.asarray(draw_weighted_boxes(white, boxes, np.array([1.0, 0.0]), labels=["0", "1"]), dtype=int)
+    label_area = drawn[122:140, 122:140]  # the box's corner is at (120, 120)
+    assert label_area.min() <= 102

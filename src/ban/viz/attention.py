@@ -77,7 +77,7 @@ def attention_figure(example: AttentionExample) -> Figure:
     maps = heatmaps(example.attention)
     weights = box_weights(example.attention)
     glimpses, num_words, num_boxes = maps.shape
-    height = 1.4 + 3.6 * glimpses  # inches: 1.4 for the title and the bottom axis label
+    height = 1.4 + 4.2 * glimpses  # inches: 1.4 for the title and the bottom axis label
     figure = new_figure(13.0, height)
     grid = figure.add_gridspec(glimpses, 2, width_ratios=[1.0, 1.5], hspace=0.45, wspace=0.12,
                                top=1 - 1.0 / height, bottom=0.5 / height)

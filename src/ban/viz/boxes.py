@@ -108,8 +108,8 @@ def to_pixels(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def label_font(image_width: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's default font at a size that stays readable when the image is shown about 320 pixels wide."""
-    return ImageFont.load_default(size=max(10, round(image_width / 30)))
+    """Pillow's default font at a size that stays readable when the image is shown about 300 pixels wide."""
+    return ImageFont.load_default(size=max(10, round(image_width / 22)))
 
 
 def box_opacities(weights: np.ndarray, min_alpha: float = 0.08) -> np.ndarray:
@@ -131,12 +131,14 @@ def box_opacities(weights: np.ndarray, min_alpha: float = 0.08) -> np.ndarray:
 
 def draw_weighted_boxes(image: Image.Image, boxes: np.ndarray, weights: np.ndarray,
                         color: tuple[int, int, int] = (230, 30, 30), labels: Sequence[str] | None = None,
-                        min_alpha: float = 0.08) -> Image.Image:
+                        min_alpha: float = 0.08, label_min_alpha: float = 0.6) -> Image.Image:
     """A copy of ``image`` with each box drawn at the opacity :func:`box_opacities` gives its weight.
 
     boxes ``[n, 4]`` normalised x1, y1, x2, y2; weights ``[n]`` ≥ 0; a fully opaque box has an opaque outline
     and a half-transparent fill. Boxes are drawn from the least to the most attended, so the strongest is on
-    top; ``labels[i]`` (e.g. the box index) is written at each box's corner.
+    top; ``labels[i]`` (e.g. the box index) is written at each box's corner after every box, at the box's
+    opacity but at least ``label_min_alpha``, so that a box barely attended overall can still be found by its
+    number (a heatmap column that one word lights up).
     """
     base = image.convert("RGBA")
     overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
@@ -144,14 +146,16 @@ def draw_weighted_boxes(image: Image.Image, boxes: np.ndarray, weights: np.ndarr
     font = label_font(base.width)
     opacities = box_opacities(weights, min_alpha)
     line = max(1, round(min(base.size) / 150))
-    for index in np.argsort(opacities, kind="stable"):
-        x1, y1, x2, y2 = to_pixels(boxes[index : index + 1], base.size)[0]
+    order = np.argsort(opacities, kind="stable")
+    corners = to_pixels(boxes, base.size)
+    for index in order:
         alpha = float(opacities[index])
-        draw.rectangle((x1, y1, x2, y2), fill=(*color, int(110 * alpha * alpha)),
+        draw.rectangle(tuple(corners[index]), fill=(*color, int(110 * alpha * alpha)),
                        outline=(*color, int(255 * alpha)), width=line)
-        if labels is not None:
-            draw.text((x1 + 2, y1 + 1), labels[index], fill=(255, 255, 255, int(255 * alpha)), font=font,
-                      stroke_width=1, stroke_fill=(0, 0, 0, int(255 * alpha)))
+    for index in order if labels is not None else ():
+        alpha = max(float(opacities[index]), label_min_alpha)
+        draw.text((corners[index, 0] + 2, corners[index, 1] + 1), labels[index], fill=(255, 255, 255, int(255 * alpha)),
+                  font=font, stroke_width=1, stroke_fill=(0, 0, 0, int(255 * alpha)))
     return Image.alpha_composite(base, overlay).convert("RGB")
 
 
