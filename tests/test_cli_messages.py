@@ -6,6 +6,8 @@ import importlib.metadata
 import json
 import pickle
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -236,3 +238,12 @@ def test_version(capsys):
     assert done.value.code == 0
     assert capsys.readouterr().out == f"ban {ban.__version__}\n"
     assert ban.__version__ == importlib.metadata.version("bilinear-attention-networks")
+
+
+def test_python_dash_m_ban_is_the_ban_command(run_dir):
+    """``python -m ban`` (scripts not on PATH) runs the same command line, under the same name."""
+    helped = subprocess.run([sys.executable, "-m", "ban", "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: ban "), helped.stderr[-2000:]
+    failed = subprocess.run([sys.executable, "-m", "ban", "evaluate", str(run_dir), "--split", "nowhere"],
+                            capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2 and failed.stderr.startswith("ban evaluate: error: "), failed.stderr[-2000:]

@@ -9,6 +9,7 @@ import json
 import re
 import struct
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from ban.engine.distributed import DistContext
 from ban.engine.run import CONFIG_FILE, RunConfig, load_run, read_run_config
 from ban.engine.trainer import resume_from
 from ban.errors import BanError, CheckpointError, ConfigError, DataError
-from ban.models import build_model, preset
+from ban.models import BANConfig, build_model, preset
 
 FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                           HealthCheck.too_slow])
@@ -34,10 +35,10 @@ CONFIG = preset("tiny", num_tokens=20, num_answers=7, feature_dim=8, hidden_dim=
 CPU = DistContext(0, 1, torch.device("cpu"))
 
 
-def trained_pieces() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """A tiny model after one Adamax step (so the optimizer has state)."""
+def trained_pieces(config: BANConfig = CONFIG) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """A tiny model (``config``) after one Adamax step (so the optimizer has state)."""
     torch.manual_seed(0)
-    model = build_model(CONFIG)
+    model = build_model(config)
     optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3)
     for parameter in model.parameters():
         parameter.grad = torch.ones_like(parameter)
@@ -51,10 +52,11 @@ STATE = {"epoch": 1, "step": 2, "partial": {"loss": 9.5, "score": 1.2, "count": 
                       "samples_per_s": 144.0, "val": {"overall": 13.7}}]}
 
 
-def load_everything(path: Path) -> Checkpoint:
-    """What `--resume` does with a checkpoint: read it, load weights, optimizer state, RNG states, position."""
+def load_everything(path: Path, config: BANConfig = CONFIG) -> Checkpoint:
+    """What `--resume` does with a checkpoint of a ``config`` model: read it, load weights, optimizer state, RNG
+    states, position."""
     checkpoint = Checkpoint(path)
-    model, optimizer = trained_pieces()
+    model, optimizer = trained_pieces(config)
     saved = torch.get_rng_state()
     try:
         resume_from(checkpoint, model, optimizer, CPU)
@@ -189,11 +191,12 @@ def test_non_finite_values_in_a_checkpoint_are_refused_by_name(good_file, tmp_pa
         load_everything(path)
 
 
-@pytest.mark.parametrize("name", ["classifier.hidden.weight_v", "attention.glimpse_weight_v"])
+@pytest.mark.parametrize("name", ["classifier.hidden.weight_v", "attention.glimpse_weight_v",
+                                  "counter.functions.7.weight"])
 def test_an_all_zero_weight_direction_is_refused_by_name(tmp_path, name):
-    """Its norm is 0: weight normalisation would make every output NaN, which evaluation would then blame on the
-    region features."""
-    model, optimizer = trained_pieces()
+    """Its norm is 0: weight normalisation (or a counting function's |w| / Σ|w|) would make every output NaN,
+    which evaluation would then blame on the region features."""
+    model, optimizer = trained_pieces(replace(CONFIG, use_counting=True))
     assert name in model.state_dict()
     with torch.no_grad():
         model.state_dict()[name].zero_()
@@ -201,8 +204,19 @@ def test_an_all_zero_weight_direction_is_refused_by_name(tmp_path, name):
     save_checkpoint(path, model, optimizer, STATE, {"torch_cpu/0": torch.get_rng_state()})
     with pytest.raises(CheckpointError) as caught:
         load_everything(path)
-    assert str(caught.value) == (f"{path}: field {name!r}: all zeros: a weight-normalised layer divides this by its "
-                                 "norm, so every output would be NaN")
+    assert str(caught.value) == (f"{path}: field {name!r}: all zeros: its layer divides this by its norm, so every "
+                                 "output would be NaN")
+
+
+def test_an_all_zero_counting_function_the_counter_does_not_use_is_loaded(tmp_path):
+    """f₈…f₁₅ are kept only for the reference's layout: zeros there change no output."""
+    counting = replace(CONFIG, use_counting=True)
+    model, optimizer = trained_pieces(counting)
+    with torch.no_grad():
+        model.state_dict()["counter.functions.8.weight"].zero_()
+    path = tmp_path / "checkpoint.safetensors"
+    save_checkpoint(path, model, optimizer, STATE, {"torch_cpu/0": torch.get_rng_state()})
+    assert not load_everything(path, counting).model["counter.functions.8.weight"].any()
 
 
 RUN = RunConfig("vqa", "/data/prepared", CONFIG, TrainConfig(batch_size=32, epochs=3), {"answers.json": "ab" * 32})

@@ -81,7 +81,8 @@ def test_truncated_or_garbled_files_give_checkpoint_errors(garbage, cut, tmp_pat
         assert "checkpoint.pth" in str(error)
 
 
-@pytest.mark.parametrize("key", ["module.q_prj.0.main.1.weight_v", "module.v_att.logits.h_mat_v"])
+@pytest.mark.parametrize("key", ["module.q_prj.0.main.1.weight_v", "module.v_att.logits.h_mat_v",
+                                 "module.counter.f.0.weight"])
 def test_an_all_zero_weight_direction_is_refused_by_its_reference_name(key):
     state = dict(REFERENCE["model_state"])
     state[key] = torch.zeros_like(state[key])

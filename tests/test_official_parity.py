@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 
 import numpy as np
 import pytest
@@ -54,6 +55,10 @@ def test_export_round_trip_is_exact(official_fixtures, name, tmp_path):
     for key, value in reference.items():
         assert torch.equal(exported[key], value), key
     ban.save_official_checkpoint(model, tmp_path / "again.pth", epoch=3)
+    # torch's format before 1.6 (not a zip), the one the authors' code was written for, which every later torch reads
+    assert not zipfile.is_zipfile(tmp_path / "again.pth")
+    saved = torch.load(tmp_path / "again.pth", weights_only=True)
+    assert saved["epoch"] == 3 and saved["model_state"].keys() == checkpoint["model_state"].keys()
     again = ban.load_official_checkpoint(tmp_path / "again.pth")
     for key, value in model.state_dict().items():
         assert torch.equal(again.state_dict()[key], value)
@@ -102,6 +107,16 @@ def test_extra_tensor_is_named(official_fixtures):
     state["module.b_net.9.v_net.main.1.bias"] = torch.zeros(32)
     with pytest.raises(CheckpointError, match=r"b_net\.9\.v_net\.main\.1\.bias"):
         ban.load_official_checkpoint(state)
+
+
+def test_a_tensor_given_with_and_without_dataparallels_prefix_is_refused(official_fixtures):
+    """Two values for one tensor (say, state dicts merged): neither is taken silently."""
+    state = dict(_reference_state(official_fixtures))
+    state["classifier.main.3.bias"] = torch.full_like(state["module.classifier.main.3.bias"], 5.0)
+    with pytest.raises(CheckpointError) as caught:
+        ban.load_official_checkpoint(state)
+    assert caught.value.field == "classifier.main.3.bias"
+    assert caught.value.message.startswith("the same tensor twice, also as 'module.classifier.main.3.bias'")
 
 
 def test_misshapen_tensor_is_named(official_fixtures):

@@ -101,10 +101,15 @@ def _read_state_dict(source: str | os.PathLike[str] | Mapping[str, object]) -> t
     if not isinstance(state, Mapping):
         raise CheckpointError("'model_state' is not a dict of tensors", path=label, field="model_state")
     tensors: dict[str, Tensor] = {}
+    written_as: dict[str, str] = {}  # a tensor's name without DataParallel's prefix → its key in the file
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, Tensor):
             raise CheckpointError(f"entry is a {type(value).__name__}, not a tensor", path=label, field=str(key))
-        tensors[key.removeprefix("module.")] = value
+        name = key.removeprefix("module.")
+        if name in written_as:
+            raise CheckpointError(f"the same tensor twice, also as {written_as[name]!r} (with and without "
+                                  "DataParallel's 'module.'): which one holds the weights?", path=label, field=key)
+        tensors[name], written_as[name] = value, key
     if "w_emb.emb.weight" not in tensors and any(key.endswith("word_embedding.table.weight") for key in tensors):
         raise CheckpointError("this is ban's own state dict (ban's parameter names), not the reference's: give it "
                               "to model.load_state_dict, or load a run of `ban train` with ban.load_run", path=label)
@@ -202,7 +207,9 @@ def load_official_checkpoint(source: str | os.PathLike[str] | Mapping[str, objec
 def to_official_state_dict(model: nn.Module) -> OrderedDict[str, Tensor]:
     """Our model's weights in the reference layout (keys without ``module.``, reference shapes). A model that
     masks question padding is refused: the reference does not mask, so these weights would compute another
-    function there. (The authors' scripts build 300-d word tables; other ``word_dim`` load here only.)"""
+    function there. (The authors' scripts build 300-d word tables, an attention of rank factor k = 3 and a
+    counter of 10 objects for VQA: other ``word_dim``, ``rank_factor``, ``num_count_objects``, or a VQA model
+    without counting, load here only.)"""
     config = getattr(model, "config", None)
     if config is not None and config.mask_question_padding:
         raise ValueError("the reference does not mask question padding (mask_question_padding=True): it would "
@@ -220,7 +227,8 @@ def save_official_checkpoint(model: nn.Module, path: str | os.PathLike[str], epo
     """Write ``{'epoch', 'model_state'}`` as the reference's ``utils.save_model`` does when given no optimizer:
     keys with DataParallel's ``module.``, since the reference's scripts wrap the model in ``nn.DataParallel``
     before loading (its ``test.py`` and ``evaluate.py`` load this file; resuming training there with ``--input``
-    needs an optimizer state, which ban cannot give)."""
+    needs an optimizer state, which ban cannot give). The file is in torch's format before 1.6 (not a zip), the
+    one the reference's own PyTorch wrote and reads; every later torch reads it too."""
     state = OrderedDict((f"module.{key}", value) for key, value in to_official_state_dict(model).items())
     checkpoint = {"epoch": epoch, "model_state": state}
     write_with(path, lambda temporary: _torch_save(checkpoint, temporary))
@@ -231,7 +239,7 @@ def _torch_save(checkpoint: dict[str, Any], path: Path) -> None:
     it was, which :func:`~ban.data.atomic.write_with` knows; ``torch.save`` itself wraps it in a RuntimeError."""
     with path.open("wb") as file:
         try:
-            torch.save(checkpoint, file)
+            torch.save(checkpoint, file, _use_new_zipfile_serialization=False)
         except RuntimeError as error:
             if isinstance(error.__context__, OSError):
                 raise error.__context__ from None

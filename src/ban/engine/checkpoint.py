@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 
 from ban.data.atomic import write_with
 from ban.errors import CheckpointError
+from ban.nn.counting import CountingModule
 from ban.numbers import is_int, is_number
 
 # the float types weights and optimizer state may have in a checkpoint (ours or the authors')
@@ -205,13 +206,18 @@ def _check_finite(tensor: torch.Tensor, path: Path, name: str) -> None:
         raise CheckpointError("holds NaN or infinite values", path=path, field=name)
 
 
+# ban's names of the weights a layer divides by their own norm: a weight-normalised layer's direction, and the
+# slopes of a counting function the counter uses (``ban.nn.counting.PiecewiseLinear``: |w| / Σ|w|)
+_SELF_NORMALISED = re.compile(
+    rf".*weight_v|(?:.*\.)?functions\.({'|'.join(map(str, range(CountingModule.USED_FUNCTIONS)))})\.weight")
+
+
 def check_weight_direction(tensor: torch.Tensor, path: str | Path, name: str, field: str | None = None) -> None:
-    """A weight-normalised layer's direction (``name`` ending in ``weight_v``, as ban names it) is never all zeros:
-    the layer divides it by its norm, and 0/0 would make every output NaN. The error names ``field`` (default:
-    ``name``)."""
-    if name.endswith("weight_v") and not tensor.any():
-        raise CheckpointError("all zeros: a weight-normalised layer divides this by its norm, so every output would "
-                              "be NaN", path=path, field=field or name)
+    """A weight that its layer divides by its own norm (:data:`_SELF_NORMALISED`, ``name`` as ban names it) is
+    never all zeros: 0/0 would make every output NaN. The error names ``field`` (default: ``name``)."""
+    if _SELF_NORMALISED.fullmatch(name) and not tensor.any():
+        raise CheckpointError("all zeros: its layer divides this by its norm, so every output would be NaN",
+                              path=path, field=field or name)
 
 
 # the numbers every epoch record of a checkpoint's history holds
