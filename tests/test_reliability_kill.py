@@ -34,6 +34,8 @@ TIMINGS = ("seconds", "samples_per_s")
 #   save:<name>:<n>          – the n-th write of checkpoint <name> stops half-way (temp file cut in half), SIGKILL
 #   replace:<name>:<n>:before|after – SIGKILL just before / after the n-th atomic rename onto <name>
 #   step:<n>:<SIGNAL>        – send SIGNAL when the n-th optimisation step measures its gradient norm
+#   batch:<n>:<SIGNAL>       – a data-loader worker sends SIGNAL to the whole process group (itself and the
+#                              training process too, as torchrun and schedulers signal) as it reads its n-th batch
 KILLER = r"""
 import os, signal, sys
 from pathlib import Path
@@ -72,6 +74,14 @@ elif kind == "step":
             os.kill(os.getpid(), getattr(signal, spec[1]))
         return norm(*args, **kwargs)
     torch.nn.utils.get_total_norm = norm_and_signal
+elif kind == "batch":
+    import ban.data.loader as loader
+    read = loader._ErrorsAsBatches.__getitems__
+    def read_and_signal(self, indices):
+        if hit(spec[0]):
+            os.killpg(os.getpgrp(), getattr(signal, spec[1]))
+        return read(self, indices)
+    loader._ErrorsAsBatches.__getitems__ = read_and_signal
 from ban.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -82,9 +92,10 @@ def environment(**extra: str) -> dict[str, str]:
 
 
 def ban_train(arguments: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess:
+    """`ban ARGUMENTS` in a process group of its own (its loader workers are in it too)."""
     command = [sys.executable, "-c", KILLER, *arguments] if kill_at else [sys.executable, "-m", "ban.cli", *arguments]
     return subprocess.run(command, env=environment(**({"KILL_AT": kill_at} if kill_at else {})),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, start_new_session=True)
 
 
 def resume(run_dir: Path, kill_at: str | None = None) -> subprocess.CompletedProcess:
@@ -223,3 +234,16 @@ def test_resuming_with_fewer_epochs_than_begun_is_refused(data_dir, tmp_path):
     result = ban_train(["train", "--out", str(run_dir), "--resume", "--epochs", "1"])
     assert result.returncode == 2 and "its checkpoint is in epoch 2; give --epochs 2 or more" in result.stderr
     assert (run_dir / "config.json").read_text() == config and position(run_dir) == (1, 2)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_reaches_the_loader_workers_and_still_saves_the_step(data_dir, tmp_path):
+    """torchrun (and a scheduler) signals a worker's whole process group: its data-loader processes got the SIGTERM
+    too and died on it, so the step broke off and no checkpoint was written. They ignore it, as they ignore
+    Ctrl-C: the step finishes and the checkpoint is saved."""
+    run_dir = tmp_path / "run"
+    result = ban_train(["train", "--data", str(data_dir), "--out", str(run_dir), *TRAIN, "--set", "num_workers=1"],
+                       kill_at="batch:3:SIGTERM")
+    assert result.returncode == 130, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert position(run_dir)[0] == 0 and assert_intact(run_dir).state["partial"]["count"] > 0

@@ -1,14 +1,21 @@
-"""A DataLoader whose bad-input errors reach the caller as they were raised, also from worker processes.
+"""A DataLoader whose bad-input errors reach the caller as they were raised, also from worker processes, and
+whose workers leave SIGTERM to the caller.
 
 PyTorch re-raises an exception from a loader worker as a new one of the same type whose message holds the
 worker's whole traceback, so ``ban``'s one-line error ("FILE: record R: field F: what is wrong") would be printed
 under ten lines of frames. :class:`BatchLoader` carries a :class:`~ban.errors.BanError` back as the batch instead
 (pickled whole: message, file, record and field) and raises it in the caller's process, the same with and without
 workers.
+
+A SIGTERM sent to a whole process group (torchrun's to each of its workers, a scheduler's) reaches the loader's
+processes too; had they died of it, the caller's next batch would fail with PyTorch's "DataLoader worker is killed
+by signal" before it could finish its step and save (``ban train``) or take back what it was writing. So they
+ignore it, as PyTorch's workers ignore Ctrl-C; they end when the caller shuts the loader down or exits.
 """
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -58,14 +65,19 @@ class _CollateOrCarry:
             return _Raised(error)
 
 
+def _ignore_sigterm(worker_id: int) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class BatchLoader(DataLoader):
     """``DataLoader(dataset, batch_sampler=…, collate_fn=…, **options)`` that raises a :class:`BanError` of reading
-    or collating a batch as itself, in this process (see the module's docstring)."""
+    or collating a batch as itself, in this process, and whose workers ignore SIGTERM (see the module's
+    docstring)."""
 
     def __init__(self, dataset: Dataset, *, batch_sampler: Any, collate_fn: Callable[[list[Any]], Any],
                  **options: Any) -> None:
         super().__init__(_ErrorsAsBatches(dataset), batch_sampler=batch_sampler,
-                         collate_fn=_CollateOrCarry(collate_fn), **options)
+                         collate_fn=_CollateOrCarry(collate_fn), worker_init_fn=_ignore_sigterm, **options)
 
     def __iter__(self) -> Iterator[Any]:
         for batch in super().__iter__():
