@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import gc
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ban.engine.distributed import BUCKET_BATCHES, DistContext, ShardedBatches, bucketed_batches, teardown
+from ban.engine.distributed import BUCKET_BATCHES, DistContext, ShardedBatches, bucketed_batches, on_main, teardown
 
 
 def test_shards_partition_each_global_batch():
@@ -148,3 +149,47 @@ def test_a_run_ending_in_an_error_in_the_forward_pass_leaves_no_ddp_wrapper_behi
         if dist.is_initialized():
             dist.destroy_process_group()
     assert len(wrappers) == 1 and alive_at_teardown == [False]
+
+
+def _on_main_in_a_process(rank: int, store: str, outcome: str, results: str) -> None:
+    """Process ``rank`` of two (gloo): :func:`on_main` of work that, in the main process, ends as ``outcome``; the
+    type and text of what each process raised (or its value) written to ``results``/<rank>."""
+    from ban.cli import Terminated
+    from ban.errors import DataError
+
+    def work() -> str:
+        if outcome == "terminated":
+            raise Terminated
+        if outcome == "data error":
+            raise DataError("cannot be written: Is a directory", path="run/learning_curves.png")
+        return "written"
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        value = on_main(work, DistContext(rank, 2, torch.device("cpu")))
+        said = f"value {value}"
+    except BaseException as error:  # noqa: BLE001 - what was raised is the result
+        said = f"{type(error).__name__} {error} every_process={getattr(error, 'every_process', None)}"
+    finally:
+        dist.destroy_process_group()
+    Path(results, str(rank)).write_text(said)
+
+
+@pytest.mark.parametrize(("outcome", "main_said", "other_said"), [
+    ("written", "value written", "value None"),
+    ("data error", "DataError run/learning_curves.png: cannot be written: Is a directory every_process=True",
+     "DataError run/learning_curves.png: cannot be written: Is a directory every_process=True"),
+    ("terminated", "Terminated  every_process=None", "Terminated  every_process=None"),
+])
+def test_what_the_main_process_alone_does_ends_every_process_alike(tmp_path, outcome, main_said, other_said):
+    """Real processes: a write of the main process's that fails, or a SIGTERM that stops it, is raised in the other
+    too (which waited for it), not left for that one's next collective to break off on."""
+    context = torch.multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_on_main_in_a_process, args=(rank, str(tmp_path / "store"), outcome,
+                                                                       str(tmp_path))) for rank in (0, 1)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    assert (tmp_path / "0").read_text() == main_said and (tmp_path / "1").read_text() == other_said

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ban import launch
 from ban.commands.arguments import non_negative_int
+from ban.engine import distributed
 from ban.engine.config import (
     SYNTHETIC_TRAINING,
     TrainConfig,
@@ -135,13 +136,24 @@ def run(args: argparse.Namespace) -> int:
     main_process = launch.is_main_process()
     if launch.world_size() > 1 and args.out is None:
         raise ConfigError("under torchrun, give --out RUN_DIR (every process must use the same run dir)")
-    if main_process and args.out is not None and not args.resume:
-        check_new_run_dir(args.out)  # before anything is built (the synthetic scenes take a minute or more)
+    if args.out is not None and not args.resume:
+        # before anything is built (the synthetic scenes take a minute or more); in every process, none of which has
+        # joined the process group yet (a process left alone would wait there for the others), so said once
+        try:
+            check_new_run_dir(args.out)
+        except ConfigError as taken:
+            raise distributed.everywhere(taken) from None
     config = build_run(args)
     run_dir = args.out or default_run_dir(config)
-    position = None  # the resumed run's, read by the main process
+    # the process group joined before the main process checks and writes the run dir, so that its refusal (a
+    # changed config on --resume…) reaches every process; train() finds it joined
+    context = distributed.setup(config.train.device)
+    try:
+        position = distributed.on_main(lambda: start_run(run_dir, config, args.resume), context)  # the resumed run's
+    except BaseException:
+        distributed.teardown()
+        raise
     if main_process:
-        position = start_run(run_dir, config, args.resume)
         print(f"run dir: {run_dir}\nmodel: {config.model}\ntraining: {config.train}", file=sys.stderr)
     finished = position is not None and position["epoch"] >= config.train.epochs > 0
     try:

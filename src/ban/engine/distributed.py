@@ -139,6 +139,26 @@ def gather_or_raise(value: Any, problem: BanError | None, context: DistContext) 
     return [kept for kept, _ in outcomes]
 
 
+def on_main(work: Callable[[], T], context: DistContext) -> T | None:
+    """``work()`` in the main process alone (a file only it writes), the others waiting for it: → its value there,
+    None in the others. A :class:`BanError` it meets is raised in every process (said once), and so is a Ctrl-C
+    or SIGTERM that stops it (its ``KeyboardInterrupt``), so that no process waits in vain at the next collective
+    for a main process that has gone."""
+    value, problem = None, None
+    if context.is_main:
+        try:
+            value = work()
+        except (BanError, KeyboardInterrupt) as error:
+            if not context.distributed:
+                raise
+            problem = error
+    if context.distributed:
+        met = gather_objects(problem, context)[0]
+        if met is not None:
+            raise met if isinstance(met, KeyboardInterrupt) else everywhere(met)
+    return value
+
+
 def run_together(function: Callable[[], T], context: DistContext) -> T:
     """``function()`` in every process, then :func:`gather_or_raise`: its value in this process once every process
     has run it, or the :class:`BanError` that any process met, raised in all (said once)."""

@@ -183,9 +183,7 @@ def train(run_dir: Path, run: RunConfig, task: Task, resume: bool = False) -> li
     try:
         check_step_settings(run, context)
         trainer = Trainer(run_dir, run, task, context, resume)
-        history = trainer.fit()
-        distributed.barrier(context)  # the main process may still be writing the report pictures
-        return history
+        return trainer.fit()
     except BaseException as error:  # its traceback's frames hold the DDP wrapper (e.g. an error in the forward
         traceback.clear_frames(error.__traceback__)  # pass): their locals go, the lines stay for the report
         raise
@@ -239,8 +237,8 @@ class Trainer:
         if resume:
             self.position = resume_from(Checkpoint(run_dir / CHECKPOINT_FILE), self.model, self.optimizer, context)
             check_epochs(self.position, self.config.epochs)
-            if context.is_main and self.position["history"]:  # a kill may have left metrics.jsonl an epoch behind
-                report_resumed(run_dir, self.position["history"])
+            if self.position["history"]:  # a kill may have left metrics.jsonl an epoch behind
+                distributed.on_main(lambda: report_resumed(run_dir, self.position["history"]), context)
         self.history: list[dict[str, Any]] = self.position["history"]
         self.data = task.dataset(self.config.train_splits)
         if len(self.data) < context.world_size:  # (a Visual Genome split with no image in its COCO split, say)
@@ -296,17 +294,24 @@ class Trainer:
                 self.keep_if_best(record)  # before the checkpoint: a kill in between redoes the epoch and this
                 self.history.append(record)
                 self.save(epoch + 1, 0, {})
-                if self.context.is_main:
-                    report_epoch(self.run_dir, self.history)
-                    tqdm.write(summarise(record))
-        if self.context.is_main and self.history:
-            from ban.viz.report import REPORT_DIR, write_report_pictures  # matplotlib only once training is over
-
-            if trains or not (self.run_dir / REPORT_DIR).is_dir():
-                pictures = write_report_pictures(self.run_dir, self.model, self.run, device=self.context.device)
-                if pictures:
-                    tqdm.write(f"attention pictures: {pictures[0].parent}")
+                distributed.on_main(functools.partial(self.report, record), self.context)
+        if self.history:
+            distributed.on_main(functools.partial(self.report_pictures, again=trains), self.context)
         return self.history
+
+    def report(self, record: dict[str, Any]) -> None:
+        """(The main process's) metrics.jsonl, learning curves and TensorBoard after the epoch of ``record``."""
+        report_epoch(self.run_dir, self.history)
+        tqdm.write(summarise(record))
+
+    def report_pictures(self, again: bool) -> None:
+        """(The main process's) attention pictures of the trained model, unless they are there and not ``again``."""
+        from ban.viz.report import REPORT_DIR, write_report_pictures  # matplotlib only once training is over
+
+        if again or not (self.run_dir / REPORT_DIR).is_dir():
+            pictures = write_report_pictures(self.run_dir, self.model, self.run, device=self.context.device)
+            if pictures:
+                tqdm.write(f"attention pictures: {pictures[0].parent}")
 
     def validation(self, record: dict[str, Any], stop: list[bool], epoch: int, steps: int,
                    partial: dict[str, float]) -> None:
@@ -502,16 +507,18 @@ class Trainer:
                                                     rng), f"the checkpoint {position_words(epoch, step)} was")
 
     def write_together(self, write: Callable[[], None] | None, what: str) -> None:
-        """``write`` (a checkpoint file's; None: nothing to write) in the main process, in every process together:
-        a write that fails (a full disk, say) raises :meth:`not_saved`'s error in every process, so that none
-        waits for the others in vain."""
-        problem = None
-        if self.context.is_main and write is not None:
+        """``write`` (a checkpoint file's; None: nothing to write) in the main process, the others waiting
+        (:func:`~ban.engine.distributed.on_main`): a write that fails (a full disk, say) raises :meth:`not_saved`'s
+        error in every process, so that none waits for the others in vain."""
+
+        def written() -> None:
             try:
-                write()
+                if write is not None:
+                    write()
             except DataError as error:
-                problem = self.not_saved(error, what)
-        distributed.gather_or_raise(None, problem, self.context)
+                raise self.not_saved(error, what) from error
+
+        distributed.on_main(written, self.context)
 
     def not_saved(self, error: DataError, what: str) -> DataError:
         """``error`` (a checkpoint that could not be written), saying that ``what`` "was" (or "were") not saved,

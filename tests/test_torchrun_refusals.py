@@ -1,0 +1,71 @@
+"""What the main process alone checks or writes under `torchrun` — the run dir's config on starting or resuming, the
+reports after an epoch — and fails at: every process stops at once, the error said once.
+
+Before, the other processes were left waiting: in the process group's set-up, which the main process never joined
+(torchrun then killed them after its 30 s grace: "forcefully exiting via 9"; another launcher would wait for the
+group's timeout), or in their next collective ("Connection closed by peer" from each, with a traceback).
+Every run here is a real `torchrun --nproc_per_node 2` (gloo).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tiny_run
+
+from ban.engine.checkpoint import Checkpoint
+from ban.engine.reporting import CURVES_FILE
+from ban.engine.run import CHECKPOINT_FILE, CONFIG_FILE
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A run of the tiny model, trained one epoch by one process."""
+    return tiny_run(tmp_path_factory.mktemp("torchrun_refusals"), seed=5)
+
+
+def torchrun_train(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "ban.cli", "train", *arguments], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_said_once_by_all(launched: subprocess.CompletedProcess, message: str) -> None:
+    """Both processes stopped with ``message``, said once, neither left waiting nor broken off."""
+    assert launched.returncode != 0
+    assert launched.stderr.count("ban train: error: ") == 1 and message in launched.stderr, launched.stderr[-3000:]
+    assert "forcefully exiting" not in launched.stderr, launched.stderr[-3000:]
+    assert "Connection closed" not in launched.stderr and "[rank1]" not in launched.stderr, launched.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_a_new_run_into_a_taken_run_dir(run_dir, tmp_path):
+    before = (run_dir / CONFIG_FILE).read_bytes()
+    launched = torchrun_train("--data", str(run_dir.parent / "prepared"), "--out", str(run_dir), "--preset", "tiny")
+    assert_said_once_by_all(launched, f"{run_dir} already holds a run")
+    assert (run_dir / CONFIG_FILE).read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_resume_with_another_configuration(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    launched = torchrun_train("--out", str(copy), "--resume", "--set", "lr=0.5")
+    assert_said_once_by_all(launched, f"cannot resume {copy} with a different configuration: train.lr differs")
+
+
+@pytest.mark.slow
+def test_an_epochs_report_that_cannot_be_written(run_dir, tmp_path):
+    """The learning curves' file is a folder: the main process cannot write it after epoch 2's checkpoint."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / CURVES_FILE).unlink()
+    (copy / CURVES_FILE / "inside").mkdir(parents=True)
+    launched = torchrun_train("--out", str(copy), "--resume", "--epochs", "2")
+    assert_said_once_by_all(launched, str(copy / CURVES_FILE))
+    assert Checkpoint(copy / CHECKPOINT_FILE).state["epoch"] == 2
