@@ -10,15 +10,18 @@ Every run here is a real `torchrun --nproc_per_node 2` (gloo).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import tiny_run
 
 from ban.engine.checkpoint import Checkpoint
+from ban.engine.distributed import ShardedBatches
 from ban.engine.reporting import CURVES_FILE
 from ban.engine.run import CHECKPOINT_FILE, CONFIG_FILE
 
@@ -69,3 +72,19 @@ def test_an_epochs_report_that_cannot_be_written(run_dir, tmp_path):
     launched = torchrun_train("--out", str(copy), "--resume", "--epochs", "2")
     assert_said_once_by_all(launched, str(copy / CURVES_FILE))
     assert Checkpoint(copy / CHECKPOINT_FILE).state["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_a_divergence_is_said_once_naming_the_whole_batch(run_dir, tmp_path):
+    """An absurd learning rate: each process used to say so, naming its own half of the batch as "the batch"."""
+    launched = torchrun_train("--data", str(run_dir.parent / "prepared"), "--out", str(tmp_path / "run"),
+                              "--preset", "tiny", "--set", "lr=1e30", "--set", "batch_size=16")
+    assert_said_once_by_all(launched, "Lower the learning rate")
+    found = re.search(r"non-finite (loss|gradient) at epoch 1, step (\d+) .*its question ids begin \[([\d, ]+)\]",
+                      launched.stderr)
+    assert found, launched.stderr[-3000:]
+    epoch = ShardedBatches(num_samples=len(np.load(run_dir.parent / "prepared" / "train.npz")["question_id"]),
+                           batch_size=16, seed=1204, epoch=0)
+    batch = list(epoch)[int(found[2]) - 1]
+    question_ids = np.load(run_dir.parent / "prepared" / "train.npz")["question_id"]
+    assert [int(i) for i in found[3].split(", ")] == question_ids[batch[:5]].tolist()  # the global batch's first

@@ -22,7 +22,7 @@ import functools
 import signal
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -163,13 +163,21 @@ def non_finite_row(batch: Batch) -> tuple[int, str] | None:
     return None
 
 
-def divergence_message(what: str, epoch: int, step: int, steps: int, batch: dict[str, Any], run_dir: Path,
-                       world_size: int) -> str:
-    """Where a non-finite ``what`` appeared, and what to do about it."""
+def first_ids(batch: dict[str, Any]) -> tuple[str, list[int]] | None:
+    """The kind and the first five ids of ``batch``'s samples (``question_ids`` or ``image_ids``), if it has any."""
     key = "question_ids" if "question_ids" in batch else "image_ids" if "image_ids" in batch else None
-    ids = f"; its {key.replace('_', ' ')} begin {batch[key][:5].tolist()}" if key else ""
+    return (key, batch[key][:5].tolist()) if key else None
+
+
+def divergence_message(what: str, epoch: int, step: int, steps: int, ids: Sequence[tuple[str, list[int]] | None],
+                       run_dir: Path, world_size: int) -> str:
+    """Where a non-finite ``what`` appeared (``ids``: :func:`first_ids` of each process's part of the batch, in rank
+    order: the global batch's order), and what to do about it."""
+    known = [part for part in ids if part is not None]
+    named = (f"; its {known[0][0].replace('_', ' ')} begin {[i for _, part in known for i in part][:5]}" if known
+             else "")
     return (f"non-finite {what} at epoch {epoch + 1}, step {step} (batch {step} of {steps} in the epoch's order"
-            f"{ids}); nothing was updated and the last checkpoint is unchanged. Lower the learning rate, check the "
+            f"{named}); nothing was updated and the last checkpoint is unchanged. Lower the learning rate, check the "
             f"data, or skip such batches: {skip_command(run_dir, world_size)}")
 
 
@@ -181,8 +189,12 @@ def train(run_dir: Path, run: RunConfig, task: Task, resume: bool = False) -> li
     context = distributed.setup(run.train.device)
     trainer: Trainer | None = None
     try:
-        check_step_settings(run, context)
-        trainer = Trainer(run_dir, run, task, context, resume)
+        try:
+            check_step_settings(run, context)
+            trainer = Trainer(run_dir, run, task, context, resume)
+        except ConfigError as refused:  # a setting's: every process refuses it alike, said once
+            distributed.everywhere(refused)
+            raise
         return trainer.fit()
     except BaseException as error:  # its traceback's frames hold the DDP wrapper (e.g. an error in the forward
         traceback.clear_frames(error.__traceback__)  # pass): their locals go, the lines stay for the report
@@ -379,8 +391,12 @@ class Trainer:
                 if not config.skip_nonfinite:
                     bar.close()
                     self.refuse_non_finite_input(problem.what, batch, indices, epoch, step)
-                    raise TrainingDiverged(divergence_message(problem.what, epoch, step, start + len(batches), batch,
-                                                              self.run_dir, context.world_size)) from None
+                    # every process's part of the batch named, the loss if any process's was not finite: said once
+                    whats, ids = zip(*distributed.gather_objects((problem.what, first_ids(batch)), context),
+                                     strict=True)
+                    what = "loss" if "loss" in whats else "gradient"
+                    raise distributed.everywhere(TrainingDiverged(divergence_message(
+                        what, epoch, step, start + len(batches), ids, self.run_dir, context.world_size))) from None
                 skipped += 1
             bar.update(1)
             if time.perf_counter() - shown > 0.5:
@@ -426,10 +442,11 @@ class Trainer:
         if not distributed.any_process(found is not None, self.context):
             return
         skip = skip_command(self.run_dir, self.context.world_size)
-        if found is None:
-            raise TrainingDiverged(f"non-finite {what} at epoch {epoch + 1}, step {step}: another process's part of "
-                                   f"the batch holds NaN or infinite features (its error names the sample); nothing "
-                                   f"was updated. Mend the data, or skip such batches: {skip}")
+        if found is None:  # said by the main process only, unless it names the sample itself
+            raise distributed.everywhere(TrainingDiverged(
+                f"non-finite {what} at epoch {epoch + 1}, step {step}: another process's part of the batch holds NaN "
+                f"or infinite features (its error names the sample); nothing was updated. Mend the data, or skip "
+                f"such batches: {skip}"))
         row, field = found
         raise DivergedOnData(
             f"non-finite {what} at epoch {epoch + 1}, step {step}: this sample's {field} hold NaN or infinite values "
