@@ -522,3 +522,15 @@ def test_abandoning_a_new_run_takes_the_best_weights_its_failed_epoch_kept(tmp_p
         (run_dir / name).write_text("written by the failed run")
     abandon_new_run(run_dir)
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(("settings", "lr"), [
+    (["--set", "val_split="], 7e-4),  # the reference's base rate without validation (its test-dev schedule)
+    (["--set", "val_split=", "--set", "lr=1e-3"], 1e-3),  # one given is kept
+    ([], 1e-3),
+])
+def test_a_vqa_run_without_validation_takes_the_references_learning_rate(data_dir, tmp_path, capsys, settings, lr):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(data_dir), "--out", str(run_dir), "--epochs", "0", *settings]) == 0
+    train_settings = json.loads((run_dir / "config.json").read_text())["train"]
+    assert train_settings["lr"] == lr and train_settings["decay_epochs"] == [10, 12, 14, 16, 18]

@@ -24,6 +24,7 @@ from ban.engine.config import (
     apply_overrides,
     check_new_training,
     parse_assignments,
+    reference_learning_rate,
     split_overrides,
     typed_overrides,
 )
@@ -79,6 +80,8 @@ def build_run(args: argparse.Namespace) -> RunConfig:
     base = stored.train if stored else TrainConfig(**SYNTHETIC_TRAINING) if synthetic else TrainConfig()
     # the settings first: a misspelt or bad one is refused before the synthetic scenes are made (a minute or more)
     training = apply_overrides(base, train_overrides)
+    if stored is None and not synthetic and task_name == "vqa":
+        training = reference_learning_rate(training, train_overrides)
     if stored is None:
         check_new_training(training)
     typed_overrides(BANConfig, model_overrides, "model")  # only checked here; applied by build_model_config
