@@ -14,6 +14,7 @@ from ban.nn import (
     CountingModule,
     FCStack,
     LowRankBilinearPooling,
+    PiecewiseLinear,
     UnitaryAttention,
     WeightNormLinear,
     pairwise_iou,
@@ -64,6 +65,8 @@ MAP_INPUTS = (torch.randn(2, 3, 8), torch.randn(2, 4, 6), torch.tensor([[True, T
     (lambda: WeightNormLinear(3, 2)(torch.randn(5, 4)),
      r"input: expected shape \[\.\.\., 3\] with float values, got shape \[5, 4\]"),
     (lambda: FCStack([4, 0]), "needs positive sizes"),
+    (lambda: CountingModule(0), "num_objects must be positive, got 0"),  # counted NaN
+    (lambda: PiecewiseLinear(0), "num_segments must be positive, got 0"),  # NaN
     # the linear layers failed inside the product ("expected m1 and m2 to have the same dtype")
     (lambda: WeightNormLinear(3, 2)(torch.randn(5, 3, dtype=torch.float64)),
      "input: torch.float64 values meet torch.float32 weights"),
@@ -116,3 +119,18 @@ def test_counting_in_float16_with_fewer_boxes_than_it_keeps_is_finite_and_close_
     assert torch.allclose(half.float(), reference, atol=3e-3)
     padded = torch.cat([few, torch.zeros(2, 3, 4)], dim=1).half()
     assert torch.isfinite(pairwise_iou(padded)).all()
+
+
+def test_counting_bfloat16_scores_is_as_close_to_float64_as_its_output_can_be():
+    """Counted in bfloat16 (8 bits of precision), the counts were 0.05 off float64's on the same inputs; counted in
+    float32, only the output's rounding to bfloat16 is left (≤ 2⁻⁹ on values in [0, 1])."""
+    torch.manual_seed(0)
+    exact = CountingModule().double()
+    for function in exact.functions:
+        function.weight.data.uniform_(0, 2)
+    counter = CountingModule().to(torch.float32)
+    counter.load_state_dict(exact.state_dict())
+    few, scores = boxes(64, 20).bfloat16(), (3 * torch.randn(64, 20)).bfloat16()
+    counted = counter(few, scores)
+    assert counted.dtype == torch.bfloat16
+    assert (counted.double() - exact(few.double(), scores.double())).abs().max() <= 2 ** -9

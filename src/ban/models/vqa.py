@@ -20,7 +20,8 @@ class BanForVQA(TokenEncoderModel):
     boxes [B, N, ≥4] normalised x1, y1, x2, y2 (…; None is accepted without counting), questions [B, L ≥ 1] int64
     padded at the end with ``config.pad_index``, box_mask [B, N] bool (True = real box). Every sample needs a real
     box: one without has no attention distribution and gets NaN outputs, as in the reference (data preparation
-    refuses images without boxes). With ``config.mask_question_padding``, so does a question of padding only.
+    refuses images without boxes), and NaN gradients in every shared weight even when left out of the loss: drop
+    it from the batch. With ``config.mask_question_padding``, so does a question of padding only.
     NaN or inf in a sample's padded boxes (with an explicit ``box_mask``) change nothing, on either execution
     (``config.fused``), unless ``real_rows`` lists padded slots (their zero attention times NaN is NaN).
     """

@@ -103,7 +103,8 @@ class BilinearAttentionMap(nn.Module):
 
     ``logits[b,g,i,j] = Σ_k p[g,k] · σ(Uᵀv_i)_k · σ(Vᵀq_j)_k + bias[g]``, with the per-glimpse vectors
     ``p = g_p · p_v / ‖p_v‖_F`` (one gain over all glimpses). Padded boxes get ``mask_value``; the softmax runs
-    over each glimpse's whole N·L grid (a sample without a real box has no distribution: NaN).
+    over each glimpse's whole N·L grid (a sample without a real box has no distribution: NaN, which reaches every
+    shared weight's gradient even when that sample is left out of the loss; drop it from the batch).
 
     Parameters: ``v_proj``, ``q_proj`` (FC → K, ReLU, input dropout), ``glimpse_weight_v`` [G, K],
     ``glimpse_weight_g`` [], ``glimpse_bias`` [G]. Dropout ``attention_dropout`` applies to σ(Uᵀv) only.

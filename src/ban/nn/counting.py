@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ban import kernels
-from ban.nn.shapes import expect_shape
+from ban.nn.shapes import expect_positive, expect_shape
 
 _COUNT_EPSILON = 1e-20  # under the count's square root (the reference's): its gradient stays finite at zero
 
@@ -51,6 +51,7 @@ class PiecewiseLinear(nn.Module):
 
     def __init__(self, num_segments: int = 16) -> None:
         super().__init__()
+        expect_positive("num_segments", num_segments)
         self.num_segments = num_segments
         self.weight = nn.Parameter(torch.empty(num_segments + 1))
         self.reset_parameters()
@@ -63,8 +64,9 @@ class PiecewiseLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x [...] with values in [0, 1] → f(x) [...]."""
-        slopes = self.weight.abs()
-        slopes = slopes / slopes.sum()
+        weight = self.weight if torch.finfo(self.weight.dtype).bits >= 32 else self.weight.float()  # a bf16 module's
+        slopes = weight.abs()
+        slopes = slopes / slopes.sum()  # normalised in float32 at least: bfloat16 put them 0.02 off
         if kernels.active() is not None and x.device.type == "cpu" and x.dtype == slopes.dtype == torch.float32:
             return _CompiledPiecewiseLinear.apply(x, slopes)
         steps = torch.arange(self.num_segments, device=x.device, dtype=x.dtype)
@@ -116,6 +118,7 @@ class CountingModule(nn.Module):
 
     def __init__(self, num_objects: int = 10) -> None:
         super().__init__()
+        expect_positive("num_objects", num_objects)
         self.num_objects = num_objects
         self.functions = nn.ModuleList(PiecewiseLinear(16) for _ in range(self.NUM_FUNCTIONS))
         self.functions[self.USED_FUNCTIONS:].requires_grad_(False)
@@ -123,12 +126,13 @@ class CountingModule(nn.Module):
     def forward(self, boxes: Tensor, scores: Tensor) -> Tensor:
         """boxes [B, N, ≥4] normalised x1, y1, x2, y2 (…); scores [B, N] pre-sigmoid (−inf for padded boxes)
         → [B, num_objects + 1], the confidence-weighted soft one-hot count, in the scores' dtype (computed in
-        float32 for float16 scores)."""
+        float32 for float16 and bfloat16 scores: float16 would round the square root's epsilon to 0, an infinite
+        gradient, and bfloat16's 8 bits of precision put its counts 0.02 off float32's)."""
         if boxes.dim() != 3 or boxes.shape[-1] < 4 or not boxes.is_floating_point():
             raise ValueError(f"boxes: expected shape [B, N, ≥4] (x1, y1, x2, y2, …) with float values, got shape "
                              f"{list(boxes.shape)} of {boxes.dtype}")
         expect_shape("scores", scores, boxes.shape[:2], "float")
-        if torch.finfo(scores.dtype).tiny > _COUNT_EPSILON:  # float16: the epsilon would round to 0 (an inf gradient)
+        if torch.finfo(scores.dtype).bits < 32:
             return self._count(boxes, scores.float()).to(scores.dtype)
         return self._count(boxes, scores)
 
