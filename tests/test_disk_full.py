@@ -140,14 +140,19 @@ def test_saving_in_the_authors_format_without_room_names_the_file_and_keeps_the_
     """``ban.save_official_checkpoint`` (``torch.save``, whose own error for a failed write is a RuntimeError
     with C++ positions in it) raises the DataError every other write raises."""
     path = tmp_path / "model_epoch12.pth"
-    path.write_bytes(b"earlier")
-    script = ("import ban\n"
+    script = ("import sys, ban\n"
               "config = ban.BANConfig(num_tokens=10, num_answers=3, hidden_dim=8, feature_dim=8, num_glimpses=1,"
               " word_dim=4)\n"
-              f"ban.save_official_checkpoint(ban.build_model(config), {str(path)!r})\n")
-    failed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)))
-    assert failed.returncode == 1
-    assert failed.stderr.rstrip("\n").rpartition("\n")[2] == (
-        f"ban.errors.DataError: {path}: cannot be written: File too large"), failed.stderr[-3000:]
-    assert path.read_bytes() == b"earlier" and hidden(tmp_path) == []
+              "ban.save_official_checkpoint(ban.build_model(config), sys.argv[1])\n")
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True, timeout=120)
+    size = path.stat().st_size
+    path.write_bytes(b"earlier")
+    # the limit in the header (pickled through Python) and in the tensors' bytes (written from C++ but for ban)
+    for limit in (2048, size // 2):
+        failed = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
+                                timeout=120, preexec_fn=lambda limit=limit: resource.setrlimit(
+                                    resource.RLIMIT_FSIZE, (limit, limit)))
+        assert failed.returncode == 1
+        assert failed.stderr.rstrip("\n").rpartition("\n")[2] == (
+            f"ban.errors.DataError: {path}: cannot be written: File too large"), failed.stderr[-3000:]
+        assert path.read_bytes() == b"earlier" and hidden(tmp_path) == []

@@ -15,7 +15,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import Tensor, nn
@@ -234,16 +234,19 @@ def save_official_checkpoint(model: nn.Module, path: str | os.PathLike[str], epo
     write_with(path, lambda temporary: _torch_save(checkpoint, temporary))
 
 
+class _PythonWrites:
+    """A binary file's ``write`` and ``flush`` only. Given a file with a descriptor, ``torch.save`` writes the
+    tensors' bytes to the descriptor from C++, and a write that fails (no room…) is a RuntimeError without its
+    system error; given this, it writes every byte through Python, so such a failure is the :class:`OSError` it
+    was, which :func:`~ban.data.atomic.write_with` knows."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.write, self.flush = file.write, file.flush
+
+
 def _torch_save(checkpoint: dict[str, Any], path: Path) -> None:
-    """``torch.save`` through a Python file, so that a failed write (no room…) surfaces as the :class:`OSError`
-    it was, which :func:`~ban.data.atomic.write_with` knows; ``torch.save`` itself wraps it in a RuntimeError."""
     with path.open("wb") as file:
-        try:
-            torch.save(checkpoint, file, _use_new_zipfile_serialization=False)
-        except RuntimeError as error:
-            if isinstance(error.__context__, OSError):
-                raise error.__context__ from None
-            raise
+        torch.save(checkpoint, _PythonWrites(file), _use_new_zipfile_serialization=False)
 
 
 def read_reference_answers(path: str | os.PathLike[str]) -> list[str]:
