@@ -189,7 +189,11 @@ def test_what_the_main_process_alone_does_ends_every_process_alike(tmp_path, out
                                                                        str(tmp_path))) for rank in (0, 1)]
     for process in processes:
         process.start()
-    for process in processes:
-        process.join(timeout=120)
-        assert process.exitcode == 0
+    try:
+        for process in processes:
+            process.join(timeout=120)
+            assert process.exitcode == 0
+    finally:  # one left waiting for the other is not left behind
+        for process in processes:
+            process.kill()
     assert (tmp_path / "0").read_text() == main_said and (tmp_path / "1").read_text() == other_said

@@ -88,3 +88,29 @@ def test_a_divergence_is_said_once_naming_the_whole_batch(run_dir, tmp_path):
     batch = list(epoch)[int(found[2]) - 1]
     question_ids = np.load(run_dir.parent / "prepared" / "train.npz")["question_id"]
     assert [int(i) for i in found[3].split(", ")] == question_ids[batch[:5]].tolist()  # the global batch's first
+
+
+# `ban` with the free memory of the process of rank 1 (only) said to be 1000 bytes
+SHORT_OF_MEMORY_IN_RANK_1 = """
+import os, sys
+import ban.data.resident as resident
+if os.environ["RANK"] == "1":
+    resident.free_memory = lambda device: 1000
+from ban.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_an_error_one_process_alone_meets_is_still_said(run_dir, tmp_path):
+    """The memory check of `resident=true` is each process's own: when only one process is short of memory, that
+    one says so (an error every process meets alike is said by the main process alone)."""
+    launcher = tmp_path / "short_of_memory.py"
+    launcher.write_text(SHORT_OF_MEMORY_IN_RANK_1)
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(launcher), "train",
+         "--data", str(run_dir.parent / "prepared"), "--out", str(tmp_path / "run"), "--preset", "tiny",
+         "--set", "resident=true"], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+        timeout=300)
+    assert launched.returncode != 0
+    assert "ban train: error: resident data needs" in launched.stderr, launched.stderr[-3000:]

@@ -148,10 +148,12 @@ def run(args: argparse.Namespace) -> int:
             raise distributed.everywhere(taken) from None
     config = build_run(args)
     run_dir = args.out or default_run_dir(config)
+    task = make_task(config.task, config.data_dir)
     # the process group joined before the main process checks and writes the run dir, so that its refusal (a
     # changed config on --resume…) reaches every process; train() finds it joined
     context = distributed.setup(config.train.device)
     try:
+        distributed.barrier(context)  # every process has checked --out above before the main one makes the run dir
         position = distributed.on_main(lambda: start_run(run_dir, config, args.resume), context)  # the resumed run's
     except BaseException:
         distributed.teardown()
@@ -160,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"run dir: {run_dir}\nmodel: {config.model}\ntraining: {config.train}", file=sys.stderr)
     finished = position is not None and position["epoch"] >= config.train.epochs > 0
     try:
-        history = train(run_dir, config, make_task(config.task, config.data_dir), resume=args.resume)
+        history = train(run_dir, config, task, resume=args.resume)
     except TrainingInterrupted as stopped:
         if main_process:
             print(f"ban train: interrupted: {stopped}", file=sys.stderr)

@@ -10,7 +10,10 @@ workers.
 A SIGTERM sent to a whole process group (torchrun's to each of its workers, a scheduler's) reaches the loader's
 processes too; had they died of it, the caller's next batch would fail with PyTorch's "DataLoader worker is killed
 by signal" before it could finish its step and save (``ban train``) or take back what it was writing. So they
-ignore it, as PyTorch's workers ignore Ctrl-C; they end when the caller shuts the loader down or exits.
+ignore it, as PyTorch's workers ignore Ctrl-C (a scheduler may signal every process of a job, whatever its
+process group). They end when the caller shuts the loader down, or within seconds of its death (PyTorch's
+workers watch their parent); the price: a worker still busy when the loader gives up waiting for it at shutdown
+is no longer ended by the SIGTERM PyTorch then sends, but finishes its batch first.
 """
 
 from __future__ import annotations

@@ -153,8 +153,9 @@ def on_main(work: Callable[[], T], context: DistContext) -> T | None:
                 raise
             problem = error
     if context.distributed:
-        met = gather_objects(problem, context)[0]
+        met = gather_objects(problem, context)[0]  # the main process's
         if met is not None:
+            met = problem if context.is_main else met  # the main process's own: its traceback and cause kept
             raise met if isinstance(met, KeyboardInterrupt) else everywhere(met)
     return value
 

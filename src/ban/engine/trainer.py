@@ -189,12 +189,8 @@ def train(run_dir: Path, run: RunConfig, task: Task, resume: bool = False) -> li
     context = distributed.setup(run.train.device)
     trainer: Trainer | None = None
     try:
-        try:
-            check_step_settings(run, context)
-            trainer = Trainer(run_dir, run, task, context, resume)
-        except ConfigError as refused:  # a setting's: every process refuses it alike, said once
-            distributed.everywhere(refused)
-            raise
+        check_step_settings(run, context)
+        trainer = Trainer(run_dir, run, task, context, resume)
         return trainer.fit()
     except BaseException as error:  # its traceback's frames hold the DDP wrapper (e.g. an error in the forward
         traceback.clear_frames(error.__traceback__)  # pass): their locals go, the lines stay for the report
@@ -207,14 +203,17 @@ def train(run_dir: Path, run: RunConfig, task: Task, resume: bool = False) -> li
 
 def check_step_settings(run: RunConfig, context: DistContext) -> None:
     """Refuse ``cuda_graphs`` and ``compile`` where they cannot run: under ``torchrun``, for a model other than BAN
-    on VQA (both take the host-made packing rows), and the graphs off a CUDA device."""
+    on VQA (both take the host-made packing rows), and the graphs off a CUDA device. Every process refuses alike
+    (said once)."""
     for name in ("cuda_graphs", "compile"):
         if not getattr(run.train, name):
             continue
         if name == "cuda_graphs" and context.device.type != "cuda":
-            raise ConfigError(f"cuda_graphs=true needs a CUDA device; this run trains on {context.device.type}")
+            raise distributed.everywhere(ConfigError(f"cuda_graphs=true needs a CUDA device; this run trains on "
+                                                     f"{context.device.type}"))
         if context.distributed:
-            raise ConfigError(f"{name}=true trains in one process; under torchrun leave it false")
+            raise distributed.everywhere(ConfigError(f"{name}=true trains in one process; under torchrun leave it "
+                                                     "false"))
         if not packs_boxes(run):
             raise ConfigError(f"{name}=true is implemented for BAN on VQA only, not for {run.task} with "
                               f"{run.model.attention} attention")
@@ -232,8 +231,9 @@ class Trainer:
         self.run_dir, self.run, self.task, self.context, self.config = run_dir, run, task, context, run.train
         check_splits(self.config, task)
         if self.config.batch_size < context.world_size:  # ShardedBatches drops a global batch smaller than that
-            raise ConfigError(f"batch_size {self.config.batch_size} is smaller than the number of processes "
-                              f"({context.world_size}): every batch would be dropped")
+            raise distributed.everywhere(ConfigError(  # (in every process alike: said once)
+                f"batch_size {self.config.batch_size} is smaller than the number of processes ({context.world_size}): "
+                "every batch would be dropped"))
         self.precision = resolve_precision(self.config.precision, context.device)
         self.model = initial_model(run, task).to(context.device)
         graphed = self.config.cuda_graphs
