@@ -1,9 +1,15 @@
 """The one prepared GPU check of issue 7: correctness on the GPU, then `ban bench` at paper size.
 
-Run on the device machine from the repository root (the package need not be installed there):
+Run on the device machine from the repository root (the package need not be installed there; the commit named,
+for a copy of the tree without .git; the output kept in $OUT even if the command is cut short):
 
-    PYTHONPATH=src python benchmarks/device_check.py --out "$OUT"
-    python benchmarks/device_check.py --out /tmp/dry --device cpu --batch-size 4 --steps 1   # a dry run here
+    set -o pipefail; PYTHONUNBUFFERED=1 BAN_COMMIT=<commit> PYTHONPATH=src \
+        python benchmarks/device_check.py --out "$OUT" 2>&1 | tee "$OUT/log"
+    PYTHONPATH=src python benchmarks/device_check.py --out /tmp/dry --device cpu --batch-size 4 --steps 1   # dry run
+
+First ``environment`` (the command, the commit, versions, the GPU) and ``trainer_data`` (the synthetic sets of 6.,
+made before CUDA starts). At ``--deadline`` seconds from the start (540; keep it below the command's time limit) the
+running part is cut short and the rest skipped; the report keeps what was measured.
 
 Eager work first (a failed CUDA graph capture could leave the device unusable for what follows):
 
@@ -29,13 +35,13 @@ Then CUDA graphs (:mod:`ban.engine.graphs`):
    without TF32) eagerly, eagerly with the static inputs and capture-safe layers, and replayed as graphs: the
    losses and the parameters' largest differences; ``graphed_rows``: the graphed rows of the table;
    ``graph_dropout``: replays of a captured forward pass draw fresh dropout masks in train mode (none in eval).
-5. ``compiled_row`` (if under ``--compile-before`` seconds, 360, have passed): the bf16 training row of "compiled"
-   (graphed, with the forward pass and the clipped Adamax update through torch.compile), compiled first;
-   ``compiled_parity`` (under 420 s): the check of 4. for it. Dynamo's caches are emptied before each.
-6. ``trainer`` (under 430 s): ``ban train`` eager and with ``cuda_graphs=true`` (resident data, synthetic sets): a
+5. ``compiled_row`` (if under ``--compile-before`` seconds, 340, have passed): the bf16 training row of "compiled"
+   (graphed, with the forward pass and the clipped Adamax update through torch.compile), compiled first.
+6. ``trainer`` (under 420 s): ``ban train`` eager and with ``cuda_graphs=true`` (resident data, synthetic sets): a
    dropout-free tiny BAN's losses and weights, both ways (fp32, TF32 off); the paper-best BAN's samples/s per
-   epoch, both ways (bf16, batch 256, 2,000 images of 10–100 boxes); ``trainer_compiled`` (under 400 s): the
-   paper-best run with ``compile=true`` too. (The sets are generated at the start, before CUDA.)
+   epoch, both ways (bf16, batch 256, 2,000 images of 10–100 boxes).
+   Then ``compiled_parity`` (under 430 s): the check of 4. for the compiled step; ``trainer_compiled`` (under
+   360 s): the paper-best run with ``compile=true`` too. Dynamo's caches are emptied before each compiled part.
 7. ``cudnn_gru_capture``, last: whether cuDNN's GRU (forward + backward) can be captured (to choose it over
    ``gru_sequence`` later).
 
@@ -50,22 +56,30 @@ The JSON is rewritten after every part, so a run cut short still leaves what it 
 
 from __future__ import annotations
 
-import argparse
-import copy
-import dataclasses
-import json
-import shutil
-import tempfile
 import time
-import traceback
-from collections.abc import Callable
-from pathlib import Path
 
-import torch
-from authors_formulation import time_steps as authors_steps  # benchmarks/ is the script's directory
-from torch.profiler import ProfilerActivity, profile
+STARTED = time.perf_counter()  # before torch's import and CUDA's start, which count against the device time too
 
-from ban.benchmark import (
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import copy  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import traceback  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from authors_formulation import time_steps as authors_steps  # noqa: E402 - benchmarks/ is the script's directory
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+from ban.benchmark import (  # noqa: E402
     BenchSettings,
     as_json,
     box_counts,
@@ -74,21 +88,31 @@ from ban.benchmark import (
     synchronize,
     synthetic_batches,
 )
-from ban.engine.config import TrainConfig
-from ban.engine.graphs import graphed_inference, graphed_training, static_batch, training_step
-from ban.engine.optim import adamax
-from ban.models import build_model, preset
-from ban.nn.capture import capture_safe
+from ban.engine.config import TrainConfig  # noqa: E402
+from ban.engine.graphs import graphed_inference, graphed_training, static_batch, training_step  # noqa: E402
+from ban.engine.optim import adamax  # noqa: E402
+from ban.machine import code_version, describe_machine  # noqa: E402
+from ban.models import build_model, preset  # noqa: E402
+from ban.nn.capture import capture_safe  # noqa: E402
 
 
-def exact_float32() -> None:
-    """fp32 products without TF32, for the comparisons."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+def tf32_flags() -> dict[str, bool]:
+    return {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+
+
+@contextlib.contextmanager
+def exact_float32() -> Iterator[None]:
+    """fp32 products without TF32, for the comparisons; torch's flags as they were afterwards (its defaults: TF32
+    off for matmuls, on for cuDNN), for the speed rows."""
+    before = tf32_flags()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before["matmul"], before["cudnn"]
 
 
 def parity(device: torch.device) -> list[dict]:
-    exact_float32()
     rows = []
     torch.manual_seed(0)
     reference = build_model(preset("paper-best")).eval()
@@ -114,7 +138,6 @@ def failure(error: BaseException) -> str:
 def graph_parity(device: torch.device, candidate: str = "graphed", steps: int = 3) -> dict:
     """3 training steps of a dropout-free paper-best model (fp32, TF32 off): eager, static eager (static inputs,
     capture-safe layers) and the candidate ("graphed", or "compiled": graphed with torch.compile)."""
-    exact_float32()
     torch.manual_seed(0)
     config = preset("paper-best", dropout=0.0, attention_dropout=0.0, classifier_dropout=0.0)
     initial = build_model(config).to(device)
@@ -156,7 +179,6 @@ def graph_dropout(device: torch.device, replays: int = 3) -> dict:
     """Dropout inside a replayed CUDA graph: a paper-best model with its dropout, the forward pass captured once
     (fp32, batch 32) and replayed on the same batch, in train mode (each replay must draw fresh masks: the logits
     differ between replays) and in eval mode (no dropout: equal)."""
-    exact_float32()
     torch.manual_seed(0)
     config = preset("paper-best")
     model = build_model(config).to(device)
@@ -417,34 +439,73 @@ def trainer_check(device: torch.device, data: dict[str, Path] | str, root: Path,
     return report
 
 
-class Parts:
-    """The check's parts run in order into one report, ``out/device_check.json``, rewritten after every part: a part
-    that raises is reported with its error and the next one still runs; each part's seconds are recorded."""
+class Deadline(BaseException):
+    """The check's deadline came while a part ran (SIGALRM): that part is reported cut short, the rest skipped. Not
+    an Exception: the parts' own handlers (a failing row, a failing run) must not take it for one and go on."""
 
-    def __init__(self, out: Path, started: float) -> None:
-        self.out, self.started, self.report = out, started, {"part_seconds": {}}
+
+def _deadline_reached(signum: int, frame: object) -> None:
+    raise Deadline("the check's deadline came while this part ran")
+
+
+class Parts:
+    """The check's parts run in order into one report, ``out/device_check.json``, rewritten (atomically) after every
+    part: a part that raises is reported with its error and the next one still runs; each part's seconds are
+    recorded, and the TF32 flags it ran under. At ``deadline`` seconds from the script's start (SIGALRM) the part
+    running is cut short; parts not begun by then are skipped, except those that run ``always`` (instant ones)."""
+
+    def __init__(self, out: Path, deadline: float | None) -> None:
+        self.out, self.deadline = out, deadline
+        self.report: dict = {"part_seconds": {}, "tf32": {}}
+        if deadline is not None:
+            signal.signal(signal.SIGALRM, _deadline_reached)
+            signal.setitimer(signal.ITIMER_REAL, max(deadline - (time.perf_counter() - STARTED), 0.001))
 
     def run(self, name: str, part: Callable[[], object], before: float | None = None,
-            needs_gpu: str | None = None) -> object:
-        """Run ``part`` into ``report[name]`` unless more than ``before`` seconds have passed since the start or
-        ``needs_gpu`` says why it cannot run on this device; → what it returned (None if it did not)."""
-        elapsed = time.perf_counter() - self.started
+            needs_gpu: str | None = None, always: bool = False) -> object:
+        """Run ``part`` into ``report[name]`` unless more than ``before`` seconds (or the deadline) have passed since
+        the start or ``needs_gpu`` says why it cannot run on this device; → what it returned (None if it did not)."""
+        elapsed = time.perf_counter() - STARTED
+        limit = min(x for x in (before, self.deadline, float("inf")) if x is not None)
         value = None
         if needs_gpu is not None:
             self.report[name] = f"not measured: {needs_gpu}"
-        elif before is not None and elapsed > before:
-            self.report[name] = f"not measured: {elapsed:.0f} s used, the limit for this part is {before:.0f} s"
+        elif elapsed > limit and not always:
+            self.report[name] = f"not measured: {elapsed:.0f} s used, the limit for this part is {limit:.0f} s"
         else:
+            self.report["tf32"][name] = tf32_flags()
             try:
                 value = self.report[name] = part()
-            except Exception as error:  # report it: the other parts still run
+            except (Exception, Deadline) as error:  # report it: the other parts still run (if time is left)
                 self.report[name] = {"error": failure(error)}
-            self.report["part_seconds"][name] = time.perf_counter() - self.started - elapsed
+            self.report["part_seconds"][name] = time.perf_counter() - STARTED - elapsed
         shown = self.report[name]
-        print(f"== {name}:", shown if isinstance(shown, str) else json.dumps(shown, indent=2, default=str)[:6000])
-        self.report["seconds"] = time.perf_counter() - self.started
-        (self.out / "device_check.json").write_text(json.dumps(self.report, indent=2, default=str))
+        print(f"== {name}:", shown if isinstance(shown, str) else json.dumps(shown, indent=2, default=str)[:6000],
+              flush=True)
+        self.report["seconds"] = time.perf_counter() - STARTED
+        temporary = self.out / ".device_check.json.tmp"
+        temporary.write_text(json.dumps(self.report, indent=2, default=str))
+        temporary.replace(self.out / "device_check.json")
         return value
+
+
+def environment(args: argparse.Namespace, device: torch.device) -> dict:
+    """What ran, where: the command, the commit (``BAN_COMMIT``, for a copy of the tree without .git), versions."""
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
+    for module in ("numpy", "triton"):
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:
+            versions[module] = None
+    gpu = None
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        gpu = {"name": properties.name, "capability": f"{properties.major}.{properties.minor}",
+               "memory_gib": properties.total_memory / 2**30}
+    return {"command": " ".join(sys.argv), "settings": {key: str(value) for key, value in vars(args).items()},
+            "commit": os.environ.get("BAN_COMMIT") or code_version(), "machine": describe_machine(device),
+            "gpu": gpu, "versions": versions, "seconds_before_the_first_part": time.perf_counter() - STARTED}
 
 
 def bench_part(settings: BenchSettings, paths: list[str], **kinds: tuple[str, ...]) -> dict:
@@ -468,10 +529,10 @@ def compiled_afresh(part: Callable[[], object]) -> Callable[[], object]:
 
 # the parts that run only while time is left: --<part>-before → (default seconds, what the part does)
 TIME_LIMITS = {
-    "compile": (360.0, "measure the compiled training row (bf16)"),
-    "compiled-parity": (420.0, "check the compiled step against the eager one"),
-    "trainer": (430.0, "run ban train eager and with cuda_graphs"),
-    "trainer-compiled": (400.0, "run ban train with cuda_graphs and compile (paper-best, bf16)"),
+    "compile": (340.0, "measure the compiled training row (bf16)"),
+    "trainer": (420.0, "run ban train eager and with cuda_graphs"),
+    "compiled-parity": (430.0, "check the compiled step against the eager one"),
+    "trainer-compiled": (360.0, "run ban train with cuda_graphs and compile (paper-best, bf16)"),
 }
 
 
@@ -481,6 +542,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cuda", help="cuda (default); cpu for a dry run of the script")
+    parser.add_argument("--deadline", type=float, default=540.0,
+                        help="seconds from the script's start (its imports included) after which the running part is "
+                             "cut short and the rest skipped, the report kept: below the command's time limit "
+                             "(default: %(default)s; none in a dry run)")
     for part, (default, what) in TIME_LIMITS.items():
         parser.add_argument(f"--{part}-before", type=float, default=default,
                             help=f"{what} only if the script has run less than this many seconds by then "
@@ -494,13 +559,16 @@ def main() -> None:
         """A part's time limit: none in a dry run, which is there to run every part."""
         return seconds if device.type == "cuda" else None
 
-    parts = Parts(args.out, time.perf_counter())
-    scratch = Path(tempfile.mkdtemp(prefix="device-check-"))  # the synthetic sets of part 5, made before CUDA starts
-    data = trainer_data(scratch, images=56 if device.type == "cpu" else 2000)
+    parts = Parts(args.out, limit(args.deadline))
+    parts.run("environment", lambda: environment(args, device), always=True)
+    scratch = Path(tempfile.mkdtemp(prefix="device-check-"))  # the synthetic sets of part 6, made before CUDA starts
+    data = parts.run("trainer_data", lambda: trainer_data(scratch, images=56 if device.type == "cpu" else 2000))
+    data = data if data is not None else "the synthetic sets were not made (see trainer_data)"
     settings = BenchSettings(batch_size=args.batch_size, steps=args.steps, warmup=min(5, args.steps),
                              device=args.device)
     # eager work first: a failed CUDA graph capture could leave the device unusable for what follows
-    parts.run("parity", lambda: parity(device))
+    with exact_float32():
+        parts.run("parity", lambda: parity(device))
     parts.run("bench", lambda: bench_part(settings, ["fused", "plain", "straightforward"]))
     parts.run("profile", lambda: step_profile(device, args.batch_size))
     parts.run("authors", lambda: authors_part(settings))
@@ -511,23 +579,27 @@ def main() -> None:
                                              modes=("train",)))
     parts.run("resident", lambda: resident_check(device))
     parts.run("evaluation", lambda: evaluation_check(device, data))
-    parts.run("graphs", lambda: graph_parity(device))
+    with exact_float32():
+        parts.run("graphs", lambda: graph_parity(device))
     parts.run("graphed_rows", lambda: bench_part(settings, ["graphed"]), needs_gpu=no_gpu)
-    parts.run("graph_dropout", lambda: graph_dropout(device), needs_gpu=no_gpu)
+    with exact_float32():
+        parts.run("graph_dropout", lambda: graph_dropout(device), needs_gpu=no_gpu)
     parts.run("compiled_row", compiled_afresh(lambda: bench_part(settings, ["compiled"], precisions=("bf16",),
                                                                  modes=("train",))),
               before=limit(args.compile_before), needs_gpu=no_gpu)
-    parts.run("compiled_parity", compiled_afresh(lambda: graph_parity(device, "compiled")),
-              before=limit(args.compiled_parity_before), needs_gpu=no_gpu)
-    exact_float32()
-    parts.run("trainer", lambda: trainer_check(device, data, scratch),  # on the CPU: train()'s refusal of graphs
-              before=limit(args.trainer_before))
+    with exact_float32():  # (its speed runs are bf16)
+        parts.run("trainer", lambda: trainer_check(device, data, scratch),  # on the CPU: train()'s refusal of graphs
+                  before=limit(args.trainer_before))
+    with exact_float32():
+        parts.run("compiled_parity", compiled_afresh(lambda: graph_parity(device, "compiled")),
+                  before=limit(args.compiled_parity_before), needs_gpu=no_gpu)
     parts.run("trainer_compiled", compiled_afresh(lambda: trainer_check(device, data, scratch, variants=("compiled",),
                                                                        parts=("speed",))),
               before=limit(args.trainer_compiled_before))
     # last: an exploratory capture that may leave the device unusable
     parts.run("cudnn_gru_capture", lambda: cudnn_gru_capture(device), needs_gpu=no_gpu)
-    parts.run("goal", lambda: goal_summary(parts.report))
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    parts.run("goal", lambda: goal_summary(parts.report), always=True)
     shutil.rmtree(scratch, ignore_errors=True)
 
 
