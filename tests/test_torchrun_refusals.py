@@ -70,8 +70,13 @@ def test_an_epochs_report_that_cannot_be_written(run_dir, tmp_path):
     (copy / CURVES_FILE).unlink()
     (copy / CURVES_FILE / "inside").mkdir(parents=True)
     launched = torchrun_train("--out", str(copy), "--resume", "--epochs", "2")
-    assert_said_once_by_all(launched, str(copy / CURVES_FILE))
+    assert_said_once_by_all(launched, f"{copy / CURVES_FILE}: ")
+    assert (f"; the checkpoint after epoch 2 is saved. Mend that, then continue with: torchrun --nproc_per_node 2 -m "
+            f"ban.cli train --out {copy} --resume") in launched.stderr
     assert Checkpoint(copy / CHECKPOINT_FILE).state["epoch"] == 2
+    shutil.rmtree(copy / CURVES_FILE)  # mended: the resume the message gives draws them
+    resumed = torchrun_train("--out", str(copy), "--resume")
+    assert resumed.returncode == 0 and (copy / CURVES_FILE).is_file(), resumed.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -27,12 +27,16 @@ def report_epoch(run_dir: Path, history: list[dict[str, Any]]) -> None:
 
 def report_resumed(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """On resuming a run with ``history`` [one record per finished epoch]: :func:`report_epoch` if metrics.jsonl
-    misses its last epoch (a kill between the checkpoint and the report), else nothing — TensorBoard, which
-    appends, gets each epoch once."""
+    misses its last epoch (a kill between the checkpoint and the report), else the learning curves if they are
+    missing (a report that could not draw them) — TensorBoard, which appends, gets each epoch once."""
+    from ban.viz.curves import plot_learning_curves
+
     path = run_dir / METRICS_FILE
     written = path.read_bytes().count(b"\n") if path.is_file() else 0  # lines counted, not decoded: any bytes do
     if written < len(history):
         report_epoch(run_dir, history)
+    elif not (run_dir / CURVES_FILE).exists():
+        plot_learning_curves(history, run_dir / CURVES_FILE)
 
 
 def recorded_epochs(run_dir: Path) -> list[dict[str, Any]]:

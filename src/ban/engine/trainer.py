@@ -312,8 +312,15 @@ class Trainer:
         return self.history
 
     def report(self, record: dict[str, Any]) -> None:
-        """(The main process's) metrics.jsonl, learning curves and TensorBoard after the epoch of ``record``."""
-        report_epoch(self.run_dir, self.history)
+        """(The main process's) metrics.jsonl, learning curves and TensorBoard after the epoch of ``record``; one
+        that cannot be written says that the epoch's checkpoint is saved, and how to go on (a resume writes the
+        reports again)."""
+        try:
+            report_epoch(self.run_dir, self.history)
+        except DataError as error:
+            raise DataError(f"{error.message}; the checkpoint after epoch {record['epoch']} is saved. Mend that, "
+                            f"then continue with: {resume_command(self.run_dir, self.context.world_size)}",
+                            path=error.path, record=error.record, field=error.field) from error
         tqdm.write(summarise(record))
 
     def report_pictures(self, again: bool) -> None:
