@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from ban.engine.reporting import log_tensorboard
+from ban.errors import DataError
 from ban.viz.curves import learning_curves_figure, plot_learning_curves
 
 
@@ -50,3 +51,11 @@ def test_tensorboard_gets_every_scalar_of_each_epoch_nested_ones_by_path(tmp_pat
         logged = events.Scalars(tag)
         assert [event.step for event in logged] == [1, 2]
         assert [event.value for event in logged] == pytest.approx(expected), tag
+
+
+def test_a_file_where_the_tensorboard_folder_goes_is_named(tmp_path: Path) -> None:
+    """It was TensorBoard's FileExistsError, a traceback after the epoch's checkpoint."""
+    (tmp_path / "tensorboard").write_text("a file")
+    with pytest.raises(DataError) as caught:
+        log_tensorboard(tmp_path, {"epoch": 1, "train_loss": 0.5})
+    assert str(caught.value) == f"{tmp_path / 'tensorboard'}: exists and is not a directory"

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ban.data.atomic import write_file
+from ban.data.atomic import make_directory, unwritable, write_file
 from ban.numbers import is_number
 
 METRICS_FILE = "metrics.jsonl"
@@ -77,7 +77,11 @@ def log_tensorboard(run_dir: Path, record: dict[str, Any]) -> None:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return
-    with SummaryWriter(str(run_dir / TENSORBOARD_DIR)) as writer:
-        for key, value in scalars(record).items():
-            if key != "epoch":
-                writer.add_scalar(key, value, int(record["epoch"]))
+    directory = make_directory(run_dir / TENSORBOARD_DIR)  # a file in its place: a DataError naming it
+    try:
+        with SummaryWriter(str(directory)) as writer:
+            for key, value in scalars(record).items():
+                if key != "epoch":
+                    writer.add_scalar(key, value, int(record["epoch"]))
+    except OSError as error:
+        raise unwritable(directory, error) from error
