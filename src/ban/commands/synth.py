@@ -1,6 +1,6 @@
 """`ban synth`: write the synthetic scenes in the official VQA 2.0, bottom-up TSV and Flickr30k Entities formats.
 
-ban synth --out data/synth                          # demo size: 2,000 / 500 / 300 VQA images, 2048-d
+ban synth --out data/synth                          # default size: 2,000 / 500 / 300 VQA images, 2048-d
 ban synth --out data/synth --feature-dim 256        # narrower features for CPU training
 ban synth --out data/big --images 82783 --no-png    # a VQA-2.0-sized set (≈ 440k questions)
 """

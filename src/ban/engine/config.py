@@ -99,11 +99,6 @@ class TrainConfig:
         return cls(**{k: tuple(v) if _is_tuple(hints[k]) and isinstance(v, list) else v for k, v in data.items()})
 
 
-# The synthetic scenes run (`ban train` with no --data), tuned to finish in minutes on a 2-core CPU. Measured: on
-# 2,800 images (10.8k training questions) the tiny model memorised the questions and, depending on float summation
-# order, reached 48-71 % after 16 epochs; on 5,600 images (21.6k questions) it reads the scenes from epoch 5 on and
-# reaches 81.3 / 81.8 % (seeds 1204 / 2) after 10 epochs. With the recipe's batch 256 and warm-up, or with dropout,
-# it stays at the question-only baseline for many epochs.
 # the reference's base learning rate when it trains without validation (train+val, with VG: its test-dev model)
 LR_WITHOUT_VALIDATION = 7e-4
 
@@ -117,6 +112,11 @@ def reference_learning_rate(config: TrainConfig, overrides: dict[str, str]) -> T
     return dataclasses.replace(config, lr=LR_WITHOUT_VALIDATION)
 
 
+# The synthetic scenes run (`ban train` with no --data), tuned to finish in minutes on a 2-core CPU. Measured: on
+# 2,800 images (10.8k training questions) the tiny model memorised the questions and, depending on float summation
+# order, reached 48-71 % after 16 epochs; on 5,600 images (21.6k questions) it reads the scenes from epoch 5 on and
+# reaches 81.3 / 81.8 % (seeds 1204 / 2) after 10 epochs. With the recipe's batch 256 and warm-up, or with dropout,
+# it stays at the question-only baseline for many epochs.
 SYNTHETIC_TRAINING: dict[str, Any] = {"batch_size": 32, "epochs": 10, "lr": 2e-3, "warmup": (), "decay_epochs": ()}
 
 
