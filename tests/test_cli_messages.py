@@ -247,3 +247,16 @@ def test_python_dash_m_ban_is_the_ban_command(run_dir):
     failed = subprocess.run([sys.executable, "-m", "ban", "evaluate", str(run_dir), "--split", "nowhere"],
                             capture_output=True, text=True, timeout=120)
     assert failed.returncode == 2 and failed.stderr.startswith("ban evaluate: error: "), failed.stderr[-2000:]
+
+
+def test_ctrl_c_while_the_commands_load_is_one_line(monkeypatch, capsys):
+    """Loading every command's module takes a second or two, before a command's own handling of Ctrl-C: it was a
+    traceback from inside an import."""
+    import ban.cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ban.cli, "build_parser", interrupted)
+    assert main(["synth", "--help"]) == 130
+    assert capsys.readouterr().err == "ban: interrupted\n"

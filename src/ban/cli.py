@@ -71,7 +71,11 @@ if hasattr(os, "register_at_fork"):  # POSIX: where processes fork
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)  # (imports every command's module: a second or two)
+    except KeyboardInterrupt:
+        print("ban: interrupted", file=sys.stderr)
+        return 130
     keep_freed_memory()  # a training step re-allocates the same blocks: reuse them (ban.heap)
     said_by_main = launch.is_main_process()  # under torchrun, what every process meets is said once
     in_main_thread = threading.current_thread() is threading.main_thread()  # where a signal handler can be set
