@@ -11,7 +11,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import signal
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
@@ -62,15 +61,8 @@ def _mapper(settings: Settings, workers: int) -> Iterator[Callable[[Iterable[lis
     if workers <= 1:
         yield lambda chunks: map(work, chunks)
         return
-    with multiprocessing.get_context().Pool(workers, initializer=_leave_ctrl_c_to_the_parent) as pool:
+    with multiprocessing.get_context().Pool(workers) as pool:
         yield lambda chunks: pool.imap(work, chunks)
-
-
-def _leave_ctrl_c_to_the_parent() -> None:
-    """A worker ignores SIGINT, which a terminal's Ctrl-C sends to the whole process group: the parent stops the
-    pool (each worker died with a traceback of its own, and one dying while it held the results queue could leave
-    the pool's shutdown waiting for ever)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _chunks(jobs: list[ImageJob]) -> list[list[ImageJob]]:
