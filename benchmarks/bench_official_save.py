@@ -15,24 +15,14 @@ import argparse
 import functools
 import json
 import tempfile
-import time
 from collections import OrderedDict
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_json_read import best_seconds  # benchmarks/ is the script's directory
 
 import ban
 from ban.machine import code_version, describe_machine
-
-
-def best_seconds(function: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - began)
-    return min(times)
 
 
 def main() -> None:
